@@ -1,0 +1,187 @@
+"""The one small driver interface, the typed readings drivers emit, and the registry by device kind.
+
+A driver does I/O only: it opens its transport, turns bytes into the typed readings below and hands
+them to a :class:`ReadingSink`. It never imports the daemon (``gateway.daemon``, ``gateway.pipeline``,
+``gateway.outbox``...). Decoding lives in pure functions next to the driver (sans-I/O), so it is tested
+with bytes alone.
+
+Adding a device kind is one module that subclasses :class:`Driver`, its simulator, its byte vectors,
+and one line in :data:`DRIVERS` (``kind -> "module:Class"``, imported lazily so that a missing optional
+stack, e.g. BlueZ's D-Bus libraries, never stops the serial drivers).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises at its boundary."""
+
+
+class TransientDeviceError(DriverError):
+    """The device is away or busy for now (unplugged, out of range, link dropped): retry with backoff."""
+
+
+class DeviceConfigError(DriverError):
+    """Retrying cannot help until someone changes something (permissions, wrong path, bad settings)."""
+
+
+class FrameError(DriverError):
+    """A frame on the wire was malformed. Parsers raise it; drivers count it and resynchronise."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Readings: what drivers emit. Times are POSIX seconds (UTC), float.
+# --------------------------------------------------------------------------------------------------
+
+Method: TypeAlias = Literal["device", "gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One physiological value, with its LOINC code and UCUM unit (see docs/mqtt-contract.md)."""
+
+    device_id: str
+    code: str
+    value: float
+    unit: str
+    captured_at: float
+    method: Method = "device"
+    quality: float | None = None
+    # Extra facts for the cloud, e.g. {"irregular_pulse": True} or {"burden": 0.3}; JSON-serialisable.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    # A device-given identity of this reading (cuff record sequence number...), used for msg_id.
+    source_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SosPress:
+    """A press of an emergency button. ``press_id`` identifies the press (not the radio frame), so
+    repeated frames of one press give one alert."""
+
+    device_id: str
+    captured_at: float
+    press_id: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LinkState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """The device's link and health, published retained on ``device/{id}/state``."""
+
+    device_id: str
+    captured_at: float
+    state: LinkState
+    reason: str | None = None
+    battery_percent: int | None = None
+    rssi_dbm: int | None = None
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Waveform:
+    """A block of raw samples (PPG...) at a fixed rate, for the DSP stage and the bulk lane."""
+
+    device_id: str
+    captured_at: float  # time of the first sample
+    fs: float
+    channels: Mapping[str, Sequence[float]]  # e.g. {"ir": [...], "red": [...]} or {"pleth": [...]}
+    first_index: int = 0  # the device's running sample counter, to detect gaps
+
+
+@dataclass(frozen=True, slots=True)
+class BeatIntervals:
+    """Beat-to-beat (RR / inter-beat) intervals in seconds reported by a device."""
+
+    device_id: str
+    captured_at: float  # time of the last beat
+    rr_s: Sequence[float]
+
+
+Reading: TypeAlias = Measurement | SosPress | DeviceStatus | Waveform | BeatIntervals
+
+ReadingSink: TypeAlias = Callable[[Reading], None]
+"""Where a driver hands its readings. Synchronous and non-blocking: the pipeline queues the reading
+for the outbox, so a driver is never slowed down by the uplink."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver interface
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A configured device as the driver sees it: id, kind, transport and the transport's own keys
+    (already validated by the driver's ``validate_options``)."""
+
+    id: str
+    kind: str
+    transport: str
+    options: Mapping[str, Any]
+
+
+class Driver(abc.ABC):
+    """Runs one device until cancelled. ``run`` owns the connection and its reconnection
+    (see :mod:`drivers.reconnect`): it returns only when cancelled, and raises only
+    :class:`DeviceConfigError` when retrying cannot help."""
+
+    kind: ClassVar[str]
+    transport: ClassVar[str]
+    # transport keys this kind accepts, with their type and default (None: required)
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.clock = clock
+
+    @property
+    def device_id(self) -> str:
+        return self.spec.id
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Connect, read, emit; reconnect on transient errors; return on cancellation."""
+
+    def counters(self) -> Mapping[str, int]:
+        """Error and traffic counters for status and ``device/{id}/state``."""
+        return {}
+
+
+# kind -> "module:Class". One line per device kind.
+DRIVERS: dict[str, str] = {
+    "rfxtrx-sos": "drivers.serial.rfxtrx:RfxtrxSosDriver",
+}
+
+
+class UnknownDeviceKind(DriverError):
+    pass
+
+
+def driver_class(kind: str) -> type[Driver]:
+    try:
+        target = DRIVERS[kind]
+    except KeyError:
+        raise UnknownDeviceKind(kind) from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert isinstance(cls, type) and issubclass(cls, Driver)
+    return cls

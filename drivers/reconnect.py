@@ -1,0 +1,166 @@
+"""Reconnection as its own component, shared by serial, BLE and the MQTT uplink.
+
+- :class:`Backoff`: exponential backoff with *full jitter* and a cap (AWS architecture blog,
+  "Exponential Backoff and Jitter"): delay = uniform(0, min(cap, base * 2**attempt)). A fleet that lost
+  its broker at the same instant spreads its reconnects over the whole window instead of knocking
+  together.
+- :class:`ConnState`: the state enum every connection reports.
+- :func:`classify`: errors by *type*, never by message: transient (retry with backoff) vs
+  configuration (retry slowly, and say what to fix).
+- :class:`Reconnector`: drives one ``connect-and-serve`` coroutine forever, with states, backoff,
+  the expected/unexpected distinction, and a reset of the backoff after a connection that lasted.
+
+No I/O here and no import of the daemon; time and randomness are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from drivers.base import DeviceConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ConnState(enum.StrEnum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+class ErrorClass(enum.StrEnum):
+    TRANSIENT = "transient"
+    CONFIGURATION = "configuration"
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """Transient unless the error says that retrying cannot help."""
+    if isinstance(exc, DeviceConfigError):
+        return ErrorClass.CONFIGURATION
+    if isinstance(exc, PermissionError):
+        return ErrorClass.CONFIGURATION
+    return ErrorClass.TRANSIENT
+
+
+@dataclass
+class Backoff:
+    """Full-jitter exponential backoff. ``next_delay()`` grows the attempt counter; ``reset()`` after
+    a connection that held for ``stable_after_s``."""
+
+    base_s: float = 0.5
+    cap_s: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def ceiling(self) -> float:
+        return min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
+
+    def next_delay(self) -> float:
+        delay = self.rng.uniform(0.0, self.ceiling())
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Reconnector:
+    """Run ``session()`` again and again: it connects, serves until the link ends, and returns
+    (expected end, e.g. the peer closed cleanly) or raises (unexpected). Between sessions wait a
+    backoff delay. Configuration errors use ``config_retry_s`` (slow, fixed) and are reported once.
+
+    ``on_state(state, error)`` is called on every change, for ``device/{id}/state`` and status.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        session: Callable[[], Awaitable[None]],
+        *,
+        backoff: Backoff | None = None,
+        config_retry_s: float = 30.0,
+        stable_after_s: float = 10.0,
+        on_state: Callable[[ConnState, BaseException | None], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.name = name
+        self._session = session
+        self.backoff = backoff or Backoff()
+        self.config_retry_s = config_retry_s
+        self.stable_after_s = stable_after_s
+        self._on_state = on_state
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._sleep = sleep
+        self.state = ConnState.IDLE
+        self.connects = 0
+        self.failures = 0
+        self.unexpected_disconnects = 0
+        self.last_error: BaseException | None = None
+        self._last_error_type: type[BaseException] | None = None
+
+    def set_state(self, state: ConnState, error: BaseException | None = None) -> None:
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state, error)
+
+    def mark_connected(self) -> None:
+        """Called by the session once the link is really up (port open, MQTT CONNACK...)."""
+        self.connects += 1
+        self._connected_at = self._clock()
+        self.last_error = None
+        self._last_error_type = None
+        self.set_state(ConnState.CONNECTED)
+
+    def _log_failure(self, exc: BaseException, kind: ErrorClass) -> None:
+        # First failure of a kind at WARNING, its repeats at DEBUG: a device unplugged for a week
+        # must not fill the journal.
+        level = logging.DEBUG if type(exc) is self._last_error_type else logging.WARNING
+        log.log(level, "%s: %s error: %s", self.name, kind.value, exc)
+        self._last_error_type = type(exc)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._connected_at: float | None = None
+                self.set_state(ConnState.CONNECTING)
+                error: BaseException | None = None
+                try:
+                    await self._session()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # classified below, never swallowed silently
+                    error = exc
+                connected_at = self._connected_at
+                if connected_at is not None and self._clock() - connected_at >= self.stable_after_s:
+                    self.backoff.reset()
+                if error is None:
+                    # Expected end (peer closed cleanly): reconnect promptly but still with backoff.
+                    log.debug("%s: session ended", self.name)
+                    delay = self.backoff.next_delay()
+                else:
+                    self.failures += 1
+                    self.last_error = error
+                    if connected_at is not None:
+                        self.unexpected_disconnects += 1
+                    kind = classify(error)
+                    self._log_failure(error, kind)
+                    delay = (
+                        self.config_retry_s
+                        if kind is ErrorClass.CONFIGURATION
+                        else self.backoff.next_delay()
+                    )
+                self.set_state(ConnState.BACKOFF, error)
+                await self._sleep(delay)
+        finally:
+            self.set_state(ConnState.STOPPED)

@@ -1,0 +1,1 @@
+"""Device simulators for developers and tests (gateway-sim)."""
