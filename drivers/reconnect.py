@@ -60,10 +60,10 @@ class Backoff:
     attempt: int = 0
 
     def ceiling(self) -> float:
-        return min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
+        return min(self.cap_s, self.base_s * float(2 ** min(self.attempt, 30)))
 
     def next_delay(self) -> float:
-        delay = self.rng.uniform(0.0, self.ceiling())
+        delay = float(self.rng.uniform(0.0, self.ceiling()))
         self.attempt += 1
         return delay
 
@@ -107,6 +107,7 @@ class Reconnector:
         self.failures = 0
         self.unexpected_disconnects = 0
         self.last_error: BaseException | None = None
+        self._connected_at: float | None = None
         self._last_error_type: type[BaseException] | None = None
 
     def set_state(self, state: ConnState, error: BaseException | None = None) -> None:
@@ -132,14 +133,14 @@ class Reconnector:
     async def run(self) -> None:
         try:
             while True:
-                self._connected_at: float | None = None
+                self._connected_at = None
                 self.set_state(ConnState.CONNECTING)
                 error: BaseException | None = None
                 try:
                     await self._session()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # classified below, never swallowed silently
+                except Exception as exc:  # noqa: BLE001 - every failure is classified and counted below
                     error = exc
                 connected_at = self._connected_at
                 if connected_at is not None and self._clock() - connected_at >= self.stable_after_s:

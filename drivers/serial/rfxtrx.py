@@ -1,0 +1,272 @@
+"""RFXtrx433(E/XL) radio receiver: 433 MHz panic buttons and alarm pendants as SOS presses.
+
+The RFXtrx is a USB serial device (FTDI, 38400 baud 8N1) that decodes many 433 MHz protocols and sends
+each radio frame as one binary packet: ``[length, packet_type, subtype, seqnbr, ...]`` where ``length``
+counts the bytes after itself. Packet decoding is done by ``RFXtrx.lowlevel.parse`` from pyRFXtrx (the
+library Home Assistant uses, pure: bytes in, objects out); the transport, framing, resynchronisation and
+press logic are ours (asyncio, no threads).
+
+Start-up follows the RFXtrx SDK as pyRFXtrx does: reset (``0D 00 00 00 00 ...``), wait, drop what
+arrived, ``get status`` (``0D 00 00 01 02 ...`` -> a 0x01 status packet), ``start receiver``
+(``0D 00 00 03 07 ...`` -> a 0x01 packet with subtype 0x07, "Copyright RFXCOM").
+
+An SOS press is a Security1 packet (type 0x20) whose status is *Panic* (0x06) or *Alarm* (0x02),
+e.g. from X10 security remotes, Visonic or Meiantech pendants. Such buttons repeat their frame several
+times per press; the receiver's ``seqnbr`` counts received frames, not presses, so frames of the same
+sensor closer than ``repeat_window_s`` to the previous one belong to the same press
+(:class:`PressDeduper`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from RFXtrx import lowlevel
+
+from drivers.base import FrameError, SosPress
+from drivers.serial.port import SERIAL_OPTIONS, LinkSilent, SerialDriver, SerialLink
+
+log = logging.getLogger(__name__)
+
+RESET = bytes([0x0D, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00])
+GET_STATUS = bytes([0x0D, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00])
+START_RECEIVER = bytes(
+    [0x0D, 0x00, 0x00, 0x03, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]
+)
+
+PACKET_STATUS = 0x01
+PACKET_SECURITY1 = 0x20
+SECURITY1_ALARM = 0x02
+SECURITY1_PANIC = 0x06
+SOS_STATUSES = frozenset({SECURITY1_ALARM, SECURITY1_PANIC})
+
+# Lengths the SDK defines, per packet type (the first byte of a packet). A length byte that does not
+# match its type is line noise: drop one byte and look again.
+KNOWN_LENGTHS: Mapping[int, frozenset[int]] = {
+    0x01: frozenset({0x0D, 0x14}),  # interface status / copyright response
+    0x02: frozenset({0x04}),  # receiver/transmitter message (ack)
+    0x03: frozenset(range(0x04, 0x25)),  # undecoded RF
+    0x10: frozenset({0x07}),
+    0x11: frozenset({0x0B}),
+    0x13: frozenset({0x09}),
+    0x14: frozenset({0x0A}),
+    0x20: frozenset({0x08}),
+    0x50: frozenset({0x08}),
+    0x52: frozenset({0x0A}),
+}
+MIN_LEN, MAX_LEN = 0x04, 0x24
+
+
+@dataclass
+class FramerStats:
+    frames: int = 0
+    garbage_bytes: int = 0
+    stale_partials: int = 0
+
+
+@dataclass
+class RfxFramer:
+    """Sans-I/O framing of the RFXtrx byte stream with resynchronisation.
+
+    ``feed(data, now)`` returns the complete packets. A partial packet older than ``stale_after_s``
+    (a byte lost on the line) is dropped, so one lost byte costs one packet, never the stream.
+    """
+
+    stale_after_s: float = 0.5
+    stats: FramerStats = field(default_factory=FramerStats)
+    _buf: bytearray = field(default_factory=bytearray)
+    _partial_since: float | None = None
+
+    def feed(self, data: bytes, now: float) -> list[bytes]:
+        if self._buf and self._partial_since is not None and now - self._partial_since > self.stale_after_s:
+            self.stats.stale_partials += 1
+            self.stats.garbage_bytes += len(self._buf)
+            self._buf.clear()
+        self._buf.extend(data)
+        out: list[bytes] = []
+        buf = self._buf
+        while buf:
+            length = buf[0]
+            if length == 0:  # the SDK allows a lone 0x00 (e.g. after reset): skip silently
+                del buf[0]
+                continue
+            if not MIN_LEN <= length <= MAX_LEN:
+                del buf[0]
+                self.stats.garbage_bytes += 1
+                continue
+            if len(buf) < 2:
+                break
+            allowed = KNOWN_LENGTHS.get(buf[1])
+            if allowed is not None and length not in allowed:
+                del buf[0]
+                self.stats.garbage_bytes += 1
+                continue
+            if len(buf) < length + 1:
+                break
+            out.append(bytes(buf[: length + 1]))
+            del buf[: length + 1]
+        self.stats.frames += len(out)
+        self._partial_since = now if buf else None
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RadioEvent:
+    sensor_id: str  # "a1b2c3": the 24-bit id of the button
+    status: int
+    subtype: int
+    battery_low: bool | None
+    rssi: int | None
+
+
+def decode_packet(packet: bytes) -> RadioEvent | None:
+    """Decode one framed packet. ``None`` for packet types that are not security events;
+    :class:`FrameError` for a packet that does not decode."""
+    if len(packet) < 2 or packet[0] + 1 != len(packet):
+        raise FrameError(f"length byte {packet[0] if packet else None} does not match {len(packet)} bytes")
+    if packet[1] != PACKET_SECURITY1:
+        return None
+    pkt = lowlevel.parse(bytearray(packet))
+    if not isinstance(pkt, lowlevel.Security1):
+        raise FrameError("Security1 packet did not decode")
+    battery = pkt.battery
+    return RadioEvent(
+        sensor_id=f"{pkt.id_combined:06x}",
+        status=int(pkt.security1_status),
+        subtype=int(pkt.subtype),
+        # Battery nibble: 0 = low ... 9 = ok (per RFXtrx SDK); absent for smoke detectors.
+        battery_low=None if battery is None else battery <= 1,
+        rssi=int(pkt.rssi) if pkt.rssi is not None else None,
+    )
+
+
+@dataclass
+class PressDeduper:
+    """Frames of one sensor closer than ``repeat_window_s`` to the previous frame are one press."""
+
+    repeat_window_s: float = 1.0
+    _last: dict[str, tuple[float, float]] = field(default_factory=dict)  # sensor -> (start, last frame)
+
+    def press(self, sensor_id: str, now: float) -> float | None:
+        """The start time of a *new* press, or None when the frame repeats the current press."""
+        prev = self._last.get(sensor_id)
+        if prev is not None and now - prev[1] <= self.repeat_window_s:
+            self._last[sensor_id] = (prev[0], now)
+            return None
+        self._last[sensor_id] = (now, now)
+        return now
+
+
+class RfxtrxSosDriver(SerialDriver):
+    """SOS buttons heard by an RFXtrx receiver.
+
+    Options: the serial keys (``port`` ...), ``buttons`` (a table: radio sensor id in hex -> device id
+    of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``), ``accept_unknown`` (also raise presses of
+    unlisted buttons, as ``{receiver id}:{sensor id}``; off by default: a neighbour's pendant must not
+    call our care centre), ``repeat_window_s``.
+    """
+
+    kind: ClassVar[str] = "rfxtrx-sos"
+    baudrate: ClassVar[int] = 38400
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
+        **SERIAL_OPTIONS,
+        "silence_timeout_s": ((int, float), 0.0),  # a receiver is silent for days: 0 = no timeout
+        "buttons": (dict, {}),
+        "accept_unknown": (bool, False),
+        "repeat_window_s": ((int, float), 1.0),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts = self.spec.options
+        if not self.silence_timeout_s:
+            self.silence_timeout_s = 365 * 86400.0
+        buttons = dict(opts.get("buttons", {}))
+        self.buttons: dict[str, str] = {str(k).lower(): str(v) for k, v in buttons.items()}
+        self.accept_unknown = bool(opts.get("accept_unknown", False))
+        self.deduper = PressDeduper(float(opts.get("repeat_window_s", 1.0)))
+        self.framer = RfxFramer()
+
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(super().counters())
+        merged["frames"] = self.framer.stats.frames
+        merged["garbage_bytes"] = self.framer.stats.garbage_bytes
+        merged["stale_partials"] = self.framer.stats.stale_partials
+        return merged
+
+    async def _handshake(self, link: SerialLink) -> None:
+        link.write(RESET)
+        # The SDK asks for 50 ms..1 s of quiet after reset, then a flush of whatever arrived.
+        try:
+            while True:
+                await link.read(timeout_s=0.3)
+        except LinkSilent:
+            pass  # the quiet period we wanted
+        link.discard_input()
+        for command, want_subtype in ((GET_STATUS, 0x02), (START_RECEIVER, 0x07)):
+            link.write(command)
+            await self._await_status(link, want_subtype)
+
+    async def _await_status(self, link: SerialLink, subtype_cmd: int) -> None:
+        framer = RfxFramer()
+        while True:
+            data = await link.read(timeout_s=3.0)
+            for packet in framer.feed(data, self.clock()):
+                if packet[1] == PACKET_STATUS and len(packet) > 4:
+                    # 0x01 packets: subtype 0x00 answers a command (cmnd echoed in byte 4),
+                    # subtype 0x07 is the copyright string answering "start receiver".
+                    if packet[2] == 0x07 and subtype_cmd == 0x07:
+                        return
+                    if packet[2] == 0x00 and packet[4] == subtype_cmd:
+                        return
+
+    async def serve(self, link: SerialLink) -> None:
+        await self._handshake(link)
+        self.reconnector.mark_connected()
+        log.info("device %s: RFXtrx receiver ready on %s", self.device_id, link.path)
+        while True:
+            data = await link.read()
+            now = self.clock()
+            for packet in self.framer.feed(data, now):
+                self._on_packet(packet, now)
+
+    def _on_packet(self, packet: bytes, now: float) -> None:
+        try:
+            event = decode_packet(packet)
+        except FrameError as exc:
+            self.count("bad_frames")
+            log.debug("device %s: bad frame: %s", self.device_id, exc)
+            return
+        if event is None:
+            self.count("other_packets")
+            return
+        if event.status not in SOS_STATUSES:
+            self.count("other_security_events")
+            return
+        button = self.buttons.get(event.sensor_id)
+        if button is None:
+            if not self.accept_unknown:
+                self.count("unknown_buttons")
+                log.debug("device %s: ignored press of unlisted button %s", self.device_id, event.sensor_id)
+                return
+            button = f"{self.device_id}:{event.sensor_id}"
+        start = self.deduper.press(event.sensor_id, now)
+        if start is None:
+            self.count("repeat_frames")
+            return
+        self.count("presses")
+        self.sink(
+            SosPress(
+                device_id=button,
+                captured_at=start,
+                press_id=f"{event.sensor_id}-{round(start * 1000)}",
+                extra={
+                    "via": self.device_id,
+                    "radio_status": "panic" if event.status == SECURITY1_PANIC else "alarm",
+                    **({"battery_low": event.battery_low} if event.battery_low is not None else {}),
+                },
+            )
+        )
