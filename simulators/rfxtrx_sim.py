@@ -33,9 +33,7 @@ PANIC = 0x06
 SUBTYPE_X10_SECURITY_REMOTE = 0x02
 
 
-def security1_frame(
-    seq: int, sensor_id: int, status: int = PANIC, battery_ok: bool = True, rssi: int = 7
-) -> bytes:
+def security1_frame(seq: int, sensor_id: int, status: int = PANIC, battery_ok: bool = True, rssi: int = 7) -> bytes:
     """One Security1 packet (type 0x20, length 8) as the receiver sends it."""
     battery = 9 if battery_ok else 0
     return bytes(
@@ -107,9 +105,7 @@ class RfxtrxSimulator:
         self.frames_sent += int(sent)
         return sent
 
-    async def press(
-        self, sensor_id: int, *, repeats: int = 4, gap_s: float = 0.05, status: int = PANIC
-    ) -> bool:
+    async def press(self, sensor_id: int, *, repeats: int = 4, gap_s: float = 0.05, status: int = PANIC) -> bool:
         """One press: ``repeats`` radio frames. True when at least one frame reached the line."""
         any_sent = False
         for i in range(repeats):

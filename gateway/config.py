@@ -1,0 +1,278 @@
+"""Typed configuration, validated in one place, every default and unit written down once.
+
+One TOML file (default ``/etc/homecare-gateway/gateway.toml``); ``config/gateway.example.toml``
+documents every key. :func:`load_config` raises :class:`~gateway.errors.ConfigError` whose message is
+one line naming the file, the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.base import DRIVERS, DeviceSpec, UnknownDeviceKind, driver_class
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/homecare-gateway/gateway.toml")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    id: str
+    data_dir: Path = Path("/var/lib/homecare-gateway")
+    # Unix socket of the local control API (gatewayctl).
+    control_socket: Path | None = None  # default: <data_dir>/control.sock
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_socket or self.data_dir / "control.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSection:
+    host: str
+    port: int = 8883  # 8883 with TLS, 1883 without (applied when `port` is absent)
+    tls: bool = True
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # client certificate for mutual TLS
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None  # a file readable by the service only
+    keepalive_s: int = 60
+    protocol: str = "5"  # "5" or "3.1.1"
+    client_id: str | None = None  # default: the gateway id
+    inflight_window: int = 200  # messages awaiting PUBACK at most
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 120.0
+    topic_prefix: str = "homecare/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSection:
+    max_bytes: int = 256 * MIB
+    commit_interval_ms: int = 50  # group commit: accepted readings are on disk within this window
+    historical_after_s: float = 60.0  # sent later than this after capture => "historical": true
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    gateway: GatewaySection
+    uplink: UplinkSection
+    outbox: OutboxSection = field(default_factory=OutboxSection)
+    devices: tuple[DeviceSpec, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+
+
+class _Reader:
+    """Reads one table, checking types; every error names file, key, value and what was expected."""
+
+    def __init__(self, file: Path, prefix: str, table: Mapping[str, Any]) -> None:
+        self.file, self.prefix, self.table = file, prefix, table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, value: object, expected: str) -> ConfigError:
+        where = f"{self.prefix}.{key}" if self.prefix else key
+        return ConfigError(f"{self.file}: {where} = {value!r}: expected {expected}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is _REQUIRED:
+                where = f"{self.prefix}.{key}" if self.prefix else key
+                raise ConfigError(f"{self.file}: {where} is missing: expected {expected}")
+            return default
+        value = self.table[key]
+        # TOML booleans are ints in Python: keep them apart.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(key, value, expected)
+        if not isinstance(value, kind):
+            raise self.fail(key, value, expected)
+        return value
+
+    def str_(self, key: str, default: Any = None, pattern: re.Pattern[str] | None = None) -> Any:
+        value = self.get(key, str, default, "a string" if pattern is None else f"text matching {pattern.pattern}")
+        if isinstance(value, str) and pattern is not None and not pattern.match(value):
+            raise self.fail(key, value, f"text matching {pattern.pattern}")
+        return value
+
+    def int_(self, key: str, default: Any, lo: int, hi: int, unit: str = "") -> Any:
+        unit_text = f" {unit}" if unit else ""
+        value = self.get(key, int, default, f"an integer {lo}..{hi}{unit_text}")
+        if isinstance(value, int) and not lo <= value <= hi:
+            raise self.fail(key, value, f"an integer {lo}..{hi}{unit_text}")
+        return value
+
+    def float_(self, key: str, default: Any, lo: float, hi: float, unit: str) -> Any:
+        value = self.get(key, (int, float), default, f"a number {lo:g}..{hi:g} {unit}")
+        if isinstance(value, (int, float)) and not lo <= value <= hi:
+            raise self.fail(key, value, f"a number {lo:g}..{hi:g} {unit}")
+        return float(value) if value is not None else None
+
+    def bool_(self, key: str, default: Any) -> Any:
+        return self.get(key, bool, default, "true or false")
+
+    def path(self, key: str, default: Any = None, must_exist: bool = False) -> Path | None:
+        value = self.get(key, str, default, "a file path")
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = (self.file.parent / path).resolve()
+        if must_exist and not path.is_file():
+            raise self.fail(key, value, "an existing readable file")
+        return path
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.used:
+                where = f"{self.prefix}.{key}" if self.prefix else key
+                known = ", ".join(sorted(self.used))
+                raise ConfigError(f"{self.file}: {where} is not a known key: expected one of {known}")
+
+
+_REQUIRED = object()
+
+
+def _table(file: Path, doc: Mapping[str, Any], name: str, required: bool) -> Mapping[str, Any]:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(f"{file}: [{name}] is missing: expected a table")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: {name} = {value!r}: expected a table [{name}]")
+    return value
+
+
+def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
+    top = _Reader(file, "", doc)
+    for name in ("gateway", "uplink", "outbox", "devices"):
+        top.used.add(name)
+    top.finish()
+
+    g = _Reader(file, "gateway", _table(file, doc, "gateway", True))
+    gw = GatewaySection(
+        id=g.str_("id", _REQUIRED, ID_RE),
+        data_dir=Path(g.str_("data_dir", "/var/lib/homecare-gateway")),
+        control_socket=g.path("control_socket"),
+    )
+    g.finish()
+
+    u = _Reader(file, "uplink", _table(file, doc, "uplink", True))
+    tls = u.bool_("tls", True)
+    protocol = u.str_("protocol", "5")
+    if protocol not in ("5", "3.1.1"):
+        raise u.fail("protocol", protocol, '"5" or "3.1.1"')
+    uplink = UplinkSection(
+        host=u.str_("host", _REQUIRED),
+        port=u.int_("port", 8883 if tls else 1883, 1, 65535),
+        tls=tls,
+        ca_file=u.path("ca_file", must_exist=True),
+        cert_file=u.path("cert_file", must_exist=True),
+        key_file=u.path("key_file", must_exist=True),
+        username=u.str_("username"),
+        password_file=u.path("password_file", must_exist=True),
+        keepalive_s=u.int_("keepalive", 60, 5, 3600, "seconds"),
+        protocol=protocol,
+        client_id=u.str_("client_id"),
+        inflight_window=u.int_("inflight_window", 200, 1, 65535, "messages"),
+        backoff_base_s=u.float_("backoff_base_s", 1.0, 0.01, 600, "seconds"),
+        backoff_cap_s=u.float_("backoff_cap_s", 120.0, 0.1, 3600, "seconds"),
+        topic_prefix=u.str_("topic_prefix", "homecare/v1", re.compile(r"^[A-Za-z0-9_/.-]+[^/]$")),
+    )
+    if (uplink.cert_file is None) != (uplink.key_file is None):
+        key = "cert_file" if uplink.cert_file is None else "key_file"
+        raise u.fail(key, None, "both cert_file and key_file for mutual TLS, or neither")
+    if not tls and (uplink.ca_file or uplink.cert_file):
+        raise u.fail("tls", False, "true when ca_file/cert_file are set")
+    u.finish()
+
+    o = _Reader(file, "outbox", _table(file, doc, "outbox", False))
+    outbox = OutboxSection(
+        max_bytes=o.int_("max_bytes", 256 * MIB, MIB, 1 << 40, "bytes"),
+        commit_interval_ms=o.int_("commit_interval_ms", 50, 1, 50, "ms"),
+        historical_after_s=o.float_("historical_after_s", 60.0, 1, 86400, "seconds"),
+    )
+    o.finish()
+
+    raw_devices = doc.get("devices", [])
+    if not isinstance(raw_devices, list):
+        raise ConfigError(f"{file}: devices = {raw_devices!r}: expected an array of tables [[devices]]")
+    devices = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_devices):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: devices[{i}] = {raw!r}: expected a table [[devices]]")
+        devices.append(_parse_device(file, i, raw, seen))
+    return Config(path=file, gateway=gw, uplink=uplink, outbox=outbox, devices=tuple(devices))
+
+
+def _parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> DeviceSpec:
+    d = _Reader(file, f"devices[{i}]", raw)
+    dev_id = d.str_("id", _REQUIRED, ID_RE)
+    if dev_id in seen:
+        raise d.fail("id", dev_id, "an id not used by another device")
+    seen.add(dev_id)
+    d.prefix = f"devices[{i}] ({dev_id})"
+    kind = d.str_("kind", _REQUIRED)
+    try:
+        cls = driver_class(kind)
+    except UnknownDeviceKind:
+        raise d.fail("kind", kind, "one of " + ", ".join(sorted(DRIVERS))) from None
+    except ImportError as exc:
+        raise d.fail("kind", kind, f"a driver whose libraries are installed ({exc})") from None
+    transport = d.str_("transport", cls.transport)
+    if transport != cls.transport:
+        raise d.fail("transport", transport, f'"{cls.transport}" for kind {kind}')
+    options: dict[str, Any] = {}
+    for key, (kind_type, default) in cls.options_schema.items():
+        value = d.get(key, kind_type, default, _describe_type(kind_type))
+        options[key] = value
+    d.finish()
+    return DeviceSpec(id=dev_id, kind=kind, transport=transport, options=options)
+
+
+def _describe_type(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "an array",
+    }
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        with open(file, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file (use --config to name another)") from None
+    except PermissionError:
+        raise ConfigError(f"{file}: not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(doc, file)
+
+
+def read_secret(path: Path) -> str:
+    """A password from a file, stripped of its trailing newline."""
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret: {exc.strerror}") from None

@@ -1,0 +1,120 @@
+"""Readings -> uplink messages of the cloud contract (docs/mqtt-contract.md).
+
+Pure functions: no I/O. Each message body is a JSON object with the contract's common fields except
+``seq`` and ``historical``, which the uplink adds when it sends (see :func:`gateway.outbox.wire_payload`).
+
+``msg_id`` is deterministic: a UUIDv5 of the gateway id, the message type, the device and the reading's
+own identity (capture time, code, the device's record number or press id), so a retry, a replay after
+a crash, or the same cuff record fetched twice carries the same ``msg_id`` and the cloud drops the
+duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from drivers.base import DeviceStatus, Measurement, SosPress, Waveform
+from gateway.outbox import Lane, NewMessage
+
+MSG_NAMESPACE = uuid.UUID("6f1c8f0e-4a52-5b7e-9d3c-2a8e5b0c1d47")
+
+# Alert severities, highest first. SOS is the only "critical" one.
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+
+def rfc3339_ms(t: float) -> str:
+    """POSIX seconds -> ``2026-11-24T03:04:05.123Z``."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def msg_id(gateway_id: str, kind: str, device_id: str, key: str) -> str:
+    return str(uuid.uuid5(MSG_NAMESPACE, f"{gateway_id}|{kind}|{device_id}|{key}"))
+
+
+def _dumps(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    gateway_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.gateway_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def alert(self) -> str:
+        return f"{self.base}/alert"
+
+    def obs(self, device_id: str) -> str:
+        return f"{self.base}/obs/{device_id}"
+
+    def device_state(self, device_id: str) -> str:
+        return f"{self.base}/device/{device_id}/state"
+
+    def bulk(self, device_id: str) -> str:
+        return f"{self.base}/bulk/{device_id}"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.base}/cmd/#"
+
+
+def _common(gateway_id: str, kind: str, device_id: str, captured_at: float, key: str) -> dict[str, Any]:
+    return {
+        "msg_id": msg_id(gateway_id, kind, device_id, key),
+        "gateway_id": gateway_id,
+        "device_id": device_id,
+        "type": kind,
+        "captured_at": rfc3339_ms(captured_at),
+    }
+
+
+def observation(topics: Topics, m: Measurement) -> NewMessage:
+    key = f"{m.code}|{round(m.captured_at * 1000)}|{m.method}|{m.source_id or ''}"
+    body = _common(topics.gateway_id, "observation", m.device_id, m.captured_at, key)
+    body.update(code=m.code, value=m.value, unit=m.unit, quality=m.quality, method=m.method)
+    if m.extra:
+        body["extra"] = dict(m.extra)
+    return NewMessage(Lane.OBSERVATION, topics.obs(m.device_id), _dumps(body), m.device_id, m.captured_at)
+
+
+def sos_alert(topics: Topics, press: SosPress, *, drill: bool) -> NewMessage:
+    body = _common(topics.gateway_id, "alert", press.device_id, press.captured_at, f"sos|{press.press_id}")
+    body.update(kind="sos", severity="critical", state="raised", drill=drill, press_id=press.press_id)
+    if press.extra:
+        body["extra"] = dict(press.extra)
+    return NewMessage(Lane.ALERT, topics.alert, _dumps(body), press.device_id, press.captured_at)
+
+
+def device_state(topics: Topics, s: DeviceStatus) -> NewMessage:
+    key = f"{s.state.value}|{round(s.captured_at * 1000)}"
+    body = _common(topics.gateway_id, "device_state", s.device_id, s.captured_at, key)
+    body.update(state=s.state.value, reason=s.reason)
+    if s.battery_percent is not None:
+        body["battery_percent"] = s.battery_percent
+    if s.rssi_dbm is not None:
+        body["rssi_dbm"] = s.rssi_dbm
+    if s.counters:
+        body["counters"] = dict(s.counters)
+    return NewMessage(
+        Lane.STATE, topics.device_state(s.device_id), _dumps(body), s.device_id, s.captured_at, retain=True
+    )
+
+
+def waveform(topics: Topics, w: Waveform) -> NewMessage:
+    key = f"{w.first_index}|{round(w.captured_at * 1000)}"
+    body = _common(topics.gateway_id, "waveform", w.device_id, w.captured_at, key)
+    body.update(fs=w.fs, first_index=w.first_index, channels={k: list(v) for k, v in w.channels.items()})
+    return NewMessage(Lane.BULK, topics.bulk(w.device_id), _dumps(body), w.device_id, w.captured_at)

@@ -1,0 +1,371 @@
+"""The MQTT uplink: paho-mqtt driven by the asyncio loop (no paho thread), fed only by the outbox.
+
+- MQTT 5 (default) or 3.1.1; TLS on by default with server verification (system trust store or
+  ``ca_file``); mutual TLS with ``cert_file``/``key_file``; password read from a file.
+- Will and birth on ``status`` (retained): the broker publishes ``offline`` if we vanish.
+- One connection = one fresh paho client (so paho never replays its own RAM queue: the outbox is the
+  only buffer), run under :class:`drivers.reconnect.Reconnector`: exponential backoff with full jitter,
+  capped, so a fleet does not reconnect in lockstep after a broker restart.
+- A bounded in-flight window: at most ``inflight_window`` observation/state/bulk messages await their
+  PUBACK, plus a small reserve that only alerts may use, so a live alert overtakes a backlog being
+  drained. Lanes are served alert > observation > device state > bulk; state and bulk keep a small
+  share of the window so they are never starved.
+- A message is deleted from the outbox only when its PUBACK arrives (with a success reason code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from drivers.base import TransientDeviceError
+from drivers.reconnect import Backoff, ConnState, Reconnector
+from gateway.config import UplinkSection, read_secret
+from gateway.errors import UplinkError
+from gateway.messages import Topics
+from gateway.outbox import Lane, Outbox, StoredMessage, wire_payload
+
+log = logging.getLogger(__name__)
+
+ALERT_RESERVE = 32  # in-flight slots only alerts may use
+MIN_SHARE_DIVISOR = 10  # state and bulk each keep window/10 slots when they have messages
+CONNECT_TIMEOUT_S = 20.0
+
+
+class BrokerUnavailable(TransientDeviceError):
+    """TCP/TLS/MQTT connection failed or dropped; retry with backoff."""
+
+
+class BrokerRefused(TransientDeviceError):
+    """CONNACK with an error (bad credentials, not authorised): retried slowly."""
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkSection,
+        gateway_id: str,
+        outbox: Outbox,
+        *,
+        status_body: Callable[[], Mapping[str, Any]] | None = None,
+        historical_after_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.gateway_id = gateway_id
+        self.outbox = outbox
+        self.topics = Topics(cfg.topic_prefix, gateway_id)
+        self.status_body = status_body or (lambda: {})
+        self.historical_after_s = historical_after_s
+        self.clock = clock
+        self.window = cfg.inflight_window
+        self.min_share = max(1, self.window // MIN_SHARE_DIVISOR)
+        self._password = read_secret(cfg.password_file) if cfg.password_file else None
+        self._ssl_context = self._make_ssl_context() if cfg.tls else None
+        self.reconnector = Reconnector(
+            "uplink",
+            self._session,
+            backoff=Backoff(base_s=cfg.backoff_base_s, cap_s=cfg.backoff_cap_s),
+            config_retry_s=max(cfg.backoff_cap_s, 30.0),
+            on_state=self._on_state,
+        )
+        self._wake = asyncio.Event()
+        self._status_due = asyncio.Event()
+        self.published = 0
+        self.acked = 0
+        self.rejected = 0
+        self.connected_since: float | None = None
+        self.disconnected_since: float | None = time.time()
+        self._new_data = True
+        outbox.on_commit(self._on_commit)
+        outbox.on_evict(lambda _ranges: self.request_status())
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnState:
+        return self.reconnector.state
+
+    async def run(self) -> None:
+        await self.reconnector.run()
+
+    def request_status(self) -> None:
+        self._status_due.set()
+        self._wake.set()
+
+    def _on_state(self, state: ConnState, error: BaseException | None) -> None:
+        if state is ConnState.CONNECTED:
+            self.connected_since, self.disconnected_since = time.time(), None
+        elif self.connected_since is not None:
+            self.connected_since, self.disconnected_since = None, time.time()
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _make_ssl_context(self) -> ssl.SSLContext:
+        cfg = self.cfg
+        try:
+            ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if cfg.cert_file and cfg.key_file:
+                ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(f"TLS material cannot be loaded: {exc}") from exc
+        return ctx
+
+    def _status_payload(self, online: bool) -> bytes:
+        body: dict[str, Any] = {
+            "gateway_id": self.gateway_id,
+            "type": "status",
+            "state": "online" if online else "offline",
+            "at": _now_rfc3339(),
+        }
+        if online:
+            body.update(self.status_body())
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or self.gateway_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        if self._ssl_context is not None:
+            client.tls_set_context(self._ssl_context)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, self._password)
+        client.will_set(self.topics.status, self._status_payload(False), qos=1, retain=True)
+        # We never publish beyond our window, so paho's queue stays empty.
+        client.max_inflight_messages_set(self.window + ALERT_RESERVE + 8)
+        client.max_queued_messages_set(0)
+        return client
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._make_client()
+        connack: asyncio.Future[ReasonCode] = loop.create_future()
+        gone: asyncio.Future[str] = loop.create_future()
+        inflight: dict[int, StoredMessage] = {}
+        lane_inflight = [0, 0, 0, 0]
+        fds: dict[str, int] = {}
+
+        loop_thread = threading.get_ident()
+
+        def call(fn: Callable[..., Any], *args: Any) -> None:
+            # paho calls these from connect() in the executor thread, and from loop_read/loop_write
+            # in the loop thread: only the former must hop.
+            if threading.get_ident() == loop_thread:
+                fn(*args)
+            else:
+                loop.call_soon_threadsafe(fn, *args)
+
+        def on_socket_open(c: mqtt.Client, _ud: Any, sock: Any) -> None:
+            fds["fd"] = sock.fileno()
+            call(loop.add_reader, fds["fd"], c.loop_read)
+
+        def on_socket_close(_c: mqtt.Client, _ud: Any, _sock: Any) -> None:
+            fd = fds.pop("fd", None)
+            if fd is not None:
+                call(_unwatch, loop, fd)
+
+        def on_socket_register_write(c: mqtt.Client, _ud: Any, _sock: Any) -> None:
+            if "fd" in fds:
+                call(loop.add_writer, fds["fd"], c.loop_write)
+
+        def on_socket_unregister_write(_c: mqtt.Client, _ud: Any, _sock: Any) -> None:
+            if "fd" in fds:
+                call(loop.remove_writer, fds["fd"])
+
+        def on_connect(_c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Properties | None) -> None:
+            if not connack.done():
+                connack.set_result(rc)
+
+        def on_disconnect(_c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Properties | None) -> None:
+            if not gone.done():
+                gone.set_result(str(rc))
+            self._wake.set()
+
+        def on_publish(_c: mqtt.Client, _ud: Any, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
+            msg = inflight.pop(mid, None)
+            if msg is None:
+                return  # birth/status
+            lane_inflight[msg.lane] -= 1
+            if rc.is_failure:
+                # The broker refused this message (ACL...): keep it, retry next session, and say so.
+                self.rejected += 1
+                log.warning("uplink: broker refused seq %d on %s: %s", msg.seq, msg.topic, rc)
+            else:
+                self.acked += 1
+                self.outbox.ack((msg.seq,))
+            self._wake.set()
+
+        client.on_socket_open = on_socket_open
+        client.on_socket_close = on_socket_close
+        client.on_socket_register_write = on_socket_register_write
+        client.on_socket_unregister_write = on_socket_unregister_write
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+
+        if self.cfg.protocol == "5":
+            connect = functools.partial(
+                client.connect, self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=True
+            )
+        else:
+            connect = functools.partial(client.connect, self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        misc: asyncio.Task[None] | None = None
+        try:
+            try:
+                await loop.run_in_executor(None, connect)
+            except ssl.SSLCertVerificationError as exc:
+                raise BrokerUnavailable(
+                    f"TLS certificate of {self.cfg.host} not trusted: {exc.verify_message}"
+                ) from exc
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
+                raise BrokerUnavailable(f"cannot reach {self.cfg.host}:{self.cfg.port}: {exc}") from exc
+            misc = asyncio.create_task(_loop_misc(client, gone))
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    waiters: set[asyncio.Future[Any]] = {connack, gone}
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                raise BrokerUnavailable(f"no CONNACK from {self.cfg.host} in {CONNECT_TIMEOUT_S:g} s") from None
+            if not connack.done():
+                raise BrokerUnavailable(f"connection to {self.cfg.host} closed before CONNACK: {gone.result()}")
+            rc = connack.result()
+            if rc.is_failure:
+                raise BrokerRefused(f"broker {self.cfg.host} refused the connection: {rc}")
+            client.publish(self.topics.status, self._status_payload(True), qos=1, retain=True)
+            self.reconnector.mark_connected()
+            log.info(
+                "uplink: connected to %s:%d (TLS %s)", self.cfg.host, self.cfg.port, "on" if self.cfg.tls else "off"
+            )
+            await self._pump(client, gone, inflight, lane_inflight)
+        finally:
+            if misc is not None:
+                misc.cancel()
+            if not gone.done():
+                # Orderly stop (cancelled): say offline ourselves, then disconnect cleanly.
+                try:
+                    client.publish(self.topics.status, self._status_payload(False), qos=1, retain=True)
+                    client.disconnect()
+                    client.loop_write()
+                except (OSError, ValueError):
+                    log.debug("uplink: clean disconnect failed", exc_info=True)
+            fd = fds.pop("fd", None)
+            if fd is not None:
+                _unwatch(loop, fd)
+            _close_quietly(client)
+
+    def _on_commit(self) -> None:
+        self._new_data = True
+        self._wake.set()
+
+    async def _pump(
+        self,
+        client: mqtt.Client,
+        gone: asyncio.Future[str],
+        inflight: dict[int, StoredMessage],
+        lane_inflight: list[int],
+    ) -> None:
+        cursor = [0, 0, 0, 0]  # highest seq fetched per lane in this session
+        exhausted = [False, False, False, False]  # nothing more in the lane at the last look
+        last_status = 0.0
+        refill_at = max(1, self.window // 4)  # after acks, refill once this many slots are free
+
+        async def take(lane: Lane, room: int) -> None:
+            if room <= 0 or exhausted[lane]:
+                return
+            rows = await self.outbox.fetch(lane, cursor[lane], room)
+            exhausted[lane] = len(rows) < room
+            if gone.done():
+                return
+            t_now = self.clock()
+            for msg in rows:
+                historical = t_now - msg.captured_at > self.historical_after_s
+                info = client.publish(msg.topic, wire_payload(msg, historical), qos=1, retain=msg.retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise BrokerUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
+                inflight[info.mid] = msg
+                lane_inflight[lane] += 1
+                cursor[lane] = msg.seq
+            self.published += len(rows)
+
+        self._new_data = True
+        while True:
+            if gone.done():
+                raise BrokerUnavailable(f"connection lost: {gone.result()}")
+            self._wake.clear()
+            if self._new_data:
+                self._new_data = False
+                exhausted = [False, False, False, False]
+            now = time.monotonic()
+            if self._status_due.is_set() or now - last_status > 60.0:
+                self._status_due.clear()
+                last_status = now
+                client.publish(self.topics.status, self._status_payload(True), qos=1, retain=True)
+
+            # Alerts first, always, into the window plus their reserve.
+            await take(Lane.ALERT, self.window + ALERT_RESERVE - len(inflight))
+            # State and bulk keep a small share so a long observation backlog never starves them.
+            for lane in (Lane.STATE, Lane.BULK):
+                await take(lane, min(self.min_share - lane_inflight[lane], self.window - len(inflight)))
+            await take(Lane.OBSERVATION, self.window - len(inflight))
+            for lane in (Lane.STATE, Lane.BULK):
+                await take(lane, self.window - len(inflight))
+
+            # Sleep until a commit, a disconnect, or enough acks to be worth a refill.
+            while True:
+                if self._wake.is_set() and (
+                    self._new_data
+                    or gone.done()
+                    or self._status_due.is_set()
+                    or self.window - len(inflight) >= refill_at
+                    or not inflight
+                ):
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+
+
+async def _loop_misc(client: mqtt.Client, gone: asyncio.Future[str]) -> None:
+    """paho's keep-alive and timeouts, once a second."""
+    while not gone.done():
+        client.loop_misc()
+        await asyncio.sleep(1.0)
+
+
+def _unwatch(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    loop.remove_reader(fd)
+    loop.remove_writer(fd)
+
+
+def _close_quietly(client: mqtt.Client) -> None:
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            log.debug("uplink: socket close failed", exc_info=True)
+
+
+def _now_rfc3339() -> str:
+    from gateway.messages import rfc3339_ms
+
+    return rfc3339_ms(time.time())
