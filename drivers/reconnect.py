@@ -156,11 +156,7 @@ class Reconnector:
                         self.unexpected_disconnects += 1
                     kind = classify(error)
                     self._log_failure(error, kind)
-                    delay = (
-                        self.config_retry_s
-                        if kind is ErrorClass.CONFIGURATION
-                        else self.backoff.next_delay()
-                    )
+                    delay = self.config_retry_s if kind is ErrorClass.CONFIGURATION else self.backoff.next_delay()
                 self.set_state(ConnState.BACKOFF, error)
                 await self._sleep(delay)
         finally:

@@ -286,7 +286,7 @@ class Uplink:
     ) -> None:
         cursor = [0, 0, 0, 0]  # highest seq fetched per lane in this session
         exhausted = [False, False, False, False]  # nothing more in the lane at the last look
-        last_status = 0.0
+        last_status = time.monotonic()  # the birth message was just sent
         refill_at = max(1, self.window // 4)  # after acks, refill once this many slots are free
 
         async def take(lane: Lane, room: int) -> None:

@@ -144,9 +144,7 @@ def open_serial(path: str, baudrate: int) -> serial.Serial:
         code = exc.errno if isinstance(exc.errno, int) else (cause.errno if cause else None)
         if code in (errno.EACCES, errno.EPERM):
             group = _group_hint(path)
-            raise PortPermissionDenied(
-                f"permission denied on {path}: add the service user to group '{group}'"
-            ) from exc
+            raise PortPermissionDenied(f"permission denied on {path}: add the service user to group '{group}'") from exc
         if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
             raise PortMissing(f"{path} went away while opening") from exc
         if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in type(exc).__name__.lower():
@@ -286,7 +284,7 @@ class SerialDriver(Driver):
         }.get(state, LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED)
         if link is None:
             return
-        reason = str(error) if error is not None else None
+        reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
         if (link, reason) == self._last_reported:
             return
         self._last_reported = (link, reason)

@@ -1,0 +1,105 @@
+"""The local control API: JSON lines over a Unix socket, for ``gatewayctl``.
+
+One request per line: ``{"cmd": "status", ...}``; one reply per line: ``{"ok": true, "result": ...}``
+or ``{"ok": false, "error": "...", "code": "..."}``. The socket is created mode 0660 (owner root or the
+service user, group ``homecare``): only those may talk to the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
+MAX_REQUEST_BYTES = 64 * 1024
+CONTROL_GROUP = "homecare"
+
+
+class ControlError(Exception):
+    """A request the daemon refuses, with a machine-readable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
+        self.path = path
+        self.handlers = dict(handlers)
+        self._server: asyncio.AbstractServer | None = None
+        self.requests = 0
+        self.bad_requests = 0
+
+    async def __aenter__(self) -> ControlServer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST_BYTES)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(self.path, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await self._reply(writer, {"ok": False, "code": "too_large", "error": "request too large"})
+                    return
+                if not line:
+                    return
+                await self._reply(writer, await self._handle(line))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _handle(self, line: bytes) -> dict[str, Any]:
+        self.requests += 1
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ControlError("bad_request", 'a request is a JSON object with a "cmd" string')
+            handler = self.handlers.get(req["cmd"])
+            if handler is None:
+                raise ControlError("unknown_command", f"unknown command {req['cmd']!r}")
+            return {"ok": True, "result": await handler(req)}
+        except json.JSONDecodeError as exc:
+            self.bad_requests += 1
+            return {"ok": False, "code": "bad_request", "error": f"not JSON: {exc}"}
+        except ControlError as exc:
+            self.bad_requests += 1
+            return {"ok": False, "code": exc.code, "error": str(exc)}
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, reply: Mapping[str, Any]) -> None:
+        writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+        await writer.drain()

@@ -1,0 +1,238 @@
+"""gatewayd: the daemon. One TaskGroup owns every long-running part; SIGTERM ends in an orderly stop.
+
+Start order: outbox (open, integrity check) -> control socket -> uplink -> drivers -> READY=1.
+Stop order (SIGTERM/SIGINT, safe to request twice): drivers and uplink are cancelled (the uplink says
+``offline`` and disconnects), then the outbox commits what is pending and closes. Everything accepted is
+committed before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from drivers.base import Driver, driver_class
+from gateway.config import Config, load_config
+from gateway.control import ControlServer
+from gateway.errors import ConfigError, GatewayError
+from gateway.messages import Topics, rfc3339_ms
+from gateway.outbox import Lane, Outbox
+from gateway.pipeline import Pipeline
+from gateway.sdnotify import Notifier, watchdog_interval_s
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _dsp_factory() -> Any:
+    """The DSP stream class when gateway.dsp provides it (pure; optional at this stage)."""
+    try:
+        stream = importlib.import_module("gateway.dsp.stream")
+    except ImportError:
+        return None
+    return getattr(stream, "WristStream", None)
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self.notifier = Notifier()
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.pipeline: Pipeline | None = None
+        self.drivers: list[Driver] = []
+
+    def request_stop(self) -> None:
+        """Ask for an orderly stop. Safe to call any number of times."""
+        if not self._stop.is_set():
+            log.info("stop requested")
+            self._stop.set()
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        self.notifier.send("STOPPING=1", "STATUS=stopping")
+        raise _StopRequested
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        data_dir = cfg.gateway.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        topics = Topics(cfg.uplink.topic_prefix, cfg.gateway.id)
+        async with Outbox(
+            data_dir / "outbox.sqlite3",
+            max_bytes=cfg.outbox.max_bytes,
+            commit_interval_ms=cfg.outbox.commit_interval_ms,
+        ) as outbox:
+            self.outbox = outbox
+            self.pipeline = pipeline = Pipeline(topics, outbox, dsp_factory=_dsp_factory())
+            self.uplink = uplink = Uplink(
+                cfg.uplink,
+                cfg.gateway.id,
+                outbox,
+                status_body=self.status_body,
+                historical_after_s=cfg.outbox.historical_after_s,
+            )
+            for spec in cfg.devices:
+                pipeline.add_device(spec.id, spec.kind)
+                self.drivers.append(driver_class(spec.kind)(spec, pipeline.sink, time.time))
+            async with ControlServer(cfg.gateway.socket_path, {"status": self._status_cmd}):
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(outbox.run(), name="outbox")
+                        tg.create_task(uplink.run(), name="uplink")
+                        for drv in self.drivers:
+                            tg.create_task(drv.run(), name=f"device {drv.device_id}")
+                        tg.create_task(self._watchdog(), name="watchdog")
+                        tg.create_task(self._wait_stop(), name="stop")
+                        self.notifier.send("READY=1", f"STATUS=running, {len(self.drivers)} devices")
+                        log.info("gateway %s running with %d devices", cfg.gateway.id, len(self.drivers))
+                except* _StopRequested:
+                    pass
+        log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
+        self.notifier.close()
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval_s()
+        while True:
+            up = self.uplink.state.value if self.uplink else "?"
+            depth = self.outbox.depth_total() if self.outbox else 0
+            fields = [f"STATUS=uplink {up}, outbox {depth} waiting"]
+            if interval is not None:
+                fields.append("WATCHDOG=1")
+            self.notifier.send(*fields)
+            await asyncio.sleep(interval if interval is not None else 10.0)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status_body(self) -> Mapping[str, Any]:
+        """What the retained ``status`` message carries besides online/offline."""
+        ob = self.outbox
+        assert ob is not None
+        return {
+            "version": VERSION,
+            "last_seq": ob.next_seq - 1,
+            "outbox_depth": {lane.name.lower(): ob.depth[lane] for lane in Lane},
+            "evicted_total": ob.counters.evicted_total,
+            "evicted_ranges": [list(r) for r in ob.evicted_ranges],
+        }
+
+    async def status(self) -> dict[str, Any]:
+        ob, up, pl = self.outbox, self.uplink, self.pipeline
+        assert ob is not None and up is not None and pl is not None
+        stats = await ob.stats()
+        now = time.time()
+        drivers = {d.device_id: d for d in self.drivers}
+        devices = []
+        for info in pl.devices.values():
+            drv = drivers.get(info.id)
+            devices.append(
+                {
+                    "id": info.id,
+                    "kind": info.kind,
+                    "state": info.state,
+                    "reason": info.reason,
+                    "last_seen": rfc3339_ms(info.last_seen) if info.last_seen else None,
+                    "readings": info.readings,
+                    "counters": dict(drv.counters()) if drv is not None else info.counters,
+                }
+            )
+        return {
+            "gateway_id": self.cfg.gateway.id,
+            "version": VERSION,
+            "uptime_s": round(now - self.started_at, 1),
+            "uplink": {
+                "state": up.state.value,
+                "broker": f"{self.cfg.uplink.host}:{self.cfg.uplink.port}",
+                "tls": self.cfg.uplink.tls,
+                "connected_since": rfc3339_ms(up.connected_since) if up.connected_since else None,
+                "disconnected_since": rfc3339_ms(up.disconnected_since) if up.disconnected_since else None,
+                "last_error": str(up.reconnector.last_error) if up.reconnector.last_error else None,
+                "published": up.published,
+                "acked": up.acked,
+                "rejected": up.rejected,
+            },
+            "outbox": {
+                "depth": stats.depth,
+                "oldest_age_s": {
+                    lane: (round(now - t, 1) if t is not None else None) for lane, t in stats.oldest_captured_at.items()
+                },
+                "bytes": stats.bytes,
+                "max_bytes": stats.max_bytes,
+                "last_seq": stats.next_seq - 1,
+                "evicted_total": stats.evicted_total,
+                "evicted_ranges": [list(r) for r in stats.evicted_ranges],
+                "commit_failures": pl.counters.commit_failures,
+            },
+            "devices": devices,
+        }
+
+    async def _status_cmd(self, _req: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.status()
+
+
+def configure_logging(level: str) -> None:
+    """Only gatewayd's entry point configures handlers. Under systemd (JOURNAL_STREAM set) the journal
+    adds time and unit, so lines carry only level and logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("<%(levelno)d>%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gatewayd", description="Homecare edge gateway daemon")
+    parser.add_argument("--config", "-c", help="TOML configuration (default /etc/homecare-gateway/gateway.toml)")
+    parser.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level.upper())
+    try:
+        cfg = load_config(args.config)
+        for spec in cfg.devices:
+            driver_class(spec.kind)
+    except ConfigError as exc:
+        print(f"gatewayd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"gatewayd: {cfg.path}: configuration is valid ({len(cfg.devices)} devices)")
+        return 0
+    try:
+        asyncio.run(Daemon(cfg).run())
+    except GatewayError as exc:
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(GatewayError)
+        if rest is not None or matched is None:
+            raise
+        for err in matched.exceptions:
+            print(f"gatewayd: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

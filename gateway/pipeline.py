@@ -1,0 +1,142 @@
+"""Readings from drivers -> (DSP) -> rules -> outbox. The only place drivers' output enters the daemon.
+
+:meth:`Pipeline.sink` is the :data:`drivers.base.ReadingSink` every driver gets: synchronous and
+non-blocking. It turns each reading into a contract message and submits it to the outbox's next group
+commit (an SOS commits at once). Waveforms and beat intervals go through the device's DSP stream
+(``gateway.dsp``) when it is available, which returns gateway-computed measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
+from gateway import messages
+from gateway.errors import OutboxError
+from gateway.messages import Topics
+from gateway.outbox import NewMessage, Outbox
+
+log = logging.getLogger(__name__)
+
+
+class DspStream(Protocol):
+    """What the pipeline needs of a per-device DSP stream (gateway.dsp.stream)."""
+
+    def push_waveform(self, w: Waveform) -> list[Measurement]: ...
+
+    def push_rr(self, b: BeatIntervals) -> list[Measurement]: ...
+
+
+@dataclass
+class DeviceInfo:
+    id: str
+    kind: str
+    state: str = "unknown"
+    reason: str | None = None
+    last_seen: float | None = None
+    readings: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineCounters:
+    accepted: int = 0
+    commit_failures: int = 0
+    sos_presses: int = 0
+    unknown_readings: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        topics: Topics,
+        outbox: Outbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        dsp_factory: Callable[[str], DspStream] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.outbox = outbox
+        self.clock = clock
+        self.dsp_factory = dsp_factory
+        self.devices: dict[str, DeviceInfo] = {}
+        self.counters = PipelineCounters()
+        self._dsp: dict[str, DspStream] = {}
+        self.drill_until: float = 0.0  # presses before this time are rehearsals (issue: drills)
+        self._listeners: list[Callable[[Reading], None]] = []
+
+    def add_device(self, device_id: str, kind: str) -> None:
+        self.devices.setdefault(device_id, DeviceInfo(device_id, kind))
+
+    def on_reading(self, listener: Callable[[Reading], None]) -> None:
+        """Observe every reading (tail, rules). Listeners must not block."""
+        self._listeners.append(listener)
+
+    def in_drill(self, at: float) -> bool:
+        return at < self.drill_until
+
+    # -- the sink ---------------------------------------------------------------------------------
+
+    def sink(self, reading: Reading) -> None:
+        info = self.devices.get(reading.device_id)
+        if info is None:
+            info = self.devices[reading.device_id] = DeviceInfo(reading.device_id, "unknown")
+        if not isinstance(reading, DeviceStatus):
+            info.last_seen = reading.captured_at
+            info.readings += 1
+        for listener in self._listeners:
+            listener(reading)
+        match reading:
+            case SosPress():
+                self.counters.sos_presses += 1
+                drill = self.in_drill(reading.captured_at)
+                log.warning("device %s: SOS press%s", reading.device_id, " (drill)" if drill else "")
+                self._submit(messages.sos_alert(self.topics, reading, drill=drill))
+            case Measurement():
+                self._submit(messages.observation(self.topics, reading))
+            case DeviceStatus():
+                info.state, info.reason = reading.state.value, reading.reason
+                info.counters = dict(reading.counters)
+                if reading.state.value == "connected":
+                    log.info("device %s: connected", reading.device_id)
+                else:
+                    log.info("device %s: %s (%s)", reading.device_id, reading.state.value, reading.reason)
+                self._submit(messages.device_state(self.topics, reading))
+            case Waveform():
+                for m in self._stream(reading.device_id, lambda s: s.push_waveform(reading)):
+                    self.sink(m)
+            case BeatIntervals():
+                for m in self._stream(reading.device_id, lambda s: s.push_rr(reading)):
+                    self.sink(m)
+            case _:
+                self.counters.unknown_readings += 1
+                log.warning("device %s: unknown reading type %s", reading.device_id, type(reading).__name__)
+
+    def _stream(self, device_id: str, push: Callable[[DspStream], list[Measurement]]) -> list[Measurement]:
+        if self.dsp_factory is None:
+            return []
+        stream = self._dsp.get(device_id)
+        if stream is None:
+            stream = self._dsp[device_id] = self.dsp_factory(device_id)
+        return push(stream)
+
+    def _submit(self, msg: NewMessage) -> asyncio.Future[int]:
+        fut = self.outbox.submit(msg)
+        fut.add_done_callback(self._committed)
+        return fut
+
+    def _committed(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.counters.accepted += 1
+        elif isinstance(exc, OutboxError):
+            self.counters.commit_failures += 1
+        else:
+            raise exc

@@ -1,0 +1,149 @@
+"""The cloud side, seen from a terminal: subscribe to ``homecare/v1/#`` and print what arrives.
+
+Every message is checked against the contract's JSON Schema (when ``jsonschema`` is installed) and
+``seq`` gaps are reported, so a developer sees at once what the cloud platform would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.contract import schema_for_topic
+
+
+class Viewer:
+    """A QoS 1 subscriber that keeps what it saw (tests use it as the "cloud")."""
+
+    def __init__(self, host: str, port: int, topic: str = "homecare/v1/#", *, validate: bool = True) -> None:
+        self.host, self.port, self.topic = host, port, topic
+        self.messages: queue.Queue[tuple[float, str, dict[str, Any], bool]] = queue.Queue()
+        self.invalid: list[tuple[str, str]] = []
+        self.on_message: Callable[[str, dict[str, Any], bool], None] | None = None
+        self._validators: dict[str, Any] = {}
+        self._validate = validate
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+
+    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        c.subscribe(self.topic, qos=1)
+        self.connected.set()
+
+    def _check(self, topic: str, doc: dict[str, Any]) -> str | None:
+        if not self._validate:
+            return None
+        name = schema_for_topic(topic)
+        if name is None:
+            return None
+        try:
+            from gateway.contract import validator
+        except ImportError:
+            return None
+        v = self._validators.get(name)
+        if v is None:
+            try:
+                v = self._validators[name] = validator(name)
+            except ImportError:
+                self._validate = False
+                return None
+        errors = [e.message for e in v.iter_errors(doc)]
+        return "; ".join(errors) if errors else None
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            with self._lock:
+                self.invalid.append((msg.topic, "not JSON"))
+            return
+        problem = self._check(msg.topic, doc) if isinstance(doc, dict) else "not an object"
+        if problem:
+            with self._lock:
+                self.invalid.append((msg.topic, problem))
+        self.messages.put((time.monotonic(), msg.topic, doc, bool(msg.retain)))
+        if self.on_message is not None:
+            self.on_message(msg.topic, doc, bool(msg.retain))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self.connected.wait(timeout_s):
+            raise RuntimeError(f"viewer could not connect to {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Viewer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def describe(topic: str, doc: dict[str, Any]) -> str:
+    kind = doc.get("type", "?")
+    head = f"seq {doc.get('seq', '-'):>6} {doc.get('captured_at', doc.get('at', ''))}"
+    if kind == "alert":
+        drill = " DRILL" if doc.get("drill") else ""
+        return f"{head}  ALERT {doc.get('kind')} [{doc.get('severity')}]{drill} from {doc.get('device_id')}"
+    if kind == "observation":
+        return (
+            f"{head}  obs   {doc.get('device_id')}: {doc.get('code')} = {doc.get('value')} {doc.get('unit')}"
+            f" ({doc.get('method')}, quality {doc.get('quality')})"
+        )
+    if kind == "device_state":
+        reason = f" ({doc['reason']})" if doc.get("reason") else ""
+        return f"{head}  state {doc.get('device_id')}: {doc.get('state')}{reason}"
+    if kind == "status":
+        return f"{'':>6} {doc.get('at', '')}  gateway {doc.get('gateway_id')} {doc.get('state')}"
+    return f"{head}  {topic}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--topic", default="homecare/v1/#")
+
+
+def run(args: argparse.Namespace) -> int:
+    last_seq: dict[str, int] = {}
+
+    def show(topic: str, doc: dict[str, Any], retained: bool) -> None:
+        line = describe(topic, doc)
+        gw, seq = doc.get("gateway_id"), doc.get("seq")
+        if isinstance(gw, str) and isinstance(seq, int) and not retained:
+            prev = last_seq.get(gw)
+            if prev is not None and seq > prev + 1:
+                line += f"   <- gap: seq {prev + 1}..{seq - 1} not (yet) seen"
+            last_seq[gw] = max(seq, prev or 0)
+        print(("[retained] " if retained else "") + line, flush=True)
+
+    viewer = Viewer(args.host, args.port, args.topic)
+    viewer.on_message = show
+    viewer.start()
+    print(f"cloud viewer: subscribed to {args.topic} on {args.host}:{args.port}", flush=True)
+    try:
+        while True:
+            time.sleep(1.0)
+            while viewer.invalid:
+                topic, problem = viewer.invalid.pop(0)
+                print(f"!! {topic}: message breaks the contract: {problem}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
+    return 0
