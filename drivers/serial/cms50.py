@@ -1,0 +1,873 @@
+"""Contec CMS50D+/CMS50E/CMS50F family USB pulse oximeters: live pleth waveform, SpO2, pulse rate and
+the stored-recording download.
+
+Contec publishes no protocol document; the facts below come from open implementations that agree with
+each other (we read them and wrote our own code):
+
+- OSCAR/SleepyHead ``oscar/SleepLib/loader_plugins/cms50f37_loader.cpp`` (Mark Watkins): the command
+  packet ``7D 81 cc 80 80 80 80 80 80``, the response table by type, session count/date/time/duration
+  and the 0x0F stored-data packets (3 points of SpO2 + pulse), the "high byte" bit restoration.
+- timegrid/CMS50Dplus7 ``cms50dplus7.py`` (after Contec's "Communication Protocol of Pulse Oximeter
+  V7.0"): the generic packet ``[type, high byte, 7 data bytes]``, the 0x01 real-time packet fields,
+  start/stop real-time (0xA1/0xA2), keep-alive (0xAF), storage start/stop (0xA6 user segment / 0xA7),
+  invalid markers (pulse 0xFF, SpO2 0x7F, PI 0xFFFF), 1 s between stored points.
+- celiponcio/oximeter-CMS50Dplus-v4.6 ``cms50Dplus_thread.py`` and the patrick-samy gist for firmware
+  4.6 (115200 8N1, 9-byte live frames at 60 Hz, finger-out/searching bits, fixed 0xFF PI bytes).
+- atbrask/CMS50Dplus ``cms50dplus.py`` and the "CMS-P" dumpers for the *older* protocol of CMS50D/E
+  firmware < 4.x: 19200 baud, a continuous stream of 5-byte frames whose first byte alone has bit 7 set;
+  recorded data by ``F5 F5`` (preamble ``F2 80 00`` x3, a 3-byte length, 3-byte records, ``F6 F6 F6``
+  to stop). That download carries no start time, so the driver does not use it (pure helpers only).
+
+Framing, new protocol ("v7"): every packet starts with a byte whose bit 7 is clear (the type); every
+following byte has bit 7 set (sync). Byte 1 is the *high byte*: its bit *i* is bit 7 of data byte *i*.
+Length is fixed per type. A byte with bit 7 clear always starts a packet, so one lost or extra byte
+costs at most one packet: the parser drops the fragment, counts it and goes on.
+
+Everything here up to :class:`Cms50Driver` is sans-I/O (bytes in, typed frames out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeAlias
+
+from drivers.base import DeviceConfigError, FrameError, Measurement, Waveform
+from drivers.serial.port import SERIAL_OPTIONS, LinkLost, LinkSilent, SerialDriver, SerialLink
+
+log = logging.getLogger(__name__)
+
+LOINC_SPO2 = "59408-5"  # Oxygen saturation in Arterial blood by Pulse oximetry
+LOINC_PULSE = "8867-4"  # Heart rate
+UNIT_SPO2 = "%"
+UNIT_PULSE = "/min"
+
+SAMPLE_RATE_HZ = 60.0  # live frames per second on both protocols
+STORED_INTERVAL_S = 1.0  # one stored point per second (timegrid; OSCAR imports them at 1 Hz)
+
+# Plausibility windows. The device says "invalid" with 0x7F / 0xFF / 0; anything else outside these
+# windows is a corrupted byte and is never emitted as a number. CMS50D+ user manual: SpO2 range
+# 0-100 % (accuracy stated for 70-100 %), pulse rate 30-250 bpm.
+SPO2_VALID = range(1, 101)
+SPO2_ACCURATE_FROM = 70
+PULSE_VALID = range(30, 251)
+PLETH_MAX = 127
+
+
+class Cms50FrameError(FrameError):
+    """A CMS50 packet that does not decode (bad sync bits, wrong length, unknown type)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSample:
+    """One live frame (60 per second). ``spo2``/``pulse_rate`` are None when the device marks them
+    invalid or they are out of range."""
+
+    pleth: int  # 0..127, arbitrary units
+    spo2: int | None
+    pulse_rate: int | None
+    signal: int  # 0..15 signal strength
+    bar: int  # 0..15 pulse bar graph
+    beat: bool  # the device's beep/heartbeat marker
+    finger_out: bool  # "probe error": no finger / probe unplugged
+    searching: bool  # looking for a pulse: values not yet meaningful
+    searching_too_long: bool
+    low_spo2: bool  # "SpO2 dropping" alarm bit
+    perfusion_index: int | None = None  # raw PI (v7 only), None when invalid/absent
+
+    @property
+    def valid(self) -> bool:
+        """True when the waveform and values are meaningful (finger in, pulse found)."""
+        return not (self.finger_out or self.searching)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoints:
+    """A 0x0F (or 0x09) storage packet: up to three 1-second points, (spo2, pulse) each None when
+    invalid. ``pad`` counts all-zero filler points (after the end of the recording)."""
+
+    points: tuple[tuple[int | None, int | None], ...]
+    pad: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCount:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDate:
+    year: int
+    month: int
+    day: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTime:
+    hour: int
+    minute: int
+    second: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDuration:
+    raw: int  # in 1/2 s on CMS50D+/E/F (1/4 s on CMS50I/H, per OSCAR)
+
+    def points(self, divisor: int = 2) -> int:
+        return self.raw // divisor
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceText:
+    """Model (0x02) or vendor (0x03) string segments."""
+
+    ptype: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OtherPacket:
+    """A well-formed packet we do not interpret (acks 0x0B/0x0C, notices 0x0D...)."""
+
+    ptype: int
+    data: bytes
+
+
+Frame: TypeAlias = (
+    LiveSample | StoredPoints | SessionCount | SessionDate | SessionTime | SessionDuration | DeviceText | OtherPacket
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# New protocol (v7): packet codec
+# --------------------------------------------------------------------------------------------------
+
+CMD = 0x7D
+CMD_START_LIVE = 0xA1
+CMD_STOP_LIVE = 0xA2
+CMD_SESSION_COUNT = 0xA3
+CMD_SESSION_DURATION = 0xA4
+CMD_SESSION_TIME = 0xA5  # answered by a 0x07 (date) and a 0x12 (time) packet
+CMD_SESSION_DATA = 0xA6
+CMD_STOP_DATA = 0xA7
+CMD_MODEL = 0xA8
+CMD_VENDOR = 0xA9
+CMD_KEEPALIVE = 0xAF
+
+PT_LIVE = 0x01
+PT_MODEL = 0x02
+PT_VENDOR = 0x03
+PT_DATE = 0x07
+PT_DURATION = 0x08
+PT_STORED_PI = 0x09
+PT_SESSION_COUNT = 0x0A
+PT_STORED = 0x0F
+PT_TIME = 0x12
+
+# Total packet length by type (type byte + high byte + data), after OSCAR's table; 0x01 from the
+# live-mode implementations; 0x7D is the host's command packet (echo/loopback). 0x0D has no known
+# fixed length and is skipped as a fragment.
+PACKET_LENGTHS: Mapping[int, int] = {
+    0x01: 9,
+    0x02: 9,
+    0x03: 9,
+    0x04: 9,
+    0x05: 9,
+    0x06: 4,
+    0x07: 8,
+    0x08: 8,
+    0x09: 6,
+    0x0A: 4,
+    0x0B: 4,
+    0x0C: 2,
+    0x0E: 3,
+    0x0F: 8,
+    0x10: 3,
+    0x11: 9,
+    0x12: 8,
+    0x13: 9,
+    0x14: 9,
+    0x7D: 9,
+}
+
+
+def encode_packet(ptype: int, data: Sequence[int]) -> bytes:
+    """``[type, high byte, data...]`` with the sync bits set (used for commands and by the simulator)."""
+    if not 0 <= ptype <= 0x7F:
+        raise ValueError(f"packet type {ptype:#x} must have bit 7 clear")
+    if len(data) > 7:
+        raise ValueError("at most 7 data bytes")
+    high = 0x80
+    out = bytearray([ptype, 0])
+    for i, b in enumerate(data):
+        if not 0 <= b <= 0xFF:
+            raise ValueError(f"data byte {b} out of range")
+        if b & 0x80:
+            high |= 1 << i
+        out.append(0x80 | (b & 0x7F))
+    out[1] = high
+    return bytes(out)
+
+
+def command(code: int, *args: int) -> bytes:
+    """A host command: ``7D 81 cc 80 80 80 80 80 80`` for ``command(0xA1)``."""
+    data = [code, *args]
+    return encode_packet(CMD, data + [0] * (7 - len(data)))
+
+
+def decode_packet(packet: bytes) -> tuple[int, bytes]:
+    """``(type, data with bit 7 restored)``; :class:`Cms50FrameError` when the sync bits are wrong."""
+    if len(packet) < 2:
+        raise Cms50FrameError(f"packet of {len(packet)} bytes is too short")
+    ptype = packet[0]
+    if ptype & 0x80:
+        raise Cms50FrameError(f"type byte {ptype:#04x} has the sync bit set")
+    if any(not (b & 0x80) for b in packet[1:]):
+        raise Cms50FrameError("a data byte lacks its sync bit")
+    expected = PACKET_LENGTHS.get(ptype)
+    if expected is None:
+        raise Cms50FrameError(f"unknown packet type {ptype:#04x}")
+    if len(packet) != expected:
+        raise Cms50FrameError(f"type {ptype:#04x} packet has {len(packet)} bytes, expected {expected}")
+    high = packet[1]
+    data = bytes((b & 0x7F) | (0x80 if high & (1 << i) else 0) for i, b in enumerate(packet[2:]))
+    return ptype, data
+
+
+def _spo2(value: int) -> int | None:
+    return value if value in SPO2_VALID else None
+
+
+def _pulse(value: int) -> int | None:
+    return value if value in PULSE_VALID else None
+
+
+def decode_frame(packet: bytes) -> Frame:
+    """One framed v7 packet to a typed frame."""
+    ptype, d = decode_packet(packet)
+    if ptype == PT_LIVE:
+        pi = d[5] | (d[6] << 8)
+        return LiveSample(
+            pleth=d[1] & 0x7F,
+            spo2=_spo2(d[4]),
+            pulse_rate=_pulse(d[3]),
+            signal=d[0] & 0x0F,
+            bar=d[2] & 0x0F,
+            beat=bool(d[0] & 0x40),
+            finger_out=bool(d[0] & 0x80),
+            searching=bool(d[1] & 0x80),
+            searching_too_long=bool(d[0] & 0x10),
+            low_spo2=bool(d[0] & 0x20),
+            perfusion_index=None if pi == 0xFFFF or not d[2] & 0x10 else pi,
+        )
+    if ptype in (PT_STORED, PT_STORED_PI):
+        pairs = [(d[0], d[1]), (d[2], d[3]), (d[4], d[5])] if ptype == PT_STORED else [(d[0], d[1])]
+        points: list[tuple[int | None, int | None]] = []
+        pad = 0
+        for spo2, pr in pairs:
+            if spo2 == 0 and pr == 0:
+                pad += 1
+                continue
+            points.append((_spo2(spo2), _pulse(pr)))
+        return StoredPoints(tuple(points), pad)
+    if ptype == PT_SESSION_COUNT:
+        return SessionCount(d[1])
+    if ptype == PT_DATE:
+        year, month, day = d[2] * 100 + d[3], d[4], d[5]
+        if not (1 <= month <= 12 and 1 <= day <= 31 and 2000 <= year <= 2099):
+            raise Cms50FrameError(f"session date {year}-{month}-{day} is not a date")
+        return SessionDate(year, month, day)
+    if ptype == PT_TIME:
+        hour, minute, second = d[2], d[3], d[4]
+        if not (hour < 24 and minute < 60 and second < 60):
+            raise Cms50FrameError(f"session time {hour}:{minute}:{second} is not a time")
+        return SessionTime(hour, minute, second)
+    if ptype == PT_DURATION:
+        return SessionDuration(d[2] | (d[3] << 8) | (d[4] << 16))
+    if ptype in (PT_MODEL, PT_VENDOR):
+        text = bytes(b for b in d if 0x20 <= b < 0x7F).decode("ascii").strip()
+        return DeviceText(ptype, text)
+    return OtherPacket(ptype, d)
+
+
+@dataclass
+class ParserStats:
+    frames: int = 0
+    garbage_bytes: int = 0
+    bad_frames: int = 0
+    out_of_range: int = 0  # values neither valid nor the device's own "invalid" marker
+
+
+@dataclass
+class Cms50Parser:
+    """Sans-I/O parser of the v7 byte stream: ``feed(bytes) -> list[Frame]``. Never raises; bad input
+    is dropped and counted in :attr:`stats`."""
+
+    stats: ParserStats = field(default_factory=ParserStats)
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        buf = self._buf
+        buf.extend(data)
+        while buf:
+            if buf[0] & 0x80:
+                # Not a packet start: a stray sync byte (line noise or the tail of a broken packet).
+                i = 1
+                while i < len(buf) and buf[i] & 0x80:
+                    i += 1
+                self.stats.garbage_bytes += i
+                del buf[:i]
+                continue
+            length = PACKET_LENGTHS.get(buf[0])
+            if length is None:
+                self.stats.garbage_bytes += 1
+                del buf[0]
+                continue
+            # Look for an early start byte: the packet was cut short (a byte was lost).
+            end = min(length, len(buf))
+            cut = next((i for i in range(1, end) if not buf[i] & 0x80), None)
+            if cut is not None:
+                self.stats.bad_frames += 1
+                self.stats.garbage_bytes += cut
+                del buf[:cut]
+                continue
+            if len(buf) < length:
+                break
+            packet = bytes(buf[:length])
+            del buf[:length]
+            try:
+                frame = decode_frame(packet)
+            except Cms50FrameError as exc:
+                self.stats.bad_frames += 1
+                log.debug("cms50: dropped packet %s: %s", packet.hex(), exc)
+                continue
+            self._count_range(packet, frame)
+            self.stats.frames += 1
+            out.append(frame)
+        return out
+
+    def _count_range(self, packet: bytes, frame: Frame) -> None:
+        if isinstance(frame, LiveSample):
+            _, d = decode_packet(packet)
+            if frame.spo2 is None and d[4] not in (0, 0x7F):
+                self.stats.out_of_range += 1
+            if frame.pulse_rate is None and d[3] not in (0, 0xFF):
+                self.stats.out_of_range += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Older protocol (CMS50D/E firmware before 4.x, 19200 baud): 5-byte frames
+# --------------------------------------------------------------------------------------------------
+
+
+def encode_legacy(sample: LiveSample) -> bytes:
+    """The 5-byte frame of the older protocol (for the simulator and vectors)."""
+    pr = 0xFF if sample.pulse_rate is None else sample.pulse_rate
+    spo2 = 0x7F if sample.spo2 is None else sample.spo2
+    b0 = 0x80 | (sample.signal & 0x0F)
+    b0 |= 0x10 if sample.searching_too_long else 0
+    b0 |= 0x20 if sample.low_spo2 else 0
+    b0 |= 0x40 if sample.beat else 0
+    b2 = (sample.bar & 0x0F) | (0x10 if sample.finger_out else 0) | (0x20 if sample.searching else 0)
+    b2 |= (pr & 0x80) >> 1
+    return bytes([b0, sample.pleth & 0x7F, b2, pr & 0x7F, spo2 & 0x7F])
+
+
+def decode_legacy(frame: bytes) -> LiveSample:
+    if len(frame) != 5:
+        raise Cms50FrameError(f"legacy frame has {len(frame)} bytes, expected 5")
+    if not frame[0] & 0x80 or any(b & 0x80 for b in frame[1:]):
+        raise Cms50FrameError("legacy frame sync bits are wrong")
+    b0, b1, b2, b3, b4 = frame
+    pr = ((b2 & 0x40) << 1) | (b3 & 0x7F)
+    return LiveSample(
+        pleth=b1 & 0x7F,
+        spo2=_spo2(b4 & 0x7F),
+        pulse_rate=_pulse(pr),
+        signal=b0 & 0x0F,
+        bar=b2 & 0x0F,
+        beat=bool(b0 & 0x40),
+        finger_out=bool(b2 & 0x10),
+        searching=bool(b2 & 0x20),
+        searching_too_long=bool(b0 & 0x10),
+        low_spo2=bool(b0 & 0x20),
+    )
+
+
+@dataclass
+class LegacyParser:
+    """Sans-I/O parser of the older 5-byte stream. Never raises; counts what it drops."""
+
+    stats: ParserStats = field(default_factory=ParserStats)
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        buf = self._buf
+        buf.extend(data)
+        while buf:
+            if not buf[0] & 0x80:
+                self.stats.garbage_bytes += 1
+                del buf[0]
+                continue
+            end = min(5, len(buf))
+            cut = next((i for i in range(1, end) if buf[i] & 0x80), None)
+            if cut is not None:
+                self.stats.bad_frames += 1
+                self.stats.garbage_bytes += cut
+                del buf[:cut]
+                continue
+            if len(buf) < 5:
+                break
+            frame = bytes(buf[:5])
+            del buf[:5]
+            sample = decode_legacy(frame)  # the checks above make this total
+            pr = ((frame[2] & 0x40) << 1) | frame[3]
+            if sample.pulse_rate is None and pr not in (0, 0xFF):
+                self.stats.out_of_range += 1
+            if sample.spo2 is None and frame[4] not in (0, 0x7F):
+                self.stats.out_of_range += 1
+            self.stats.frames += 1
+            out.append(sample)
+        return out
+
+
+LEGACY_DOWNLOAD = bytes([0xF5, 0xF5])
+LEGACY_STOP = bytes([0xF6, 0xF6, 0xF6])
+LEGACY_PREAMBLE = bytes([0xF2, 0x80, 0x00]) * 3
+
+
+def legacy_parse_download(data: bytes) -> tuple[int, list[tuple[int | None, int | None]]]:
+    """Parse a complete older-protocol recording download (after ``F5 F5``): the number of points the
+    header announces and the (spo2, pulse) points received. Times are not in the data: point *i* is
+    ``start + i`` seconds, with ``start`` known only to the user."""
+    start = data.find(LEGACY_PREAMBLE)
+    if start < 0:
+        raise Cms50FrameError("no recording preamble")
+    pos = start + len(LEGACY_PREAMBLE)
+    if len(data) < pos + 3:
+        raise Cms50FrameError("recording header is truncated")
+    la, lb, lc = data[pos : pos + 3]
+    if not la & 0x80 or not lb & 0x80 or lc & 0x80:
+        raise Cms50FrameError("corrupted recording length")
+    length = (((la & 0x7F) << 14) | ((lb & 0x7F) << 7) | lc) + 1
+    if length % 3:
+        raise Cms50FrameError(f"recording length {length} is not a multiple of 3")
+    body = data[pos + 3 : pos + 3 + length]
+    points: list[tuple[int | None, int | None]] = []
+    for i in range(0, len(body) - len(body) % 3, 3):
+        b0, b1, b2 = body[i : i + 3]
+        if b0 & 0xFE != 0xF0 or not b1 & 0x80 or b2 & 0x80:
+            raise Cms50FrameError(f"recording point {i // 3} is corrupted")
+        points.append((_spo2(b2 & 0x7F), _pulse(((b0 & 0x01) << 7) | (b1 & 0x7F))))
+    return length // 3, points
+
+
+def legacy_encode_download(points: Sequence[tuple[int, int]]) -> bytes:
+    """The device's answer to ``F5 F5`` for ``points`` of (spo2, pulse) (simulator and vectors)."""
+    length = len(points) * 3 - 1
+    header = bytes([0x80 | ((length >> 14) & 0x7F), 0x80 | ((length >> 7) & 0x7F), length & 0x7F])
+    body = bytearray()
+    for spo2, pr in points:
+        body += bytes([0xF0 | ((pr >> 7) & 1), 0x80 | (pr & 0x7F), spo2 & 0x7F])
+    return LEGACY_PREAMBLE + header + bytes(body)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored sessions: pure bookkeeping of what was already fetched
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One stored point with its original capture time and a stable identity for dedupe."""
+
+    source_id: str
+    captured_at: float
+    spo2: int | None
+    pulse_rate: int | None
+
+
+def session_records(
+    start: dt.datetime, points: Sequence[tuple[int | None, int | None]], *, first_index: int = 0
+) -> list[StoredRecord]:
+    """Records of a session that started at ``start`` (aware datetime); point *i* is ``i`` seconds later.
+    ``source_id`` is ``cms50:{start ISO}:{i}``, stable across downloads of the same session."""
+    t0 = start.timestamp()
+    key = start.strftime("%Y%m%dT%H%M%S")
+    return [
+        StoredRecord(f"cms50:{key}:{first_index + i}", t0 + (first_index + i) * STORED_INTERVAL_S, spo2, pr)
+        for i, (spo2, pr) in enumerate(points)
+    ]
+
+
+@dataclass
+class FetchLedger:
+    """Which stored points were already emitted, per session start: ``{start key: points emitted}``.
+    Kept in memory and, when ``path`` is set, in a small JSON file written atomically, so a restart of
+    the gateway does not emit a recording twice (the msg_id built from ``source_id`` dedupes the rest)."""
+
+    path: Path | None = None
+    done: dict[str, int] = field(default_factory=dict)
+
+    def load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read stored-record ledger %s: %s", self.path, exc)
+            return
+        if isinstance(raw, dict):
+            self.done = {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.done, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write stored-record ledger %s: %s", self.path, exc)
+
+    def emitted(self, key: str) -> int:
+        return self.done.get(key, 0)
+
+    def mark(self, key: str, count: int) -> None:
+        if count > self.done.get(key, 0):
+            self.done[key] = count
+            # Keep the ledger small: the device holds one or a few sessions.
+            if len(self.done) > 64:
+                for old in sorted(self.done)[: len(self.done) - 64]:
+                    del self.done[old]
+            self.save()
+
+
+# --------------------------------------------------------------------------------------------------
+# Live stream -> readings: pure accumulator
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveAccumulator:
+    """Turns live samples into Waveform blocks and (rate-limited) device Measurements. Pure: time is
+    given by the caller. Samples are timed by their index at ``fs`` from an anchor, re-anchored when
+    the arrival clock drifts by more than ``max_drift_s`` (a gap, a stall)."""
+
+    device_id: str
+    fs: float = SAMPLE_RATE_HZ
+    block: int = 60
+    report_every_s: float = 5.0
+    max_drift_s: float = 1.0
+    index: int = 0  # running count of frames received (the "device counter")
+    _anchor_t: float | None = None
+    _anchor_i: int = 0
+    _samples: list[float] = field(default_factory=list)
+    _block_start: int = 0
+    _last_report: float | None = None
+    invalid_frames: int = 0
+
+    def _time_of(self, i: int) -> float:
+        assert self._anchor_t is not None
+        return self._anchor_t + (i - self._anchor_i) / self.fs
+
+    def feed(self, sample: LiveSample, now: float) -> list[Waveform | Measurement]:
+        out: list[Waveform | Measurement] = []
+        i = self.index
+        self.index += 1
+        if self._anchor_t is None or abs(self._time_of(i) - now) > self.max_drift_s:
+            out.extend(self.flush())
+            self._anchor_t, self._anchor_i = now, i
+        if not sample.valid:
+            self.invalid_frames += 1
+            out.extend(self.flush())
+            return out
+        if not self._samples:
+            self._block_start = i
+        elif i != self._block_start + len(self._samples):
+            out.extend(self.flush())
+            self._block_start = i
+        self._samples.append(float(sample.pleth))
+        if len(self._samples) >= self.block:
+            out.extend(self.flush())
+        t = self._time_of(i)
+        if self._last_report is None or t - self._last_report >= self.report_every_s:
+            readings = self._values(sample, t)
+            if readings:
+                out.extend(readings)
+                self._last_report = t
+        return out
+
+    def _values(self, sample: LiveSample, t: float) -> list[Waveform | Measurement]:
+        out: list[Waveform | Measurement] = []
+        extra: dict[str, Any] = {"signal": sample.signal}
+        if sample.spo2 is not None:
+            spo2_extra = dict(extra)
+            if sample.spo2 < SPO2_ACCURATE_FROM:
+                spo2_extra["below_accuracy_range"] = True
+            if sample.low_spo2:
+                spo2_extra["device_low_spo2_alarm"] = True
+            out.append(self._measurement(LOINC_SPO2, sample.spo2, UNIT_SPO2, t, spo2_extra))
+        if sample.pulse_rate is not None:
+            out.append(self._measurement(LOINC_PULSE, sample.pulse_rate, UNIT_PULSE, t, extra))
+        return out
+
+    def _measurement(self, code: str, value: int, unit: str, t: float, extra: Mapping[str, Any]) -> Measurement:
+        return Measurement(
+            device_id=self.device_id,
+            code=code,
+            value=float(value),
+            unit=unit,
+            captured_at=t,
+            method="device",
+            extra=extra,
+        )
+
+    def flush(self) -> list[Waveform | Measurement]:
+        if not self._samples:
+            return []
+        wf = Waveform(
+            device_id=self.device_id,
+            captured_at=self._time_of(self._block_start),
+            fs=self.fs,
+            channels={"pleth": tuple(self._samples)},
+            first_index=self._block_start,
+        )
+        self._samples = []
+        return [wf]
+
+
+# --------------------------------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------------------------------
+
+
+def _zone(name: str) -> dt.tzinfo:
+    if not name:
+        local = dt.datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise DeviceConfigError(f"unknown timezone {name!r}") from exc
+
+
+class Cms50Driver(SerialDriver):
+    """CMS50D+ (firmware 4.6+), CMS50E/F and relatives speaking the newer ("v7") protocol at 115200.
+
+    On connect: stop live mode, ask for the stored session (count, start time, duration) and download
+    the points not yet emitted (with their original times), then start live mode and keep it alive
+    (0xAF every ``keepalive_s``; the device stops streaming about 30 s after the last one).
+
+    Options: the serial keys, ``download_stored`` (default true), ``timezone`` (IANA name of the
+    device's clock, default the gateway's), ``state_path`` (ledger file of fetched sessions),
+    ``report_every_s`` (device SpO2/pulse at most this often), ``user`` (stored-data user index).
+    """
+
+    kind: ClassVar[str] = "serial-cms50"
+    baudrate: ClassVar[int] = 115200
+    protocol: ClassVar[str] = "v7"
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
+        **SERIAL_OPTIONS,
+        "silence_timeout_s": ((int, float), 10.0),
+        "download_stored": (bool, True),
+        "timezone": (str, ""),
+        "state_path": (str, ""),
+        "report_every_s": ((int, float), 5.0),
+        "user": (int, 1),
+        "duration_divisor": (int, 2),
+    }
+    keepalive_s: ClassVar[float] = 5.0
+    reply_timeout_s: ClassVar[float] = 2.0
+    data_quiet_s: ClassVar[float] = 2.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts = self.spec.options
+        if "silence_timeout_s" not in opts:
+            self.silence_timeout_s = 10.0
+        self.download_stored = bool(opts.get("download_stored", True))
+        self.tz = _zone(str(opts.get("timezone", "")))
+        state = str(opts.get("state_path", ""))
+        self.ledger = FetchLedger(Path(state) if state else None)
+        self.ledger.load()
+        self.report_every_s = float(opts.get("report_every_s", 5.0))
+        self.user = int(opts.get("user", 1))
+        self.duration_divisor = int(opts.get("duration_divisor", 2)) or 2
+        self.parser: Cms50Parser | LegacyParser = Cms50Parser() if self.protocol == "v7" else LegacyParser()
+        self.live = LiveAccumulator(self.device_id, report_every_s=self.report_every_s)
+        self.stored_emitted = 0
+
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(super().counters())
+        st = self.parser.stats
+        merged.update(
+            frames=st.frames,
+            garbage_bytes=st.garbage_bytes,
+            bad_frames=st.bad_frames,
+            out_of_range=st.out_of_range,
+            invalid_frames=self.live.invalid_frames,
+            stored_emitted=self.stored_emitted,
+        )
+        return merged
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    async def _frames(self, link: SerialLink, timeout_s: float) -> list[Frame]:
+        return self.parser.feed(await link.read(timeout_s=timeout_s))
+
+    async def _ask(self, link: SerialLink, cmd: bytes, want: tuple[type, ...], n: int = 1) -> list[Frame]:
+        """Send ``cmd`` and collect ``n`` frames of the wanted types (other frames are ignored).
+        :class:`LinkSilent` when the device does not answer in time."""
+        link.write(cmd)
+        got: list[Frame] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reply_timeout_s
+        while len(got) < n:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise LinkSilent(f"{link.path}: no answer to command {cmd[2]:#04x}")
+            got.extend(f for f in await self._frames(link, remaining) if isinstance(f, want))
+        return got
+
+    async def _download(self, link: SerialLink) -> None:
+        (count,) = await self._ask(link, command(CMD_SESSION_COUNT), (SessionCount,))
+        assert isinstance(count, SessionCount)
+        self.reconnector.mark_connected()
+        if count.count == 0 or not self.download_stored:
+            return
+        stamp = await self._ask(link, command(CMD_SESSION_TIME, self.user, 1), (SessionDate, SessionTime), 2)
+        date = next(f for f in stamp if isinstance(f, SessionDate))
+        tod = next(f for f in stamp if isinstance(f, SessionTime))
+        (dur,) = await self._ask(link, command(CMD_SESSION_DURATION, self.user, 1), (SessionDuration,))
+        assert isinstance(dur, SessionDuration)
+        try:
+            start = dt.datetime(date.year, date.month, date.day, tod.hour, tod.minute, tod.second, tzinfo=self.tz)
+        except ValueError as exc:
+            self.count("bad_sessions")
+            log.warning("device %s: stored session has an impossible start time: %s", self.device_id, exc)
+            return
+        total = dur.points(self.duration_divisor)
+        key = start.strftime("%Y%m%dT%H%M%S")
+        done = self.ledger.emitted(key)
+        if total <= done:
+            log.debug("device %s: stored session %s already fetched (%d points)", self.device_id, key, done)
+            return
+        points = await self._fetch_points(link, total)
+        new = session_records(start, points[done:], first_index=done)
+        for rec in new:
+            self._emit_stored(rec)
+        self.ledger.mark(key, done + len(new))
+        log.info("device %s: fetched %d stored points of session %s", self.device_id, len(new), key)
+
+    async def _fetch_points(self, link: SerialLink, total: int) -> list[tuple[int | None, int | None]]:
+        link.write(command(CMD_SESSION_DATA, self.user, 1))
+        points: list[tuple[int | None, int | None]] = []
+        try:
+            while len(points) < total:
+                for f in await self._frames(link, self.data_quiet_s):
+                    if isinstance(f, StoredPoints):
+                        points.extend(f.points)
+        except LinkSilent:
+            self.count("short_downloads")
+            log.debug("device %s: download stopped at %d of %d points", self.device_id, len(points), total)
+        link.write(command(CMD_STOP_DATA))
+        return points[:total]
+
+    def _emit_stored(self, rec: StoredRecord) -> None:
+        for code, value, unit in ((LOINC_SPO2, rec.spo2, UNIT_SPO2), (LOINC_PULSE, rec.pulse_rate, UNIT_PULSE)):
+            if value is None:
+                continue
+            self.sink(
+                Measurement(
+                    device_id=self.device_id,
+                    code=code,
+                    value=float(value),
+                    unit=unit,
+                    captured_at=rec.captured_at,
+                    method="device",
+                    extra={"stored": True},
+                    source_id=rec.source_id,
+                )
+            )
+            self.stored_emitted += 1
+
+    # -- live ---------------------------------------------------------------------------------------
+
+    async def serve(self, link: SerialLink) -> None:
+        link.write(command(CMD_STOP_LIVE))
+        await asyncio.sleep(0.05)
+        link.discard_input()
+        await self._download(link)
+        link.write(command(CMD_START_LIVE))
+        await self._stream(link, keepalive=True)
+
+    async def _stream(self, link: SerialLink, *, keepalive: bool) -> None:
+        pinger = asyncio.create_task(self._keepalive(link)) if keepalive else None
+        try:
+            while True:
+                data = await link.read()
+                now = self.clock()
+                for frame in self.parser.feed(data):
+                    if isinstance(frame, LiveSample):
+                        for reading in self.live.feed(frame, now):
+                            self.sink(reading)
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+                try:
+                    await pinger
+                except asyncio.CancelledError:
+                    pass
+                except LinkLost:
+                    pass  # the read loop reports the same loss
+            for reading in self.live.flush():
+                self.sink(reading)
+
+    async def _keepalive(self, link: SerialLink) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive_s)
+            link.write(command(CMD_KEEPALIVE))
+
+
+class Cms50LegacyDriver(Cms50Driver):
+    """CMS50D/E with the older firmware: 19200 baud, a continuous 5-byte stream, no commands needed.
+    Its recording download has no start time, so it is not used (see :func:`legacy_parse_download`).
+
+    Contec's older firmware talks 19200 8O1 (odd parity, per atbrask); :func:`open_serial` opens 8N1,
+    so on real hardware the port layer must pass ``parity="O"`` (see docs/serial-devices.md)."""
+
+    kind: ClassVar[str] = "serial-cms50-legacy"
+    baudrate: ClassVar[int] = 19200
+    protocol: ClassVar[str] = "legacy"
+
+    async def serve(self, link: SerialLink) -> None:
+        # The older firmware streams by itself; it is "connected" once a valid frame arrives.
+        while True:
+            frames = self.parser.feed(await link.read())
+            samples = [f for f in frames if isinstance(f, LiveSample)]
+            if samples:
+                self.reconnector.mark_connected()
+                now = self.clock()
+                for s in samples:
+                    for reading in self.live.feed(s, now):
+                        self.sink(reading)
+                break
+        await self._stream(link, keepalive=False)
