@@ -516,11 +516,13 @@ def session_records(
 
 @dataclass
 class FetchLedger:
-    """Which stored points were already emitted, per session start: ``{start key: points emitted}``.
-    Kept in memory and, when ``path`` is set, in a small JSON file written atomically, so a restart of
-    the gateway does not emit a recording twice (the msg_id built from ``source_id`` dedupes the rest)."""
+    """Which stored records were already emitted: ``{key: count emitted}`` (for a session: its start
+    key and the number of points; for a single record: its key and 1). Kept in memory and, when
+    ``path`` is set, in a small JSON file written atomically, so a restart of the gateway does not emit
+    a recording twice (the msg_id built from ``source_id`` dedupes whatever slips through)."""
 
     path: Path | None = None
+    max_entries: int = 64
     done: dict[str, int] = field(default_factory=dict)
 
     def load(self) -> None:
@@ -534,7 +536,7 @@ class FetchLedger:
             log.warning("cannot read stored-record ledger %s: %s", self.path, exc)
             return
         if isinstance(raw, dict):
-            self.done = {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}
+            self.done = {str(k): v for k, v in raw.items() if isinstance(v, int)}
 
     def save(self) -> None:
         if self.path is None:
@@ -549,14 +551,15 @@ class FetchLedger:
     def emitted(self, key: str) -> int:
         return self.done.get(key, 0)
 
-    def mark(self, key: str, count: int) -> None:
+    def mark(self, key: str, count: int, *, save: bool = True) -> None:
         if count > self.done.get(key, 0):
             self.done[key] = count
-            # Keep the ledger small: the device holds one or a few sessions.
-            if len(self.done) > 64:
-                for old in sorted(self.done)[: len(self.done) - 64]:
+            # Keep the ledger small; keys start with the record time, so the oldest go first.
+            if len(self.done) > self.max_entries:
+                for old in sorted(self.done)[: len(self.done) - self.max_entries]:
                     del self.done[old]
-            self.save()
+            if save:
+                self.save()
 
 
 # --------------------------------------------------------------------------------------------------
