@@ -55,12 +55,16 @@ class Mosquitto:
         workdir: str | os.PathLike[str] | None = None,
         max_inflight: int = 0,
         verbose: bool = False,
+        persistence: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.tls = tls
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mosquitto-"))
         self.max_inflight = max_inflight
         self.verbose = verbose
+        # With persistence, an orderly stop (SIGTERM) saves sessions and their queued QoS 1 messages, so a
+        # persistent subscriber (the "cloud") misses nothing across a broker restart.
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_mosquitto()
 
@@ -69,10 +73,12 @@ class Mosquitto:
         return self.workdir / "mosquitto.conf"
 
     def _write_conf(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            "persistence true" if self.persistence else "persistence false",
+            f"persistence_location {self.workdir}/",
             f"max_inflight_messages {self.max_inflight}",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",

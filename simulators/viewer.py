@@ -24,7 +24,15 @@ from gateway.contract import schema_for_topic
 class Viewer:
     """A QoS 1 subscriber that keeps what it saw (tests use it as the "cloud")."""
 
-    def __init__(self, host: str, port: int, topic: str = "homecare/v1/#", *, validate: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str = "homecare/v1/#",
+        *,
+        validate: bool = True,
+        session_id: str | None = None,
+    ) -> None:
         self.host, self.port, self.topic = host, port, topic
         self.messages: queue.Queue[tuple[float, str, dict[str, Any], bool]] = queue.Queue()
         self.invalid: list[tuple[str, str]] = []
@@ -32,7 +40,9 @@ class Viewer:
         self._validators: dict[str, Any] = {}
         self._validate = validate
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        # session_id: a persistent session (the broker queues QoS 1 messages while we are away).
+        self.session_id = session_id
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=session_id or "", protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.connected = threading.Event()
@@ -77,7 +87,15 @@ class Viewer:
             self.on_message(msg.topic, doc, bool(msg.retain))
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self.client.connect(self.host, self.port, keepalive=30)
+        if self.session_id:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
             raise RuntimeError(f"viewer could not connect to {self.host}:{self.port}")

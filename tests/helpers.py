@@ -1,0 +1,282 @@
+"""Shared test helpers: a gatewayd process, configs, certificates, waiting without sleeping blind."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from simulators.viewer import Viewer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def drain(viewer: Viewer) -> list[tuple[float, str, dict[str, Any], bool]]:
+    out = []
+    while True:
+        try:
+            out.append(viewer.messages.get_nowait())
+        except queue.Empty:
+            return out
+
+
+class Collector:
+    """Everything a viewer received, kept in order."""
+
+    def __init__(self, viewer: Viewer) -> None:
+        self.viewer = viewer
+        self.items: list[tuple[float, str, dict[str, Any], bool]] = []
+
+    def poll(self) -> list[tuple[float, str, dict[str, Any], bool]]:
+        self.items.extend(drain(self.viewer))
+        return self.items
+
+    def data(self) -> list[dict[str, Any]]:
+        """Non-retained data messages (those with a seq)."""
+        return [doc for _, _, doc, retained in self.poll() if "seq" in doc and not retained]
+
+    def seqs(self) -> set[int]:
+        return {d["seq"] for d in self.data()}
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.data() if d.get("type") == kind]
+
+    def wait(self, pred: Callable[[Collector], Any], timeout: float = 20.0, what: str = "messages") -> Any:
+        return wait_for(lambda: pred(self), timeout, what=what)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def gateway_config(
+    workdir: Path,
+    port: int,
+    *,
+    devices: str = "",
+    uplink_extra: str = "",
+    tls: bool = False,
+    gateway_id: str = "gw-test",
+    outbox_extra: str = "",
+) -> Path:
+    tls_line = "" if tls else "tls = false"
+    return write_config(
+        workdir / "gateway.toml",
+        f"""
+[gateway]
+id = "{gateway_id}"
+data_dir = "{workdir / "data"}"
+
+[uplink]
+host = "127.0.0.1"
+port = {port}
+{tls_line}
+keepalive = 10
+backoff_base_s = 0.05
+backoff_cap_s = 0.5
+{uplink_extra}
+
+[outbox]
+{outbox_extra}
+
+{devices}
+""",
+    )
+
+
+def rfxtrx_device(link: Path, buttons: dict[str, str] | None = None, accept_unknown: bool = False) -> str:
+    table = ", ".join(f'"{k}" = "{v}"' for k, v in (buttons or {"a1b2c3": "sos-1"}).items())
+    return f"""
+[[devices]]
+id = "rfx"
+kind = "rfxtrx-sos"
+transport = "serial"
+port = "{link}"
+buttons = {{ {table} }}
+accept_unknown = {"true" if accept_unknown else "false"}
+"""
+
+
+class GatewayProcess:
+    """``python -m gateway.daemon`` as a real process, with its stderr kept for assertions."""
+
+    def __init__(self, config: Path, log_level: str = "INFO") -> None:
+        self.config = config
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logfile = config.parent / "gatewayd.log"
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.logfile, "ab")  # noqa: SIM115 - kept open for the process lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            cwd=REPO,
+            env=env,
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 10.0) -> float:
+        """SIGTERM; returns seconds until exit."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=timeout)
+        self._log.close()
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def stop_quietly(self) -> None:
+        if self.alive():
+            with contextlib.suppress(Exception):
+                self.terminate()
+            if self.alive():
+                self.kill()
+
+
+def outbox_meta(data_dir: Path) -> dict[str, int]:
+    db = sqlite3.connect(data_dir / "outbox.sqlite3")
+    try:
+        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        db.close()
+
+
+def status_via_ctl(config: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    reply: dict[str, Any] = json.loads(out.stdout)
+    return reply
+
+
+# -- certificates -------------------------------------------------------------------------------
+
+
+def make_pki(directory: Path, *, server_name: str = "localhost", expired: bool = False) -> dict[str, Path]:
+    """A test CA, a server certificate for ``server_name`` and 127.0.0.1, and a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    import ipaddress
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    not_before = now - dt.timedelta(days=30 if expired else 1)
+    not_after = now - dt.timedelta(days=1) if expired else now + dt.timedelta(days=30)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def write_key(k: ec.EllipticCurvePrivateKey, p: Path) -> Path:
+        p.write_bytes(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        p.chmod(0o600)
+        return p
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homecare test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=60))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: Any, san: list[x509.GeneralName] | None) -> tuple[Any, ec.EllipticCurvePrivateKey]:
+        k = key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_name)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(ca_key, hashes.SHA256()), k
+
+    server, server_key = leaf(
+        server_name,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName(server_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client, client_key = leaf("gw-test", ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    pem = serialization.Encoding.PEM
+    paths = {
+        "ca": directory / "ca.pem",
+        "server_cert": directory / "server.pem",
+        "server_key": write_key(server_key, directory / "server.key"),
+        "client_cert": directory / "client.pem",
+        "client_key": write_key(client_key, directory / "client.key"),
+    }
+    paths["ca"].write_bytes(ca.public_bytes(pem))
+    paths["server_cert"].write_bytes(server.public_bytes(pem))
+    paths["client_cert"].write_bytes(client.public_bytes(pem))
+    return paths
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    return (line for line in text.splitlines() if line.strip())

@@ -1,0 +1,113 @@
+"""A wrong or unknown key stops the daemon with one line naming file, key, value and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.helpers import REPO
+
+GOOD = """
+[gateway]
+id = "gw-1"
+data_dir = "/tmp/x"
+
+[uplink]
+host = "broker.example.org"
+
+[[devices]]
+id = "rfx"
+kind = "rfxtrx-sos"
+transport = "serial"
+port = "/dev/serial/by-id/usb-RFXCOM_RFXtrx433_A1-if00-port0"
+buttons = { "a1b2c3" = "sos-1" }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gateway.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_safe(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.uplink.tls is True, "TLS is on unless switched off explicitly"
+    assert cfg.uplink.port == 8883
+    assert cfg.outbox.max_bytes == 256 * 1024 * 1024
+    assert cfg.outbox.commit_interval_ms <= 50
+    assert cfg.devices[0].options["buttons"] == {"a1b2c3": "sos-1"}
+
+
+def test_plaintext_port_default_follows_tls_false(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace('host = "broker.example.org"', 'host = "b"\ntls = false')))
+    assert cfg.uplink.tls is False and cfg.uplink.port == 1883
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "value", "expected"),
+    [
+        (('port = "/dev', 'port = 17\n#'), "devices[0] (rfx).port", "17", "a string"),
+        (('host = "broker.example.org"', 'host = "b"\nport = 70000'), "uplink.port", "70000", "1..65535"),
+        (('host = "broker.example.org"', 'host = "b"\ntls = "yes"'), "uplink.tls", "'yes'", "true or false"),
+        (('host = "broker.example.org"', 'host = "b"\nkeepalive = 1'), "uplink.keepalive", "1", "5..3600"),
+        (('id = "gw-1"', 'id = "gw 1!"'), "gateway.id", "'gw 1!'", "matching"),
+        (('kind = "rfxtrx-sos"', 'kind = "toaster"'), "devices[0] (rfx).kind", "'toaster'", "rfxtrx-sos"),
+        (('host = "broker.example.org"', 'host = "b"\nhots = 1'), "uplink.hots", "not a known key", "one of"),
+        (('data_dir = "/tmp/x"', 'data_dir = "/tmp/x"\ncolour = "red"'), "gateway.colour", "not a known key", ""),
+        (
+            ('host = "broker.example.org"', 'host = "b"\nca_file = "/nonexistent/ca.pem"'),
+            "uplink.ca_file",
+            "/nonexistent/ca.pem",
+            "existing readable file",
+        ),
+        (('[[devices]]', '[outbox]\nmax_bytes = 10\n[[devices]]'), "outbox.max_bytes", "10", "bytes"),
+    ],
+)
+def test_a_mistake_gives_one_line_naming_file_key_value_and_expectation(
+    tmp_path: Path, change: tuple[str, str], key: str, value: str, expected: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(*change, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert str(path) in text and key in text and value in text and expected in text
+
+
+def test_gatewayd_prints_the_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('host = "broker.example.org"', 'host = "b"\nport = "8883"'))
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.daemon", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "uplink.port" in lines[0] and "'8883'" in lines[0] and "an integer" in lines[0]
+
+
+def test_missing_file_and_broken_toml_are_one_line_too(tmp_path: Path) -> None:
+    for path, needle in ((tmp_path / "nope.toml", "no such file"), (write(tmp_path, "[gateway\n"), "not valid TOML")):
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+        assert out.returncode == 2
+        assert "Traceback" not in out.stderr and needle in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_check_mode_validates_the_example_config() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.daemon", "--check", "--config", str(REPO / "config" / "gateway.example.toml")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout

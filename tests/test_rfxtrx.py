@@ -1,0 +1,148 @@
+"""RFXtrx receiver: framing and decoding with bytes alone, then the driver over a real pty."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.base import DeviceSpec, DeviceStatus, FrameError, LinkState, Reading, SosPress
+from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxSosDriver, decode_packet
+from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, RfxtrxSimulator, security1_frame
+
+# A Security1 "Panic" from an X10 security remote, id 0xA1B2C3, battery ok, rssi 7
+# (byte layout per the RFXtrx SDK and pyRFXtrx's Security1.load_receive).
+PANIC = bytes.fromhex("08 20 02 05 a1 b2 c3 06 79")
+
+
+def test_security1_panic_vector_decodes() -> None:
+    ev = decode_packet(PANIC)
+    assert ev is not None
+    assert (ev.sensor_id, ev.status, ev.battery_low, ev.rssi) == ("a1b2c3", 0x06, False, 7)
+    low_batt = bytes.fromhex("08 20 02 05 a1 b2 c3 02 70")
+    ev2 = decode_packet(low_batt)
+    assert ev2 is not None and ev2.status == 0x02 and ev2.battery_low is True
+
+
+def test_non_security_packets_are_not_events_and_bad_lengths_are_errors() -> None:
+    assert decode_packet(STATUS_REPLY) is None
+    assert decode_packet(COPYRIGHT_REPLY) is None
+    try:
+        decode_packet(PANIC[:-1])
+    except FrameError:
+        pass
+    else:
+        raise AssertionError("a truncated packet must raise FrameError")
+
+
+def test_framer_splits_a_stream_arriving_in_pieces() -> None:
+    f = RfxFramer()
+    stream = STATUS_REPLY + PANIC + PANIC
+    out: list[bytes] = []
+    for i in range(0, len(stream), 3):
+        out += f.feed(stream[i : i + 3], now=0.0)
+    assert out == [STATUS_REPLY, PANIC, PANIC]
+    assert f.stats.garbage_bytes == 0
+
+
+def test_framer_resynchronises_after_garbage_and_a_lost_byte() -> None:
+    f = RfxFramer(stale_after_s=0.5)
+    out = f.feed(b"\xff\xfe\x99\x00" + PANIC, now=0.0)
+    assert out == [PANIC]
+    assert f.stats.garbage_bytes == 3
+    # A frame that lost its last byte: the partial is dropped once it is stale, the next frame is whole.
+    assert f.feed(PANIC[:-1], now=1.0) == []
+    assert f.feed(PANIC, now=2.0) == [PANIC]
+    assert f.stats.stale_partials == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=40))
+def test_random_bytes_never_raise_and_never_hide_a_following_frame(noise: bytes, tail_noise: bytes) -> None:
+    f = RfxFramer(stale_after_s=0.5)
+    frames = f.feed(noise, now=0.0)
+    for fr in frames:
+        try:
+            decode_packet(fr)
+        except FrameError:
+            pass
+    # After a quiet gap the receiver's next frame is always found.
+    frames = f.feed(PANIC, now=5.0) + f.feed(tail_noise, now=5.0)
+    assert PANIC in frames
+
+
+def test_repeated_frames_of_one_press_are_one_press() -> None:
+    d = PressDeduper(repeat_window_s=1.0)
+    assert d.press("a", 0.0) == 0.0
+    assert d.press("a", 0.2) is None
+    assert d.press("a", 0.9) is None  # chained repeats
+    assert d.press("b", 0.95) == 0.95  # another button is another press
+    assert d.press("a", 2.5) == 2.5  # a new press
+
+
+async def _wait(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Path) -> None:
+    link = tmp_path / "by-id" / "usb-RFXCOM_RFXtrx433_T1-if00-port0"
+    got: list[Reading] = []
+
+    async def go() -> RfxtrxSosDriver:
+        async with RfxtrxSimulator(link) as sim:
+            spec = DeviceSpec("rfx", "rfxtrx-sos", "serial", {"port": str(link), "buttons": {"a1b2c3": "sos-1"}})
+            drv = RfxtrxSosDriver(spec, got.append, time.time)
+            task = asyncio.create_task(drv.run())
+            await _wait(lambda: sim.started)
+            await sim.press(0xA1B2C3, repeats=5, gap_s=0.02)
+            await _wait(lambda: any(isinstance(r, SosPress) for r in got))
+            sim.noise(300)
+            sim.truncated(0xA1B2C3)
+            await asyncio.sleep(0.7)  # the truncated frame goes stale
+            await sim.press(0xD4E5F6)  # an unlisted button: ignored, counted
+            await asyncio.sleep(1.1)
+            await sim.press(0xA1B2C3, repeats=3, gap_s=0.02)
+            await _wait(lambda: sum(isinstance(r, SosPress) for r in got) >= 2)
+            first_tty = sim.dev.slave_name
+            # Unplug, keep another pty busy so the device comes back on a different /dev/pts/N.
+            sim.unplug()
+            await _wait(lambda: any(isinstance(r, DeviceStatus) and r.state is LinkState.DISCONNECTED for r in got))
+            blocker = os.openpty()  # takes the freed /dev/pts/N
+            sim.plug()
+            assert sim.dev.slave_name != first_tty
+            t_back = time.monotonic()
+            await _wait(lambda: sim.started, timeout=10.0)
+            recovered_s = time.monotonic() - t_back
+            await asyncio.sleep(1.1)  # presses closer than the repeat window would be one press
+            await sim.press(0xA1B2C3)
+            await _wait(lambda: sum(isinstance(r, SosPress) for r in got) >= 3)
+            for fd in blocker:
+                os.close(fd)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert recovered_s < 5.0, "reopened within 5 s of the device being back"
+            return drv
+
+    drv = asyncio.run(go())
+    presses = [r for r in got if isinstance(r, SosPress)]
+    assert [p.device_id for p in presses] == ["sos-1", "sos-1", "sos-1"]
+    assert len({p.press_id for p in presses}) == 3
+    c = drv.counters()
+    assert c["unknown_buttons"] >= 1
+    assert c["repeat_frames"] >= 4 + 2
+    assert c["garbage_bytes"] > 0
+    assert c["connects"] == 2
+    states = [r.state for r in got if isinstance(r, DeviceStatus)]
+    assert states[0] is LinkState.CONNECTED and LinkState.DISCONNECTED in states and states[-1] is not LinkState.ERROR
+
+
+def test_frame_builder_matches_the_vector() -> None:
+    assert security1_frame(5, 0xA1B2C3) == PANIC
