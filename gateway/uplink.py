@@ -44,6 +44,18 @@ MIN_SHARE_DIVISOR = 10  # state and bulk each keep window/10 slots when they hav
 CONNECT_TIMEOUT_S = 20.0
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho leaves the socket open when the TLS handshake fails; close it there (no fd leak on a
+    gateway that retries an untrusted broker for months)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 class BrokerUnavailable(TransientDeviceError):
     """TCP/TLS/MQTT connection failed or dropped; retry with backoff."""
 
@@ -118,6 +130,7 @@ class Uplink:
         try:
             ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.sslsocket_class = _ClosingSSLSocket
             if cfg.cert_file and cfg.key_file:
                 ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
         except (OSError, ssl.SSLError) as exc:

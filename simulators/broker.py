@@ -83,6 +83,9 @@ class Mosquitto:
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             "set_tcp_nodelay true",
+            # Started as root, mosquitto would switch to user "mosquitto" and could not write its
+            # persistence file into our work dir.
+            *(["user root"] if os.geteuid() == 0 else []),
             "log_dest stderr" if self.verbose else "log_dest none",
         ]
         if self.tls is not None:

@@ -130,7 +130,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._log = open(self.logfile, "ab")  # noqa: SIM115 - kept open for the process lifetime
+        self._log = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
             stdin=subprocess.DEVNULL,
@@ -200,11 +200,12 @@ def status_via_ctl(config: Path) -> dict[str, Any]:
 
 def make_pki(directory: Path, *, server_name: str = "localhost", expired: bool = False) -> dict[str, Path]:
     """A test CA, a server certificate for ``server_name`` and 127.0.0.1, and a client certificate."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    import ipaddress
 
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -232,9 +233,7 @@ def make_pki(directory: Path, *, server_name: str = "localhost", expired: bool =
         .not_valid_before(now - dt.timedelta(days=60))
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -250,9 +249,7 @@ def make_pki(directory: Path, *, server_name: str = "localhost", expired: bool =
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
         if san:
             b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)

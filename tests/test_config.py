@@ -52,7 +52,7 @@ def test_plaintext_port_default_follows_tls_false(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key", "value", "expected"),
     [
-        (('port = "/dev', 'port = 17\n#'), "devices[0] (rfx).port", "17", "a string"),
+        (('port = "/dev', "port = 17\n#"), "devices[0] (rfx).port", "17", "a string"),
         (('host = "broker.example.org"', 'host = "b"\nport = 70000'), "uplink.port", "70000", "1..65535"),
         (('host = "broker.example.org"', 'host = "b"\ntls = "yes"'), "uplink.tls", "'yes'", "true or false"),
         (('host = "broker.example.org"', 'host = "b"\nkeepalive = 1'), "uplink.keepalive", "1", "5..3600"),
@@ -66,7 +66,7 @@ def test_plaintext_port_default_follows_tls_false(tmp_path: Path) -> None:
             "/nonexistent/ca.pem",
             "existing readable file",
         ),
-        (('[[devices]]', '[outbox]\nmax_bytes = 10\n[[devices]]'), "outbox.max_bytes", "10", "bytes"),
+        (("[[devices]]", "[outbox]\nmax_bytes = 10\n[[devices]]"), "outbox.max_bytes", "10", "bytes"),
     ],
 )
 def test_a_mistake_gives_one_line_naming_file_key_value_and_expectation(
@@ -84,7 +84,10 @@ def test_gatewayd_prints_the_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('host = "broker.example.org"', 'host = "b"\nport = "8883"'))
     out = subprocess.run(
         [sys.executable, "-m", "gateway.daemon", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -97,7 +100,10 @@ def test_missing_file_and_broken_toml_are_one_line_too(tmp_path: Path) -> None:
     for path, needle in ((tmp_path / "nope.toml", "no such file"), (write(tmp_path, "[gateway\n"), "not valid TOML")):
         out = subprocess.run(
             [sys.executable, "-m", "gateway.daemon", "--config", str(path)],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
         )
         assert out.returncode == 2
         assert "Traceback" not in out.stderr and needle in out.stderr
@@ -107,7 +113,10 @@ def test_missing_file_and_broken_toml_are_one_line_too(tmp_path: Path) -> None:
 def test_check_mode_validates_the_example_config() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "gateway.daemon", "--check", "--config", str(REPO / "config" / "gateway.example.toml")],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
     assert "valid" in out.stdout

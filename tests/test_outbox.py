@@ -188,7 +188,7 @@ def test_a_corrupt_store_is_refused_with_a_clear_error(tmp_path: Path) -> None:
         async with Outbox(path):
             pass
 
-    with pytest.raises(OutboxError, match="ob.db"):
+    with pytest.raises(OutboxError, match=r"ob\.db"):
         run(go())
 
 
