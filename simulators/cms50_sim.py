@@ -94,6 +94,8 @@ class Cms50Simulator:
         self.drop_rate = 0.0
         self.corrupt_rate = 0.0
         self.frames_sent = 0
+        self.sent: list[cms50.LiveSample] = []  # every live frame put on the line (before faults)
+        self.keep_sent = True
         self.commands: list[int] = []
         self.session_start: dt.datetime | None = None  # naive device-clock time
         self.session_points: list[tuple[int, int]] = []
@@ -212,6 +214,8 @@ class Cms50Simulator:
                 if self._streaming(now):
                     chunk += self.encode_live(sample) if self.protocol == "v7" else cms50.encode_legacy(sample)
                     self.frames_sent += 1
+                    if self.keep_sent:
+                        self.sent.append(sample)
             if chunk:
                 self._send(bytes(chunk))
 
@@ -276,6 +280,7 @@ async def _run(args: argparse.Namespace) -> int:
         Path(args.link), protocol=args.protocol, hr_bpm=args.hr, spo2=args.spo2, seed=args.seed
     ) as sim:
         sim.drop_rate, sim.corrupt_rate = args.drop_rate, args.corrupt_rate
+        sim.keep_sent = False  # a long run must not grow without bound
         if args.stored:
             sim.record(args.stored)
         print(f"cms50: oximeter ({args.protocol}) at {args.link} -> {sim.dev.slave_name}", flush=True)

@@ -246,7 +246,10 @@ class SerialBpDriver(SerialDriver):
         return parse_description(bytes(buf))
 
     async def _ping(self, link: SerialLink) -> None:
-        reply = await self._reply(link, PING, 1)
+        try:
+            reply = await self._reply(link, PING, 1)
+        except LinkSilent as exc:
+            raise LinkSilent(f"{link.path}: the monitor does not answer (off, or not in PC mode?)") from exc
         if reply[0] != PONG:
             self.count("bad_frames")
             raise LinkSilent(f"{link.path}: answered {reply.hex()} to attention, expected 55")
