@@ -1,0 +1,212 @@
+"""Backlog drain: N observations buffered while the broker is down, then the broker comes back.
+
+A real ``gatewayd`` process with the RFXtrx SOS receiver attached (simulator on a pty). Its outbox is
+filled with N observations (default 1,000,000) while the broker is down; then the broker starts and we
+measure the seconds until the outbox is empty, and the SOS press-to-broker latency of presses made
+during the drain (one every 250 ms, from the moment the gateway is connected again) and afterwards
+when idle. Latency = time the cloud subscriber gets the alert minus the time the press's first radio
+frame left the simulated receiver (both on this process's monotonic clock).
+
+    .venv/bin/python bench/backlog_drain.py [--messages 1000000] [--quick]
+
+Ends with ``RESULT drain_s=... sos_p50_ms=... sos_p99_ms=... sos_idle_p99_ms=... rss_mb=...
+disk_bytes_per_msg=...`` (rss: gatewayd's peak RSS; disk: gatewayd's write_bytes during the drain per
+drained message, i.e. the cost of deleting what the broker acknowledged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from bench._common import pct, peak_rss_mb, proc_io, result_line  # noqa: E402
+from drivers.base import Measurement  # noqa: E402
+from gateway.messages import Topics, observation  # noqa: E402
+from gateway.outbox import Outbox  # noqa: E402
+from simulators.broker import Mosquitto, free_port  # noqa: E402
+from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame  # noqa: E402
+
+GW = "gw-drain"
+
+
+async def fill(path: Path, n: int) -> None:
+    topics = Topics("homecare/v1", GW)
+    t0 = time.time() - 3600  # captured an hour ago: the drain sends them as historical
+    async with Outbox(path, max_bytes=4 << 30) as ob:
+        runner = asyncio.create_task(ob.run())
+        batch = 20_000
+        for start in range(0, n, batch):
+            futs = [
+                ob.submit(observation(topics, Measurement(f"wrist-{i % 3}", "8867-4", 60.0 + i % 40, "/min",
+                                                          t0 + i * 0.003, quality=0.9)))
+                for i in range(start, min(n, start + batch))
+            ]
+            await asyncio.gather(*futs)
+        runner.cancel()
+
+
+def status(config: Path) -> dict:  # type: ignore[type-arg]
+    out = subprocess.run([sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
+                         capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)["result"] if out.returncode == 0 else {}
+
+
+class AlertWatch:
+    def __init__(self, port: int) -> None:
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on
+        self.c.on_connect = lambda c, *_: c.subscribe(f"homecare/v1/{GW}/alert", qos=1)
+        self.port = port
+
+    def _on(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        doc = json.loads(msg.payload)
+        with self.cond:
+            self.seen.setdefault(doc["device_id"], now)
+            self.cond.notify_all()
+
+    def start(self) -> None:
+        self.c.connect("127.0.0.1", self.port)
+        self.c.loop_start()
+
+    def wait(self, device: str, timeout: float) -> float | None:
+        with self.cond:
+            self.cond.wait_for(lambda: device in self.seen, timeout)
+            return self.seen.get(device)
+
+
+async def run(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    data = tmp / "data"
+    data.mkdir()
+    link = tmp / "usb-RFXCOM_RFXtrx433_BENCH-if00-port0"
+    port = free_port()
+    print(f"filling the outbox with {args.messages} observations ...", flush=True)
+    t = time.perf_counter()
+    await fill(data / "outbox.sqlite3", args.messages)
+    print(f"  filled in {time.perf_counter() - t:.1f} s", flush=True)
+    config = tmp / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+id = "{GW}"
+data_dir = "{data}"
+[uplink]
+host = "127.0.0.1"
+port = {port}
+tls = false
+backoff_base_s = 0.1
+backoff_cap_s = 0.5
+[outbox]
+max_bytes = {4 << 30}
+[[devices]]
+id = "rfx"
+kind = "rfxtrx-sos"
+port = "{link}"
+accept_unknown = true
+""")
+    lat_drain: list[float] = []
+    lat_idle: list[float] = []
+    broker = Mosquitto(port=port, workdir=tmp / "broker")
+    async with RfxtrxSimulator(link) as sim:
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(config), "--log-level", "ERROR"],
+                              stdin=subprocess.DEVNULL)
+        try:
+            while not sim.started:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            sensor = [0x200000]
+
+            async def press() -> tuple[str, float]:
+                sensor[0] += 1
+                t_press = time.monotonic()  # the first frame is the press; its repeats follow
+                for _ in range(3):
+                    sim.send_frame(security1_frame(0, sensor[0]))
+                    await asyncio.sleep(0.01)
+                return f"rfx:{sensor[0]:06x}", t_press
+
+            watch = AlertWatch(port)
+            broker.start()
+            watch.start()
+            io0 = proc_io(gw.pid)["write_bytes"]
+            t0 = time.monotonic()
+            # Presses are timed once the gateway is back online: the reconnect (backoff) is measured apart.
+            while (await asyncio.to_thread(status, config)).get("uplink", {}).get("state") != "connected":
+                await asyncio.sleep(0.02)
+            reconnect_s = time.monotonic() - t0
+            pending: list[tuple[str, float]] = []
+            drained_at = None
+            last_poll = 0.0
+            while drained_at is None:
+                pending.append(await press())
+                await asyncio.sleep(0.25)
+                if time.monotonic() - last_poll > 1.0:
+                    last_poll = time.monotonic()
+                    st = await asyncio.to_thread(status, config)
+                    depth = st.get("outbox", {}).get("depth", {})
+                    if depth and sum(depth.values()) == 0:
+                        drained_at = time.monotonic()
+                if time.monotonic() - t0 > args.timeout:
+                    print("drain did not finish in time", flush=True)
+                    break
+            drain_s = (drained_at or time.monotonic()) - t0
+            written = proc_io(gw.pid)["write_bytes"] - io0
+            for dev, t_press in pending:
+                t_seen = await asyncio.to_thread(watch.wait, dev, 10.0)
+                if t_seen is not None:
+                    lat_drain.append((t_seen - t_press) * 1000)
+            for _ in range(args.idle_presses):
+                dev, t_press = await press()
+                t_seen = await asyncio.to_thread(watch.wait, dev, 10.0)
+                if t_seen is not None:
+                    lat_idle.append((t_seen - t_press) * 1000)
+                await asyncio.sleep(0.1)
+            rss = peak_rss_mb(gw.pid)
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+            broker.stop()
+    lost = len(pending) + args.idle_presses - len(lat_drain) - len(lat_idle)
+    print(f"reconnect after the broker came back: {reconnect_s:.2f} s (backoff cap 0.5 s)")
+    print(f"drain of {args.messages} observations: {drain_s:.1f} s ({args.messages / drain_s:.0f} msg/s)")
+    print(f"SOS during drain: n={len(lat_drain)} p50 {pct(lat_drain, 50):.1f} ms  p99 {pct(lat_drain, 99):.1f} ms"
+          f"  max {max(lat_drain, default=float('nan')):.1f} ms")
+    print(f"SOS idle:         n={len(lat_idle)} p50 {pct(lat_idle, 50):.1f} ms  p99 {pct(lat_idle, 99):.1f} ms")
+    print(f"presses not seen at the broker within 10 s: {lost}")
+    print(f"gatewayd peak RSS {rss:.1f} MB; disk writes during drain {written / max(1, args.messages):.0f} bytes/message")
+    print(result_line(drain_s=round(drain_s, 1), sos_p50_ms=round(pct(lat_drain, 50), 1),
+                      sos_p99_ms=round(pct(lat_drain, 99), 1), sos_idle_p99_ms=round(pct(lat_idle, 99), 1),
+                      rss_mb=round(rss, 1), disk_bytes_per_msg=round(written / max(1, args.messages)),
+                      lost_presses=lost))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--idle-presses", type=int, default=40)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--quick", action="store_true", help="50,000 observations (CI)")
+    args = ap.parse_args()
+    if args.quick:
+        args.messages, args.idle_presses = 50_000, 20
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
