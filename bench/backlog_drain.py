@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,15 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._common import pct, peak_rss_mb, proc_io, result_line  # noqa: E402
-from drivers.base import Measurement  # noqa: E402
-from gateway.messages import Topics, observation  # noqa: E402
-from gateway.outbox import Outbox  # noqa: E402
-from simulators.broker import Mosquitto, free_port  # noqa: E402
-from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame  # noqa: E402
+from bench._common import pct, peak_rss_mb, proc_io, result_line
+from drivers.base import Measurement
+from gateway.messages import Topics, observation
+from gateway.outbox import Outbox
+from simulators.broker import Mosquitto, free_port
+from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
 
 GW = "gw-drain"
 
@@ -51,8 +50,12 @@ async def fill(path: Path, n: int) -> None:
         batch = 20_000
         for start in range(0, n, batch):
             futs = [
-                ob.submit(observation(topics, Measurement(f"wrist-{i % 3}", "8867-4", 60.0 + i % 40, "/min",
-                                                          t0 + i * 0.003, quality=0.9)))
+                ob.submit(
+                    observation(
+                        topics,
+                        Measurement(f"wrist-{i % 3}", "8867-4", 60.0 + i % 40, "/min", t0 + i * 0.003, quality=0.9),
+                    )
+                )
                 for i in range(start, min(n, start + batch))
             ]
             await asyncio.gather(*futs)
@@ -60,8 +63,12 @@ async def fill(path: Path, n: int) -> None:
 
 
 def status(config: Path) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run([sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return json.loads(out.stdout)["result"] if out.returncode == 0 else {}
 
 
@@ -124,8 +131,10 @@ accept_unknown = true
     lat_idle: list[float] = []
     broker = Mosquitto(port=port, workdir=tmp / "broker")
     async with RfxtrxSimulator(link) as sim:
-        gw = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "--config", str(config), "--log-level", "ERROR"],
-                              stdin=subprocess.DEVNULL)
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway.daemon", "--config", str(config), "--log-level", "ERROR"],
+            stdin=subprocess.DEVNULL,
+        )
         try:
             while not sim.started:
                 await asyncio.sleep(0.05)
@@ -184,15 +193,26 @@ accept_unknown = true
     lost = len(pending) + args.idle_presses - len(lat_drain) - len(lat_idle)
     print(f"reconnect after the broker came back: {reconnect_s:.2f} s (backoff cap 0.5 s)")
     print(f"drain of {args.messages} observations: {drain_s:.1f} s ({args.messages / drain_s:.0f} msg/s)")
-    print(f"SOS during drain: n={len(lat_drain)} p50 {pct(lat_drain, 50):.1f} ms  p99 {pct(lat_drain, 99):.1f} ms"
-          f"  max {max(lat_drain, default=float('nan')):.1f} ms")
+    print(
+        f"SOS during drain: n={len(lat_drain)} p50 {pct(lat_drain, 50):.1f} ms  p99 {pct(lat_drain, 99):.1f} ms"
+        f"  max {max(lat_drain, default=float('nan')):.1f} ms"
+    )
     print(f"SOS idle:         n={len(lat_idle)} p50 {pct(lat_idle, 50):.1f} ms  p99 {pct(lat_idle, 99):.1f} ms")
     print(f"presses not seen at the broker within 10 s: {lost}")
-    print(f"gatewayd peak RSS {rss:.1f} MB; disk writes during drain {written / max(1, args.messages):.0f} bytes/message")
-    print(result_line(drain_s=round(drain_s, 1), sos_p50_ms=round(pct(lat_drain, 50), 1),
-                      sos_p99_ms=round(pct(lat_drain, 99), 1), sos_idle_p99_ms=round(pct(lat_idle, 99), 1),
-                      rss_mb=round(rss, 1), disk_bytes_per_msg=round(written / max(1, args.messages)),
-                      lost_presses=lost))
+    print(
+        f"gatewayd peak RSS {rss:.1f} MB; disk writes during drain {written / max(1, args.messages):.0f} bytes/message"
+    )
+    print(
+        result_line(
+            drain_s=round(drain_s, 1),
+            sos_p50_ms=round(pct(lat_drain, 50), 1),
+            sos_p99_ms=round(pct(lat_drain, 99), 1),
+            sos_idle_p99_ms=round(pct(lat_idle, 99), 1),
+            rss_mb=round(rss, 1),
+            disk_bytes_per_msg=round(written / max(1, args.messages)),
+            lost_presses=lost,
+        )
+    )
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -27,16 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._common import peak_rss_mb, proc_io, result_line  # noqa: E402
-from drivers.base import Measurement  # noqa: E402
-from gateway.config import UplinkSection  # noqa: E402
-from gateway.messages import Topics, observation  # noqa: E402
-from gateway.outbox import Outbox  # noqa: E402
-from gateway.uplink import Uplink  # noqa: E402
-from simulators.broker import Mosquitto  # noqa: E402
+from bench._common import peak_rss_mb, proc_io, result_line
+from drivers.base import Measurement
+from gateway.config import UplinkSection
+from gateway.messages import Topics, observation
+from gateway.outbox import Outbox
+from gateway.uplink import Uplink
+from simulators.broker import Mosquitto
 
 TOPICS = Topics("homecare/v1", "gw-bench")
 
@@ -45,7 +44,9 @@ def payloads(n: int) -> list[tuple[str, bytes, object]]:
     t0 = time.time()
     out = []
     for i in range(n):
-        m = observation(TOPICS, Measurement(f"wrist-{i % 4}", "8867-4", 60.0 + i % 50, "/min", t0 + i * 0.01, quality=0.93))
+        m = observation(
+            TOPICS, Measurement(f"wrist-{i % 4}", "8867-4", 60.0 + i % 50, "/min", t0 + i * 0.01, quality=0.93)
+        )
         out.append((m.topic, m.body[:-1] + b',"seq":%d,"historical":false}' % (i + 1), m))
     return out
 
@@ -123,8 +124,15 @@ def main() -> int:
     g, p = statistics.median(ours), statistics.median(theirs)
     per_msg = written / (args.messages * args.rounds)
     print(f"median: gateway {g:.0f} msg/s (accepted -> committed -> PUBACKed -> deleted), paho {p:.0f} msg/s")
-    print(result_line(ratio=g / p, gateway_msg_s=round(g), paho_msg_s=round(p), disk_bytes_per_msg=round(per_msg),
-                      rss_mb=round(peak_rss_mb(os.getpid()), 1)))
+    print(
+        result_line(
+            ratio=g / p,
+            gateway_msg_s=round(g),
+            paho_msg_s=round(p),
+            disk_bytes_per_msg=round(per_msg),
+            rss_mb=round(peak_rss_mb(os.getpid()), 1),
+        )
+    )
     return 0
 
 
