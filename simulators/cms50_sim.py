@@ -100,6 +100,7 @@ class Cms50Simulator:
         self.session_start: dt.datetime | None = None  # naive device-clock time
         self.session_points: list[tuple[int, int]] = []
         self.data_requests = 0
+        self.storage_supported = True  # False: a model without recording ignores A3..A7
         self._cmd_parser = cms50.Cms50Parser()
         self._task: asyncio.Task[None] | None = None
         self._upload: asyncio.Task[None] | None = None
@@ -231,6 +232,9 @@ class Cms50Simulator:
     def _command(self, code: int, args: bytes) -> None:
         self.commands.append(code)
         now = asyncio.get_running_loop().time()
+        storage = (cms50.CMD_SESSION_COUNT, cms50.CMD_SESSION_TIME, cms50.CMD_SESSION_DURATION, cms50.CMD_SESSION_DATA)
+        if not self.storage_supported and code in storage:
+            return
         if code in (cms50.CMD_START_LIVE, cms50.CMD_KEEPALIVE):
             if code == cms50.CMD_START_LIVE or self.live_until is not None:
                 self.live_until = now + self.live_timeout_s

@@ -717,6 +717,7 @@ class Cms50Driver(SerialDriver):
         self.parser: Cms50Parser | LegacyParser = Cms50Parser() if self.protocol == "v7" else LegacyParser()
         self.live = LiveAccumulator(self.device_id, report_every_s=self.report_every_s)
         self.stored_emitted = 0
+        self._answered = False
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())
@@ -753,8 +754,8 @@ class Cms50Driver(SerialDriver):
     async def _download(self, link: SerialLink) -> None:
         (count,) = await self._ask(link, command(CMD_SESSION_COUNT), (SessionCount,))
         assert isinstance(count, SessionCount)
-        self.reconnector.mark_connected()
-        if count.count == 0 or not self.download_stored:
+        self._mark_answered()
+        if count.count == 0:
             return
         stamp = await self._ask(link, command(CMD_SESSION_TIME, self.user, 1), (SessionDate, SessionTime), 2)
         date = next(f for f in stamp if isinstance(f, SessionDate))
@@ -815,14 +816,28 @@ class Cms50Driver(SerialDriver):
     # -- live ---------------------------------------------------------------------------------------
 
     async def serve(self, link: SerialLink) -> None:
+        self._answered = False
         link.write(command(CMD_STOP_LIVE))
         await asyncio.sleep(0.05)
         link.discard_input()
-        await self._download(link)
+        if self.download_stored:
+            try:
+                await self._download(link)
+            except LinkSilent as exc:
+                # Models without storage (or a busy one) do not answer: live data still matters more.
+                self.count("storage_unanswered")
+                log.debug("device %s: stored-data request unanswered: %s", self.device_id, exc)
         link.write(command(CMD_START_LIVE))
         await self._stream(link, keepalive=True)
 
+    def _mark_answered(self) -> None:
+        if not self._answered:
+            self._answered = True
+            self.reconnector.mark_connected()
+
     async def _stream(self, link: SerialLink, *, keepalive: bool) -> None:
+        """Read live frames until the link fails; the device counts as connected at its first frame
+        (or its first answer to a command)."""
         pinger = asyncio.create_task(self._keepalive(link)) if keepalive else None
         try:
             while True:
@@ -830,6 +845,7 @@ class Cms50Driver(SerialDriver):
                 now = self.clock()
                 for frame in self.parser.feed(data):
                     if isinstance(frame, LiveSample):
+                        self._mark_answered()
                         for reading in self.live.feed(frame, now):
                             self.sink(reading)
         finally:
@@ -862,15 +878,6 @@ class Cms50LegacyDriver(Cms50Driver):
     protocol: ClassVar[str] = "legacy"
 
     async def serve(self, link: SerialLink) -> None:
-        # The older firmware streams by itself; it is "connected" once a valid frame arrives.
-        while True:
-            frames = self.parser.feed(await link.read())
-            samples = [f for f in frames if isinstance(f, LiveSample)]
-            if samples:
-                self.reconnector.mark_connected()
-                now = self.clock()
-                for s in samples:
-                    for reading in self.live.feed(s, now):
-                        self.sink(reading)
-                break
+        # The older firmware streams by itself, without commands.
+        self._answered = False
         await self._stream(link, keepalive=False)

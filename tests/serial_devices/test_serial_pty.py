@@ -218,6 +218,26 @@ def test_cms50_stored_recording_is_fetched_exactly_once_with_original_times(tmp_
     assert sim.data_requests == 2
 
 
+def test_cms50_model_without_storage_still_streams(tmp_path: Path) -> None:
+    link = tmp_path / "by-id" / "usb-oximeter"
+    got: list[Reading] = []
+
+    async def go() -> Cms50Driver:
+        async with Cms50Simulator(link) as sim:
+            sim.storage_supported = False
+            drv = Cms50Driver(_spec("serial-cms50", link), got.append, time.time)
+            task = asyncio.create_task(drv.run())
+            await _wait(lambda: len(_pleth(got)) >= 60, what="live data without storage")
+            await _stop(task)
+            return drv
+
+    drv = asyncio.run(go())
+    c = drv.counters()
+    assert c["storage_unanswered"] == 1 and c["connects"] == 1 and c["stored_emitted"] == 0
+    states = [r.state for r in got if isinstance(r, DeviceStatus)]
+    assert states[0] is LinkState.CONNECTED
+
+
 def test_cms50_legacy_protocol_stream(tmp_path: Path) -> None:
     link = tmp_path / "by-id" / "usb-Prolific_old_cms50"
     got: list[Reading] = []
