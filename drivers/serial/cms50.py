@@ -593,10 +593,15 @@ class LiveAccumulator:
     def feed(self, sample: LiveSample, now: float) -> list[Waveform | Measurement]:
         out: list[Waveform | Measurement] = []
         i = self.index
-        self.index += 1
-        if self._anchor_t is None or abs(self._time_of(i) - now) > self.max_drift_s:
+        if self._anchor_t is not None and abs(self._time_of(i) - now) > self.max_drift_s:
+            # A gap (unplug, stall) or drift: re-anchor. The index jumps by the missed time, so a gap
+            # in ``first_index`` is a gap in the signal, as with the device's own counter.
             out.extend(self.flush())
+            i = max(i, self._anchor_i + round((now - self._anchor_t) * self.fs))
             self._anchor_t, self._anchor_i = now, i
+        elif self._anchor_t is None:
+            self._anchor_t, self._anchor_i = now, i
+        self.index = i + 1
         if not sample.valid:
             self.invalid_frames += 1
             out.extend(self.flush())

@@ -270,6 +270,20 @@ def test_accumulator_blocks_flags_and_rate_limit() -> None:
     assert all(b - a >= 5.0 - 1e-9 for a, b in itertools.pairwise(spo2_times))
 
 
+def test_accumulator_index_jumps_over_a_gap_in_time() -> None:
+    acc = LiveAccumulator("oxi", block=60)
+    out: list[Waveform | Measurement] = []
+    for i in range(90):
+        out += acc.feed(_sample(i % 100), 100.0 + i / 60)
+    for i in range(90):  # 3 s later (an unplug): the counter follows the clock
+        out += acc.feed(_sample(i % 100), 104.5 + i / 60)
+    out += acc.flush()
+    waves = [r for r in out if isinstance(r, Waveform)]
+    assert [w.first_index for w in waves] == [0, 60, 270, 330]
+    assert [len(w.channels["pleth"]) for w in waves] == [60, 30, 60, 30]
+    assert abs(waves[2].captured_at - 104.5) < 1e-9
+
+
 def test_accumulator_never_reports_while_searching_or_finger_out() -> None:
     acc = LiveAccumulator("oxi")
     out: list[Waveform | Measurement] = []
