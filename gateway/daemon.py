@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -19,13 +20,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.base import Driver, driver_class
+from drivers.base import DeviceStatus, Driver, Reading, SosPress, driver_class
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError, GatewayError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
+from gateway.registry import Registry
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.uplink import Uplink
 
@@ -57,6 +59,22 @@ class Daemon:
         self.uplink: Uplink | None = None
         self.pipeline: Pipeline | None = None
         self.drivers: list[Driver] = []
+        self.registry: Registry | None = None
+
+    def _remember(self, reading: Reading) -> None:
+        """Keep the device registry current: state changes and first sightings only, and after the
+        reading has been handed to the outbox (a registry fsync never delays an SOS commit)."""
+        if isinstance(reading, DeviceStatus):
+            kind, state = "unknown", reading.state.value
+        elif isinstance(reading, SosPress):
+            kind, state = "sos-button", None
+        else:
+            return
+        registry = self.registry
+        if registry is not None:
+            asyncio.get_running_loop().call_soon(
+                functools.partial(registry.note_device, reading.device_id, kind, state=state, at=reading.captured_at)
+            )
 
     def request_stop(self) -> None:
         """Ask for an orderly stop. Safe to call any number of times."""
@@ -94,6 +112,10 @@ class Daemon:
             for spec in cfg.devices:
                 pipeline.add_device(spec.id, spec.kind)
                 self.drivers.append(driver_class(spec.kind)(spec, pipeline.sink, time.time))
+            self.registry = Registry(data_dir / "registry.json")
+            for spec in cfg.devices:
+                self.registry.note_device(spec.id, spec.kind)
+            pipeline.on_reading(self._remember)
             async with ControlServer(cfg.gateway.socket_path, {"status": self._status_cmd}):
                 try:
                     async with asyncio.TaskGroup() as tg:
@@ -107,6 +129,8 @@ class Daemon:
                         log.info("gateway %s running with %d devices", cfg.gateway.id, len(self.drivers))
                 except* _StopRequested:
                     pass
+        if self.registry is not None:
+            self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
 

@@ -56,6 +56,7 @@ class Mosquitto:
         max_inflight: int = 0,
         verbose: bool = False,
         persistence: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.tls = tls
@@ -65,6 +66,7 @@ class Mosquitto:
         # With persistence, an orderly stop (SIGTERM) saves sessions and their queued QoS 1 messages, so a
         # persistent subscriber (the "cloud") misses nothing across a broker restart.
         self.persistence = persistence
+        self.users = users  # username -> password: anonymous access off
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_mosquitto()
 
@@ -76,7 +78,7 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.users else 'true'}",
             "persistence true" if self.persistence else "persistence false",
             f"persistence_location {self.workdir}/",
             f"max_inflight_messages {self.max_inflight}",
@@ -88,6 +90,14 @@ class Mosquitto:
             *(["user root"] if os.geteuid() == 0 else []),
             "log_dest stderr" if self.verbose else "log_dest none",
         ]
+        if self.users:
+            pwfile = self.workdir / "passwd"
+            pwfile.write_text("")
+            pwfile.chmod(0o600)
+            tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+            for user, password in self.users.items():
+                subprocess.run([tool, "-b", str(pwfile), user, password], check=True, capture_output=True)
+            lines.append(f"password_file {pwfile}")
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.ca}",

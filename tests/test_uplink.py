@@ -284,3 +284,22 @@ def test_both_protocol_versions_deliver_with_will_and_birth(
         assert retained and doc["state"] == "offline"
     finally:
         late.stop()
+
+
+def test_username_and_password_from_a_file(tmp_path: Path) -> None:
+    b = Mosquitto(workdir=tmp_path / "authbroker", users={"gw-test": "s3cret-from-file"})
+    b.start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret-from-file\n")  # a trailing newline, as editors leave it
+        secret.chmod(0o600)
+        good = plain(b.port, username="gw-test", password_file=secret)
+        depth, err = _tls_roundtrip(tmp_path / "a", b, good)
+        assert depth == 0 and err is None
+        wrong = tmp_path / "wrong-password"
+        wrong.write_text("guess")
+        bad = plain(b.port, username="gw-test", password_file=wrong)
+        depth, err = _tls_roundtrip(tmp_path / "b", b, bad)
+        assert depth == 1 and err is not None and "refused" in err
+    finally:
+        b.kill()
