@@ -152,3 +152,47 @@ def test_gatewayctl_without_a_daemon_says_so(tmp_path: Path) -> None:
     )
     assert out.returncode == 3
     assert "is gatewayd running" in out.stderr
+
+
+def test_systemd_notify_ready_watchdog_status_and_stopping(tmp_path: Path, broker: Mosquitto) -> None:
+    """Type=notify: the sd_notify datagrams systemd would receive, on a socket of our own."""
+    import os
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(sock_path))
+    srv.settimeout(0.2)
+    config = gateway_config(tmp_path, broker.port)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.daemon", "--config", str(config)],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in got) < 3:
+            try:
+                got.append(srv.recv(4096).decode())
+            except TimeoutError:
+                pass
+        proc.terminate()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("STOPPING=1" in m for m in got):
+            try:
+                got.append(srv.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        srv.close()
+    ready = [i for i, m in enumerate(got) if "READY=1" in m]
+    assert ready, got
+    assert sum("WATCHDOG=1" in m for m in got) >= 3, "the watchdog is fed while running"
+    assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in got)
+    assert any("STOPPING=1" in m for m in got), "an orderly stop says so"
