@@ -10,7 +10,7 @@ Contract (docs/mqtt-contract.md, "Delivery"):
 - **seq** is gateway-wide, +1 per committed message, persisted with the message in the same
   transaction (``meta.next_seq``), so a gap seen by the cloud is a loss or a reported eviction.
 - **Lanes**: alert (0) > observation (1) > device state (2) > bulk (3). Fetching is FIFO by seq within
-  a lane (so also per device).
+  a lane, or within a lane and device (:meth:`Outbox.fetch_device`), so per-device order always holds.
 - **Disk budget** (``max_bytes``): when over budget, the oldest messages of the lowest non-empty lane
   are evicted first; alerts are never evicted. Evicted ``seq`` ranges are recorded and reported in
   ``status`` so the cloud can tell an eviction from a loss.
@@ -128,6 +128,8 @@ class Outbox:
         self.next_seq = 1
         self.bytes = 0
         self.depth = [0, 0, 0, 0]
+        # messages stored per lane and device (in flight included), for per-device fair draining
+        self.lane_devices: list[dict[str, int]] = [{}, {}, {}, {}]
         self.counters = _Counters()
         self.evicted_ranges: list[tuple[int, int]] = []
         self._closed = False
@@ -181,6 +183,7 @@ class Outbox:
                     size INTEGER NOT NULL
                 );
                 CREATE INDEX IF NOT EXISTS msg_lane_seq ON msg(lane, seq);
+                CREATE INDEX IF NOT EXISTS msg_lane_device_seq ON msg(lane, device, seq);
                 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS evicted(first INTEGER NOT NULL, last INTEGER NOT NULL,
                                                    lane INTEGER NOT NULL, at REAL NOT NULL);
@@ -192,8 +195,11 @@ class Outbox:
             max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM msg").fetchone()[0]
             self.next_seq = max(int(meta.get("next_seq", 1)), max_seq + 1)
             self.counters.evicted_total = int(meta.get("evicted_total", 0))
-            for lane, count, size in db.execute("SELECT lane, COUNT(*), SUM(size) FROM msg GROUP BY lane"):
-                self.depth[lane] = count
+            for lane, device, count, size in db.execute(
+                "SELECT lane, device, COUNT(*), SUM(size) FROM msg GROUP BY lane, device"
+            ):
+                self.depth[lane] += count
+                self.lane_devices[lane][device] = count
                 self.bytes += size
             self.evicted_ranges = [
                 (a, b)
@@ -298,13 +304,16 @@ class Outbox:
         rows = []
         added = 0
         lane_add = [0, 0, 0, 0]
+        dev_add: dict[tuple[int, str], int] = {}
         for i, m in enumerate(msgs):
             size = len(m.body) + len(m.topic) + ROW_OVERHEAD_BYTES
             added += size
             lane_add[m.lane] += 1
+            key = (int(m.lane), m.device_id)
+            dev_add[key] = dev_add.get(key, 0) + 1
             rows.append((first + i, int(m.lane), m.device_id, m.topic, m.body, m.captured_at, int(m.retain), size))
         next_seq = first + len(msgs)
-        deleted: list[tuple[int, int]] = []
+        deleted: list[tuple[int, int, str]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             if rows:
@@ -312,10 +321,10 @@ class Outbox:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (next_seq,))
             if acked:
                 deleted = db.execute(
-                    f"DELETE FROM msg WHERE seq IN ({','.join('?' * len(acked))}) RETURNING lane, size",
+                    f"DELETE FROM msg WHERE seq IN ({','.join('?' * len(acked))}) RETURNING lane, size, device",
                     acked,
                 ).fetchall()
-            evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(s for _, s in deleted))
+            evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(r[1] for r in deleted))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -326,9 +335,16 @@ class Outbox:
         self.bytes += added
         for lane in range(4):
             self.depth[lane] += lane_add[lane]
-        for lane, size in [*deleted, *evicted_rows]:
+        for (lane, device), n in dev_add.items():
+            self.lane_devices[lane][device] = self.lane_devices[lane].get(device, 0) + n
+        for lane, size, device in [*deleted, *evicted_rows]:
             self.depth[lane] -= 1
             self.bytes -= size
+            left = self.lane_devices[lane].get(device, 1) - 1
+            if left > 0:
+                self.lane_devices[lane][device] = left
+            else:
+                self.lane_devices[lane].pop(device, None)
         self.counters.commits += 1
         self.counters.inserted += len(rows)
         self.counters.deleted += len(deleted)
@@ -339,10 +355,10 @@ class Outbox:
 
     def _evict_over_budget(
         self, db: sqlite3.Connection, projected: int
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
         """Delete the oldest messages of the lowest lanes until under budget. Never alerts."""
         ranges: list[tuple[int, int]] = []
-        rows_out: list[tuple[int, int]] = []
+        rows_out: list[tuple[int, int, str]] = []
         if projected <= self.max_bytes:
             return ranges, rows_out
         excess = projected - self.max_bytes
@@ -350,17 +366,17 @@ class Outbox:
         for lane in (Lane.BULK, Lane.STATE, Lane.OBSERVATION):
             while excess > 0:
                 batch = db.execute(
-                    "SELECT seq, size FROM msg WHERE lane = ? ORDER BY seq LIMIT 2000", (int(lane),)
+                    "SELECT seq, size, device FROM msg WHERE lane = ? ORDER BY seq LIMIT 2000", (int(lane),)
                 ).fetchall()
                 if not batch:
                     break
                 take = []
-                for seq, size in batch:
+                for seq, size, device in batch:
                     if excess <= 0:
                         break
                     take.append(seq)
                     excess -= size
-                    rows_out.append((int(lane), size))
+                    rows_out.append((int(lane), size, device))
                 db.executemany("DELETE FROM msg WHERE seq = ?", [(s,) for s in take])
                 for a, b in _runs(take):
                     db.execute("INSERT INTO evicted VALUES (?,?,?,?)", (a, b, int(lane), now))
@@ -389,16 +405,36 @@ class Outbox:
         acked = self._acked_set
         return [r for r in rows if r.seq not in acked]
 
-    def _fetch(self, lane: int, after_seq: int, limit: int) -> list[StoredMessage]:
+    async def fetch_device(self, lane: Lane, device_id: str, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Like :meth:`fetch`, for one device's messages of a lane."""
+        if limit <= 0:
+            return []
+        rows = await self._call(self._fetch, int(lane), after_seq, limit, device_id)
+        acked = self._acked_set
+        return [r for r in rows if r.seq not in acked]
+
+    def pending_devices(self, lane: Lane) -> list[str]:
+        """Devices with messages stored in ``lane`` (in flight included)."""
+        return list(self.lane_devices[lane])
+
+    def _fetch(self, lane: int, after_seq: int, limit: int, device: str | None = None) -> list[StoredMessage]:
         db = self._db
         assert db is not None
-        return [
-            StoredMessage(seq, Lane(lane), topic, body, device, captured, bool(retain))
-            for seq, topic, body, device, captured, retain in db.execute(
+        if device is None:
+            cursor = db.execute(
                 "SELECT seq, topic, body, device, captured, retain FROM msg "
                 "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (lane, after_seq, limit),
             )
+        else:
+            cursor = db.execute(
+                "SELECT seq, topic, body, device, captured, retain FROM msg "
+                "WHERE lane = ? AND device = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (lane, device, after_seq, limit),
+            )
+        return [
+            StoredMessage(seq, Lane(lane), topic, body, dev, captured, bool(retain))
+            for seq, topic, body, dev, captured, retain in cursor
         ]
 
     async def stats(self) -> OutboxStats:

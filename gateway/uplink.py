@@ -302,13 +302,11 @@ class Uplink:
         last_status = time.monotonic()  # the birth message was just sent
         refill_at = max(1, self.window // 4)  # after acks, refill once this many slots are free
 
-        async def take(lane: Lane, room: int) -> None:
-            if room <= 0 or exhausted[lane]:
-                return
-            rows = await self.outbox.fetch(lane, cursor[lane], room)
-            exhausted[lane] = len(rows) < room
-            if gone.done():
-                return
+        dev_cursor: dict[str, int] = {}  # highest observation seq fetched per device
+        dev_exhausted: set[str] = set()
+        rotation = [0]
+
+        def send(rows: list[StoredMessage], lane: Lane) -> None:
             t_now = self.clock()
             for msg in rows:
                 historical = t_now - msg.captured_at > self.historical_after_s
@@ -320,6 +318,40 @@ class Uplink:
                 cursor[lane] = msg.seq
             self.published += len(rows)
 
+        async def take(lane: Lane, room: int) -> None:
+            if room <= 0 or exhausted[lane]:
+                return
+            rows = await self.outbox.fetch(lane, cursor[lane], room)
+            exhausted[lane] = len(rows) < room
+            if not gone.done():
+                send(rows, lane)
+
+        async def take_fair(room: int) -> None:
+            """Observations: round-robin over devices, FIFO within each device. A device's live readings
+            wait only for its own backlog, never for another device's."""
+            lane = Lane.OBSERVATION
+            if room <= 0 or exhausted[lane]:
+                return
+            devices = [d for d in self.outbox.pending_devices(lane) if d not in dev_exhausted]
+            if not devices:
+                exhausted[lane] = True
+                return
+            rotation[0] = (rotation[0] + 1) % len(devices)
+            devices = devices[rotation[0] :] + devices[: rotation[0]]
+            share = max(1, room // len(devices))
+            for device in devices:
+                if room <= 0 or gone.done():
+                    return
+                want = min(share, room)
+                rows = await self.outbox.fetch_device(lane, device, dev_cursor.get(device, 0), want)
+                if len(rows) < want:
+                    dev_exhausted.add(device)
+                if rows:
+                    dev_cursor[device] = rows[-1].seq
+                    if not gone.done():
+                        send(rows, lane)
+                    room -= len(rows)
+
         self._new_data = True
         while True:
             if gone.done():
@@ -328,6 +360,7 @@ class Uplink:
             if self._new_data:
                 self._new_data = False
                 exhausted = [False, False, False, False]
+                dev_exhausted.clear()
             now = time.monotonic()
             if self._status_due.is_set() or now - last_status > 60.0:
                 self._status_due.clear()
@@ -339,7 +372,7 @@ class Uplink:
             # State and bulk keep a small share so a long observation backlog never starves them.
             for lane in (Lane.STATE, Lane.BULK):
                 await take(lane, min(self.min_share - lane_inflight[lane], self.window - len(inflight)))
-            await take(Lane.OBSERVATION, self.window - len(inflight))
+            await take_fair(self.window - len(inflight))
             for lane in (Lane.STATE, Lane.BULK):
                 await take(lane, self.window - len(inflight))
 

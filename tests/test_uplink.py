@@ -144,6 +144,42 @@ def test_an_alert_overtakes_a_backlog_being_drained(tmp_path: Path, broker: Mosq
     assert sorted({d["seq"] for d in order}) == list(range(1, n + 2))
 
 
+def test_live_readings_of_a_device_are_not_starved_by_another_devices_backlog(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    n = 20_000
+
+    async def go() -> int:
+        broker.stop()
+        async with gateway(tmp_path, plain(broker.port, inflight_window=100)) as (ob, up, pl):
+            t0 = time.time() - 3600
+            for i in range(n):
+                pl.sink(hr("wrist-backlog", i, t0))
+            await until(lambda: ob.depth_total() == n, what="backlog committed")
+            broker.start()
+            await until(lambda: up.acked > 1000, what="the drain to be under way")
+            live = 0
+            while ob.depth_total() > 0 and live < 30:
+                pl.sink(hr("wrist-live", live, time.time()))
+                live += 1
+                await asyncio.sleep(0.02)
+            await until(lambda: ob.depth_total() == 0, 120, "the drain to finish")
+            return live
+
+    live = asyncio.run(go())
+    cloud.wait(lambda c: len(c.data()) >= n + live, 30, "all messages")
+    order = cloud.data()
+    live_pos = [i for i, d in enumerate(order) if d["device_id"] == "wrist-live"]
+    last_backlog = max(i for i, d in enumerate(order) if d["device_id"] == "wrist-backlog")
+    assert live >= 5, "the drain was too quick to test anything"
+    assert sum(p < last_backlog for p in live_pos) >= live // 2, "live readings went out while the backlog drained"
+    for dev in ("wrist-live", "wrist-backlog"):
+        seqs = [d["seq"] for d in order if d["device_id"] == dev]
+        assert seqs == sorted(seqs), f"per-device order kept for {dev}"
+    assert all(not d["historical"] for d in order if d["device_id"] == "wrist-live")
+    assert all(d["historical"] for d in order if d["device_id"] == "wrist-backlog")
+
+
 def test_disk_budget_reached_keeps_alerts_and_reports_evictions(
     tmp_path: Path, broker: Mosquitto, cloud: Collector
 ) -> None:
