@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.base import DeviceConfigError, FrameError, Measurement
+from drivers.reconnect import Backoff
 from drivers.serial.cms50 import FetchLedger
 from drivers.serial.port import SERIAL_OPTIONS, LinkSilent, SerialDriver, SerialLink
 
@@ -197,6 +198,7 @@ class SerialBpDriver(SerialDriver):
     }
     reply_timeout_s: ClassVar[float] = 1.0
     quiet_s: ClassVar[float] = 0.15  # no byte for this long ends a variable-length reply
+    reconnect_cap_s: ClassVar[float] = 3.0  # see Cms50Driver: back within 5 s even after a long unplug
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -209,6 +211,7 @@ class SerialBpDriver(SerialDriver):
         self.retries = max(1, int(opts.get("retries", 3)))
         self.description: str | None = None
         self.records_emitted = 0
+        self.reconnector.backoff = Backoff(base_s=0.25, cap_s=self.reconnect_cap_s)
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
 from drivers.base import DeviceConfigError, FrameError, Measurement, Waveform
+from drivers.reconnect import Backoff
 from drivers.serial.port import SERIAL_OPTIONS, LinkLost, LinkSilent, SerialDriver, SerialLink
 
 log = logging.getLogger(__name__)
@@ -703,6 +704,9 @@ class Cms50Driver(SerialDriver):
         "duration_divisor": (int, 2),
     }
     keepalive_s: ClassVar[float] = 5.0
+    # The port layer's backoff grows to 30 s; after a long unplug that would delay the oximeter's
+    # return by up to 30 s. Probing a missing by-id path is free, so cap it to stay "back within 5 s".
+    reconnect_cap_s: ClassVar[float] = 3.0
     reply_timeout_s: ClassVar[float] = 2.0
     data_quiet_s: ClassVar[float] = 2.0
 
@@ -723,6 +727,7 @@ class Cms50Driver(SerialDriver):
         self.live = LiveAccumulator(self.device_id, report_every_s=self.report_every_s)
         self.stored_emitted = 0
         self._answered = False
+        self.reconnector.backoff = Backoff(base_s=0.25, cap_s=self.reconnect_cap_s)
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())

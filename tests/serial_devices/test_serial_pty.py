@@ -146,7 +146,8 @@ def test_cms50_unplug_replug_on_the_same_and_on_another_tty(tmp_path: Path) -> N
                     what="disconnected state",
                 )
                 blocker = os.openpty() if another_tty else None  # takes the freed /dev/pts/N
-                await asyncio.sleep(0.5)
+                # The second unplug is long enough for the reconnect backoff to reach its cap.
+                await asyncio.sleep(6.0 if another_tty else 0.5)
                 sim.plug()
                 if another_tty:
                     assert sim.dev.slave_name != first_tty
