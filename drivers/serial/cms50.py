@@ -747,30 +747,31 @@ class Cms50Driver(SerialDriver):
     async def _frames(self, link: SerialLink, timeout_s: float) -> list[Frame]:
         return self.parser.feed(await link.read(timeout_s=timeout_s))
 
-    async def _ask(self, link: SerialLink, cmd: bytes, want: tuple[type, ...], n: int = 1) -> list[Frame]:
-        """Send ``cmd`` and collect ``n`` frames of the wanted types (other frames are ignored).
-        :class:`LinkSilent` when the device does not answer in time."""
+    async def _ask(self, link: SerialLink, cmd: bytes, *want: type) -> list[Frame]:
+        """Send ``cmd`` and return the first frame of each wanted type, in the order asked (other
+        frames are ignored). :class:`LinkSilent` when the device does not answer in time."""
         link.write(cmd)
-        got: list[Frame] = []
+        got: dict[type, Frame] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reply_timeout_s
-        while len(got) < n:
+        while len(got) < len(want):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise LinkSilent(f"{link.path}: no answer to command {cmd[2]:#04x}")
-            got.extend(f for f in await self._frames(link, remaining) if isinstance(f, want))
-        return got
+            for f in await self._frames(link, remaining):
+                if type(f) in want:
+                    got.setdefault(type(f), f)
+        return [got[t] for t in want]
 
     async def _download(self, link: SerialLink) -> None:
-        (count,) = await self._ask(link, command(CMD_SESSION_COUNT), (SessionCount,))
+        (count,) = await self._ask(link, command(CMD_SESSION_COUNT), SessionCount)
         assert isinstance(count, SessionCount)
         self._mark_answered()
         if count.count == 0:
             return
-        stamp = await self._ask(link, command(CMD_SESSION_TIME, self.user, 1), (SessionDate, SessionTime), 2)
-        date = next(f for f in stamp if isinstance(f, SessionDate))
-        tod = next(f for f in stamp if isinstance(f, SessionTime))
-        (dur,) = await self._ask(link, command(CMD_SESSION_DURATION, self.user, 1), (SessionDuration,))
+        date, tod = await self._ask(link, command(CMD_SESSION_TIME, self.user, 1), SessionDate, SessionTime)
+        assert isinstance(date, SessionDate) and isinstance(tod, SessionTime)
+        (dur,) = await self._ask(link, command(CMD_SESSION_DURATION, self.user, 1), SessionDuration)
         assert isinstance(dur, SessionDuration)
         try:
             start = dt.datetime(date.year, date.month, date.day, tod.hour, tod.minute, tod.second, tzinfo=self.tz)
