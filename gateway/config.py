@@ -214,11 +214,12 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
     for i, raw in enumerate(raw_devices):
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: devices[{i}] = {raw!r}: expected a table [[devices]]")
-        devices.append(_parse_device(file, i, raw, seen))
+        devices.append(parse_device(file, i, raw, seen))
     return Config(path=file, gateway=gw, uplink=uplink, outbox=outbox, devices=tuple(devices))
 
 
-def _parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> DeviceSpec:
+def parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> DeviceSpec:
+    """One [[devices]] table (also used for devices added at run time)."""
     d = _Reader(file, f"devices[{i}]", raw)
     dev_id = d.str_("id", _REQUIRED, ID_RE)
     if dev_id in seen:

@@ -20,9 +20,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.base import DeviceStatus, Driver, Reading, SosPress, driver_class
+from drivers.base import DeviceStatus, Reading, SosPress, driver_class
+from gateway.commands import Commands, SimpleAlertDesk
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
+from gateway.devices import DeviceManager
+from gateway.downlink import Downlink
 from gateway.errors import ConfigError, GatewayError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
@@ -58,8 +61,8 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.pipeline: Pipeline | None = None
-        self.drivers: list[Driver] = []
         self.registry: Registry | None = None
+        self.devices: DeviceManager | None = None
 
     def _remember(self, reading: Reading) -> None:
         """Keep the device registry current: state changes and first sightings only, and after the
@@ -109,24 +112,38 @@ class Daemon:
                 status_body=self.status_body,
                 historical_after_s=cfg.outbox.historical_after_s,
             )
-            for spec in cfg.devices:
-                pipeline.add_device(spec.id, spec.kind)
-                self.drivers.append(driver_class(spec.kind)(spec, pipeline.sink, time.time))
-            self.registry = Registry(data_dir / "registry.json")
-            for spec in cfg.devices:
-                self.registry.note_device(spec.id, spec.kind)
+            self.registry = registry = Registry(data_dir / "registry.json")
+            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices)
+            devices.on_change.append(pipeline.add_device)
+            devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)
-            async with ControlServer(cfg.gateway.socket_path, {"status": self._status_cmd}):
+            self.alert_desk = SimpleAlertDesk()
+            pipeline.on_alert(lambda alert_id, at: self.alert_desk.open.__setitem__(alert_id, at))
+            self.commands = commands = Commands(
+                status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=self.alert_desk
+            )
+            commands.restore()
+            uplink.downlink = Downlink(cfg.gateway.id, commands.downlink_handlers(), registry)
+            control = {
+                "status": commands.status,
+                "devices": commands.devices_list,
+                "device-add": commands.device_add,
+                "device-remove": commands.device_remove,
+                "drill": commands.drill,
+                "drill-stop": commands.drill_stop,
+                "alert-ack": commands.alert_ack,
+            }
+            async with ControlServer(cfg.gateway.socket_path, control):
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(outbox.run(), name="outbox")
                         tg.create_task(uplink.run(), name="uplink")
-                        for drv in self.drivers:
-                            tg.create_task(drv.run(), name=f"device {drv.device_id}")
+                        devices.start_all(tg)
                         tg.create_task(self._watchdog(), name="watchdog")
                         tg.create_task(self._wait_stop(), name="stop")
-                        self.notifier.send("READY=1", f"STATUS=running, {len(self.drivers)} devices")
-                        log.info("gateway %s running with %d devices", cfg.gateway.id, len(self.drivers))
+                        n = len(devices.drivers)
+                        self.notifier.send("READY=1", f"STATUS=running, {n} devices")
+                        log.info("gateway %s running with %d devices", cfg.gateway.id, n)
                 except* _StopRequested:
                     pass
         if self.registry is not None:
@@ -164,7 +181,7 @@ class Daemon:
         assert ob is not None and up is not None and pl is not None
         stats = await ob.stats()
         now = time.time()
-        drivers = {d.device_id: d for d in self.drivers}
+        drivers = self.devices.drivers if self.devices is not None else {}
         devices = []
         for info in pl.devices.values():
             drv = drivers.get(info.id)
@@ -208,9 +225,6 @@ class Daemon:
             },
             "devices": devices,
         }
-
-    async def _status_cmd(self, _req: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.status()
 
 
 def configure_logging(level: str) -> None:

@@ -90,9 +90,21 @@ def observation(topics: Topics, m: Measurement) -> NewMessage:
     return NewMessage(Lane.OBSERVATION, topics.obs(m.device_id), _dumps(body), m.device_id, m.captured_at)
 
 
+def sos_alert_id(press: SosPress) -> str:
+    """The id the care centre acknowledges (``cmd/alert-ack``)."""
+    return f"sos-{press.device_id}-{press.press_id}"
+
+
 def sos_alert(topics: Topics, press: SosPress, *, drill: bool) -> NewMessage:
     body = _common(topics.gateway_id, "alert", press.device_id, press.captured_at, f"sos|{press.press_id}")
-    body.update(kind="sos", severity="critical", state="raised", drill=drill, press_id=press.press_id)
+    body.update(
+        kind="sos",
+        severity="critical",
+        state="raised",
+        drill=drill,
+        press_id=press.press_id,
+        alert_id=sos_alert_id(press),
+    )
     if press.extra:
         body["extra"] = dict(press.extra)
     return NewMessage(Lane.ALERT, topics.alert, _dumps(body), press.device_id, press.captured_at)

@@ -69,6 +69,7 @@ class Pipeline:
         self._dsp: dict[str, DspStream] = {}
         self.drill_until: float = 0.0  # presses before this time are rehearsals (issue: drills)
         self._listeners: list[Callable[[Reading], None]] = []
+        self._alert_listeners: list[Callable[[str, float], None]] = []
 
     def add_device(self, device_id: str, kind: str) -> None:
         self.devices.setdefault(device_id, DeviceInfo(device_id, kind))
@@ -76,6 +77,10 @@ class Pipeline:
     def on_reading(self, listener: Callable[[Reading], None]) -> None:
         """Observe every reading (tail, rules). Listeners must not block."""
         self._listeners.append(listener)
+
+    def on_alert(self, listener: Callable[[str, float], None]) -> None:
+        """Called with (alert_id, captured_at) for every alert raised (the alert desk)."""
+        self._alert_listeners.append(listener)
 
     def in_drill(self, at: float) -> bool:
         return at < self.drill_until
@@ -96,7 +101,10 @@ class Pipeline:
                 self.counters.sos_presses += 1
                 drill = self.in_drill(reading.captured_at)
                 log.warning("device %s: SOS press%s", reading.device_id, " (drill)" if drill else "")
-                self._submit(messages.sos_alert(self.topics, reading, drill=drill))
+                msg = messages.sos_alert(self.topics, reading, drill=drill)
+                self._submit(msg)
+                for on_alert in self._alert_listeners:
+                    on_alert(messages.sos_alert_id(reading), reading.captured_at)
             case Measurement():
                 self._submit(messages.observation(self.topics, reading))
             case DeviceStatus():

@@ -77,6 +77,8 @@ class Registry:
         self.db = TinyDB(path, storage=AtomicJSONStorage)
         self.devices = self.db.table("devices")
         self.settings = self.db.table("settings")
+        self.replies = self.db.table("command_replies")
+        self.managed = self.db.table("managed_devices")
 
     def close(self) -> None:
         self.db.close()
@@ -110,6 +112,31 @@ class Registry:
 
     def all_devices(self) -> list[dict[str, Any]]:
         return [dict(d) for d in self.devices.all()]
+
+    # -- downlink idempotency: the reply of every request id, the latest MAX_REPLIES kept ---------
+
+    MAX_REPLIES = 1000
+
+    def get_reply(self, request_id: str) -> dict[str, Any] | None:
+        doc = self.replies.get(Query().request_id == request_id)
+        return dict(doc["reply"]) if isinstance(doc, Mapping) else None
+
+    def put_reply(self, request_id: str, reply: Mapping[str, Any]) -> None:
+        self.replies.upsert({"request_id": request_id, "reply": dict(reply)}, Query().request_id == request_id)
+        if len(self.replies) > self.MAX_REPLIES:
+            oldest = sorted(doc.doc_id for doc in self.replies.all())[: len(self.replies) - self.MAX_REPLIES]
+            self.replies.remove(doc_ids=oldest)
+
+    # -- devices added at run time (gatewayctl or the cloud), on top of the configuration file ----
+
+    def managed_devices(self) -> list[dict[str, Any]]:
+        return [dict(d) for d in self.managed.all()]
+
+    def add_managed(self, spec: Mapping[str, Any]) -> None:
+        self.managed.upsert(dict(spec), Query().id == spec["id"])
+
+    def remove_managed(self, device_id: str) -> bool:
+        return bool(self.managed.remove(Query().id == device_id))
 
     def set(self, key: str, value: Any) -> None:
         self.settings.upsert({"key": key, "value": value}, Query().key == key)

@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from drivers.base import TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
 from gateway.config import UplinkSection, read_secret
+from gateway.downlink import Downlink
 from gateway.errors import UplinkError
 from gateway.messages import Topics
 from gateway.outbox import Lane, Outbox, StoredMessage, wire_payload
@@ -93,6 +94,8 @@ class Uplink:
             config_retry_s=max(cfg.backoff_cap_s, 30.0),
             on_state=self._on_state,
         )
+        self.downlink: Downlink | None = None  # set by the daemon: commands on cmd/+
+        self._command_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._status_due = asyncio.Event()
         self.published = 0
@@ -228,6 +231,15 @@ class Uplink:
                 self.outbox.ack((msg.seq,))
             self._wake.set()
 
+        def on_message(c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+            if self.downlink is None or not msg.topic.startswith(cmd_prefix):
+                return
+            task = loop.create_task(self._command(c, gone, msg.topic[len(cmd_prefix) :], bytes(msg.payload)))
+            self._command_tasks.add(task)
+            task.add_done_callback(self._command_tasks.discard)
+
+        cmd_prefix = f"{self.topics.base}/cmd/"
+        client.on_message = on_message
         client.on_socket_open = on_socket_open
         client.on_socket_close = on_socket_close
         client.on_socket_register_write = on_socket_register_write
@@ -265,6 +277,8 @@ class Uplink:
             if rc.is_failure:
                 raise BrokerRefused(f"broker {self.cfg.host} refused the connection: {rc}")
             client.publish(self.topics.status, self._status_payload(True), qos=1, retain=True)
+            if self.downlink is not None:
+                client.subscribe(f"{self.topics.base}/cmd/+", qos=1)
             self.reconnector.mark_connected()
             log.info(
                 "uplink: connected to %s:%d (TLS %s)", self.cfg.host, self.cfg.port, "on" if self.cfg.tls else "off"
@@ -285,6 +299,14 @@ class Uplink:
             if fd is not None:
                 _unwatch(loop, fd)
             _close_quietly(client)
+
+    async def _command(self, client: mqtt.Client, gone: asyncio.Future[str], name: str, payload: bytes) -> None:
+        assert self.downlink is not None
+        request_id, reply = await self.downlink.handle(name, payload)
+        if gone.done():
+            return  # the connection is gone: the cloud retries, and the replay gets the stored reply
+        body = json.dumps(reply, separators=(",", ":"), default=str).encode()
+        client.publish(f"{self.topics.base}/cmd-result/{request_id}", body, qos=1)
 
     def _on_commit(self) -> None:
         self._new_data = True

@@ -135,8 +135,10 @@ def open_serial(path: str, baudrate: int) -> serial.Serial:
         raise PortMissing(f"{path} disappeared") from exc
     except PermissionError as exc:
         raise PortPermissionDenied(f"cannot see {path}: {exc.strerror}") from exc
-    if not stat.S_ISCHR(mode):
-        raise DeviceConfigError(f"{path} is not a character device")
+    real = os.path.realpath(path)
+    if not stat.S_ISCHR(mode) or not real.startswith("/dev/"):
+        # A hostile or mistaken configuration must not make the gateway open arbitrary files.
+        raise DeviceConfigError(f"{path} is not a serial device (it resolves to {real})")
     try:
         port = serial.Serial(path, baudrate=baudrate, timeout=0, write_timeout=0, exclusive=True)
     except serial.SerialException as exc:
@@ -153,6 +155,9 @@ def open_serial(path: str, baudrate: int) -> serial.Serial:
             # pyserial reports a failed flock() without errno; the port exists, so someone holds it.
             raise PortBusy(f"{path} is busy or could not be locked") from exc
         raise LinkLost(f"cannot open {path}: {exc}") from exc
+    if not os.isatty(port.fd):
+        port.close()
+        raise DeviceConfigError(f"{path} is not a terminal device")
     return port
 
 

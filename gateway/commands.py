@@ -1,0 +1,133 @@
+"""What the gateway can be asked to do, shared by the cloud downlink and the local control socket.
+
+Each handler takes the validated arguments and returns a JSON-able result, or raises
+:class:`~gateway.downlink.CommandRejected` with a code and a reason. Handlers change only the gateway's
+own state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.devices import DeviceManager
+from gateway.downlink import CommandRejected, Handler
+from gateway.messages import rfc3339_ms
+from gateway.pipeline import Pipeline
+from gateway.registry import Registry
+
+DEFAULT_DRILL_S = 900
+
+
+class AlertDesk(Protocol):
+    """Open alerts that the care centre can acknowledge (the rules engine implements it)."""
+
+    def ack(self, alert_id: str, now: float) -> bool: ...
+
+
+@dataclass
+class SimpleAlertDesk:
+    """Until rules are configured: alerts known by id, acknowledged once."""
+
+    open: dict[str, float] = field(default_factory=dict)
+    acked: dict[str, float] = field(default_factory=dict)
+
+    def ack(self, alert_id: str, now: float) -> bool:
+        if alert_id in self.acked:
+            return True
+        if alert_id not in self.open:
+            return False
+        self.acked[alert_id] = now
+        self.open.pop(alert_id)
+        return True
+
+
+class RulesTarget(Protocol):
+    def update_rules(self, person_id: str, rules: list[Mapping[str, Any]]) -> Mapping[str, Any]: ...
+
+
+class Commands:
+    def __init__(
+        self,
+        *,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        pipeline: Pipeline,
+        devices: DeviceManager,
+        registry: Registry,
+        alerts: AlertDesk,
+        rules: RulesTarget | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._status = status
+        self.pipeline = pipeline
+        self.devices = devices
+        self.registry = registry
+        self.alerts = alerts
+        self.rules = rules
+        self.clock = clock
+
+    def restore(self) -> None:
+        """State that outlives a restart: the drill window."""
+        until = self.registry.get("drill_until", 0.0)
+        if isinstance(until, (int, float)) and until > self.clock():
+            self.pipeline.drill_until = float(until)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def status(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._status()
+
+    async def drill(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        duration = int(args.get("duration_s", DEFAULT_DRILL_S))
+        if not 10 <= duration <= 7200:
+            raise CommandRejected("invalid", "duration_s must be 10..7200 seconds")
+        now = self.clock()
+        until = now + duration
+        self.pipeline.drill_until = until
+        self.registry.set("drill_until", until)
+        return {"drill_from": rfc3339_ms(now), "drill_until": rfc3339_ms(until), "duration_s": duration}
+
+    async def drill_stop(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        self.pipeline.drill_until = 0.0
+        self.registry.set("drill_until", 0.0)
+        return {"stopped": True}
+
+    async def alert_ack(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        alert_id = str(args["alert_id"])
+        if not self.alerts.ack(alert_id, self.clock()):
+            raise CommandRejected("not_found", f"no open alert {alert_id}")
+        return {"alert_id": alert_id, "acknowledged": True}
+
+    async def device_add(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self.devices.add(args["device"])
+        return {"device": {"id": spec.id, "kind": spec.kind, "transport": spec.transport}}
+
+    async def device_remove(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        await self.devices.remove(str(args["device_id"]))
+        return {"device_id": args["device_id"], "removed": True}
+
+    async def devices_list(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        status = await self._status()
+        origin = {d: self.devices.origin(d) for d in self.devices.drivers}
+        for d in status["devices"]:
+            d["origin"] = origin.get(d["id"], "seen")
+        return {"devices": status["devices"]}
+
+    async def rules_update(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if self.rules is None:
+            raise CommandRejected("failed", "care rules are not available on this gateway")
+        return dict(self.rules.update_rules(str(args["person_id"]), list(args["rules"])))
+
+    # -- tables --------------------------------------------------------------------------------
+
+    def downlink_handlers(self) -> dict[str, Handler]:
+        return {
+            "status": self.status,
+            "drill": self.drill,
+            "alert-ack": self.alert_ack,
+            "device-add": self.device_add,
+            "device-remove": self.device_remove,
+            "rules-update": self.rules_update,
+        }

@@ -1,0 +1,93 @@
+"""Device drivers at run time: started from the configuration at boot, added and removed later by
+gatewayctl or the cloud. Each driver runs as a task of the daemon's TaskGroup; removing a device cancels
+its task. Devices added at run time are kept in the registry so they survive a restart; devices of the
+configuration file can only be changed in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from drivers.base import DeviceSpec, Driver, ReadingSink, driver_class
+from gateway.config import parse_device
+from gateway.downlink import CommandRejected
+from gateway.errors import ConfigError
+from gateway.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class DeviceManager:
+    def __init__(self, sink: ReadingSink, registry: Registry, configured: tuple[DeviceSpec, ...]) -> None:
+        self.sink = sink
+        self.registry = registry
+        self.configured = {spec.id: spec for spec in configured}
+        self.drivers: dict[str, Driver] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.on_change: list[Any] = []
+
+    def specs(self) -> list[DeviceSpec]:
+        return [d.spec for d in self.drivers.values()]
+
+    def origin(self, device_id: str) -> str:
+        return "config" if device_id in self.configured else "managed"
+
+    def start_all(self, tg: asyncio.TaskGroup) -> None:
+        self._tg = tg
+        for spec in self.configured.values():
+            self._start(spec)
+        for raw in self.registry.managed_devices():
+            if raw["id"] in self.configured:
+                continue
+            try:
+                spec = self.validate(raw)
+            except CommandRejected as exc:
+                log.warning("device %s: stored device no longer valid, not started: %s", raw.get("id"), exc.reason)
+                continue
+            self._start(spec)
+
+    def _start(self, spec: DeviceSpec) -> None:
+        assert self._tg is not None
+        driver = driver_class(spec.kind)(spec, self.sink, time.time)
+        self.drivers[spec.id] = driver
+        self.tasks[spec.id] = self._tg.create_task(driver.run(), name=f"device {spec.id}")
+        for cb in self.on_change:
+            cb(spec.id, spec.kind)
+
+    def validate(self, raw: Mapping[str, Any]) -> DeviceSpec:
+        """A device table as the configuration file would have it, checked by the same code."""
+        table = {k: v for k, v in raw.items() if k != "options"}
+        table.update(raw.get("options") or {})
+        try:
+            return parse_device(Path("<device>"), 0, table, set())
+        except ConfigError as exc:
+            raise CommandRejected("invalid", str(exc).removeprefix("<device>: ")) from None
+
+    def add(self, raw: Mapping[str, Any]) -> DeviceSpec:
+        spec = self.validate(raw)
+        if spec.id in self.drivers:
+            raise CommandRejected("conflict", f"device {spec.id} exists already")
+        self.registry.add_managed(
+            {"id": spec.id, "kind": spec.kind, "transport": spec.transport, "options": dict(spec.options)}
+        )
+        self._start(spec)
+        log.info("device %s: added (%s)", spec.id, spec.kind)
+        return spec
+
+    async def remove(self, device_id: str) -> None:
+        if device_id in self.configured:
+            raise CommandRejected("conflict", f"device {device_id} is defined in the configuration file: edit it there")
+        task = self.tasks.pop(device_id, None)
+        if task is None:
+            raise CommandRejected("not_found", f"no device {device_id}")
+        self.drivers.pop(device_id, None)
+        self.registry.remove_managed(device_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.info("device %s: removed", device_id)

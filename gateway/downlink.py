@@ -1,0 +1,182 @@
+"""Downlink commands from the cloud: ``{prefix}/{gateway_id}/cmd/{name}`` -> ``cmd-result/{request_id}``.
+
+Every command is treated as hostile until proven otherwise, in this order:
+
+1. size: more than :data:`MAX_COMMAND_BYTES` is rejected (``too_large``) without parsing;
+2. JSON object with a ``request_id`` matching the contract's pattern (else ``malformed``, replied on
+   ``cmd-result/_invalid``);
+3. rate limit: a token bucket (``rate_limited``);
+4. replay: a request id seen before gets its stored reply again (``replayed: true``), never a second
+   execution (idempotent by request id);
+5. the command's JSON Schema from the contract (``gateway/schemas/commands``), compiled once with
+   fastjsonschema (``unknown_command`` / ``invalid`` with the schema's reason);
+6. the handler, which raises :class:`CommandRejected` with a code and a reason for what it refuses.
+
+Handlers only change the gateway's own state (its registry, rules, drill window, devices); nothing here
+runs a shell or touches a path the command names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Protocol
+
+import fastjsonschema
+
+from gateway.errors import GatewayError
+from gateway.messages import rfc3339_ms
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 16 * 1024
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+INVALID_TOPIC_ID = "_invalid"
+COMMANDS = ("status", "drill", "alert-ack", "device-add", "device-remove", "rules-update")
+
+
+class CommandRejected(GatewayError):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+class ReplayStore(Protocol):
+    def get_reply(self, request_id: str) -> dict[str, Any] | None: ...
+
+    def put_reply(self, request_id: str, reply: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class TokenBucket:
+    capacity: float
+    refill_per_s: float
+    tokens: float = -1.0
+    last: float = 0.0
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.last = self.capacity, now
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.refill_per_s)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def load_validators() -> dict[str, Callable[[Any], Any]]:
+    out = {}
+    base = resources.files("gateway").joinpath("schemas", "commands")
+    for name in COMMANDS:
+        schema = json.loads(base.joinpath(f"{name}.json").read_text(encoding="utf-8"))
+        out[name] = fastjsonschema.compile(schema)
+    return out
+
+
+@dataclass
+class DownlinkCounters:
+    received: int = 0
+    executed: int = 0
+    replayed: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Downlink:
+    def __init__(
+        self,
+        gateway_id: str,
+        handlers: Mapping[str, Handler],
+        store: ReplayStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        burst: int = 20,
+        per_minute: float = 20.0,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.handlers = dict(handlers)
+        self.store = store
+        self.clock = clock
+        self.bucket = TokenBucket(burst, per_minute / 60.0)
+        self.validators = load_validators()
+        self.counters = DownlinkCounters()
+
+    def _reply(self, request_id: str, command: str, **body: Any) -> dict[str, Any]:
+        return {
+            "request_id": request_id,
+            "command": command,
+            "gateway_id": self.gateway_id,
+            "at": rfc3339_ms(self.clock()),
+            **body,
+        }
+
+    def _reject(self, request_id: str, command: str, code: str, reason: str) -> tuple[str, dict[str, Any]]:
+        self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
+        log.warning("downlink: %s rejected (%s): %s", command[:40], code, reason[:200])
+        return request_id, self._reply(request_id, command, ok=False, error={"code": code, "reason": reason})
+
+    async def handle(self, command: str, payload: bytes) -> tuple[str, dict[str, Any]]:
+        """Process one command message. Returns the request id to reply to and the reply body."""
+        self.counters.received += 1
+        command = command[:64]
+        if len(payload) > MAX_COMMAND_BYTES:
+            return self._reject(
+                INVALID_TOPIC_ID,
+                command,
+                "too_large",
+                f"{len(payload)} bytes is over the {MAX_COMMAND_BYTES} byte limit",
+            )
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            return self._reject(INVALID_TOPIC_ID, command, "malformed", f"not JSON: {exc}")
+        if not isinstance(doc, dict):
+            return self._reject(INVALID_TOPIC_ID, command, "malformed", "a command is a JSON object")
+        request_id = doc.get("request_id")
+        if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
+            return self._reject(
+                INVALID_TOPIC_ID, command, "malformed", f"request_id must match {REQUEST_ID_RE.pattern}"
+            )
+        if not self.bucket.take(self.clock()):
+            return self._reject(request_id, command, "rate_limited", "too many commands: retry later")
+        stored = self.store.get_reply(request_id)
+        if stored is not None:
+            self.counters.replayed += 1
+            return request_id, {**stored, "replayed": True}
+        validate = self.validators.get(command)
+        handler = self.handlers.get(command)
+        if validate is None or handler is None:
+            rid, reply = self._reject(
+                request_id,
+                command,
+                "unknown_command",
+                f"unknown command {command!r}; known: {', '.join(sorted(self.handlers))}",
+            )
+            self.store.put_reply(request_id, reply)
+            return rid, reply
+        try:
+            args = validate(doc)
+        except fastjsonschema.JsonSchemaException as exc:
+            rid, reply = self._reject(request_id, command, "invalid", str(exc))
+            self.store.put_reply(request_id, reply)
+            return rid, reply
+        try:
+            result = await handler(args)
+        except CommandRejected as exc:
+            rid, reply = self._reject(request_id, command, exc.code, exc.reason)
+            self.store.put_reply(request_id, reply)
+            return rid, reply
+        self.counters.executed += 1
+        log.info("downlink: %s %s executed", command, request_id)
+        reply = self._reply(request_id, command, ok=True, result=dict(result))
+        self.store.put_reply(request_id, reply)
+        return request_id, reply
