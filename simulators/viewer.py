@@ -72,11 +72,13 @@ class Viewer:
         return "; ".join(errors) if errors else None
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        ours = schema_for_topic(msg.topic) is not None  # what the gateway publishes (not cmd/ from the cloud)
         try:
             doc = json.loads(msg.payload)
         except ValueError:
-            with self._lock:
-                self.invalid.append((msg.topic, "not JSON"))
+            if ours:
+                with self._lock:
+                    self.invalid.append((msg.topic, "not JSON"))
             return
         problem = self._check(msg.topic, doc) if isinstance(doc, dict) else "not an object"
         if problem:

@@ -1,0 +1,203 @@
+"""Downlink commands against a running gatewayd: valid, malformed, unknown, replayed, oversized, hostile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from simulators.broker import Mosquitto
+from simulators.rfxtrx_sim import RfxtrxSimulator
+from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device
+
+GW = "gw-test"
+BASE = f"homecare/v1/{GW}"
+
+
+def result_validator() -> Any:
+    import jsonschema
+
+    path = Path(__file__).resolve().parents[1] / "gateway" / "schemas" / "commands" / "result.json"
+    schema = json.loads(path.read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
+class Cloud:
+    """The care platform's side of the downlink: publishes commands, collects replies."""
+
+    def __init__(self, port: int) -> None:
+        self.replies: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda _c, _u, m: self.replies.put((m.topic, json.loads(m.payload)))
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"{BASE}/cmd-result/#", qos=1)
+        self.c.loop_start()
+        self.validator = result_validator()
+
+    def send(self, name: str, payload: bytes | dict[str, Any]) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.c.publish(f"{BASE}/cmd/{name}", data, qos=1).wait_for_publish(10)
+
+    def reply(self, timeout: float = 15.0) -> tuple[str, dict[str, Any]]:
+        topic, doc = self.replies.get(timeout=timeout)
+        errors = [e.message for e in self.validator.iter_errors(doc)]
+        assert not errors, f"reply breaks the contract: {errors}"
+        return topic, doc
+
+    def ask(self, name: str, payload: bytes | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.send(name, payload)
+        return self.reply()
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+async def until(pred: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_every_downlink_command_and_every_way_to_get_it_wrong(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DL-if00-port0"
+    link2 = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DL2-if00-port0"
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link))
+    gw = GatewayProcess(config)
+    platform = Cloud(broker.port)
+
+    async def go() -> None:
+        async with RfxtrxSimulator(link) as sim, RfxtrxSimulator(link2) as sim2:
+            gw.start()
+            try:
+                await until(lambda: sim.started, what="daemon up")
+                await until(lambda: any(t.endswith("/status") for _, t, _, _ in cloud.poll()), what="online")
+                await asyncio.sleep(0.3)  # the daemon subscribes to cmd/+ right after its birth message
+
+                # status
+                topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "st-1"})
+                assert topic == f"{BASE}/cmd-result/st-1" and r["ok"] and r["result"]["uplink"]["state"] == "connected"
+
+                # drill, then a press during it is marked
+                _, r = await asyncio.to_thread(platform.ask, "drill", {"request_id": "dr-1", "duration_s": 60})
+                assert r["ok"] and r["result"]["duration_s"] == 60
+                await sim.press(0xA1B2C3)
+                alert = await until(lambda: cloud.of_type("alert"), what="drill alert")
+                assert alert[0]["drill"] is True
+
+                # ack that alert; acking again is fine; an unknown alert is not
+                alert_id = alert[0]["alert_id"]
+                _, r = await asyncio.to_thread(platform.ask, "alert-ack", {"request_id": "ack-1", "alert_id": alert_id})
+                assert r["ok"] and r["result"]["acknowledged"]
+                _, r = await asyncio.to_thread(platform.ask, "alert-ack", {"request_id": "ack-2", "alert_id": alert_id})
+                assert r["ok"]
+                _, r = await asyncio.to_thread(platform.ask, "alert-ack", {"request_id": "ack-3", "alert_id": "nope"})
+                assert not r["ok"] and r["error"]["code"] == "not_found"
+
+                # device-add from the cloud starts a driver; replaying the request does not add twice
+                add = {
+                    "request_id": "add-1",
+                    "device": {
+                        "id": "rfx2",
+                        "kind": "rfxtrx-sos",
+                        "options": {"port": str(link2), "accept_unknown": True},
+                    },
+                }
+                _, r = await asyncio.to_thread(platform.ask, "device-add", add)
+                assert r["ok"], r
+                await until(lambda: sim2.started, what="the cloud-added receiver to start")
+                _, r2 = await asyncio.to_thread(platform.ask, "device-add", add)
+                assert r2["replayed"] is True and r2["ok"] and r2["result"] == r["result"]
+                _, r = await asyncio.to_thread(platform.ask, "device-add", {**add, "request_id": "add-2"})
+                assert r["error"]["code"] == "conflict"
+                # a device that is not what it claims is refused by the config validator
+                bad = {"request_id": "add-3", "device": {"id": "x1", "kind": "rfxtrx-sos", "options": {"port": 5}}}
+                _, r = await asyncio.to_thread(platform.ask, "device-add", bad)
+                assert r["error"]["code"] == "invalid" and "port" in r["error"]["reason"]
+                # a hostile path is accepted as configuration but never opened as anything but a tty
+                evil = {
+                    "request_id": "add-4",
+                    "device": {"id": "evil", "kind": "rfxtrx-sos", "options": {"port": "/etc/passwd"}},
+                }
+                _, r = await asyncio.to_thread(platform.ask, "device-add", evil)
+                assert r["ok"]
+                state = await until(
+                    lambda: [d for d in cloud.of_type("device_state") if d["device_id"] == "evil"],
+                    what="the evil device's state",
+                )
+                assert state[-1]["state"] == "error" and "not a serial device" in state[-1]["reason"]
+
+                # device-remove: cloud-added ones only
+                _, r = await asyncio.to_thread(
+                    platform.ask, "device-remove", {"request_id": "rm-1", "device_id": "rfx2"}
+                )
+                assert r["ok"]
+                _, r = await asyncio.to_thread(
+                    platform.ask, "device-remove", {"request_id": "rm-2", "device_id": "rfx"}
+                )
+                assert r["error"]["code"] == "conflict"
+                _, r = await asyncio.to_thread(platform.ask, "device-remove", {"request_id": "rm-3", "device_id": "zz"})
+                assert r["error"]["code"] == "not_found"
+
+                # malformed, unknown, invalid, oversized, hostile ids
+                topic, r = await asyncio.to_thread(platform.ask, "status", b"{not json")
+                assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
+                topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "../../etc"})
+                assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
+                _, r = await asyncio.to_thread(platform.ask, "reboot", {"request_id": "u-1"})
+                assert r["error"]["code"] == "unknown_command"
+                _, r = await asyncio.to_thread(platform.ask, "drill", {"request_id": "v-1", "duration_s": 99999})
+                assert r["error"]["code"] == "invalid" and "duration_s" in r["error"]["reason"]
+                _, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "v-2", "shell": "rm -rf /"})
+                assert r["error"]["code"] == "invalid"
+                big = json.dumps({"request_id": "big-1", "pad": "x" * 20_000}).encode()
+                topic, r = await asyncio.to_thread(platform.ask, "status", big)
+                assert r["error"]["code"] == "too_large"
+
+                # rate limit: a flood is cut, and the daemon keeps serving
+                for i in range(40):
+                    await asyncio.to_thread(platform.send, "status", {"request_id": f"flood-{i}"})
+                codes = []
+                for _ in range(40):
+                    _, r = await asyncio.to_thread(platform.reply)
+                    codes.append(r["ok"] or r["error"]["code"])
+                assert "rate_limited" in codes and True in codes
+                assert gw.alive()
+                # SOS presses still go through after all that
+                await asyncio.sleep(1.1)
+                await sim.press(0xA1B2C3)
+                await until(lambda: len(cloud.of_type("alert")) >= 2, what="a press after the flood")
+            finally:
+                gw.stop_quietly()
+
+    try:
+        asyncio.run(go())
+    finally:
+        platform.close()
+    assert "Traceback" not in gw.log()
+
+
+@pytest.mark.parametrize("name", ["status", "drill", "alert-ack", "device-add", "device-remove", "rules-update"])
+def test_command_schemas_are_valid_draft7_and_reject_extra_fields(name: str) -> None:
+    import jsonschema
+
+    path = Path(__file__).resolve().parents[1] / "gateway" / "schemas" / "commands" / f"{name}.json"
+    schema = json.loads(path.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    v = jsonschema.Draft7Validator(schema)
+    assert list(v.iter_errors({"request_id": "r1", "unexpected": 1}))
+    assert list(v.iter_errors({"request_id": "bad id with spaces"}))
