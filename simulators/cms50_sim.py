@@ -100,6 +100,7 @@ class Cms50Simulator:
         self.session_start: dt.datetime | None = None  # naive device-clock time
         self.session_points: list[tuple[int, int]] = []
         self.data_requests = 0
+        self.break_next_upload = False  # drop one byte in the middle of the next stored-data upload
         self.storage_supported = True  # False: a model without recording ignores A3..A7
         self._cmd_parser = cms50.Cms50Parser()
         self._task: asyncio.Task[None] | None = None
@@ -263,7 +264,11 @@ class Cms50Simulator:
         for i in range(0, len(points), 3):
             group = points[i : i + 3]
             group += [(0, 0)] * (3 - len(group))
-            self._send(cms50.encode_packet(cms50.PT_STORED, [v for pair in group for v in pair]))
+            packet = cms50.encode_packet(cms50.PT_STORED, [v for pair in group for v in pair])
+            if self.break_next_upload and i >= len(points) // 2:
+                self.break_next_upload = False
+                packet = packet[:4] + packet[5:]
+            self._send(packet)
             if i % 300 == 0:
                 await asyncio.sleep(0.01)  # ~ the device's pace, and room for the gateway to read
 

@@ -709,6 +709,7 @@ class Cms50Driver(SerialDriver):
     reconnect_cap_s: ClassVar[float] = 3.0
     reply_timeout_s: ClassVar[float] = 2.0
     data_quiet_s: ClassVar[float] = 2.0
+    download_attempts: ClassVar[int] = 3
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -785,7 +786,23 @@ class Cms50Driver(SerialDriver):
         if total <= done:
             log.debug("device %s: stored session %s already fetched (%d points)", self.device_id, key, done)
             return
-        points = await self._fetch_points(link, total)
+        st = self.parser.stats
+        for _ in range(self.download_attempts):
+            before = (st.bad_frames, st.garbage_bytes)
+            points = await self._fetch_points(link, total)
+            if (st.bad_frames, st.garbage_bytes) == before:
+                break
+            # Stored points carry no index: one lost packet would shift every later point's time.
+            self.count("download_retries")
+            log.debug("device %s: stored-data download was damaged, asking again", self.device_id)
+        else:
+            self.count("downloads_discarded")
+            log.warning(
+                "device %s: stored data arrived damaged %d times; will retry later",
+                self.device_id,
+                self.download_attempts,
+            )
+            return
         new = session_records(start, points[done:], first_index=done)
         for rec in new:
             self._emit_stored(rec)

@@ -184,6 +184,7 @@ def test_cms50_stored_recording_is_fetched_exactly_once_with_original_times(tmp_
     async def go() -> Cms50Simulator:
         async with Cms50Simulator(link, hr_bpm=64.0, spo2=95, seed=11) as sim:
             sim.record(45, end=end)  # recorded while the gateway was away
+            sim.break_next_upload = True  # a byte lost mid-download: the whole download is asked again
             opts = {"timezone": "UTC", "state_path": str(ledger)}
             drv = Cms50Driver(_spec("serial-cms50", link, **opts), got.append, time.time)
             task = asyncio.create_task(drv.run())
@@ -216,7 +217,7 @@ def test_cms50_stored_recording_is_fetched_exactly_once_with_original_times(tmp_
         assert m.captured_at == start + i
         spo2, pr = sim.session_points[i]
         assert m.value == (spo2 if m.code == cms50.LOINC_SPO2 else pr)
-    assert sim.data_requests == 2
+    assert sim.data_requests == 3  # first download damaged and repeated, then the outage's new part
 
 
 def test_cms50_model_without_storage_still_streams(tmp_path: Path) -> None:
