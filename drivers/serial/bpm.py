@@ -184,7 +184,8 @@ class SerialBpDriver(SerialDriver):
 
     Options: the serial keys, ``poll_interval_s`` (how often to look for new records, default 30),
     ``timezone`` (IANA name of the monitor's clock; default the gateway's), ``state_path`` (ledger of
-    records already emitted, survives restarts), ``retries`` (per record, default 3).
+    records already emitted, survives restarts), ``retries`` (per record, default 3; each record is
+    read until two reads in a row agree, at most 2 x ``retries`` times).
     """
 
     kind: ClassVar[str] = "serial-bp"
@@ -258,22 +259,33 @@ class SerialBpDriver(SerialDriver):
             raise LinkSilent(f"{link.path}: answered {reply.hex()} to attention, expected 55")
 
     async def _fetch(self, link: SerialLink, index: int) -> BpRecord | None:
-        last: BpFrameError | LinkSilent | None = None
-        for _ in range(self.retries):
+        """Record ``index``, confirmed by two identical reads in a row: the protocol has no checksum,
+        and a flipped bit can still give plausible values (which would then be emitted, and the true
+        record a second time under another identity). None for "no such record" or unreadable."""
+        have_last = False
+        last: BpRecord | None = None
+        silent: LinkSilent | None = None
+        for _ in range(2 * self.retries):
             try:
-                return parse_record(await self._reply(link, record_request(index), RECORD_LEN, early=NO_RECORD))
+                rec = parse_record(await self._reply(link, record_request(index), RECORD_LEN, early=NO_RECORD))
             except BpFrameError as exc:
                 self.count("bad_frames")
                 log.debug("device %s: record %d: %s", self.device_id, index, exc)
-                last = exc
+                have_last = False
+                continue
             except LinkSilent as exc:
                 self.count("timeouts")
-                last = exc
-        assert last is not None
-        if isinstance(last, LinkSilent):
-            raise last
+                silent, have_last = exc, False
+                continue
+            if have_last and rec == last:
+                return rec
+            if have_last:
+                self.count("disagreeing_reads")
+            have_last, last = True, rec
+        if silent is not None and not have_last:
+            raise silent
         self.count("unreadable_records")
-        log.warning("device %s: record %d unreadable after %d tries", self.device_id, index, self.retries)
+        log.warning("device %s: record %d unreadable after %d tries", self.device_id, index, 2 * self.retries)
         return None
 
     async def poll(self, link: SerialLink) -> int:
