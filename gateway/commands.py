@@ -7,13 +7,16 @@ own state.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
 from gateway.devices import DeviceManager
-from gateway.downlink import CommandRejected, Handler
+from gateway.downlink import Handler
+from gateway.errors import CommandRejected
 from gateway.messages import rfc3339_ms
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
@@ -120,6 +123,34 @@ class Commands:
             raise CommandRejected("failed", "care rules are not available on this gateway")
         return dict(self.rules.update_rules(str(args["person_id"]), list(args["rules"])))
 
+    async def tail(self, args: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Live readings and alerts, for a technician's terminal (values included: this is not a log)."""
+        queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=1000)
+        dropped = [0]
+
+        def listen(reading: Reading) -> None:
+            if isinstance(reading, (Waveform, BeatIntervals)) and not args.get("raw"):
+                return
+            try:
+                queue.put_nowait(reading)
+            except asyncio.QueueFull:
+                dropped[0] += 1
+
+        self.pipeline.on_reading(listen)
+
+        async def stream() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while True:
+                    reading = await queue.get()
+                    item = reading_summary(reading)
+                    if dropped[0]:
+                        item["dropped_before"], dropped[0] = dropped[0], 0
+                    yield item
+            finally:
+                self.pipeline.remove_listener(listen)
+
+        return stream()
+
     # -- tables --------------------------------------------------------------------------------
 
     def downlink_handlers(self) -> dict[str, Handler]:
@@ -131,3 +162,26 @@ class Commands:
             "device-remove": self.device_remove,
             "rules-update": self.rules_update,
         }
+
+
+def reading_summary(reading: Reading) -> dict[str, Any]:
+    base: dict[str, Any] = {"device_id": reading.device_id, "captured_at": rfc3339_ms(reading.captured_at)}
+    match reading:
+        case Measurement():
+            base.update(
+                type="observation",
+                code=reading.code,
+                value=reading.value,
+                unit=reading.unit,
+                method=reading.method,
+                quality=reading.quality,
+            )
+        case SosPress():
+            base.update(type="sos", press_id=reading.press_id)
+        case DeviceStatus():
+            base.update(type="device_state", state=reading.state.value, reason=reading.reason)
+        case Waveform():
+            base.update(type="waveform", fs=reading.fs, samples=sum(len(v) for v in reading.channels.values()))
+        case BeatIntervals():
+            base.update(type="rr", intervals=len(reading.rr_s))
+    return base

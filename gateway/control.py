@@ -13,23 +13,18 @@ import grp
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from gateway.errors import CommandRejected
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
+# A handler whose result is an async iterator streams: one JSON line per item, then {"ok": true, "end": true}.
 MAX_REQUEST_BYTES = 64 * 1024
 CONTROL_GROUP = "homecare"
-
-
-class ControlError(Exception):
-    """A request the daemon refuses, with a machine-readable code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class ControlServer:
@@ -74,7 +69,17 @@ class ControlServer:
                     return
                 if not line:
                     return
-                await self._reply(writer, await self._handle(line))
+                reply = await self._handle(line)
+                stream = reply.pop("stream", None)
+                if stream is None:
+                    await self._reply(writer, reply)
+                    continue
+                try:
+                    async for item in stream:
+                        await self._reply(writer, {"ok": True, "item": item})
+                finally:
+                    await stream.aclose()
+                await self._reply(writer, {"ok": True, "end": True})
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -87,15 +92,18 @@ class ControlServer:
         try:
             req = json.loads(line)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                raise ControlError("bad_request", 'a request is a JSON object with a "cmd" string')
+                raise CommandRejected("bad_request", 'a request is a JSON object with a "cmd" string')
             handler = self.handlers.get(req["cmd"])
             if handler is None:
-                raise ControlError("unknown_command", f"unknown command {req['cmd']!r}")
-            return {"ok": True, "result": await handler(req)}
+                raise CommandRejected("unknown_command", f"unknown command {req['cmd']!r}")
+            result = await handler(req)
+            if isinstance(result, AsyncIterator):
+                return {"ok": True, "stream": result}
+            return {"ok": True, "result": result}
         except json.JSONDecodeError as exc:
             self.bad_requests += 1
             return {"ok": False, "code": "bad_request", "error": f"not JSON: {exc}"}
-        except ControlError as exc:
+        except CommandRejected as exc:
             self.bad_requests += 1
             return {"ok": False, "code": exc.code, "error": str(exc)}
 

@@ -26,7 +26,7 @@ from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
 from gateway.downlink import Downlink
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import CommandRejected, ConfigError, GatewayError, UplinkError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
@@ -63,6 +63,35 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.registry: Registry | None = None
         self.devices: DeviceManager | None = None
+
+    async def reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        """Re-read the configuration file and apply what can change without a restart."""
+        try:
+            new = load_config(self.cfg.path)
+        except ConfigError as exc:
+            raise CommandRejected("invalid", str(exc)) from None
+        old = self.cfg
+        applied: list[str] = []
+        restart: list[str] = []
+        if new.gateway != old.gateway:
+            restart.append("gateway (id, data_dir, control_socket)")
+        if new.outbox != old.outbox and self.outbox is not None:
+            self.outbox.max_bytes = new.outbox.max_bytes
+            self.outbox.commit_interval_s = new.outbox.commit_interval_ms / 1000.0
+            if self.uplink is not None:
+                self.uplink.historical_after_s = new.outbox.historical_after_s
+            applied.append("outbox")
+        if new.uplink != old.uplink and self.uplink is not None:
+            try:
+                self.uplink.reconfigure(new.uplink)
+            except (UplinkError, ConfigError) as exc:
+                raise CommandRejected("invalid", str(exc)) from None
+            applied.append("uplink (reconnecting)")
+        if new.devices != old.devices and self.devices is not None:
+            applied += await self.devices.reconfigure(new.devices)
+        self.cfg = Config(path=old.path, gateway=old.gateway, uplink=new.uplink, outbox=new.outbox, devices=new.devices)
+        log.info("configuration reloaded: %s", ", ".join(applied) or "nothing changed")
+        return {"applied": applied, "restart_needed": restart}
 
     def _remember(self, reading: Reading) -> None:
         """Keep the device registry current: state changes and first sightings only, and after the
@@ -132,6 +161,8 @@ class Daemon:
                 "drill": commands.drill,
                 "drill-stop": commands.drill_stop,
                 "alert-ack": commands.alert_ack,
+                "tail": commands.tail,
+                "reload": self.reload,
             }
             async with ControlServer(cfg.gateway.socket_path, control):
                 try:

@@ -15,8 +15,7 @@ from typing import Any
 
 from drivers.base import DeviceSpec, Driver, ReadingSink, driver_class
 from gateway.config import parse_device
-from gateway.downlink import CommandRejected
-from gateway.errors import ConfigError
+from gateway.errors import CommandRejected, ConfigError
 from gateway.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,39 @@ class DeviceManager:
         log.info("device %s: added (%s)", spec.id, spec.kind)
         return spec
 
+    async def reconfigure(self, specs: tuple[DeviceSpec, ...]) -> list[str]:
+        """Apply a new configuration file's devices: stop removed ones, start new ones, restart changed
+        ones. Devices added at run time are left alone. Returns what changed, for the reply."""
+        new = {spec.id: spec for spec in specs}
+        changed = []
+        for dev_id, old in list(self.configured.items()):
+            if new.get(dev_id) != old:
+                await self._stop(dev_id)
+                changed.append(f"stopped {dev_id}" if dev_id not in new else f"restarted {dev_id}")
+        previous = self.configured
+        self.configured = new
+        for dev_id, spec in new.items():
+            if previous.get(dev_id) != spec:
+                if dev_id in self.drivers:  # was a run-time device: the file takes it over
+                    await self._stop(dev_id)
+                    self.registry.remove_managed(dev_id)
+                self._start(spec)
+                if dev_id not in previous:
+                    changed.append(f"started {dev_id}")
+        return changed
+
+    async def _stop(self, device_id: str) -> None:
+        task = self.tasks.pop(device_id, None)
+        self.drivers.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def remove(self, device_id: str) -> None:
         if device_id in self.configured:
             raise CommandRejected("conflict", f"device {device_id} is defined in the configuration file: edit it there")
-        task = self.tasks.pop(device_id, None)
-        if task is None:
+        if device_id not in self.tasks:
             raise CommandRejected("not_found", f"no device {device_id}")
-        self.drivers.pop(device_id, None)
+        await self._stop(device_id)
         self.registry.remove_managed(device_id)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         log.info("device %s: removed", device_id)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import fastjsonschema
 
-from gateway.errors import GatewayError
+from gateway.errors import CommandRejected
 from gateway.messages import rfc3339_ms
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,6 @@ MAX_COMMAND_BYTES = 16 * 1024
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 INVALID_TOPIC_ID = "_invalid"
 COMMANDS = ("status", "drill", "alert-ack", "device-add", "device-remove", "rules-update")
-
-
-class CommandRejected(GatewayError):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]

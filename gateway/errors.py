@@ -17,3 +17,13 @@ class OutboxError(GatewayError):
 
 class UplinkError(GatewayError):
     """The MQTT uplink cannot be set up (bad TLS material, unreadable password file...)."""
+
+
+class CommandRejected(GatewayError):
+    """A command (from gatewayctl or the cloud) the gateway refuses, with a machine-readable code
+    (unknown_command, malformed, invalid, too_large, rate_limited, not_found, conflict, failed)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason

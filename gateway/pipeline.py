@@ -78,6 +78,10 @@ class Pipeline:
         """Observe every reading (tail, rules). Listeners must not block."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[Reading], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def on_alert(self, listener: Callable[[str, float], None]) -> None:
         """Called with (alert_id, captured_at) for every alert raised (the alert desk)."""
         self._alert_listeners.append(listener)

@@ -94,6 +94,7 @@ class Uplink:
             config_retry_s=max(cfg.backoff_cap_s, 30.0),
             on_state=self._on_state,
         )
+        self._reconnect_now = False
         self.downlink: Downlink | None = None  # set by the daemon: commands on cmd/+
         self._command_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -115,6 +116,25 @@ class Uplink:
 
     async def run(self) -> None:
         await self.reconnector.run()
+
+    def reconfigure(self, cfg: UplinkSection) -> None:
+        """New broker settings (``gatewayctl config set``): checked first, then the current connection
+        ends in order and the next one uses them."""
+        password = read_secret(cfg.password_file) if cfg.password_file else None
+        old = self.cfg
+        self.cfg = cfg
+        try:
+            ssl_context = self._make_ssl_context() if cfg.tls else None
+        except UplinkError:
+            self.cfg = old
+            raise
+        self._password, self._ssl_context = password, ssl_context
+        self.topics = Topics(cfg.topic_prefix, self.gateway_id)
+        self.window = cfg.inflight_window
+        self.min_share = max(1, self.window // MIN_SHARE_DIVISOR)
+        self.reconnector.backoff.base_s, self.reconnector.backoff.cap_s = cfg.backoff_base_s, cfg.backoff_cap_s
+        self._reconnect_now = True
+        self._wake.set()
 
     def request_status(self) -> None:
         self._status_due.set()
@@ -378,6 +398,10 @@ class Uplink:
         while True:
             if gone.done():
                 raise BrokerUnavailable(f"connection lost: {gone.result()}")
+            if self._reconnect_now:
+                self._reconnect_now = False
+                log.info("uplink: new settings: reconnecting")
+                return  # an expected end: the session disconnects cleanly and the next one starts
             self._wake.clear()
             if self._new_data:
                 self._new_data = False
@@ -402,6 +426,7 @@ class Uplink:
             while True:
                 if self._wake.is_set() and (
                     self._new_data
+                    or self._reconnect_now
                     or gone.done()
                     or self._status_due.is_set()
                     or self.window - len(inflight) >= refill_at
