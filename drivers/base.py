@@ -169,6 +169,9 @@ class Driver(abc.ABC):
 # kind -> "module:Class". One line per device kind.
 DRIVERS: dict[str, str] = {
     "rfxtrx-sos": "drivers.serial.rfxtrx:RfxtrxSosDriver",
+    "serial-cms50": "drivers.serial.cms50:Cms50Driver",
+    "serial-cms50-legacy": "drivers.serial.cms50:Cms50LegacyDriver",
+    "serial-bp": "drivers.serial.bpm:SerialBpDriver",
 }
 
 
