@@ -586,6 +586,12 @@ class LiveAccumulator:
     _block_start: int = 0
     _last_report: float | None = None
     invalid_frames: int = 0
+    # The device repeats its SpO2/pulse in every frame and updates them about once a second; a value
+    # is reported only after ``confirm`` identical frames in a row, so one corrupted byte (no
+    # checksum) never becomes a reading.
+    confirm: int = 3
+    _run_values: tuple[int | None, int | None] | None = None
+    _run_length: int = 0
 
     def _time_of(self, i: int) -> float:
         assert self._anchor_t is not None
@@ -605,6 +611,7 @@ class LiveAccumulator:
         self.index = i + 1
         if not sample.valid:
             self.invalid_frames += 1
+            self._run_values, self._run_length = None, 0
             out.extend(self.flush())
             return out
         if not self._samples:
@@ -615,8 +622,14 @@ class LiveAccumulator:
         self._samples.append(float(sample.pleth))
         if len(self._samples) >= self.block:
             out.extend(self.flush())
+        values = (sample.spo2, sample.pulse_rate)
+        if values == self._run_values:
+            self._run_length += 1
+        else:
+            self._run_values, self._run_length = values, 1
         t = self._time_of(i)
-        if self._last_report is None or t - self._last_report >= self.report_every_s:
+        due = self._last_report is None or t - self._last_report >= self.report_every_s
+        if due and self._run_length >= self.confirm:
             readings = self._values(sample, t)
             if readings:
                 out.extend(readings)

@@ -284,6 +284,18 @@ def test_accumulator_index_jumps_over_a_gap_in_time() -> None:
     assert abs(waves[2].captured_at - 104.5) < 1e-9
 
 
+def test_accumulator_reports_a_value_only_after_identical_frames() -> None:
+    acc = LiveAccumulator("oxi", report_every_s=0.0, confirm=3)
+    good = _sample(10)
+    corrupted = LiveSample(10, 57, 71, 5, 3, False, False, False, False, False)  # one bad byte, in range
+    frames = [good, good, corrupted, good, good, good, corrupted, good]
+    reported = []
+    for i, f in enumerate(frames):
+        reported += [(i, m.value) for m in acc.feed(f, 10.0 + i / 60) if isinstance(m, Measurement)]
+    assert [v for _, v in reported] == [96.0, 70.0]  # only at frame 5, after three identical frames
+    assert {i for i, _ in reported} == {5}
+
+
 def test_accumulator_never_reports_while_searching_or_finger_out() -> None:
     acc = LiveAccumulator("oxi")
     out: list[Waveform | Measurement] = []
