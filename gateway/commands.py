@@ -47,6 +47,49 @@ class SimpleAlertDesk:
         return True
 
 
+@dataclass
+class DrillPress:
+    alert_id: str
+    device_id: str
+    pressed_at: float  # capture time of the press (wall clock)
+    at_broker: float | None = None  # when the broker acknowledged the alert (PUBACK)
+    acked: float | None = None  # when the care centre acknowledged it (cmd/alert-ack)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "device_id": self.device_id,
+            "pressed_at": rfc3339_ms(self.pressed_at),
+            "press_to_broker_ms": None
+            if self.at_broker is None
+            else round((self.at_broker - self.pressed_at) * 1000, 1),
+            "press_to_ack_s": None if self.acked is None else round(self.acked - self.pressed_at, 3),
+        }
+
+
+@dataclass
+class DrillLog:
+    """Presses made during drills, with how long each took to reach the broker and the care centre."""
+
+    presses: dict[str, DrillPress] = field(default_factory=dict)
+    limit: int = 100
+
+    def pressed(self, alert_id: str, device_id: str, at: float) -> None:
+        self.presses[alert_id] = DrillPress(alert_id, device_id, at)
+        while len(self.presses) > self.limit:
+            self.presses.pop(next(iter(self.presses)))
+
+    def delivered(self, alert_id: str, at: float) -> None:
+        p = self.presses.get(alert_id)
+        if p is not None and p.at_broker is None:
+            p.at_broker = at
+
+    def acknowledged(self, alert_id: str, at: float) -> None:
+        p = self.presses.get(alert_id)
+        if p is not None and p.acked is None:
+            p.acked = at
+
+
 class RulesTarget(Protocol):
     def update_rules(self, person_id: str, rules: list[Mapping[str, Any]]) -> Mapping[str, Any]: ...
 
@@ -70,6 +113,7 @@ class Commands:
         self.alerts = alerts
         self.rules = rules
         self.clock = clock
+        self.drills = DrillLog()
 
     def restore(self) -> None:
         """State that outlives a restart: the drill window."""
@@ -99,9 +143,17 @@ class Commands:
 
     async def alert_ack(self, args: Mapping[str, Any]) -> dict[str, Any]:
         alert_id = str(args["alert_id"])
-        if not self.alerts.ack(alert_id, self.clock()):
+        now = self.clock()
+        if not self.alerts.ack(alert_id, now):
             raise CommandRejected("not_found", f"no open alert {alert_id}")
+        self.drills.acknowledged(alert_id, now)
         return {"alert_id": alert_id, "acknowledged": True}
+
+    async def drill_report(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "drill_until": rfc3339_ms(self.pipeline.drill_until) if self.pipeline.drill_until > self.clock() else None,
+            "presses": [p.report() for p in self.drills.presses.values()],
+        }
 
     async def device_add(self, args: Mapping[str, Any]) -> dict[str, Any]:
         spec = self.devices.add(args["device"])

@@ -350,12 +350,44 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
         res = call(sock, "drill-stop")
         emit(args, res, lambda: print("drill stopped"))
         return EXIT_OK
+    known = {p["alert_id"] for p in call(sock, "drill-report")["presses"]}
     res = call(sock, "drill", duration_s=int(args.minutes * 60))
-    emit(
-        args,
-        res,
-        lambda: print(f"drill window open until {res['drill_until']}: SOS presses are sent with drill = true"),
-    )
+    if not args.wait:
+        text = f"drill window open until {res['drill_until']}: SOS presses are sent with drill = true"
+        emit(args, res, lambda: print(text))
+        return EXIT_OK
+    # Wait for a press, its arrival at the broker, and (up to --ack-timeout) the care centre's ack.
+    started = time.monotonic()
+    press: dict[str, Any] | None = None
+    while time.monotonic() - started < args.minutes * 60:
+        new = [p for p in call(sock, "drill-report")["presses"] if p["alert_id"] not in known]
+        if new:
+            press = new[0]
+            if press["press_to_broker_ms"] is not None:
+                break
+        progress(args, f"drill: waiting for an SOS press... {time.monotonic() - started:.0f} s")
+        time.sleep(0.25)
+    if press is None:
+        _error(args, "no_press", "no SOS press during the drill window")
+        return EXIT_REFUSED
+    ack_deadline = time.monotonic() + args.ack_timeout
+    while press["press_to_ack_s"] is None and time.monotonic() < ack_deadline:
+        progress(args, f"drill: at the broker after {press['press_to_broker_ms']} ms; waiting for the care centre")
+        time.sleep(0.5)
+        alert_id = press["alert_id"]
+        press = next(p for p in call(sock, "drill-report")["presses"] if p["alert_id"] == alert_id)
+    final = press
+
+    def human() -> None:
+        print(f"drill press from {final['device_id']} at {final['pressed_at']}")
+        print(f"  reached the broker after {final['press_to_broker_ms']} ms")
+        ack = final["press_to_ack_s"]
+        if ack is not None:
+            print(f"  acknowledged by the care centre after {ack} s")
+        else:
+            print(f"  not acknowledged by the care centre within {args.ack_timeout:g} s")
+
+    emit(args, {"drill": res, "press": final}, human)
     return EXIT_OK
 
 
@@ -488,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     drill = sub.add_parser("drill", help="start (or stop) an emergency-call drill window")
     drill.add_argument("--minutes", type=float, default=15.0)
     drill.add_argument("--stop", action="store_true")
+    drill.add_argument("--wait", action="store_true", help="wait for a press and report its press-to-cloud time")
+    drill.add_argument("--ack-timeout", type=float, default=60.0, help="seconds to wait for the care centre's ack")
 
     ob = sub.add_parser("outbox", help="outbox depth per lane, oldest age, evictions; export undelivered")
     osub = ob.add_subparsers(dest="action")

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import importlib
+import json
 import logging
 import os
 import signal
@@ -147,11 +148,15 @@ class Daemon:
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)
             self.alert_desk = SimpleAlertDesk()
-            pipeline.on_alert(lambda alert_id, at: self.alert_desk.open.__setitem__(alert_id, at))
+            pipeline.on_alert(lambda alert_id, _dev, at: self.alert_desk.open.__setitem__(alert_id, at))
             self.commands = commands = Commands(
                 status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=self.alert_desk
             )
             commands.restore()
+            pipeline.on_alert(
+                lambda alert_id, dev, at: commands.drills.pressed(alert_id, dev, at) if pipeline.in_drill(at) else None
+            )
+            uplink.on_alert_delivered.append(lambda msg: commands.drills.delivered(_alert_id(msg.body), time.time()))
             uplink.downlink = Downlink(cfg.gateway.id, commands.downlink_handlers(), registry)
             control = {
                 "status": commands.status,
@@ -160,6 +165,7 @@ class Daemon:
                 "device-remove": commands.device_remove,
                 "drill": commands.drill,
                 "drill-stop": commands.drill_stop,
+                "drill-report": commands.drill_report,
                 "alert-ack": commands.alert_ack,
                 "tail": commands.tail,
                 "reload": self.reload,
@@ -256,6 +262,14 @@ class Daemon:
             },
             "devices": devices,
         }
+
+
+def _alert_id(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("alert_id")
+    except ValueError:
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def configure_logging(level: str) -> None:

@@ -69,7 +69,7 @@ class Pipeline:
         self._dsp: dict[str, DspStream] = {}
         self.drill_until: float = 0.0  # presses before this time are rehearsals (issue: drills)
         self._listeners: list[Callable[[Reading], None]] = []
-        self._alert_listeners: list[Callable[[str, float], None]] = []
+        self._alert_listeners: list[Callable[[str, str, float], None]] = []
 
     def add_device(self, device_id: str, kind: str) -> None:
         self.devices.setdefault(device_id, DeviceInfo(device_id, kind))
@@ -82,8 +82,8 @@ class Pipeline:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def on_alert(self, listener: Callable[[str, float], None]) -> None:
-        """Called with (alert_id, captured_at) for every alert raised (the alert desk)."""
+    def on_alert(self, listener: Callable[[str, str, float], None]) -> None:
+        """Called with (alert_id, device_id, captured_at) for every alert raised (the alert desk)."""
         self._alert_listeners.append(listener)
 
     def in_drill(self, at: float) -> bool:
@@ -108,7 +108,7 @@ class Pipeline:
                 msg = messages.sos_alert(self.topics, reading, drill=drill)
                 self._submit(msg)
                 for on_alert in self._alert_listeners:
-                    on_alert(messages.sos_alert_id(reading), reading.captured_at)
+                    on_alert(messages.sos_alert_id(reading), reading.device_id, reading.captured_at)
             case Measurement():
                 self._submit(messages.observation(self.topics, reading))
             case DeviceStatus():

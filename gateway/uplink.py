@@ -95,6 +95,7 @@ class Uplink:
             on_state=self._on_state,
         )
         self._reconnect_now = False
+        self.on_alert_delivered: list[Callable[[StoredMessage], None]] = []  # PUBACK of an alert
         self.downlink: Downlink | None = None  # set by the daemon: commands on cmd/+
         self._command_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -249,6 +250,9 @@ class Uplink:
             else:
                 self.acked += 1
                 self.outbox.ack((msg.seq,))
+                if msg.lane is Lane.ALERT:
+                    for cb in self.on_alert_delivered:
+                        cb(msg)
             self._wake.set()
 
         def on_message(c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:

@@ -220,3 +220,52 @@ def test_scan_lists_what_it_can_without_bluetooth(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)["devices"]
     assert any(d["transport"] == "ble" and "failed" in (d["name"] or "") for d in found)
+
+
+def test_drill_reports_press_to_broker_and_care_centre_ack_times(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DRILL-if00-port0"
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link))
+    gw = GatewayProcess(config)
+    centre = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    centre.connect("127.0.0.1", broker.port)
+    centre.loop_start()
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, what="daemon up")
+                drill = asyncio.create_task(
+                    ctl(config, "--json", "drill", "--minutes", "1", "--wait", "--ack-timeout", "15")
+                )
+                await asyncio.sleep(1.5)
+                await sim.press(0xA1B2C3)
+                alert = (await until(lambda: cloud.of_type("alert"), what="the drill alert"))[0]
+                assert alert["drill"] is True
+                # The care centre's test subscriber saw it and acknowledges.
+                centre.publish(
+                    "homecare/v1/gw-test/cmd/alert-ack",
+                    json.dumps({"request_id": "drill-ack-1", "alert_id": alert["alert_id"]}),
+                    qos=1,
+                )
+                rc, out, err = await drill
+                assert rc == 0, err
+                return out  # type: ignore[no-any-return]
+            finally:
+                gw.stop_quietly()
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        centre.loop_stop()
+        centre.disconnect()
+    assert "press" in out, out
+    press = out["press"]
+    assert press["device_id"] == "sos-1"
+    assert press["press_to_broker_ms"] is not None and press["press_to_broker_ms"] >= 0
+    assert press["press_to_ack_s"] is not None and press["press_to_ack_s"] * 1000 >= press["press_to_broker_ms"]
