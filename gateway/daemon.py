@@ -143,7 +143,7 @@ class Daemon:
                 historical_after_s=cfg.outbox.historical_after_s,
             )
             self.registry = registry = Registry(data_dir / "registry.json")
-            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices)
+            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices, data_dir / "devices")
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)

@@ -22,8 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class DeviceManager:
-    def __init__(self, sink: ReadingSink, registry: Registry, configured: tuple[DeviceSpec, ...]) -> None:
+    def __init__(
+        self,
+        sink: ReadingSink,
+        registry: Registry,
+        configured: tuple[DeviceSpec, ...],
+        state_dir: Path | None = None,
+    ) -> None:
         self.sink = sink
+        self.state_dir = state_dir  # where drivers keep what they must remember (records fetched...)
         self.registry = registry
         self.configured = {spec.id: spec for spec in configured}
         self.drivers: dict[str, Driver] = {}
@@ -53,7 +60,13 @@ class DeviceManager:
 
     def _start(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
-        driver = driver_class(spec.kind)(spec, self.sink, time.time)
+        cls = driver_class(spec.kind)
+        if "state_path" in cls.options_schema and not spec.options.get("state_path") and self.state_dir is not None:
+            # Drivers that remember state across restarts keep it in the gateway's own data directory.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            options = {**spec.options, "state_path": str(self.state_dir / f"{spec.id}.json")}
+            spec = DeviceSpec(spec.id, spec.kind, spec.transport, options)
+        driver = cls(spec, self.sink, time.time)
         self.drivers[spec.id] = driver
         self.tasks[spec.id] = self._tg.create_task(driver.run(), name=f"device {spec.id}")
         for cb in self.on_change:
@@ -69,6 +82,9 @@ class DeviceManager:
             raise CommandRejected("invalid", str(exc).removeprefix("<device>: ")) from None
 
     def add(self, raw: Mapping[str, Any]) -> DeviceSpec:
+        if any(key.endswith("_path") for key in (raw.get("options") or {})):
+            # Where a driver keeps files is the gateway's decision, never a command's.
+            raise CommandRejected("invalid", "file paths of a device (…_path options) are set by the gateway")
         spec = self.validate(raw)
         if spec.id in self.drivers:
             raise CommandRejected("conflict", f"device {spec.id} exists already")
