@@ -146,9 +146,32 @@ class OtherPacket:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Marks where the parser threw bytes away (noise, a broken packet): ``nbytes`` were lost there,
+    so whatever follows is not contiguous with what came before."""
+
+    nbytes: int
+
+
 Frame: TypeAlias = (
-    LiveSample | StoredPoints | SessionCount | SessionDate | SessionTime | SessionDuration | DeviceText | OtherPacket
+    LiveSample
+    | StoredPoints
+    | SessionCount
+    | SessionDate
+    | SessionTime
+    | SessionDuration
+    | DeviceText
+    | OtherPacket
+    | Dropped
 )
+
+
+def _dropped(out: list[Frame], n: int) -> None:
+    if out and isinstance(out[-1], Dropped):
+        out[-1] = Dropped(out[-1].nbytes + n)
+    else:
+        out.append(Dropped(n))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,11 +353,13 @@ class Cms50Parser:
                 while i < len(buf) and buf[i] & 0x80:
                     i += 1
                 self.stats.garbage_bytes += i
+                _dropped(out, i)
                 del buf[:i]
                 continue
             length = PACKET_LENGTHS.get(buf[0])
             if length is None:
                 self.stats.garbage_bytes += 1
+                _dropped(out, 1)
                 del buf[0]
                 continue
             # Look for an early start byte: the packet was cut short (a byte was lost).
@@ -343,6 +368,7 @@ class Cms50Parser:
             if cut is not None:
                 self.stats.bad_frames += 1
                 self.stats.garbage_bytes += cut
+                _dropped(out, cut)
                 del buf[:cut]
                 continue
             if len(buf) < length:
@@ -353,6 +379,7 @@ class Cms50Parser:
                 frame = decode_frame(packet)
             except Cms50FrameError as exc:
                 self.stats.bad_frames += 1
+                _dropped(out, len(packet))
                 log.debug("cms50: dropped packet %s: %s", packet.hex(), exc)
                 continue
             self._count_range(packet, frame)
@@ -422,6 +449,7 @@ class LegacyParser:
         while buf:
             if not buf[0] & 0x80:
                 self.stats.garbage_bytes += 1
+                _dropped(out, 1)
                 del buf[0]
                 continue
             end = min(5, len(buf))
@@ -429,6 +457,7 @@ class LegacyParser:
             if cut is not None:
                 self.stats.bad_frames += 1
                 self.stats.garbage_bytes += cut
+                _dropped(out, cut)
                 del buf[:cut]
                 continue
             if len(buf) < 5:
@@ -650,6 +679,15 @@ class LiveAccumulator:
             out.append(self._measurement(LOINC_PULSE, sample.pulse_rate, UNIT_PULSE, t, extra))
         return out
 
+    def gap(self, nbytes: int, frame_len: int) -> list[Waveform | Measurement]:
+        """The parser dropped ``nbytes``: end the block there and count the frames they held, so the
+        next block's ``first_index`` shows the gap instead of hiding it in a "contiguous" block."""
+        self._run_values, self._run_length = None, 0
+        out = self.flush()
+        if self._anchor_t is not None:
+            self.index += max(1, round(nbytes / frame_len))
+        return out
+
     def _measurement(self, code: str, value: int, unit: str, t: float, extra: Mapping[str, Any]) -> Measurement:
         return Measurement(
             device_id=self.device_id,
@@ -723,6 +761,7 @@ class Cms50Driver(SerialDriver):
     reply_timeout_s: ClassVar[float] = 2.0
     data_quiet_s: ClassVar[float] = 2.0
     download_attempts: ClassVar[int] = 3
+    frame_len: ClassVar[int] = PACKET_LENGTHS[PT_LIVE]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -889,6 +928,9 @@ class Cms50Driver(SerialDriver):
                         self._mark_answered()
                         for reading in self.live.feed(frame, now):
                             self.sink(reading)
+                    elif isinstance(frame, Dropped):
+                        for reading in self.live.gap(frame.nbytes, self.frame_len):
+                            self.sink(reading)
         finally:
             if pinger is not None:
                 pinger.cancel()
@@ -917,6 +959,7 @@ class Cms50LegacyDriver(Cms50Driver):
     kind: ClassVar[str] = "serial-cms50-legacy"
     baudrate: ClassVar[int] = 19200
     protocol: ClassVar[str] = "legacy"
+    frame_len: ClassVar[int] = 5
 
     async def serve(self, link: SerialLink) -> None:
         # The older firmware streams by itself, without commands.

@@ -19,6 +19,7 @@ from drivers.serial import cms50
 from drivers.serial.cms50 import (
     Cms50FrameError,
     Cms50Parser,
+    Dropped,
     FetchLedger,
     LegacyParser,
     LiveAccumulator,
@@ -139,6 +140,9 @@ def test_parser_resynchronises_after_noise_a_lost_byte_and_an_extra_byte() -> No
     # taken, giving one frame with shifted values (still range-checked), and the tail is garbage.
     frames += p.feed(LIVE[:3] + b"\x99" + LIVE[3:])
     frames += p.feed(LIVE)
+    # where bytes were thrown away, the parser says so (a gap marker), so the signal is not joined
+    assert [f.nbytes for f in frames if isinstance(f, Dropped)] == [3, 8, 1]
+    frames = [f for f in frames if not isinstance(f, Dropped)]
     assert len(frames) == 4 and frames.count(decode_frame(LIVE)) == 3
     _assert_in_range(frames[2])
     assert p.stats.garbage_bytes == 3 + 8 + 1
@@ -186,6 +190,8 @@ def test_valid_frames_with_noise_between_are_all_found(values: list[tuple[int, i
         wanted.append(decode_frame(pkt))
         # noise made of sync bytes only cannot start a packet: every real frame must survive it
         out += p.feed(bytes(b | 0x80 for b in noise) + pkt)
+    assert sum(f.nbytes for f in out if isinstance(f, Dropped)) == sum(len(n) for _, _, n in values)
+    out = [f for f in out if not isinstance(f, Dropped)]
     assert out == wanted
     for f in out:
         _assert_in_range(f)
@@ -219,7 +225,8 @@ def test_legacy_parser_resynchronises() -> None:
     frame = bytes([0x86, 0x32, 0x00, 0x48, 0x61])
     p = LegacyParser()
     out = p.feed(b"\x01\x02" + frame + frame[:3] + frame + frame)
-    assert out == [decode_legacy(frame)] * 3
+    assert [f.nbytes for f in out if isinstance(f, Dropped)] == [2, 3]
+    assert [f for f in out if not isinstance(f, Dropped)] == [decode_legacy(frame)] * 3
     assert p.stats.garbage_bytes == 2 + 3 and p.stats.bad_frames == 1
 
 
@@ -294,6 +301,20 @@ def test_accumulator_reports_a_value_only_after_identical_frames() -> None:
         reported += [(i, m.value) for m in acc.feed(f, 10.0 + i / 60) if isinstance(m, Measurement)]
     assert [v for _, v in reported] == [96.0, 70.0]  # only at frame 5, after three identical frames
     assert {i for i, _ in reported} == {5}
+
+
+def test_accumulator_ends_the_block_where_the_parser_dropped_bytes() -> None:
+    acc = LiveAccumulator("oxi", block=60)
+    out: list[Waveform | Measurement] = []
+    for i in range(30):
+        out += acc.feed(_sample(i), 10.0 + i / 60)
+    out += acc.gap(9 * 2, frame_len=9)  # two frames lost on the line
+    for i in range(32, 60):
+        out += acc.feed(_sample(i), 10.0 + i / 60)
+    out += acc.flush()
+    waves = [w for w in out if isinstance(w, Waveform)]
+    assert [(w.first_index, len(w.channels["pleth"])) for w in waves] == [(0, 30), (32, 28)]
+    assert waves[1].channels["pleth"][0] == 32.0
 
 
 def test_accumulator_never_reports_while_searching_or_finger_out() -> None:

@@ -106,6 +106,17 @@ def test_cms50_faults_never_crash_or_produce_out_of_range_readings(tmp_path: Pat
             # finger out: the device's values are flagged, none may become a number
             assert sum(isinstance(r, Measurement) for r in got) == n_meas
             sim.finger_in = True
+            # Lost bytes only: every block the driver emits must be an unbroken run of what was sent.
+            sim.drop_rate = 0.03
+            drops_from = len(got)
+            await asyncio.sleep(1.5)
+            sim.drop_rate = 0.0
+            await asyncio.sleep(0.3)
+            sent = [float(s.pleth) for s in sim.sent]
+            blocks = [list(w.channels["pleth"]) for w in _waves(got[drops_from:])]
+            assert len(blocks) > 3  # the drops cut the stream into blocks
+            for b in blocks:
+                assert any(sent[k : k + len(b)] == b for k in range(len(sent) - len(b) + 1))
             sim.drop_rate, sim.corrupt_rate = 0.02, 0.02
             for _ in range(10):
                 sim.noise(100)
