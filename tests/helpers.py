@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -30,6 +31,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """The asyncio twin of :func:`wait_for`, for tests that run simulators on the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def drain(viewer: Viewer) -> list[tuple[float, str, dict[str, Any], bool]]:

@@ -8,13 +8,12 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device
+from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
 
 
 async def ctl(config: Path, *args: str) -> tuple[int, Any, str]:
@@ -37,17 +36,6 @@ async def ctl(config: Path, *args: str) -> tuple[int, Any, str]:
         doc = text
     assert proc.returncode is not None
     return proc.returncode, doc, err.decode()
-
-
-async def until(pred: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_cli_against_a_running_daemon(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:

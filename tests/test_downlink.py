@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device
+from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device, until
 
 GW = "gw-test"
 BASE = f"homecare/v1/{GW}"
@@ -58,17 +57,6 @@ class Cloud:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
-
-
-async def until(pred: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_every_downlink_command_and_every_way_to_get_it_wrong(

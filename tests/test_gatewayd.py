@@ -13,24 +13,20 @@ from typing import Any
 
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, outbox_meta, rfxtrx_device
-
-
-async def until(pred: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, outbox_meta, rfxtrx_device, until
 
 
 async def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.ctl", "--config", str(config), *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        sys.executable,
+        "-m",
+        "gateway.ctl",
+        "--config",
+        str(config),
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
@@ -105,8 +101,21 @@ def test_gatewayd_killed_repeatedly_under_load_loses_no_committed_seq(
                 # A press of a new button every ~5 ms: each is its own SOS alert, committed with fsync.
                 while pressing:
                     sensor[0] += 1
-                    sim.send_frame(bytes([0x08, 0x20, 0x02, 0x00, sensor[0] >> 16, (sensor[0] >> 8) & 0xFF,
-                                          sensor[0] & 0xFF, 0x06, 0x79]))
+                    sim.send_frame(
+                        bytes(
+                            [
+                                0x08,
+                                0x20,
+                                0x02,
+                                0x00,
+                                sensor[0] >> 16,
+                                (sensor[0] >> 8) & 0xFF,
+                                sensor[0] & 0xFF,
+                                0x06,
+                                0x79,
+                            ]
+                        )
+                    )
                     await asyncio.sleep(0.005)
 
             task = asyncio.create_task(presser())
@@ -147,7 +156,10 @@ def test_gatewayctl_without_a_daemon_says_so(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, 1)
     out = subprocess.run(
         [sys.executable, "-m", "gateway.ctl", "--config", str(config), "status"],
-        capture_output=True, text=True, timeout=30, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
     )
     assert out.returncode == 3
     assert "is gatewayd running" in out.stderr
@@ -166,7 +178,11 @@ def test_systemd_notify_ready_watchdog_status_and_stopping(tmp_path: Path, broke
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.daemon", "--config", str(config)],
-        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     got: list[str] = []
     try:

@@ -20,7 +20,7 @@ from gateway.pipeline import Pipeline
 from gateway.uplink import Uplink
 from simulators.broker import Mosquitto, TlsFiles
 from simulators.viewer import Viewer
-from tests.helpers import Collector, make_pki
+from tests.helpers import Collector, make_pki, until
 
 GW = "gw-test"
 
@@ -52,14 +52,6 @@ async def gateway(
             finally:
                 for t in tasks:
                     t.cancel()
-
-
-async def until(pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def hr(device: str, i: int, t0: float) -> Measurement:
