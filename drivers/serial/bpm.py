@@ -254,9 +254,26 @@ class SerialBpDriver(SerialDriver):
             reply = await self._reply(link, PING, 1)
         except LinkSilent as exc:
             raise LinkSilent(f"{link.path}: the monitor does not answer (off, or not in PC mode?)") from exc
+        for _ in range(self.retries):
+            if reply[0] == PONG:
+                return
+            self.count("bad_frames")  # line noise in front of the answer: ask again
+            reply = await self._reply(link, PING, 1)
         if reply[0] != PONG:
-            self.count("bad_frames")
             raise LinkSilent(f"{link.path}: answered {reply.hex()} to attention, expected 55")
+
+    async def _count(self, link: SerialLink) -> int:
+        """The number of stored records, confirmed by two identical answers (a flipped bit would make
+        the driver ask for records that do not exist, or miss some until the next poll)."""
+        last: int | None = None
+        for _ in range(2 * self.retries):
+            n = parse_count(await self._reply(link, COUNT, 1))
+            if n == last:
+                return n
+            if last is not None:
+                self.count("disagreeing_reads")
+            last = n
+        raise LinkSilent(f"{link.path}: the record count does not settle")
 
     async def _fetch(self, link: SerialLink, index: int) -> BpRecord | None:
         """Record ``index``, confirmed by two identical reads in a row: the protocol has no checksum,
@@ -290,7 +307,7 @@ class SerialBpDriver(SerialDriver):
 
     async def poll(self, link: SerialLink) -> int:
         """Read every stored record and emit those not emitted before. Returns how many were new."""
-        count = parse_count(await self._reply(link, COUNT, 1))
+        count = await self._count(link)
         new = 0
         try:
             for index in range(1, count + 1):

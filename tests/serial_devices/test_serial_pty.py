@@ -294,9 +294,8 @@ def test_bp_records_fetched_exactly_once_across_outage_faults_and_restart(tmp_pa
             await asyncio.sleep(0.5)
             sim.corrupt_rate, sim.noise_before_reply = 0.05, 7  # a noisy line after the replug
             sim.plug()
-            t_back = time.monotonic()
-            await _wait(lambda: len(records()) >= 15, timeout=10.0, what="records after the outage")
-            assert drv.reconnector.connects == 2 and time.monotonic() - t_back < 10.0
+            await _wait(lambda: len(records()) >= 15, timeout=5.0, what="records within 5 s of the replug")
+            assert drv.reconnector.connects == 2  # the noisy line cost retries, not a reconnect
             sim.corrupt_rate = 0.0
             await asyncio.sleep(1.0)  # polls go on; nothing may be emitted twice
             await _stop(task)
