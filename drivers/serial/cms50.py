@@ -960,6 +960,7 @@ class Cms50LegacyDriver(Cms50Driver):
     baudrate: ClassVar[int] = 19200
     protocol: ClassVar[str] = "legacy"
     frame_len: ClassVar[int] = 5
+    parity: ClassVar[str] = "O"  # for the port layer once it opens ports with a parity (see above)
 
     async def serve(self, link: SerialLink) -> None:
         # The older firmware streams by itself, without commands.
