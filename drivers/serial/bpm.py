@@ -207,7 +207,7 @@ class SerialBpDriver(SerialDriver):
         self.poll_interval_s = float(opts.get("poll_interval_s", 30.0))
         self.tz = _zone(str(opts.get("timezone", "")))
         state = str(opts.get("state_path", ""))
-        self.ledger = FetchLedger(Path(state) if state else None, max_entries=1024)
+        self.ledger = FetchLedger(Path(state) if state else None, max_entries=1024, owner=self.device_id)
         self.ledger.load()
         self.retries = max(1, int(opts.get("retries", 3)))
         self.description: str | None = None

@@ -377,10 +377,9 @@ class Cms50Parser:
             del buf[:length]
             try:
                 frame = decode_frame(packet)
-            except Cms50FrameError as exc:
-                self.stats.bad_frames += 1
+            except Cms50FrameError:
+                self.stats.bad_frames += 1  # counted here, reported by the driver with its device id
                 _dropped(out, len(packet))
-                log.debug("cms50: dropped packet %s: %s", packet.hex(), exc)
                 continue
             self._count_range(packet, frame)
             self.stats.frames += 1
@@ -553,7 +552,9 @@ class FetchLedger:
 
     path: Path | None = None
     max_entries: int = 64
+    owner: str = ""  # the device id, for log lines
     done: dict[str, int] = field(default_factory=dict)
+    _write_failed: bool = False
 
     def load(self) -> None:
         if self.path is None:
@@ -563,7 +564,7 @@ class FetchLedger:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            log.warning("cannot read stored-record ledger %s: %s", self.path, exc)
+            log.warning("device %s: cannot read stored-record ledger %s: %s", self.owner, self.path, exc)
             return
         if isinstance(raw, dict):
             self.done = {str(k): v for k, v in raw.items() if isinstance(v, int)}
@@ -576,7 +577,12 @@ class FetchLedger:
             tmp.write_text(json.dumps(self.done, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot write stored-record ledger %s: %s", self.path, exc)
+            # First failure at WARNING, repeats at DEBUG (the msg_id still dedupes a re-emitted record).
+            level = logging.DEBUG if self._write_failed else logging.WARNING
+            log.log(level, "device %s: cannot write stored-record ledger %s: %s", self.owner, self.path, exc)
+            self._write_failed = True
+        else:
+            self._write_failed = False
 
     def emitted(self, key: str) -> int:
         return self.done.get(key, 0)
@@ -771,7 +777,7 @@ class Cms50Driver(SerialDriver):
         self.download_stored = bool(opts.get("download_stored", True))
         self.tz = _zone(str(opts.get("timezone", "")))
         state = str(opts.get("state_path", ""))
-        self.ledger = FetchLedger(Path(state) if state else None)
+        self.ledger = FetchLedger(Path(state) if state else None, owner=self.device_id)
         self.ledger.load()
         self.report_every_s = float(opts.get("report_every_s", 5.0))
         self.user = int(opts.get("user", 1))
