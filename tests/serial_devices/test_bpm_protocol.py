@@ -68,6 +68,17 @@ def test_random_replies_are_a_plausible_record_or_a_frame_error(data: bytes) -> 
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40))
+def test_random_count_and_description_replies(data: bytes) -> None:
+    try:
+        assert 0 <= parse_count(data) <= 255
+    except BpFrameError:
+        assert len(data) != 1
+    text = bpm.parse_description(data)
+    assert all(0x20 <= ord(c) < 0x7F for c in text)
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     st.integers(50, 280),
     st.integers(25, 200),

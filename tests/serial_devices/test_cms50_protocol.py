@@ -179,6 +179,21 @@ def test_random_bytes_never_raise_and_never_give_out_of_range_values(data: bytes
         pass
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.booleans())
+def test_random_recording_downloads_parse_in_range_or_raise_frame_error(data: bytes, with_preamble: bool) -> None:
+    if with_preamble:
+        data = cms50.LEGACY_PREAMBLE + data
+    try:
+        announced, points = legacy_parse_download(data)
+    except Cms50FrameError:
+        return
+    assert announced >= len(points)
+    for spo2, pr in points:
+        assert spo2 is None or 1 <= spo2 <= 100
+        assert pr is None or 30 <= pr <= 250
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.binary(max_size=3)), max_size=30))
 def test_valid_frames_with_noise_between_are_all_found(values: list[tuple[int, int, bytes]]) -> None:
