@@ -1,0 +1,5 @@
+import sys
+
+from simulators.bluez.cli import main
+
+sys.exit(main())

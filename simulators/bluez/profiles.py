@@ -1,0 +1,154 @@
+"""Encoders for the characteristic values the simulated peripherals send, written from the GATT
+Specification Supplement independently of the gateway's decoders (``drivers.ble.gatt``), so a
+misreading of the specification on one side is not silently mirrored on the other."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+# IEEE 11073 SFLOAT special values (exponent 0).
+SFLOAT_NAN = 0x07FF
+SFLOAT_NRES = 0x0800
+SFLOAT_PLUS_INF = 0x07FE
+SFLOAT_MINUS_INF = 0x0802
+
+
+def sfloat(value: float | None, decimals: int = 0) -> bytes:
+    """``value`` as SFLOAT with ``decimals`` digits after the point; None -> NaN."""
+    if value is None:
+        raw = SFLOAT_NAN
+    else:
+        mantissa = round(value * 10**decimals)
+        exponent = -decimals
+        while not -2046 <= mantissa <= 2045:  # keep clear of the special values
+            mantissa = round(mantissa / 10)
+            exponent += 1
+        raw = ((exponent & 0xF) << 12) | (mantissa & 0x0FFF)
+    return struct.pack("<H", raw)
+
+
+def date_time(t: dt.datetime) -> bytes:
+    return struct.pack("<HBBBBB", t.year, t.month, t.day, t.hour, t.minute, t.second)
+
+
+def heart_rate_measurement(
+    bpm: int, rr_s: list[float], *, contact: bool | None = True, energy_kj: int | None = None
+) -> bytes:
+    flags = 0
+    body = b""
+    if bpm > 255:
+        flags |= 0x01
+        body += struct.pack("<H", bpm)
+    else:
+        body += struct.pack("<B", bpm)
+    if contact is not None:
+        flags |= 0x04 | (0x02 if contact else 0)
+    if energy_kj is not None:
+        flags |= 0x08
+        body += struct.pack("<H", energy_kj)
+    if rr_s:
+        flags |= 0x10
+        body += b"".join(struct.pack("<H", min(0xFFFF, round(rr * 1024))) for rr in rr_s)
+    return bytes([flags]) + body
+
+
+def plx_continuous(spo2: float | None, pr: float | None, *, pai: float | None = None, status: int = 0) -> bytes:
+    flags = 0
+    body = sfloat(spo2) + sfloat(pr)
+    if status:
+        flags |= 0x04
+        body += struct.pack("<H", status)
+    if pai is not None:
+        flags |= 0x10
+        body += sfloat(pai, 2)
+    return bytes([flags]) + body
+
+
+def plx_features() -> bytes:
+    # Supported Features: bit 0 measurement status, bit 1 device and sensor status present: none.
+    return struct.pack("<H", 0x0000)
+
+
+def blood_pressure_measurement(
+    systolic: float,
+    diastolic: float,
+    mean: float,
+    *,
+    kpa: bool = False,
+    timestamp: dt.datetime | None = None,
+    pulse: float | None = None,
+    user_id: int | None = None,
+    status: int | None = None,
+) -> bytes:
+    flags = 0x01 if kpa else 0x00
+    decimals = 1 if kpa else 0
+    body = sfloat(systolic, decimals) + sfloat(diastolic, decimals) + sfloat(mean, decimals)
+    if timestamp is not None:
+        flags |= 0x02
+        body += date_time(timestamp)
+    if pulse is not None:
+        flags |= 0x04
+        body += sfloat(pulse)
+    if user_id is not None:
+        flags |= 0x08
+        body += bytes([user_id])
+    if status is not None:
+        flags |= 0x10
+        body += struct.pack("<H", status)
+    return bytes([flags]) + body
+
+
+def intermediate_cuff_pressure(pressure: float) -> bytes:
+    return bytes([0x00]) + sfloat(pressure) + sfloat(None) + sfloat(None)
+
+
+def blood_pressure_feature() -> bytes:
+    # body movement, cuff fit, irregular pulse, pulse rate range, measurement position detection
+    return struct.pack("<H", 0x001F)
+
+
+def blood_pressure_record(sequence: int, payload: bytes, record_uuid: int = 0x2A35) -> bytes:
+    # Segmentation header: first and last segment (the whole record fits), rolling counter 0.
+    return bytes([0x03]) + struct.pack("<HH", sequence & 0xFFFF, record_uuid) + payload
+
+
+def racp_number_of_records(count: int) -> bytes:
+    return bytes([0x05, 0x00]) + struct.pack("<H", count)
+
+
+def racp_response(request_op: int, code: int) -> bytes:
+    return bytes([0x06, 0x00, request_op, code])
+
+
+def current_time(t: dt.datetime) -> bytes:
+    return date_time(t) + bytes([t.isoweekday(), 0, 0])
+
+
+def parse_current_time(data: bytes) -> dt.datetime:
+    if len(data) != 10:
+        raise ValueError(f"current time needs 10 bytes, got {len(data)}")
+    year, month, day, hour, minute, second = struct.unpack("<HBBBBB", data[:7])
+    return dt.datetime(year, month, day, hour, minute, second)
+
+
+def ppg_frame(counter: int, rate_hz: float, samples: dict[str, list[int]]) -> bytes:
+    """Raw PPG frame (docs/ble.md): version, channel mask, rate in 0.1 Hz, counter, n, int24 samples."""
+    order = ("red", "ir", "green")
+    names = [c for c in order if c in samples]
+    mask = sum(1 << order.index(c) for c in names)
+    n = len(samples[names[0]])
+    out = bytearray(struct.pack("<BBHIB", 0x10, mask, round(rate_hz * 10), counter & 0xFFFFFFFF, n))
+    for i in range(n):
+        for c in names:
+            out += (samples[c][i] & 0xFFFFFF).to_bytes(3, "little")
+    return bytes(out)
+
+
+def ppg_feature(rate_hz: float, per_frame: int) -> bytes:
+    return struct.pack("<BBHBB", 1, 0x07, round(rate_hz * 10), 22, per_frame)
+
+
+def sos_state(counter: int, alarm: bool, battery: int | None, battery_low: bool = False) -> bytes:
+    flags = (0x01 if alarm else 0) | (0x02 if battery_low else 0)
+    return struct.pack("<BBHB", 0x10, flags, counter & 0xFFFF, 0xFF if battery is None else battery)
