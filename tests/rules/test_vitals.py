@@ -239,3 +239,13 @@ def test_person_rules_apply_to_their_devices_only() -> None:
     b = feed_series(e, spo2_series([89] * 100, device="wrist-b"))
     assert a == []  # 89 % is usual for anna (COPD)
     assert [(ev.person_id, ev.device_id, ev.state) for ev in b] == [("bert", "wrist-b", "raised")]
+
+
+def test_a_recovery_interrupted_by_silence_must_hold_again() -> None:
+    e = engine()
+    assert states(feed_series(e, spo2_series([87] * 70))) == [("spo2_low", "raised")]
+    # 40 s recovered, 60 s without readings (the band was off), 40 s recovered: no 60 s in a row
+    readings = spo2_series([96] * 40, start=T0 + 70) + spo2_series([96] * 40, start=T0 + 170)
+    assert feed_series(e, readings) == []
+    (cleared,) = feed_series(e, spo2_series([96] * 21, start=T0 + 210))
+    assert cleared.at == T0 + 170 + 60
