@@ -544,6 +544,8 @@ class RuleEngine:
         if dev.person_id != person:
             self._drop_device_rules(dev, now, "device_moved")
             dev.person_id = person
+        if worn and not dev.worn:
+            dev.last_data_at = max(dev.last_data_at, now)  # watched from now on
         dev.worn, dev.watch_link = worn, watch_link
         if not worn:
             for kind in ("no_data", "not_worn"):
