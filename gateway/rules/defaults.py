@@ -96,13 +96,13 @@ AF_FOLLOWUP = RuleSpec(
     conditions=(Condition(CODE_AF_SCREENING, ">=", 0.1, hysteresis=0.05),),
     severity="low",
     hold_s=0.0,
-    clear_hold_s=24 * 3600.0,
+    clear_hold_s=6 * 3600.0,
     max_gap_s=900.0,
     window_s=3600.0,
     min_quality=0.5,
     description=(
         "AF screening: mean AF burden over an hour >= 0.1 (about 6 min of AF in the hour): a doctor's "
-        "follow-up, not an emergency; clears after a day below 0.05"
+        "follow-up, not an emergency; clears after 6 h of wear with the hourly mean below 0.05"
     ),
     source=(
         "2020 ESC AF guidelines (Hindricks et al.): AF found by screening must be confirmed on an ECG by a "

@@ -249,3 +249,18 @@ def test_a_recovery_interrupted_by_silence_must_hold_again() -> None:
     assert feed_series(e, readings) == []
     (cleared,) = feed_series(e, spo2_series([96] * 21, start=T0 + 210))
     assert cleared.at == T0 + 170 + 60
+
+
+def test_af_follow_up_clears_after_hours_of_sinus_rhythm_not_after_one() -> None:
+    e = engine()
+    readings = [af(T0 + 60 * i, 0.5, "af") for i in range(120)]
+    (raised,) = feed_series(e, readings)
+    sinus_from = T0 + 7200
+    one_hour = [af(sinus_from + 60 * i, 0.0, "sinus") for i in range(120)]
+    assert feed_series(e, one_hour) == []
+    rest = [af(sinus_from + 7200 + 60 * i, 0.0, "sinus") for i in range(8 * 60)]
+    (cleared,) = feed_series(e, rest)
+    assert cleared.alert_id == raised.alert_id
+    # the hourly mean falls below 0.05 some 54 min into sinus rhythm; then 6 h must pass
+    assert sinus_from + 6 * 3600 + 50 * 60 <= cleared.at <= sinus_from + 6 * 3600 + 60 * 60
+    assert cleared.detail["mean"] < 0.05
