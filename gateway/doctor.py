@@ -1,0 +1,1229 @@
+"""``gatewayctl doctor``: every check a technician needs, each answered in a sentence with what to do.
+
+Each check gives a :class:`Finding`: an ``id`` (stable, documented in ``docs/troubleshooting.md``), a
+status (``ok``, ``warn``, ``fail``, ``skip``), a sentence saying what is the case and, when something is
+wrong, what to do about it. Facts go in ``details`` (JSON-able; never a physiological value).
+
+Most checks need no daemon: the configuration, BlueZ on the system bus (``DBUS_SYSTEM_BUS_ADDRESS`` is
+honoured), serial device permissions, the broker's DNS name, TCP port and TLS handshake (with the
+certificate the broker presents), the configured certificate files, the clock, the disk, and the outbox
+(read-only). When the daemon answers on its control socket its view is used for the devices and the
+uplink; when it does not, devices are judged from the registry and the outbox.
+
+The outbox is opened read-only and the broker only sees a TLS handshake (no MQTT session), so running
+the doctor next to a running daemon disturbs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import ctypes
+import datetime as dt
+import enum
+import grp
+import json
+import os
+import pwd
+import shutil
+import socket
+import sqlite3
+import ssl
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+
+Progress = Callable[[str], None]
+
+NET_TIMEOUT_S = 5.0
+CERT_WARN_DAYS = 30
+OUTBOX_FULL_FRACTION = 0.95  # at or above: the budget is used up and the oldest readings are being dropped
+OUTBOX_HIGH_FRACTION = 0.80
+ALERT_WAITING_FAIL_S = 120.0  # an alert (SOS) undelivered for longer than this is a failure
+OBSERVATION_WAITING_WARN_S = 3600.0
+DISK_MIN_FREE_BYTES = 64 * 1024 * 1024
+LANES = ("alert", "observation", "state", "bulk")
+# How long a device may stay silent before it counts as "not seen recently", by kind. Kinds not named
+# here send only on an event (an SOS pendant behind a radio receiver): their link state is what counts.
+SILENCE_WARN_S: dict[str, float] = {
+    "serial-cms50": 24 * 3600.0,
+    "serial-cms50-legacy": 24 * 3600.0,
+    "serial-bp": 3 * 24 * 3600.0,
+    "ble-wrist": 3600.0,
+    "ble-bp-cuff": 3 * 24 * 3600.0,
+}
+SERVICE_USER = "homecare-gateway"
+CONTROL_GROUP = "homecare"
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    status: Status
+    message: str  # what is the case, in words a technician understands
+    action: str = ""  # what to do about it ("" when nothing needs doing)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _ok(fid: str, message: str, **details: Any) -> Finding:
+    return Finding(fid, Status.OK, message, "", details)
+
+
+def _warn(fid: str, message: str, action: str, **details: Any) -> Finding:
+    return Finding(fid, Status.WARN, message, action, details)
+
+
+def _fail(fid: str, message: str, action: str, **details: Any) -> Finding:
+    return Finding(fid, Status.FAIL, message, action, details)
+
+
+def _skip(fid: str, message: str, **details: Any) -> Finding:
+    return Finding(fid, Status.SKIP, message, "", details)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def run_checks(cfg_path: Path, socket_path: Path | None, progress: Progress) -> list[Finding]:
+    """All checks, in the order a technician reads them."""
+    findings: list[Finding] = []
+    progress(f"reading the configuration {cfg_path}...")
+    cfg: Config | None = None
+    try:
+        cfg = load_config(cfg_path)
+        findings.append(
+            _ok("config", f"The configuration {cfg_path} is valid ({len(cfg.devices)} devices).", file=str(cfg_path))
+        )
+    except ConfigError as exc:
+        findings.append(
+            _fail(
+                "config",
+                f"The configuration is not usable: {exc}",
+                f"Fix the line named above (`gatewayctl config validate {cfg_path}` checks it again); "
+                "config/gateway.example.toml documents every key.",
+                file=str(cfg_path),
+            )
+        )
+    sock = socket_path or (cfg.gateway.socket_path if cfg is not None else None)
+    progress("asking the daemon for its status...")
+    daemon_finding, status = check_daemon(sock)
+    findings.append(daemon_finding)
+    progress("checking the clock...")
+    findings.append(check_clock())
+    if cfg is None:
+        for fid in ("disk", "outbox", "bluez", "broker", "devices"):
+            findings.append(_skip(fid, "Not checked: the configuration is not usable."))
+        return findings
+    findings.append(check_disk(cfg))
+    progress("checking the outbox (integrity check)...")
+    findings.append(check_outbox(cfg, status))
+    findings.extend(check_secrets(cfg))
+    progress("checking Bluetooth (BlueZ on the system bus)...")
+    findings.append(check_bluez(cfg))
+    findings.extend(check_serial(cfg))
+    findings.extend(check_certificates(cfg))
+    findings.extend(check_broker(cfg, progress))
+    findings.extend(check_devices(cfg, status))
+    return findings
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    """0 all good, 1 warnings, 2 failures."""
+    statuses = {f.status for f in findings}
+    if Status.FAIL in statuses:
+        return 2
+    if Status.WARN in statuses:
+        return 1
+    return 0
+
+
+def to_json(findings: Sequence[Finding]) -> dict[str, Any]:
+    counts = {s.value: sum(1 for f in findings if f.status is s) for s in Status}
+    return {
+        "exit_code": exit_code(findings),
+        "counts": counts,
+        "findings": [
+            {"id": f.id, "status": f.status.value, "message": f.message, "action": f.action, "details": dict(f.details)}
+            for f in findings
+        ],
+    }
+
+
+_LABEL = {Status.OK: "ok", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "skip"}
+
+
+def format_text(findings: Sequence[Finding]) -> str:
+    width = max((len(f.id) for f in findings), default=10)
+    lines = []
+    for f in findings:
+        lines.append(f"{_LABEL[f.status]:<5} {f.id:<{width}}  {f.message}")
+        if f.action:
+            lines.append(f"{'':<5} {'':<{width}}  -> {f.action}")
+    c = to_json(findings)["counts"]
+    verdict = {0: "all good", 1: "warnings: see above", 2: "failures: see above"}[exit_code(findings)]
+    lines.append("")
+    lines.append(f"{c['ok']} ok, {c['warn']} warnings, {c['fail']} failures, {c['skip']} skipped: {verdict}")
+    return "\n".join(lines)
+
+
+# -- daemon -------------------------------------------------------------------------------------
+
+
+def check_daemon(sock: Path | None) -> tuple[Finding, dict[str, Any] | None]:
+    from gateway.ctl import DaemonUnreachable, Refused, call
+
+    if sock is None:
+        return _skip("daemon", "Not checked: no control socket known (the configuration is not usable)."), None
+    try:
+        status = call(sock, "status", timeout_s=NET_TIMEOUT_S)
+    except DaemonUnreachable as exc:
+        denied = "permission denied" in str(exc)
+        action = (
+            "Run the doctor as root (sudo) or from a user in the group 'homecare'."
+            if denied
+            else "Start it: `sudo systemctl start gatewayd`; if it stops again, read why with "
+            "`journalctl -u gatewayd -n 50`."
+        )
+        return _fail("daemon", f"The gateway daemon does not answer ({exc}).", action, socket=str(sock)), None
+    except (Refused, OSError, ValueError) as exc:
+        return _fail(
+            "daemon",
+            f"The gateway daemon answered but not with its status ({exc}).",
+            "Restart it (`sudo systemctl restart gatewayd`) and report the journal (`journalctl -u gatewayd`).",
+            socket=str(sock),
+        ), None
+    if not isinstance(status, dict):
+        return _fail("daemon", "The daemon's status reply is not understood.", "Update gatewayctl and gatewayd."), None
+    up = status.get("uplink", {})
+    details = {
+        "socket": str(sock),
+        "uptime_s": status.get("uptime_s"),
+        "version": status.get("version"),
+        "uplink_state": up.get("state"),
+        "uplink_last_error": up.get("last_error"),
+    }
+    uptime = _human_age(status.get("uptime_s"))
+    if up.get("state") == "connected":
+        return _ok(
+            "daemon",
+            f"The gateway daemon is running (up {uptime}) and connected to the broker {up.get('broker')}.",
+            **details,
+        ), status
+    err = f" (last error: {up['last_error']})" if up.get("last_error") else ""
+    return _warn(
+        "daemon",
+        f"The gateway daemon is running (up {uptime}) but is not connected to the broker {up.get('broker')}: "
+        f"{up.get('state')}{err}. Readings wait in the outbox.",
+        "See the broker.* and cert.* findings below for the cause.",
+        **details,
+    ), status
+
+
+# -- clock ----------------------------------------------------------------------------------------
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> (Linux), padding included
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+TIME_ERROR = 5
+STA_UNSYNC = 0x0040
+
+
+def kernel_clock_synchronised() -> tuple[bool, int] | None:
+    """The kernel's NTP state via ``adjtimex`` (read-only: modes = 0), as ``timedatectl`` reads it:
+    (synchronised, max error in microseconds), or None when it cannot be asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tx = _Timex()
+        state = int(libc.adjtimex(ctypes.byref(tx)))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != TIME_ERROR and not (tx.status & STA_UNSYNC), int(tx.maxerror)
+
+
+def check_clock(timesync_flag: Path = Path("/run/systemd/timesync/synchronized")) -> Finding:
+    now = dt.datetime.now(dt.UTC)
+    if now.year < 2025:
+        return _fail(
+            "clock",
+            f"The clock says {now:%Y-%m-%d %H:%M} UTC, which cannot be right: readings would carry wrong times "
+            "and certificates look invalid.",
+            "Connect the gateway to the network so it can set its clock (a Raspberry Pi has no battery clock); "
+            "check `timedatectl` and `systemctl status systemd-timesyncd`.",
+        )
+    kernel = kernel_clock_synchronised()
+    if kernel is not None:
+        synced, maxerror_us = kernel
+        how = "the kernel's NTP state (adjtimex, as timedatectl reads it)"
+        if synced:
+            return _ok(
+                "clock",
+                f"The clock is synchronised (decided from {how}; max error {maxerror_us / 1000:.0f} ms).",
+                method="adjtimex",
+                max_error_ms=round(maxerror_us / 1000, 1),
+            )
+        if timesync_flag.exists():
+            return _ok(
+                "clock",
+                f"The clock was synchronised by systemd-timesyncd ({timesync_flag} exists), though the kernel "
+                "flag is not set yet.",
+                method="timesyncd-flag",
+            )
+        return _warn(
+            "clock",
+            f"The clock is not synchronised with a time server (decided from {how}). Reading times may drift.",
+            'Check the network, then `timedatectl` ("System clock synchronized: yes") and '
+            "`systemctl status systemd-timesyncd`; on a network that blocks NTP (UDP 123) set an allowed "
+            "server in /etc/systemd/timesyncd.conf.",
+            method="adjtimex",
+        )
+    if timesync_flag.exists():
+        return _ok("clock", f"The clock is synchronised (systemd-timesyncd: {timesync_flag} exists).", method="flag")
+    try:
+        out = subprocess.run(
+            ["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+            capture_output=True,
+            text=True,
+            timeout=NET_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip() in ("yes", "no"):
+        if out.stdout.strip() == "yes":
+            return _ok("clock", "The clock is synchronised (timedatectl says so).", method="timedatectl")
+        return _warn(
+            "clock",
+            "The clock is not synchronised with a time server (timedatectl says so).",
+            "Check the network and `systemctl status systemd-timesyncd`.",
+            method="timedatectl",
+        )
+    return _warn(
+        "clock",
+        "Whether the clock is synchronised cannot be told (no adjtimex, no timesyncd flag, no timedatectl).",
+        "Check by hand with `date` against a phone; install systemd-timesyncd or chrony.",
+        method="none",
+    )
+
+
+# -- disk and outbox ------------------------------------------------------------------------------
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _outbox_bytes(cfg: Config) -> int:
+    db_path = cfg.gateway.data_dir / "outbox.sqlite3"
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += (db_path.parent / (db_path.name + suffix)).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def check_disk(cfg: Config) -> Finding:
+    where = _existing_parent(cfg.gateway.data_dir)
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as exc:
+        return _fail("disk", f"The disk space of {where} cannot be read: {exc.strerror}.", "Check the SD card.")
+    room_needed = max(0, cfg.outbox.max_bytes - _outbox_bytes(cfg))
+    details = {"path": str(where), "free_bytes": usage.free, "total_bytes": usage.total, "outbox_room": room_needed}
+    free = f"{usage.free / 1e6:.0f} MB free of {usage.total / 1e6:.0f} MB"
+    if usage.free < DISK_MIN_FREE_BYTES:
+        return _fail(
+            "disk",
+            f"The disk holding {cfg.gateway.data_dir} is nearly full ({free}): readings cannot be stored much longer.",
+            "Free space (`sudo journalctl --vacuum-size=50M`, `sudo apt-get clean`, remove old files) or use a "
+            "larger SD card.",
+            **details,
+        )
+    if usage.free < room_needed:
+        return _warn(
+            "disk",
+            f"The disk holding {cfg.gateway.data_dir} has {free}, less than the outbox may still grow to "
+            f"(outbox.max_bytes = {cfg.outbox.max_bytes / 1e6:.0f} MB): during a long network outage the disk "
+            "fills before the outbox starts dropping the oldest readings by rule.",
+            "Free space, or lower outbox.max_bytes (`gatewayctl config set outbox.max_bytes ...`).",
+            **details,
+        )
+    return _ok("disk", f"The disk holding {cfg.gateway.data_dir} has {free}.", **details)
+
+
+def read_outbox(path: Path, max_bytes: int) -> dict[str, Any]:
+    """Depth, ages, size and evictions of an outbox file, read-only; ``integrity`` from ``quick_check``."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=NET_TIMEOUT_S)
+    try:
+        integrity = str(db.execute("PRAGMA quick_check").fetchone()[0])
+        now = time.time()
+        depth = dict.fromkeys(LANES, 0)
+        oldest: dict[str, float | None] = dict.fromkeys(LANES, None)
+        size = 0
+        for lane, n, total, first in db.execute(
+            "SELECT lane, COUNT(*), SUM(size), MIN(captured) FROM msg GROUP BY lane"
+        ):
+            depth[LANES[lane]] = int(n)
+            oldest[LANES[lane]] = round(now - float(first), 1)
+            size += int(total)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        last_seen = {
+            str(dev): float(t) for dev, t in db.execute("SELECT device, MAX(captured) FROM msg GROUP BY device")
+        }
+        return {
+            "integrity": integrity,
+            "depth": depth,
+            "oldest_age_s": oldest,
+            "bytes": size,
+            "max_bytes": max_bytes,
+            "evicted_total": int(meta.get("evicted_total", 0)),
+            "last_captured": last_seen,
+        }
+    finally:
+        db.close()
+
+
+def check_outbox(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
+    path = cfg.gateway.data_dir / "outbox.sqlite3"
+    if not path.exists():
+        if status is not None:
+            return _fail("outbox", f"The daemon runs but its outbox {path} is missing.", "Restart the daemon.")
+        return _warn(
+            "outbox",
+            f"There is no outbox at {path} yet: the daemon has never run with this data_dir.",
+            "Start the daemon (`sudo systemctl start gatewayd`); if it was running before, check gateway.data_dir.",
+            path=str(path),
+        )
+    try:
+        ob = read_outbox(path, cfg.outbox.max_bytes)
+    except sqlite3.Error as exc:
+        return _fail(
+            "outbox",
+            f"The outbox {path} cannot be opened: {exc}.",
+            "Check the file's owner (the service user) and the SD card (`dmesg | grep -i mmc`); keep a copy of the "
+            "file before anything else.",
+            path=str(path),
+        )
+    if status is not None and isinstance(status.get("outbox"), dict):
+        live = status["outbox"]
+        ob.update(
+            depth=live.get("depth", ob["depth"]),
+            oldest_age_s=live.get("oldest_age_s", ob["oldest_age_s"]),
+            bytes=live.get("bytes", ob["bytes"]),
+            evicted_total=live.get("evicted_total", ob["evicted_total"]),
+        )
+    details = {k: ob[k] for k in ("integrity", "depth", "oldest_age_s", "bytes", "max_bytes", "evicted_total")}
+    details["path"] = str(path)
+    if ob["integrity"] != "ok":
+        return _fail(
+            "outbox",
+            f"The outbox {path} failed its integrity check ({ob['integrity']}): the SD card may be failing.",
+            "Carry out what is waiting (`gatewayctl outbox export FILE`), then replace the SD card.",
+            **details,
+        )
+    waiting = sum(ob["depth"].values())
+    used = ob["bytes"] / ob["max_bytes"] if ob["max_bytes"] else 0.0
+    budget = f"{ob['bytes'] / 1e6:.1f} of {ob['max_bytes'] / 1e6:.0f} MB"
+    alert_age = ob["oldest_age_s"].get("alert")
+    obs_age = ob["oldest_age_s"].get("observation")
+    summary = f"{waiting} messages wait for delivery ({budget} of the outbox's disk budget used)"
+    if used >= OUTBOX_FULL_FRACTION:
+        return _fail(
+            "outbox",
+            f"The outbox is full: {summary}. The oldest readings are being dropped by rule to make room "
+            f"({ob['evicted_total']} evicted so far; SOS alerts are never dropped).",
+            "Restore the connection to the broker first (see daemon, broker.* and cert.*); to keep what waits, "
+            "carry it out with `gatewayctl outbox export FILE`; if the disk allows, raise outbox.max_bytes.",
+            **details,
+        )
+    if alert_age is not None and alert_age > ALERT_WAITING_FAIL_S:
+        return _fail(
+            "outbox",
+            f"An SOS alert has waited {_human_age(alert_age)} without reaching the care platform; {summary}.",
+            "Restore the connection to the broker now (see daemon, broker.* and cert.*) and call the care centre "
+            "to tell them.",
+            **details,
+        )
+    if used >= OUTBOX_HIGH_FRACTION:
+        return _warn(
+            "outbox",
+            f"The outbox is nearly full: {summary}. When full, the oldest readings are dropped by rule.",
+            "Restore the connection to the broker (see daemon, broker.* and cert.*).",
+            **details,
+        )
+    if obs_age is not None and obs_age > OBSERVATION_WAITING_WARN_S:
+        return _warn(
+            "outbox",
+            f"Readings have waited {_human_age(obs_age)} for delivery; {summary}.",
+            "Check the connection to the broker (see daemon, broker.* and cert.*).",
+            **details,
+        )
+    if ob["evicted_total"]:
+        return _warn(
+            "outbox",
+            f"The outbox is healthy now ({summary}), but {ob['evicted_total']} older readings were dropped by rule "
+            "during an earlier long outage (the care platform was told which).",
+            "Nothing to do now; if this repeats, find why the connection was down so long.",
+            **details,
+        )
+    return _ok("outbox", f"The outbox is healthy: {summary}; nothing was ever dropped.", **details)
+
+
+# -- secrets and certificates ---------------------------------------------------------------------
+
+
+def check_secrets(cfg: Config) -> list[Finding]:
+    out = []
+    for key, path in (("uplink.key_file", cfg.uplink.key_file), ("uplink.password_file", cfg.uplink.password_file)):
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError as exc:
+            out.append(_fail("secrets", f"{key} {path} cannot be read: {exc.strerror}.", "Put the file back."))
+            continue
+        if mode & 0o007:
+            out.append(
+                _fail(
+                    "secrets",
+                    f"The secret {key} ({path}) can be read by every user on the gateway (mode {mode:04o}).",
+                    f"`sudo chmod 0640 {path}; sudo chown root:{SERVICE_USER} {path}`.",
+                    path=str(path),
+                    mode=f"{mode:04o}",
+                )
+            )
+    if not out and (cfg.uplink.key_file or cfg.uplink.password_file):
+        out.append(_ok("secrets", "The secret files are readable by their owner and group only."))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER TLV at ``pos``: (tag, content start, content end)."""
+    tag = data[pos]
+    length = data[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[start : start + n], "big")
+        start += n
+    end = start + length
+    if end > len(data):
+        raise ValueError("truncated DER")
+    return tag, start, end
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    out = []
+    pos = start
+    while pos < end:
+        tag, s, e = _der(data, pos)
+        out.append((tag, s, e))
+        pos = e
+    return out
+
+
+def _der_time(tag: int, raw: bytes) -> dt.datetime:
+    text = raw.decode("ascii").rstrip("Z")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSS
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    return dt.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+
+
+CN_OID = bytes([0x55, 0x04, 0x03])
+
+
+def parse_certificate(der: bytes) -> CertInfo:
+    """Subject common name and validity of an X.509 certificate (DER), with no dependency."""
+    _, s, e = _der(der, 0)
+    _tbs, ts, te = _children(der, s, e)[0]
+    fields = _children(der, ts, te)
+    if fields and fields[0][0] == 0xA0:  # explicit version
+        fields = fields[1:]
+    _serial, _sigalg, _issuer, validity, subject = fields[:5]
+    (t1, a1, b1), (t2, a2, b2) = _children(der, validity[1], validity[2])[:2]
+    cn = ""
+    for _set, ss, se in _children(der, subject[1], subject[2]):
+        for _seq, qs, qe in _children(der, ss, se):
+            parts = _children(der, qs, qe)
+            if len(parts) == 2 and der[parts[0][1] : parts[0][2]] == CN_OID:
+                cn = der[parts[1][1] : parts[1][2]].decode("utf-8", "replace")
+    return CertInfo(cn, _der_time(t1, der[a1:b1]), _der_time(t2, der[a2:b2]))
+
+
+def read_pem_certificates(path: Path) -> list[CertInfo]:
+    text = path.read_text(encoding="ascii", errors="replace")
+    out = []
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    pos = 0
+    while (i := text.find(begin, pos)) >= 0:
+        j = text.find(end, i)
+        if j < 0:
+            break
+        out.append(parse_certificate(base64.b64decode("".join(text[i + len(begin) : j].split()))))
+        pos = j + len(end)
+    return out
+
+
+_CERT_ACTION = {
+    "ca": "Install the care platform's current CA certificate at {path} (ask the platform operator), then "
+    "`sudo systemctl restart gatewayd`.",
+    "client": "Install a new client certificate and key from the care platform at {path} (ask the platform "
+    "operator), then `sudo systemctl restart gatewayd`.",
+    "server": "The broker's certificate is the care platform's to renew: call the platform operator and give them "
+    "this line. Readings wait safely in the outbox meanwhile.",
+}
+_CERT_WHAT = {"ca": "CA certificate", "client": "gateway's client certificate", "server": "broker's certificate"}
+
+
+def judge_certificate(which: str, cert: CertInfo, path: str, now: dt.datetime | None = None) -> Finding:
+    now = now or dt.datetime.now(dt.UTC)
+    fid = f"cert.{which}"
+    what = f"The {_CERT_WHAT[which]} ({cert.subject or 'no name'})"
+    days = (cert.not_after - now).total_seconds() / 86400
+    details = {
+        "subject": cert.subject,
+        "not_before": cert.not_before.isoformat(),
+        "not_after": cert.not_after.isoformat(),
+        "days_left": int(days) if days >= 0 else -int(-days) - 1,
+        "source": path,
+    }
+    action = _CERT_ACTION[which].format(path=path)
+    if cert.not_after <= now:
+        return _fail(
+            fid, f"{what} expired on {cert.not_after:%Y-%m-%d} ({int(-days) + 1} days ago).", action, **details
+        )
+    if cert.not_before > now:
+        return _fail(
+            fid,
+            f"{what} is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC: the gateway's clock is probably wrong.",
+            "Fix the clock first (see the clock finding).",
+            **details,
+        )
+    if days < CERT_WARN_DAYS:
+        return _warn(
+            fid,
+            f"{what} expires in {int(days)} days, on {cert.not_after:%Y-%m-%d}.",
+            action.replace("Install", "Plan"),
+            **details,
+        )
+    return _ok(fid, f"{what} is valid for {int(days)} more days (until {cert.not_after:%Y-%m-%d}).", **details)
+
+
+def check_certificates(cfg: Config) -> list[Finding]:
+    out = []
+    for which, path in (("ca", cfg.uplink.ca_file), ("client", cfg.uplink.cert_file)):
+        if path is None or not cfg.uplink.tls:
+            continue
+        try:
+            certs = read_pem_certificates(path)
+        except OSError as exc:
+            out.append(_fail(f"cert.{which}", f"{path} cannot be read: {exc.strerror}.", "Put the file back."))
+            continue
+        except (ValueError, IndexError, binascii.Error):
+            certs = []
+        if not certs:
+            out.append(
+                _fail(
+                    f"cert.{which}",
+                    f"{path} holds no readable PEM certificate.",
+                    _CERT_ACTION[which].format(path=path),
+                )
+            )
+            continue
+        # a bundle: the first to expire is the one that matters (for a client chain: the leaf first)
+        cert = certs[0] if which == "client" else min(certs, key=lambda c: c.not_after)
+        out.append(judge_certificate(which, cert, str(path)))
+    return out
+
+
+# -- broker ---------------------------------------------------------------------------------------
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        fut = pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        infos = fut.result(timeout=NET_TIMEOUT_S * 2)
+    finally:
+        pool.shutdown(wait=False)
+    seen: list[str] = []
+    for info in infos:
+        addr = str(info[4][0])
+        if addr not in seen:
+            seen.append(addr)
+    return seen
+
+
+def _client_context(cfg: Config, verify: bool) -> ssl.SSLContext:
+    up = cfg.uplink
+    if verify:
+        ctx = ssl.create_default_context(cafile=str(up.ca_file) if up.ca_file else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if up.cert_file and up.key_file:
+        ctx.load_cert_chain(str(up.cert_file), str(up.key_file))
+    return ctx
+
+
+def _handshake(cfg: Config, address: str, verify: bool) -> tuple[bytes | None, str | None, str]:
+    """(server certificate DER, TLS version, what happened after the handshake)."""
+    ctx = _client_context(cfg, verify)
+    with socket.create_connection((address, cfg.uplink.port), timeout=NET_TIMEOUT_S) as raw:
+        with ctx.wrap_socket(raw, server_hostname=cfg.uplink.host) as tls:
+            der = tls.getpeercert(binary_form=True)
+            version = tls.version()
+            # TLS 1.3: a refused client certificate arrives as an alert after the handshake.
+            tls.settimeout(0.5)
+            try:
+                after = "closed" if tls.recv(1) == b"" else "data"
+            except TimeoutError:
+                after = "open"
+            return der, version, after
+
+
+_TLS_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "The broker requires a client certificate and the gateway has none configured.",
+        "Set uplink.cert_file and uplink.key_file to the certificate and key the care platform issued.",
+    ),
+    "SSLV3_ALERT_BAD_CERTIFICATE": (
+        "The broker refused the gateway's client certificate.",
+        "Ask the care platform whether this gateway's certificate is registered (and not revoked); install the "
+        "one they issued.",
+    ),
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
+        "The broker refused the gateway's client certificate as expired.",
+        "Install a new client certificate from the care platform.",
+    ),
+    "WRONG_VERSION_NUMBER": (
+        "The broker's port does not speak TLS (probably a plain MQTT port).",
+        "Use the broker's TLS port (usually 8883) in uplink.port.",
+    ),
+}
+
+
+def check_broker(cfg: Config, progress: Progress) -> list[Finding]:
+    up = cfg.uplink
+    target = f"{up.host}:{up.port}"
+    progress(f"looking up the broker {up.host}...")
+    try:
+        addresses = _resolve(up.host, up.port)
+    except (OSError, concurrent.futures.TimeoutError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer in time"
+        return [
+            _fail(
+                "broker.dns",
+                f"The broker's name {up.host} cannot be looked up ({why}).",
+                "Check the network (is the router on, is the cable/Wi-Fi connected: `ip addr`), then DNS "
+                "(`getent hosts " + up.host + "`); check uplink.host for typing mistakes.",
+                host=up.host,
+            )
+        ]
+    out = [_ok("broker.dns", f"The broker's name {up.host} resolves to {', '.join(addresses)}.", addresses=addresses)]
+    progress(f"connecting to the broker {target}...")
+    reached: str | None = None
+    errors = []
+    for address in addresses:
+        try:
+            with socket.create_connection((address, up.port), timeout=NET_TIMEOUT_S):
+                reached = address
+                break
+        except OSError as exc:
+            errors.append(f"{address}: {exc.strerror or type(exc).__name__}")
+    if reached is None:
+        out.append(
+            _fail(
+                "broker.tcp",
+                f"The broker {target} cannot be reached ({'; '.join(errors)}).",
+                "If the error is 'Connection refused' the broker (or its port) is down or wrong: check uplink.port "
+                "and ask the care platform; if it timed out, a firewall or the home router blocks outgoing port "
+                f"{up.port}.",
+                errors=errors,
+            )
+        )
+        return out
+    out.append(_ok("broker.tcp", f"The broker {target} accepts connections (at {reached}).", address=reached))
+    if not up.tls:
+        out.append(
+            _warn(
+                "broker.tls",
+                "TLS is switched off (uplink.tls = false): health data would cross the network unencrypted.",
+                "Only for a test bench: set uplink.tls = true and the broker's TLS port for a home.",
+            )
+        )
+        return out
+    progress(f"TLS handshake with the broker {target}...")
+    try:
+        der, version, after = _handshake(cfg, reached, verify=True)
+    except ssl.SSLCertVerificationError as exc:
+        out.append(_verify_failure(cfg, exc))
+        out.extend(_server_cert_unverified(cfg, reached))
+        return out
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or "")
+        message, action = _TLS_REASONS.get(
+            reason,
+            (
+                f"The TLS handshake with the broker failed: {exc}.",
+                "Check uplink.port, the CA and client certificate with the care platform.",
+            ),
+        )
+        out.append(_fail("broker.tls", message, action, reason=reason))
+        out.extend(_server_cert_unverified(cfg, reached))
+        return out
+    except OSError as exc:
+        out.append(
+            _fail(
+                "broker.tls",
+                f"The broker {target} closed the connection during the TLS handshake ({exc}).",
+                "Check uplink.port is the broker's TLS port, and the client certificate with the care platform.",
+            )
+        )
+        return out
+    if after == "closed":
+        out.append(
+            _warn(
+                "broker.tls",
+                f"The TLS handshake with {target} succeeded ({version}) but the broker closed the connection right "
+                "after: it may refuse the gateway's client certificate.",
+                "Ask the care platform whether this gateway's certificate is registered.",
+                version=version,
+            )
+        )
+    else:
+        mutual = " with the gateway's client certificate" if up.cert_file else ""
+        out.append(
+            _ok(
+                "broker.tls",
+                f"The TLS handshake with {target} succeeds ({version}{mutual}); the broker's certificate is trusted "
+                f"and issued for {up.host}.",
+                version=version,
+            )
+        )
+    if der:
+        out.append(judge_certificate("server", parse_certificate(der), f"presented by {target}"))
+    return out
+
+
+def _verify_failure(cfg: Config, exc: ssl.SSLCertVerificationError) -> Finding:
+    up = cfg.uplink
+    code = exc.verify_code
+    detail = str(exc.verify_message)
+    trust = f"the CA in {up.ca_file}" if up.ca_file else "the system's trusted CAs"
+    if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+        message = "The broker presents an expired certificate, so the gateway refuses to connect."
+        action = _CERT_ACTION["server"]
+    elif code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
+        message = "The broker's certificate is not valid yet: the gateway's clock is probably wrong."
+        action = "Fix the clock first (see the clock finding)."
+    elif code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        message = f"The broker's certificate is not issued for the name {up.host}."
+        action = "Check uplink.host: use the exact broker name the care platform gave (not an IP address)."
+    elif code in (18, 19, 20, 21):
+        message = f"The broker's certificate is not signed by {trust}."
+        action = "Install the care platform's CA certificate and set uplink.ca_file to it."
+    else:
+        message = f"The broker's certificate is refused: {detail}."
+        action = "Give this line to the care platform operator."
+    return _fail("broker.tls", message, action, verify_code=code, verify_message=detail)
+
+
+def _server_cert_unverified(cfg: Config, address: str) -> list[Finding]:
+    """The certificate the broker presents, fetched without verification, only to describe it."""
+    try:
+        der, _, _ = _handshake(cfg, address, verify=False)
+    except (OSError, ssl.SSLError):
+        return []
+    if not der:
+        return []
+    try:
+        cert = parse_certificate(der)
+    except (ValueError, IndexError):
+        return []
+    return [judge_certificate("server", cert, f"presented by {cfg.uplink.host}:{cfg.uplink.port}")]
+
+
+# -- Bluetooth --------------------------------------------------------------------------------------
+
+
+def _system_bus_address() -> str:
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or "unix:path=/run/dbus/system_bus_socket"
+
+
+async def _bluez_state(address: str) -> dict[str, Any]:
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await asyncio.wait_for(MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect(), NET_TIMEOUT_S)
+    try:
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=["org.bluez"],
+                )
+            ),
+            NET_TIMEOUT_S,
+        )
+        if reply is None or reply.message_type == MessageType.ERROR or not reply.body[0]:
+            return {"running": False}
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.bluez",
+                    path="/",
+                    interface="org.freedesktop.DBus.ObjectManager",
+                    member="GetManagedObjects",
+                )
+            ),
+            NET_TIMEOUT_S,
+        )
+        if reply is None or reply.message_type == MessageType.ERROR:
+            error = reply.error_name if reply is not None else "no reply"
+            return {"running": True, "error": str(error), "adapters": []}
+        adapters = []
+        for path, ifaces in reply.body[0].items():
+            props = ifaces.get("org.bluez.Adapter1")
+            if props is None:
+                continue
+            adapters.append(
+                {
+                    "name": str(path).rsplit("/", 1)[-1],
+                    "address": props["Address"].value if "Address" in props else None,
+                    "powered": bool(props["Powered"].value) if "Powered" in props else False,
+                }
+            )
+        return {"running": True, "adapters": sorted(adapters, key=lambda a: a["name"])}
+    finally:
+        bus.disconnect()
+
+
+def check_bluez(cfg: Config) -> Finding:
+    ble = [d.id for d in cfg.devices if d.transport == "ble"]
+    needed = bool(ble)
+    mk = _fail if needed else _warn
+    why = (
+        f"the configured Bluetooth devices ({', '.join(ble)}) cannot be read"
+        if needed
+        else "no Bluetooth device is configured yet, but none can be paired"
+    )
+    address = _system_bus_address()
+    try:
+        state = asyncio.run(_bluez_state(address))
+    except ImportError:
+        return mk("bluez", f"The D-Bus library (dbus-fast) is missing: {why}.", "Reinstall the gateway package.")
+    except (OSError, TimeoutError, EOFError, ValueError) as exc:
+        return mk(
+            "bluez",
+            f"The D-Bus system bus ({address}) cannot be reached ({exc or type(exc).__name__}): {why}.",
+            "`sudo systemctl status dbus`; a reboot usually brings it back.",
+            bus=address,
+        )
+    except Exception as exc:  # noqa: BLE001 - dbus-fast raises its own error types for a refused connection
+        return mk(
+            "bluez",
+            f"The D-Bus system bus ({address}) refused the doctor ({type(exc).__name__}: {exc}): {why}.",
+            "Run the doctor as root (sudo), or check the D-Bus policy for the 'bluetooth' group.",
+            bus=address,
+        )
+    if not state["running"]:
+        return mk(
+            "bluez",
+            f"The Bluetooth service (BlueZ, bluetoothd) is not running: {why}.",
+            "`sudo systemctl enable --now bluetooth`; if it fails, `journalctl -u bluetooth -n 30`.",
+            bus=address,
+        )
+    adapters = state.get("adapters", [])
+    if not adapters:
+        return mk(
+            "bluez",
+            f"BlueZ is running but there is no Bluetooth adapter: {why}.",
+            "On a Raspberry Pi check that /boot/firmware/config.txt has no `dtoverlay=disable-bt` and that "
+            "`rfkill list` shows Bluetooth not blocked (`sudo rfkill unblock bluetooth`); with a USB dongle, "
+            "check it is plugged in (`lsusb`). Then reboot.",
+            bus=address,
+            adapters=[],
+        )
+    powered = [a for a in adapters if a["powered"]]
+    names = ", ".join(f"{a['name']} ({a['address']})" for a in adapters)
+    if not powered:
+        return mk(
+            "bluez",
+            f"The Bluetooth adapter {names} is powered off: {why}.",
+            "`sudo rfkill unblock bluetooth` then `bluetoothctl power on`; if it turns off again, check "
+            "/etc/bluetooth/main.conf has AutoEnable=true.",
+            bus=address,
+            adapters=adapters,
+        )
+    return _ok(
+        "bluez",
+        f"BlueZ is running and the Bluetooth adapter {', '.join(a['name'] for a in powered)} is powered on.",
+        bus=address,
+        adapters=adapters,
+    )
+
+
+# -- serial ---------------------------------------------------------------------------------------
+
+
+def service_identity(cfg: Config) -> tuple[str, set[int]]:
+    """Who the daemon runs as: the service user when it exists, else the owner of data_dir, else us."""
+    entry: pwd.struct_passwd | None = None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        try:
+            entry = pwd.getpwuid(cfg.gateway.data_dir.stat().st_uid)
+        except (KeyError, OSError):
+            entry = None
+    if entry is None:
+        return str(os.getuid()), set(os.getgroups()) | {os.getgid()}
+    groups = {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem} | {entry.pw_gid}
+    if entry.pw_name == SERVICE_USER:
+        # the unit adds these to the service (SupplementaryGroups=)
+        for name in ("dialout",):
+            try:
+                groups.add(grp.getgrnam(name).gr_gid)
+            except KeyError:
+                pass
+    return entry.pw_name, groups
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def check_serial(cfg: Config) -> list[Finding]:
+    out = []
+    user: str | None = None
+    groups: set[int] = set()
+    for spec in cfg.devices:
+        if spec.transport != "serial":
+            continue
+        if user is None:
+            user, groups = service_identity(cfg)
+        fid = f"serial.{spec.id}"
+        port = str(spec.options.get("port", ""))
+        path = Path(port)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            out.append(
+                _fail(
+                    fid,
+                    f"The serial port {port} of {spec.id} ({spec.kind}) does not exist: the device or its USB adapter "
+                    "is not plugged in, or the configured path is wrong.",
+                    "Plug it in; `gatewayctl devices scan` lists the serial devices present with their "
+                    "/dev/serial/by-id path to put in the configuration.",
+                    port=port,
+                )
+            )
+            continue
+        except PermissionError:
+            out.append(_fail(fid, f"{port} cannot be looked at by this user.", "Run the doctor with sudo."))
+            continue
+        real = os.path.realpath(port)
+        if not stat.S_ISCHR(st.st_mode):
+            out.append(
+                _fail(
+                    fid,
+                    f"{port} of {spec.id} is not a serial device.",
+                    "Point the device's port at /dev/serial/by-id/...",
+                )
+            )
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        group = _group_name(st.st_gid)
+        details = {"port": port, "device": real, "mode": f"{mode:04o}", "group": group, "user": user}
+        can = (mode & 0o006) == 0o006 or ((mode & 0o060) == 0o060 and st.st_gid in groups)
+        if user in ("root", "0") or (user == _owner_name(st.st_uid) and (mode & 0o600) == 0o600):
+            can = True
+        if can:
+            out.append(
+                _ok(fid, f"The serial port {port} ({real}) of {spec.id} is there and {user} may open it.", **details)
+            )
+        else:
+            out.append(
+                _fail(
+                    fid,
+                    f"The serial port {port} ({real}) of {spec.id} belongs to group {group} (mode {mode:04o}) and the "
+                    f"service user {user} is not in that group, so the gateway cannot open it.",
+                    f"`sudo usermod -aG {group} {user}` then `sudo systemctl restart gatewayd` (serial ports need the "
+                    "group dialout on Raspberry Pi OS).",
+                    **details,
+                )
+            )
+    return out
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+
+def check_devices(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding]:
+    now = time.time()
+    known: dict[str, dict[str, Any]] = {d.id: {"id": d.id, "kind": d.kind, "origin": "config"} for d in cfg.devices}
+    source = "the daemon"
+    if status is not None:
+        for d in status.get("devices", []):
+            entry = known.setdefault(str(d["id"]), {"id": d["id"], "kind": d.get("kind")})
+            entry.update(state=d.get("state"), reason=d.get("reason"), last_seen=_parse_time(d.get("last_seen")))
+    else:
+        source = "the registry and the outbox (the daemon is not running)"
+        registry = _read_registry(cfg.gateway.data_dir / "registry.json")
+        for doc in registry:
+            found = known.get(str(doc.get("id")))
+            if found is not None:
+                found.update(state=doc.get("state"), state_at=doc.get("state_at"))
+        last_captured: dict[str, float] = {}
+        try:
+            last_captured = read_outbox(cfg.gateway.data_dir / "outbox.sqlite3", cfg.outbox.max_bytes)["last_captured"]
+        except sqlite3.Error:
+            pass
+        for dev, at in last_captured.items():
+            if dev in known:
+                known[dev]["last_seen"] = at
+    out = []
+    for dev_id, d in known.items():
+        fid = f"device.{dev_id}"
+        kind = str(d.get("kind"))
+        state = d.get("state")
+        last = d.get("last_seen")
+        seen = f"last reading {_human_age(now - last)} ago" if last else "no reading yet"
+        details = {"kind": kind, "state": state, "last_seen_age_s": round(now - last, 1) if last else None}
+        details["source"] = "daemon" if status is not None else "registry+outbox"
+        silence = SILENCE_WARN_S.get(kind)
+        if state is None and status is None and not last:
+            out.append(
+                _skip(fid, f"{dev_id} ({kind}): not known from {source}; start the daemon to see it.", **details)
+            )
+        elif state not in (None, "connected"):
+            reason = f" ({d['reason']})" if d.get("reason") else ""
+            when = f" since {_human_age(now - d['state_at'])}" if d.get("state_at") else ""
+            out.append(
+                _warn(
+                    fid,
+                    f"{dev_id} ({kind}) is {state}{reason}{when}; {seen} (from {source}).",
+                    "Check it is switched on, charged and within a few metres of the gateway (Bluetooth), or "
+                    "plugged in (serial); see the serial.* and bluez findings.",
+                    **details,
+                )
+            )
+        elif silence is not None and (not last or now - last > silence):
+            out.append(
+                _warn(
+                    fid,
+                    f"{dev_id} ({kind}) is connected but has not sent a reading recently ({seen}, from {source}).",
+                    "Check the person wears or uses it; take a test measurement and watch `gatewayctl tail`.",
+                    **details,
+                )
+            )
+        else:
+            link = "connected" if state == "connected" else "known"
+            out.append(_ok(fid, f"{dev_id} ({kind}) is {link}; {seen} (from {source}).", **details))
+    return out
+
+
+def _read_registry(path: Path) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    table = doc.get("devices", {}) if isinstance(doc, dict) else {}
+    return [dict(v) for v in table.values() if isinstance(v, dict)] if isinstance(table, dict) else []
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _human_age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
