@@ -44,6 +44,7 @@ The result also carries the figures behind the decision so that a clinician or d
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +90,26 @@ ECTOPIC_MEDIAN_N = 5
 OTHER_ECTOPIC_FRACTION = 0.1
 """Non-AF window with at least 10 % ectopic intervals is ``"other"`` ("frequent" ectopy: > 10 %
 burden is the usual threshold for frequent premature ventricular complexes)."""
+EXTRA_SHORT = 0.75
+"""Extra-beat rule: one of the two intervals is shorter than 75 % of the reference."""
+EXTRA_TOL = 0.2
+"""Extra-beat rule: the two intervals add up to the reference within 20 %."""
+EXTRA_REF_N = 11
+"""Extra-beat rule: intervals in the reference window (Lipponen & Tarvainen 2019 use 11 beats)."""
+COSEN_THRESHOLD = -1.4
+"""COSEn above which a segment is AF (Lake & Moorman 2011: -1.4 on 12-beat segments)."""
+COSEN_R0_S = 0.03
+"""COSEn initial tolerance, seconds (Lake & Moorman 2011: 30 ms)."""
+COSEN_R_STEP_S = 0.01
+"""COSEn tolerance increment when there are too few matches (Lake & Moorman 2011: 10 ms)."""
+COSEN_R_MAX_S = 0.3
+"""Largest COSEn tolerance tried, seconds (beyond it the segment is taken as maximally irregular)."""
+COSEN_MIN_MATCHES = 5
+"""Matches of length m + 1 needed before SampEn is trusted (Lake & Moorman 2011: 5)."""
+COSEN_MIN_N = 12
+"""Shortest segment for COSEn: 12 beats, the segment length of Lake & Moorman 2011."""
+COSEN_BLOCK_N = 128
+"""Longest block for COSEn (longer AF runs are judged block by block: bounded cost, local veto)."""
 OTHER_IRREGULAR_FRACTION = 0.25
 """Non-AF window where the unfiltered detector flags at least this fraction of the time is
 ``"other"`` (irregular, but the ectopic filter or the bigeminy term explained it away)."""
@@ -179,6 +200,91 @@ def af_decision(rr_s: FloatArray, *, ectopic_filter: bool = True) -> FloatArray:
     return np.asarray(np.where(b_t >= DELTA, irregularity, b_t), dtype=np.float64)
 
 
+def merge_extra_beats(rr_s: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Join pairs of intervals split by a false beat detection (a T wave, a motion spike).
+
+    A pair ``rr[i], rr[i+1]`` is joined when one of them is shorter than :data:`EXTRA_SHORT` times the
+    local reference and their sum is within :data:`EXTRA_TOL` of it: the "extra beat" rule of the
+    HRV artefact-correction literature (Berntson et al., Psychophysiology 27:586-598, 1990; Lipponen &
+    Tarvainen, J Med Eng Technol 43:173-181, 2019). The reference is the upper quartile of the
+    :data:`EXTRA_REF_N` intervals around ``i``: robust even when every other beat is false (a median
+    would then be one of the short halves). Returns the joined series and, for each of its intervals,
+    the index of the input interval it starts with."""
+    n = int(rr_s.shape[0])
+    if n < 2:
+        return rr_s.copy(), np.arange(n, dtype=np.intp)
+    half = EXTRA_REF_N // 2
+    padded = np.concatenate((np.repeat(rr_s[:1], half), rr_s, np.repeat(rr_s[-1:], half)))
+    ref = np.percentile(sliding_window_view(padded, 2 * half + 1), 75, axis=1)
+    pair = rr_s[:-1] + rr_s[1:]
+    shortest = np.minimum(rr_s[:-1], rr_s[1:])
+    candidate = (shortest < EXTRA_SHORT * ref[:-1]) & (np.abs(pair - ref[:-1]) <= EXTRA_TOL * ref[:-1])
+    if not candidate.any():
+        return rr_s.copy(), np.arange(n, dtype=np.intp)
+    out: list[float] = []
+    starts: list[int] = []
+    i = 0
+    while i < n:
+        starts.append(i)
+        if i + 1 < n and candidate[i]:
+            out.append(float(pair[i]))
+            i += 2
+        else:
+            out.append(float(rr_s[i]))
+            i += 1
+    return np.asarray(out, dtype=np.float64), np.asarray(starts, dtype=np.intp)
+
+
+def cosen(rr_s: FloatArray) -> float:
+    """Coefficient of sample entropy (Lake & Moorman, Am J Physiol Heart Circ Physiol 300:H319-H325,
+    2011): ``SampEn(m=1, r) + ln(2 r) - ln(mean RR)``, with ``r`` starting at 30 ms and growing by 10 ms
+    until at least 5 matches of length 2 are found (their rule for short series). NaN when the series
+    is too short or no tolerance up to :data:`COSEN_R_MAX_S` gives 5 matches."""
+    x = np.asarray(rr_s, dtype=np.float64)
+    n = int(x.shape[0])
+    if n < 3:
+        return float("nan")
+    d1 = np.abs(x[:-1, None] - x[None, :-1])  # template length m = 1 (first n-1 points)
+    d2 = np.maximum(d1, np.abs(x[1:, None] - x[None, 1:]))  # length m + 1 = 2
+    iu = np.triu_indices(n - 1, k=1)
+    d1u, d2u = d1[iu], d2[iu]
+    r = COSEN_R0_S
+    while r <= COSEN_R_MAX_S + 1e-12:
+        a = int(np.count_nonzero(d2u <= r))
+        if a >= COSEN_MIN_MATCHES:
+            b = int(np.count_nonzero(d1u <= r))
+            return float(-np.log(a / b) + np.log(2 * r) - np.log(np.mean(x)))
+        r += COSEN_R_STEP_S
+    return float("nan")
+
+
+def _cosen_veto(clean: FloatArray, af: BoolArray) -> BoolArray:
+    """Clear AF stretches whose RR series is not random enough to be AF (COSEn below threshold).
+
+    Each run of AF intervals is cut in blocks of at most :data:`COSEN_BLOCK_N` intervals (shorter runs
+    are widened to :data:`COSEN_MIN_N` intervals around their centre); a block whose COSEn is below
+    :data:`COSEN_THRESHOLD` is not AF: regular tachycardia, rate changes, ectopic patterns."""
+    out = af.copy()
+    if not af.any():
+        return out
+    n = int(clean.shape[0])
+    edges = np.diff(np.concatenate(([0], af.astype(np.int8), [0])))
+    for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        nblocks = max(1, int(np.ceil((end - start) / COSEN_BLOCK_N)))
+        bounds = np.linspace(start, end, nblocks + 1).round().astype(int)
+        for b0, b1 in itertools.pairwise(bounds):
+            lo, hi = int(b0), int(b1)
+            if hi - lo < COSEN_MIN_N:
+                mid = (lo + hi) // 2
+                lo = max(0, min(mid - COSEN_MIN_N // 2, n - COSEN_MIN_N))
+                hi = min(n, lo + COSEN_MIN_N)
+            value = cosen(clean[lo:hi])
+            if not (value >= COSEN_THRESHOLD):  # NaN (no matches at all) is maximal entropy: keep
+                if np.isfinite(value):
+                    out[int(b0) : int(b1)] = False
+    return out
+
+
 def _longest_run(mask: BoolArray, weights: FloatArray) -> float:
     """Largest sum of ``weights`` over a run of consecutive True in ``mask``."""
     if not mask.any():
@@ -190,13 +296,14 @@ def _longest_run(mask: BoolArray, weights: FloatArray) -> float:
     return float(np.max(csum[ends] - csum[starts]))
 
 
-def screen_af(rr_s: npt.ArrayLike) -> AfResult:
+def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool = True) -> AfResult:
     """Screen a window of successive RR / inter-beat intervals (seconds) for atrial fibrillation.
 
-    Non-finite intervals and intervals outside ``[RR_MIN_S, RR_MAX_S]`` are artefacts: they get
-    ``af_mask = False``, do not count towards ``burden``, and lower ``quality``; the detector runs on
-    the remaining intervals joined together. Raises ``ValueError`` only when ``rr_s`` is not a
-    one-dimensional sequence of numbers.
+    Steps: intervals split by a false beat detection are joined (:func:`merge_extra_beats`, skipped
+    with ``merge_extra=False``); then non-finite intervals and intervals outside
+    ``[RR_MIN_S, RR_MAX_S]`` are artefacts: they get ``af_mask = False``, do not count towards
+    ``burden``, and lower ``quality``; the detector runs on the remaining intervals joined together.
+    Raises ``ValueError`` only when ``rr_s`` is not a one-dimensional sequence of numbers.
     """
     try:
         rr = np.asarray(rr_s, dtype=np.float64)
@@ -206,31 +313,54 @@ def screen_af(rr_s: npt.ArrayLike) -> AfResult:
         raise ValueError(f"rr_s must be one-dimensional, got shape {rr.shape}")
     n = int(rr.shape[0])
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(rr) & (rr >= RR_MIN_S) & (rr <= RR_MAX_S)
-    clean = rr[valid]
+        sized = np.isfinite(rr) & (rr > 0)
+    sized_idx = np.flatnonzero(sized)
+    # owner[k]: index (in the series the detector sees) of the interval that input k belongs to, -1 for
+    # intervals that cannot be sized at all.
+    owner = np.full(n, -1, dtype=np.intp)
+    if merge_extra and sized_idx.shape[0] >= 2:
+        joined, starts = merge_extra_beats(rr[sized_idx])
+        group = np.zeros(sized_idx.shape[0], dtype=np.intp)
+        group[starts[1:]] = 1
+        owner[sized_idx] = np.cumsum(group)
+    else:
+        joined = rr[sized_idx]
+        owner[sized_idx] = np.arange(sized_idx.shape[0], dtype=np.intp)
+    valid = (joined >= RR_MIN_S) & (joined <= RR_MAX_S)
+    clean = joined[valid]
     n_valid = int(clean.shape[0])
     duration = float(clean.sum())
-    # Time the window spans: plausible intervals plus the implausible ones we can size (finite and
-    # positive, capped so one absurd value does not hide a whole window of good data).
-    with np.errstate(invalid="ignore"):
-        bad = rr[~valid]
-        bad_time = float(np.clip(bad[np.isfinite(bad) & (bad > 0)], 0.0, RR_MAX_S).sum())
-        n_unsized = int(np.count_nonzero(~(np.isfinite(bad) & (bad > 0))))
+    # Time the window spans: plausible intervals plus the implausible ones we can size (capped so one
+    # absurd value does not hide a whole window of good data), plus a mean interval per unsized one.
+    bad_time = float(np.minimum(joined[~valid], RR_MAX_S).sum())
+    n_unsized = n - int(sized_idx.shape[0])
     mean_rr = duration / n_valid if n_valid else 1.0
     total = duration + bad_time + n_unsized * mean_rr
     quality = duration / total if total > 0 else 0.0
 
-    mask = np.zeros(n, dtype=bool)
-    score = np.full(n, np.nan)
+    o_joined = np.full(joined.shape[0], np.nan)
+    af_joined = np.zeros(joined.shape[0], dtype=bool)
+
+    def per_input() -> tuple[BoolArray, FloatArray]:
+        mask = np.zeros(n, dtype=bool)
+        score = np.full(n, np.nan)
+        mask[sized_idx] = af_joined[owner[sized_idx]]
+        score[sized_idx] = o_joined[owner[sized_idx]]
+        return mask, score
+
     if n_valid < MIN_INTERVALS or duration < MIN_DURATION_S or quality < MIN_QUALITY:
         if n_valid >= 1:
-            score[valid] = af_decision(clean)
+            o_joined[valid] = af_decision(clean)
+        mask, score = per_input()
         return AfResult(mask, 0.0, "insufficient", quality, n, n_valid, duration, 0.0, 0.0, 0.0, 0.0, score)
 
     o = af_decision(clean)
     af_clean = o > ETA
-    mask[valid] = af_clean
-    score[valid] = o
+    if cosen_veto:
+        af_clean = _cosen_veto(clean, af_clean)
+    o_joined[valid] = o
+    af_joined[valid] = af_clean
+    mask, score = per_input()
     af_time = float(clean[af_clean].sum())
     burden = af_time / duration
     longest = _longest_run(af_clean, clean)
