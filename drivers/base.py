@@ -172,6 +172,10 @@ DRIVERS: dict[str, str] = {
     "serial-cms50": "drivers.serial.cms50:Cms50Driver",
     "serial-cms50-legacy": "drivers.serial.cms50:Cms50LegacyDriver",
     "serial-bp": "drivers.serial.bpm:SerialBpDriver",
+    "ble-wrist": "drivers.ble.wrist:WristMonitorDriver",
+    "ble-bp-cuff": "drivers.ble.cuff:BpCuffDriver",
+    "ble-sos": "drivers.ble.sos:SosPendantDriver",
+    "ble-sos-notify": "drivers.ble.sos:SosNotifyDriver",
 }
 
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bleak import BleakScanner
+from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import (
@@ -47,7 +47,17 @@ from bleak.exc import (
 from drivers.base import DeviceConfigError, DriverError, TransientDeviceError
 from drivers.reconnect import Backoff
 
+_retry: Any
+try:  # the library Home Assistant uses for exactly this (docs/ble.md, "Connecting")
+    import bleak_retry_connector as _retry
+except ImportError:  # pragma: no cover - the plain bleak path below is used instead
+    _retry = None
+
 log = logging.getLogger(__name__)
+
+_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    (_retry.BleakNotFoundError, _retry.BleakConnectionError, _retry.BleakAbortedError) if _retry is not None else ()
+)
 
 # --------------------------------------------------------------------------------------------------
 # Errors
@@ -130,6 +140,10 @@ def classify(exc: BaseException, what: str) -> DriverError:
     """A typed driver error for an exception out of bleak, dbus-fast or the OS."""
     if isinstance(exc, DriverError):
         return exc
+    if _RETRY_ERRORS and isinstance(exc, _RETRY_ERRORS) and exc.__cause__ is not None:
+        # bleak-retry-connector gives up with its own error type; the typed cause says what it was.
+        if isinstance(exc.__cause__, Exception) and exc.__cause__ is not exc:
+            return classify(exc.__cause__, what)
     if isinstance(exc, BleakBluetoothNotAvailableError):
         if exc.reason is BleakBluetoothNotAvailableReason.DENIED_BY_SYSTEM:
             return BluetoothPermissionDenied(f"{what}: BlueZ refused access ({exc}): allow the service user on D-Bus")
@@ -287,6 +301,7 @@ class ScanHub:
         self.sightings: dict[str, Sighting] = {}
         self.stats = HubStats()
         self.generation = 0  # +1 each time BlueZ leaves or joins the bus
+        self.moved_at = 0.0  # monotonic time of the last change of BlueZ on the bus
         self.scanning = False
         self._listeners: dict[str, list[AdvCallback]] = {}
         self._users = 0
@@ -516,11 +531,61 @@ class ScanHub:
 
     def _bluez_moved(self, new_owner: str) -> None:
         self.generation += 1
+        self.moved_at = time.monotonic()
         self.stats.bluez_restarts += 1
         log.warning("BlueZ %s the bus: every BLE link restarts", "joined" if new_owner else "left")
         self._restart.set()
         for cb in list(self._bluez_changed):
             cb(self.generation)
+
+
+# --------------------------------------------------------------------------------------------------
+# Connecting
+# --------------------------------------------------------------------------------------------------
+
+
+async def connect_client(
+    device: BLEDevice,
+    name: str,
+    *,
+    pair: bool,
+    timeout_s: float,
+    disconnected_callback: Callable[[BleakClient], None],
+    attempts: int = 2,
+) -> BleakClient:
+    """A connected :class:`BleakClient` for ``device``.
+
+    With bleak-retry-connector installed (the default), its ``establish_connection`` makes the
+    attempt: it reuses a link BlueZ still holds from an earlier session, waits for BlueZ to report
+    ``Connected=False`` after ``le-connection-abort-by-local`` before trying again, and backs off per
+    error kind. ``attempts`` stays small: the driver's :class:`~drivers.reconnect.Reconnector` owns
+    the long-term schedule (backoff with jitter, state reporting). Without the library one plain
+    ``connect`` is made. Raises what bleak raises; callers :func:`classify` it.
+    """
+    async with asyncio.timeout(timeout_s * (attempts + 1)):
+        if _retry is not None:
+            client: BleakClient = await _retry.establish_connection(
+                BleakClient,
+                device,
+                name,
+                disconnected_callback=disconnected_callback,
+                max_attempts=attempts,
+                use_services_cache=False,
+                pair=pair,
+                timeout=timeout_s,
+            )
+            return client
+        client = BleakClient(device, disconnected_callback=disconnected_callback, pair=pair, timeout=timeout_s)
+        await client.connect()
+        return client
+
+
+async def disconnect_client(client: BleakClient, owner: str) -> None:
+    """Disconnect, never raising: a link BlueZ already dropped (or BlueZ itself gone) is fine."""
+    try:
+        await asyncio.wait_for(client.disconnect(), 5.0)
+    except BLEAK_FAILURES as exc:
+        log.debug("device %s: disconnect: %s", owner, classify(exc, "disconnect"))
 
 
 def _gone(bus: Any) -> Coroutine[Any, Any, None]:
@@ -573,4 +638,6 @@ __all__ = [
     "Sighting",
     "classify",
     "close_bleak",
+    "connect_client",
+    "disconnect_client",
 ]

@@ -659,7 +659,7 @@ class VirtualBlueZ:
                 # The peripheral lost its keys (reset by the user): encryption fails, link drops.
                 p.count("key_missing")
                 await self._link_down(d, "key missing")
-                raise DBusError(ERR_FAILED, "Authentication Failed (key missing)")
+                raise DBusError(ERR_AUTH_FAILED, "Authentication Failed (key missing)")
             self._export_gatt(d)
             d.services_resolved = True
             self._emit(d.iface, {"ServicesResolved": True})
@@ -677,7 +677,7 @@ class VirtualBlueZ:
             d.cancel.set()
             return
         if not d.connected:
-            raise DBusError(ERR_NOT_CONNECTED, "Not Connected")
+            return  # bluetoothd answers a Disconnect of a device that is not connected with success
         await self._link_down(d, "local disconnect")
 
     async def pair(self, d: DeviceObj) -> None:

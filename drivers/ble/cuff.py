@@ -1,0 +1,277 @@
+"""BLE blood-pressure cuff: the Blood Pressure Service (Omron, A&D and others), bonded.
+
+On every connection the driver
+1. pairs when not bonded yet (BPS characteristics need an encrypted link); a cuff that lost its keys
+   (reset by the user) fails authentication: the old bond is removed and the next connection pairs
+   again;
+2. subscribes to Blood Pressure Measurement (indications: a live measurement, or on older cuffs every
+   stored one), Intermediate Cuff Pressure (counted only) and, when the cuff has them, the BPS 1.1
+   Blood Pressure Record and the Record Access Control Point;
+3. sets the cuff's clock through Current Time (local time of ``timezone``) when the cuff lets it be
+   written, so that the times of later records are right;
+4. asks for the stored records it has not fetched yet (RACP "report records with sequence number >=
+   next"), and waits for the RACP response.
+
+Every record is emitted once: a ledger (``state_path``, kept in the gateway's data directory)
+remembers each record by its cuff timestamp and sequence number, and each measurement by its
+timestamp and values (a live indication and the same measurement later fetched as a stored record
+are one reading). Readings keep the cuff's capture time, so a record measured hours ago reaches the
+cloud as ``historical``; their ``source_id`` is the record's identity, so a re-send has the same
+msg_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import zoneinfo
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bleak import BleakClient
+
+from drivers.base import DeviceConfigError, DeviceSpec, Measurement, ReadingSink
+from drivers.ble import gatt
+from drivers.ble.driver import BLE_OPTIONS, BleDriver
+from drivers.ble.stack import BLEAK_FAILURES, NotBonded, ProcedureFailed, classify
+from drivers.serial.cms50 import FetchLedger
+
+log = logging.getLogger(__name__)
+
+LOINC_SYSTOLIC = "8480-6"
+LOINC_DIASTOLIC = "8462-4"
+LOINC_MEAN = "8478-0"
+LOINC_PULSE = "8867-4"
+UNIT_PRESSURE = "mm[Hg]"
+UNIT_PER_MIN = "/min"
+
+
+def measurement_key(m: gatt.BloodPressureMeasurement) -> str:
+    """Identity of a measurement by its cuff timestamp and values."""
+    ts = m.timestamp.as_datetime() if m.timestamp is not None else None
+    when = ts.strftime("%Y%m%dT%H%M%S") if ts is not None else "no-time"
+    return f"bps:{when}:{m.systolic}/{m.diastolic}/{m.pulse_rate}:{m.user_id}"
+
+
+def record_key(rec: gatt.BloodPressureRecord) -> str:
+    """Identity of a stored record by its sequence number and cuff timestamp."""
+    m = rec.measurement
+    ts = m.timestamp.as_datetime() if m is not None and m.timestamp is not None else None
+    when = ts.strftime("%Y%m%dT%H%M%S") if ts is not None else "no-time"
+    return f"rec:{rec.sequence}:{when}"
+
+
+def bp_measurements(
+    device_id: str,
+    m: gatt.BloodPressureMeasurement,
+    *,
+    tz: dt.tzinfo,
+    now: float,
+    source_id: str,
+    extra: Mapping[str, Any],
+) -> list[Measurement]:
+    """The observations of one cuff measurement, in mmHg, at the cuff's capture time (``now`` when
+    it has no timestamp)."""
+    ts = m.timestamp.as_datetime() if m.timestamp is not None else None
+    at = ts.replace(tzinfo=tz).timestamp() if ts is not None else now
+    facts: dict[str, Any] = dict(extra)
+    if m.status:
+        facts["status"] = sorted(m.status)
+    if m.user_id is not None and m.user_id != 0xFF:
+        facts["user_id"] = m.user_id
+    out: list[Measurement] = []
+    for code, value in (
+        (LOINC_SYSTOLIC, m.in_mmhg(m.systolic)),
+        (LOINC_DIASTOLIC, m.in_mmhg(m.diastolic)),
+        (LOINC_MEAN, m.in_mmhg(m.mean_arterial_pressure)),
+    ):
+        if value is not None:
+            out.append(Measurement(device_id, code, value, UNIT_PRESSURE, at, extra=facts, source_id=source_id))
+    if m.pulse_rate is not None:
+        out.append(
+            Measurement(device_id, LOINC_PULSE, m.pulse_rate, UNIT_PER_MIN, at, extra=facts, source_id=source_id)
+        )
+    return out
+
+
+def _zone(name: str) -> dt.tzinfo:
+    if not name:
+        local = dt.datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise DeviceConfigError(f"unknown timezone {name!r}") from exc
+
+
+class BpCuffDriver(BleDriver):
+    """Options: the BLE keys, ``timezone`` (IANA name of the cuff's clock; default the gateway's),
+    ``set_clock`` (write Current Time on connect, default true), ``state_path`` (ledger of records
+    emitted; set by the gateway), ``racp_timeout_s`` (one record transfer, default 30)."""
+
+    kind: ClassVar[str] = "ble-bp-cuff"
+    priority: ClassVar[int] = 1
+    pair: ClassVar[bool] = True
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
+        **BLE_OPTIONS,
+        "timezone": (str, ""),
+        "set_clock": (bool, True),
+        "state_path": (str, ""),
+        "racp_timeout_s": ((int, float), 30.0),
+    }
+
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
+        super().__init__(spec, sink, clock)
+        opts = spec.options
+        self.tz_name = str(opts.get("timezone", ""))
+        self.set_clock = bool(opts.get("set_clock", True))
+        self.racp_timeout_s = float(opts.get("racp_timeout_s", 30.0))
+        state = str(opts.get("state_path", ""))
+        self.ledger = FetchLedger(Path(state) if state else None, max_entries=4096, owner=self.device_id)
+        self.ledger.load()
+        self.tz: dt.tzinfo = dt.UTC
+        self.records_emitted = 0
+        self.measurements_emitted = 0
+        self._racp: asyncio.Queue[gatt.RacpResponse] = asyncio.Queue()
+        self._unpair_next = False
+
+    def check_options(self) -> None:
+        super().check_options()
+        self.tz = _zone(self.tz_name)
+
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(super().counters())
+        merged["records_emitted"] = self.records_emitted
+        merged["measurements_emitted"] = self.measurements_emitted
+        return merged
+
+    async def _session(self) -> None:
+        if self._unpair_next:
+            await self._forget_bond()
+        try:
+            await super()._session()
+        except NotBonded:
+            # The cuff no longer knows our keys (or refused them): pair again from scratch next time.
+            self._unpair_next = True
+            raise
+
+    async def _forget_bond(self) -> None:
+        sighting = await self.find()
+        client = BleakClient(sighting.device)
+        try:
+            await asyncio.wait_for(client.unpair(), 10.0)
+            log.info("device %s: removed the old bond, pairing again", self.device_id)
+            self.count("bonds_removed")
+        except BLEAK_FAILURES as exc:
+            log.debug("device %s: remove bond: %s", self.device_id, classify(exc, "unpair"))
+        self._unpair_next = False
+
+    async def setup(self, client: BleakClient) -> None:
+        self._racp = asyncio.Queue()
+        await self.subscribe(client, gatt.BLOOD_PRESSURE_MEASUREMENT, self.on_measurement)
+        await self.subscribe(client, gatt.INTERMEDIATE_CUFF_PRESSURE, lambda _data: self.count("cuff_pressures"))
+        await self.read_battery(client)
+        if self.set_clock:
+            await self._set_clock(client)
+        has_records = await self.subscribe(client, gatt.BLOOD_PRESSURE_RECORD, self.on_record)
+        has_racp = has_records and await self.subscribe(client, gatt.RECORD_ACCESS_CONTROL_POINT, self.on_racp)
+        if has_racp:
+            await self.fetch(client)
+
+    async def _set_clock(self, client: BleakClient) -> None:
+        char = client.services.get_characteristic(gatt.CURRENT_TIME)
+        if char is None or not {"write", "write-without-response"} & set(char.properties):
+            return
+        value = gatt.encode_current_time(dt.datetime.now(self.tz).replace(tzinfo=None))
+        try:
+            await client.write_gatt_char(char, value, response="write" in char.properties)
+        except BLEAK_FAILURES as exc:
+            self.count("clock_set_failures")
+            log.debug("device %s: set clock: %s", self.device_id, classify(exc, "write current time"))
+            return
+        self.count("clock_sets")
+
+    def _next_sequence(self) -> int | None:
+        seqs = [int(k.split(":")[1]) for k in self.ledger.done if k.startswith("rec:")]
+        return max(seqs) + 1 if seqs else None
+
+    async def fetch(self, client: BleakClient) -> None:
+        """Ask for the records not fetched yet and wait until the cuff says it sent them all."""
+        first = self._next_sequence()
+        request = (
+            gatt.racp_request(gatt.RacpOp.REPORT_STORED_RECORDS, gatt.RacpOperator.ALL_RECORDS)
+            if first is None or first > 0xFFFF
+            else gatt.racp_report_from_sequence(first)
+        )
+        before = self.records_emitted
+        await client.write_gatt_char(gatt.RECORD_ACCESS_CONTROL_POINT, request, response=True)
+        try:
+            async with asyncio.timeout(self.racp_timeout_s):
+                while True:
+                    reply = await self._racp.get()
+                    if (
+                        isinstance(reply, gatt.RacpResponseCode)
+                        and reply.request_op == gatt.RacpOp.REPORT_STORED_RECORDS
+                    ):
+                        break
+        except TimeoutError:
+            raise ProcedureFailed(f"{self.address}: no RACP response in {self.racp_timeout_s:.0f} s") from None
+        finally:
+            self.ledger.save()
+        if reply.status not in ("success", "no_records_found"):
+            self.count("racp_errors")
+            log.warning("device %s: record transfer refused: %s", self.device_id, reply.status)
+        new = self.records_emitted - before
+        if new:
+            log.info("device %s: %d stored blood-pressure records fetched", self.device_id, new)
+
+    # -- notifications ----------------------------------------------------------------------------
+
+    def on_racp(self, data: bytes) -> None:
+        try:
+            self._racp.put_nowait(gatt.decode_racp_response(data))
+        except gatt.GattDecodeError as exc:
+            self.count("bad_values")
+            log.debug("device %s: %s", self.device_id, exc)
+
+    def on_record(self, data: bytes) -> None:
+        try:
+            rec = gatt.decode_blood_pressure_record(data)
+        except gatt.GattDecodeError as exc:
+            self.count("bad_values")
+            log.debug("device %s: %s", self.device_id, exc)
+            return
+        if rec.measurement is None:
+            self.count("unsupported_records")  # segmented or another record type
+            return
+        rkey, mkey = record_key(rec), measurement_key(rec.measurement)
+        if self.ledger.emitted(rkey) or self.ledger.emitted(mkey):
+            self.count("duplicate_records")
+            self.ledger.mark(rkey, 1, save=False)
+            return
+        self._emit(rec.measurement, mkey, {"stored": True, "sequence": rec.sequence})
+        self.ledger.mark(rkey, 1, save=False)
+        self.records_emitted += 1
+
+    def on_measurement(self, data: bytes) -> None:
+        try:
+            m = gatt.decode_blood_pressure_measurement(data)
+        except gatt.GattDecodeError as exc:
+            self.count("bad_values")
+            log.debug("device %s: %s", self.device_id, exc)
+            return
+        key = measurement_key(m)
+        if self.ledger.emitted(key):
+            self.count("duplicate_measurements")
+            return
+        self._emit(m, key, {})
+        self.ledger.save()
+
+    def _emit(self, m: gatt.BloodPressureMeasurement, key: str, extra: Mapping[str, Any]) -> None:
+        for reading in bp_measurements(self.device_id, m, tz=self.tz, now=self.clock(), source_id=key, extra=extra):
+            self.sink(reading)
+        self.ledger.mark(key, 1, save=False)
+        self.measurements_emitted += 1

@@ -1,0 +1,308 @@
+"""The base of every BLE device driver: find the device through the shared scanner, take a slot of
+the adapter's connection budget, connect (bleak-retry-connector), let the device kind set up its
+subscriptions, serve until the link ends, and report the link on ``device/{id}/state``.
+
+The per-device state machine is :class:`drivers.reconnect.Reconnector` (``connecting`` ->
+``connected`` -> ``backoff`` ...), with full-jitter backoff capped at ``backoff_cap_s`` so that a
+device that comes back is reconnected well within 30 s. Errors are typed
+(:mod:`drivers.ble.stack`): a link that ends for any reason raises a :class:`~drivers.ble.stack.BleError`
+subclass, never a bleak or D-Bus exception.
+
+State reports (:class:`drivers.base.DeviceStatus`) carry the battery level, the RSSI of the last
+advertisement, and in ``counters`` the link counters and ``last_seen_age_s`` (seconds between the
+last advertisement or notification and the report). They are sent on every change of state and
+every ``status_interval_s`` while connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from bleak import BleakClient
+from bleak.backends.characteristic import BleakGATTCharacteristic
+
+from drivers.base import DeviceConfigError, DeviceSpec, DeviceStatus, Driver, DriverError, LinkState, ReadingSink
+from drivers.ble import gatt
+from drivers.ble.stack import (
+    BLEAK_FAILURES,
+    ConnectionBudget,
+    DeviceNotSeen,
+    LinkLost,
+    ScanHub,
+    Sighting,
+    classify,
+    connect_client,
+    disconnect_client,
+    normalize_address,
+)
+from drivers.reconnect import Backoff, ConnState, Reconnector
+
+log = logging.getLogger(__name__)
+
+ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+BLE_OPTIONS: Mapping[str, tuple[type | tuple[type, ...], Any]] = {
+    "address": (str, None),  # AA:BB:CC:DD:EE:FF
+    "adapter": (str, ""),  # "hci0"...; "" = the first powered adapter
+    "max_connections": (int, 5),  # simultaneous links on that adapter, for the whole gateway
+    "watchdog_s": ((int, float), 30.0),  # restart discovery when nothing at all was heard for this long
+    "find_timeout_s": ((int, float), 30.0),  # wait this long for an advertisement before backing off
+    "connect_timeout_s": ((int, float), 20.0),  # one connection attempt, service discovery included
+    "backoff_cap_s": ((int, float), 8.0),  # reconnect delay cap (full jitter below it)
+    "status_interval_s": ((int, float), 300.0),  # state report while connected
+}
+
+NotifyHandler = Callable[[bytes], None]
+
+
+def _opt_float(options: Mapping[str, Any], key: str) -> float:
+    default = BLE_OPTIONS[key][1]
+    return float(options.get(key, default))
+
+
+class BleDriver(Driver):
+    """Connected BLE devices. Subclasses implement :meth:`setup` (subscribe, read, fetch) and may
+    override :meth:`serve` (default: report state periodically until the link ends)."""
+
+    transport: ClassVar[str] = "ble"
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = BLE_OPTIONS
+    priority: ClassVar[int] = 5  # connection budget: lower first (SOS 0, cuffs 1, wrist monitors 2)
+    pair: ClassVar[bool] = False  # pair (bond) on connect when not bonded yet
+
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
+        super().__init__(spec, sink, clock)
+        opts = spec.options
+        self.address = normalize_address(str(opts.get("address") or ""))
+        self.adapter = str(opts.get("adapter", ""))
+        self.max_connections = int(opts.get("max_connections", 5))
+        self.watchdog_s = _opt_float(opts, "watchdog_s")
+        self.find_timeout_s = _opt_float(opts, "find_timeout_s")
+        self.connect_timeout_s = _opt_float(opts, "connect_timeout_s")
+        self.status_interval_s = _opt_float(opts, "status_interval_s")
+        self.reconnector = Reconnector(
+            f"device {spec.id}",
+            self._session,
+            backoff=Backoff(base_s=0.5, cap_s=_opt_float(opts, "backoff_cap_s")),
+            config_retry_s=30.0,
+            stable_after_s=10.0,
+            on_state=self._on_state,
+        )
+        self.battery: int | None = None
+        self.rssi: int | None = None
+        self.last_seen: float | None = None  # monotonic
+        self.hub: ScanHub | None = None
+        self.client: BleakClient | None = None
+        self._counters: dict[str, int] = {}
+        self._last_reported: tuple[LinkState, str | None] | None = None
+        self._link_lost = asyncio.Event()
+
+    # -- counters and state ---------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._counters[name] = self._counters.get(name, 0) + n
+
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(self._counters)
+        merged["connects"] = self.reconnector.connects
+        merged["disconnects"] = self.reconnector.unexpected_disconnects
+        merged["failures"] = self.reconnector.failures
+        if self.last_seen is not None:
+            merged["last_seen_age_s"] = max(0, round(time.monotonic() - self.last_seen))
+        return merged
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def report(self, state: LinkState, reason: str | None, *, force: bool = False) -> None:
+        if not force and (state, reason) == self._last_reported:
+            return
+        self._last_reported = (state, reason)
+        self.sink(
+            DeviceStatus(
+                device_id=self.device_id,
+                captured_at=self.clock(),
+                state=state,
+                reason=reason,
+                battery_percent=self.battery,
+                rssi_dbm=self.rssi,
+                counters=self.counters(),
+            )
+        )
+
+    def _on_state(self, state: ConnState, error: BaseException | None) -> None:
+        link = {
+            ConnState.CONNECTED: LinkState.CONNECTED,
+            ConnState.CONNECTING: None,
+            ConnState.IDLE: None,
+        }.get(state, LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED)
+        if link is None:
+            return
+        reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
+        self.report(link, reason)
+
+    # -- advertisements -------------------------------------------------------------------------
+
+    def on_advertisement(self, s: Sighting) -> None:
+        """Every advertisement of this device (the SOS pendant reads its press counter here)."""
+        self.rssi = s.adv.rssi
+        self.seen()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def check_options(self) -> None:
+        if not ADDRESS_RE.match(self.address):
+            raise DeviceConfigError(f"address {self.address!r}: expected six hex bytes, e.g. C0:FF:EE:00:00:01")
+
+    async def run(self) -> None:
+        self.check_options()
+        self.hub = ScanHub.for_adapter(self.adapter, watchdog_s=self.watchdog_s)
+        async with self.hub.watch(self.address, self.on_advertisement):
+            unsubscribe = self.hub.on_bluez_change(lambda _generation: self._link_lost.set())
+            try:
+                await self.run_watched()
+            finally:
+                unsubscribe()
+
+    async def run_watched(self) -> None:
+        """Runs while the scanner watches this device (connected kinds: the reconnect loop)."""
+        await self.reconnector.run()
+
+    async def find(self) -> Sighting:
+        """A recent advertisement of the device (younger than 5 s and than BlueZ's last restart)."""
+        assert self.hub is not None
+        newer_than = max(time.monotonic() - 5.0, self.hub.moved_at)
+        try:
+            return await self.hub.wait_for(self.address, newer_than=newer_than, limit_s=self.find_timeout_s)
+        except TimeoutError:
+            raise DeviceNotSeen(f"{self.address} not heard for {self.find_timeout_s:.0f} s") from None
+
+    async def _session(self) -> None:
+        assert self.hub is not None
+        sighting = await self.find()
+        budget = ConnectionBudget.for_adapter(self.adapter, self.max_connections)
+        async with budget.slot(self.device_id, self.priority):
+            self._link_lost = asyncio.Event()
+            lost = self._link_lost
+
+            def on_disconnect(_client: BleakClient) -> None:
+                lost.set()
+
+            try:
+                client = await connect_client(
+                    sighting.device,
+                    self.device_id,
+                    pair=self.pair,
+                    timeout_s=self.connect_timeout_s,
+                    disconnected_callback=on_disconnect,
+                )
+            except BLEAK_FAILURES as exc:
+                raise classify(exc, f"connect {self.address}") from exc
+            self.client = client
+            try:
+                await self._setup_unless_lost(client, lost)
+                self.seen()
+                self.reconnector.mark_connected()
+                log.info("device %s: connected to %s", self.device_id, self.address)
+                await self._serve_until_lost(client, lost)
+            finally:
+                self.client = None
+                await self.teardown()
+                await disconnect_client(client, self.device_id)
+
+    async def _setup_unless_lost(self, client: BleakClient, lost: asyncio.Event) -> None:
+        """:meth:`setup`, abandoned when the link drops meanwhile (a record transfer cut short)."""
+        setting_up = asyncio.ensure_future(self.setup(client))
+        waiting = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({setting_up, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            if not setting_up.done():
+                setting_up.cancel()
+            for t in (setting_up, waiting):
+                with contextlib.suppress(asyncio.CancelledError, *BLEAK_FAILURES, DriverError):
+                    await t
+        if lost.is_set():
+            raise LinkLost(f"{self.address}: link lost during set-up")
+        exc = setting_up.exception()
+        if exc is not None:
+            if isinstance(exc, BLEAK_FAILURES):
+                raise classify(exc, f"set up {self.address}") from exc
+            raise exc
+
+    async def _serve_until_lost(self, client: BleakClient, lost: asyncio.Event) -> None:
+        serving = asyncio.ensure_future(self.serve(client))
+        waiting = asyncio.ensure_future(lost.wait())
+        try:
+            done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (serving, waiting):
+                t.cancel()
+            for t in (serving, waiting):
+                with contextlib.suppress(asyncio.CancelledError, *BLEAK_FAILURES):
+                    await t
+        if serving in done and not serving.cancelled():
+            exc = serving.exception()
+            if exc is not None:
+                if isinstance(exc, BLEAK_FAILURES):
+                    raise classify(exc, f"serve {self.address}") from exc
+                raise exc
+        raise LinkLost(f"{self.address}: link lost")
+
+    # -- for subclasses ---------------------------------------------------------------------------
+
+    async def setup(self, client: BleakClient) -> None:
+        """Subscribe, read, fetch: the link counts as up when this returns."""
+
+    async def teardown(self) -> None:
+        """The link ended (flush partial blocks...)."""
+
+    async def serve(self, client: BleakClient) -> None:
+        """While connected: periodic state reports (battery, RSSI). Returns never; the link ending
+        cancels it."""
+        while True:
+            await asyncio.sleep(self.status_interval_s)
+            self.report(LinkState.CONNECTED, None, force=True)
+
+    async def subscribe(self, client: BleakClient, uuid: str, handler: NotifyHandler) -> bool:
+        """Notifications of ``uuid`` to ``handler`` (bytes in); False when the device lacks it."""
+        char = client.services.get_characteristic(uuid)
+        if char is None:
+            return False
+
+        def callback(_char: BleakGATTCharacteristic, data: bytearray) -> None:
+            self.seen()
+            handler(bytes(data))
+
+        await client.start_notify(char, callback)
+        return True
+
+    async def read_battery(self, client: BleakClient) -> None:
+        char = client.services.get_characteristic(gatt.BATTERY_LEVEL)
+        if char is None:
+            return
+        try:
+            self.on_battery(bytes(await client.read_gatt_char(char)))
+        except BLEAK_FAILURES as exc:
+            self.count("read_failures")
+            log.debug("device %s: battery read: %s", self.device_id, classify(exc, "read battery"))
+        if "notify" in char.properties:
+            await self.subscribe(client, gatt.BATTERY_LEVEL, self.on_battery)
+
+    def on_battery(self, data: bytes) -> None:
+        try:
+            level = gatt.decode_battery_level(data).percent
+        except gatt.GattDecodeError as exc:
+            self.count("bad_values")
+            log.debug("device %s: %s", self.device_id, exc)
+            return
+        if level != self.battery:
+            self.battery = level
+            if self._last_reported is not None and self._last_reported[0] is LinkState.CONNECTED:
+                self.report(LinkState.CONNECTED, None, force=True)

@@ -1,0 +1,248 @@
+"""BLE wrist monitor: Heart Rate Service with RR intervals, Pulse Oximeter Service (PLX continuous),
+Battery, and the vendor-neutral raw PPG service of docs/ble.md.
+
+- Heart Rate Measurement -> :class:`~drivers.base.BeatIntervals` for every notification that carries
+  RR intervals (the DSP's AF screening wants every beat), and a heart-rate
+  :class:`~drivers.base.Measurement` (``method="device"``) at most every ``report_every_s``;
+  a value sent while the sensor reports no skin contact is dropped and counted.
+- PLX Continuous -> an SpO2 Measurement at most every ``report_every_s``; values whose status says
+  they are unusable (sensor off, calibrating, demonstration data...) are dropped and counted. Its
+  pulse rate is reported only by a device without the Heart Rate Service.
+- Raw PPG frames -> :class:`~drivers.base.Waveform` blocks of ``ppg_block_s`` with channels
+  ``red``/``ir``/``green`` (those the device sends), ``fs`` from the frame and ``first_index`` the
+  device's sample counter (unwrapped past 2**32), so the DSP sees gaps instead of guessing. The
+  assembly is the pure :class:`PpgAssembler`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bleak import BleakClient
+
+from drivers.base import BeatIntervals, DeviceSpec, Measurement, ReadingSink, Waveform
+from drivers.ble import gatt
+from drivers.ble.driver import BLE_OPTIONS, BleDriver
+
+log = logging.getLogger(__name__)
+
+LOINC_HEART_RATE = "8867-4"
+LOINC_SPO2 = "59408-5"
+UNIT_PER_MIN = "/min"
+UNIT_PERCENT = "%"
+
+_WRAP = 1 << 32
+
+
+@dataclass
+class PpgStats:
+    frames: int = 0
+    samples: int = 0
+    blocks: int = 0
+    gap_samples: int = 0  # samples the device counted that never arrived, while connected
+    stale_frames: int = 0  # frames older than what was already received (dropped)
+    restarts: int = 0  # the device's counter started again (reboot)
+
+
+@dataclass
+class PpgAssembler:
+    """Raw PPG frames -> Waveform blocks (pure: arrival times are given by the caller).
+
+    Samples are timed from an anchor (arrival time of a frame minus its duration), by their index at
+    ``fs``; the anchor moves when arrivals drift from the sample clock by more than
+    ``max_drift_s`` (a stall, a gap, the device's clock running fast or slow).
+    """
+
+    device_id: str
+    block_s: float = 1.0
+    max_drift_s: float = 1.0
+    stats: PpgStats = field(default_factory=PpgStats)
+    _expected: int | None = None  # unwrapped index of the next sample
+    _fs: float | None = None
+    _anchor: tuple[float, int] | None = None  # (time, index)
+    _start: int = 0
+    _names: tuple[str, ...] = ()
+    _buf: dict[str, list[float]] = field(default_factory=dict)
+    _in_session: bool = False
+    _stale_run: int = 0
+
+    def new_session(self) -> None:
+        """The link (re)started: the device's counter jumped meanwhile, which is not a loss."""
+        self._in_session = False
+
+    def feed(self, frame: gatt.PpgFrame, arrival: float) -> list[Waveform]:
+        out: list[Waveform] = []
+        n = frame.n_samples
+        names = tuple(frame.channels)
+        if self._expected is None:
+            index = frame.counter
+        else:
+            delta = (frame.counter - self._expected) % _WRAP
+            if delta >= _WRAP // 2:
+                delta -= _WRAP
+            if delta < 0 and self._in_session and self._stale_run < 3:
+                self._stale_run += 1
+                self.stats.stale_frames += 1
+                return out
+            if delta < 0:
+                # The counter went back for good (the device restarted): a new series.
+                self.stats.restarts += 1
+                self._anchor = None
+            elif delta > 0 and self._in_session:
+                self.stats.gap_samples += delta
+            index = self._expected + delta
+        self._stale_run = 0
+        if index != self._expected or frame.sample_rate_hz != self._fs or names != self._names:
+            out += self.flush()
+            self._start = index
+            if frame.sample_rate_hz != self._fs:
+                self._anchor = None
+            self._fs, self._names = frame.sample_rate_hz, names
+        fs = frame.sample_rate_hz
+        first_t = arrival - n / fs
+        if self._anchor is None or abs(self._time(index) - first_t) > self.max_drift_s:
+            out += self.flush()
+            self._start = index
+            self._anchor = (first_t, index)
+        if not self._buf:
+            self._start = index
+        for name in names:
+            self._buf.setdefault(name, []).extend(float(v) for v in frame.channels[name])
+        self._expected = index + n
+        self._in_session = True
+        self.stats.frames += 1
+        self.stats.samples += n
+        if self._expected - self._start >= max(1, round(self.block_s * fs)):
+            out += self.flush()
+        return out
+
+    def _time(self, index: int) -> float:
+        assert self._anchor is not None and self._fs is not None
+        t0, i0 = self._anchor
+        return t0 + (index - i0) / self._fs
+
+    def flush(self) -> list[Waveform]:
+        if not self._buf or self._fs is None or self._anchor is None:
+            self._buf = {}
+            return []
+        w = Waveform(
+            device_id=self.device_id,
+            captured_at=self._time(self._start),
+            fs=self._fs,
+            channels={k: tuple(v) for k, v in self._buf.items()},
+            first_index=self._start,
+        )
+        self._buf = {}
+        self._start = self._expected if self._expected is not None else 0
+        self.stats.blocks += 1
+        return [w]
+
+
+class RateLimiter:
+    """At most one value per ``every_s`` per key (the latest value wins when due)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+class WristMonitorDriver(BleDriver):
+    """Options: the BLE keys (``address``...), ``report_every_s`` (heart rate and SpO2 observations,
+    default 5), ``ppg`` (stream raw PPG, default true), ``ppg_block_s`` (samples per Waveform, in
+    seconds, default 1)."""
+
+    kind: ClassVar[str] = "ble-wrist"
+    priority: ClassVar[int] = 2
+    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
+        **BLE_OPTIONS,
+        "report_every_s": ((int, float), 5.0),
+        "ppg": (bool, True),
+        "ppg_block_s": ((int, float), 1.0),
+    }
+
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
+        super().__init__(spec, sink, clock)
+        opts = spec.options
+        self.limiter = RateLimiter(float(opts.get("report_every_s", 5.0)))
+        self.ppg_enabled = bool(opts.get("ppg", True))
+        self.ppg = PpgAssembler(self.device_id, block_s=float(opts.get("ppg_block_s", 1.0)))
+        self.has_hrs = False
+
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(super().counters())
+        s = self.ppg.stats
+        merged.update(
+            ppg_frames=s.frames,
+            ppg_gap_samples=s.gap_samples,
+            ppg_stale_frames=s.stale_frames,
+            ppg_restarts=s.restarts,
+        )
+        return merged
+
+    async def setup(self, client: BleakClient) -> None:
+        self.ppg.new_session()
+        self.has_hrs = await self.subscribe(client, gatt.HEART_RATE_MEASUREMENT, self.on_heart_rate)
+        has_plx = await self.subscribe(client, gatt.PLX_CONTINUOUS, self.on_plx)
+        await self.read_battery(client)
+        has_ppg = self.ppg_enabled and await self.subscribe(client, gatt.RAW_PPG_FRAME, self.on_ppg)
+        log.debug("device %s: heart rate %s, PLX %s, raw PPG %s", self.device_id, self.has_hrs, has_plx, bool(has_ppg))
+
+    async def teardown(self) -> None:
+        for w in self.ppg.flush():
+            self.sink(w)
+
+    def _bad(self, exc: gatt.GattDecodeError) -> None:
+        self.count("bad_values")
+        log.debug("device %s: %s", self.device_id, exc)
+
+    def on_heart_rate(self, data: bytes) -> None:
+        try:
+            hrm = gatt.decode_heart_rate_measurement(data)
+        except gatt.GattDecodeError as exc:
+            self._bad(exc)
+            return
+        now = self.clock()
+        if hrm.sensor_contact is False:
+            self.count("no_contact")
+            return
+        if hrm.rr_intervals_s:
+            self.sink(BeatIntervals(self.device_id, now, hrm.rr_intervals_s))
+        if hrm.heart_rate > 0 and self.limiter.due("hr", now):
+            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, float(hrm.heart_rate), UNIT_PER_MIN, now))
+
+    def on_plx(self, data: bytes) -> None:
+        try:
+            plx = gatt.decode_plx_continuous(data)
+        except gatt.GattDecodeError as exc:
+            self._bad(exc)
+            return
+        if plx.status & gatt.PLX_UNUSABLE:
+            self.count("unusable_values")
+            return
+        now = self.clock()
+        extra: dict[str, Any] = {}
+        if plx.pulse_amplitude_index is not None:
+            extra["pulse_amplitude_index"] = plx.pulse_amplitude_index
+        if plx.spo2 is not None and self.limiter.due("spo2", now):
+            self.sink(Measurement(self.device_id, LOINC_SPO2, plx.spo2, UNIT_PERCENT, now, extra=extra))
+        if not self.has_hrs and plx.pulse_rate is not None and self.limiter.due("pr", now):
+            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, plx.pulse_rate, UNIT_PER_MIN, now))
+
+    def on_ppg(self, data: bytes) -> None:
+        try:
+            frame = gatt.decode_ppg_frame(data)
+        except gatt.GattDecodeError as exc:
+            self._bad(exc)
+            return
+        for w in self.ppg.feed(frame, self.clock()):
+            self.sink(w)
