@@ -1,0 +1,153 @@
+"""Signal-quality index (SQI) for PPG: is this window good enough to give a value at all?
+
+A window is *usable* only when all of these hold (each is a published, widely used PPG SQI):
+
+- **Beat-shape consistency** (template matching; Li & Clifford 2012, Orphanidou et al. 2015,
+  IEEE JBHI 19(3):832): each detected pulse is correlated with the window's average pulse; the mean
+  correlation must reach :data:`MIN_TEMPLATE_CORR`. Correlation ignores amplitude, so the smaller pulses
+  of atrial fibrillation or premature beats keep their score; motion and noise do not.
+- **Physiological feasibility** (Orphanidou et al. 2015): at least :data:`MIN_BEATS` beats, heart rate in
+  30-220 /min, no gap between beats longer than :data:`MAX_GAP_S`, and beats present up to both ends of the
+  window (a pulse that disappears half-way is a loose sensor).
+- **No flat line** (a saturated or disconnected sensor): no run of identical samples longer than
+  :data:`MAX_FLAT_S`.
+- **Perfusion** (raw intensity channels only): the pulsatile part must be between :data:`MIN_PERFUSION`
+  and :data:`MAX_PERFUSION` of the DC level. Below, there is no pulse under the sensor (off the skin, or
+  too loose); above, the light reaching the photodiode is ambient light or the sensor is moving.
+- **Accelerometer** (when the device sends motion): the dynamic acceleration (gravity removed) must stay
+  below :data:`MAX_MOTION_G` RMS; wrist motion of that size corrupts PPG far more than it shows in the
+  pulse shape (e.g. Zhang et al. 2015, IEEE TBME 62(2):522, TROIKA).
+
+``score`` (0..1) is the template correlation mapped to 0..1 and zeroed when a rule fails; ``reasons``
+names every failed rule (for counters and debugging, never logged with values at INFO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+MIN_TEMPLATE_CORR = 0.86  # Orphanidou et al. 2015 (their threshold for an acceptable beat-shape agreement)
+MIN_BEATS = 4
+MIN_HR_BPM, MAX_HR_BPM = 30.0, 220.0
+MAX_GAP_S = 3.0  # Orphanidou et al. 2015: no RR above 3 s in a usable window
+MAX_EDGE_S = 2.5  # first/last beat at most this far from the window's ends
+MAX_FLAT_S = 0.5
+MIN_PERFUSION, MAX_PERFUSION = 0.0005, 0.25  # AC/DC, 0.05 % .. 25 %
+MAX_MOTION_G = 0.08  # RMS of dynamic acceleration, in g
+
+
+@dataclass(frozen=True, slots=True)
+class SignalQuality:
+    score: float  # 0..1; 0 when unusable
+    usable: bool
+    reasons: tuple[str, ...] = ()
+    template_corr: float = 0.0
+    motion_g: float | None = None
+    perfusion_index: float | None = None
+
+
+def template_correlation(y: FloatArray, peaks: IntArray, fs: float) -> float:
+    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse."""
+    if len(peaks) < 3:
+        return 0.0
+    ibi = float(np.median(np.diff(peaks)))
+    before, after = max(1, int(0.3 * ibi)), max(2, int(0.55 * ibi))
+    keep = peaks[(peaks - before >= 0) & (peaks + after < len(y))]
+    if len(keep) < 3:
+        return 0.0
+    idx = keep[:, None] + np.arange(-before, after)[None, :]
+    beats = y[idx]
+    beats = beats - beats.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
+    template = beats.mean(axis=0)
+    tn = float(np.sqrt(template @ template))
+    if tn == 0.0 or not np.all(norms > 0):
+        return 0.0
+    corr = (beats @ template) / (norms * tn)
+    return float(np.clip(np.mean(corr), 0.0, 1.0))
+
+
+def longest_flat_run(x: FloatArray) -> int:
+    """Length of the longest run of identical consecutive samples."""
+    if len(x) < 2:
+        return len(x)
+    change = np.flatnonzero(np.diff(x) != 0)
+    edges = np.concatenate(([-1], change, [len(x) - 1]))
+    return int(np.max(np.diff(edges)))
+
+
+def motion_level(accel: npt.ArrayLike) -> float:
+    """RMS of the dynamic acceleration (each axis minus its mean), in the accelerometer's unit (g).
+
+    ``accel`` is (n, 3) or (n,) (a magnitude or a single axis)."""
+    a = np.asarray(accel, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] < 2 or not np.all(np.isfinite(a)):
+        return float("inf")
+    dyn = a - a.mean(axis=0, keepdims=True)
+    return float(np.sqrt(np.mean(np.sum(dyn * dyn, axis=1))))
+
+
+def perfusion_index(raw: FloatArray, ac: FloatArray) -> float:
+    """Pulsatile (5th-95th percentile of the band-passed signal) over DC (mean of the raw signal)."""
+    dc = float(np.mean(raw))
+    if not dc > 0:
+        return 0.0
+    lo, hi = np.percentile(ac, [5.0, 95.0])
+    return float((hi - lo) / dc)
+
+
+def assess(
+    y: FloatArray,
+    peaks: IntArray,
+    fs: float,
+    *,
+    raw: FloatArray | None = None,
+    check_perfusion: bool = False,
+    motion: npt.ArrayLike | None = None,
+) -> SignalQuality:
+    """Quality of a band-passed PPG window ``y`` with detected systolic ``peaks`` (sample indices).
+
+    ``raw`` is the unfiltered window (flat-line check; perfusion when ``check_perfusion``: only for raw
+    optical intensities with a meaningful DC level, not for a device's already normalised pleth)."""
+    reasons: list[str] = []
+    n = len(y)
+    if raw is not None and longest_flat_run(raw) > MAX_FLAT_S * fs:
+        reasons.append("flat")
+    pi: float | None = None
+    if raw is not None and check_perfusion:
+        pi = perfusion_index(raw, y)
+        if pi < MIN_PERFUSION:
+            reasons.append("no-pulse")
+        elif pi > MAX_PERFUSION:
+            reasons.append("ambient-light")
+    mg: float | None = None
+    if motion is not None:
+        mg = motion_level(motion)
+        if not mg <= MAX_MOTION_G:
+            reasons.append("motion")
+    if len(peaks) < MIN_BEATS:
+        reasons.append("too-few-beats")
+    else:
+        ibi = np.diff(peaks) / fs
+        hr = 60.0 / float(np.median(ibi))
+        if not MIN_HR_BPM <= hr <= MAX_HR_BPM:
+            reasons.append("rate-out-of-range")
+        if float(np.max(ibi)) > MAX_GAP_S:
+            reasons.append("gap")
+        edge = MAX_EDGE_S * fs
+        if peaks[0] > edge or (n - 1 - peaks[-1]) > edge:
+            reasons.append("gap")
+    corr = template_correlation(y, peaks, fs)
+    if corr < MIN_TEMPLATE_CORR:
+        reasons.append("shape")
+    score = float(np.clip((corr - 0.5) / 0.5, 0.0, 1.0))
+    usable = not reasons
+    return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi)
