@@ -25,6 +25,7 @@ import datetime as dt
 import enum
 import grp
 import json
+import math
 import os
 import pwd
 import shutil
@@ -45,7 +46,7 @@ from gateway.errors import ConfigError
 Progress = Callable[[str], None]
 
 NET_TIMEOUT_S = 5.0
-CERT_WARN_DAYS = 30
+CERT_WARN_DAYS = 21  # a certificate with fewer days left is a warning: time to get the next one
 OUTBOX_FULL_FRACTION = 0.95  # at or above: the budget is used up and the oldest readings are being dropped
 OUTBOX_HIGH_FRACTION = 0.80
 ALERT_WAITING_FAIL_S = 120.0  # an alert (SOS) undelivered for longer than this is a failure
@@ -300,7 +301,7 @@ def check_clock(timesync_flag: Path = Path("/run/systemd/timesync/synchronized")
     kernel = kernel_clock_synchronised()
     if kernel is not None:
         synced, maxerror_us = kernel
-        how = "the kernel's NTP state (adjtimex, as timedatectl reads it)"
+        how = "the kernel's NTP flag, read with adjtimex as timedatectl does"
         if synced:
             return _ok(
                 "clock",
@@ -643,14 +644,12 @@ def judge_certificate(which: str, cert: CertInfo, path: str, now: dt.datetime | 
         "subject": cert.subject,
         "not_before": cert.not_before.isoformat(),
         "not_after": cert.not_after.isoformat(),
-        "days_left": int(days) if days >= 0 else -int(-days) - 1,
+        "days_left": math.floor(days),
         "source": path,
     }
     action = _CERT_ACTION[which].format(path=path)
     if cert.not_after <= now:
-        return _fail(
-            fid, f"{what} expired on {cert.not_after:%Y-%m-%d} ({int(-days) + 1} days ago).", action, **details
-        )
+        return _fail(fid, f"{what} expired on {cert.not_after:%Y-%m-%d} ({_days_ago(-days)}).", action, **details)
     if cert.not_before > now:
         return _fail(
             fid,
@@ -1215,6 +1214,11 @@ def _parse_time(text: Any) -> float | None:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _days_ago(days: float) -> str:
+    n = int(days)
+    return "today" if n == 0 else ("yesterday" if n == 1 else f"{n} days ago")
 
 
 def _human_age(seconds: Any) -> str:
