@@ -1,0 +1,281 @@
+"""Accuracy of the on-device DSP on public recordings (``../shared/data``, see its README).
+
+AF screening (:func:`gateway.dsp.af.screen_af`):
+
+- **AFDB** (MIT-BIH AF Database, 12 ten-hour records, reference beats and cardiologists' rhythm
+  labels): per-interval sensitivity and specificity for AF (``(AFIB``; flutter and junctional rhythm
+  count as non-AF), pooled over intervals as in Petrenas et al. 2015, and per record. Two ways of
+  running the detector: *record* (one call on the whole 10 h record, the detector's own figure, the
+  one comparable to the published ones) and *stream* (what the daemon does,
+  :class:`gateway.dsp.stream.WristStream`: a 120 s window every 60 s; each interval gets the mask of
+  the window that ends at or after it, i.e. the window that first reports it).
+  The records are split in two halves by sorted name (even positions: *tune*, odd: *test*). The
+  detector's constants come from the papers; the only choices made by looking at data (see
+  docs/dsp-af.md) were made on the tune half, so the test half shows how the figures carry over to
+  records the choices never saw.
+- **NSR** (nsr2db nsr001, about 22 h of sinus rhythm): AF time flagged by the detector, in % of the
+  time and in minutes per day; and the share of 120 s stream windows labelled ``"af"``.
+- **CinC 2017** (half of the 8,528 short recordings, RR from an automatic QRS detector): record-level
+  labels. AF vs not AF: sensitivity (A labelled "af"), specificity against normal (N not labelled
+  "af") and against other rhythms (O not labelled "af"), F1 of the AF class. CinC-style three-class
+  F1 for N/A/O (our "sinus"/"af"/"other"; "insufficient" counts as the noise class ``~``). Noisy
+  ``~`` records are not in the AF/N/O figures; how they were labelled is printed. The same tune/test
+  split (alternate records in file order).
+- **Heart rate** (BIDMC, smartphone PPG): :func:`bench.dsp_eval_hr.evaluate` when present.
+
+Usage::
+
+    .venv/bin/python bench/dsp_eval.py            # everything (about a minute)
+    .venv/bin/python bench/dsp_eval.py --quick    # CI scale: first 2 h of AFDB/NSR, 1 in 8 CinC records
+
+Ends with one ``RESULT key=value ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import datasets
+from bench._common import result_line
+from gateway.dsp.af import screen_af
+
+STREAM_WINDOW_S = 120.0  # gateway.dsp.stream.AF_WINDOW_S
+STREAM_HOP_S = 60.0  # gateway.dsp.stream.AF_HOP_S
+
+
+@dataclass
+class Counts:
+    tp: int = 0
+    fn: int = 0
+    tn: int = 0
+    fp: int = 0
+
+    def add(self, pred: npt.NDArray[np.bool_], ref: npt.NDArray[np.bool_]) -> None:
+        self.tp += int(np.count_nonzero(pred & ref))
+        self.fn += int(np.count_nonzero(~pred & ref))
+        self.tn += int(np.count_nonzero(~pred & ~ref))
+        self.fp += int(np.count_nonzero(pred & ~ref))
+
+    def __iadd__(self, other: Counts) -> Counts:
+        self.tp += other.tp
+        self.fn += other.fn
+        self.tn += other.tn
+        self.fp += other.fp
+        return self
+
+    @property
+    def se(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def sp(self) -> float:
+        return self.tn / (self.tn + self.fp) if self.tn + self.fp else float("nan")
+
+
+def stream_mask(beat_times_s: npt.NDArray[np.float64], rr_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """AF mask as the daemon reports it: a window of STREAM_WINDOW_S every STREAM_HOP_S; an interval
+    (identified by its ending beat) takes the mask of the first window that contains it."""
+    ends = beat_times_s[1:]
+    mask = np.zeros(rr_s.shape[0], dtype=bool)
+    t0 = float(beat_times_s[0])
+    t_end = float(ends[-1])
+    now = t0 + STREAM_WINDOW_S
+    done_until = t0 - 1.0
+    while True:
+        lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
+        hi = int(np.searchsorted(ends, now, side="right"))
+        if hi > lo:
+            res = screen_af(rr_s[lo:hi])
+            new = ends[lo:hi] > done_until
+            mask[lo:hi][new] = res.af_mask[new]
+        done_until = now
+        if now >= t_end:
+            break
+        now += STREAM_HOP_S
+    return mask
+
+
+def stream_labels(rr_s: npt.NDArray[np.float64]) -> collections.Counter[str]:
+    times = np.concatenate(([0.0], np.cumsum(rr_s)))
+    ends = times[1:]
+    labels: collections.Counter[str] = collections.Counter()
+    now = STREAM_WINDOW_S
+    while now <= ends[-1]:
+        lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
+        hi = int(np.searchsorted(ends, now, side="right"))
+        labels[screen_af(rr_s[lo:hi]).label] += 1
+        now += STREAM_HOP_S
+    return labels
+
+
+def eval_afdb(quick: bool) -> dict[str, float]:
+    names = datasets.afdb_records()
+    halves = {"tune": names[0::2], "test": names[1::2]}
+    out: dict[str, float] = {}
+    print("== AFDB: per-interval AF sensitivity / specificity (reference beats, cardiologists' labels)")
+    print(
+        f"{'record':>8} {'half':>5} {'AF int':>7} {'non-AF':>7} {'Se rec':>7} {'Sp rec':>7} {'Se str':>7} {'Sp str':>7}"
+    )
+    totals = {(h, mode): Counts() for h in halves for mode in ("record", "stream")}
+    for half, recs in halves.items():
+        for name in recs:
+            r = datasets.load_afdb(name)
+            rr, af, times = r.rr_s, r.af, r.beat_times_s
+            if quick:
+                keep = int(np.searchsorted(times, times[0] + 7200.0))
+                rr, af, times = rr[: keep - 1], af[: keep - 1], times[:keep]
+            c_rec, c_str = Counts(), Counts()
+            c_rec.add(screen_af(rr).af_mask, af)
+            c_str.add(stream_mask(times, rr), af)
+            totals[(half, "record")] += c_rec
+            totals[(half, "stream")] += c_str
+            print(
+                f"{name:>8} {half:>8} {int(af.sum()):8d} {int((~af).sum()):8d} {c_rec.se:8.3f} {c_rec.sp:8.3f}"
+                f" {c_str.se:8.3f} {c_str.sp:8.3f}"
+            )
+    for mode in ("record", "stream"):
+        allc = Counts()
+        for half in halves:
+            c = totals[(half, mode)]
+            allc += c
+            print(f"  {mode:6} {half:4}: Se {100 * c.se:5.1f} %  Sp {100 * c.sp:5.1f} %  ({c.tp + c.fn} AF intervals)")
+            out[f"afdb_{mode}_{half}_se"] = c.se
+            out[f"afdb_{mode}_{half}_sp"] = c.sp
+        print(f"  {mode:6} all : Se {100 * allc.se:5.1f} %  Sp {100 * allc.sp:5.1f} %")
+        out[f"afdb_{mode}_se"] = allc.se
+        out[f"afdb_{mode}_sp"] = allc.sp
+    print("  published (full 23-record AFDB): Petrenas 2015 97.1/98.3, Tateno & Glass 2001 94.4/97.2")
+    return out
+
+
+def eval_nsr(quick: bool) -> dict[str, float]:
+    rec = datasets.load_nsr()
+    rr = rec.rr_s
+    if quick:
+        rr = rr[: int(np.searchsorted(np.cumsum(rr), 7200.0))]
+    res = screen_af(rr)
+    hours = float(rr.sum()) / 3600.0
+    pct = 100.0 * res.burden
+    labels = stream_labels(rr)
+    n_windows = sum(labels.values())
+    win_af = 100.0 * labels["af"] / n_windows if n_windows else float("nan")
+    print(f"== NSR {rec.name}: {hours:.1f} h of sinus rhythm, {len(rr)} intervals")
+    print(f"  record: AF time {pct:.3f} % = {pct * 14.4:.1f} min/day; label {res.label}, quality {res.quality:.3f}")
+    print(f"  stream: {n_windows} windows of {STREAM_WINDOW_S:.0f} s, labels {dict(labels)}; 'af' in {win_af:.2f} %")
+    return {"nsr_af_pct": pct, "nsr_af_min_per_day": pct * 14.4, "nsr_windows_af_pct": win_af}
+
+
+def _f1(tp: int, n_ref: int, n_pred: int) -> float:
+    return 2 * tp / (n_ref + n_pred) if n_ref + n_pred else float("nan")
+
+
+def eval_cinc(quick: bool) -> dict[str, float]:
+    recs = datasets.load_cinc2017()
+    if quick:
+        recs = recs[::8]
+    to_cinc = {"sinus": "N", "af": "A", "other": "O", "insufficient": "~"}
+    out: dict[str, float] = {}
+    print("== CinC 2017: record-level labels (RR from an automatic QRS detector)")
+    for half, sub in (("tune", recs[0::2]), ("test", recs[1::2]), ("all", recs)):
+        conf: collections.Counter[tuple[str, str]] = collections.Counter()
+        for r in sub:
+            conf[(r.label, to_cinc[screen_af(r.rr_s).label])] += 1
+
+        def row(ref: str, conf: collections.Counter[tuple[str, str]] = conf) -> int:
+            return sum(conf[(ref, p)] for p in "NAO~")
+
+        def col(pred: str, conf: collections.Counter[tuple[str, str]] = conf) -> int:
+            return sum(conf[(r, pred)] for r in "NAO")
+
+        se = conf[("A", "A")] / row("A")
+        sp_n = 1 - conf[("N", "A")] / row("N")
+        sp_o = 1 - conf[("O", "A")] / row("O")
+        f1_af = _f1(conf[("A", "A")], row("A"), col("A"))
+        f1_n, f1_o = _f1(conf[("N", "N")], row("N"), col("N")), _f1(conf[("O", "O")], row("O"), col("O"))
+        print(f"  {half}: {len(sub)} records")
+        print("     ref\\pred  " + " ".join(f"{p:>6}" for p in ("N", "A", "O", "~")))
+        for ref in "NAO~":
+            print(f"     {ref:9} " + " ".join(f"{conf[(ref, p)]:6d}" for p in "NAO~"))
+        print(
+            f"     AF Se {100 * se:.1f} %, Sp vs N {100 * sp_n:.1f} %, Sp vs O {100 * sp_o:.1f} %, F1(AF) {f1_af:.3f};"
+            f" F1 N {f1_n:.3f} O {f1_o:.3f}, mean F1 (N,A,O) {(f1_n + f1_af + f1_o) / 3:.3f}"
+        )
+        suffix = "" if half == "all" else f"_{half}"
+        out.update(
+            {
+                f"cinc_af_se{suffix}": se,
+                f"cinc_sp_normal{suffix}": sp_n,
+                f"cinc_sp_other{suffix}": sp_o,
+                f"cinc_af_f1{suffix}": f1_af,
+                f"cinc_f1_mean{suffix}": (f1_n + f1_af + f1_o) / 3,
+            }
+        )
+    print("  '~' (too noisy) records: not in Se/Sp/F1; their labels are the '~' row above.")
+    return out
+
+
+def eval_hr(quick: bool) -> dict[str, float]:
+    try:
+        from bench import dsp_eval_hr
+    except ImportError:
+        print("== hr: not available (bench/dsp_eval_hr.py missing)")
+        return {}
+    evaluate: Callable[..., dict[str, float]] = dsp_eval_hr.evaluate
+    try:
+        figures = evaluate(quick=quick)
+    except TypeError:  # an evaluate() without the quick flag
+        figures = evaluate()
+    print("== hr: " + " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    return {k: float(v) for k, v in figures.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI scale: 2 h of AFDB/NSR, 1 in 8 CinC records")
+    ap.add_argument("--no-hr", action="store_true", help="skip the heart-rate part")
+    args = ap.parse_args(argv)
+    if not datasets.available():
+        print(f"recordings not found in {datasets.data_dir()}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    figures: dict[str, float] = {}
+    figures.update(eval_afdb(args.quick))
+    figures.update(eval_nsr(args.quick))
+    figures.update(eval_cinc(args.quick))
+    hr = {} if args.no_hr else eval_hr(args.quick)
+    print(f"elapsed {time.perf_counter() - t0:.1f} s")
+    keys = {
+        "afdb_se": figures["afdb_record_se"],
+        "afdb_sp": figures["afdb_record_sp"],
+        "afdb_se_test": figures["afdb_record_test_se"],
+        "afdb_sp_test": figures["afdb_record_test_sp"],
+        "afdb_stream_se": figures["afdb_stream_se"],
+        "afdb_stream_sp": figures["afdb_stream_sp"],
+        "nsr_af_pct": figures["nsr_af_pct"],
+        "nsr_af_min_per_day": figures["nsr_af_min_per_day"],
+        "nsr_windows_af_pct": figures["nsr_windows_af_pct"],
+        "cinc_af_se": figures["cinc_af_se"],
+        "cinc_af_f1": figures["cinc_af_f1"],
+        "cinc_sp_normal": figures["cinc_sp_normal"],
+        "cinc_sp_other": figures["cinc_sp_other"],
+        "cinc_sp_other_test": figures["cinc_sp_other_test"],
+        "cinc_f1_mean": figures["cinc_f1_mean"],
+    }
+    keys.update(hr)
+    print(result_line(**keys))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
