@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.base import DeviceConfigError
+from drivers.serial.port import PortMissing, identity_from_options, resolve_port
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 
@@ -1071,19 +1073,18 @@ def check_serial(cfg: Config) -> list[Finding]:
         if user is None:
             user, groups = service_identity(cfg)
         fid = f"serial.{spec.id}"
-        port = str(spec.options.get("port", ""))
-        path = Path(port)
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            port = resolve_port(identity_from_options(spec.options))
+            st = Path(port).stat()
+        except (PortMissing, FileNotFoundError, DeviceConfigError) as exc:
             out.append(
                 _fail(
                     fid,
-                    f"The serial port {port} of {spec.id} ({spec.kind}) does not exist: the device or its USB adapter "
-                    "is not plugged in, or the configured path is wrong.",
+                    f"The serial port of {spec.id} ({spec.kind}) is not there ({exc}): the device or its USB adapter "
+                    "is not plugged in, or the configured port is wrong.",
                     "Plug it in; `gatewayctl devices scan` lists the serial devices present with their "
                     "/dev/serial/by-id path to put in the configuration.",
-                    port=port,
+                    port=str(spec.options.get("port") or ""),
                 )
             )
             continue
