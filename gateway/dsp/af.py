@@ -110,9 +110,9 @@ COSEN_MIN_N = 12
 """Shortest segment for COSEn: 12 beats, the segment length of Lake & Moorman 2011."""
 COSEN_BLOCK_N = 128
 """Longest block for COSEn (longer AF runs are judged block by block: bounded cost, local veto)."""
-OTHER_IRREGULAR_FRACTION = 0.25
-"""Non-AF window where the unfiltered detector flags at least this fraction of the time is
-``"other"`` (irregular, but the ectopic filter or the bigeminy term explained it away)."""
+OTHER_VETOED_FRACTION = 0.25
+"""Non-AF window where the irregularity detector fired on at least this fraction of the time but
+COSEn vetoed it (irregular, but not random like AF) is ``"other"``."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ class AfResult:
     """Longest run of consecutive AF intervals, seconds."""
     ectopic_fraction: float
     """Fraction of plausible intervals deviating > 20 % from their local median."""
-    irregular_fraction: float
-    """Fraction of the plausible time the unfiltered detector (no ectopic filter) would call AF."""
+    vetoed_fraction: float
+    """Fraction of the plausible time the irregularity detector flagged but COSEn found not random."""
     score: FloatArray
     """The fused decision signal ``O`` per input interval (NaN for implausible intervals)."""
 
@@ -182,21 +182,18 @@ def _pair_irregularity(windows: npt.NDArray[np.float64], gamma: float) -> FloatA
     return np.asarray(np.count_nonzero(diff >= gamma, axis=1) / len(iu), dtype=np.float64)
 
 
-def af_decision(rr_s: FloatArray, *, ectopic_filter: bool = True) -> FloatArray:
-    """Petrenas 2015 fused decision signal ``O`` for a clean (all plausible) RR series, seconds.
+def af_decision(rr_s: FloatArray) -> FloatArray:
+    """Petrenas 2015 fused decision signal ``O`` (1/s) for a clean (all plausible) RR series, seconds.
 
-    ``O > ETA`` marks AF. With ``ectopic_filter=False`` the running median is skipped (used to tell an
-    irregular non-AF rhythm from sinus rhythm). Needs at least one interval."""
+    ``O > ETA`` marks an interval as irregular like AF. Needs at least one interval."""
     r = np.asarray(rr_s, dtype=np.float64)
-    r_m = _running_median(r, 3) if ectopic_filter else r
+    r_m = _running_median(r, 3)
     r_t = _exp_average_fb(r, ALPHA)
     m = _pair_irregularity(_centred_windows(r_m, WINDOW_N), GAMMA_S)
     irregularity = _exp_average_fb(m, ALPHA) / r_t
     sums_m = _centred_windows(r_m, WINDOW_N).sum(axis=1)
     sums = _centred_windows(r, WINDOW_N).sum(axis=1)
     b_t = _exp_average_fb((sums_m / sums - 1.0) ** 2, ALPHA)
-    if not ectopic_filter:
-        return np.asarray(irregularity, dtype=np.float64)
     return np.asarray(np.where(b_t >= DELTA, irregularity, b_t), dtype=np.float64)
 
 
@@ -355,9 +352,8 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
         return AfResult(mask, 0.0, "insufficient", quality, n, n_valid, duration, 0.0, 0.0, 0.0, 0.0, score)
 
     o = af_decision(clean)
-    af_clean = o > ETA
-    if cosen_veto:
-        af_clean = _cosen_veto(clean, af_clean)
+    irregular = o > ETA
+    af_clean = _cosen_veto(clean, irregular) if cosen_veto else irregular
     o_joined[valid] = o
     af_joined[valid] = af_clean
     mask, score = per_input()
@@ -367,13 +363,12 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
 
     local = _running_median(clean, ECTOPIC_MEDIAN_N)
     ectopic_fraction = float(np.mean(np.abs(clean - local) > ECTOPIC_DEVIATION * local))
-    raw_irregular = af_decision(clean, ectopic_filter=False) > ETA
-    irregular_fraction = float(clean[raw_irregular].sum() / duration)
+    vetoed_fraction = float(clean[irregular & ~af_clean].sum() / duration)
 
     label: AfLabel
     if longest >= AF_EPISODE_S or (duration < 2 * AF_EPISODE_S and burden >= AF_MAJORITY):
         label = "af"
-    elif ectopic_fraction >= OTHER_ECTOPIC_FRACTION or irregular_fraction >= OTHER_IRREGULAR_FRACTION:
+    elif ectopic_fraction >= OTHER_ECTOPIC_FRACTION or vetoed_fraction >= OTHER_VETOED_FRACTION:
         label = "other"
     else:
         label = "sinus"
@@ -388,6 +383,6 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
         af_time_s=af_time,
         longest_af_s=longest,
         ectopic_fraction=ectopic_fraction,
-        irregular_fraction=irregular_fraction,
+        vetoed_fraction=vetoed_fraction,
         score=score,
     )
