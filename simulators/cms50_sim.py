@@ -5,9 +5,10 @@ count 0xA3, start time 0xA5, duration 0xA4, data 0xA6, stop data 0xA7) and strea
 at 60 Hz while live mode is on; like the device it stops streaming ``live_timeout_s`` after the last
 0xA1/0xAF. Legacy: it streams 5-byte frames at 60 Hz whenever plugged in.
 
-The pleth comes from :func:`pleth_source` (the realistic PPG generator of ``simulators.ppg`` when it is
-installed, otherwise a two-Gaussian pulse with a dicrotic wave), at a known heart rate: ``hr_bpm`` is the
-ground truth tests compare the gateway's estimate with. Faults: unplug/plug (also behind another pty),
+The pleth comes from :func:`pleth_source`, the realistic PPG generator of :mod:`simulators.ppg` (sinus
+rhythm with natural variability by default; ``rhythm="af"`` or ``"ectopic"``), at a set heart rate
+``hr_bpm``; the exact ground truth (every beat's time) is ``sim.pulse.beat_times_s``, on the timeline of
+``sim.pulse.i / FS`` (samples generated so far). Faults: unplug/plug (also behind another pty),
 line noise, byte drops and corrupted packets (the protocol has no checksum; "lying" means flipped bits
 that break the sync pattern or the values).
 
@@ -23,14 +24,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import math
 import os
 import random
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from drivers.serial import cms50
+from simulators.ppg import PulseStream, Rhythm
 from simulators.serialpty import PtyDevice
 
 log = logging.getLogger(__name__)
@@ -38,33 +38,10 @@ log = logging.getLogger(__name__)
 FS = cms50.SAMPLE_RATE_HZ
 
 
-class PulseShape:
-    """The fallback pleth: per beat a systolic Gaussian and a smaller dicrotic one, on a slow baseline
-    wander, with a little noise. The phase advances with the (changeable) heart rate."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.phase = 0.0
-        self.t = 0.0
-
-    def next(self, hr_bpm: float, fs: float) -> tuple[float, bool]:
-        """The next sample in 0..1 and whether a beat (systolic peak) happened at it."""
-        prev = self.phase
-        self.phase += hr_bpm / 60.0 / fs
-        self.t += 1.0 / fs
-        beat = math.floor(self.phase - 0.2) > math.floor(prev - 0.2)  # crossed a systolic peak
-        p = self.phase % 1.0
-        systolic = math.exp(-(((p - 0.2) / 0.07) ** 2))
-        dicrotic = 0.35 * math.exp(-(((p - 0.48) / 0.09) ** 2))
-        wander = 0.05 * math.sin(2 * math.pi * 0.2 * self.t)
-        noise = self.rng.gauss(0.0, 0.01)
-        return min(1.0, max(0.0, 0.1 + 0.75 * (systolic + dicrotic) + wander + noise)), beat
-
-
-def pleth_source(seed: int = 0) -> Callable[[float, float], tuple[float, bool]]:
-    """``next(hr_bpm, fs) -> (sample in 0..1, beat)``. One function to swap for ``simulators.ppg``."""
-    shape = PulseShape(random.Random(seed))
-    return shape.next
+def pleth_source(seed: int = 0, rhythm: Rhythm = "sinus") -> PulseStream:
+    """The realistic generator's pleth, sample by sample: ``source.next(hr_bpm, fs) -> (0..1, beat)``,
+    with the ground-truth beat times in ``source.beat_times_s`` (seconds since the first sample)."""
+    return PulseStream(seed, rhythm)
 
 
 class Cms50Simulator:
@@ -78,6 +55,7 @@ class Cms50Simulator:
         seed: int = 0,
         alias_path: str | None = None,
         live_timeout_s: float = 30.0,
+        rhythm: Rhythm = "sinus",
     ) -> None:
         if protocol not in ("v7", "legacy"):
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -88,7 +66,8 @@ class Cms50Simulator:
         self.finger_in = True
         self.searching = False
         self.rng = random.Random(seed)
-        self._pleth = pleth_source(seed)
+        self.pulse = pleth_source(seed, rhythm)
+        self._pleth = self.pulse.next
         self.live_timeout_s = live_timeout_s
         self.live_until: float | None = None  # v7: streaming until this loop time
         self.drop_rate = 0.0
@@ -282,11 +261,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-rate", type=float, default=0.0, help="probability of dropping each byte")
     parser.add_argument("--corrupt-rate", type=float, default=0.0, help="probability of flipping a bit per byte")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rhythm", choices=["sinus", "af", "ectopic"], default="sinus", help="pleth rhythm")
 
 
 async def _run(args: argparse.Namespace) -> int:
     async with Cms50Simulator(
-        Path(args.link), protocol=args.protocol, hr_bpm=args.hr, spo2=args.spo2, seed=args.seed
+        Path(args.link), protocol=args.protocol, hr_bpm=args.hr, spo2=args.spo2, seed=args.seed, rhythm=args.rhythm
     ) as sim:
         sim.drop_rate, sim.corrupt_rate = args.drop_rate, args.corrupt_rate
         sim.keep_sent = False  # a long run must not grow without bound
