@@ -165,7 +165,7 @@ def upslope_times(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
     seg = np.where(valid, dy[np.minimum(idx, len(dy) - 1)], -np.inf)
     k = np.argmax(seg, axis=1)
     m = lo + k  # dy[m] is the slope between samples m and m+1
-    pos = m.astype(np.float64) + 0.5
+    pos: FloatArray = m.astype(np.float64) + 0.5
     inner = (m > 0) & (m < len(dy) - 1) & (peaks > 0)
     mi = m[inner]
     a, b, c = dy[mi - 1], dy[mi], dy[mi + 1]
