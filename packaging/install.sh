@@ -45,6 +45,7 @@ ACTION=install
 PURGE=0
 START=0
 BUILD_VENV=auto
+SYSTEM_STEPS=1
 PYTHON=${PYTHON:-python3}
 PIP_SOURCE=""
 
@@ -53,6 +54,7 @@ usage() {
     echo
     echo "options: --dry-run --destdir DIR --prefix DIR --source DIR|WHEEL --python PYTHON"
     echo "         --build-venv | --no-venv --start --uninstall [--purge] --help"
+    echo "         --unit-dir DIR --bin-dir DIR --no-system (files only: for packaging/build-deb.sh)"
 }
 
 while [ $# -gt 0 ]; do
@@ -65,6 +67,9 @@ while [ $# -gt 0 ]; do
         --source) PIP_SOURCE=$2; shift ;;
         --source=*) PIP_SOURCE=${1#*=} ;;
         --python) PYTHON=$2; shift ;;
+        --unit-dir) UNIT_DIR=$2; shift ;;
+        --bin-dir) BIN_DIR=$2; shift ;;
+        --no-system) SYSTEM_STEPS=0 ;;
         --build-venv) BUILD_VENV=1 ;;
         --no-venv) BUILD_VENV=0 ;;
         --start) START=1 ;;
@@ -87,6 +92,10 @@ fi
 [ "$DRY_RUN" = 1 ] && SYSTEM=plan
 if [ "$BUILD_VENV" = auto ]; then
     if [ -n "$DESTDIR" ] || [ "$DRY_RUN" = 1 ]; then BUILD_VENV=0; else BUILD_VENV=1; fi
+fi
+if [ "$SYSTEM_STEPS" = 0 ] && [ -z "$DESTDIR" ]; then
+    echo "install.sh: --no-system lays out files for a package: it needs --destdir" >&2
+    exit 2
 fi
 if [ "$SYSTEM" = run ] && [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root (sudo), or use --dry-run / --destdir" >&2
@@ -290,6 +299,14 @@ uninstall() {
 
 if [ "$ACTION" = uninstall ]; then
     uninstall
+elif [ "$SYSTEM_STEPS" = 0 ]; then
+    # files only, for a package build: the package's maintainer scripts do the system steps
+    install_program
+    install_config
+    install_state
+    say "system steps left to the package's postinst"
+    directory 0755 root:root "$UNIT_DIR"
+    put_file 0644 root:root "$SRC/systemd/$UNIT" "$UNIT_DIR/$UNIT"
 else
     install_packages
     install_users

@@ -164,3 +164,38 @@ def test_systemd_security_exposure_is_at_most_2() -> None:
     exposure = float(found.group(1))
     print(f"systemd-analyze security exposure: {exposure}")
     assert exposure <= 2.0, out.stdout
+
+
+def test_debian_package_layout_and_maintainer_scripts(tmp_path: Path) -> None:
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    out = subprocess.run(
+        ["sh", str(REPO / "packaging" / "build-deb.sh"), "--out", str(tmp_path), "--no-venv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    deb = Path(out.stdout.strip().splitlines()[-1])
+    assert deb.is_file() and deb.name.startswith("homecare-gateway_")
+    tree = tmp_path / "x"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=60)
+    control = (tree / "DEBIAN" / "control").read_text()
+    assert "Package: homecare-gateway" in control and "bluez" in control
+    assert (tree / "DEBIAN" / "conffiles").read_text().split() == ["/etc/homecare-gateway/gateway.toml"]
+    assert (tree / "lib/systemd/system/gatewayd.service").read_text() == UNIT.read_text()
+    assert os.readlink(tree / "usr/bin/gatewayctl") == "/opt/homecare-gateway/venv/bin/gatewayctl"
+    assert mode(tree / "etc/homecare-gateway") == 0o750 and mode(tree / "etc/homecare-gateway/gateway.toml") == 0o640
+    postinst = (tree / "DEBIAN" / "postinst").read_text()
+    # the same users, groups and ownership as install.sh and the unit
+    svc = unit_service()
+    assert "--ingroup homecare-gateway --home /var/lib/homecare-gateway" in postinst
+    assert "adduser --system" in postinst and svc["User"] in postinst
+    assert "usermod --append --groups homecare,dialout,bluetooth homecare-gateway" in postinst
+    assert "chown homecare-gateway:homecare /var/lib/homecare-gateway" in postinst
+    assert "*.key|*password*|*secret*) chown root:homecare-gateway" in postinst
+    assert "systemctl enable gatewayd.service" in postinst
+    for script in ("postinst", "prerm", "postrm"):
+        assert mode(tree / "DEBIAN" / script) == 0o755
+        assert subprocess.run(["sh", "-n", str(tree / "DEBIAN" / script)], timeout=30).returncode == 0
+    assert "rm -rf /var/lib/homecare-gateway /etc/homecare-gateway" in (tree / "DEBIAN" / "postrm").read_text()
