@@ -66,6 +66,11 @@ ALPHA = 0.02
 DELTA = 2e-4
 """Bigeminy-suppression threshold on ``B_t`` (Petrenas 2015, delta)."""
 ETA = 0.725
+RT_MAX_S = 0.85
+"""Cap on the RR trend ``r_t`` that divides the irregularity, seconds (70 bpm). Not in Petrenas 2015:
+there ``I = M_t / r_t`` also *penalises* slow rhythms, and AF at 60 bpm with 20 % RR scatter (rate-
+controlled AF, common in treated older people) never reached ``eta``. Chosen among 0.85 / 1.0 / none
+on the tune half of AFDB and CinC 2017 (docs/dsp-af.md)."""
 """Detection threshold on the fused decision signal ``O`` (Petrenas 2015, eta; units 1/s)."""
 
 # --- Plausibility and labelling (sources in the module docstring) ----------------------------------
@@ -188,7 +193,7 @@ def af_decision(rr_s: FloatArray) -> FloatArray:
     ``O > ETA`` marks an interval as irregular like AF. Needs at least one interval."""
     r = np.asarray(rr_s, dtype=np.float64)
     r_m = _running_median(r, 3)
-    r_t = _exp_average_fb(r, ALPHA)
+    r_t = np.minimum(_exp_average_fb(r, ALPHA), RT_MAX_S)
     m = _pair_irregularity(_centred_windows(r_m, WINDOW_N), GAMMA_S)
     irregularity = _exp_average_fb(m, ALPHA) / r_t
     sums_m = _centred_windows(r_m, WINDOW_N).sum(axis=1)
@@ -212,10 +217,11 @@ def merge_extra_beats(rr_s: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp
         return rr_s.copy(), np.arange(n, dtype=np.intp)
     half = EXTRA_REF_N // 2
     padded = np.concatenate((np.repeat(rr_s[:1], half), rr_s, np.repeat(rr_s[-1:], half)))
-    ref = np.percentile(sliding_window_view(padded, 2 * half + 1), 75, axis=1)
-    pair = rr_s[:-1] + rr_s[1:]
-    shortest = np.minimum(rr_s[:-1], rr_s[1:])
-    candidate = (shortest < EXTRA_SHORT * ref[:-1]) & (np.abs(pair - ref[:-1]) <= EXTRA_TOL * ref[:-1])
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN marks intervals that must not be joined
+        ref = np.percentile(sliding_window_view(padded, 2 * half + 1), 75, axis=1)
+        pair = rr_s[:-1] + rr_s[1:]
+        shortest = np.minimum(rr_s[:-1], rr_s[1:])
+        candidate = (shortest < EXTRA_SHORT * ref[:-1]) & (np.abs(pair - ref[:-1]) <= EXTRA_TOL * ref[:-1])
     if not candidate.any():
         return rr_s.copy(), np.arange(n, dtype=np.intp)
     out: list[float] = []
@@ -311,26 +317,27 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
     n = int(rr.shape[0])
     with np.errstate(invalid="ignore"):
         sized = np.isfinite(rr) & (rr > 0)
-    sized_idx = np.flatnonzero(sized)
-    # owner[k]: index (in the series the detector sees) of the interval that input k belongs to, -1 for
-    # intervals that cannot be sized at all.
-    owner = np.full(n, -1, dtype=np.intp)
-    if merge_extra and sized_idx.shape[0] >= 2:
-        joined, starts = merge_extra_beats(rr[sized_idx])
-        group = np.zeros(sized_idx.shape[0], dtype=np.intp)
+        too_long = sized & (rr > RR_MAX_S)
+    # Only sized intervals no longer than RR_MAX_S may be joined; the others are NaN here, so the
+    # extra-beat rule never joins across them.
+    work = np.where(sized & ~too_long, rr, np.nan)
+    if merge_extra and n >= 2:
+        joined, starts = merge_extra_beats(work)
+        group = np.zeros(n, dtype=np.intp)
         group[starts[1:]] = 1
-        owner[sized_idx] = np.cumsum(group)
+        owner = np.cumsum(group)  # owner[k]: the joined interval input k belongs to
     else:
-        joined = rr[sized_idx]
-        owner[sized_idx] = np.arange(sized_idx.shape[0], dtype=np.intp)
-    valid = (joined >= RR_MIN_S) & (joined <= RR_MAX_S)
+        joined, owner = work, np.arange(n, dtype=np.intp)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(joined) & (joined >= RR_MIN_S) & (joined <= RR_MAX_S)
+        too_short = np.isfinite(joined) & (joined < RR_MIN_S)
     clean = joined[valid]
     n_valid = int(clean.shape[0])
     duration = float(clean.sum())
     # Time the window spans: plausible intervals plus the implausible ones we can size (capped so one
     # absurd value does not hide a whole window of good data), plus a mean interval per unsized one.
-    bad_time = float(np.minimum(joined[~valid], RR_MAX_S).sum())
-    n_unsized = n - int(sized_idx.shape[0])
+    bad_time = float(joined[too_short].sum()) + RR_MAX_S * int(np.count_nonzero(too_long))
+    n_unsized = n - int(np.count_nonzero(sized))
     mean_rr = duration / n_valid if n_valid else 1.0
     total = duration + bad_time + n_unsized * mean_rr
     quality = duration / total if total > 0 else 0.0
@@ -339,11 +346,7 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
     af_joined = np.zeros(joined.shape[0], dtype=bool)
 
     def per_input() -> tuple[BoolArray, FloatArray]:
-        mask = np.zeros(n, dtype=bool)
-        score = np.full(n, np.nan)
-        mask[sized_idx] = af_joined[owner[sized_idx]]
-        score[sized_idx] = o_joined[owner[sized_idx]]
-        return mask, score
+        return af_joined[owner], o_joined[owner]
 
     if n_valid < MIN_INTERVALS or duration < MIN_DURATION_S or quality < MIN_QUALITY:
         if n_valid >= 1:
