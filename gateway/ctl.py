@@ -471,6 +471,8 @@ def cmd_doctor(args: argparse.Namespace, cfg_path: Path) -> int:
     findings = doctor.run_checks(
         cfg_path, socket_path=Path(args.socket) if args.socket else None, progress=lambda t: progress(args, t)
     )
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)  # the last progress line, gone
     if args.json:
         print(json.dumps(doctor.to_json(findings), indent=2))
     else:
