@@ -27,6 +27,7 @@ Usage::
 
     .venv/bin/python bench/dsp_eval.py            # everything (about a minute)
     .venv/bin/python bench/dsp_eval.py --quick    # CI scale: first 2 h of AFDB/NSR, 1 in 8 CinC records
+    .venv/bin/python bench/dsp_eval.py --ablation # also each addition to Petrenas 2015 switched off
 
 Ends with one ``RESULT key=value ...`` line.
 """
@@ -240,10 +241,50 @@ def eval_hr(quick: bool) -> dict[str, float]:
     return {k: float(v) for k, v in figures.items()}
 
 
+def ablation(quick: bool) -> None:
+    """Each step added to Petrenas 2015, switched off in turn: record-mode AFDB and CinC per half."""
+    from gateway.dsp import af as afmod
+
+    names = datasets.afdb_records()
+    afdb = {n: datasets.load_afdb(n) for n in names}
+    cinc = datasets.load_cinc2017()[:: 8 if quick else 1]
+    nsr = datasets.load_nsr().rr_s
+    variants = [
+        ("Petrenas 2015 as published", False, False, 99.0),
+        ("+ rate cap 70 bpm", False, False, afmod.RT_MAX_S),
+        ("+ rate cap + extra-beat joining", True, False, afmod.RT_MAX_S),
+        ("+ rate cap + COSEn veto", False, True, afmod.RT_MAX_S),
+        ("all (screen_af default)", True, True, afmod.RT_MAX_S),
+    ]
+    saved = afmod.RT_MAX_S
+    print("== ablation (record mode): AFDB Se/Sp tune|test, CinC AF Se / Sp vs O / Sp vs N tune|test, NSR AF %")
+    try:
+        for title, merge, veto, cap in variants:
+            afmod.RT_MAX_S = cap
+            cells = []
+            for half in (0, 1):
+                c = Counts()
+                for n in names[half::2]:
+                    c.add(screen_af(afdb[n].rr_s, merge_extra=merge, cosen_veto=veto).af_mask, afdb[n].af)
+                cells.append(f"{100 * c.se:5.1f}/{100 * c.sp:5.1f}")
+            for half in (0, 1):
+                got: dict[str, list[bool]] = {"A": [], "O": [], "N": []}
+                for r in cinc[half::2]:
+                    if r.label in got:
+                        got[r.label].append(screen_af(r.rr_s, merge_extra=merge, cosen_veto=veto).label == "af")
+                se, fo, fn = (float(np.mean(got[k])) for k in "AON")
+                cells.append(f"{100 * se:5.1f}/{100 * (1 - fo):5.1f}/{100 * (1 - fn):5.1f}")
+            nsr_pct = 100 * screen_af(nsr, merge_extra=merge, cosen_veto=veto).burden
+            print(f"  {title:34} AFDB {cells[0]} | {cells[1]}   CinC {cells[2]} | {cells[3]}   NSR {nsr_pct:.2f}")
+    finally:
+        afmod.RT_MAX_S = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI scale: 2 h of AFDB/NSR, 1 in 8 CinC records")
     ap.add_argument("--no-hr", action="store_true", help="skip the heart-rate part")
+    ap.add_argument("--ablation", action="store_true", help="also switch each addition to Petrenas 2015 off")
     args = ap.parse_args(argv)
     if not datasets.available():
         print(f"recordings not found in {datasets.data_dir()}", file=sys.stderr)
@@ -253,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(eval_afdb(args.quick))
     figures.update(eval_nsr(args.quick))
     figures.update(eval_cinc(args.quick))
+    if args.ablation:
+        ablation(args.quick)
     hr = {} if args.no_hr else eval_hr(args.quick)
     print(f"elapsed {time.perf_counter() - t0:.1f} s")
     keys = {
