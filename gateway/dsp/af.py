@@ -1,9 +1,9 @@
 """Atrial-fibrillation screening on RR / inter-beat intervals (pure numpy, no I/O).
 
-Method: the low-complexity detector of Petrenas, Marozas and Sörnmo, "Low-complexity detection of
-atrial fibrillation in continuous long-term monitoring", Computers in Biology and Medicine 65:184-191
-(2015), doi:10.1016/j.compbiomed.2015.08.019 (published on the full MIT-BIH AF Database: sensitivity
-97.1 %, specificity 98.3 %). Its four stages, with the paper's constants:
+Core: the low-complexity detector of Petrenas, Marozas and Sörnmo, "Low-complexity detection of atrial
+fibrillation in continuous long-term monitoring", Computers in Biology and Medicine 65:184-191 (2015),
+published on the full MIT-BIH AF Database with sensitivity 97.1 % and specificity 98.3 %. Its four
+stages, with the paper's constants:
 
 1. *Ectopic-beat filter*: a 3-beat running median of the RR series, ``r_m``. A single premature beat
    (short-long pair) disappears from ``r_m``; the irregularity of AF does not.
@@ -17,29 +17,32 @@ atrial fibrillation in continuous long-term monitoring", Computers in Biology an
 4. *Signal fusion*: ``O = I`` where ``B_t >= delta = 2e-4``, else ``O = B_t`` (tiny); an interval is AF
    when ``O > eta = 0.725``.
 
-Deviations from the paper, each documented where it is made: the irregularity window is centred on
-the interval instead of trailing it (screening works on a buffered window, so there is no need for a
-causal detector, and a centred window does not lag the annotated onset by half a window); intervals
-outside the physiological range are treated as artefacts and removed before the detector runs; the
-exponential averagers start from the mean of the first samples instead of zero, so short windows
-(PhysioNet/CinC 2017 records are 9-61 s) are not biased at their start.
+Changes to the paper (docs/dsp-af.md has the measured effect of each, ``bench/dsp_eval.py --ablation``):
 
-On top of the per-interval detector, :func:`screen_af` gives a rhythm *label* for the whole window:
+- the irregularity window is centred on the interval instead of trailing it (a screen works on a
+  buffered window, so it need not be causal, and a centred window does not lag the onset), and the
+  averagers start from the mean of their first samples instead of 0 (short windows are not biased);
+- ``r_t`` is capped at :data:`RT_MAX_S` (70 bpm): uncapped, ``M_t / r_t`` missed AF below ~65 bpm;
+- *artefacts*: an interval split in two by a false beat detection is joined back
+  (:func:`merge_extra_beats`); intervals outside ``[RR_MIN_S, RR_MAX_S]`` or not finite are removed;
+- *COSEn veto*: an AF stretch whose coefficient of sample entropy (Lake & Moorman 2011) is below
+  :data:`COSEN_THRESHOLD` is not random enough to be AF (regular tachycardia, rate changes, ectopic
+  patterns) and is cleared (:func:`cosen`).
+
+On top of the per-interval mask, :func:`screen_af` gives the whole window a *label*:
 
 - ``"insufficient"``: fewer than :data:`MIN_INTERVALS` plausible intervals, less than
   :data:`MIN_DURATION_S` of them, or less than :data:`MIN_QUALITY` of the window plausible;
 - ``"af"``: an AF stretch of at least :data:`AF_EPISODE_S` (the 30 s that makes an AF episode in the
-  2020 ESC guidelines, Hindricks et al., Eur Heart J 42:373-498, and the 2017 HRS/EHRA/ECAS consensus),
-  or, in a window shorter than twice that, AF in at least half of it;
-- ``"other"``: not AF, but irregular: the raw RR series (before the ectopic filter) is irregular in the
-  sense of the same detector (``I`` computed on ``r`` instead of ``r_m`` exceeds ``eta`` in at least
-  :data:`OTHER_IRREGULAR_FRACTION` of the window), or at least :data:`OTHER_ECTOPIC_FRACTION` of the
-  intervals deviate more than 20 % from their local median (the classic ectopic-beat rule of the
-  1996 ESC/NASPE HRV Task Force, Circulation 93:1043-1065): frequent ectopic beats, bigeminy,
-  trigeminy, which an RR-based detector must not call AF;
+  2020 ESC guidelines, Hindricks et al., Eur Heart J 42:373-498), or, in a window shorter than twice
+  that, AF in at least half of it;
+- ``"other"``: not AF but irregular: at least :data:`OTHER_ECTOPIC_FRACTION` of the intervals deviate
+  more than 20 % from their local median (the usual 20 % rule of RR editing, reviewed by Peltola,
+  Front Physiol 3:148, 2012): frequent ectopic beats, bigeminy, trigeminy; or the irregularity detector
+  fired on at least :data:`OTHER_VETOED_FRACTION` of the time and COSEn vetoed it;
 - ``"sinus"``: otherwise (regular rhythm with normal variability).
 
-The result also carries the figures behind the decision so that a clinician or developer can check it.
+The result carries the figures behind the decision so that a clinician or developer can check it.
 """
 
 from __future__ import annotations
@@ -66,12 +69,12 @@ ALPHA = 0.02
 DELTA = 2e-4
 """Bigeminy-suppression threshold on ``B_t`` (Petrenas 2015, delta)."""
 ETA = 0.725
+"""Detection threshold on the fused decision signal ``O`` (Petrenas 2015, eta; units 1/s)."""
 RT_MAX_S = 0.85
 """Cap on the RR trend ``r_t`` that divides the irregularity, seconds (70 bpm). Not in Petrenas 2015:
 there ``I = M_t / r_t`` also *penalises* slow rhythms, and AF at 60 bpm with 20 % RR scatter (rate-
 controlled AF, common in treated older people) never reached ``eta``. Chosen among 0.85 / 1.0 / none
 on the tune half of AFDB and CinC 2017 (docs/dsp-af.md)."""
-"""Detection threshold on the fused decision signal ``O`` (Petrenas 2015, eta; units 1/s)."""
 
 # --- Plausibility and labelling (sources in the module docstring) ----------------------------------
 RR_MIN_S = 0.25
@@ -89,18 +92,20 @@ AF_EPISODE_S = 30.0
 AF_MAJORITY = 0.5
 """In windows shorter than ``2 * AF_EPISODE_S``: label ``"af"`` when this fraction of the time is AF."""
 ECTOPIC_DEVIATION = 0.2
-"""An interval deviating more than 20 % from its local median is ectopic (HRV Task Force 1996)."""
+"""An interval deviating more than 20 % from its local median is ectopic (the 20 % rule, Peltola 2012)."""
 ECTOPIC_MEDIAN_N = 5
 """Beats in the running median used by the 20 % rule (the interval and two on each side)."""
 OTHER_ECTOPIC_FRACTION = 0.1
-"""Non-AF window with at least 10 % ectopic intervals is ``"other"`` ("frequent" ectopy: > 10 %
-burden is the usual threshold for frequent premature ventricular complexes)."""
+"""Non-AF window with at least 10 % ectopic intervals is ``"other"``. A premature beat makes two
+deviating intervals (the short one and the pause), so this is about one premature beat in 20: a 5 %
+burden, within the range clinicians call frequent ectopy. Checked on the tune half of CinC 2017."""
 EXTRA_SHORT = 0.75
-"""Extra-beat rule: one of the two intervals is shorter than 75 % of the reference."""
+"""Extra-beat rule: one of the two intervals is shorter than 75 % of the reference (our choice among
+0.7 / 0.75 / 0.8 on the tune half of CinC 2017; the three differed by < 1 point)."""
 EXTRA_TOL = 0.2
-"""Extra-beat rule: the two intervals add up to the reference within 20 %."""
+"""Extra-beat rule: the two intervals add up to the reference within 20 % (the 20 % rule again)."""
 EXTRA_REF_N = 11
-"""Extra-beat rule: intervals in the reference window (Lipponen & Tarvainen 2019 use 11 beats)."""
+"""Extra-beat rule: intervals in the reference window (an 11-beat window as in Lipponen & Tarvainen)."""
 COSEN_THRESHOLD = -1.4
 """COSEn above which a segment is AF (Lake & Moorman 2011: -1.4 on 12-beat segments)."""
 COSEN_R0_S = 0.03
