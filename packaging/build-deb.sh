@@ -12,7 +12,8 @@
 #
 # The virtualenv is built for this machine's Python and architecture: build on the target OS release
 # (Raspberry Pi OS Bookworm armhf or arm64, or in a container of it). --no-venv builds a package without
-# the program (for checking the layout and the scripts only).
+# the program (for checking the layout and the scripts only). PYTHON=... picks the interpreter
+# (default /usr/bin/python3, the one the package depends on).
 set -eu
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,9 @@ NAME=homecare-gateway
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 
-sh "$SRC/packaging/install.sh" --destdir "$STAGE/root" --no-system $VENV_OPT \
+# Debian's python3 (the package depends on it), not whatever python3 comes first on PATH
+PYTHON=${PYTHON:-/usr/bin/python3}
+sh "$SRC/packaging/install.sh" --destdir "$STAGE/root" --no-system $VENV_OPT --python "$PYTHON" \
     --unit-dir /lib/systemd/system --bin-dir /usr/bin >"$STAGE/install.log"
 ROOT=$STAGE/root
 mkdir -p "$ROOT/DEBIAN"
