@@ -976,21 +976,23 @@ def check_bluez(cfg: Config) -> Finding:
     )
     address = _system_bus_address()
     try:
-        state = asyncio.run(_bluez_state(address))
+        from dbus_fast.errors import AuthError, DBusFastError
     except ImportError:
         return mk("bluez", f"The D-Bus library (dbus-fast) is missing: {why}.", "Reinstall the gateway package.")
-    except (OSError, TimeoutError, EOFError, ValueError) as exc:
+    try:
+        state = asyncio.run(_bluez_state(address))
+    except AuthError as exc:
+        return mk(
+            "bluez",
+            f"The D-Bus system bus ({address}) refused the doctor ({exc}): {why}.",
+            "Run the doctor as root (sudo), or check the D-Bus policy for the 'bluetooth' group.",
+            bus=address,
+        )
+    except (OSError, TimeoutError, EOFError, DBusFastError) as exc:
         return mk(
             "bluez",
             f"The D-Bus system bus ({address}) cannot be reached ({exc or type(exc).__name__}): {why}.",
             "`sudo systemctl status dbus`; a reboot usually brings it back.",
-            bus=address,
-        )
-    except Exception as exc:  # noqa: BLE001 - dbus-fast raises its own error types for a refused connection
-        return mk(
-            "bluez",
-            f"The D-Bus system bus ({address}) refused the doctor ({type(exc).__name__}: {exc}): {why}.",
-            "Run the doctor as root (sudo), or check the D-Bus policy for the 'bluetooth' group.",
             bus=address,
         )
     if not state["running"]:
