@@ -103,7 +103,7 @@ def _quiet() -> contextlib.ExitStack:
 
 
 def heartpy_rate(x: FloatArray, fs: float) -> float | None:
-    import heartpy as hp
+    import heartpy as hp  # type: ignore[import-untyped]
 
     with _quiet():
         try:
@@ -115,7 +115,7 @@ def heartpy_rate(x: FloatArray, fs: float) -> float | None:
 
 
 def neurokit_rate(x: FloatArray, fs: float) -> float | None:
-    import neurokit2 as nk
+    import neurokit2 as nk  # type: ignore[import-untyped]
 
     with _quiet():
         try:
