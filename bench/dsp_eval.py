@@ -125,9 +125,8 @@ def eval_afdb(quick: bool) -> dict[str, float]:
     halves = {"tune": names[0::2], "test": names[1::2]}
     out: dict[str, float] = {}
     print("== AFDB: per-interval AF sensitivity / specificity (reference beats, cardiologists' labels)")
-    print(
-        f"{'record':>8} {'half':>5} {'AF int':>7} {'non-AF':>7} {'Se rec':>7} {'Sp rec':>7} {'Se str':>7} {'Sp str':>7}"
-    )
+    heads = ("record", "half", "AF int", "non-AF", "Se rec", "Sp rec", "Se str", "Sp str")
+    print(" ".join(f"{h:>8}" for h in heads))
     totals = {(h, mode): Counts() for h in halves for mode in ("record", "stream")}
     for half, recs in halves.items():
         for name in recs:

@@ -54,6 +54,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import lfilter
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -156,8 +157,6 @@ def _exp_average_fb(x: FloatArray, alpha: float) -> FloatArray:
 
     Each pass starts from the mean of the first ``1/alpha`` samples of its input rather than from 0,
     so short series are not pulled towards zero at their ends."""
-    from scipy.signal import lfilter
-
     b = np.array([alpha])
     a = np.array([1.0, alpha - 1.0])
     head = max(1, round(1.0 / alpha))
