@@ -237,6 +237,11 @@ class WristStream:
         self._last_beat = last
         self._trim(self._ppg_rr, t_end)
 
+    def beat_intervals(self, source: str = "ppg") -> list[tuple[float, float]]:
+        """The held beat intervals as ``(end time, seconds)`` (NaN marks a break in the chain), from the
+        PPG (``"ppg"``) or the device (``"device"``): the last ``af_window_s`` of them (plots, debugging)."""
+        return list(self._ppg_rr if source == "ppg" else self._dev_rr)
+
     # -- RR intervals ---------------------------------------------------------------------------
 
     def push_rr(self, b: BeatIntervals) -> list[Measurement]:

@@ -106,7 +106,7 @@ def test_artefacts_emit_nothing_and_break_the_beat_chain() -> None:
             assert not rec.truth.motion[win].any() and not rec.truth.sensor_off[win].any(), t1
     assert s.counters.unusable_windows >= 8
     # no beat interval spans an artefact: every PPG interval is a true one
-    rr = np.array([r for _, r in s._ppg_rr])
+    rr = np.array([r for _, r in s.beat_intervals()])
     assert np.isnan(rr).any()
     finite = rr[np.isfinite(rr)]
     assert finite.min() > 0.5 and finite.max() < 1.0  # 80 /min sinus: 0.75 s +- variability
@@ -151,7 +151,7 @@ def test_device_rr_gap_is_not_an_interval() -> None:
         s.push_rr(BeatIntervals("w1", t, [0.8]))
     t += 30.0  # 30 s without notifications (out of range)
     s.push_rr(BeatIntervals("w1", t, [0.8]))
-    rr = [r for _, r in s._dev_rr]
+    rr = [r for _, r in s.beat_intervals("device")]
     assert sum(math.isnan(r) for r in rr) == 1 and max(r for r in rr if not math.isnan(r)) == 0.8
 
 
