@@ -245,8 +245,9 @@ def merge_extra_beats(rr_s: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp
 def cosen(rr_s: FloatArray) -> float:
     """Coefficient of sample entropy (Lake & Moorman, Am J Physiol Heart Circ Physiol 300:H319-H325,
     2011): ``SampEn(m=1, r) + ln(2 r) - ln(mean RR)``, with ``r`` starting at 30 ms and growing by 10 ms
-    until at least 5 matches of length 2 are found (their rule for short series). NaN when the series
-    is too short or no tolerance up to :data:`COSEN_R_MAX_S` gives 5 matches."""
+    until at least 5 matches of length 2 are found (our reading of their minimum-match rule for short
+    series). NaN when the series is too short or no tolerance up to :data:`COSEN_R_MAX_S` gives 5
+    matches (a series that irregular is kept as AF by the veto)."""
     x = np.asarray(rr_s, dtype=np.float64)
     n = int(x.shape[0])
     if n < 3:
@@ -285,10 +286,9 @@ def _cosen_veto(clean: FloatArray, af: BoolArray) -> BoolArray:
                 mid = (lo + hi) // 2
                 lo = max(0, min(mid - COSEN_MIN_N // 2, n - COSEN_MIN_N))
                 hi = min(n, lo + COSEN_MIN_N)
-            value = cosen(clean[lo:hi])
-            if not (value >= COSEN_THRESHOLD):  # NaN (no matches at all) is maximal entropy: keep
-                if np.isfinite(value):
-                    out[int(b0) : int(b1)] = False
+            value = cosen(clean[lo:hi])  # NaN: too few matches even at the widest tolerance, keep
+            if np.isfinite(value) and value < COSEN_THRESHOLD:
+                out[int(b0) : int(b1)] = False
     return out
 
 
