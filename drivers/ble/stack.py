@@ -381,8 +381,10 @@ class ScanHub:
         if self._task is None or self._task.done():
             name = f"ble scanner {self.adapter or 'default'}"
             self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+            self._task.add_done_callback(_report_crash)
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.get_running_loop().create_task(self._watch_bluez(), name="bluez watch")
+            self._watch_task.add_done_callback(_report_crash)
 
     async def _shutdown(self) -> None:
         tasks = [t for t in (self._task, self._watch_task) if t is not None]
@@ -467,14 +469,7 @@ class ScanHub:
             try:
                 await bus.connect()
                 changed = asyncio.Queue[str]()
-
-                def handler(msg: Message, q: asyncio.Queue[str] = changed) -> bool:
-                    if msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged":
-                        if msg.body and msg.body[0] == "org.bluez":
-                            q.put_nowait(str(msg.body[2]))
-                    return False
-
-                bus.add_message_handler(handler)
+                bus.add_message_handler(_owner_changes(changed))
                 rule = (
                     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
                     "member='NameOwnerChanged',arg0='org.bluez'"
@@ -586,6 +581,23 @@ async def disconnect_client(client: BleakClient, owner: str) -> None:
         await asyncio.wait_for(client.disconnect(), 5.0)
     except BLEAK_FAILURES as exc:
         log.debug("device %s: disconnect: %s", owner, classify(exc, "disconnect"))
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A scanner or watch task must only end by cancellation: anything else is a bug to surface."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped by a bug", task.get_name(), exc_info=task.exception())
+
+
+def _owner_changes(queue: asyncio.Queue[str]) -> Callable[[Any], bool]:
+    """A dbus-fast message handler (one parameter) putting each new owner of ``org.bluez`` on ``queue``."""
+
+    def handler(msg: Any) -> bool:
+        if msg.member == "NameOwnerChanged" and msg.body and msg.body[0] == "org.bluez":
+            queue.put_nowait(str(msg.body[2]))
+        return False
+
+    return handler
 
 
 def _gone(bus: Any) -> Coroutine[Any, Any, None]:

@@ -395,15 +395,18 @@ class VirtualBlueZ:
 
     async def _take_down(self, *, graceful: bool) -> None:
         bus = self.bus
-        self.up = False
         if bus is None:
+            self.up = False
             return
         for a in self.adapters:
             for d in list(a.devices.values()):
                 if graceful:
+                    # bluetoothd disconnects its devices on the way out: Connected=False is seen.
                     await self._link_down(d, "service stopping")
                 else:
                     self._drop_link_state(d)
+        self.up = False
+        for a in self.adapters:
             if graceful:
                 for d in list(a.devices.values()):
                     self._unexport_device(d)
