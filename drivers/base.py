@@ -147,6 +147,8 @@ class Driver(abc.ABC):
     transport: ClassVar[str]
     # transport keys this kind accepts, with their type and default (None: required)
     options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+    # Worn on the body all day (a wristband): the care rules watch it for "no data" and "not worn".
+    wearable: ClassVar[bool] = False
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
         self.spec = spec

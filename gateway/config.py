@@ -7,6 +7,7 @@ one line naming the file, the key, the value and what was expected.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from typing import Any
 
 from drivers.base import DRIVERS, DeviceSpec, UnknownDeviceKind, driver_class
 from gateway.errors import ConfigError
+from gateway.rules import DEFAULTS_BY_ID, RuleSpec, RuleSpecError, WatchSettings, rules_from_list
 
 DEFAULT_CONFIG_PATH = Path("/etc/homecare-gateway/gateway.toml")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -62,12 +64,40 @@ class OutboxSection:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonSection:
+    """One person of the home: their devices, which of them are worn, and their own rules (``None``:
+    the default rules of gateway/rules/defaults.py). See docs/rules.md."""
+
+    id: str
+    devices: tuple[str, ...] = ()
+    worn: tuple[str, ...] = ()
+    rules: tuple[RuleSpec, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RulesSection:
+    """``[rules]``: the watch settings (every default in :class:`gateway.rules.WatchSettings`) and the
+    people with their devices and rules (``[[rules.person]]``)."""
+
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    persons: tuple[PersonSection, ...] = ()
+    tick_s: float = 5.0  # how often the watch limits and reminders are evaluated
+
+    def person_of(self, device_id: str) -> PersonSection | None:
+        for p in self.persons:
+            if device_id in p.devices:
+                return p
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     gateway: GatewaySection
     uplink: UplinkSection
     outbox: OutboxSection = field(default_factory=OutboxSection)
     devices: tuple[DeviceSpec, ...] = ()
+    rules: RulesSection = field(default_factory=RulesSection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +187,7 @@ def _table(file: Path, doc: Mapping[str, Any], name: str, required: bool) -> Map
 
 def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
     top = _Reader(file, "", doc)
-    for name in ("gateway", "uplink", "outbox", "devices"):
+    for name in ("gateway", "uplink", "outbox", "devices", "rules"):
         top.used.add(name)
     top.finish()
 
@@ -215,7 +245,84 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: devices[{i}] = {raw!r}: expected a table [[devices]]")
         devices.append(parse_device(file, i, raw, seen))
-    return Config(path=file, gateway=gw, uplink=uplink, outbox=outbox, devices=tuple(devices))
+    rules = parse_rules(file, _table(file, doc, "rules", False), seen)
+    return Config(path=file, gateway=gw, uplink=uplink, outbox=outbox, devices=tuple(devices), rules=rules)
+
+
+_WATCH_FIELDS = {f for f in WatchSettings.__dataclass_fields__}
+
+
+def _time_of_day(file: Path, key: str, value: object) -> dt.time:
+    if isinstance(value, dt.time):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{file}: rules.{key} = {value!r}: expected a local time of day such as 07:00:00")
+
+
+def parse_rules(file: Path, table: Mapping[str, Any], device_ids: set[str]) -> RulesSection:
+    """``[rules]`` and ``[[rules.person]]`` (docs/rules.md); the rule engine's own validation
+    (:class:`RuleSpecError`) becomes a one-line :class:`ConfigError` naming the key."""
+    r = _Reader(file, "rules", table)
+    tick_s = r.float_("tick_s", 5.0, 0.1, 60, "seconds")
+    raw_persons = r.get("person", list, [], "an array of tables [[rules.person]]")
+    watch_args: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("tick_s", "person"):
+            continue
+        if key not in _WATCH_FIELDS:
+            known = ", ".join(sorted(_WATCH_FIELDS | {"tick_s", "person"}))
+            raise ConfigError(f"{file}: rules.{key} is not a known key: expected one of {known}")
+        r.used.add(key)
+        watch_args[key] = _time_of_day(file, key, value) if key in ("day_start", "day_end") else value
+    r.finish()
+    try:
+        watch = WatchSettings(**watch_args)
+    except RuleSpecError as exc:
+        raise ConfigError(f"{file}: [rules] {exc.reason}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{file}: [rules]: {exc}") from None
+    persons: list[PersonSection] = []
+    owner: dict[str, str] = {}
+    for i, raw in enumerate(raw_persons):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: rules.person[{i}] = {raw!r}: expected a table [[rules.person]]")
+        p = _Reader(file, f"rules.person[{i}]", raw)
+        pid = p.str_("id", _REQUIRED, ID_RE)
+        p.prefix = f"rules.person[{i}] ({pid})"
+        devs = _id_list(p, "devices")
+        worn = _id_list(p, "worn")
+        for d in devs:
+            if d not in device_ids:
+                raise p.fail("devices", d, "ids of configured [[devices]]")
+            if d in owner:
+                raise p.fail("devices", d, f"a device of one person only (it is {owner[d]}'s)")
+            owner[d] = pid
+        for d in worn:
+            if d not in devs:
+                raise p.fail("worn", d, "ids listed in this person's devices")
+        raw_rules = p.get("rule", list, None, "an array of tables [[rules.person.rule]]")
+        p.finish()
+        specs: tuple[RuleSpec, ...] | None = None
+        if raw_rules is not None:
+            try:
+                specs = rules_from_list(raw_rules, bases=DEFAULTS_BY_ID)
+            except RuleSpecError as exc:
+                raise ConfigError(f"{file}: rules.person[{i}] ({pid}).rule: {exc.reason}") from None
+        persons.append(PersonSection(pid, devs, worn, specs))
+    if len({p.id for p in persons}) != len(persons):
+        raise ConfigError(f"{file}: rules.person: two persons with the same id: expected unique ids")
+    return RulesSection(watch=watch, persons=tuple(persons), tick_s=tick_s)
+
+
+def _id_list(r: _Reader, key: str) -> tuple[str, ...]:
+    value = r.get(key, list, [], "an array of device ids")
+    if not all(isinstance(v, str) for v in value):
+        raise r.fail(key, value, "an array of device ids")
+    return tuple(value)
 
 
 def parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> DeviceSpec:

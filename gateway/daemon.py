@@ -18,11 +18,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drivers.base import DeviceStatus, Reading, SosPress, driver_class
-from gateway.commands import Commands, SimpleAlertDesk
+from drivers.reconnect import ConnState
+from gateway.care import CareDesk
+from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
@@ -54,8 +56,9 @@ def _dsp_factory() -> Any:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        self.clock = clock  # the care rules' clock (tests drive hours of silence with it)
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self.notifier = Notifier()
@@ -64,6 +67,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.registry: Registry | None = None
         self.devices: DeviceManager | None = None
+        self.care: CareDesk | None = None
 
     async def reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         """Re-read the configuration file and apply what can change without a restart."""
@@ -90,7 +94,16 @@ class Daemon:
             applied.append("uplink (reconnecting)")
         if new.devices != old.devices and self.devices is not None:
             applied += await self.devices.reconfigure(new.devices)
-        self.cfg = Config(path=old.path, gateway=old.gateway, uplink=new.uplink, outbox=new.outbox, devices=new.devices)
+        if new.rules != old.rules:
+            restart.append("rules (the care rules keep their open alerts across the restart)")
+        self.cfg = Config(
+            path=old.path,
+            gateway=old.gateway,
+            uplink=new.uplink,
+            outbox=new.outbox,
+            devices=new.devices,
+            rules=old.rules,
+        )
         log.info("configuration reloaded: %s", ", ".join(applied) or "nothing changed")
         return {"applied": applied, "restart_needed": restart}
 
@@ -147,10 +160,13 @@ class Daemon:
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)
-            self.alert_desk = SimpleAlertDesk()
-            pipeline.on_alert(lambda alert_id, _dev, at: self.alert_desk.open.__setitem__(alert_id, at))
+            self.care = care = CareDesk(cfg.rules, topics, pipeline.submit, registry, clock=self.clock)
+            devices.on_change.append(care.add_device)
+            devices.on_remove.append(care.remove_device)
+            pipeline.on_reading(care.feed)
+            pipeline.on_alert(care.sos)
             self.commands = commands = Commands(
-                status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=self.alert_desk
+                status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=care, rules=care
             )
             commands.restore()
             pipeline.on_alert(
@@ -177,16 +193,29 @@ class Daemon:
                         tg.create_task(uplink.run(), name="uplink")
                         devices.start_all(tg)
                         tg.create_task(self._watchdog(), name="watchdog")
+                        tg.create_task(care.run(self._watch_inputs), name="care rules")
                         tg.create_task(self._wait_stop(), name="stop")
                         n = len(devices.drivers)
                         self.notifier.send("READY=1", f"STATUS=running, {n} devices")
                         log.info("gateway %s running with %d devices", cfg.gateway.id, n)
                 except* _StopRequested:
                     pass
+        if self.care is not None:
+            self.care.save()
         if self.registry is not None:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
+
+    def _watch_inputs(self) -> tuple[float | None, float | None]:
+        """What the care rules watch of the gateway itself: outbox fill and since when the uplink is down."""
+        ob, up = self.outbox, self.uplink
+        fill = ob.bytes / ob.max_bytes if ob is not None and ob.max_bytes else None
+        down_since = None
+        if up is not None and up.state is not ConnState.CONNECTED:
+            down_for = time.time() - (up.disconnected_since or self.started_at)
+            down_since = self.clock() - max(0.0, down_for)
+        return fill, down_since
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval_s()
@@ -261,6 +290,7 @@ class Daemon:
                 "commit_failures": pl.counters.commit_failures,
             },
             "devices": devices,
+            "care": self.care.status() if self.care is not None else None,
         }
 
 

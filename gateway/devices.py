@@ -36,7 +36,8 @@ class DeviceManager:
         self.drivers: dict[str, Driver] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
-        self.on_change: list[Any] = []
+        self.on_change: list[Any] = []  # (device_id, kind) when a driver starts
+        self.on_remove: list[Any] = []  # (device_id) when a device is gone for good
 
     def specs(self) -> list[DeviceSpec]:
         return [d.spec for d in self.drivers.values()]
@@ -104,6 +105,9 @@ class DeviceManager:
             if new.get(dev_id) != old:
                 await self._stop(dev_id)
                 changed.append(f"stopped {dev_id}" if dev_id not in new else f"restarted {dev_id}")
+                if dev_id not in new:
+                    for cb in self.on_remove:
+                        cb(dev_id)
         previous = self.configured
         self.configured = new
         for dev_id, spec in new.items():
@@ -130,4 +134,6 @@ class DeviceManager:
             raise CommandRejected("not_found", f"no device {device_id}")
         await self._stop(device_id)
         self.registry.remove_managed(device_id)
+        for cb in self.on_remove:
+            cb(device_id)
         log.info("device %s: removed", device_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.base import DeviceStatus, Measurement, SosPress, Waveform
 from gateway.outbox import Lane, NewMessage
+from gateway.rules.engine import AlertEvent
 
 MSG_NAMESPACE = uuid.UUID("6f1c8f0e-4a52-5b7e-9d3c-2a8e5b0c1d47")
 
@@ -108,6 +109,32 @@ def sos_alert(topics: Topics, press: SosPress, *, drill: bool) -> NewMessage:
     if press.extra:
         body["extra"] = dict(press.extra)
     return NewMessage(Lane.ALERT, topics.alert, _dumps(body), press.device_id, press.captured_at)
+
+
+def care_alert(topics: Topics, ev: AlertEvent) -> NewMessage:
+    """One transition (raised, escalated, cleared) of a care-rule or watch alert (gateway/rules).
+    ``captured_at`` is when the transition happened (capture time of the reading that completed the
+    hold, or the watch's clock), ``started_at`` when the condition began. Gateway alerts
+    (``outbox_full``, ``uplink_down``) carry the gateway id as ``device_id``."""
+    if ev.state == "reminder":
+        raise ValueError("reminders are local, not contract messages")
+    device = ev.device_id or topics.gateway_id
+    body = _common(topics.gateway_id, "alert", device, ev.at, ev.key)
+    body.update(
+        kind=ev.kind,
+        severity=ev.severity,
+        state=ev.state,
+        drill=False,
+        alert_id=ev.alert_id,
+        started_at=rfc3339_ms(ev.started_at),
+        rule=dict(ev.rule),
+        readings=[{**r.to_dict(), "captured_at": rfc3339_ms(r.captured_at)} for r in ev.readings],
+    )
+    if ev.person_id is not None:
+        body["person_id"] = ev.person_id
+    if ev.detail:
+        body["detail"] = dict(ev.detail)
+    return NewMessage(Lane.ALERT, topics.alert, _dumps(body), device, ev.at)
 
 
 def device_state(topics: Topics, s: DeviceStatus) -> NewMessage:

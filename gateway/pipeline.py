@@ -98,8 +98,6 @@ class Pipeline:
         if not isinstance(reading, DeviceStatus):
             info.last_seen = reading.captured_at
             info.readings += 1
-        for listener in self._listeners:
-            listener(reading)
         match reading:
             case SosPress():
                 self.counters.sos_presses += 1
@@ -128,6 +126,9 @@ class Pipeline:
             case _:
                 self.counters.unknown_readings += 1
                 log.warning("device %s: unknown reading type %s", reading.device_id, type(reading).__name__)
+        # After the reading is with the outbox: an SOS commit is never delayed by a listener.
+        for listener in self._listeners:
+            listener(reading)
 
     def _stream(self, device_id: str, push: Callable[[DspStream], list[Measurement]]) -> list[Measurement]:
         if self.dsp_factory is None:
@@ -136,6 +137,10 @@ class Pipeline:
         if stream is None:
             stream = self._dsp[device_id] = self.dsp_factory(device_id)
         return push(stream)
+
+    def submit(self, msg: NewMessage) -> asyncio.Future[int]:
+        """Hand a message the gateway made itself (a care alert) to the outbox's next commit."""
+        return self._submit(msg)
 
     def _submit(self, msg: NewMessage) -> asyncio.Future[int]:
         fut = self.outbox.submit(msg)

@@ -120,3 +120,51 @@ def test_check_mode_validates_the_example_config() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "valid" in out.stdout
+
+
+RULES_OK = """
+[rules]
+timezone = "Europe/Berlin"
+day_start = 06:30:00
+no_data_day_s = 3600
+[[rules.person]]
+id = "anna"
+devices = ["rfx"]
+[[rules.person.rule]]
+id = "spo2-low"
+base = "spo2-low"
+threshold = 88
+"""
+
+
+def test_rules_section_is_parsed_into_watch_settings_and_person_rules(tmp_path: Path) -> None:
+    import datetime as dt
+
+    cfg = load_config(write(tmp_path, GOOD + RULES_OK))
+    assert cfg.rules.watch.day_start == dt.time(6, 30) and cfg.rules.watch.no_data_day_s == 3600
+    anna = cfg.rules.person_of("rfx")
+    assert anna is not None and anna.id == "anna" and anna.rules is not None
+    assert anna.rules[0].conditions[0].threshold == 88 and anna.rules[0].hold_s == 60  # the rest from the default
+    assert load_config(write(tmp_path, GOOD)).rules.persons == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (("no_data_day_s = 3600", "no_data_day_s = 5"), ["no_data_day_s", "5", "60..604800"]),
+        (("no_data_day_s = 3600", "no_data_dy_s = 1"), ["rules.no_data_dy_s", "not a known key"]),
+        (('timezone = "Europe/Berlin"', 'timezone = "Mars/Olympus"'), ["timezone", "Mars/Olympus"]),
+        (('devices = ["rfx"]', 'devices = ["wrist-9"]'), ["rules.person[0] (anna).devices", "wrist-9", "configured"]),
+        (("threshold = 88", 'threshold = "low"'), ["rule spo2-low", "threshold", "'low'", "not a number"]),
+        (("threshold = 88", "threshold = 88\ncolour = 1"), ["rule spo2-low", "colour", "unknown key"]),
+        (("day_start = 06:30:00", 'day_start = "noon"'), ["rules.day_start", "'noon'", "time of day"]),
+    ],
+)
+def test_a_rules_mistake_is_one_line_too(tmp_path: Path, change: tuple[str, str], words: list[str]) -> None:
+    path = write(tmp_path, GOOD + RULES_OK.replace(*change, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text
+    for w in words:
+        assert w in text, (w, text)

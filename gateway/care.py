@@ -1,0 +1,242 @@
+"""The care desk: the rule engine (gateway/rules) wired into the daemon.
+
+Readings reach the engine from the pipeline after the outbox has them; the engine's transitions
+(``raised``, ``escalated``, ``cleared``) become ``alert`` messages in the outbox's alert lane, so an
+alert raised while the uplink is down is committed at once and is the first thing sent when the link
+returns, with its real capture time. ``reminder`` events stay in the home (a WARNING in the journal
+without values, and ``gatewayctl tail``). SOS presses are tracked as external alerts, so the care
+centre's ``cmd/alert-ack`` stops their reminders too.
+
+The engine's state (open alerts, holds in progress, the cloud's rules) is kept in the registry
+(atomic writes) after every transition, every minute and at stop, so a restart neither forgets an open
+alert nor raises it twice (and if it did, the alert's deterministic ``msg_id`` lets the cloud drop it).
+Time comes from an injectable clock, so tests drive hours of silence without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from drivers.base import DeviceSpec, Reading, UnknownDeviceKind, driver_class
+from gateway import messages
+from gateway.config import RulesSection
+from gateway.errors import OutboxError
+from gateway.messages import Topics
+from gateway.outbox import NewMessage
+from gateway.registry import Registry
+from gateway.rules import AlertEvent, RuleEngine, RuleSpec, SnapshotError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "rules_snapshot"
+SAVE_EVERY_S = 60.0  # rule holds in progress are saved this often
+SAVE_DELAY_S = 1.0  # transitions and acks are saved this soon (coalesced: a storm is one write)
+
+
+class CareDesk:
+    """Owns the :class:`RuleEngine` of the gateway. Implements the ``AlertDesk`` and ``RulesTarget``
+    protocols of :mod:`gateway.commands` (``cmd/alert-ack``, ``cmd/rules-update``)."""
+
+    def __init__(
+        self,
+        cfg: RulesSection,
+        topics: Topics,
+        submit: Callable[[NewMessage], Any],
+        registry: Registry,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.submit = submit
+        self.registry = registry
+        self.clock = clock
+        person_rules: dict[str, Sequence[RuleSpec]] = {p.id: p.rules for p in cfg.persons if p.rules is not None}
+        self.engine = RuleEngine(cfg.watch, person_rules=person_rules)
+        self.sent = 0
+        self.send_failures = 0
+        self.reminders: list[AlertEvent] = []  # the last few, for status/tail
+        self._listeners: list[Callable[[AlertEvent], None]] = []
+        self._dirty = False
+        self._last_save = 0.0
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._restore()
+
+    # -- devices -----------------------------------------------------------------------------------
+
+    def set_devices(self, specs: Sequence[DeviceSpec]) -> None:
+        """The configured devices, with their person and whether they are worn. A device given to no
+        person belongs to ``default``; it is watched as worn when its driver says it is a wearable."""
+        now = self.clock()
+        for spec in specs:
+            self.add_device(spec.id, spec.kind, now)
+
+    def add_device(self, device_id: str, kind: str, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        person = self.cfg.person_of(device_id)
+        if person is not None:
+            worn = device_id in person.worn
+        else:
+            try:
+                worn = driver_class(kind).wearable
+            except (UnknownDeviceKind, ImportError):
+                worn = False
+        self.engine.set_device(device_id, now, person_id=person.id if person else None, worn=worn)
+        self._dirty = True
+
+    def remove_device(self, device_id: str) -> None:
+        self.engine.remove_device(device_id, self.clock())
+        self._dirty = True
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def on_event(self, listener: Callable[[AlertEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[AlertEvent], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def feed(self, reading: Reading) -> None:
+        """Every reading, from the pipeline (after the outbox has it)."""
+        self._emit(self.engine.feed(reading, self.clock()))
+
+    def sos(self, alert_id: str, device_id: str, at: float) -> None:
+        """An SOS press was committed: track it for reminders until the care centre acks it."""
+        self.engine.open_external(alert_id, "sos", "critical", device_id, at, self.clock())
+        self._save_soon()
+
+    def tick(self, *, outbox_fill: float | None = None, uplink_down_since: float | None = None) -> None:
+        """The watch: outbox fill, uplink down, silent and disconnected devices, reminders."""
+        now = self.clock()
+        events: list[AlertEvent] = []
+        if outbox_fill is not None:
+            events += self.engine.set_outbox_fill(outbox_fill, now)
+        events += self.engine.set_uplink_down(uplink_down_since, now)
+        events += self.engine.tick(now)
+        self._emit(events)
+        if self._dirty and now - self._last_save >= SAVE_EVERY_S:
+            self.save()
+
+    async def run(self, status: Callable[[], tuple[float | None, float | None]]) -> None:
+        """Tick every ``tick_s``; ``status()`` gives (outbox fill 0..1, uplink down since)."""
+        while True:
+            fill, down_since = status()
+            self.tick(outbox_fill=fill, uplink_down_since=down_since)
+            await asyncio.sleep(self.cfg.tick_s)
+
+    # -- AlertDesk / RulesTarget -------------------------------------------------------------------
+
+    def ack(self, alert_id: str, now: float) -> bool:
+        ok = self.engine.ack(alert_id, now)
+        if ok:
+            log.info("alert %s acknowledged by the care centre", alert_id)
+            self._save_soon()
+        return ok
+
+    def update_rules(self, person_id: str, rules: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+        result = self.engine.update_rules(person_id, rules)
+        log.info("rules of person %s replaced by the cloud: %s", person_id, ", ".join(result["rules"]))
+        self._save_soon()
+        # Clears of removed rules come with the next tick; do it now so the reply follows them.
+        self._emit(self.engine.tick(self.clock()))
+        return result
+
+    # -- outputs -----------------------------------------------------------------------------------
+
+    def _emit(self, events: Sequence[AlertEvent]) -> None:
+        if not events:
+            return
+        for ev in events:
+            where = ev.device_id or "gateway"
+            if ev.state == "reminder":
+                self.reminders = [*self.reminders[-19:], ev]
+                log.warning(
+                    "%s: alert %s (%s, %s) still not acknowledged, reminder %d",
+                    where,
+                    ev.alert_id,
+                    ev.kind,
+                    ev.severity,
+                    ev.reminder,
+                )
+            else:
+                log.warning("%s: alert %s %s (%s, %s)", where, ev.alert_id, ev.state, ev.kind, ev.severity)
+                fut = self.submit(messages.care_alert(self.topics, ev))
+                if isinstance(fut, asyncio.Future):
+                    fut.add_done_callback(self._sent)
+            for listener in self._listeners:
+                listener(ev)
+        self._save_soon()
+
+    def _sent(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.sent += 1
+        elif isinstance(exc, OutboxError):
+            self.send_failures += 1
+        else:
+            raise exc
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def _save_soon(self) -> None:
+        """Save within :data:`SAVE_DELAY_S`, once for any number of changes (never on the hot path:
+        the registry write is an fsync)."""
+        self._dirty = True
+        if self._save_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save()
+            return
+        self._save_handle = loop.call_later(SAVE_DELAY_S, self.save)
+
+    def save(self) -> None:
+        """Write the engine's state now (also at stop)."""
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self._save_handle = None
+        if not self._dirty:
+            return
+        self.registry.set(SNAPSHOT_KEY, self.engine.snapshot())
+        self._dirty = False
+        self._last_save = self.clock()
+
+    def _restore(self) -> None:
+        snap = self.registry.get(SNAPSHOT_KEY)
+        if not snap:
+            return
+        try:
+            self.engine.restore(snap, self.clock())
+        except SnapshotError as exc:
+            log.warning("care rules: saved state not usable, starting fresh: %s", exc)
+            person_rules = {p.id: p.rules for p in self.cfg.persons if p.rules is not None}
+            self.engine = RuleEngine(self.cfg.watch, person_rules=person_rules)
+        else:
+            n = len(self.engine.open_alerts())
+            log.info("care rules: state restored, %d open alerts", n)
+
+    def status(self) -> dict[str, Any]:
+        c = self.engine.counters()
+        return {
+            "open_alerts": [
+                {
+                    "alert_id": a.alert_id,
+                    "kind": a.kind,
+                    "severity": a.severity,
+                    "device_id": a.device_id,
+                    "started_at": messages.rfc3339_ms(a.started_at),
+                    "acknowledged": a.acked_at is not None,
+                }
+                for a in self.engine.open_alerts()
+            ],
+            "counters": {k: getattr(c, k) for k in c.__dataclass_fields__},
+            "alerts_sent": self.sent,
+        }
