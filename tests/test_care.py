@@ -354,3 +354,114 @@ def test_sos_during_a_100k_backlog_reaches_the_cloud_first(tmp_path: Path, broke
     # ... and the press made during the drain overtakes what is still waiting.
     second = next(i for i, d in enumerate(data) if d["type"] == "alert" and d is not data[0])
     print(f"SOS during a {n}-message drain: press-to-PUBACK {1000 * (at_broker - pressed):.1f} ms, position {second}")
+
+
+# -- the realistic generator (simulators/ppg.py) through the gateway's DSP and rules -------------------
+#
+# A wrist monitor's raw PPG reaches the pipeline as Waveform blocks (what the BLE wrist driver emits). The
+# recordings below are fed at many times real time with their true capture times (minutes of signal in a
+# second or two), through the same pipeline.sink the drivers use: DSP -> rules -> outbox -> broker.
+
+WRIST_RULES = """
+[rules]
+tick_s = 0.1
+"""
+
+
+async def _feed_recording(daemon: Daemon, rec: Any, device_id: str, *, block_s: float = 1.0) -> None:
+    from drivers.base import Waveform
+
+    assert daemon.pipeline is not None
+    n_block = round(block_s * rec.fs)
+    t0 = time.time() - len(rec) / rec.fs - 5.0
+    for i in range(0, len(rec) - n_block + 1, n_block):
+        daemon.pipeline.sink(
+            Waveform(
+                device_id=device_id,
+                captured_at=t0 + i / rec.fs,
+                fs=rec.fs,
+                channels={
+                    "ir": rec.ir[i : i + n_block].tolist(),
+                    "red": rec.red[i : i + n_block].tolist(),
+                    "green": rec.green[i : i + n_block].tolist(),
+                },
+                first_index=i,
+            )
+        )
+        if i % (n_block * 20) == 0:
+            await asyncio.sleep(0)  # let the outbox and uplink run
+
+
+def _gateway_obs(cloud: Collector, code: str) -> list[dict[str, Any]]:
+    return [o for o in cloud.of_type("observation") if o["code"] == code and o["method"] == "gateway"]
+
+
+def test_generator_desaturation_raises_one_alert_and_clears_and_artefacts_raise_none(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    from simulators.ppg import Desaturation, generate
+
+    cfg = gateway_config(tmp_path, broker.port, devices=WRIST_RULES)
+    # 6 min: a 2-minute desaturation to 84 % in the middle, with the default rule (below 90 % for 60 s)
+    desat = generate(360, fs=100.0, hr_bpm=72, seed=11, desaturations=[Desaturation(90, 84, 20, 120, 20)])
+    # 4 min at a normal heart rate with violent motion for 2 minutes: a naive peak count reads nonsense
+    shaken = generate(240, fs=100.0, hr_bpm=70, seed=12, motion=[(60, 180)], motion_level=6.0)
+
+    async def go() -> None:
+        async with running(cfg) as daemon:
+            await _feed_recording(daemon, desat, "wrist-a")
+            await until(
+                lambda: any(a["state"] == "cleared" for a in alerts(cloud, "spo2_low")), timeout=30, what="clear"
+            )
+            await _feed_recording(daemon, shaken, "wrist-b")
+            await until(lambda: len(_gateway_obs(cloud, "8867-4")) > 60, what="heart rates of both recordings")
+            await asyncio.sleep(1.0)
+
+    asyncio.run(go())
+    spo2 = [a for a in alerts(cloud, "spo2_low") if a["device_id"] == "wrist-a"]
+    states = [a["state"] for a in sorted(spo2, key=lambda a: a["seq"])]
+    assert states[0] == "raised" and states[-1] == "cleared" and states.count("raised") == 1
+    assert set(states) <= {"raised", "escalated", "cleared"} and len({a["alert_id"] for a in spo2}) == 1
+    lows = [o for o in _gateway_obs(cloud, "59408-5") if o["device_id"] == "wrist-a" and o["value"] < 90]
+    assert len(lows) >= 10, "the desaturation was seen by the gateway's own SpO2"
+    # nothing at all for the shaken wristband: its artefacts gave no value or low-quality values only
+    assert [a for a in alerts(cloud) if a["device_id"] == "wrist-b"] == []
+    shaken_hr = [o for o in _gateway_obs(cloud, "8867-4") if o["device_id"] == "wrist-b"]
+    assert shaken_hr and all(abs(o["value"] - 70) < 10 or o["quality"] < 0.5 for o in shaken_hr)
+
+
+def test_generator_af_episode_raises_a_followup_alert_with_its_burden(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    from simulators.ppg import generate
+
+    rules = (
+        WRIST_RULES
+        + """
+[[rules.person]]
+id = "default"
+
+[[rules.person.rule]]
+id = "af-followup"
+base = "af-followup"
+window_s = 600
+"""
+    )
+    cfg = gateway_config(tmp_path, broker.port, devices=rules)
+    # 15 min: sinus, then 10 min of AF (the default rule looks at an hour; this person's at 10 minutes)
+    rec = generate(900, fs=100.0, hr_bpm=75, seed=21, af_episodes=[(240, 900)])
+
+    async def go() -> None:
+        async with running(cfg) as daemon:
+            await _feed_recording(daemon, rec, "wrist-c")
+            await until(lambda: alerts(cloud, "af_followup"), timeout=30, what="AF follow-up alert")
+            accepted = daemon.pipeline.counters.accepted if daemon.pipeline else 0
+            await until(lambda: len(cloud.of_type("observation")) >= accepted - 10, what="the rest")
+
+    asyncio.run(go())
+    af = alerts(cloud, "af_followup")
+    assert len(af) == 1 and af[0]["state"] == "raised" and af[0]["severity"] == "low"
+    assert af[0]["detail"]["window_s"] == 600 and af[0]["detail"]["mean"] >= 0.1
+    screens = [o for o in cloud.of_type("observation") if o["code"] == "homecare:af-screening"]
+    assert screens and max(o["value"] for o in screens) > 0.5  # the burden the stream measured
+    assert any(o["extra"]["label"] == "af" for o in screens)
