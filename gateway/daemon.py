@@ -68,6 +68,7 @@ class Daemon:
         self.registry: Registry | None = None
         self.devices: DeviceManager | None = None
         self.care: CareDesk | None = None
+        self._down_since: float | None = None
 
     async def reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         """Re-read the configuration file and apply what can change without a restart."""
@@ -211,11 +212,13 @@ class Daemon:
         """What the care rules watch of the gateway itself: outbox fill and since when the uplink is down."""
         ob, up = self.outbox, self.uplink
         fill = ob.bytes / ob.max_bytes if ob is not None and ob.max_bytes else None
-        down_since = None
-        if up is not None and up.state is not ConnState.CONNECTED:
+        if up is None or up.state is ConnState.CONNECTED:
+            self._down_since = None
+        elif self._down_since is None:
+            # on the care rules' clock, fixed at the first look (the uplink keeps wall-clock times)
             down_for = time.time() - (up.disconnected_since or self.started_at)
-            down_since = self.clock() - max(0.0, down_for)
-        return fill, down_since
+            self._down_since = self.clock() - max(0.0, down_for)
+        return fill, self._down_since
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval_s()

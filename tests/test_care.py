@@ -465,3 +465,32 @@ window_s = 600
     screens = [o for o in cloud.of_type("observation") if o["code"] == "homecare:af-screening"]
     assert screens and max(o["value"] for o in screens) > 0.5  # the burden the stream measured
     assert any(o["extra"]["label"] == "af" for o in screens)
+
+
+def test_uplink_down_for_long_is_raised_locally_and_reported_first_when_back(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    cfg = gateway_config(tmp_path, broker.port, devices=WRIST_RULES)
+    clock = Clock()
+
+    async def go() -> None:
+        async with running(cfg, clock) as daemon:
+            assert daemon.care is not None
+            care = daemon.care
+            broker.stop()
+            await until(lambda: daemon.uplink is not None and daemon.uplink.state is not ConnState.CONNECTED)
+            clock.offset += 1700  # under the default 30 min: nothing yet
+            await asyncio.sleep(0.5)
+            assert not [a for a in care.engine.open_alerts() if a.kind == "uplink_down"]
+            clock.offset += 200
+            await until(lambda: [a for a in care.engine.open_alerts() if a.kind == "uplink_down"], what="raised")
+            broker.start()
+            await until(
+                lambda: [a for a in alerts(cloud, "uplink_down") if a["state"] == "cleared"], timeout=30, what="clear"
+            )
+
+    asyncio.run(go())
+    down = sorted(alerts(cloud, "uplink_down"), key=lambda a: a["seq"])
+    assert [a["state"] for a in down] == ["raised", "cleared"]
+    assert down[0]["device_id"] == "gw-test" and down[0]["detail"]["down_s"] >= 1800
+    assert cloud.data()[0]["kind"] == "uplink_down"  # what happened offline is the first thing the cloud hears
