@@ -312,6 +312,7 @@ class ScanHub:
         self._bluez_changed: list[Callable[[int], None]] = []
         self._last_heard = 0.0
         self._error_type: type[BaseException] | None = None
+        self._watchdog_warned = False
 
     @classmethod
     def for_adapter(cls, adapter: str = "", *, watchdog_s: float = 30.0) -> ScanHub:
@@ -399,6 +400,7 @@ class ScanHub:
         s = Sighting(device, adv, now, time.time())
         self.sightings[key] = s
         self._last_heard = now
+        self._watchdog_warned = False
         self.stats.advertisements += 1
         for fut in self._waiters.get(key, ()):
             if not fut.done():
@@ -438,7 +440,11 @@ class ScanHub:
                     silent = time.monotonic() - max(self._last_heard, started)
                     if silent > self.watchdog_s:
                         self.stats.watchdog_restarts += 1
-                        log.warning(
+                        # Repeats at DEBUG: a home whose only devices stay connected is silent for days.
+                        level = logging.DEBUG if self._watchdog_warned else logging.WARNING
+                        self._watchdog_warned = True
+                        log.log(
+                            level,
                             "BLE scanner on %s: nothing heard for %.0f s, restarting discovery",
                             self.adapter or "default adapter",
                             silent,
