@@ -163,6 +163,7 @@ class WristMonitorDriver(BleDriver):
 
     kind: ClassVar[str] = "ble-wrist"
     priority: ClassVar[int] = 2
+    wearable: ClassVar[bool] = True  # worn all day: the care rules watch it for "no data"
     options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
         **BLE_OPTIONS,
         "report_every_s": ((int, float), 5.0),
