@@ -203,10 +203,19 @@ def test_an_expired_broker_certificate_is_diagnosed(tmp_path: Path) -> None:
     assert rc_text == 2 and "FAIL  broker.tls" in text and "expired" in text
 
 
-def test_a_missing_adapter_is_diagnosed(tmp_path: Path) -> None:
+def test_a_missing_adapter_is_diagnosed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = gateway_config(tmp_path, 1883)
+    wrist = '[[devices]]\nid = "wrist-1"\nkind = "ble-wrist"\naddress = "C0:FF:EE:00:00:01"\n'
+    (tmp_path / "ble-config").mkdir()
+    with_ble = load_config(gateway_config(tmp_path / "ble-config", 1883, devices=wrist))
     with virtual_bluez(tmp_path / "ble", "--adapters", "0") as (bus, _control):
         rc, report, _ = run_doctor(config, "--json", env={"DBUS_SYSTEM_BUS_ADDRESS": bus})
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus)
+        needed = doctor.check_bluez(with_ble)
+    # with a Bluetooth device configured, no adapter is a failure naming the device
+    assert (
+        needed.status is doctor.Status.FAIL and "wrist-1" in needed.message and "no Bluetooth adapter" in needed.message
+    )
     bluez = by_id(report)["bluez"]
     # no Bluetooth device is configured: a warning (nothing could be paired), not a failure
     assert bluez["status"] == "warn"
