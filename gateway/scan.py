@@ -15,12 +15,18 @@ from typing import Any
 
 from serial.tools import list_ports
 
+from drivers.ble import gatt
+
 # 16-bit SIG service UUIDs -> our device kind (see drivers/base.py DRIVERS)
 BLE_SERVICE_KINDS: dict[str, str] = {
     "0000180d-0000-1000-8000-00805f9b34fb": "ble-wrist",  # Heart Rate
     "00001822-0000-1000-8000-00805f9b34fb": "ble-wrist",  # Pulse Oximeter
     "00001810-0000-1000-8000-00805f9b34fb": "ble-bp-cuff",  # Blood Pressure
+    gatt.RAW_PPG_SERVICE.lower(): "ble-wrist",  # the vendor-neutral raw PPG service (docs/ble.md)
+    gatt.SOS_SERVICE.lower(): "ble-sos",  # SOS pendant service (docs/ble.md)
 }
+# Manufacturer data company id -> kind (pendants that only advertise a press counter)
+BLE_COMPANY_KINDS: dict[int, str] = {gatt.SOS_COMPANY_ID: "ble-sos"}
 # (vid, pid, product substring or "") -> kind
 SERIAL_KINDS: list[tuple[int, int, str, str]] = [
     (0x0403, 0x6001, "RFXtrx", "rfxtrx-sos"),
@@ -73,6 +79,8 @@ async def _ble_scan(seconds: float, progress: Progress) -> list[dict[str, Any]]:
 
     def on_adv(device: Any, adv: Any) -> None:
         kind = next((BLE_SERVICE_KINDS[u.lower()] for u in adv.service_uuids if u.lower() in BLE_SERVICE_KINDS), None)
+        if kind is None:
+            kind = next((BLE_COMPANY_KINDS[c] for c in adv.manufacturer_data if c in BLE_COMPANY_KINDS), None)
         seen[device.address] = {
             "transport": "ble",
             "address": device.address,
