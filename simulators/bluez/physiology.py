@@ -1,9 +1,11 @@
 """What the simulated wrist monitor measures: one consistent body behind heart rate, RR intervals,
 SpO2 and the raw red/IR/green PPG it streams.
 
-``make_source`` is the one place the wrist monitor gets its data from; the realistic PPG generator
-of the DSP work (``simulators/ppg.py``) can replace :class:`PulseModel` behind it without touching the
-peripheral. The model here is small but deterministic and physiologically shaped:
+``make_source`` is the one place the wrist monitor gets its data from. By default it streams the
+realistic PPG generator of the DSP work (:mod:`simulators.ppg`: heart-rate variability, AF rhythm,
+dicrotic pulse, breathing baseline, sensor noise, SpO2 through the ratio of ratios) through
+:class:`RealisticSource`; ``realistic=False`` gives the small :class:`PulseModel` below, which has no
+numpy in it. The small model is deterministic and physiologically shaped:
 
 - beats with respiratory sinus arrhythmia and random variability, or irregularly irregular intervals
   in ``af`` mode;
@@ -104,7 +106,111 @@ class PulseModel:
         return out
 
 
+class RealisticSource:
+    """:func:`simulators.ppg.generate` as an endless, deterministic sample stream.
+
+    The stream is cut in chunks of ``chunk_samples`` (each generated from ``seed`` and its number, a few
+    kept in memory), so any sample index can be asked for at any time, as a sensor's counter runs.
+    At a seam between chunks a pulse may be cut short; beats closer than half an interval to the
+    previous chunk's last beat are not reported. Changing ``hr_bpm``, ``spo2_pct`` or ``af`` applies
+    to the chunks generated afterwards.
+    """
+
+    def __init__(
+        self,
+        fs: float = 100.0,
+        *,
+        hr_bpm: float = 68.0,
+        spo2_pct: float = 97.0,
+        af: bool = False,
+        seed: int = 1,
+        chunk_samples: int = 60_000,
+    ) -> None:
+        self._fs = fs
+        self.hr_bpm = hr_bpm
+        self.spo2_pct = spo2_pct
+        self.af = af
+        self.seed = seed
+        self.chunk_samples = chunk_samples
+        self._chunks: dict[int, tuple[dict[str, list[int]], list[float], list[float]]] = {}
+
+    @property
+    def fs(self) -> float:
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: float) -> None:
+        self._fs = value
+        self._chunks.clear()  # every sample index means another time now
+
+    def _chunk(self, c: int) -> tuple[dict[str, list[int]], list[float], list[float]]:
+        got = self._chunks.get(c)
+        if got is not None:
+            return got
+        from simulators.ppg import generate  # numpy: only when streamed
+
+        rec = generate(
+            self.chunk_samples / self.fs,
+            fs=self.fs,
+            hr_bpm=self.hr_bpm,
+            rhythm="af" if self.af else "sinus",
+            seed=self.seed * 100_003 + c,
+            spo2=self.spo2_pct,
+        )
+        chans = {name: [round(float(v)) for v in getattr(rec, name)] for name in ("red", "ir", "green")}
+        t0 = c * self.chunk_samples / self.fs
+        beats = [t0 + float(b) for b in rec.truth.beat_times_s]
+        if c > 0:
+            prev = self._chunk(c - 1)[1]
+            if prev:
+                beats = [b for b in beats if b - prev[-1] >= 0.5 * 60.0 / self.hr_bpm]
+        spo2 = [float(v) for v in rec.truth.spo2[:: max(1, round(self.fs))]]  # one value per second
+        self._chunks[c] = (chans, beats, spo2)
+        for old in [k for k in self._chunks if k < c - 2 or k > c + 2]:
+            del self._chunks[old]
+        return self._chunks[c]
+
+    def samples(self, start: int, n: int) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {"red": [], "ir": [], "green": []}
+        k = start
+        while k < start + n:
+            c, i = divmod(k, self.chunk_samples)
+            take = min(start + n - k, self.chunk_samples - i)
+            chans = self._chunk(c)[0]
+            for name in out:
+                out[name].extend(chans[name][i : i + take])
+            k += take
+        return out
+
+    def beats_between(self, t0: float, t1: float) -> list[float]:
+        chunk_s = self.chunk_samples / self.fs
+        out: list[float] = []
+        for c in range(max(0, int(t0 // chunk_s)), int(max(t0, t1) // chunk_s) + 1):
+            out.extend(b for b in self._chunk(c)[1] if t0 <= b < t1)
+        return out
+
+    def heart_rate(self, t: float) -> float:
+        beats = self.beats_between(max(0.0, t - 5.0), t + 1e-9)
+        if len(beats) < 2:
+            return self.hr_bpm
+        return 60.0 * (len(beats) - 1) / (beats[-1] - beats[0])
+
+    def spo2(self, t: float) -> float:
+        chunk_s = self.chunk_samples / self.fs
+        c = max(0, int(t // chunk_s))
+        per_s = self._chunk(c)[2]
+        return per_s[min(len(per_s) - 1, max(0, int(t - c * chunk_s)))] if per_s else self.spo2_pct
+
+
 def make_source(
-    fs: float = 100.0, *, hr_bpm: float = 68.0, spo2_pct: float = 97.0, af: bool = False, seed: int = 1
+    fs: float = 100.0,
+    *,
+    hr_bpm: float = 68.0,
+    spo2_pct: float = 97.0,
+    af: bool = False,
+    seed: int = 1,
+    realistic: bool = True,
 ) -> PpgSource:
+    if realistic:
+        return RealisticSource(fs, hr_bpm=hr_bpm, spo2_pct=spo2_pct, af=af, seed=seed)
     return PulseModel(fs=fs, hr_bpm=hr_bpm, spo2_pct=spo2_pct, af=af, seed=seed)
