@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -75,14 +76,25 @@ class PrivateBus:
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout_s
-        while not self.socket.exists():
+        # The socket file appears before dbus-daemon listens on it: ready means a connect succeeds.
+        while not self._accepts():
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise BusError(f"dbus-daemon exited with {self.proc.returncode}: {err.strip()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise BusError("dbus-daemon did not create its socket in time")
+                raise BusError("dbus-daemon did not listen on its socket in time")
             time.sleep(0.01)
+
+    def _accepts(self) -> bool:
+        if not self.socket.exists():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self.proc is None:
