@@ -115,7 +115,9 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
             # Unplug, keep another pty busy so the device comes back on a different /dev/pts/N.
             sim.unplug()
             await _wait(lambda: any(isinstance(r, DeviceStatus) and r.state is LinkState.DISCONNECTED for r in got))
-            blocker = os.openpty()  # takes the freed /dev/pts/N
+            # /dev/pts/N is free once the driver has closed its end too; then a blocker takes it
+            await _wait(lambda: not os.path.exists(first_tty))
+            blocker = os.openpty()
             sim.plug()
             assert sim.dev.slave_name != first_tty
             t_back = time.monotonic()
