@@ -54,6 +54,8 @@ class UplinkSection:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 120.0
     topic_prefix: str = "homecare/v1"
+    # Also send raw waveforms (PPG/pleth blocks) on bulk/{device_id}, the lowest lane, evicted first.
+    send_waveforms: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,7 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         backoff_base_s=u.float_("backoff_base_s", 1.0, 0.01, 600, "seconds"),
         backoff_cap_s=u.float_("backoff_cap_s", 120.0, 0.1, 3600, "seconds"),
         topic_prefix=u.str_("topic_prefix", "homecare/v1", re.compile(r"^[A-Za-z0-9_/.-]+[^/]$")),
+        send_waveforms=u.bool_("send_waveforms", False),
     )
     if (uplink.cert_file is None) != (uplink.key_file is None):
         key = "cert_file" if uplink.cert_file is None else "key_file"

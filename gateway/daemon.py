@@ -93,6 +93,8 @@ class Daemon:
             except (UplinkError, ConfigError) as exc:
                 raise CommandRejected("invalid", str(exc)) from None
             applied.append("uplink (reconnecting)")
+        if self.pipeline is not None:
+            self.pipeline.send_waveforms = new.uplink.send_waveforms
         if new.devices != old.devices and self.devices is not None:
             applied += await self.devices.reconfigure(new.devices)
         if new.rules != old.rules:
@@ -148,7 +150,9 @@ class Daemon:
             commit_interval_ms=cfg.outbox.commit_interval_ms,
         ) as outbox:
             self.outbox = outbox
-            self.pipeline = pipeline = Pipeline(topics, outbox, dsp_factory=_dsp_factory())
+            self.pipeline = pipeline = Pipeline(
+                topics, outbox, dsp_factory=_dsp_factory(), send_waveforms=cfg.uplink.send_waveforms
+            )
             self.uplink = uplink = Uplink(
                 cfg.uplink,
                 cfg.gateway.id,

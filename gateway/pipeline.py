@@ -59,11 +59,13 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.time,
         dsp_factory: Callable[[str], DspStream] | None = None,
+        send_waveforms: bool = False,
     ) -> None:
         self.topics = topics
         self.outbox = outbox
         self.clock = clock
         self.dsp_factory = dsp_factory
+        self.send_waveforms = send_waveforms  # raw blocks to the cloud's bulk lane as well
         self.devices: dict[str, DeviceInfo] = {}
         self.counters = PipelineCounters()
         self._dsp: dict[str, DspStream] = {}
@@ -118,6 +120,8 @@ class Pipeline:
                     log.info("device %s: %s (%s)", reading.device_id, reading.state.value, reading.reason)
                 self._submit(messages.device_state(self.topics, reading))
             case Waveform():
+                if self.send_waveforms:
+                    self._submit(messages.waveform(self.topics, reading))
                 for m in self._stream(reading.device_id, lambda s: s.push_waveform(reading)):
                     self.sink(m)
             case BeatIntervals():

@@ -494,3 +494,30 @@ def test_uplink_down_for_long_is_raised_locally_and_reported_first_when_back(
     assert [a["state"] for a in down] == ["raised", "cleared"]
     assert down[0]["device_id"] == "gw-test" and down[0]["detail"]["down_s"] >= 1800
     assert cloud.data()[0]["kind"] == "uplink_down"  # what happened offline is the first thing the cloud hears
+
+
+def test_raw_waveforms_reach_the_bulk_lane_only_when_asked(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    from simulators.ppg import generate
+
+    rec = generate(30, fs=100.0, hr_bpm=66, seed=5)
+    for send in (False, True):
+        work = tmp_path / str(send)
+        work.mkdir()
+        extra = "send_waveforms = true" if send else ""
+        cfg = gateway_config(
+            work, broker.port, devices=WRIST_RULES, gateway_id=f"gw-{send}".lower(), uplink_extra=extra
+        )
+
+        async def go(cfg: Path = cfg) -> None:
+            async with running(cfg) as daemon:
+                await _feed_recording(daemon, rec, "wrist-w")
+                await until(lambda d=daemon: d.outbox is not None and d.outbox.depth_total() == 0, what="all sent")
+                await asyncio.sleep(0.5)
+
+        asyncio.run(go())
+    waves = cloud.of_type("waveform")
+    assert waves and {w["gateway_id"] for w in waves} == {"gw-true"}
+    assert sum(len(w["channels"]["ir"]) for w in waves) == len(rec)  # every sample, once
+    assert [w["first_index"] for w in waves] == sorted(w["first_index"] for w in waves)
+    # the readings computed from them are sent either way
+    assert {o["gateway_id"] for o in _gateway_obs(cloud, "8867-4")} == {"gw-false", "gw-true"}
