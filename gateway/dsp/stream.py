@@ -254,7 +254,9 @@ class WristStream:
             self.counters.rejected_blocks += 1
             self._count("bad-rr")
             return []
-        rr = np.where(np.isfinite(rr), rr, math.nan)
+        with np.errstate(invalid="ignore"):
+            # not a beat interval (negative, absurd): an artefact, kept as NaN so screen_af sees the break
+            rr = np.where(np.isfinite(rr) & (rr > 0.0) & (rr < 60.0), rr, math.nan)
         ends = t_last - np.concatenate((np.cumsum(rr[::-1])[::-1][1:], [0.0]))
         if not np.all(np.isfinite(ends)):
             ends = np.full(len(rr), t_last)
