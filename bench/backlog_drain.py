@@ -69,7 +69,7 @@ def status(config: Path) -> dict:  # type: ignore[type-arg]
         text=True,
         timeout=30,
     )
-    return json.loads(out.stdout)["result"] if out.returncode == 0 else {}
+    return json.loads(out.stdout) if out.returncode == 0 else {}  # the status itself
 
 
 class AlertWatch:

@@ -302,8 +302,13 @@ def test_both_protocol_versions_deliver_with_will_and_birth(
 
     asyncio.run(go())
     cloud.wait(lambda c: c.of_type("observation"), 10)
-    states = [d["state"] for _, t, d, _ in cloud.poll() if t.endswith("/status")]
-    assert states[0] == "online" and states[-1] == "offline", states
+
+    def states() -> list[str]:
+        return [d["state"] for _, t, d, _ in cloud.poll() if t.endswith("/status")]
+
+    # the orderly stop's "offline" may still be on its way
+    cloud.wait(lambda c: states() and states()[-1] == "offline", 10, "offline status")
+    assert states()[0] == "online" and states()[-1] == "offline", states()
     # The retained status seen by a newcomer is the last word: offline.
     late = Viewer("127.0.0.1", broker.port, f"homecare/v1/{GW}/status")
     late.start()
