@@ -350,6 +350,11 @@ def parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> 
     for key, (kind_type, default) in cls.options_schema.items():
         value = d.get(key, kind_type, default, _describe_type(kind_type))
         options[key] = value
+    if "spo2_calibration" in options:
+        from gateway.dsp.spo2 import CALIBRATIONS
+
+        if str(options["spo2_calibration"]).lower() not in CALIBRATIONS:
+            raise d.fail("spo2_calibration", options["spo2_calibration"], "one of " + ", ".join(sorted(CALIBRATIONS)))
     d.finish()
     return DeviceSpec(id=dev_id, kind=kind, transport=transport, options=options)
 

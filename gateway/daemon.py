@@ -46,8 +46,8 @@ class _StopRequested(Exception):
     pass
 
 
-def _dsp_factory() -> Any:
-    """The DSP stream class when gateway.dsp provides it (pure; optional at this stage)."""
+def _dsp_class() -> Any:
+    """The DSP stream class of gateway.dsp (pure numpy/scipy)."""
     try:
         stream = importlib.import_module("gateway.dsp.stream")
     except ImportError:
@@ -151,7 +151,7 @@ class Daemon:
         ) as outbox:
             self.outbox = outbox
             self.pipeline = pipeline = Pipeline(
-                topics, outbox, dsp_factory=_dsp_factory(), send_waveforms=cfg.uplink.send_waveforms
+                topics, outbox, dsp_factory=self._dsp_factory(), send_waveforms=cfg.uplink.send_waveforms
             )
             self.uplink = uplink = Uplink(
                 cfg.uplink,
@@ -211,6 +211,19 @@ class Daemon:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
+
+    def _dsp_factory(self) -> Callable[[str], Any] | None:
+        """One DSP stream per device, with the SpO2 calibration its configuration names."""
+        cls = _dsp_class()
+        if cls is None:
+            return None
+
+        def make(device_id: str) -> Any:
+            drv = self.devices.drivers.get(device_id) if self.devices is not None else None
+            model = drv.spec.options.get("spo2_calibration") if drv is not None else None
+            return cls(device_id, calibration=model if isinstance(model, str) else None)
+
+        return make
 
     def _watch_inputs(self) -> tuple[float | None, float | None]:
         """What the care rules watch of the gateway itself: outbox fill and since when the uplink is down."""

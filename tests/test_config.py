@@ -168,3 +168,12 @@ def test_a_rules_mistake_is_one_line_too(tmp_path: Path, change: tuple[str, str]
     assert "\n" not in text and str(path) in text
     for w in words:
         assert w in text, (w, text)
+
+
+def test_a_wrist_monitors_spo2_calibration_must_be_a_known_model(tmp_path: Path) -> None:
+    wrist = '\n[[devices]]\nid = "w1"\nkind = "ble-wrist"\naddress = "AA:BB:CC:DD:EE:FF"\nspo2_calibration = "{}"\n'
+    cfg = load_config(write(tmp_path, GOOD + wrist.format("MAX30102")))
+    assert cfg.devices[1].options["spo2_calibration"] == "MAX30102"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD + wrist.format("max30103")))
+    assert "devices[1] (w1).spo2_calibration = 'max30103'" in str(info.value) and "max30102" in str(info.value)

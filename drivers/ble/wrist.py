@@ -169,6 +169,9 @@ class WristMonitorDriver(BleDriver):
         "report_every_s": ((int, float), 5.0),
         "ppg": (bool, True),
         "ppg_block_s": ((int, float), 1.0),
+        # SpO2 calibration of the gateway's ratio-of-ratios estimate from raw PPG: a model name of
+        # gateway.dsp.spo2.CALIBRATIONS (docs/dsp.md); the device's own SpO2 is passed through as is.
+        "spo2_calibration": (str, "default"),
     }
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
