@@ -13,8 +13,10 @@ stack, e.g. BlueZ's D-Bus libraries, never stops the serial drivers).
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import enum
 import importlib
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -194,3 +196,16 @@ def driver_class(kind: str) -> type[Driver]:
     cls = getattr(importlib.import_module(module_name), class_name)
     assert isinstance(cls, type) and issubclass(cls, Driver)
     return cls
+
+
+def device_zone(name: str) -> dt.tzinfo:
+    """The time zone of a device's clock: an IANA name, or "" for the gateway's local zone.
+    Stored records carry the device's local time; this turns them into real instants."""
+    if not name:
+        local = dt.datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise DeviceConfigError(f"unknown timezone {name!r}") from exc

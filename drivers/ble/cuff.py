@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import zoneinfo
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import DeviceConfigError, DeviceSpec, Measurement, ReadingSink
+from drivers.base import DeviceSpec, Measurement, ReadingSink, device_zone
 from drivers.ble import gatt
 from drivers.ble.driver import BLE_OPTIONS, BleDriver
 from drivers.ble.stack import BLEAK_FAILURES, NotBonded, ProcedureFailed, classify
@@ -96,17 +95,6 @@ def bp_measurements(
     return out
 
 
-def _zone(name: str) -> dt.tzinfo:
-    if not name:
-        local = dt.datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise DeviceConfigError(f"unknown timezone {name!r}") from exc
-
-
 class BpCuffDriver(BleDriver):
     """Options: the BLE keys, ``timezone`` (IANA name of the cuff's clock; default the gateway's),
     ``set_clock`` (write Current Time on connect, default true), ``state_path`` (ledger of records
@@ -140,7 +128,7 @@ class BpCuffDriver(BleDriver):
 
     def check_options(self) -> None:
         super().check_options()
-        self.tz = _zone(self.tz_name)
+        self.tz = device_zone(self.tz_name)
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())

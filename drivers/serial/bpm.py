@@ -34,13 +34,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import DeviceConfigError, FrameError, Measurement
+from drivers.base import FrameError, Measurement, device_zone
 from drivers.reconnect import Backoff
 from drivers.serial.cms50 import FetchLedger
 from drivers.serial.port import SERIAL_OPTIONS, LinkSilent, SerialDriver, SerialLink
@@ -168,17 +167,6 @@ def record_measurements(device_id: str, rec: BpRecord, tz: dt.tzinfo) -> list[Me
     ]
 
 
-def _zone(name: str) -> dt.tzinfo:
-    if not name:
-        local = dt.datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise DeviceConfigError(f"unknown timezone {name!r}") from exc
-
-
 class SerialBpDriver(SerialDriver):
     """Beurer BM58/BM65-family monitor on a USB-serial cable.
 
@@ -205,7 +193,7 @@ class SerialBpDriver(SerialDriver):
         super().__init__(*args, **kwargs)
         opts = self.spec.options
         self.poll_interval_s = float(opts.get("poll_interval_s", 30.0))
-        self.tz = _zone(str(opts.get("timezone", "")))
+        self.tz = device_zone(str(opts.get("timezone", "")))
         state = str(opts.get("state_path", ""))
         self.ledger = FetchLedger(Path(state) if state else None, max_entries=1024, owner=self.device_id)
         self.ledger.load()

@@ -33,13 +33,12 @@ import datetime as dt
 import json
 import logging
 import os
-import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
-from drivers.base import DeviceConfigError, FrameError, Measurement, Waveform
+from drivers.base import FrameError, Measurement, Waveform, device_zone
 from drivers.reconnect import Backoff
 from drivers.serial.port import SERIAL_OPTIONS, LinkLost, LinkSilent, SerialDriver, SerialLink
 
@@ -724,17 +723,6 @@ class LiveAccumulator:
 # --------------------------------------------------------------------------------------------------
 
 
-def _zone(name: str) -> dt.tzinfo:
-    if not name:
-        local = dt.datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise DeviceConfigError(f"unknown timezone {name!r}") from exc
-
-
 class Cms50Driver(SerialDriver):
     """CMS50D+ (firmware 4.6+), CMS50E/F and relatives speaking the newer ("v7") protocol at 115200.
 
@@ -775,7 +763,7 @@ class Cms50Driver(SerialDriver):
         if "silence_timeout_s" not in opts:
             self.silence_timeout_s = 10.0
         self.download_stored = bool(opts.get("download_stored", True))
-        self.tz = _zone(str(opts.get("timezone", "")))
+        self.tz = device_zone(str(opts.get("timezone", "")))
         state = str(opts.get("state_path", ""))
         self.ledger = FetchLedger(Path(state) if state else None, owner=self.device_id)
         self.ledger.load()
