@@ -16,9 +16,13 @@ import abc
 import datetime as dt
 import enum
 import importlib
+import json
+import logging
+import os
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias
 
 # --------------------------------------------------------------------------------------------------
@@ -209,3 +213,38 @@ def device_zone(name: str) -> dt.tzinfo:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise DeviceConfigError(f"unknown timezone {name!r}") from exc
+
+
+class StateFile:
+    """A small JSON file where a driver keeps what must outlive a restart (records already fetched,
+    a pendant's press counter). Written atomically (temp file, rename); a write failure is logged at
+    WARNING the first time and at DEBUG while it repeats; a damaged file reads as absent."""
+
+    def __init__(self, path: Path, owner: str, what: str) -> None:
+        self.path, self.owner, self.what = path, owner, what
+        self._write_failed = False
+
+    def read(self) -> Any:
+        """The stored JSON value, or ``None`` when the file is missing or unreadable."""
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            _log.warning("device %s: cannot read %s %s: %s", self.owner, self.what, self.path, exc)
+            return None
+
+    def write(self, value: Any) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(value, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            level = logging.DEBUG if self._write_failed else logging.WARNING
+            _log.log(level, "device %s: cannot write %s %s: %s", self.owner, self.what, self.path, exc)
+            self._write_failed = True
+        else:
+            self._write_failed = False
+
+
+_log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from drivers.base import DeviceConfigError
+from drivers.base import DeviceConfigError, LinkState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,19 @@ class ConnState(enum.StrEnum):
     CONNECTED = "connected"
     BACKOFF = "backoff"
     STOPPED = "stopped"
+
+
+def link_state(state: ConnState, error: BaseException | None) -> tuple[LinkState, str | None] | None:
+    """What a device's ``device/{id}/state`` says for a reconnector state (``None``: nothing to say
+    yet, e.g. while connecting): connected, disconnected, or error for a configuration error."""
+    if state in (ConnState.CONNECTING, ConnState.IDLE):
+        return None
+    if state is ConnState.CONNECTED:
+        link = LinkState.CONNECTED
+    else:
+        link = LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED
+    reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
+    return link, reason
 
 
 class ErrorClass(enum.StrEnum):

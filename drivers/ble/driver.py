@@ -41,7 +41,7 @@ from drivers.ble.stack import (
     disconnect_client,
     normalize_address,
 )
-from drivers.reconnect import Backoff, ConnState, Reconnector
+from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,9 @@ class BleDriver(Driver):
         )
 
     def _on_state(self, state: ConnState, error: BaseException | None) -> None:
-        link = {
-            ConnState.CONNECTED: LinkState.CONNECTED,
-            ConnState.CONNECTING: None,
-            ConnState.IDLE: None,
-        }.get(state, LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED)
-        if link is None:
-            return
-        reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
-        self.report(link, reason)
+        said = link_state(state, error)
+        if said is not None:
+            self.report(*said)
 
     # -- advertisements -------------------------------------------------------------------------
 

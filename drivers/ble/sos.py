@@ -20,9 +20,7 @@ The pure part is :class:`PressTracker`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import DeviceSpec, LinkState, ReadingSink, SosPress
+from drivers.base import DeviceSpec, LinkState, ReadingSink, SosPress, StateFile
 from drivers.ble import gatt
 from drivers.ble.driver import BLE_OPTIONS, BleDriver
 from drivers.ble.stack import Sighting
@@ -98,33 +96,22 @@ class _PendantDriver(BleDriver):
         super().__init__(spec, sink, clock)
         state = str(spec.options.get("state_path", ""))
         self.state_path = Path(state) if state else None
-        self._state_write_failed = False
+        self._state = StateFile(self.state_path, self.device_id, "press state") if self.state_path else None
         self.tracker = self.load_tracker()
 
     def load_tracker(self) -> PressTracker:
-        if self.state_path is None:
+        raw = self._state.read() if self._state is not None else None
+        if raw is None:
             return PressTracker()
         try:
-            return PressTracker.from_json(json.loads(self.state_path.read_text()))
-        except FileNotFoundError:
-            return PressTracker()
-        except (OSError, ValueError) as exc:
+            return PressTracker.from_json(raw)
+        except ValueError as exc:
             log.warning("device %s: cannot read press state %s: %s", self.device_id, self.state_path, exc)
             return PressTracker()
 
     def save_tracker(self) -> None:
-        if self.state_path is None:
-            return
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.tracker.to_json()))
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            level = logging.DEBUG if self._state_write_failed else logging.WARNING
-            log.log(level, "device %s: cannot write press state %s: %s", self.device_id, self.state_path, exc)
-            self._state_write_failed = True
-        else:
-            self._state_write_failed = False
+        if self._state is not None:
+            self._state.write(self.tracker.to_json())
 
     def on_state_value(self, data: bytes, via: str) -> None:
         try:

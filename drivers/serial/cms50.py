@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
-from drivers.base import FrameError, Measurement, Waveform, device_zone
+from drivers.base import FrameError, Measurement, StateFile, Waveform, device_zone
 from drivers.reconnect import Backoff
 from drivers.serial.port import SERIAL_OPTIONS, LinkLost, LinkSilent, SerialDriver, SerialLink
 
@@ -553,35 +551,19 @@ class FetchLedger:
     max_entries: int = 64
     owner: str = ""  # the device id, for log lines
     done: dict[str, int] = field(default_factory=dict)
-    _write_failed: bool = False
+
+    def __post_init__(self) -> None:
+        self._file = StateFile(self.path, self.owner, "stored-record ledger") if self.path is not None else None
 
     def load(self) -> None:
-        if self.path is None:
-            return
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("device %s: cannot read stored-record ledger %s: %s", self.owner, self.path, exc)
-            return
+        raw = self._file.read() if self._file is not None else None
         if isinstance(raw, dict):
             self.done = {str(k): v for k, v in raw.items() if isinstance(v, int)}
 
     def save(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.done, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            # First failure at WARNING, repeats at DEBUG (the msg_id still dedupes a re-emitted record).
-            level = logging.DEBUG if self._write_failed else logging.WARNING
-            log.log(level, "device %s: cannot write stored-record ledger %s: %s", self.owner, self.path, exc)
-            self._write_failed = True
-        else:
-            self._write_failed = False
+        # (the msg_id still dedupes a record re-emitted after a failed write)
+        if self._file is not None:
+            self._file.write(self.done)
 
     def emitted(self, key: str) -> int:
         return self.done.get(key, 0)

@@ -37,7 +37,7 @@ from drivers.base import (
     ReadingSink,
     TransientDeviceError,
 )
-from drivers.reconnect import Backoff, ConnState, Reconnector
+from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 
 log = logging.getLogger(__name__)
 
@@ -282,14 +282,10 @@ class SerialDriver(Driver):
         return merged
 
     def _on_state(self, state: ConnState, error: BaseException | None) -> None:
-        link = {
-            ConnState.CONNECTED: LinkState.CONNECTED,
-            ConnState.CONNECTING: None,
-            ConnState.IDLE: None,
-        }.get(state, LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED)
-        if link is None:
+        said = link_state(state, error)
+        if said is None:
             return
-        reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
+        link, reason = said
         if (link, reason) == self._last_reported:
             return
         self._last_reported = (link, reason)
