@@ -16,6 +16,7 @@ Time comes from an injectable clock, so tests drive hours of silence without sle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ class CareDesk:
         self,
         cfg: RulesSection,
         topics: Topics,
-        submit: Callable[[NewMessage], Any],
+        submit: Callable[[NewMessage], asyncio.Future[int]],
         registry: Registry,
         *,
         clock: Callable[[], float] = time.time,
@@ -55,8 +56,7 @@ class CareDesk:
         self.submit = submit
         self.registry = registry
         self.clock = clock
-        person_rules: dict[str, Sequence[RuleSpec]] = {p.id: p.rules for p in cfg.persons if p.rules is not None}
-        self.engine = RuleEngine(cfg.watch, person_rules=person_rules)
+        self.engine = self._new_engine()
         self.sent = 0
         self.send_failures = 0
         self.reminders: list[AlertEvent] = []  # the last few, for status/tail
@@ -65,6 +65,10 @@ class CareDesk:
         self._last_save = 0.0
         self._save_handle: asyncio.TimerHandle | None = None
         self._restore()
+
+    def _new_engine(self) -> RuleEngine:
+        person_rules: dict[str, Sequence[RuleSpec]] = {p.id: p.rules for p in self.cfg.persons if p.rules is not None}
+        return RuleEngine(self.cfg.watch, person_rules=person_rules)
 
     # -- devices -----------------------------------------------------------------------------------
 
@@ -165,9 +169,7 @@ class CareDesk:
                 )
             else:
                 log.warning("%s: alert %s %s (%s, %s)", where, ev.alert_id, ev.state, ev.kind, ev.severity)
-                fut = self.submit(messages.care_alert(self.topics, ev))
-                if isinstance(fut, asyncio.Future):
-                    fut.add_done_callback(self._sent)
+                self.submit(messages.care_alert(self.topics, ev)).add_done_callback(self._sent)
             for listener in self._listeners:
                 listener(ev)
         self._save_soon()
@@ -217,8 +219,7 @@ class CareDesk:
             self.engine.restore(snap, self.clock())
         except SnapshotError as exc:
             log.warning("care rules: saved state not usable, starting fresh: %s", exc)
-            person_rules = {p.id: p.rules for p in self.cfg.persons if p.rules is not None}
-            self.engine = RuleEngine(self.cfg.watch, person_rules=person_rules)
+            self.engine = self._new_engine()
         else:
             n = len(self.engine.open_alerts())
             log.info("care rules: state restored, %d open alerts", n)
@@ -237,6 +238,6 @@ class CareDesk:
                 }
                 for a in self.engine.open_alerts()
             ],
-            "counters": {k: getattr(c, k) for k in c.__dataclass_fields__},
+            "counters": dataclasses.asdict(c),
             "alerts_sent": self.sent,
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import importlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
 from gateway.downlink import Downlink
+from gateway.dsp.stream import WristStream
 from gateway.errors import CommandRejected, ConfigError, GatewayError, UplinkError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
@@ -44,15 +44,6 @@ VERSION = "0.1.0"
 
 class _StopRequested(Exception):
     pass
-
-
-def _dsp_class() -> Any:
-    """The DSP stream class of gateway.dsp (pure numpy/scipy)."""
-    try:
-        stream = importlib.import_module("gateway.dsp.stream")
-    except ImportError:
-        return None
-    return getattr(stream, "WristStream", None)
 
 
 class Daemon:
@@ -151,7 +142,7 @@ class Daemon:
         ) as outbox:
             self.outbox = outbox
             self.pipeline = pipeline = Pipeline(
-                topics, outbox, dsp_factory=self._dsp_factory(), send_waveforms=cfg.uplink.send_waveforms
+                topics, outbox, dsp_factory=self._dsp_factory, send_waveforms=cfg.uplink.send_waveforms
             )
             self.uplink = uplink = Uplink(
                 cfg.uplink,
@@ -212,18 +203,11 @@ class Daemon:
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
 
-    def _dsp_factory(self) -> Callable[[str], Any] | None:
+    def _dsp_factory(self, device_id: str) -> WristStream:
         """One DSP stream per device, with the SpO2 calibration its configuration names."""
-        cls = _dsp_class()
-        if cls is None:
-            return None
-
-        def make(device_id: str) -> Any:
-            drv = self.devices.drivers.get(device_id) if self.devices is not None else None
-            model = drv.spec.options.get("spo2_calibration") if drv is not None else None
-            return cls(device_id, calibration=model if isinstance(model, str) else None)
-
-        return make
+        drv = self.devices.drivers.get(device_id) if self.devices is not None else None
+        model = drv.spec.options.get("spo2_calibration") if drv is not None else None
+        return WristStream(device_id, calibration=model if isinstance(model, str) else None)
 
     def _watch_inputs(self) -> tuple[float | None, float | None]:
         """What the care rules watch of the gateway itself: outbox fill and since when the uplink is down."""

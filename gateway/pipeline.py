@@ -106,11 +106,11 @@ class Pipeline:
                 drill = self.in_drill(reading.captured_at)
                 log.warning("device %s: SOS press%s", reading.device_id, " (drill)" if drill else "")
                 msg = messages.sos_alert(self.topics, reading, drill=drill)
-                self._submit(msg)
+                self.submit(msg)
                 for on_alert in self._alert_listeners:
                     on_alert(messages.sos_alert_id(reading), reading.device_id, reading.captured_at)
             case Measurement():
-                self._submit(messages.observation(self.topics, reading))
+                self.submit(messages.observation(self.topics, reading))
             case DeviceStatus():
                 info.state, info.reason = reading.state.value, reading.reason
                 info.counters = dict(reading.counters)
@@ -118,10 +118,10 @@ class Pipeline:
                     log.info("device %s: connected", reading.device_id)
                 else:
                     log.info("device %s: %s (%s)", reading.device_id, reading.state.value, reading.reason)
-                self._submit(messages.device_state(self.topics, reading))
+                self.submit(messages.device_state(self.topics, reading))
             case Waveform():
                 if self.send_waveforms:
-                    self._submit(messages.waveform(self.topics, reading))
+                    self.submit(messages.waveform(self.topics, reading))
                 for m in self._stream(reading.device_id, lambda s: s.push_waveform(reading)):
                     self.sink(m)
             case BeatIntervals():
@@ -143,10 +143,7 @@ class Pipeline:
         return push(stream)
 
     def submit(self, msg: NewMessage) -> asyncio.Future[int]:
-        """Hand a message the gateway made itself (a care alert) to the outbox's next commit."""
-        return self._submit(msg)
-
-    def _submit(self, msg: NewMessage) -> asyncio.Future[int]:
+        """Hand a message to the outbox's next commit (readings here; care alerts from gateway.care)."""
         fut = self.outbox.submit(msg)
         fut.add_done_callback(self._committed)
         return fut
