@@ -106,7 +106,9 @@ class CareDesk:
             self._listeners.remove(listener)
 
     def feed(self, reading: Reading) -> None:
-        """Every reading, from the pipeline (after the outbox has it)."""
+        """Every reading, from the pipeline (after the outbox has it). Holds in progress change the
+        engine's state: the next tick saves it when a minute has passed since the last save."""
+        self._dirty = True
         self._emit(self.engine.feed(reading, self.clock()))
 
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
