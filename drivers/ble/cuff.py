@@ -222,15 +222,13 @@ class BpCuffDriver(BleDriver):
         try:
             self._racp.put_nowait(gatt.decode_racp_response(data))
         except gatt.GattDecodeError as exc:
-            self.count("bad_values")
-            log.debug("device %s: %s", self.device_id, exc)
+            self.bad_value(exc)
 
     def on_record(self, data: bytes) -> None:
         try:
             rec = gatt.decode_blood_pressure_record(data)
         except gatt.GattDecodeError as exc:
-            self.count("bad_values")
-            log.debug("device %s: %s", self.device_id, exc)
+            self.bad_value(exc)
             return
         if rec.measurement is None:
             self.count("unsupported_records")  # segmented or another record type
@@ -248,8 +246,7 @@ class BpCuffDriver(BleDriver):
         try:
             m = gatt.decode_blood_pressure_measurement(data)
         except gatt.GattDecodeError as exc:
-            self.count("bad_values")
-            log.debug("device %s: %s", self.device_id, exc)
+            self.bad_value(exc)
             return
         key = measurement_key(m)
         if self.ledger.emitted(key):

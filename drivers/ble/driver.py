@@ -107,6 +107,12 @@ class BleDriver(Driver):
     def count(self, name: str, n: int = 1) -> None:
         self._counters[name] = self._counters.get(name, 0) + n
 
+    def bad_value(self, exc: Exception) -> None:
+        """A characteristic value or advertisement the parser refused: counted, logged at DEBUG
+        (a noisy device must not flood the journal), never fatal."""
+        self.count("bad_values")
+        log.debug("device %s: %s", self.device_id, exc)
+
     def counters(self) -> Mapping[str, int]:
         merged = dict(self._counters)
         merged["connects"] = self.reconnector.connects
@@ -293,8 +299,7 @@ class BleDriver(Driver):
         try:
             level = gatt.decode_battery_level(data).percent
         except gatt.GattDecodeError as exc:
-            self.count("bad_values")
-            log.debug("device %s: %s", self.device_id, exc)
+            self.bad_value(exc)
             return
         if level != self.battery:
             self.battery = level

@@ -117,8 +117,7 @@ class _PendantDriver(BleDriver):
         try:
             state = gatt.decode_sos_state(data)
         except gatt.GattDecodeError as exc:
-            self.count("bad_values")
-            log.debug("device %s: %s", self.device_id, exc)
+            self.bad_value(exc)
             return
         if state.battery_percent is not None:
             self.battery = state.battery_percent

@@ -206,14 +206,13 @@ class WristMonitorDriver(BleDriver):
             self.sink(w)
 
     def _bad(self, exc: gatt.GattDecodeError) -> None:
-        self.count("bad_values")
-        log.debug("device %s: %s", self.device_id, exc)
+        self.bad_value(exc)
 
     def on_heart_rate(self, data: bytes) -> None:
         try:
             hrm = gatt.decode_heart_rate_measurement(data)
         except gatt.GattDecodeError as exc:
-            self._bad(exc)
+            self.bad_value(exc)
             return
         now = self.clock()
         if hrm.sensor_contact is False:
@@ -228,7 +227,7 @@ class WristMonitorDriver(BleDriver):
         try:
             plx = gatt.decode_plx_continuous(data)
         except gatt.GattDecodeError as exc:
-            self._bad(exc)
+            self.bad_value(exc)
             return
         if plx.status & gatt.PLX_UNUSABLE:
             self.count("unusable_values")
@@ -246,7 +245,7 @@ class WristMonitorDriver(BleDriver):
         try:
             frame = gatt.decode_ppg_frame(data)
         except gatt.GattDecodeError as exc:
-            self._bad(exc)
+            self.bad_value(exc)
             return
         for w in self.ppg.feed(frame, self.clock()):
             self.sink(w)
