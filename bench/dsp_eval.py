@@ -138,6 +138,7 @@ def eval_afdb(quick: bool) -> dict[str, float]:
     heads = ("record", "half", "AF int", "non-AF", "Se rec", "Sp rec", "Se str", "Sp str")
     print(" ".join(f"{h:>8}" for h in heads))
     totals = {(h, mode): Counts() for h in halves for mode in ("record", "stream", "window")}
+    per_record: list[Counts] = []
     for half, recs in halves.items():
         for name in recs:
             r = datasets.load_afdb(name)
@@ -150,6 +151,7 @@ def eval_afdb(quick: bool) -> dict[str, float]:
             smask, c_win = stream_mask(times, rr, af)
             c_str.add(smask, af)
             totals[(half, "record")] += c_rec
+            per_record.append(c_rec)
             totals[(half, "stream")] += c_str
             totals[(half, "window")] += c_win
             print(
@@ -168,8 +170,24 @@ def eval_afdb(quick: bool) -> dict[str, float]:
         print(f"  {mode:6} all : Se {100 * allc.se:5.1f} %  Sp {100 * allc.sp:5.1f} %")
         out[f"afdb_{mode}_se"] = allc.se
         out[f"afdb_{mode}_sp"] = allc.sp
+    lo_se, lo_sp = record_bootstrap(per_record)
+    print(f"  record mode, 95 % bootstrap over records, lower bounds: Se {100 * lo_se:.1f} %, Sp {100 * lo_sp:.1f} %")
+    out["afdb_record_se_ci_lo"], out["afdb_record_sp_ci_lo"] = lo_se, lo_sp
     print("  published (full 23-record AFDB): Petrenas 2015 97.1/98.3, Tateno & Glass 2001 94.4/97.2")
     return out
+
+
+def record_bootstrap(per_record: list[Counts], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Lower ends of the 95 % percentile-bootstrap intervals of pooled Se and Sp, resampling whole
+    records: how far the pooled figures could fall on another sample of records of the same kind
+    (one record with many short episodes moves the pooled figure more than thousands of intervals)."""
+    counts = np.array([(c.tp, c.fn, c.tn, c.fp) for c in per_record], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(per_record), size=(rounds, len(per_record)))
+    tp, fn, tn, fp = (counts[:, k][picks].sum(axis=1) for k in range(4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se, sp = tp / (tp + fn), tn / (tn + fp)
+    return float(np.nanpercentile(se, 2.5)), float(np.nanpercentile(sp, 2.5))
 
 
 def eval_nsr(quick: bool) -> dict[str, float]:
@@ -261,18 +279,25 @@ def ablation(quick: bool) -> None:
     afdb = {n: datasets.load_afdb(n) for n in names}
     cinc = datasets.load_cinc2017()[:: 8 if quick else 1]
     nsr = datasets.load_nsr().rr_s
-    variants = [
-        ("Petrenas 2015 as published", False, False, 99.0),
-        ("+ rate cap 70 bpm", False, False, afmod.RT_MAX_S),
-        ("+ rate cap + extra-beat joining", True, False, afmod.RT_MAX_S),
-        ("+ rate cap + COSEn veto", False, True, afmod.RT_MAX_S),
-        ("all (screen_af default)", True, True, afmod.RT_MAX_S),
+    paper = {"RT_MAX_S": 99.0, "ALPHA": 0.02, "ETA_LOW": afmod.ETA}
+    ours = {"RT_MAX_S": afmod.RT_MAX_S, "ALPHA": afmod.ALPHA, "ETA_LOW": afmod.ETA_LOW}
+    # (title, merge_extra, cosen_veto, module constants)
+    variants: list[tuple[str, bool, bool, dict[str, float]]] = [
+        ("Petrenas 2015 as published", False, False, paper),
+        ("+ rate cap 70 bpm", False, False, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
+        ("+ rate cap + extra-beat joining", True, False, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
+        ("+ rate cap + COSEn veto", False, True, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
+        ("+ cap + joining + veto (previous)", True, True, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
+        ("previous + alpha 0.04", True, True, {**ours, "ETA_LOW": afmod.ETA}),
+        ("previous + hysteresis", True, True, {**ours, "ALPHA": 0.02}),
+        ("all (screen_af default)", True, True, ours),
     ]
-    saved = afmod.RT_MAX_S
+    saved = dict(ours)
     print("== ablation (record mode): AFDB Se/Sp tune|test, CinC AF Se / Sp vs O / Sp vs N tune|test, NSR AF %")
     try:
-        for title, merge, veto, cap in variants:
-            afmod.RT_MAX_S = cap
+        for title, merge, veto, consts in variants:
+            for key, value in consts.items():
+                setattr(afmod, key, value)
             cells = []
             for half in (0, 1):
                 c = Counts()
@@ -289,7 +314,8 @@ def ablation(quick: bool) -> None:
             nsr_pct = 100 * screen_af(nsr, merge_extra=merge, cosen_veto=veto).burden
             print(f"  {title:34} AFDB {cells[0]} | {cells[1]}   CinC {cells[2]} | {cells[3]}   NSR {nsr_pct:.2f}")
     finally:
-        afmod.RT_MAX_S = saved
+        for key, value in saved.items():
+            setattr(afmod, key, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         "afdb_sp": figures["afdb_record_sp"],
         "afdb_se_test": figures["afdb_record_test_se"],
         "afdb_sp_test": figures["afdb_record_test_sp"],
+        "afdb_se_ci_lo": figures["afdb_record_se_ci_lo"],
+        "afdb_sp_ci_lo": figures["afdb_record_sp_ci_lo"],
         "afdb_stream_se": figures["afdb_stream_se"],
         "afdb_stream_sp": figures["afdb_stream_sp"],
         "afdb_window_se": figures["afdb_window_se"],
