@@ -16,7 +16,9 @@ Method (all steps O(n), no allocation beyond a few arrays of the window's size):
 5. Rate: 60 over the mean of the inter-beat intervals, excluding intervals that are clearly a missed
    beat (> 1.7 x the median) or an extra one (< 0.45 x the median), and their neighbours when more than
    20 % off the median (the misplaced beat of the same artefact); a mean, not a median, so that an
-   irregular rhythm (AF) gives its true average rate as an ECG would count it.
+   irregular rhythm (AF) gives its true average rate as an ECG would count it. Beats are timed at their
+   steepest upstroke (:func:`beat_fiducials`); a beat whose upstroke the window's start cut off is timed
+   from its systolic peak instead (timing it at the window's first sample biased the rate upwards).
 """
 
 from __future__ import annotations
@@ -154,7 +156,12 @@ def refine(y: FloatArray, peaks: IntArray) -> FloatArray:
 def upslope_times(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
     """Sub-sample index of the steepest upstroke before each systolic peak (within 0.3 s): a sharper
     fiducial than the rounded systolic maximum (Peralta et al. 2019, Physiol Meas 40:025007, found the
-    maximum-slope and tangent-intersection points the most precise PPG beat markers)."""
+    maximum-slope and tangent-intersection points the most precise PPG beat markers).
+
+    NaN for a beat whose steepest upstroke is not inside the window: when the largest slope found is at
+    the window's first or last slope sample, the upstroke was cut by the window's edge and the true
+    maximum lies outside it (the first beat of a window that starts on an upstroke); its time would be
+    the window's edge, not the beat's, and the interval to it would be wrong."""
     if len(peaks) == 0:
         return peaks.astype(np.float64)
     dy = np.diff(y)
@@ -173,7 +180,22 @@ def upslope_times(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where(den < 0, 0.5 * (a - c) / den, 0.0)
     pos[inner] += np.clip(off, -0.5, 0.5)
+    pos[~inner] = np.nan
     return pos
+
+
+def beat_fiducials(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
+    """Beat times (sub-sample index) for the rate: the steepest upstroke (:func:`upslope_times`); for a
+    beat whose upstroke the window's start cut off, its systolic peak (:func:`refine`) minus the window's
+    median peak-to-upstroke delay, so that it still bounds its interval without the edge's bias; NaN for
+    a beat whose systolic maximum is itself at the window's edge (not located)."""
+    up = upslope_times(y, peaks, fs)
+    cut = np.isnan(up)
+    if cut.any() and not cut.all():
+        pk = refine(y, peaks)
+        located = cut & (peaks > 0) & (peaks < len(y) - 1)
+        up[located] = pk[located] - float(np.median(pk[~cut] - up[~cut]))
+    return up
 
 
 def rate_from_intervals(ibi_s: FloatArray) -> float | None:
@@ -231,7 +253,10 @@ def analyse(
     peaks = detect_peaks(y, fs)
     q = assess(y, peaks, fs, raw=x, check_perfusion=check_perfusion, motion=motion)
     times = refine(y, peaks) / fs
-    bpm = rate_from_intervals(np.diff(upslope_times(y, peaks, fs) / fs)) if q.usable else None
+    bpm = None
+    if q.usable:
+        ibi = np.diff(beat_fiducials(y, peaks, fs) / fs)
+        bpm = rate_from_intervals(ibi[np.isfinite(ibi)])  # no interval to a beat cut by the edge
     if bpm is not None and not 30.0 <= bpm <= 220.0:
         bpm = None
     if bpm is None and q.usable:

@@ -53,6 +53,29 @@ def test_rate_follows_the_generator_over_its_range() -> None:
         assert res.bpm is not None and abs(res.bpm - _truth_rate(rec.truth.beat_times_s, 10.0, 20.0)) <= 2.0, hr
 
 
+def test_a_beat_cut_by_the_window_edge_does_not_bias_the_rate() -> None:
+    # A strictly periodic pulse (75 /min, 0.8 s): every 10 s window must give 75 /min whatever the phase
+    # at which it starts. A window starting on an upstroke cuts that beat's steepest point off;
+    # timing that beat at the window's edge instead shortens its interval (up to 0.4 /min off here).
+    fs, period = 100.0, 0.8
+    phase = (np.arange(0.0, 30.0, 1.0 / fs) % period) / period
+    x = (phase / 0.15) ** 2 * np.exp(2.0 * (1.0 - phase / 0.15))
+    for start in range(200, 200 + round(period * fs)):
+        res = estimate_heart_rate(x[start : start + round(10 * fs)], fs)
+        assert res.bpm is not None and abs(res.bpm - 75.0) < 0.1, (start, res.bpm)
+    # the cut beat has no upstroke inside the window; it is timed from its systolic peak, about one period
+    # before the next beat (within 20 ms: the filter's edge moves that peak a little), not at the window's
+    # first sample (0.04 s too late here)
+    w = x[248:1248]
+    y = dsp.heart.bandpass(w - w.mean(), fs)
+    peaks = dsp.heart.detect_peaks(y, fs)
+    up = dsp.heart.upslope_times(y, peaks, fs)
+    assert math.isnan(up[0]) and np.all(np.isfinite(up[1:]))
+    assert np.allclose(np.diff(up[1:]), period * fs, atol=0.5)
+    fid = dsp.heart.beat_fiducials(y, peaks, fs)
+    assert abs(fid[1] - fid[0] - period * fs) < 2.0 and np.allclose(fid[1:], up[1:])
+
+
 def test_motion_artefacts_and_sensor_off_give_no_value() -> None:
     rec = generate(80.0, hr_bpm=70.0, seed=7, motion=[(10.0, 30.0)], sensor_off=[(45.0, 65.0)])
     fs = rec.fs
