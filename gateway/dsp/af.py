@@ -138,7 +138,9 @@ COSEN_MIN_MATCHES = 5
 COSEN_MIN_N = 12
 """Shortest segment for COSEn: 12 beats, the segment length of Lake & Moorman 2011."""
 COSEN_BLOCK_N = 128
-"""Longest block for COSEn (longer AF runs are judged block by block: bounded cost, local veto)."""
+"""Block length for COSEn: a longer AF run is judged in blocks of 128 to 255 intervals (bounded cost,
+local veto). Never shorter than 128: a run just over it cut in halves left a half made mostly of the
+sinus edges the smoothing adds, and COSEn cleared the real AF with them."""
 OTHER_VETOED_FRACTION = 0.25
 """Non-AF window where the irregularity detector fired on at least this fraction of the time but
 COSEn vetoed it (irregular, but not random like AF) is ``"other"``."""
@@ -303,7 +305,7 @@ def cosen(rr_s: FloatArray) -> float:
 def _cosen_veto(clean: FloatArray, af: BoolArray) -> BoolArray:
     """Clear AF stretches whose RR series is not random enough to be AF (COSEn below threshold).
 
-    Each run of AF intervals is cut in blocks of at most :data:`COSEN_BLOCK_N` intervals (shorter runs
+    Each run of AF intervals is cut in blocks of :data:`COSEN_BLOCK_N` to twice that (shorter runs
     are widened to :data:`COSEN_MIN_N` intervals around their centre); a block whose COSEn is below
     :data:`COSEN_THRESHOLD` is not AF: regular tachycardia, rate changes, ectopic patterns."""
     out = af.copy()
@@ -312,7 +314,7 @@ def _cosen_veto(clean: FloatArray, af: BoolArray) -> BoolArray:
     n = int(clean.shape[0])
     edges = np.diff(np.concatenate(([0], af.astype(np.int8), [0])))
     for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        nblocks = max(1, int(np.ceil((end - start) / COSEN_BLOCK_N)))
+        nblocks = max(1, int(end - start) // COSEN_BLOCK_N)
         bounds = np.linspace(start, end, nblocks + 1).round().astype(int)
         for b0, b1 in itertools.pairwise(bounds):
             lo, hi = int(b0), int(b1)

@@ -166,6 +166,17 @@ def test_short_paroxysm_of_forty_seconds_is_found(seed: int) -> None:
     assert res.af_mask[:150].sum() == 0 and res.af_mask[310:].sum() == 0
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_episode_just_longer_than_a_cosen_block_is_kept_whole(seed: int) -> None:
+    """120 AF intervals plus the edges the smoothing adds make a stretch just over 128: cut in two
+    halves, the second half was mostly the sinus edge, COSEn found it regular and cleared real AF."""
+    rng = np.random.default_rng(seed)
+    rr = np.concatenate((sinus(60, rng, 0.75), af_rr(120, rng, 0.75), sinus(60, rng, 0.75)))
+    res = screen_af(rr)
+    assert res.label == "af"
+    assert np.mean(res.af_mask[60:180]) >= 0.95
+
+
 def test_hysteresis_keeps_whole_runs_that_reach_the_high_threshold() -> None:
     o = np.array([0.0, 0.65, 0.7, 0.8, 0.65, 0.0, 0.65, 0.7, 0.65, np.nan, 0.9, 0.5, 0.9])
     got = afmod.hysteresis(o, 0.6, 0.725)
