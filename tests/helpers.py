@@ -195,7 +195,8 @@ def outbox_meta(data_dir: Path) -> dict[str, int]:
         db.close()
 
 
-def status_via_ctl(config: Path) -> dict[str, Any]:
+def status_via_ctl(config: Path) -> dict[str, Any] | None:
+    """``gatewayctl --json status``, or None while the daemon does not answer (for polling)."""
     out = subprocess.run(
         [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
         capture_output=True,
@@ -203,7 +204,8 @@ def status_via_ctl(config: Path) -> dict[str, Any]:
         timeout=30,
         cwd=REPO,
     )
-    assert out.returncode == 0, out.stderr
+    if out.returncode != 0:
+        return None
     reply: dict[str, Any] = json.loads(out.stdout)
     return reply
 

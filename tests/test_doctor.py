@@ -27,7 +27,7 @@ from simulators.bluez.bus import PrivateBus
 from simulators.bluez.control import ControlClient
 from simulators.broker import Mosquitto, TlsFiles
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import REPO, GatewayProcess, gateway_config, make_pki, rfxtrx_device, until
+from tests.helpers import REPO, GatewayProcess, gateway_config, make_pki, rfxtrx_device, status_via_ctl, until
 
 
 def run_doctor(config: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:
@@ -158,14 +158,8 @@ def test_a_healthy_gateway_is_all_ok(tmp_path: Path) -> None:
 
 
 def _uplink_connected(config: Path) -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
-    return out.returncode == 0 and json.loads(out.stdout)["uplink"]["state"] == "connected"
+    status = status_via_ctl(config)
+    return status is not None and status["uplink"]["state"] == "connected"
 
 
 def test_an_expired_broker_certificate_is_diagnosed(tmp_path: Path) -> None:
