@@ -39,6 +39,14 @@ class PpgSource(Protocol):
         """SpO2 (%) around time ``t``."""
 
 
+def recent_rate(source: PpgSource, t: float, default: float) -> float:
+    """Heart rate (/min) of ``source``'s beats in the 5 s up to ``t``; ``default`` with fewer than two."""
+    beats = source.beats_between(max(0.0, t - 5.0), t + 1e-9)
+    if len(beats) < 2:
+        return default
+    return 60.0 * (len(beats) - 1) / (beats[-1] - beats[0])
+
+
 @dataclass
 class PulseModel:
     fs: float = 100.0
@@ -72,10 +80,7 @@ class PulseModel:
         return self._beats[lo:hi]
 
     def heart_rate(self, t: float) -> float:
-        beats = self.beats_between(max(0.0, t - 5.0), t + 1e-9)
-        if len(beats) < 2:
-            return self.hr_bpm
-        return 60.0 * (len(beats) - 1) / (beats[-1] - beats[0])
+        return recent_rate(self, t, self.hr_bpm)
 
     def spo2(self, t: float) -> float:
         return self.spo2_pct + 0.3 * math.sin(2 * math.pi * t / 60.0)
@@ -190,10 +195,7 @@ class RealisticSource:
         return out
 
     def heart_rate(self, t: float) -> float:
-        beats = self.beats_between(max(0.0, t - 5.0), t + 1e-9)
-        if len(beats) < 2:
-            return self.hr_bpm
-        return 60.0 * (len(beats) - 1) / (beats[-1] - beats[0])
+        return recent_rate(self, t, self.hr_bpm)
 
     def spo2(self, t: float) -> float:
         chunk_s = self.chunk_samples / self.fs
