@@ -6,8 +6,8 @@ instead "will a 1-minute episode be reported?". This script answers on the synth
 scatter), since no public recording has enough short episodes of known length. Each case is one AF
 episode in the middle of 10 minutes of sinus rhythm at the same mean rate, over ``--seeds`` seeds.
 
-Two ways of reporting, as in the daemon (:class:`gateway.dsp.stream.WristStream`): *found* = at least
-one 120 s window (every 60 s) is labelled ``"af"``; *coverage* = fraction of the episode's intervals
+Two ways of reporting, with the daemon's windows (:func:`bench.dsp_eval.stream_windows`): *found* = at
+least one 120 s window (every 60 s) is labelled ``"af"``; *coverage* = fraction of the episode's intervals
 inside the screen's AF mask (each interval from the first window that reports it); *false* = sinus
 intervals inside the mask, per episode (the edges the smoothing spreads).
 
@@ -27,10 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import result_line
-from gateway.dsp.af import screen_af
+from bench.dsp_eval import stream_windows
 from simulators.ppg import beat_sequence
 
-WINDOW_S, HOP_S = 120.0, 60.0  # gateway.dsp.stream.AF_WINDOW_S / AF_HOP_S
 LENGTHS_S = (20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0)
 RATES_BPM = (60.0, 80.0, 110.0)
 TOTAL_S = 600.0
@@ -43,22 +42,11 @@ def one_case(length_s: float, hr_bpm: float, seed: int) -> tuple[bool, float, in
     )
     rr = np.diff(beats)
     truth = truth[: len(rr)]
-    ends = beats[1:]
     mask = np.zeros(len(rr), dtype=bool)
     found = False
-    done_until = -np.inf
-    now = float(ends[0]) + WINDOW_S
-    while True:
-        lo = int(np.searchsorted(ends, now - WINDOW_S, side="left"))
-        hi = int(np.searchsorted(ends, now, side="right"))
-        res = screen_af(rr[lo:hi])
+    for sl, new, res in stream_windows(beats, rr):
         found |= res.label == "af"
-        new = ends[lo:hi] > done_until
-        mask[lo:hi][new] = res.af_mask[new]
-        done_until = now
-        if now >= ends[-1]:
-            break
-        now += HOP_S
+        mask[sl][new] = res.af_mask[new]
     coverage = float(np.mean(mask[truth])) if truth.any() else float("nan")
     return found, coverage, int(np.count_nonzero(mask & ~truth))
 

@@ -39,7 +39,7 @@ import argparse
 import collections
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import datasets
 from bench._common import result_line
-from gateway.dsp.af import screen_af
+from gateway.dsp.af import AfResult, screen_af
 
 STREAM_WINDOW_S = 120.0  # gateway.dsp.stream.AF_WINDOW_S
 STREAM_HOP_S = 60.0  # gateway.dsp.stream.AF_HOP_S
@@ -85,17 +85,13 @@ class Counts:
         return self.tn / (self.tn + self.fp) if self.tn + self.fp else float("nan")
 
 
-def stream_mask(
-    beat_times_s: npt.NDArray[np.float64], rr_s: npt.NDArray[np.float64], ref: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.bool_], Counts]:
-    """AF mask as the daemon reports it: a window of STREAM_WINDOW_S every STREAM_HOP_S; an interval
-    (identified by its ending beat) takes the mask of the first window that contains it.
-
-    Also the window labels against the reference: a window with at least 30 s of reference AF should
-    be labelled "af", a window without any should not; windows in between are not counted."""
+def stream_windows(
+    beat_times_s: npt.NDArray[np.float64], rr_s: npt.NDArray[np.float64]
+) -> Iterator[tuple[slice, npt.NDArray[np.bool_], AfResult]]:
+    """The daemon's AF screens over a recording: a window of STREAM_WINDOW_S every STREAM_HOP_S.
+    Yields each window's intervals (identified by their ending beat), which of them no earlier window
+    contained (the daemon reports an interval in the first window that has it), and the screen."""
     ends = beat_times_s[1:]
-    mask = np.zeros(rr_s.shape[0], dtype=bool)
-    windows = Counts()
     t0 = float(beat_times_s[0])
     t_end = float(ends[-1])
     now = t0 + STREAM_WINDOW_S
@@ -104,16 +100,28 @@ def stream_mask(
         lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
         hi = int(np.searchsorted(ends, now, side="right"))
         if hi > lo:
-            res = screen_af(rr_s[lo:hi])
-            new = ends[lo:hi] > done_until
-            mask[lo:hi][new] = res.af_mask[new]
-            ref_af_s = float(rr_s[lo:hi][ref[lo:hi]].sum())
-            if ref_af_s >= 30.0 or ref_af_s == 0.0:
-                windows.add(np.array([res.label == "af"]), np.array([ref_af_s >= 30.0]))
+            yield slice(lo, hi), ends[lo:hi] > done_until, screen_af(rr_s[lo:hi])
         done_until = now
         if now >= t_end:
             break
         now += STREAM_HOP_S
+
+
+def stream_mask(
+    beat_times_s: npt.NDArray[np.float64], rr_s: npt.NDArray[np.float64], ref: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.bool_], Counts]:
+    """AF mask as the daemon reports it (:func:`stream_windows`: each interval takes the mask of the
+    first window that contains it).
+
+    Also the window labels against the reference: a window with at least 30 s of reference AF should
+    be labelled "af", a window without any should not; windows in between are not counted."""
+    mask = np.zeros(rr_s.shape[0], dtype=bool)
+    windows = Counts()
+    for sl, new, res in stream_windows(beat_times_s, rr_s):
+        mask[sl][new] = res.af_mask[new]
+        ref_af_s = float(rr_s[sl][ref[sl]].sum())
+        if ref_af_s >= 30.0 or ref_af_s == 0.0:
+            windows.add(np.array([res.label == "af"]), np.array([ref_af_s >= 30.0]))
     return mask, windows
 
 
