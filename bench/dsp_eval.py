@@ -126,16 +126,9 @@ def stream_mask(
 
 
 def stream_labels(rr_s: npt.NDArray[np.float64]) -> collections.Counter[str]:
+    """Labels of the daemon's AF screens (:func:`stream_windows`) over a series of intervals."""
     times = np.concatenate(([0.0], np.cumsum(rr_s)))
-    ends = times[1:]
-    labels: collections.Counter[str] = collections.Counter()
-    now = STREAM_WINDOW_S
-    while now <= ends[-1]:
-        lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
-        hi = int(np.searchsorted(ends, now, side="right"))
-        labels[screen_af(rr_s[lo:hi]).label] += 1
-        now += STREAM_HOP_S
-    return labels
+    return collections.Counter(res.label for _, _, res in stream_windows(times, rr_s))
 
 
 def eval_afdb(quick: bool) -> dict[str, float]:
