@@ -184,15 +184,14 @@ def upslope_times(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
     return pos
 
 
-def beat_fiducials(y: FloatArray, peaks: IntArray, fs: float) -> FloatArray:
+def beat_fiducials(y: FloatArray, peaks: IntArray, fs: float, pk: FloatArray) -> FloatArray:
     """Beat times (sub-sample index) for the rate: the steepest upstroke (:func:`upslope_times`); for a
-    beat whose upstroke the window's start cut off, its systolic peak (:func:`refine`) minus the window's
-    median peak-to-upstroke delay, so that it still bounds its interval without the edge's bias; NaN for
-    a beat whose systolic maximum is itself at the window's edge (not located)."""
+    beat whose upstroke the window's start cut off, its systolic peak (``pk``, from :func:`refine`) minus
+    the window's median peak-to-upstroke delay, so that it still bounds its interval without the edge's
+    bias; NaN for a beat whose systolic maximum is itself at the window's edge (not located)."""
     up = upslope_times(y, peaks, fs)
     cut = np.isnan(up)
     if cut.any() and not cut.all():
-        pk = refine(y, peaks)
         located = cut & (peaks > 0) & (peaks < len(y) - 1)
         up[located] = pk[located] - float(np.median(pk[~cut] - up[~cut]))
     return up
@@ -252,10 +251,11 @@ def analyse(
         y = -y
     peaks = detect_peaks(y, fs)
     q = assess(y, peaks, fs, raw=x, check_perfusion=check_perfusion, motion=motion)
-    times = refine(y, peaks) / fs
+    peak_pos = refine(y, peaks)
+    times = peak_pos / fs
     bpm = None
     if q.usable:
-        ibi = np.diff(beat_fiducials(y, peaks, fs) / fs)
+        ibi = np.diff(beat_fiducials(y, peaks, fs, peak_pos) / fs)
         bpm = rate_from_intervals(ibi[np.isfinite(ibi)])  # no interval to a beat cut by the edge
     if bpm is not None and not 30.0 <= bpm <= 220.0:
         bpm = None

@@ -72,7 +72,7 @@ def test_a_beat_cut_by_the_window_edge_does_not_bias_the_rate() -> None:
     up = dsp.heart.upslope_times(y, peaks, fs)
     assert math.isnan(up[0]) and np.all(np.isfinite(up[1:]))
     assert np.allclose(np.diff(up[1:]), period * fs, atol=0.5)
-    fid = dsp.heart.beat_fiducials(y, peaks, fs)
+    fid = dsp.heart.beat_fiducials(y, peaks, fs, dsp.heart.refine(y, peaks))
     assert abs(fid[1] - fid[0] - period * fs) < 2.0 and np.allclose(fid[1:], up[1:])
 
 
