@@ -205,9 +205,6 @@ class WristMonitorDriver(BleDriver):
         for w in self.ppg.flush():
             self.sink(w)
 
-    def _bad(self, exc: gatt.GattDecodeError) -> None:
-        self.bad_value(exc)
-
     def on_heart_rate(self, data: bytes) -> None:
         try:
             hrm = gatt.decode_heart_rate_measurement(data)
