@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,8 +286,3 @@ def load_welltory(subject: str) -> CameraPpgRecord:
     keep = np.concatenate(([True], np.diff(t) > 0))  # duplicate frame times: keep the first
     sel = order[keep]
     return CameraPpgRecord(subject, t[keep], col["R"][sel], col["G"][sel], col["B"][sel], rr)
-
-
-def iter_welltory() -> Iterator[CameraPpgRecord]:
-    for s in welltory_subjects():
-        yield load_welltory(s)

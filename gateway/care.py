@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from drivers.base import DeviceSpec, Reading, UnknownDeviceKind, driver_class
+from drivers.base import Reading, UnknownDeviceKind, driver_class
 from gateway import messages
 from gateway.config import RulesSection
 from gateway.errors import OutboxError
@@ -60,7 +60,6 @@ class CareDesk:
         self.sent = 0
         self.send_failures = 0
         self.reminders: list[AlertEvent] = []  # the last few, for status/tail
-        self._listeners: list[Callable[[AlertEvent], None]] = []
         self._dirty = False
         self._last_save = 0.0
         self._save_handle: asyncio.TimerHandle | None = None
@@ -72,14 +71,9 @@ class CareDesk:
 
     # -- devices -----------------------------------------------------------------------------------
 
-    def set_devices(self, specs: Sequence[DeviceSpec]) -> None:
-        """The configured devices, with their person and whether they are worn. A device given to no
-        person belongs to ``default``; it is watched as worn when its driver says it is a wearable."""
-        now = self.clock()
-        for spec in specs:
-            self.add_device(spec.id, spec.kind, now)
-
     def add_device(self, device_id: str, kind: str, now: float | None = None) -> None:
+        """A configured device, with its person and whether it is worn. A device given to no person
+        belongs to ``default``; it is watched as worn when its driver says it is a wearable."""
         now = self.clock() if now is None else now
         person = self.cfg.person_of(device_id)
         if person is not None:
@@ -97,13 +91,6 @@ class CareDesk:
         self._dirty = True
 
     # -- inputs ------------------------------------------------------------------------------------
-
-    def on_event(self, listener: Callable[[AlertEvent], None]) -> None:
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[AlertEvent], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     def feed(self, reading: Reading) -> None:
         """Every reading, from the pipeline (after the outbox has it). Holds in progress change the
@@ -172,8 +159,6 @@ class CareDesk:
             else:
                 log.warning("%s: alert %s %s (%s, %s)", where, ev.alert_id, ev.state, ev.kind, ev.severity)
                 self.submit(messages.care_alert(self.topics, ev)).add_done_callback(self._sent)
-            for listener in self._listeners:
-                listener(ev)
         self._save_soon()
 
     def _sent(self, fut: asyncio.Future[Any]) -> None:

@@ -373,9 +373,6 @@ class ScanHub:
                 if s.at > newer_than:
                     return s
 
-    def request_restart(self) -> None:
-        self._restart.set()
-
     # -- scanner --------------------------------------------------------------------------------
 
     def _ensure_running(self) -> None:
