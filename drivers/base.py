@@ -5,9 +5,14 @@ them to a :class:`ReadingSink`. It never imports the daemon (``gateway.daemon``,
 ``gateway.outbox``...). Decoding lives in pure functions next to the driver (sans-I/O), so it is tested
 with bytes alone.
 
-Adding a device kind is one module that subclasses :class:`Driver`, its simulator, its byte vectors,
-and one line in :data:`DRIVERS` (``kind -> "module:Class"``, imported lazily so that a missing optional
-stack, e.g. BlueZ's D-Bus libraries, never stops the serial drivers).
+Adding a device kind is one module that subclasses :class:`Driver` (its options a dataclass of
+:mod:`drivers.options`, its facts on the class), its simulator, its byte vectors, and one line in
+:data:`DRIVERS` (``kind -> "module:Class"``, imported lazily so that a missing optional stack, e.g.
+BlueZ's D-Bus libraries, never stops the serial drivers). Kinds from other packages register through the
+``homecare_gateway.drivers`` entry-point group (as python-can's interfaces do).
+
+A driver gets the shared services it may use through a :class:`DriverContext` built by the daemon: the
+clock, its state directory, the BLE stack; never through globals.
 """
 
 from __future__ import annotations
@@ -16,14 +21,21 @@ import abc
 import datetime as dt
 import enum
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
+import time
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+
+from drivers.options import DriverOptions
+
+if TYPE_CHECKING:
+    from drivers.ble.manager import BleStack
 
 # --------------------------------------------------------------------------------------------------
 # Errors
@@ -135,35 +147,76 @@ for the outbox, so a driver is never slowed down by the uplink."""
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    """A configured device as the driver sees it: id, kind, transport and the transport's own keys
-    (already validated by the driver's ``validate_options``)."""
+    """A configured device as the driver sees it: id, kind, transport and its options, an instance of
+    the kind's :attr:`Driver.Options` (a table given here is validated into one, so a spec that exists
+    is one its driver accepts; :class:`~drivers.options.OptionError` otherwise)."""
 
     id: str
     kind: str
     transport: str
-    options: Mapping[str, Any]
+    options: DriverOptions
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, DriverOptions):
+            cls = driver_class(self.kind)
+            object.__setattr__(self, "options", cls.Options.from_mapping(self.options))
+
+
+@dataclass(frozen=True, slots=True)
+class DriverContext:
+    """The shared services a driver may use, built and owned by the daemon (or a test)."""
+
+    clock: Callable[[], float] = time.time  # wall clock for reading times
+    state_dir: Path | None = None  # where the driver keeps what must outlive a restart
+    ble: BleStack | None = None  # the BLE stack (scanner hubs, connection budgets), for BLE kinds
+
+    def state_file(self, device_id: str) -> Path | None:
+        if self.state_dir is None:
+            return None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir / f"{device_id}.json"
 
 
 class Driver(abc.ABC):
     """Runs one device until cancelled. ``run`` owns the connection and its reconnection
-    (see :mod:`drivers.reconnect`): it returns only when cancelled, and raises only
-    :class:`DeviceConfigError` when retrying cannot help."""
+    (see :mod:`drivers.reconnect`): it returns only when cancelled. It never raises for an option
+    (they were validated into :attr:`Options`); anything else that escapes it is a bug, which the
+    daemon's supervisor reports as the device's ``error`` state and retries.
+
+    The class carries the kind's facts, read by ``gatewayctl devices scan``, ``doctor`` and the docs."""
 
     kind: ClassVar[str]
     transport: ClassVar[str]
-    # transport keys this kind accepts, with their type and default (None: required)
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+    Options: ClassVar[type[DriverOptions]] = DriverOptions
     # Worn on the body all day (a wristband): the care rules watch it for "no data" and "not worn".
     wearable: ClassVar[bool] = False
+    # What the kind is, in a few words, for scan results and docs.
+    summary: ClassVar[str] = ""
+    # USB (vendor id, product id, product-string substring or "") of adapters this kind comes on.
+    usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ()
+    # BLE GATT service UUIDs (lower case) and manufacturer-data company ids that identify the kind.
+    ble_services: ClassVar[tuple[str, ...]] = ()
+    ble_company_ids: ClassVar[tuple[int, ...]] = ()
+    # Silent for longer than this while connected: doctor warns ("not seen recently"). None: the kind
+    # sends only on events (an SOS pendant), so only its link state counts.
+    silence_warn_s: ClassVar[float | None] = None
+    # LOINC codes of the measurements it emits (drivers.codes).
+    loinc_codes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
         self.spec = spec
         self.sink = sink
-        self.clock = clock
+        self.ctx = ctx
+        self.clock = ctx.clock
 
     @property
     def device_id(self) -> str:
         return self.spec.id
+
+    def state_path(self, configured: str = "") -> Path | None:
+        """The file this device keeps its state in: ``configured`` when an option names one, else the
+        context's state directory."""
+        return Path(configured) if configured else self.ctx.state_file(self.device_id)
 
     @abc.abstractmethod
     async def run(self) -> None:
@@ -191,14 +244,31 @@ class UnknownDeviceKind(DriverError):
     pass
 
 
+ENTRY_POINT_GROUP = "homecare_gateway.drivers"
+
+
+def _entry_point_kinds() -> dict[str, str]:
+    """Kinds other packages register (``[project.entry-points."homecare_gateway.drivers"]``)."""
+    found: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in DRIVERS:
+            found[ep.name] = ep.value
+    return found
+
+
+def all_kinds() -> dict[str, str]:
+    """Every kind this installation knows: the built-in registry and the entry points."""
+    return {**DRIVERS, **_entry_point_kinds()}
+
+
 def driver_class(kind: str) -> type[Driver]:
-    try:
-        target = DRIVERS[kind]
-    except KeyError:
-        raise UnknownDeviceKind(kind) from None
+    target = DRIVERS.get(kind) or _entry_point_kinds().get(kind)
+    if target is None:
+        raise UnknownDeviceKind(kind)
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    assert isinstance(cls, type) and issubclass(cls, Driver)
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise UnknownDeviceKind(f"{kind}: {target} is not a driver class")
     return cls
 
 

@@ -5,8 +5,10 @@
   its broker at the same instant spreads its reconnects over the whole window instead of knocking
   together.
 - :class:`ConnState`: the state enum every connection reports.
-- :func:`classify`: errors by *type*, never by message: transient (retry with backoff) vs
-  configuration (retry slowly, and say what to fix).
+- :func:`classify`: errors by *type*, never by message: transient (retry with backoff),
+  configuration (retry slowly, and say what to fix), or a bug: an error nobody declared transient (an
+  ``AttributeError``, an ``AssertionError``) is logged at ERROR with its traceback (:class:`BugLog`,
+  rate limited, never silenced), counted, reported as the ``error`` state, and retried with backoff.
 - :class:`Reconnector`: drives one ``connect-and-serve`` coroutine forever, with states, backoff,
   the expected/unexpected distinction, and a reset of the backoff after a connection that lasted.
 
@@ -19,10 +21,13 @@ import asyncio
 import enum
 import logging
 import random
+import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from drivers.base import DeviceConfigError, LinkState
+from drivers.aio import cancelling
+from drivers.base import DeviceConfigError, FrameError, LinkState, TransientDeviceError
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +47,68 @@ def link_state(state: ConnState, error: BaseException | None) -> tuple[LinkState
         return None
     if state is ConnState.CONNECTED:
         link = LinkState.CONNECTED
+    elif error is not None and classify(error) is not ErrorClass.TRANSIENT:
+        link = LinkState.ERROR
     else:
-        link = LinkState.ERROR if isinstance(error, DeviceConfigError) else LinkState.DISCONNECTED
-    reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
+        link = LinkState.DISCONNECTED
+    if error is not None and classify(error) is ErrorClass.BUG:
+        reason: str | None = f"internal error: {type(error).__name__}: {error}"
+    else:
+        reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
     return link, reason
 
 
 class ErrorClass(enum.StrEnum):
     TRANSIENT = "transient"
     CONFIGURATION = "configuration"
+    BUG = "bug"
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientDeviceError,  # the transports' own: unplugged, out of range, broker away...
+    FrameError,
+    OSError,
+    TimeoutError,
+    EOFError,
+)
+"""Errors known to be weather: the link or the device, not our code."""
 
 
 def classify(exc: BaseException) -> ErrorClass:
-    """Transient unless the error says that retrying cannot help."""
-    if isinstance(exc, DeviceConfigError):
+    """Configuration when retrying cannot help, transient when the error is of a kind known to pass,
+    and a bug for everything else."""
+    if isinstance(exc, DeviceConfigError | PermissionError):
         return ErrorClass.CONFIGURATION
-    if isinstance(exc, PermissionError):
-        return ErrorClass.CONFIGURATION
-    return ErrorClass.TRANSIENT
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return ErrorClass.TRANSIENT
+    return ErrorClass.BUG
+
+
+class BugLog:
+    """Logs bugs at ERROR with their traceback: the first of each kind (type and place) at once, then
+    at most one per ``every_s`` with how many were seen meanwhile (the rest at DEBUG). Rate limited,
+    never silenced: a bug in a loop must not fill the journal, nor go unseen."""
+
+    def __init__(self, every_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.count = 0
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # kind -> (logged at, repeats since)
+
+    def report(self, logger: logging.Logger, owner: str, exc: BaseException, what: str = "bug") -> None:
+        self.count += 1
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        key = (type(exc).__name__, where)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is None or now - last[0] >= self.every_s:
+            more = f" ({last[1]} more since the last report)" if last is not None and last[1] else ""
+            logger.error("%s: %s: %s: %s%s", owner, what, type(exc).__name__, exc, more, exc_info=exc)
+            self._last[key] = (now, 0)
+        else:
+            self._last[key] = (last[0], last[1] + 1)
+            logger.debug("%s: %s again: %s: %s", owner, what, type(exc).__name__, exc)
 
 
 @dataclass
@@ -119,6 +168,7 @@ class Reconnector:
         self.connects = 0
         self.failures = 0
         self.unexpected_disconnects = 0
+        self.bugs = BugLog()
         self.last_error: BaseException | None = None
         self._connected_at: float | None = None
         self._last_error_type: type[BaseException] | None = None
@@ -137,6 +187,9 @@ class Reconnector:
         self.set_state(ConnState.CONNECTED)
 
     def _log_failure(self, exc: BaseException, kind: ErrorClass) -> None:
+        if kind is ErrorClass.BUG:
+            self.bugs.report(log, self.name, exc)
+            return
         # First failure of a kind at WARNING, its repeats at DEBUG: a device unplugged for a week
         # must not fill the journal.
         level = logging.DEBUG if type(exc) is self._last_error_type else logging.WARNING
@@ -153,7 +206,11 @@ class Reconnector:
                     await self._session()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - every failure is classified and counted below
+                except Exception as exc:
+                    if cancelling():
+                        # Asked to stop while the session failed (or swallowed the cancellation):
+                        # stop, never reconnect.
+                        raise asyncio.CancelledError from exc
                     error = exc
                 connected_at = self._connected_at
                 if connected_at is not None and self._clock() - connected_at >= self.stable_after_s:

@@ -16,12 +16,11 @@ from typing import Any, Protocol
 from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
 from gateway.devices import DeviceManager
 from gateway.downlink import Handler
+from gateway.drill import DEFAULT_DRILL_S, MAX_DRILL_S, DrillWindow
 from gateway.errors import CommandRejected
 from gateway.messages import rfc3339_ms
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
-
-DEFAULT_DRILL_S = 900
 
 
 class AlertDesk(Protocol):
@@ -117,9 +116,12 @@ class Commands:
 
     def restore(self) -> None:
         """State that outlives a restart: the drill window."""
-        until = self.registry.get("drill_until", 0.0)
-        if isinstance(until, (int, float)) and until > self.clock():
-            self.pipeline.drill_until = float(until)
+        window = DrillWindow.from_json(self.registry.get("drill"))
+        if window.active(self.clock()):
+            self.pipeline.drill = window
+
+    def _save_drill(self) -> None:
+        self.registry.set("drill", self.pipeline.drill.to_json())
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -127,18 +129,40 @@ class Commands:
         return await self._status()
 
     async def drill(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        duration = int(args.get("duration_s", DEFAULT_DRILL_S))
-        if not 10 <= duration <= 7200:
-            raise CommandRejected("invalid", "duration_s must be 10..7200 seconds")
+        """Open a drill window for the named buttons (``buttons``), or for every button only when
+        ``all_buttons`` is true; see :mod:`gateway.drill`."""
+        duration = args.get("duration_s", DEFAULT_DRILL_S)
+        if not isinstance(duration, int) or isinstance(duration, bool) or not 10 <= duration <= MAX_DRILL_S:
+            raise CommandRejected(
+                "invalid", f"duration_s = {duration!r}: expected 10..{MAX_DRILL_S} seconds", key="duration_s"
+            )
+        buttons = args.get("buttons")
+        every = args.get("all_buttons") is True
+        if buttons is not None and every:
+            raise CommandRejected("invalid", "name the buttons, or say all_buttons, not both", key="buttons")
+        if buttons is None and not every:
+            raise CommandRejected(
+                "invalid", "name the buttons under test (buttons), or say all_buttons = true", key="buttons"
+            )
+        named: list[str] | None = None
+        if buttons is not None:
+            if not isinstance(buttons, list) or not buttons or not all(isinstance(b, str) for b in buttons):
+                raise CommandRejected("invalid", f"buttons = {buttons!r}: expected device ids", key="buttons")
+            named = sorted(set(buttons))
         now = self.clock()
-        until = now + duration
-        self.pipeline.drill_until = until
-        self.registry.set("drill_until", until)
-        return {"drill_from": rfc3339_ms(now), "drill_until": rfc3339_ms(until), "duration_s": duration}
+        self.pipeline.drill.open(now, duration, named)
+        self._save_drill()
+        until = self.pipeline.drill.until
+        return {
+            "drill_from": rfc3339_ms(now),
+            "drill_until": rfc3339_ms(until),
+            "duration_s": duration,
+            "buttons": named if named is not None else "all",
+        }
 
     async def drill_stop(self, _args: Mapping[str, Any]) -> dict[str, Any]:
-        self.pipeline.drill_until = 0.0
-        self.registry.set("drill_until", 0.0)
+        self.pipeline.drill.close()
+        self._save_drill()
         return {"stopped": True}
 
     async def alert_ack(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,8 +174,11 @@ class Commands:
         return {"alert_id": alert_id, "acknowledged": True}
 
     async def drill_report(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        window = self.pipeline.drill
+        active = window.active(self.clock())
         return {
-            "drill_until": rfc3339_ms(self.pipeline.drill_until) if self.pipeline.drill_until > self.clock() else None,
+            "drill_until": rfc3339_ms(window.until) if active else None,
+            "waiting_for": window.waiting_for() if active else None,
             "presses": [p.report() for p in self.drills.presses.values()],
         }
 

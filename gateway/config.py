@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DRIVERS, DeviceSpec, UnknownDeviceKind, driver_class
+from drivers.base import DeviceSpec, UnknownDeviceKind, all_kinds, driver_class
+from drivers.options import DEVICE_ID_RE, OptionError
 from gateway.errors import ConfigError
 from gateway.rules import DEFAULTS_BY_ID, RuleSpec, RuleSpecError, WatchSettings, rules_from_list
 
 DEFAULT_CONFIG_PATH = Path("/etc/homecare-gateway/gateway.toml")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_RE = re.compile("^" + DEVICE_ID_RE.pattern + "$")
 MIB = 1024 * 1024
 
 
@@ -66,6 +67,12 @@ class OutboxSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DownlinkSection:
+    # A command whose sent_at is older than this by a synchronised clock is refused as "expired".
+    max_age_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class PersonSection:
     """One person of the home: their devices, which of them are worn, and their own rules (``None``:
     the default rules of gateway/rules/defaults.py). See docs/rules.md."""
@@ -100,6 +107,7 @@ class Config:
     outbox: OutboxSection = field(default_factory=OutboxSection)
     devices: tuple[DeviceSpec, ...] = ()
     rules: RulesSection = field(default_factory=RulesSection)
+    downlink: DownlinkSection = field(default_factory=DownlinkSection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,14 +123,14 @@ class _Reader:
 
     def fail(self, key: str, value: object, expected: str) -> ConfigError:
         where = f"{self.prefix}.{key}" if self.prefix else key
-        return ConfigError(f"{self.file}: {where} = {value!r}: expected {expected}")
+        return ConfigError(f"{self.file}: {where} = {value!r}: expected {expected}", key=key)
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
         self.used.add(key)
         if key not in self.table:
             if default is _REQUIRED:
                 where = f"{self.prefix}.{key}" if self.prefix else key
-                raise ConfigError(f"{self.file}: {where} is missing: expected {expected}")
+                raise ConfigError(f"{self.file}: {where} is missing: expected {expected}", key=key)
             return default
         value = self.table[key]
         # TOML booleans are ints in Python: keep them apart.
@@ -189,7 +197,7 @@ def _table(file: Path, doc: Mapping[str, Any], name: str, required: bool) -> Map
 
 def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
     top = _Reader(file, "", doc)
-    for name in ("gateway", "uplink", "outbox", "devices", "rules"):
+    for name in ("gateway", "uplink", "outbox", "devices", "rules", "downlink"):
         top.used.add(name)
     top.finish()
 
@@ -249,7 +257,18 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
             raise ConfigError(f"{file}: devices[{i}] = {raw!r}: expected a table [[devices]]")
         devices.append(parse_device(file, i, raw, seen))
     rules = parse_rules(file, _table(file, doc, "rules", False), seen)
-    return Config(path=file, gateway=gw, uplink=uplink, outbox=outbox, devices=tuple(devices), rules=rules)
+    dl = _Reader(file, "downlink", _table(file, doc, "downlink", False))
+    downlink = DownlinkSection(max_age_s=dl.float_("max_age_s", 300.0, 10, 86400, "seconds"))
+    dl.finish()
+    return Config(
+        path=file,
+        gateway=gw,
+        uplink=uplink,
+        outbox=outbox,
+        devices=tuple(devices),
+        rules=rules,
+        downlink=downlink,
+    )
 
 
 _WATCH_FIELDS = {f for f in WatchSettings.__dataclass_fields__}
@@ -328,48 +347,33 @@ def _id_list(r: _Reader, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str]) -> DeviceSpec:
-    """One [[devices]] table (also used for devices added at run time)."""
-    d = _Reader(file, f"devices[{i}]", raw)
+def parse_device(file: Path, i: int, raw: Mapping[str, Any], seen: set[str], prefix: str | None = None) -> DeviceSpec:
+    """One [[devices]] table (also used for devices added at run time, with ``prefix`` "": errors
+    then name the bare key). Every option is checked by the kind's options dataclass."""
+    d = _Reader(file, f"devices[{i}]" if prefix is None else prefix, raw)
     dev_id = d.str_("id", _REQUIRED, ID_RE)
     if dev_id in seen:
         raise d.fail("id", dev_id, "an id not used by another device")
     seen.add(dev_id)
-    d.prefix = f"devices[{i}] ({dev_id})"
+    if prefix is None:
+        d.prefix = f"devices[{i}] ({dev_id})"
     kind = d.str_("kind", _REQUIRED)
     try:
         cls = driver_class(kind)
     except UnknownDeviceKind:
-        raise d.fail("kind", kind, "one of " + ", ".join(sorted(DRIVERS))) from None
+        raise d.fail("kind", kind, "one of " + ", ".join(sorted(all_kinds()))) from None
     except ImportError as exc:
         raise d.fail("kind", kind, f"a driver whose libraries are installed ({exc})") from None
     transport = d.str_("transport", cls.transport)
     if transport != cls.transport:
         raise d.fail("transport", transport, f'"{cls.transport}" for kind {kind}')
-    options: dict[str, Any] = {}
-    for key, (kind_type, default) in cls.options_schema.items():
-        value = d.get(key, kind_type, default, _describe_type(kind_type))
-        options[key] = value
-    if "spo2_calibration" in options:
-        from gateway.dsp.spo2 import CALIBRATIONS
-
-        if str(options["spo2_calibration"]).lower() not in CALIBRATIONS:
-            raise d.fail("spo2_calibration", options["spo2_calibration"], "one of " + ", ".join(sorted(CALIBRATIONS)))
-    d.finish()
+    raw_options = {k: v for k, v in raw.items() if k not in ("id", "kind", "transport")}
+    try:
+        options = cls.Options.from_mapping(raw_options)
+    except OptionError as exc:
+        where = f"{d.prefix}.{exc}" if d.prefix else str(exc)
+        raise ConfigError(f"{file}: {where}", key=exc.key) from None
     return DeviceSpec(id=dev_id, kind=kind, transport=transport, options=options)
-
-
-def _describe_type(kind: type | tuple[type, ...]) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        dict: "a table",
-        list: "an array",
-    }
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

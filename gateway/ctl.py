@@ -310,7 +310,9 @@ def _redacted(cfg: Config) -> dict[str, Any]:
             "commit_interval_ms": cfg.outbox.commit_interval_ms,
             "historical_after_s": cfg.outbox.historical_after_s,
         },
-        "devices": [{"id": d.id, "kind": d.kind, "transport": d.transport, **dict(d.options)} for d in cfg.devices],
+        "devices": [
+            {"id": d.id, "kind": d.kind, "transport": d.transport, **d.options.to_mapping()} for d in cfg.devices
+        ],
     }
 
 

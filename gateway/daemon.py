@@ -1,9 +1,15 @@
 """gatewayd: the daemon. One TaskGroup owns every long-running part; SIGTERM ends in an orderly stop.
 
-Start order: outbox (open, integrity check) -> control socket -> uplink -> drivers -> READY=1.
-Stop order (SIGTERM/SIGINT, safe to request twice): drivers and uplink are cancelled (the uplink says
-``offline`` and disconnects), then the outbox commits what is pending and closes. Everything accepted is
-committed before the process exits.
+Start order: outbox (open, integrity check) -> control socket -> devices (each under its own
+supervisor: :mod:`gateway.supervisor`) -> uplink -> READY=1. The signal processing is imported when a
+device first streams, not before.
+
+Stop (SIGTERM/SIGINT), bounded by :data:`STOP_LIMIT_S` whatever disappears at the same moment (BlueZ and
+the system bus, the broker, every serial port): the devices are cancelled (at most
+:data:`~gateway.devices.STOP_LIMIT_S`), the outbox commits what is pending, then the uplink says
+``offline`` and disconnects and the outbox closes. Everything accepted is committed before the process
+exits. Should a part not end in time, the process exits anyway at the limit, its store already
+committed; a second SIGTERM or SIGINT exits at once.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drivers.base import DeviceStatus, Reading, SosPress, driver_class
+from drivers.base import DeviceStatus, DriverContext, Reading, SosPress
+from drivers.ble.manager import BleStack
 from drivers.reconnect import ConnState
 from gateway.care import CareDesk
 from gateway.commands import Commands
@@ -28,7 +36,6 @@ from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
 from gateway.downlink import Downlink
-from gateway.dsp.stream import WristStream
 from gateway.errors import CommandRejected, ConfigError, GatewayError, UplinkError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
@@ -37,9 +44,13 @@ from gateway.registry import Registry
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.uplink import Uplink
 
+if TYPE_CHECKING:
+    from gateway.dsp.stream import WristStream
+
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+STOP_LIMIT_S = 5.0  # SIGTERM -> exited, at the most (systemd's TimeoutStopSec is a little longer)
 
 
 class _StopRequested(Exception):
@@ -60,6 +71,8 @@ class Daemon:
         self.devices: DeviceManager | None = None
         self.care: CareDesk | None = None
         self._down_since: float | None = None
+        self._deadline: threading.Timer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
 
     async def reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         """Re-read the configuration file and apply what can change without a restart."""
@@ -97,7 +110,10 @@ class Daemon:
             outbox=new.outbox,
             devices=new.devices,
             rules=old.rules,
+            downlink=new.downlink,
         )
+        if self.uplink is not None and isinstance(self.uplink.downlink, Downlink):
+            self.uplink.downlink.max_age_s = new.downlink.max_age_s
         log.info("configuration reloaded: %s", ", ".join(applied) or "nothing changed")
         return {"applied": applied, "restart_needed": restart}
 
@@ -117,14 +133,29 @@ class Daemon:
             )
 
     def request_stop(self) -> None:
-        """Ask for an orderly stop. Safe to call any number of times."""
-        if not self._stop.is_set():
-            log.info("stop requested")
-            self._stop.set()
+        """Ask for an orderly stop, bounded by :data:`STOP_LIMIT_S`. A second request exits at once."""
+        if self._stop.is_set():
+            log.warning("second stop request: exiting now")
+            _exit_now(1)
+        log.info("stop requested")
+        self._stop.set()
+        # A timer thread, not the event loop: it fires even when a part blocks the loop.
+        self._deadline = threading.Timer(STOP_LIMIT_S - 0.5, self._stop_overdue)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _stop_overdue(self) -> None:
+        stuck = [t.get_name() for t in self._tasks if not t.done()]
+        log.error("stop did not finish within %.1f s (still running: %s): exiting", STOP_LIMIT_S - 0.5, stuck)
+        _exit_now(1)
 
     async def _wait_stop(self) -> None:
         await self._stop.wait()
         self.notifier.send("STOPPING=1", "STATUS=stopping")
+        if self.devices is not None:
+            await self.devices.stop_all()  # their last readings ("gateway stopped") reach the outbox
+        if self.outbox is not None:
+            await self.outbox.flush()  # everything accepted is on disk before anything else can hang
         raise _StopRequested
 
     async def run(self) -> None:
@@ -135,11 +166,14 @@ class Daemon:
         data_dir = cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         topics = Topics(cfg.uplink.topic_prefix, cfg.gateway.id)
-        async with Outbox(
-            data_dir / "outbox.sqlite3",
-            max_bytes=cfg.outbox.max_bytes,
-            commit_interval_ms=cfg.outbox.commit_interval_ms,
-        ) as outbox:
+        async with (
+            Outbox(
+                data_dir / "outbox.sqlite3",
+                max_bytes=cfg.outbox.max_bytes,
+                commit_interval_ms=cfg.outbox.commit_interval_ms,
+            ) as outbox,
+            BleStack() as ble,
+        ):
             self.outbox = outbox
             self.pipeline = pipeline = Pipeline(
                 topics, outbox, dsp_factory=self._dsp_factory, send_waveforms=cfg.uplink.send_waveforms
@@ -152,7 +186,8 @@ class Daemon:
                 historical_after_s=cfg.outbox.historical_after_s,
             )
             self.registry = registry = Registry(data_dir / "registry.json")
-            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices, data_dir / "devices")
+            ctx = DriverContext(clock=time.time, state_dir=data_dir / "devices", ble=ble)
+            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices, ctx)
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)
@@ -166,10 +201,18 @@ class Daemon:
             )
             commands.restore()
             pipeline.on_alert(
-                lambda alert_id, dev, at: commands.drills.pressed(alert_id, dev, at) if pipeline.in_drill(at) else None
+                lambda alert_id, dev, at: (
+                    commands.drills.pressed(alert_id, dev, at) if alert_id in pipeline.drill.drill_alerts else None
+                )
             )
             uplink.on_alert_delivered.append(lambda msg: commands.drills.delivered(_alert_id(msg.body), time.time()))
-            uplink.downlink = Downlink(cfg.gateway.id, commands.downlink_handlers(), registry)
+            uplink.downlink = Downlink(
+                cfg.gateway.id,
+                commands.downlink_handlers(),
+                registry,
+                clock_synchronised=_clock_synchronised,
+                max_age_s=cfg.downlink.max_age_s,
+            )
             control = {
                 "status": commands.status,
                 "devices": commands.devices_list,
@@ -185,13 +228,15 @@ class Daemon:
             async with ControlServer(cfg.gateway.socket_path, control):
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(outbox.run(), name="outbox")
-                        tg.create_task(uplink.run(), name="uplink")
-                        devices.start_all(tg)
-                        tg.create_task(self._watchdog(), name="watchdog")
-                        tg.create_task(care.run(self._watch_inputs), name="care rules")
-                        tg.create_task(self._wait_stop(), name="stop")
-                        n = len(devices.drivers)
+                        # The SOS path first: the outbox and the devices, then the rest.
+                        self._tasks.append(tg.create_task(outbox.run(), name="outbox"))
+                        devices.start_all()
+                        self._tasks.append(tg.create_task(devices.run(), name="devices"))
+                        self._tasks.append(tg.create_task(uplink.run(), name="uplink"))
+                        self._tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
+                        self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
+                        self._tasks.append(tg.create_task(self._wait_stop(), name="stop"))
+                        n = len(devices.supervisors)
                         self.notifier.send("READY=1", f"STATUS=running, {n} devices")
                         log.info("gateway %s running with %d devices", cfg.gateway.id, n)
                 except* _StopRequested:
@@ -202,11 +247,16 @@ class Daemon:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def _dsp_factory(self, device_id: str) -> WristStream:
-        """One DSP stream per device, with the SpO2 calibration its configuration names."""
-        drv = self.devices.drivers.get(device_id) if self.devices is not None else None
-        model = drv.spec.options.get("spo2_calibration") if drv is not None else None
+        """One DSP stream per device, with the SpO2 calibration its configuration names. The DSP
+        (numpy, scipy) is imported here, when a device first streams: never before the SOS path is up."""
+        from gateway.dsp.stream import WristStream
+
+        spec = self.devices.spec(device_id) if self.devices is not None else None
+        model = getattr(spec.options, "spo2_calibration", None) if spec is not None else None
         return WristStream(device_id, calibration=model if isinstance(model, str) else None)
 
     def _watch_inputs(self) -> tuple[float | None, float | None]:
@@ -251,10 +301,16 @@ class Daemon:
         assert ob is not None and up is not None and pl is not None
         stats = await ob.stats()
         now = time.time()
-        drivers = self.devices.drivers if self.devices is not None else {}
+        dm = self.devices
+        supervisors = dm.supervisors if dm is not None else {}
         devices = []
         for info in pl.devices.values():
-            drv = drivers.get(info.id)
+            sup = supervisors.get(info.id)
+            counters = dict(info.counters)
+            if sup is not None:
+                counters.update(sup.driver_counters())
+                counters["bugs"] = sup.bug_count()
+                counters["driver_restarts"] = sup.failures
             devices.append(
                 {
                     "id": info.id,
@@ -263,9 +319,11 @@ class Daemon:
                     "reason": info.reason,
                     "last_seen": rfc3339_ms(info.last_seen) if info.last_seen else None,
                     "readings": info.readings,
-                    "counters": dict(drv.counters()) if drv is not None else info.counters,
+                    "counters": counters,
                 }
             )
+        for dev_id, why in dm.skipped.items() if dm is not None else ():
+            devices.append({"id": dev_id, "kind": None, "state": "error", "reason": f"not started: {why}"})
         return {
             "gateway_id": self.cfg.gateway.id,
             "version": VERSION,
@@ -294,8 +352,20 @@ class Daemon:
                 "commit_failures": pl.counters.commit_failures,
             },
             "devices": devices,
+            "bugs": self.bugs(),
             "care": self.care.status() if self.care is not None else None,
         }
+
+    def bugs(self) -> dict[str, int]:
+        """Errors nobody declared possible, by where they were caught (each logged at ERROR)."""
+        downlink = self.uplink.downlink if self.uplink is not None else None
+        counts = {
+            "devices": self.devices.bugs() if self.devices is not None else 0,
+            "pipeline": self.pipeline.bugs.count if self.pipeline is not None else 0,
+            "downlink": downlink.bugs.count if isinstance(downlink, Downlink) else 0,
+        }
+        counts["total"] = sum(counts.values())
+        return counts
 
 
 def _alert_id(body: bytes) -> str:
@@ -306,12 +376,47 @@ def _alert_id(body: bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _clock_synchronised() -> bool:
+    """Whether the wall clock is synchronised (kernel NTP state), for judging a command's age."""
+    from gateway.doctor import kernel_clock_synchronised
+
+    state = kernel_clock_synchronised()
+    return bool(state and state[0])
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once: what was accepted is committed already (the outbox commits within its window)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
+
+
+# syslog priorities (sd-daemon(3): "<N>" at the start of a line sets its priority in the journal)
+JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>logger: message`` with N the syslog priority journald reads (DEBUG 7 ... CRITICAL 2); the
+    journal adds time and unit itself."""
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = JOURNAL_PRIORITY.get(record.levelno)
+        if prio is None:  # a custom level: the nearest standard one at or below it
+            prio = next((p for lvl, p in sorted(JOURNAL_PRIORITY.items(), reverse=True) if record.levelno >= lvl), 7)
+        text = super().format(record)
+        # every line of a traceback carries the priority too, or journald files it at the default
+        return "\n".join(f"<{prio}>{line}" for line in text.split("\n"))
+
+
 def configure_logging(level: str) -> None:
     """Only gatewayd's entry point configures handlers. Under systemd (JOURNAL_STREAM set) the journal
-    adds time and unit, so lines carry only level and logger."""
+    adds time and unit, so lines carry only their syslog priority and logger."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("<%(levelno)d>%(name)s: %(message)s"))
+        handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -328,8 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level.upper())
     try:
         cfg = load_config(args.config)
-        for spec in cfg.devices:
-            driver_class(spec.kind)
     except ConfigError as exc:
         print(f"gatewayd: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,24 +1,33 @@
 """Device drivers at run time: started from the configuration at boot, added and removed later by
-gatewayctl or the cloud. Each driver runs as a task of the daemon's TaskGroup; removing a device cancels
-its task. Devices added at run time are kept in the registry so they survive a restart; devices of the
-configuration file can only be changed in the file.
+gatewayctl or the cloud.
+
+Each device runs under its own :class:`~gateway.supervisor.DeviceSupervisor`, all of them owned by this
+manager's TaskGroup (:meth:`DeviceManager.run`): a driver that fails is that device's ``error`` state,
+never the daemon's. A device's options are validated completely (its kind's options dataclass) before
+anything is stored or started, so a value its driver would refuse is refused with a reply naming the
+key. Devices added at run time are kept in the registry so they survive a restart; one that no longer
+validates at start (a kind removed, a rule tightened) is reported and skipped, never fatal. Devices of
+the configuration file can only be changed in the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceSpec, Driver, ReadingSink, driver_class
+from drivers.aio import cancel_and_wait
+from drivers.base import DeviceSpec, Driver, DriverContext, ReadingSink
 from gateway.config import parse_device
 from gateway.errors import CommandRejected, ConfigError
 from gateway.registry import Registry
+from gateway.supervisor import DeviceSupervisor
 
 log = logging.getLogger(__name__)
+
+STOP_LIMIT_S = 2.0  # a driver that has not ended this long after its cancellation is left behind
 
 
 class DeviceManager:
@@ -27,72 +36,118 @@ class DeviceManager:
         sink: ReadingSink,
         registry: Registry,
         configured: tuple[DeviceSpec, ...],
-        state_dir: Path | None = None,
+        ctx: DriverContext,
     ) -> None:
         self.sink = sink
-        self.state_dir = state_dir  # where drivers keep what they must remember (records fetched...)
+        self.ctx = ctx
         self.registry = registry
         self.configured = {spec.id: spec for spec in configured}
-        self.drivers: dict[str, Driver] = {}
+        self.supervisors: dict[str, DeviceSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.skipped: dict[str, str] = {}  # stored devices that no longer validate: id -> why
         self._tg: asyncio.TaskGroup | None = None
-        self.on_change: list[Any] = []  # (device_id, kind) when a driver starts
-        self.on_remove: list[Any] = []  # (device_id) when a device is gone for good
+        self._pending: list[DeviceSpec] = []
+        self.on_change: list[Callable[[str, str], Any]] = []  # (device_id, kind) when a device starts
+        self.on_remove: list[Callable[[str], Any]] = []  # (device_id) when a device is gone for good
+
+    # -- what runs ----------------------------------------------------------------------------------
+
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        """The current driver of each device (a supervisor builds a new one after a failure)."""
+        return {dev_id: sup.driver for dev_id, sup in self.supervisors.items() if sup.driver is not None}
 
     def specs(self) -> list[DeviceSpec]:
-        return [d.spec for d in self.drivers.values()]
+        return [sup.spec for sup in self.supervisors.values()]
+
+    def spec(self, device_id: str) -> DeviceSpec | None:
+        sup = self.supervisors.get(device_id)
+        return sup.spec if sup is not None else None
 
     def origin(self, device_id: str) -> str:
         return "config" if device_id in self.configured else "managed"
 
-    def start_all(self, tg: asyncio.TaskGroup) -> None:
-        self._tg = tg
+    def bugs(self) -> int:
+        return sum(sup.bug_count() for sup in self.supervisors.values())
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Queue the configured and stored devices; :meth:`run` starts them."""
         for spec in self.configured.values():
             self._start(spec)
         for raw in self.registry.managed_devices():
-            if raw["id"] in self.configured:
+            dev_id = str(raw.get("id"))
+            if dev_id in self.configured:
                 continue
             try:
                 spec = self.validate(raw)
             except CommandRejected as exc:
-                log.warning("device %s: stored device no longer valid, not started: %s", raw.get("id"), exc.reason)
+                self.skipped[dev_id] = exc.reason
+                log.error("device %s: stored device no longer valid, not started: %s", dev_id, exc.reason)
                 continue
             self._start(spec)
 
+    async def run(self) -> None:
+        """Own every device's supervisor until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            pending, self._pending = self._pending, []
+            for spec in pending:
+                self._launch(spec)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._tg = None
+                await self.stop_all()
+
+    async def stop_all(self, limit_s: float = STOP_LIMIT_S) -> None:
+        """Cancel every device and wait for them, at most ``limit_s``; safe to call twice."""
+        tasks = list(self.tasks.values())
+        await cancel_and_wait(*tasks, limit_s=limit_s)
+
     def _start(self, spec: DeviceSpec) -> None:
-        assert self._tg is not None
-        cls = driver_class(spec.kind)
-        if "state_path" in cls.options_schema and not spec.options.get("state_path") and self.state_dir is not None:
-            # Drivers that remember state across restarts keep it in the gateway's own data directory.
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            options = {**spec.options, "state_path": str(self.state_dir / f"{spec.id}.json")}
-            spec = DeviceSpec(spec.id, spec.kind, spec.transport, options)
-        driver = cls(spec, self.sink, time.time)
-        self.drivers[spec.id] = driver
-        self.tasks[spec.id] = self._tg.create_task(driver.run(), name=f"device {spec.id}")
+        sup = DeviceSupervisor(spec, self.sink, self.ctx)
+        self.supervisors[spec.id] = sup
+        if self._tg is None:
+            self._pending.append(spec)
+        else:
+            self._launch(spec)
         for cb in self.on_change:
             cb(spec.id, spec.kind)
 
+    def _launch(self, spec: DeviceSpec) -> None:
+        assert self._tg is not None
+        sup = self.supervisors[spec.id]
+        self.tasks[spec.id] = self._tg.create_task(sup.run(), name=f"device {spec.id}")
+
+    # -- changes --------------------------------------------------------------------------------------
+
     def validate(self, raw: Mapping[str, Any]) -> DeviceSpec:
-        """A device table as the configuration file would have it, checked by the same code."""
+        """A device table as the configuration file would have it (options nested under ``options``
+        or flat), checked by the same code; the reason names the key."""
         table = {k: v for k, v in raw.items() if k != "options"}
-        table.update(raw.get("options") or {})
+        options = raw.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise CommandRejected("invalid", f"options = {options!r}: expected a table", key="options")
+        table.update(options)
         try:
-            return parse_device(Path("<device>"), 0, table, set())
+            return parse_device(Path("<device>"), 0, table, set(), prefix="")
         except ConfigError as exc:
-            raise CommandRejected("invalid", str(exc).removeprefix("<device>: ")) from None
+            reason = str(exc).removeprefix("<device>: ")
+            raise CommandRejected("invalid", reason, key=exc.key) from None
 
     def add(self, raw: Mapping[str, Any]) -> DeviceSpec:
         if any(key.endswith("_path") for key in (raw.get("options") or {})):
             # Where a driver keeps files is the gateway's decision, never a command's.
             raise CommandRejected("invalid", "file paths of a device (…_path options) are set by the gateway")
         spec = self.validate(raw)
-        if spec.id in self.drivers:
+        if spec.id in self.supervisors:
             raise CommandRejected("conflict", f"device {spec.id} exists already")
-        self.registry.add_managed(
-            {"id": spec.id, "kind": spec.kind, "transport": spec.transport, "options": dict(spec.options)}
-        )
         self._start(spec)
+        self.registry.add_managed(
+            {"id": spec.id, "kind": spec.kind, "transport": spec.transport, "options": spec.options.to_mapping()}
+        )
         log.info("device %s: added (%s)", spec.id, spec.kind)
         return spec
 
@@ -112,7 +167,7 @@ class DeviceManager:
         self.configured = new
         for dev_id, spec in new.items():
             if previous.get(dev_id) != spec:
-                if dev_id in self.drivers:  # was a run-time device: the file takes it over
+                if dev_id in self.supervisors:  # was a run-time device: the file takes it over
                     await self._stop(dev_id)
                     self.registry.remove_managed(dev_id)
                 self._start(spec)
@@ -122,15 +177,19 @@ class DeviceManager:
 
     async def _stop(self, device_id: str) -> None:
         task = self.tasks.pop(device_id, None)
-        self.drivers.pop(device_id, None)
+        self.supervisors.pop(device_id, None)
+        self._pending = [s for s in self._pending if s.id != device_id]
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task, limit_s=STOP_LIMIT_S)
 
     async def remove(self, device_id: str) -> None:
         if device_id in self.configured:
             raise CommandRejected("conflict", f"device {device_id} is defined in the configuration file: edit it there")
-        if device_id not in self.tasks:
+        if device_id not in self.supervisors:
+            if device_id in self.skipped and self.registry.remove_managed(device_id):
+                del self.skipped[device_id]
+                log.info("device %s: removed (it was not running: %s)", device_id, "no longer valid")
+                return
             raise CommandRejected("not_found", f"no device {device_id}")
         await self._stop(device_id)
         self.registry.remove_managed(device_id)

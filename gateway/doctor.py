@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceConfigError
-from drivers.serial.port import PortMissing, identity_from_options, resolve_port
+from drivers.base import DeviceConfigError, UnknownDeviceKind, driver_class
+from drivers.serial.port import PortMissing, SerialOptions, resolve_port
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 
@@ -55,15 +55,6 @@ ALERT_WAITING_FAIL_S = 120.0  # an alert (SOS) undelivered for longer than this 
 OBSERVATION_WAITING_WARN_S = 3600.0
 DISK_MIN_FREE_BYTES = 64 * 1024 * 1024
 LANES = ("alert", "observation", "state", "bulk")
-# How long a device may stay silent before it counts as "not seen recently", by kind. Kinds not named
-# here send only on an event (an SOS pendant behind a radio receiver): their link state is what counts.
-SILENCE_WARN_S: dict[str, float] = {
-    "serial-cms50": 24 * 3600.0,
-    "serial-cms50-legacy": 24 * 3600.0,
-    "serial-bp": 3 * 24 * 3600.0,
-    "ble-wrist": 3600.0,
-    "ble-bp-cuff": 3 * 24 * 3600.0,
-}
 SERVICE_USER = "homecare-gateway"
 CONTROL_GROUP = "homecare"
 
@@ -82,6 +73,16 @@ class Finding:
     message: str  # what is the case, in words a technician understands
     action: str = ""  # what to do about it ("" when nothing needs doing)
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def silence_warn_s(kind: str) -> float | None:
+    """How long a device of ``kind`` may stay silent before it counts as "not seen recently" (a fact
+    of its driver class: ``Driver.silence_warn_s``); None for kinds that send only on an event (an SOS
+    pendant behind a radio receiver), whose link state is what counts."""
+    try:
+        return driver_class(kind).silence_warn_s
+    except (UnknownDeviceKind, ImportError):
+        return None
 
 
 def _ok(fid: str, message: str, **details: Any) -> Finding:
@@ -1075,8 +1076,11 @@ def check_serial(cfg: Config) -> list[Finding]:
         if user is None:
             user, groups = service_identity(cfg)
         fid = f"serial.{spec.id}"
+        opts = spec.options
+        if not isinstance(opts, SerialOptions):
+            continue
         try:
-            port = resolve_port(identity_from_options(spec.options))
+            port = resolve_port(opts.identity())
             st = Path(port).stat()
         except (PortMissing, FileNotFoundError, DeviceConfigError) as exc:
             out.append(
@@ -1086,7 +1090,7 @@ def check_serial(cfg: Config) -> list[Finding]:
                     "is not plugged in, or the configured port is wrong.",
                     "Plug it in; `gatewayctl devices scan` lists the serial devices present with their "
                     "/dev/serial/by-id path to put in the configuration.",
-                    port=str(spec.options.get("port") or ""),
+                    port=opts.port,
                 )
             )
             continue
@@ -1169,7 +1173,7 @@ def check_devices(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding
         seen = f"last reading {_human_age(now - last)} ago" if last else "no reading yet"
         details = {"kind": kind, "state": state, "last_seen_age_s": round(now - last, 1) if last else None}
         details["source"] = "daemon" if status is not None else "registry+outbox"
-        silence = SILENCE_WARN_S.get(kind)
+        silence = silence_warn_s(kind)
         if state is None and status is None and not last:
             out.append(
                 _skip(fid, f"{dev_id} ({kind}): not known from {source}; start the daemon to see it.", **details)

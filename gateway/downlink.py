@@ -10,7 +10,12 @@ Every command is treated as hostile until proven otherwise, in this order:
    execution (idempotent by request id);
 5. the command's JSON Schema from the contract (``gateway/schemas/commands``), compiled once with
    fastjsonschema (``unknown_command`` / ``invalid`` with the schema's reason);
-6. the handler, which raises :class:`CommandRejected` with a code and a reason for what it refuses.
+6. age: a command whose ``sent_at`` is older than ``max_age_s`` by a synchronised clock is refused
+   (``expired``), so a cloud's late retry never acts at a surprising time (a drill opened hours late);
+   with the clock not synchronised the age cannot be judged and the command is taken;
+7. the handler, which raises :class:`CommandRejected` with a code, a reason and the key at fault for
+   what it refuses. Anything else it raises is a bug: logged at ERROR with its traceback, counted, and
+   replied as ``failed``; never a crash, never a command left without a reply.
 
 Handlers only change the gateway's own state (its registry, rules, drill window, devices); nothing here
 runs a shell or touches a path the command names.
@@ -18,6 +23,7 @@ runs a shell or touches a path the command names.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 
 import fastjsonschema
 
+from drivers.reconnect import BugLog
 from gateway.errors import CommandRejected
 from gateway.messages import rfc3339_ms
 
@@ -38,6 +45,14 @@ MAX_COMMAND_BYTES = 16 * 1024
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 INVALID_TOPIC_ID = "_invalid"
 COMMANDS = ("status", "drill", "alert-ack", "device-add", "device-remove", "rules-update")
+
+
+def parse_rfc3339(text: str) -> float:
+    """``2026-11-24T03:04:05.123Z`` (or with an offset) -> POSIX seconds; ValueError otherwise."""
+    parsed = dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return parsed.timestamp()
 
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
@@ -92,6 +107,8 @@ class Downlink:
         store: ReplayStore,
         *,
         clock: Callable[[], float] = time.time,
+        clock_synchronised: Callable[[], bool] = lambda: False,
+        max_age_s: float = 300.0,
         burst: int = 20,
         per_minute: float = 20.0,
     ) -> None:
@@ -99,6 +116,9 @@ class Downlink:
         self.handlers = dict(handlers)
         self.store = store
         self.clock = clock
+        self.clock_synchronised = clock_synchronised
+        self.max_age_s = max_age_s
+        self.bugs = BugLog()
         self.bucket = TokenBucket(burst, per_minute / 60.0)
         self.validators = load_validators()
         self.counters = DownlinkCounters()
@@ -112,10 +132,29 @@ class Downlink:
             **body,
         }
 
-    def _reject(self, request_id: str, command: str, code: str, reason: str) -> tuple[str, dict[str, Any]]:
+    def _reject(
+        self, request_id: str, command: str, code: str, reason: str, key: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
         log.warning("downlink: %s rejected (%s): %s", command[:40], code, reason[:200])
-        return request_id, self._reply(request_id, command, ok=False, error={"code": code, "reason": reason})
+        error = {"code": code, "reason": reason, **({"key": key} if key else {})}
+        return request_id, self._reply(request_id, command, ok=False, error=error)
+
+    def _expired(self, args: Mapping[str, Any]) -> str | None:
+        """Why the command is too old to act on, or None."""
+        sent_at = args.get("sent_at")
+        if sent_at is None:
+            return None
+        try:
+            sent = parse_rfc3339(str(sent_at))
+        except ValueError:
+            raise CommandRejected(
+                "invalid", f"sent_at = {sent_at!r}: expected an RFC 3339 time", key="sent_at"
+            ) from None
+        age = self.clock() - sent
+        if age > self.max_age_s and self.clock_synchronised():
+            return f"sent {age:.0f} s ago, more than the {self.max_age_s:g} s a command stays valid"
+        return None
 
     async def handle(self, command: str, payload: bytes) -> tuple[str, dict[str, Any]]:
         """Process one command message. Returns the request id to reply to and the reply body."""
@@ -163,9 +202,17 @@ class Downlink:
             self.store.put_reply(request_id, reply)
             return rid, reply
         try:
+            expired = self._expired(args)
+            if expired is not None:
+                raise CommandRejected("expired", expired, key="sent_at")
             result = await handler(args)
         except CommandRejected as exc:
-            rid, reply = self._reject(request_id, command, exc.code, exc.reason)
+            rid, reply = self._reject(request_id, command, exc.code, exc.reason, exc.key)
+            self.store.put_reply(request_id, reply)
+            return rid, reply
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler: ERROR with traceback, counted, replied
+            self.bugs.report(log, "downlink", exc, f"{command} failed")
+            rid, reply = self._reject(request_id, command, "failed", f"internal error: {type(exc).__name__}")
             self.store.put_reply(request_id, reply)
             return rid, reply
         self.counters.executed += 1

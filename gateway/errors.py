@@ -8,7 +8,12 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    """A user mistake in the configuration: printed as one line, never as a traceback."""
+    """A user mistake in the configuration: printed as one line, never as a traceback. ``key`` names
+    the key at fault when there is one (``timezone``, ``uplink.port``)."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class OutboxError(GatewayError):
@@ -23,7 +28,8 @@ class CommandRejected(GatewayError):
     """A command (from gatewayctl or the cloud) the gateway refuses, with a machine-readable code
     (unknown_command, malformed, invalid, too_large, rate_limited, not_found, conflict, failed)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, *, key: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.key = key  # the argument or option the reason is about, when there is one

@@ -156,6 +156,11 @@ class Outbox:
         finally:
             self._executor.shutdown(wait=True)
 
+    async def flush(self) -> None:
+        """Commit what is pending now (the orderly stop does, before anything else can hang)."""
+        if not self._closed and self._db is not None:
+            await self._flush()
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

@@ -4,6 +4,10 @@
 non-blocking. It turns each reading into a contract message and submits it to the outbox's next group
 commit (an SOS commits at once). Waveforms and beat intervals go through the device's DSP stream
 (``gateway.dsp``) when it is available, which returns gateway-computed measurements.
+
+Nothing after the outbox hand-over can stop a reading, above all an SOS: a DSP stream or a listener
+(the care rules, ``tail``) that raises is a bug, logged at ERROR with its traceback (rate limited),
+counted in ``bugs``, and the other listeners and the driver carry on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
+from drivers.reconnect import BugLog
 from gateway import messages
+from gateway.drill import DrillWindow
 from gateway.errors import OutboxError
 from gateway.messages import Topics
 from gateway.outbox import NewMessage, Outbox
@@ -69,7 +75,8 @@ class Pipeline:
         self.devices: dict[str, DeviceInfo] = {}
         self.counters = PipelineCounters()
         self._dsp: dict[str, DspStream] = {}
-        self.drill_until: float = 0.0  # presses before this time are rehearsals (issue: drills)
+        self.drill = DrillWindow()  # which presses are rehearsals (gateway.drill)
+        self.bugs = BugLog()
         self._listeners: list[Callable[[Reading], None]] = []
         self._alert_listeners: list[Callable[[str, str, float], None]] = []
 
@@ -88,9 +95,6 @@ class Pipeline:
         """Called with (alert_id, device_id, captured_at) for every alert raised (the alert desk)."""
         self._alert_listeners.append(listener)
 
-    def in_drill(self, at: float) -> bool:
-        return at < self.drill_until
-
     # -- the sink ---------------------------------------------------------------------------------
 
     def sink(self, reading: Reading) -> None:
@@ -103,12 +107,13 @@ class Pipeline:
         match reading:
             case SosPress():
                 self.counters.sos_presses += 1
-                drill = self.in_drill(reading.captured_at)
+                alert_id = messages.sos_alert_id(reading)
+                drill = self.drill.judge(alert_id, reading.device_id, reading.captured_at)
                 log.warning("device %s: SOS press%s", reading.device_id, " (drill)" if drill else "")
                 msg = messages.sos_alert(self.topics, reading, drill=drill)
                 self.submit(msg)
                 for on_alert in self._alert_listeners:
-                    on_alert(messages.sos_alert_id(reading), reading.device_id, reading.captured_at)
+                    self._guarded(reading, "alert listener", on_alert, alert_id, reading.device_id, reading.captured_at)
             case Measurement():
                 self.submit(messages.observation(self.topics, reading))
             case DeviceStatus():
@@ -132,15 +137,26 @@ class Pipeline:
                 log.warning("device %s: unknown reading type %s", reading.device_id, type(reading).__name__)
         # After the reading is with the outbox: an SOS commit is never delayed by a listener.
         for listener in self._listeners:
-            listener(reading)
+            self._guarded(reading, "reading listener", listener, reading)
+
+    def _guarded(self, reading: Reading, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the readings (docstring)
+            self.bugs.report(log, f"device {reading.device_id}", exc, what)
 
     def _stream(self, device_id: str, push: Callable[[DspStream], list[Measurement]]) -> list[Measurement]:
         if self.dsp_factory is None:
             return []
-        stream = self._dsp.get(device_id)
-        if stream is None:
-            stream = self._dsp[device_id] = self.dsp_factory(device_id)
-        return push(stream)
+        try:
+            stream = self._dsp.get(device_id)
+            if stream is None:
+                stream = self._dsp[device_id] = self.dsp_factory(device_id)
+            return push(stream)
+        except Exception as exc:  # noqa: BLE001 - a DSP bug costs that window, never the readings (docstring)
+            self.bugs.report(log, f"device {device_id}", exc, "signal processing failed")
+            self._dsp.pop(device_id, None)  # a fresh stream next time
+            return []
 
     def submit(self, msg: NewMessage) -> asyncio.Future[int]:
         """Hand a message to the outbox's next commit (readings here; care alerts from gateway.care)."""

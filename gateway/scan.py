@@ -15,24 +15,28 @@ from typing import Any
 
 from serial.tools import list_ports
 
-from drivers.ble import gatt
+from drivers.base import UnknownDeviceKind, all_kinds, driver_class
 
-# 16-bit SIG service UUIDs -> our device kind (see drivers/base.py DRIVERS)
-BLE_SERVICE_KINDS: dict[str, str] = {
-    "0000180d-0000-1000-8000-00805f9b34fb": "ble-wrist",  # Heart Rate
-    "00001822-0000-1000-8000-00805f9b34fb": "ble-wrist",  # Pulse Oximeter
-    "00001810-0000-1000-8000-00805f9b34fb": "ble-bp-cuff",  # Blood Pressure
-    gatt.RAW_PPG_SERVICE.lower(): "ble-wrist",  # the vendor-neutral raw PPG service (docs/ble.md)
-    gatt.SOS_SERVICE.lower(): "ble-sos",  # SOS pendant service (docs/ble.md)
-}
-# Manufacturer data company id -> kind (pendants that only advertise a press counter)
-BLE_COMPANY_KINDS: dict[int, str] = {gatt.SOS_COMPANY_ID: "ble-sos"}
-# (vid, pid, product substring or "") -> kind
-SERIAL_KINDS: list[tuple[int, int, str, str]] = [
-    (0x0403, 0x6001, "RFXtrx", "rfxtrx-sos"),
-    (0x0403, 0x6015, "RFXtrx", "rfxtrx-sos"),
-    (0x10C4, 0xEA60, "", "serial-cms50"),  # CP210x bridge used by Contec CMS50D+/E
-]
+
+def _kind_facts() -> tuple[dict[str, str], dict[int, str], list[tuple[int, int, str, str]]]:
+    """What identifies each kind, read from the driver classes of the registry (``Driver.ble_services``,
+    ``ble_company_ids``, ``usb_ids``): BLE service UUID -> kind, company id -> kind, and
+    (vid, pid, product substring, kind). The first kind to claim a service keeps it."""
+    services: dict[str, str] = {}
+    companies: dict[int, str] = {}
+    usb: list[tuple[int, int, str, str]] = []
+    for kind in all_kinds():
+        try:
+            cls = driver_class(kind)
+        except (UnknownDeviceKind, ImportError):
+            continue  # a kind whose libraries are missing cannot be recognised, nor used
+        for uuid in cls.ble_services:
+            services.setdefault(uuid.lower(), kind)
+        for company in cls.ble_company_ids:
+            companies.setdefault(company, kind)
+        usb.extend((vid, pid, product, kind) for vid, pid, product in cls.usb_ids)
+    return services, companies, usb
+
 
 Progress = Callable[[str], None]
 
@@ -48,12 +52,13 @@ def _by_id_links() -> dict[str, str]:
 
 def serial_devices() -> list[dict[str, Any]]:
     links = _by_id_links()
+    serial_kinds = _kind_facts()[2]
     found = []
     for info in list_ports.comports():
         if info.vid is None:
             continue
         kind = None
-        for vid, pid, product, k in SERIAL_KINDS:
+        for vid, pid, product, k in serial_kinds:
             if info.vid == vid and info.pid == pid and product.lower() in (info.product or "").lower():
                 kind = k
                 break
@@ -76,11 +81,12 @@ async def _ble_scan(seconds: float, progress: Progress) -> list[dict[str, Any]]:
     from bleak import BleakScanner
 
     seen: dict[str, dict[str, Any]] = {}
+    service_kinds, company_kinds, _ = _kind_facts()
 
     def on_adv(device: Any, adv: Any) -> None:
-        kind = next((BLE_SERVICE_KINDS[u.lower()] for u in adv.service_uuids if u.lower() in BLE_SERVICE_KINDS), None)
+        kind = next((service_kinds[u.lower()] for u in adv.service_uuids if u.lower() in service_kinds), None)
         if kind is None:
-            kind = next((BLE_COMPANY_KINDS[c] for c in adv.manufacturer_data if c in BLE_COMPANY_KINDS), None)
+            kind = next((company_kinds[c] for c in adv.manufacturer_data if c in company_kinds), None)
         seen[device.address] = {
             "transport": "ble",
             "address": device.address,

@@ -41,7 +41,7 @@ def test_defaults_are_safe(tmp_path: Path) -> None:
     assert cfg.uplink.port == 8883
     assert cfg.outbox.max_bytes == 256 * 1024 * 1024
     assert cfg.outbox.commit_interval_ms <= 50
-    assert cfg.devices[0].options["buttons"] == {"a1b2c3": "sos-1"}
+    assert cfg.devices[0].options.buttons == {"a1b2c3": "sos-1"}
 
 
 def test_plaintext_port_default_follows_tls_false(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_a_rules_mistake_is_one_line_too(tmp_path: Path, change: tuple[str, str]
 def test_a_wrist_monitors_spo2_calibration_must_be_a_known_model(tmp_path: Path) -> None:
     wrist = '\n[[devices]]\nid = "w1"\nkind = "ble-wrist"\naddress = "AA:BB:CC:DD:EE:FF"\nspo2_calibration = "{}"\n'
     cfg = load_config(write(tmp_path, GOOD + wrist.format("MAX30102")))
-    assert cfg.devices[1].options["spo2_calibration"] == "MAX30102"
+    assert cfg.devices[1].options.spo2_calibration == "MAX30102"
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, GOOD + wrist.format("max30103")))
     assert "devices[1] (w1).spo2_calibration = 'max30103'" in str(info.value) and "max30102" in str(info.value)

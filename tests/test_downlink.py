@@ -80,8 +80,11 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
                 topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "st-1"})
                 assert topic == f"{BASE}/cmd-result/st-1" and r["ok"] and r["result"]["uplink"]["state"] == "connected"
 
-                # drill, then a press during it is marked
-                _, r = await asyncio.to_thread(platform.ask, "drill", {"request_id": "dr-1", "duration_s": 60})
+                # a drill names its buttons; then the first press of the named button is the drill press
+                _, r = await asyncio.to_thread(platform.ask, "drill", {"request_id": "dr-0", "duration_s": 60})
+                assert not r["ok"] and r["error"]["key"] == "buttons", "a drill of every button must be said"
+                drill = {"request_id": "dr-1", "duration_s": 60, "buttons": ["sos-1"]}
+                _, r = await asyncio.to_thread(platform.ask, "drill", drill)
                 assert r["ok"] and r["result"]["duration_s"] == 60
                 await sim.press(0xA1B2C3)
                 alert = await until(lambda: cloud.of_type("alert"), what="drill alert")
@@ -148,7 +151,8 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
                 assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
                 _, r = await asyncio.to_thread(platform.ask, "reboot", {"request_id": "u-1"})
                 assert r["error"]["code"] == "unknown_command"
-                _, r = await asyncio.to_thread(platform.ask, "drill", {"request_id": "v-1", "duration_s": 99999})
+                v1 = {"request_id": "v-1", "duration_s": 99999, "all_buttons": True}
+                _, r = await asyncio.to_thread(platform.ask, "drill", v1)
                 assert r["error"]["code"] == "invalid" and "duration_s" in r["error"]["reason"]
                 _, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "v-2", "shell": "rm -rf /"})
                 assert r["error"]["code"] == "invalid"
@@ -168,7 +172,8 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
                 # SOS presses still go through after all that
                 await asyncio.sleep(1.1)
                 await sim.press(0xA1B2C3)
-                await until(lambda: len(cloud.of_type("alert")) >= 2, what="a press after the flood")
+                alerts = await until(lambda: len(cloud.of_type("alert")) >= 2 and cloud.of_type("alert"), what="press 2")
+                assert alerts[-1]["drill"] is False, "a second press of the drill button is real"
             finally:
                 gw.stop_quietly()
 

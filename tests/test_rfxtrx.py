@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import DeviceSpec, DeviceStatus, FrameError, LinkState, Reading, SosPress
+from drivers.base import DeviceSpec, DeviceStatus, DriverContext, FrameError, LinkState, Reading, SosPress
 from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxSosDriver, decode_packet
 from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, RfxtrxSimulator, security1_frame
 
@@ -99,7 +99,7 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
     async def go() -> RfxtrxSosDriver:
         async with RfxtrxSimulator(link) as sim:
             spec = DeviceSpec("rfx", "rfxtrx-sos", "serial", {"port": str(link), "buttons": {"a1b2c3": "sos-1"}})
-            drv = RfxtrxSosDriver(spec, got.append, time.time)
+            drv = RfxtrxSosDriver(spec, got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: sim.started)
             await sim.press(0xA1B2C3, repeats=5, gap_s=0.02)

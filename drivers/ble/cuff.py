@@ -25,26 +25,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import DeviceSpec, Measurement, ReadingSink, device_zone
+from drivers import codes
+from drivers.base import DeviceSpec, DriverContext, Measurement, ReadingSink, device_zone
 from drivers.ble import gatt
-from drivers.ble.driver import BLE_OPTIONS, BleDriver
+from drivers.ble.driver import BleDriver, BleOptions
 from drivers.ble.stack import BLEAK_FAILURES, NotBonded, ProcedureFailed, classify
+from drivers.options import DriverOptions, option, state_path_option, timezone_option
 from drivers.serial.cms50 import FetchLedger
 
 log = logging.getLogger(__name__)
 
-LOINC_SYSTOLIC = "8480-6"
-LOINC_DIASTOLIC = "8462-4"
-LOINC_MEAN = "8478-0"
-LOINC_PULSE = "8867-4"
-UNIT_PRESSURE = "mm[Hg]"
-UNIT_PER_MIN = "/min"
+LOINC_SYSTOLIC = codes.SYSTOLIC
+LOINC_DIASTOLIC = codes.DIASTOLIC
+LOINC_MEAN = codes.MEAN_ARTERIAL
+LOINC_PULSE = codes.HEART_RATE
+UNIT_PRESSURE = codes.MMHG
+UNIT_PER_MIN = codes.PER_MIN
 
 
 def measurement_key(m: gatt.BloodPressureMeasurement) -> str:
@@ -95,6 +97,14 @@ def bp_measurements(
     return out
 
 
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class BpCuffOptions(BleOptions):
+    timezone: str = timezone_option()
+    set_clock: bool = option(True, doc="write Current Time on connect (only from a synchronised clock)")
+    state_path: str = state_path_option()
+    racp_timeout_s: float = option(30.0, lo=1, hi=600, unit="seconds", doc="one record transfer")
+
+
 class BpCuffDriver(BleDriver):
     """Options: the BLE keys, ``timezone`` (IANA name of the cuff's clock; default the gateway's),
     ``set_clock`` (write Current Time on connect, default true), ``state_path`` (ledger of records
@@ -103,32 +113,25 @@ class BpCuffDriver(BleDriver):
     kind: ClassVar[str] = "ble-bp-cuff"
     priority: ClassVar[int] = 1
     pair: ClassVar[bool] = True
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **BLE_OPTIONS,
-        "timezone": (str, ""),
-        "set_clock": (bool, True),
-        "state_path": (str, ""),
-        "racp_timeout_s": ((int, float), 30.0),
-    }
+    Options: ClassVar[type[DriverOptions]] = BpCuffOptions
+    summary: ClassVar[str] = "Bluetooth LE blood-pressure cuff (Blood Pressure service, stored records)"
+    ble_services: ClassVar[tuple[str, ...]] = (gatt.BLOOD_PRESSURE_SERVICE.lower(),)
+    silence_warn_s: ClassVar[float | None] = 3 * 24 * 3600.0
+    loinc_codes: ClassVar[tuple[str, ...]] = (codes.SYSTOLIC, codes.DIASTOLIC, codes.MEAN_ARTERIAL, codes.HEART_RATE)
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
         opts = spec.options
-        self.tz_name = str(opts.get("timezone", ""))
-        self.set_clock = bool(opts.get("set_clock", True))
-        self.racp_timeout_s = float(opts.get("racp_timeout_s", 30.0))
-        state = str(opts.get("state_path", ""))
-        self.ledger = FetchLedger(Path(state) if state else None, max_entries=4096, owner=self.device_id)
+        assert isinstance(opts, BpCuffOptions)
+        self.set_clock = opts.set_clock
+        self.racp_timeout_s = opts.racp_timeout_s
+        self.ledger = FetchLedger(self.state_path(opts.state_path), max_entries=4096, owner=self.device_id)
         self.ledger.load()
-        self.tz: dt.tzinfo = dt.UTC
+        self.tz: dt.tzinfo = device_zone(opts.timezone)
         self.records_emitted = 0
         self.measurements_emitted = 0
         self._racp: asyncio.Queue[gatt.RacpResponse] = asyncio.Queue()
         self._unpair_next = False
-
-    def check_options(self) -> None:
-        super().check_options()
-        self.tz = device_zone(self.tz_name)
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())

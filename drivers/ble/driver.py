@@ -17,21 +17,21 @@ every ``status_interval_s`` while connected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 
-from drivers.base import DeviceConfigError, DeviceSpec, DeviceStatus, Driver, DriverError, LinkState, ReadingSink
+from drivers.aio import cancel_and_wait
+from drivers.base import DeviceConfigError, DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, ReadingSink
 from drivers.ble import gatt
 from drivers.ble.stack import (
     BLEAK_FAILURES,
-    ConnectionBudget,
     DeviceNotSeen,
     LinkLost,
     ScanHub,
@@ -41,29 +41,34 @@ from drivers.ble.stack import (
     disconnect_client,
     normalize_address,
 )
+from drivers.options import DriverOptions, option
 from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 
 log = logging.getLogger(__name__)
 
-ADDRESS_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+ADDRESS_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
-BLE_OPTIONS: Mapping[str, tuple[type | tuple[type, ...], Any]] = {
-    "address": (str, None),  # AA:BB:CC:DD:EE:FF
-    "adapter": (str, ""),  # "hci0"...; "" = the first powered adapter
-    "max_connections": (int, 5),  # simultaneous links on that adapter, for the whole gateway
-    "watchdog_s": ((int, float), 30.0),  # restart discovery when nothing at all was heard for this long
-    "find_timeout_s": ((int, float), 30.0),  # wait this long for an advertisement before backing off
-    "connect_timeout_s": ((int, float), 20.0),  # one connection attempt, service discovery included
-    "backoff_cap_s": ((int, float), 8.0),  # reconnect delay cap (full jitter below it)
-    "status_interval_s": ((int, float), 300.0),  # state report while connected
-}
+
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class BleOptions(DriverOptions):
+    """Keys common to every BLE device (see config/gateway.example.toml)."""
+
+    address: str = option(
+        pattern=ADDRESS_RE.pattern, describe="six hex bytes, e.g. C0:FF:EE:00:00:01", refused="nope", doc="required"
+    )
+    adapter: str = option("", pattern=r"(hci[0-9]{1,2})?", describe='"hci0", "hci1"..., or "" for the first')
+    max_connections: int = option(5, lo=1, hi=16, doc="simultaneous links on that adapter, for the whole gateway")
+    watchdog_s: float = option(30.0, lo=1, hi=3600, unit="seconds", doc="nothing heard: restart discovery")
+    find_timeout_s: float = option(30.0, lo=1, hi=600, unit="seconds", doc="wait for an advertisement")
+    connect_timeout_s: float = option(20.0, lo=1, hi=300, unit="seconds", doc="one connection attempt")
+    backoff_cap_s: float = option(8.0, lo=0.5, hi=600, unit="seconds", doc="reconnect delay cap")
+    status_interval_s: float = option(300.0, lo=1, hi=86400, unit="seconds", doc="state report while connected")
+
+    def normalized_address(self) -> str:
+        return normalize_address(self.address)
+
 
 NotifyHandler = Callable[[bytes], None]
-
-
-def _opt_float(options: Mapping[str, Any], key: str) -> float:
-    default = BLE_OPTIONS[key][1]
-    return float(options.get(key, default))
 
 
 class BleDriver(Driver):
@@ -71,24 +76,25 @@ class BleDriver(Driver):
     override :meth:`serve` (default: report state periodically until the link ends)."""
 
     transport: ClassVar[str] = "ble"
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = BLE_OPTIONS
+    Options: ClassVar[type[DriverOptions]] = BleOptions
     priority: ClassVar[int] = 5  # connection budget: lower first (SOS 0, cuffs 1, wrist monitors 2)
     pair: ClassVar[bool] = False  # pair (bond) on connect when not bonded yet
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
         opts = spec.options
-        self.address = normalize_address(str(opts.get("address") or ""))
-        self.adapter = str(opts.get("adapter", ""))
-        self.max_connections = int(opts.get("max_connections", 5))
-        self.watchdog_s = _opt_float(opts, "watchdog_s")
-        self.find_timeout_s = _opt_float(opts, "find_timeout_s")
-        self.connect_timeout_s = _opt_float(opts, "connect_timeout_s")
-        self.status_interval_s = _opt_float(opts, "status_interval_s")
+        assert isinstance(opts, BleOptions)
+        self.address = opts.normalized_address()
+        self.adapter = opts.adapter
+        self.max_connections = opts.max_connections
+        self.watchdog_s = opts.watchdog_s
+        self.find_timeout_s = opts.find_timeout_s
+        self.connect_timeout_s = opts.connect_timeout_s
+        self.status_interval_s = opts.status_interval_s
         self.reconnector = Reconnector(
             f"device {spec.id}",
             self._session,
-            backoff=Backoff(base_s=0.5, cap_s=_opt_float(opts, "backoff_cap_s")),
+            backoff=Backoff(base_s=0.5, cap_s=opts.backoff_cap_s),
             config_retry_s=30.0,
             stable_after_s=10.0,
             on_state=self._on_state,
@@ -155,13 +161,11 @@ class BleDriver(Driver):
 
     # -- running --------------------------------------------------------------------------------
 
-    def check_options(self) -> None:
-        if not ADDRESS_RE.match(self.address):
-            raise DeviceConfigError(f"address {self.address!r}: expected six hex bytes, e.g. C0:FF:EE:00:00:01")
-
     async def run(self) -> None:
-        self.check_options()
-        self.hub = ScanHub.for_adapter(self.adapter, watchdog_s=self.watchdog_s)
+        ble = self.ctx.ble
+        if ble is None:
+            raise DeviceConfigError("this gateway runs without its Bluetooth LE stack: restart it to add BLE devices")
+        self.hub = ble.hub(self.adapter, watchdog_s=self.watchdog_s)
         async with self.hub.watch(self.address, self.on_advertisement):
             unsubscribe = self.hub.on_bluez_change(lambda _generation: self._link_lost.set())
             try:
@@ -185,7 +189,8 @@ class BleDriver(Driver):
     async def _session(self) -> None:
         assert self.hub is not None
         sighting = await self.find()
-        budget = ConnectionBudget.for_adapter(self.adapter, self.max_connections)
+        assert self.ctx.ble is not None
+        budget = self.ctx.ble.budget(self.adapter, self.max_connections)
         async with budget.slot(self.device_id, self.priority):
             self._link_lost = asyncio.Event()
             lost = self._link_lost
@@ -222,13 +227,8 @@ class BleDriver(Driver):
         try:
             await asyncio.wait({setting_up, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiting.cancel()
-            if not setting_up.done():
-                setting_up.cancel()
-            for t in (setting_up, waiting):
-                with contextlib.suppress(asyncio.CancelledError, *BLEAK_FAILURES, DriverError):
-                    await t
-        if lost.is_set():
+            await cancel_and_wait(setting_up, waiting)
+        if lost.is_set() or setting_up.cancelled():
             raise LinkLost(f"{self.address}: link lost during set-up")
         exc = setting_up.exception()
         if exc is not None:
@@ -242,11 +242,7 @@ class BleDriver(Driver):
         try:
             done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (serving, waiting):
-                t.cancel()
-            for t in (serving, waiting):
-                with contextlib.suppress(asyncio.CancelledError, *BLEAK_FAILURES):
-                    await t
+            await cancel_and_wait(serving, waiting)
         if serving in done and not serving.cancelled():
             exc = serving.exception()
             if exc is not None:

@@ -22,17 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import DeviceSpec, LinkState, ReadingSink, SosPress, StateFile
+from drivers.base import DeviceSpec, DriverContext, LinkState, ReadingSink, SosPress, StateFile
 from drivers.ble import gatt
-from drivers.ble.driver import BLE_OPTIONS, BleDriver
+from drivers.ble.driver import BleDriver, BleOptions
 from drivers.ble.stack import Sighting
+from drivers.options import DriverOptions, option, state_path_option
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +80,29 @@ class PressTracker:
         return cls(last, series)
 
 
-PENDANT_OPTIONS: Mapping[str, tuple[type | tuple[type, ...], Any]] = {
-    **BLE_OPTIONS,
-    "state_path": (str, ""),
-}
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class PendantOptions(BleOptions):
+    state_path: str = state_path_option()
+
+
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class AdvertisingPendantOptions(PendantOptions):
+    absent_after_s: float = option(60.0, lo=1, hi=86400, unit="seconds", doc="not heard: disconnected")
 
 
 class _PendantDriver(BleDriver):
     """The press logic both pendant kinds share."""
 
     priority: ClassVar[int] = 0
+    Options: ClassVar[type[DriverOptions]] = PendantOptions
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
-        state = str(spec.options.get("state_path", ""))
-        self.state_path = Path(state) if state else None
-        self._state = StateFile(self.state_path, self.device_id, "press state") if self.state_path else None
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
+        opts = spec.options
+        assert isinstance(opts, PendantOptions)
+        self.press_state_path = self.state_path(opts.state_path)
+        path = self.press_state_path
+        self._state = StateFile(path, self.device_id, "press state") if path is not None else None
         self.tracker = self.load_tracker()
 
     def load_tracker(self) -> PressTracker:
@@ -106,7 +112,7 @@ class _PendantDriver(BleDriver):
         try:
             return PressTracker.from_json(raw)
         except ValueError as exc:
-            log.warning("device %s: cannot read press state %s: %s", self.device_id, self.state_path, exc)
+            log.warning("device %s: cannot read press state %s: %s", self.device_id, self.press_state_path, exc)
             return PressTracker()
 
     def save_tracker(self) -> None:
@@ -147,14 +153,16 @@ class SosPendantDriver(_PendantDriver):
     long: reported disconnected, default 60), ``state_path`` (set by the gateway)."""
 
     kind: ClassVar[str] = "ble-sos"
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **PENDANT_OPTIONS,
-        "absent_after_s": ((int, float), 60.0),
-    }
+    Options: ClassVar[type[DriverOptions]] = AdvertisingPendantOptions
+    summary: ClassVar[str] = "Bluetooth LE SOS pendant that advertises its press counter"
+    ble_services: ClassVar[tuple[str, ...]] = (gatt.SOS_SERVICE.lower(),)
+    ble_company_ids: ClassVar[tuple[int, ...]] = (gatt.SOS_COMPANY_ID,)
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
-        self.absent_after_s = float(spec.options.get("absent_after_s", 60.0))
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
+        opts = spec.options
+        assert isinstance(opts, AdvertisingPendantOptions)
+        self.absent_after_s = opts.absent_after_s
 
     def on_advertisement(self, s: Sighting) -> None:
         super().on_advertisement(s)
@@ -188,7 +196,7 @@ class SosNotifyDriver(_PendantDriver):
     """A pendant that needs a connection and notifies its state characteristic."""
 
     kind: ClassVar[str] = "ble-sos-notify"
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = PENDANT_OPTIONS
+    summary: ClassVar[str] = "Bluetooth LE SOS pendant that notifies over a connection"
 
     async def setup(self, client: BleakClient) -> None:
         # The current value first: a press made while the link was down is a counter that moved.

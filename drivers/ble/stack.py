@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
@@ -44,6 +44,7 @@ from bleak.exc import (
     BleakGATTProtocolErrorCode,
 )
 
+from drivers.aio import cancel_and_wait
 from drivers.base import DeviceConfigError, DriverError, TransientDeviceError
 from drivers.reconnect import Backoff
 
@@ -196,8 +197,6 @@ class ConnectionBudget:
     cheaper and says what happens. Waiters are served by priority (lower first: SOS before cuffs
     before wrist monitors), then in arrival order."""
 
-    _budgets: ClassVar[dict[tuple[int, str], ConnectionBudget]] = {}
-
     def __init__(self, adapter: str, limit: int) -> None:
         self.adapter = adapter
         self.limit = max(1, limit)
@@ -206,16 +205,6 @@ class ConnectionBudget:
         self._seq = itertools.count()
         self._granted = 0  # waiters woken that have not taken their slot yet
         self.waits = 0
-
-    @classmethod
-    def for_adapter(cls, adapter: str, limit: int) -> ConnectionBudget:
-        key = (id(asyncio.get_running_loop()), adapter or "default")
-        budget = cls._budgets.get(key)
-        if budget is None:
-            budget = cls._budgets[key] = ConnectionBudget(adapter or "default", limit)
-        elif budget.limit != limit:
-            log.debug("adapter %s: connection budget stays %d (a device asked for %d)", adapter, budget.limit, limit)
-        return budget
 
     @property
     def in_use(self) -> int:
@@ -293,11 +282,17 @@ class ScanHub:
     ``await hub.wait_for(address, newer_than=t)`` returns the first sighting after ``t``.
     """
 
-    _hubs: ClassVar[dict[tuple[int, str], ScanHub]] = {}
-
-    def __init__(self, adapter: str = "", *, watchdog_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        adapter: str = "",
+        *,
+        watchdog_s: float = 30.0,
+        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]] | None = None,
+    ) -> None:
         self.adapter = adapter
         self.watchdog_s = watchdog_s
+        # Where the hub's tasks run: the BLE stack's TaskGroup (drivers.ble.manager), or plain tasks.
+        self._spawn = spawn or _plain_task
         self.sightings: dict[str, Sighting] = {}
         self.stats = HubStats()
         self.generation = 0  # +1 each time BlueZ leaves or joins the bus
@@ -313,16 +308,6 @@ class ScanHub:
         self._last_heard = 0.0
         self._error_type: type[BaseException] | None = None
         self._watchdog_warned = False
-
-    @classmethod
-    def for_adapter(cls, adapter: str = "", *, watchdog_s: float = 30.0) -> ScanHub:
-        key = (id(asyncio.get_running_loop()), adapter)
-        hub = cls._hubs.get(key)
-        if hub is None:
-            hub = cls._hubs[key] = ScanHub(adapter, watchdog_s=watchdog_s)
-        else:
-            hub.watchdog_s = min(hub.watchdog_s, watchdog_s)
-        return hub
 
     # -- users ----------------------------------------------------------------------------------
 
@@ -377,12 +362,9 @@ class ScanHub:
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            name = f"ble scanner {self.adapter or 'default'}"
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
-            self._task.add_done_callback(_report_crash)
+            self._task = self._spawn(self._run(), f"ble scanner {self.adapter or 'default'}")
         if self._watch_task is None or self._watch_task.done():
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch_bluez(), name="bluez watch")
-            self._watch_task.add_done_callback(_report_crash)
+            self._watch_task = self._spawn(self._watch_bluez(), "bluez watch")
 
     async def _shutdown(self) -> None:
         tasks = [t for t in (self._task, self._watch_task) if t is not None]
@@ -516,14 +498,12 @@ class ScanHub:
                             owner = new
                             self._bluez_moved(new)
                 finally:
-                    disconnected.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *BLEAK_FAILURES):
-                        await disconnected
+                    await cancel_and_wait(disconnected)
             except watch_failures as exc:
                 log.debug("BlueZ watch: %s", exc)
             finally:
                 bus.disconnect()
-                with contextlib.suppress(asyncio.CancelledError, *watch_failures):
+                with contextlib.suppress(*watch_failures):
                     await asyncio.wait_for(_gone(bus), 1.0)
             await asyncio.sleep(backoff.next_delay())
 
@@ -586,6 +566,12 @@ async def disconnect_client(client: BleakClient, owner: str) -> None:
         log.debug("device %s: disconnect: %s", owner, classify(exc, "disconnect"))
 
 
+def _plain_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    task.add_done_callback(_report_crash)
+    return task
+
+
 def _report_crash(task: asyncio.Task[None]) -> None:
     """A scanner or watch task must only end by cancellation: anything else is a bug to surface."""
     if not task.cancelled() and task.exception() is not None:
@@ -630,10 +616,6 @@ async def close_bleak() -> None:
     if watcher is not None:
         with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
             await asyncio.wait_for(watcher, 2.0)
-    for key in [k for k in ScanHub._hubs if k[0] == id(loop)]:
-        del ScanHub._hubs[key]
-    for key in [k for k in ConnectionBudget._budgets if k[0] == id(loop)]:
-        del ConnectionBudget._budgets[key]
 
 
 __all__ = [

@@ -17,22 +17,47 @@ Battery, and the vendor-neutral raw PPG service of docs/ble.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import BeatIntervals, DeviceSpec, Measurement, ReadingSink, Waveform
+from drivers import codes
+from drivers.base import BeatIntervals, DeviceSpec, DriverContext, Measurement, ReadingSink, Waveform
 from drivers.ble import gatt
-from drivers.ble.driver import BLE_OPTIONS, BleDriver
+from drivers.ble.driver import BleDriver, BleOptions
+from drivers.options import DriverOptions, option
 
 log = logging.getLogger(__name__)
 
-LOINC_HEART_RATE = "8867-4"
-LOINC_SPO2 = "59408-5"
-UNIT_PER_MIN = "/min"
-UNIT_PERCENT = "%"
+LOINC_HEART_RATE = codes.HEART_RATE
+LOINC_SPO2 = codes.SPO2
+UNIT_PER_MIN = codes.PER_MIN
+UNIT_PERCENT = codes.PERCENT
+
+
+def known_calibration(value: Any) -> str | None:
+    """One of the SpO2 calibrations the gateway's DSP knows (docs/dsp.md), in any case; the DSP is
+    imported only when a wrist monitor's options are checked."""
+    from gateway.dsp.spo2 import CALIBRATIONS
+
+    if str(value).lower() in CALIBRATIONS:
+        return None
+    return "one of " + ", ".join(sorted(CALIBRATIONS))
+
+
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class WristOptions(BleOptions):
+    report_every_s: float = option(5.0, lo=0, hi=3600, unit="seconds", doc="heart rate and SpO2 at most this often")
+    ppg: bool = option(True, doc="stream raw PPG")
+    ppg_block_s: float = option(1.0, lo=0.1, hi=10, unit="seconds", doc="samples per Waveform")
+    # SpO2 calibration of the gateway's ratio-of-ratios estimate from raw PPG: a model name of
+    # gateway.dsp.spo2.CALIBRATIONS (docs/dsp.md); the device's own SpO2 is passed through as is.
+    spo2_calibration: str = option(
+        "default", check=known_calibration, refused="no-such-model", doc="SpO2 calibration model"
+    )
+
 
 _WRAP = 1 << 32
 
@@ -164,22 +189,23 @@ class WristMonitorDriver(BleDriver):
     kind: ClassVar[str] = "ble-wrist"
     priority: ClassVar[int] = 2
     wearable: ClassVar[bool] = True  # worn all day: the care rules watch it for "no data"
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **BLE_OPTIONS,
-        "report_every_s": ((int, float), 5.0),
-        "ppg": (bool, True),
-        "ppg_block_s": ((int, float), 1.0),
-        # SpO2 calibration of the gateway's ratio-of-ratios estimate from raw PPG: a model name of
-        # gateway.dsp.spo2.CALIBRATIONS (docs/dsp.md); the device's own SpO2 is passed through as is.
-        "spo2_calibration": (str, "default"),
-    }
+    Options: ClassVar[type[DriverOptions]] = WristOptions
+    summary: ClassVar[str] = "Bluetooth LE wrist monitor (heart rate, SpO2, raw PPG)"
+    ble_services: ClassVar[tuple[str, ...]] = (
+        gatt.HEART_RATE_SERVICE.lower(),
+        gatt.PULSE_OXIMETER_SERVICE.lower(),
+        gatt.RAW_PPG_SERVICE.lower(),
+    )
+    silence_warn_s: ClassVar[float | None] = 3600.0
+    loinc_codes: ClassVar[tuple[str, ...]] = (codes.HEART_RATE, codes.SPO2)
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
         opts = spec.options
-        self.limiter = RateLimiter(float(opts.get("report_every_s", 5.0)))
-        self.ppg_enabled = bool(opts.get("ppg", True))
-        self.ppg = PpgAssembler(self.device_id, block_s=float(opts.get("ppg_block_s", 1.0)))
+        assert isinstance(opts, WristOptions)
+        self.limiter = RateLimiter(opts.report_every_s)
+        self.ppg_enabled = opts.ppg
+        self.ppg = PpgAssembler(self.device_id, block_s=opts.ppg_block_s)
         self.has_hrs = False
 
     def counters(self) -> Mapping[str, int]:

@@ -36,19 +36,20 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
+from drivers import codes
 from drivers.base import FrameError, Measurement, device_zone
+from drivers.options import DriverOptions, option, state_path_option, timezone_option
 from drivers.reconnect import Backoff
 from drivers.serial.cms50 import FetchLedger
-from drivers.serial.port import SERIAL_OPTIONS, LinkSilent, SerialDriver, SerialLink
+from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
 log = logging.getLogger(__name__)
 
-LOINC_SYSTOLIC = "8480-6"
-LOINC_DIASTOLIC = "8462-4"
-LOINC_PULSE = "8867-4"
+LOINC_SYSTOLIC = codes.SYSTOLIC
+LOINC_DIASTOLIC = codes.DIASTOLIC
+LOINC_PULSE = codes.HEART_RATE
 UNIT_PRESSURE = "mm[Hg]"
 UNIT_PULSE = "/min"
 
@@ -167,6 +168,14 @@ def record_measurements(device_id: str, rec: BpRecord, tz: dt.tzinfo) -> list[Me
     ]
 
 
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class SerialBpOptions(SerialOptions):
+    poll_interval_s: float = option(30.0, lo=0.1, hi=86400, unit="seconds", doc="how often to look for new records")
+    timezone: str = timezone_option()
+    state_path: str = state_path_option()
+    retries: int = option(3, lo=1, hi=20, doc="reads per record until two agree")
+
+
 class SerialBpDriver(SerialDriver):
     """Beurer BM58/BM65-family monitor on a USB-serial cable.
 
@@ -177,14 +186,11 @@ class SerialBpDriver(SerialDriver):
     """
 
     kind: ClassVar[str] = "serial-bp"
+    Options: ClassVar[type[DriverOptions]] = SerialBpOptions
+    summary: ClassVar[str] = "blood-pressure monitor on a USB-serial cable (Beurer BM58/BM65 family)"
+    silence_warn_s: ClassVar[float | None] = 3 * 24 * 3600.0
+    loinc_codes: ClassVar[tuple[str, ...]] = (codes.SYSTOLIC, codes.DIASTOLIC, codes.HEART_RATE)
     baudrate: ClassVar[int] = 4800
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **SERIAL_OPTIONS,
-        "poll_interval_s": ((int, float), 30.0),
-        "timezone": (str, ""),
-        "state_path": (str, ""),
-        "retries": (int, 3),
-    }
     reply_timeout_s: ClassVar[float] = 1.0
     quiet_s: ClassVar[float] = 0.15  # no byte for this long ends a variable-length reply
     reconnect_cap_s: ClassVar[float] = 3.0  # see Cms50Driver: back within 5 s even after a long unplug
@@ -192,12 +198,12 @@ class SerialBpDriver(SerialDriver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.spec.options
-        self.poll_interval_s = float(opts.get("poll_interval_s", 30.0))
-        self.tz = device_zone(str(opts.get("timezone", "")))
-        state = str(opts.get("state_path", ""))
-        self.ledger = FetchLedger(Path(state) if state else None, max_entries=1024, owner=self.device_id)
+        assert isinstance(opts, SerialBpOptions)
+        self.poll_interval_s = opts.poll_interval_s
+        self.tz = device_zone(opts.timezone)
+        self.ledger = FetchLedger(self.state_path(opts.state_path), max_entries=1024, owner=self.device_id)
         self.ledger.load()
-        self.retries = max(1, int(opts.get("retries", 3)))
+        self.retries = opts.retries
         self.description: str | None = None
         self.records_emitted = 0
         self.reconnector.backoff = Backoff(base_s=0.25, cap_s=self.reconnect_cap_s)

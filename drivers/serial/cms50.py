@@ -36,14 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
+from drivers import codes
+from drivers.aio import cancel_and_wait
 from drivers.base import FrameError, Measurement, StateFile, Waveform, device_zone
+from drivers.options import DriverOptions, option, state_path_option, timezone_option
 from drivers.reconnect import Backoff
-from drivers.serial.port import SERIAL_OPTIONS, LinkLost, LinkSilent, SerialDriver, SerialLink
+from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
 log = logging.getLogger(__name__)
 
-LOINC_SPO2 = "59408-5"  # Oxygen saturation in Arterial blood by Pulse oximetry
-LOINC_PULSE = "8867-4"  # Heart rate
+LOINC_SPO2 = codes.SPO2
+LOINC_PULSE = codes.HEART_RATE
 UNIT_SPO2 = "%"
 UNIT_PULSE = "/min"
 
@@ -705,6 +708,17 @@ class LiveAccumulator:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class Cms50Options(SerialOptions):
+    silence_timeout_s: float = option(10.0, lo=0.5, hi=86400, unit="seconds", doc="no frame for this long: lost")
+    download_stored: bool = option(True, doc="fetch the stored session on connect")
+    timezone: str = timezone_option()
+    state_path: str = state_path_option()
+    report_every_s: float = option(5.0, lo=0, hi=3600, unit="seconds", doc="device SpO2/pulse at most this often")
+    user: int = option(1, lo=1, hi=255, doc="stored-data user index")
+    duration_divisor: int = option(2, lo=1, hi=16, doc="firmware-dependent unit of the stored duration")
+
+
 class Cms50Driver(SerialDriver):
     """CMS50D+ (firmware 4.6+), CMS50E/F and relatives speaking the newer ("v7") protocol at 115200.
 
@@ -720,16 +734,11 @@ class Cms50Driver(SerialDriver):
     kind: ClassVar[str] = "serial-cms50"
     baudrate: ClassVar[int] = 115200
     protocol: ClassVar[str] = "v7"
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **SERIAL_OPTIONS,
-        "silence_timeout_s": ((int, float), 10.0),
-        "download_stored": (bool, True),
-        "timezone": (str, ""),
-        "state_path": (str, ""),
-        "report_every_s": ((int, float), 5.0),
-        "user": (int, 1),
-        "duration_divisor": (int, 2),
-    }
+    Options: ClassVar[type[DriverOptions]] = Cms50Options
+    summary: ClassVar[str] = "Contec CMS50D+/E/F pulse oximeter (USB serial)"
+    usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ((0x10C4, 0xEA60, ""),)  # CP210x bridge
+    silence_warn_s: ClassVar[float | None] = 24 * 3600.0
+    loinc_codes: ClassVar[tuple[str, ...]] = (codes.SPO2, codes.HEART_RATE)
     keepalive_s: ClassVar[float] = 5.0
     # The port layer's backoff grows to 30 s; after a long unplug that would delay the oximeter's
     # return by up to 30 s. Probing a missing by-id path is free, so cap it to stay "back within 5 s".
@@ -742,16 +751,14 @@ class Cms50Driver(SerialDriver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.spec.options
-        if "silence_timeout_s" not in opts:
-            self.silence_timeout_s = 10.0
-        self.download_stored = bool(opts.get("download_stored", True))
-        self.tz = device_zone(str(opts.get("timezone", "")))
-        state = str(opts.get("state_path", ""))
-        self.ledger = FetchLedger(Path(state) if state else None, owner=self.device_id)
+        assert isinstance(opts, Cms50Options)
+        self.download_stored = opts.download_stored
+        self.tz = device_zone(opts.timezone)
+        self.ledger = FetchLedger(self.state_path(opts.state_path), owner=self.device_id)
         self.ledger.load()
-        self.report_every_s = float(opts.get("report_every_s", 5.0))
-        self.user = int(opts.get("user", 1))
-        self.duration_divisor = int(opts.get("duration_divisor", 2)) or 2
+        self.report_every_s = opts.report_every_s
+        self.user = opts.user
+        self.duration_divisor = opts.duration_divisor
         self.parser: Cms50Parser | LegacyParser = Cms50Parser() if self.protocol == "v7" else LegacyParser()
         self.live = LiveAccumulator(self.device_id, report_every_s=self.report_every_s)
         self.stored_emitted = 0
@@ -909,13 +916,8 @@ class Cms50Driver(SerialDriver):
                             self.sink(reading)
         finally:
             if pinger is not None:
-                pinger.cancel()
-                try:
-                    await pinger
-                except asyncio.CancelledError:
-                    pass
-                except LinkLost:
-                    pass  # the read loop reports the same loss
+                # A LinkLost of the pinger is the same loss the read loop reports.
+                await cancel_and_wait(pinger)
             for reading in self.live.flush():
                 self.sink(reading)
 
@@ -933,6 +935,8 @@ class Cms50LegacyDriver(Cms50Driver):
     so on real hardware the port layer must pass ``parity="O"`` (see docs/serial-devices.md)."""
 
     kind: ClassVar[str] = "serial-cms50-legacy"
+    summary: ClassVar[str] = "Contec CMS50D/E pulse oximeter, older firmware (USB serial, 19200 baud)"
+    usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ()  # same bridge as serial-cms50: chosen by hand
     baudrate: ClassVar[int] = 19200
     protocol: ClassVar[str] = "legacy"
     frame_len: ClassVar[int] = 5

@@ -21,9 +21,9 @@ import grp
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import serial
 from serial.tools import list_ports
@@ -33,10 +33,12 @@ from drivers.base import (
     DeviceSpec,
     DeviceStatus,
     Driver,
+    DriverContext,
     LinkState,
     ReadingSink,
     TransientDeviceError,
 )
+from drivers.options import DriverOptions, OptionError, absolute_path_or_empty, option
 from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 
 log = logging.getLogger(__name__)
@@ -80,28 +82,31 @@ class PortIdentity:
         return " ".join(parts)
 
 
-SERIAL_OPTIONS: Mapping[str, tuple[type | tuple[type, ...], Any]] = {
-    "port": (str, ""),
-    "usb_vid": (int, -1),
-    "usb_pid": (int, -1),
-    "usb_serial": (str, ""),
-    "silence_timeout_s": ((int, float), 30.0),
-}
-"""Transport keys common to every serial device (see config/gateway.example.toml)."""
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class SerialOptions(DriverOptions):
+    """Transport keys common to every serial device (see config/gateway.example.toml)."""
 
-
-def identity_from_options(options: Mapping[str, Any]) -> PortIdentity:
-    port = str(options.get("port") or "")
-    vid = int(options.get("usb_vid", -1))
-    pid = int(options.get("usb_pid", -1))
-    if not port and (vid < 0 or pid < 0):
-        raise DeviceConfigError("a serial device needs `port` (a /dev/serial/by-id path) or usb_vid+usb_pid")
-    return PortIdentity(
-        path=port or None,
-        vid=vid if vid >= 0 else None,
-        pid=pid if pid >= 0 else None,
-        serial_number=str(options.get("usb_serial") or "") or None,
+    port: str = option(
+        "", check=absolute_path_or_empty, refused="ttyUSB0", doc="stable path, ideally /dev/serial/by-id/..."
     )
+    usb_vid: int = option(-1, lo=-1, hi=0xFFFF, doc="USB vendor id (-1: match by port)")
+    usb_pid: int = option(-1, lo=-1, hi=0xFFFF, doc="USB product id (-1: match by port)")
+    usb_serial: str = option("", pattern=r"[\x20-\x7e]{0,64}", describe="up to 64 printable characters")
+    silence_timeout_s: float = option(
+        30.0, lo=0.5, hi=86400, unit="seconds", doc="nothing received for this long: the link is lost"
+    )
+
+    def check_together(self) -> None:
+        if not self.port and (self.usb_vid < 0 or self.usb_pid < 0):
+            raise OptionError("port", self.port, "a /dev/serial/by-id path, or usb_vid and usb_pid")
+
+    def identity(self) -> PortIdentity:
+        return PortIdentity(
+            path=self.port or None,
+            vid=self.usb_vid if self.usb_vid >= 0 else None,
+            pid=self.usb_pid if self.usb_pid >= 0 else None,
+            serial_number=self.usb_serial or None,
+        )
 
 
 def resolve_port(identity: PortIdentity) -> str:
@@ -256,12 +261,15 @@ class SerialDriver(Driver):
     """Base of serial drivers: resolve the port by identity, open it, ``serve`` it, reconnect."""
 
     transport: ClassVar[str] = "serial"
+    Options: ClassVar[type[DriverOptions]] = SerialOptions
     baudrate: ClassVar[int] = 9600
 
-    def __init__(self, spec: DeviceSpec, sink: ReadingSink, clock: Callable[[], float]) -> None:
-        super().__init__(spec, sink, clock)
-        self.identity = identity_from_options(spec.options)
-        self.silence_timeout_s = float(spec.options.get("silence_timeout_s", 30.0))
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
+        opts = spec.options
+        assert isinstance(opts, SerialOptions)
+        self.identity = opts.identity()
+        self.silence_timeout_s = opts.silence_timeout_s
         self.reconnector = Reconnector(
             f"device {spec.id}",
             self._session,

@@ -20,6 +20,7 @@ sensor closer than ``repeat_window_s`` to the previous one belong to the same pr
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,7 +28,8 @@ from typing import Any, ClassVar
 from RFXtrx import lowlevel
 
 from drivers.base import FrameError, SosPress
-from drivers.serial.port import SERIAL_OPTIONS, LinkSilent, SerialDriver, SerialLink
+from drivers.options import DEVICE_ID_RE, DriverOptions, option
+from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
 log = logging.getLogger(__name__)
 
@@ -158,34 +160,54 @@ class PressDeduper:
         return now
 
 
+_SENSOR_ID_RE = re.compile(r"[0-9a-fA-F]{1,6}")
+
+
+def _button_table(value: Any) -> str | None:
+    """Radio sensor ids (hex, 24 bits) -> device ids of the buttons."""
+    for sensor, device in value.items():
+        if not _SENSOR_ID_RE.fullmatch(sensor) or not DEVICE_ID_RE.fullmatch(device):
+            return "a table of radio sensor ids (1-6 hex digits) to device ids (letters, digits, _ . -)"
+    if len({k.lower() for k in value}) != len(value):
+        return "a table naming each radio sensor id once"
+    return None
+
+
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class RfxtrxOptions(SerialOptions):
+    # A receiver is silent for days: 0 = no silence timeout.
+    silence_timeout_s: float = option(0.0, lo=0, hi=86400, unit="seconds", doc="0: no timeout")
+    buttons: dict[str, str] = option(
+        {}, check=_button_table, refused={"a1b2c3": "not an id!"}, doc="radio sensor id (hex) -> device id"
+    )
+    accept_unknown: bool = option(False, doc="also raise presses of unlisted buttons")
+    repeat_window_s: float = option(1.0, lo=0.05, hi=60, unit="seconds", doc="frames closer than this: one press")
+
+
 class RfxtrxSosDriver(SerialDriver):
     """SOS buttons heard by an RFXtrx receiver.
 
-    Options: the serial keys (``port`` ...), ``buttons`` (a table: radio sensor id in hex -> device id
-    of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``), ``accept_unknown`` (also raise presses of
-    unlisted buttons, as ``{receiver id}:{sensor id}``; off by default: a neighbour's pendant must not
-    call our care centre), ``repeat_window_s``.
+    Options (:class:`RfxtrxOptions`): the serial keys (``port`` ...), ``buttons`` (a table: radio sensor
+    id in hex -> device id of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``), ``accept_unknown``
+    (also raise presses of unlisted buttons, as ``{receiver id}:{sensor id}``; off by default: a
+    neighbour's pendant must not call our care centre), ``repeat_window_s``.
     """
 
     kind: ClassVar[str] = "rfxtrx-sos"
+    Options: ClassVar[type[DriverOptions]] = RfxtrxOptions
+    summary: ClassVar[str] = "RFXtrx433 radio receiver for 433 MHz SOS pendants"
+    usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ((0x0403, 0x6001, "RFXtrx"), (0x0403, 0x6015, "RFXtrx"))
     baudrate: ClassVar[int] = 38400
-    options_schema: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
-        **SERIAL_OPTIONS,
-        "silence_timeout_s": ((int, float), 0.0),  # a receiver is silent for days: 0 = no timeout
-        "buttons": (dict, {}),
-        "accept_unknown": (bool, False),
-        "repeat_window_s": ((int, float), 1.0),
-    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.spec.options
+        assert isinstance(opts, RfxtrxOptions)
         if not self.silence_timeout_s:
             self.silence_timeout_s = 365 * 86400.0
-        buttons = dict(opts.get("buttons", {}))
-        self.buttons: dict[str, str] = {str(k).lower(): str(v) for k, v in buttons.items()}
-        self.accept_unknown = bool(opts.get("accept_unknown", False))
-        self.deduper = PressDeduper(float(opts.get("repeat_window_s", 1.0)))
+        self.buttons: dict[str, str] = {k.lower(): v for k, v in opts.buttons.items()}
+        self.accept_unknown = opts.accept_unknown
+        self.deduper = PressDeduper(opts.repeat_window_s)
         self.framer = RfxFramer()
 
     def counters(self) -> Mapping[str, int]:

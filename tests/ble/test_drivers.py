@@ -17,6 +17,7 @@ import pytest
 from drivers.base import BeatIntervals, LinkState, Measurement, SosPress, Waveform
 from drivers.ble import gatt
 from drivers.ble.cuff import BpCuffDriver
+from drivers.ble.manager import BleStack
 from drivers.ble.stack import ConnectionBudget, ScanHub, Sighting
 from drivers.ble.wrist import WristMonitorDriver
 from simulators.bluez.peripherals import BpCuff, SosPendant, WristMonitor
@@ -33,8 +34,8 @@ def test_discovery_reports_every_device_with_its_advertisement() -> None:
     async def go() -> dict[str, Sighting]:
         seen: dict[str, Sighting] = {}
         peripherals = [WristMonitor(WRIST), BpCuff(CUFF, always_advertise=True), SosPendant(SOS)]
-        async with virtual_bluez(peripherals):
-            hub = ScanHub.for_adapter("")
+        async with virtual_bluez(peripherals), BleStack() as ble:
+            hub = ble.hub("")
             async with hub.watch("*", lambda s: seen.__setitem__(s.device.address, s)):
                 await until(lambda: len(seen) == 3, 10, "three devices")
                 assert hub.scanning and hub.stats.scanner_starts == 1

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceSpec, DeviceStatus, Driver, LinkState, Reading, driver_class
+from drivers.base import DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, Reading, driver_class
+from drivers.ble.manager import BleStack
 from drivers.ble.stack import close_bleak
 from simulators.bluez.bus import PrivateBus
 from simulators.bluez.core import Peripheral, VirtualBlueZ
@@ -64,16 +65,23 @@ class Readings:
         return None
 
 
-def make_driver(kind: str, device_id: str, address: str, sink: Readings, **options: Any) -> Driver:
+def make_driver(
+    kind: str, device_id: str, address: str, sink: Readings, *, ble: BleStack | None = None, **options: Any
+) -> Driver:
+    """A driver of ``kind`` with its default options but ``address`` and ``options``, on a BLE stack of
+    its own unless ``ble`` is given (:func:`running` enters the stacks of the drivers it runs)."""
     cls = driver_class(kind)
-    opts = {key: default for key, (_, default) in cls.options_schema.items()}
-    opts.update(address=address, **options)
-    return cls(DeviceSpec(device_id, kind, cls.transport, opts), sink, time.time)
+    spec = DeviceSpec(device_id, kind, cls.transport, {"address": address, **options})
+    return cls(spec, sink, DriverContext(ble=ble if ble is not None else BleStack()))
 
 
 @contextlib.asynccontextmanager
 async def running(*drivers: Driver) -> AsyncIterator[None]:
     """The drivers' ``run`` as tasks, cancelled (and awaited) at the end."""
+    stacks = contextlib.AsyncExitStack()
+    for ble in {id(d.ctx.ble): d.ctx.ble for d in drivers if d.ctx.ble is not None}.values():
+        if not ble.running:
+            await stacks.enter_async_context(ble)
     tasks = [asyncio.create_task(d.run(), name=f"driver {d.device_id}") for d in drivers]
     try:
         yield
@@ -81,6 +89,7 @@ async def running(*drivers: Driver) -> AsyncIterator[None]:
         for t in tasks:
             t.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        await stacks.aclose()
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 raise r

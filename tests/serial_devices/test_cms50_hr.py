@@ -8,13 +8,12 @@ inside it by up to ~5 bpm, so AF accuracy is tested on whole-beat windows in tes
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from drivers.base import DeviceSpec, Measurement, Reading, Waveform
+from drivers.base import DeviceSpec, DriverContext, Measurement, Reading, Waveform
 from drivers.serial.cms50 import Cms50Driver
 from gateway.dsp.stream import LOINC_HR, WINDOW_S, WristStream
 from simulators.cms50_sim import FS, Cms50Simulator
@@ -41,7 +40,7 @@ def test_cms50_waveform_gives_the_generators_heart_rate(tmp_path: Path, hr: floa
         async with Cms50Simulator(link, hr_bpm=hr, spo2=95, seed=seed, rhythm=rhythm) as sim:  # type: ignore[arg-type]
             sim_holder.append(sim)
             spec = DeviceSpec("ox-1", "serial-cms50", "serial", {"port": str(link), "report_every_s": 1.0})
-            task = asyncio.create_task(Cms50Driver(spec, sink, time.time).run())
+            task = asyncio.create_task(Cms50Driver(spec, sink, DriverContext()).run())
             await _wait(lambda: len(got) >= 2, timeout=40.0, what="two gateway heart rates")
             await _stop(task)
 

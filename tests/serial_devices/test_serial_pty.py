@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from drivers.base import DeviceSpec, DeviceStatus, LinkState, Measurement, Reading, Waveform
+from drivers.base import DeviceSpec, DeviceStatus, DriverContext, LinkState, Measurement, Reading, Waveform
 from drivers.serial import cms50
 from drivers.serial.bpm import SerialBpDriver
 from drivers.serial.cms50 import Cms50Driver, Cms50LegacyDriver
@@ -66,7 +66,7 @@ def test_cms50_live_stream_is_parsed_exactly_and_gives_the_true_heart_rate(tmp_p
 
     async def go() -> tuple[Cms50Simulator, Cms50Driver]:
         async with Cms50Simulator(link, hr_bpm=73.0, spo2=96, seed=3) as sim:
-            drv = Cms50Driver(_spec("serial-cms50", link, report_every_s=1.0), got.append, time.time)
+            drv = Cms50Driver(_spec("serial-cms50", link, report_every_s=1.0), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(_pleth(got)) >= 60 * 9, timeout=20.0, what="9 s of pleth")
             await _stop(task)
@@ -96,7 +96,7 @@ def test_cms50_faults_never_crash_or_produce_out_of_range_readings(tmp_path: Pat
 
     async def go() -> Cms50Driver:
         async with Cms50Simulator(link, hr_bpm=88.0, spo2=94, seed=5) as sim:
-            drv = Cms50Driver(_spec("serial-cms50", link, report_every_s=0.0), got.append, time.time)
+            drv = Cms50Driver(_spec("serial-cms50", link, report_every_s=0.0), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(_pleth(got)) >= 60, what="first second")
             sim.finger_in = False
@@ -145,7 +145,7 @@ def test_cms50_unplug_replug_on_the_same_and_on_another_tty(tmp_path: Path) -> N
 
     async def go() -> tuple[Cms50Driver, list[float]]:
         async with Cms50Simulator(link, seed=7) as sim:
-            drv = Cms50Driver(_spec("serial-cms50", link), got.append, time.time)
+            drv = Cms50Driver(_spec("serial-cms50", link), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(_pleth(got)) >= 60, what="stream")
             recovered: list[float] = []
@@ -197,7 +197,7 @@ def test_cms50_stored_recording_is_fetched_exactly_once_with_original_times(tmp_
             sim.record(45, end=end)  # recorded while the gateway was away
             sim.break_next_upload = True  # a byte lost mid-download: the whole download is asked again
             opts = {"timezone": "UTC", "state_path": str(ledger)}
-            drv = Cms50Driver(_spec("serial-cms50", link, **opts), got.append, time.time)
+            drv = Cms50Driver(_spec("serial-cms50", link, **opts), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(stored()) >= 90 and len(_pleth(got)) >= 30, what="first download")
             sim.unplug()  # an outage: the oximeter goes on recording
@@ -210,7 +210,7 @@ def test_cms50_stored_recording_is_fetched_exactly_once_with_original_times(tmp_
             # A restart of the gateway with the same ledger: nothing is fetched again.
             requests_before = sim.data_requests
             mark = len(got)
-            drv2 = Cms50Driver(_spec("serial-cms50", link, **opts), got.append, time.time)
+            drv2 = Cms50Driver(_spec("serial-cms50", link, **opts), got.append, DriverContext())
             task2 = asyncio.create_task(drv2.run())
             await _wait(lambda: len(_pleth(got[mark:])) >= 60, what="second driver streaming")
             await _stop(task2)
@@ -238,7 +238,7 @@ def test_cms50_model_without_storage_still_streams(tmp_path: Path) -> None:
     async def go() -> Cms50Driver:
         async with Cms50Simulator(link) as sim:
             sim.storage_supported = False
-            drv = Cms50Driver(_spec("serial-cms50", link), got.append, time.time)
+            drv = Cms50Driver(_spec("serial-cms50", link), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(_pleth(got)) >= 60, what="live data without storage")
             await _stop(task)
@@ -257,7 +257,7 @@ def test_cms50_legacy_protocol_stream(tmp_path: Path) -> None:
 
     async def go() -> Cms50Simulator:
         async with Cms50Simulator(link, protocol="legacy", hr_bpm=58.0, spo2=98) as sim:
-            drv = Cms50LegacyDriver(_spec("serial-cms50-legacy", link, report_every_s=1.0), got.append, time.time)
+            drv = Cms50LegacyDriver(_spec("serial-cms50-legacy", link, report_every_s=1.0), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(_pleth(got)) >= 120, what="legacy stream")
             await _stop(task)
@@ -286,7 +286,7 @@ def test_bp_records_fetched_exactly_once_across_outage_faults_and_restart(tmp_pa
         async with BpSimulator(link, seed=2) as sim:
             taken = [sim.measure(taken=base + dt.timedelta(hours=h)) for h in range(3)]
             opts = {"timezone": "UTC", "state_path": str(ledger), "poll_interval_s": 0.3}
-            drv = SerialBpDriver(_spec("serial-bp", link, **opts), got.append, time.time)
+            drv = SerialBpDriver(_spec("serial-bp", link, **opts), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: len(records()) >= 9, what="stored records")
             sim.unplug()  # outage: two readings are taken meanwhile
@@ -300,7 +300,7 @@ def test_bp_records_fetched_exactly_once_across_outage_faults_and_restart(tmp_pa
             await asyncio.sleep(1.0)  # polls go on; nothing may be emitted twice
             await _stop(task)
             mark = len(got)
-            drv2 = SerialBpDriver(_spec("serial-bp", link, **opts), got.append, time.time)
+            drv2 = SerialBpDriver(_spec("serial-bp", link, **opts), got.append, DriverContext())
             task2 = asyncio.create_task(drv2.run())
             await _wait(lambda: drv2.reconnector.connects == 1 and len(sim.requests) > 0, what="restart")
             await asyncio.sleep(1.0)
@@ -328,7 +328,7 @@ def test_bp_monitor_that_does_not_answer_is_disconnected_until_it_does(tmp_path:
         async with BpSimulator(link) as sim:
             sim.silent = True  # cable in, monitor not in PC mode
             sim.measure()
-            drv = SerialBpDriver(_spec("serial-bp", link, poll_interval_s=0.5), got.append, time.time)
+            drv = SerialBpDriver(_spec("serial-bp", link, poll_interval_s=0.5), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             await _wait(lambda: any(isinstance(r, DeviceStatus) for r in got), what="a state")
             first = next(r for r in got if isinstance(r, DeviceStatus))

@@ -1,0 +1,116 @@
+"""Drills cannot hide an emergency (gateway.drill), and stale cloud commands are refused (gateway.downlink)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gateway.downlink import Downlink
+from gateway.drill import MAX_DRILL_S, DrillWindow
+from gateway.messages import rfc3339_ms
+
+
+def test_first_press_of_each_named_button_is_the_drill_and_every_other_press_is_real() -> None:
+    w = DrillWindow()
+    w.open(1000.0, 600, ["sos-hall", "sos-bed"])
+    assert w.judge("a1", "sos-hall", 1001.0) is True
+    assert w.judge("a2", "sos-hall", 1004.0) is False, "a second press 3 s later is real"
+    assert w.judge("a3", "sos-kitchen", 1005.0) is False, "a button the care centre did not name is real"
+    assert w.waiting_for() == ["sos-bed"]
+    assert w.judge("a4", "sos-bed", 1010.0) is True
+    assert not w.active(1010.5), "the window ends when every named button has pressed"
+    assert w.judge("a5", "sos-bed", 1011.0) is False
+    assert set(w.drill_alerts) == {"a1", "a4"}
+
+
+def test_the_window_ends_at_its_time_and_lasts_at_most_30_minutes() -> None:
+    w = DrillWindow()
+    w.open(0.0, 7200, ["sos-1"])
+    assert w.until == MAX_DRILL_S
+    assert w.judge("a1", "sos-1", MAX_DRILL_S + 1.0) is False
+    every = DrillWindow()
+    every.open(0.0, 60, None)  # every button: said explicitly by the command
+    assert every.judge("b1", "x", 1.0) and every.judge("b2", "y", 2.0)
+    assert not every.judge("b3", "x", 3.0), "even with every button named, a second press is real"
+    assert not every.judge("b4", "z", 61.0)
+    assert every.waiting_for() is None
+
+
+def test_a_stored_window_survives_a_restart_and_garbage_opens_none() -> None:
+    w = DrillWindow()
+    w.open(100.0, 300, ["a", "b"])
+    w.judge("x", "a", 101.0)
+    again = DrillWindow.from_json(json.loads(json.dumps(w.to_json())))
+    assert again.active(102.0) and again.waiting_for() == ["b"]
+    assert not again.judge("y", "a", 103.0)
+    for junk in (None, 5, {"until": "soon"}, {"until": 1e12, "started": 0, "buttons": "all", "pressed": []}):
+        assert not DrillWindow.from_json(junk).active(1.0)
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.replies: dict[str, dict[str, Any]] = {}
+
+    def get_reply(self, request_id: str) -> dict[str, Any] | None:
+        return self.replies.get(request_id)
+
+    def put_reply(self, request_id: str, reply: Any) -> None:
+        self.replies[request_id] = dict(reply)
+
+
+def _downlink(now: float, synchronised: bool, calls: list[str]) -> Downlink:
+    async def status(_args: Any) -> dict[str, Any]:
+        calls.append("status")
+        return {}
+
+    async def broken(_args: Any) -> dict[str, Any]:
+        raise AttributeError("'NoneType' object has no attribute 'x'")
+
+    return Downlink(
+        "gw-1",
+        {"status": status, "drill": broken},
+        _Store(),
+        clock=lambda: now,
+        clock_synchronised=lambda: synchronised,
+        max_age_s=300,
+    )
+
+
+def test_a_command_older_than_max_age_by_a_synchronised_clock_is_refused_as_expired() -> None:
+    now = 1_800_000_000.0
+    calls: list[str] = []
+
+    async def go() -> list[dict[str, Any]]:
+        dl = _downlink(now, True, calls)
+        out = []
+        for rid, sent in (("fresh", now - 10), ("stale", now - 3600), ("none", None)):
+            body: dict[str, Any] = {"request_id": rid}
+            if sent is not None:
+                body["sent_at"] = rfc3339_ms(sent)
+            out.append((await dl.handle("status", json.dumps(body).encode()))[1])
+        unsynced = _downlink(now, False, calls)
+        stale = {"request_id": "stale-2", "sent_at": rfc3339_ms(now - 3600)}
+        out.append((await unsynced.handle("status", json.dumps(stale).encode()))[1])
+        bad = {"request_id": "bad-time", "sent_at": "yesterday"}
+        out.append((await dl.handle("status", json.dumps(bad).encode()))[1])
+        return out
+
+    fresh, stale, none, unsynced, bad = asyncio.run(go())
+    assert fresh["ok"] and none["ok"]
+    assert not stale["ok"] and stale["error"]["code"] == "expired" and stale["error"]["key"] == "sent_at"
+    assert unsynced["ok"], "with the clock not synchronised the age cannot be judged"
+    assert not bad["ok"] and bad["error"]["code"] == "invalid"
+    assert calls == ["status", "status", "status"]
+
+
+def test_a_bug_in_a_command_handler_is_replied_as_failed_and_counted() -> None:
+    async def go() -> dict[str, Any]:
+        dl = _downlink(0.0, False, [])
+        reply = (await dl.handle("drill", json.dumps({"request_id": "d1", "buttons": ["x"]}).encode()))[1]
+        assert dl.bugs.count == 1
+        return reply
+
+    reply = asyncio.run(go())
+    assert not reply["ok"] and reply["error"]["code"] == "failed"
+    assert "AttributeError" in reply["error"]["reason"]
