@@ -15,18 +15,30 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(*futures: asyncio.Future[Any], limit_s: float | None = 10.0) -> None:
+RECANCEL_S = 0.25  # a task still running this long after its cancellation is cancelled again
+
+
+async def cancel_and_wait(*futures: asyncio.Future[Any], limit_s: float = 10.0) -> None:
     """Cancel ``futures`` and wait until each has ended (at most ``limit_s``), retrieving their
-    outcome so that none is reported as never retrieved. The caller's own cancellation propagates."""
-    pending = [f for f in futures if f is not None]
+    outcome so that none is reported as never retrieved. The caller's own cancellation propagates.
+
+    A task that swallowed its cancellation (Python 3.11's ``asyncio.wait_for`` does when its inner
+    awaitable finishes in the same step, as bleak's calls on a vanishing bus do) is cancelled again
+    every :data:`RECANCEL_S`, so one lost cancellation cannot keep a stop waiting."""
+    pending = {f for f in futures if f is not None}
+    everything = list(pending)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while pending:
+        for f in pending:
+            f.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_S, left))
     for f in pending:
-        f.cancel()
-    if not pending:
-        return
-    _, stuck = await asyncio.wait(pending, timeout=limit_s)
-    for f in stuck:
-        log.error("%s did not end within %.0f s of being cancelled", _name(f), limit_s or 0)
-    for f in pending:
+        log.error("%s did not end within %.0f s of being cancelled", _name(f), limit_s)
+    for f in everything:
         if f.done() and not f.cancelled():
             f.exception()
 

@@ -200,6 +200,8 @@ class Driver(abc.ABC):
     # Silent for longer than this while connected: doctor warns ("not seen recently"). None: the kind
     # sends only on events (an SOS pendant), so only its link state counts.
     silence_warn_s: ClassVar[float | None] = None
+    # Emits waveforms or beat intervals for the gateway's signal processing (the daemon loads it early).
+    streams: ClassVar[bool] = False
     # LOINC codes of the measurements it emits (drivers.codes).
     loinc_codes: ClassVar[tuple[str, ...]] = ()
 

@@ -70,6 +70,9 @@ class OutboxSection:
 class DownlinkSection:
     # A command whose sent_at is older than this by a synchronised clock is refused as "expired".
     max_age_s: float = 300.0
+    # Token bucket against command floods: this many at once, refilled at rate_per_minute.
+    rate_burst: int = 20
+    rate_per_minute: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +261,11 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         devices.append(parse_device(file, i, raw, seen))
     rules = parse_rules(file, _table(file, doc, "rules", False), seen)
     dl = _Reader(file, "downlink", _table(file, doc, "downlink", False))
-    downlink = DownlinkSection(max_age_s=dl.float_("max_age_s", 300.0, 10, 86400, "seconds"))
+    downlink = DownlinkSection(
+        max_age_s=dl.float_("max_age_s", 300.0, 10, 86400, "seconds"),
+        rate_burst=dl.int_("rate_burst", 20, 1, 10000, "commands"),
+        rate_per_minute=dl.float_("rate_per_minute", 20.0, 0.1, 100000, "commands per minute"),
+    )
     dl.finish()
     return Config(
         path=file,

@@ -133,6 +133,10 @@ def print_status(st: dict[str, Any]) -> None:
     print_outbox(ob)
     print("devices")
     print_devices(st["devices"])
+    bugs = st.get("bugs") or {}
+    if bugs.get("total"):
+        where = ", ".join(f"{k} {v}" for k, v in bugs.items() if k != "total" and v)
+        print(f"bugs      {bugs['total']} ({where}): errors the code did not expect, logged at ERROR; please report")
 
 
 def print_outbox(ob: dict[str, Any]) -> None:
@@ -153,8 +157,8 @@ def print_devices(devices: list[dict[str, Any]]) -> None:
     for d in devices:
         reason = f" ({d['reason']})" if d.get("reason") and d["state"] != "connected" else ""
         origin = f" [{d['origin']}]" if d.get("origin") else ""
-        seen = d["last_seen"] or "never"
-        print(f"          {d['id']:<16} {d['kind']:<14} {d['state']}{reason}  last seen {seen}{origin}")
+        seen = d.get("last_seen") or "never"
+        print(f"          {d['id']:<16} {d.get('kind') or '?':<14} {d['state']}{reason}  last seen {seen}{origin}")
 
 
 def emit(args: argparse.Namespace, data: Any, human: Any = None) -> None:
@@ -352,10 +356,18 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
         res = call(sock, "drill-stop")
         emit(args, res, lambda: print("drill stopped"))
         return EXIT_OK
+    if not args.button and not args.all_buttons:
+        _error(args, "usage", "name the buttons under test (--button ID, repeatable) or say --all-buttons")
+        return EXIT_USAGE
     known = {p["alert_id"] for p in call(sock, "drill-report")["presses"]}
-    res = call(sock, "drill", duration_s=int(args.minutes * 60))
+    scope: dict[str, Any] = {"buttons": sorted(set(args.button))} if args.button else {"all_buttons": True}
+    res = call(sock, "drill", duration_s=int(args.minutes * 60), **scope)
     if not args.wait:
-        text = f"drill window open until {res['drill_until']}: SOS presses are sent with drill = true"
+        which = "every button" if args.all_buttons else ", ".join(res["buttons"])
+        text = (
+            f"drill window open until {res['drill_until']} for {which}: the first press of each is sent with "
+            "drill = true; any other press is a real emergency"
+        )
         emit(args, res, lambda: print(text))
         return EXIT_OK
     # Wait for a press, its arrival at the broker, and (up to --ack-timeout) the care centre's ack.
@@ -522,7 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--seconds", type=float, default=0.0, help="stop after N seconds")
 
     drill = sub.add_parser("drill", help="start (or stop) an emergency-call drill window")
-    drill.add_argument("--minutes", type=float, default=15.0)
+    drill.add_argument("--minutes", type=float, default=15.0, help="window length, at most 30 minutes")
+    drill.add_argument("--button", action="append", default=[], metavar="ID", help="a button under test (repeat)")
+    drill.add_argument("--all-buttons", action="store_true", help="every button is under test")
     drill.add_argument("--stop", action="store_true")
     drill.add_argument("--wait", action="store_true", help="wait for a press and report its press-to-cloud time")
     drill.add_argument("--ack-timeout", type=float, default=60.0, help="seconds to wait for the care centre's ack")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import DeviceStatus, DriverContext, Reading, SosPress
+from drivers.base import DeviceStatus, DriverContext, Reading, SosPress, driver_class
 from drivers.ble.manager import BleStack
 from drivers.reconnect import ConnState
 from gateway.care import CareDesk
@@ -212,6 +213,8 @@ class Daemon:
                 registry,
                 clock_synchronised=_clock_synchronised,
                 max_age_s=cfg.downlink.max_age_s,
+                burst=cfg.downlink.rate_burst,
+                per_minute=cfg.downlink.rate_per_minute,
             )
             control = {
                 "status": commands.status,
@@ -232,6 +235,8 @@ class Daemon:
                         self._tasks.append(tg.create_task(outbox.run(), name="outbox"))
                         devices.start_all()
                         self._tasks.append(tg.create_task(devices.run(), name="devices"))
+                        if any(driver_class(spec.kind).streams for spec in devices.specs()):
+                            _preload_dsp()
                         self._tasks.append(tg.create_task(uplink.run(), name="uplink"))
                         self._tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
                         self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
@@ -382,6 +387,20 @@ def _clock_synchronised() -> bool:
 
     state = kernel_clock_synchronised()
     return bool(state and state[0])
+
+
+def _preload_dsp() -> None:
+    """Import the signal processing (numpy, scipy: seconds on a Pi) in a background thread, once the
+    SOS path is up: imported on the event loop at the first waveform it would stall every device,
+    the SOS receiver included, for as long."""
+
+    def load() -> None:
+        try:
+            importlib.import_module("gateway.dsp.stream")
+        except ImportError as exc:  # the first waveform will say so again, in the pipeline's bug log
+            log.error("signal processing cannot be loaded: %s", exc)
+
+    threading.Thread(target=load, name="dsp preload", daemon=True).start()
 
 
 def _exit_now(code: int) -> None:

@@ -44,7 +44,7 @@ class DeviceManager:
         self.configured = {spec.id: spec for spec in configured}
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.skipped: dict[str, str] = {}  # stored devices that no longer validate: id -> why
+        self.skipped: dict[str, tuple[str, str]] = {}  # stored devices that no longer validate: id -> (kind, why)
         self._tg: asyncio.TaskGroup | None = None
         self._pending: list[DeviceSpec] = []
         self.on_change: list[Callable[[str, str], Any]] = []  # (device_id, kind) when a device starts
@@ -83,7 +83,7 @@ class DeviceManager:
             try:
                 spec = self.validate(raw)
             except CommandRejected as exc:
-                self.skipped[dev_id] = exc.reason
+                self.skipped[dev_id] = (str(raw.get("kind")), exc.reason)
                 log.error("device %s: stored device no longer valid, not started: %s", dev_id, exc.reason)
                 continue
             self._start(spec)
@@ -138,9 +138,12 @@ class DeviceManager:
             raise CommandRejected("invalid", reason, key=exc.key) from None
 
     def add(self, raw: Mapping[str, Any]) -> DeviceSpec:
-        if any(key.endswith("_path") for key in (raw.get("options") or {})):
+        paths = [key for key in (raw.get("options") or {}) if str(key).endswith("_path")]
+        if paths:
             # Where a driver keeps files is the gateway's decision, never a command's.
-            raise CommandRejected("invalid", "file paths of a device (…_path options) are set by the gateway")
+            raise CommandRejected(
+                "invalid", f"{paths[0]}: file paths of a device (…_path options) are set by the gateway", key=paths[0]
+            )
         spec = self.validate(raw)
         if spec.id in self.supervisors:
             raise CommandRejected("conflict", f"device {spec.id} exists already")

@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from simulators.viewer import Viewer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +96,7 @@ def gateway_config(
     tls: bool = False,
     gateway_id: str = "gw-test",
     outbox_extra: str = "",
+    extra: str = "",
 ) -> Path:
     tls_line = "" if tls else "tls = false"
     return write_config(
@@ -114,6 +118,8 @@ backoff_cap_s = 0.5
 [outbox]
 {outbox_extra}
 
+{extra}
+
 {devices}
 """,
     )
@@ -132,17 +138,58 @@ accept_unknown = {"true" if accept_unknown else "false"}
 """
 
 
+def result_validator() -> Any:
+    import jsonschema
+
+    path = Path(__file__).resolve().parents[1] / "gateway" / "schemas" / "commands" / "result.json"
+    schema = json.loads(path.read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
+class Cloud:
+    """The care platform's side of the downlink: publishes commands, collects replies."""
+
+    def __init__(self, port: int, base: str) -> None:
+        self.base = base
+        self.replies: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda _c, _u, m: self.replies.put((m.topic, json.loads(m.payload)))
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"{self.base}/cmd-result/#", qos=1)
+        self.c.loop_start()
+        self.validator = result_validator()
+
+    def send(self, name: str, payload: bytes | dict[str, Any]) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.c.publish(f"{self.base}/cmd/{name}", data, qos=1).wait_for_publish(10)
+
+    def reply(self, timeout: float = 15.0) -> tuple[str, dict[str, Any]]:
+        topic, doc = self.replies.get(timeout=timeout)
+        errors = [e.message for e in self.validator.iter_errors(doc)]
+        assert not errors, f"reply breaks the contract: {errors}"
+        return topic, doc
+
+    def ask(self, name: str, payload: bytes | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.send(name, payload)
+        return self.reply()
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
 class GatewayProcess:
     """``python -m gateway.daemon`` as a real process, with its stderr kept for assertions."""
 
-    def __init__(self, config: Path, log_level: str = "INFO") -> None:
+    def __init__(self, config: Path, log_level: str = "INFO", env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_level = log_level
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = config.parent / "gatewayd.log"
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
@@ -170,6 +217,13 @@ class GatewayProcess:
         self._log.close()
         return time.monotonic() - t0
 
+    def reap(self, timeout: float = 10.0) -> int:
+        """Wait for a process that is exiting by itself; its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -195,7 +249,7 @@ def outbox_meta(data_dir: Path) -> dict[str, int]:
         db.close()
 
 
-def status_via_ctl(config: Path) -> dict[str, Any] | None:
+def status_via_ctl(config: Path, env: dict[str, str] | None = None) -> dict[str, Any] | None:
     """``gatewayctl --json status``, or None while the daemon does not answer (for polling)."""
     out = subprocess.run(
         [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
@@ -203,6 +257,7 @@ def status_via_ctl(config: Path) -> dict[str, Any] | None:
         text=True,
         timeout=30,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     if out.returncode != 0:
         return None

@@ -227,7 +227,9 @@ def test_sos_reminders_until_the_care_centre_acks_and_drill_presses_are_marked(
             assert care.engine.counters().reminders == 1  # the ack stopped them
             assert care.engine.open_alerts() == ()
             # a drill: the next press is a rehearsal
-            reply = await asyncio.to_thread(_cmd, broker, "drill", {"request_id": "drill-1", "duration_s": 60})
+            reply = await asyncio.to_thread(
+                _cmd, broker, "drill", {"request_id": "drill-1", "duration_s": 60, "all_buttons": True}
+            )
             assert reply["ok"] is True
             await asyncio.sleep(1.2)  # a new press (the button's repeat filter is 1 s)
             await sim.press(0xA1B2C3)

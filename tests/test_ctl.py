@@ -68,7 +68,7 @@ def test_cli_against_a_running_daemon(tmp_path: Path, broker: Mosquitto, cloud: 
                 assert rc == 0 and any(i["type"] == "sos" and i["device_id"] == "sos-1" for i in items)
 
                 # drill on, a press is marked, drill off
-                rc, d, _ = await ctl(config, "--json", "drill", "--minutes", "1")
+                rc, d, _ = await ctl(config, "--json", "drill", "--minutes", "1", "--button", "sos-1")
                 assert rc == 0 and d["duration_s"] == 60
                 await asyncio.sleep(1.1)
                 await sim.press(0xA1B2C3)
@@ -229,7 +229,7 @@ def test_drill_reports_press_to_broker_and_care_centre_ack_times(
             try:
                 await until(lambda: sim.started, what="daemon up")
                 drill = asyncio.create_task(
-                    ctl(config, "--json", "drill", "--minutes", "1", "--wait", "--ack-timeout", "15")
+                    ctl(config, "--json", "drill", "--minutes", "1", "--all-buttons", "--wait", "--ack-timeout", "15")
                 )
                 await asyncio.sleep(1.5)
                 await sim.press(0xA1B2C3)

@@ -114,3 +114,34 @@ def test_a_bug_in_a_command_handler_is_replied_as_failed_and_counted() -> None:
     reply = asyncio.run(go())
     assert not reply["ok"] and reply["error"]["code"] == "failed"
     assert "AttributeError" in reply["error"]["reason"]
+
+
+def test_journal_lines_carry_the_syslog_priority_of_their_level() -> None:
+    import logging
+
+    from gateway.daemon import JournalFormatter
+
+    fmt = JournalFormatter()
+    expected = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    for level, prio in expected.items():
+        record = logging.LogRecord("gateway.pipeline", level, __file__, 1, "device %s: SOS press", ("sos-1",), None)
+        assert fmt.format(record) == f"<{prio}>gateway.pipeline: device sos-1: SOS press"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = fmt.format(record).splitlines()
+    assert len(lines) > 2 and all(line.startswith("<3>") for line in lines), "a traceback stays at its priority"
+
+
+def test_the_units_stop_timeout_is_just_above_the_daemons_own_limit() -> None:
+    from pathlib import Path
+
+    from gateway.daemon import STOP_LIMIT_S
+
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "gatewayd.service").read_text()
+    line = next(line for line in unit.splitlines() if line.startswith("TimeoutStopSec="))
+    value = float(line.removeprefix("TimeoutStopSec=").removesuffix("s"))
+    assert STOP_LIMIT_S < value <= STOP_LIMIT_S + 2

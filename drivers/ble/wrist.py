@@ -197,6 +197,7 @@ class WristMonitorDriver(BleDriver):
         gatt.RAW_PPG_SERVICE.lower(),
     )
     silence_warn_s: ClassVar[float | None] = 3600.0
+    streams: ClassVar[bool] = True
     loinc_codes: ClassVar[tuple[str, ...]] = (codes.HEART_RATE, codes.SPO2)
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:

@@ -738,6 +738,7 @@ class Cms50Driver(SerialDriver):
     summary: ClassVar[str] = "Contec CMS50D+/E/F pulse oximeter (USB serial)"
     usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ((0x10C4, 0xEA60, ""),)  # CP210x bridge
     silence_warn_s: ClassVar[float | None] = 24 * 3600.0
+    streams: ClassVar[bool] = True
     loinc_codes: ClassVar[tuple[str, ...]] = (codes.SPO2, codes.HEART_RATE)
     keepalive_s: ClassVar[float] = 5.0
     # The port layer's backoff grows to 30 s; after a long unplug that would delay the oximeter's
