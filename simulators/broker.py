@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulators.procs import die_with_parent
+
 CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
@@ -57,8 +59,10 @@ class Mosquitto:
         verbose: bool = False,
         persistence: bool = False,
         users: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.die_with_parent = die_with_parent  # the demo's broker ends with the demo, however it ends
         self.tls = tls
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mosquitto-"))
         self.max_inflight = max_inflight
@@ -116,6 +120,7 @@ class Mosquitto:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=None if self.verbose else subprocess.DEVNULL,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -11,6 +11,12 @@ dbus-daemon): a wrist monitor streaming heart rate, SpO2 and raw PPG, a blood-pr
 records (fetched, then one new measurement every 25 s) and an SOS pendant pressed between the radio
 pendant's presses. ``gatewayd`` runs with ``DBUS_SYSTEM_BUS_ADDRESS`` pointing at that bus, nothing
 else changed. Without ``dbus-daemon`` (or with ``--no-ble``) the demo runs without them.
+
+The demo ends on Ctrl-C, SIGTERM or ``--duration``, and stops every process it started (gatewayd first,
+then the simulators and the broker; each SIGTERM, then SIGKILL if it does not end); its children also get
+SIGTERM from the kernel should the demo itself be killed, so nothing is left behind. It ends with a
+summary of what the cloud received: messages per type, the ``seq`` range and any gap, and the presses
+made against the SOS alerts that arrived.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -29,6 +36,7 @@ from typing import Any
 from simulators.bp_sim import BpSimulator
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
+from simulators.procs import die_with_parent, stop_process
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from simulators.viewer import Viewer, describe
 
@@ -119,6 +127,7 @@ def start_ble(workdir: Path) -> tuple[subprocess.Popen[str], str, str] | None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=die_with_parent,
     )
     assert proc.stdout is not None
     found: dict[str, str] = {}
@@ -165,16 +174,17 @@ async def _demo(args: argparse.Namespace) -> int:
     link = by_id / "usb-RFXCOM_RFXtrx433_DEMO0001-if00-port0"
     oxi_link = by_id / "usb-Silicon_Labs_CP2102_USB_to_UART_Bridge_Controller_0001-if00-port0"
     bp_link = by_id / "usb-Prolific_Technology_Inc._USB-Serial_Controller_BPM1-if00-port0"
-    broker = Mosquitto(workdir=workdir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    broker = Mosquitto(workdir=workdir, die_with_parent=True)
     broker.start()
     print(f"demo: local broker on 127.0.0.1:{broker.port}", flush=True)
-    seen: dict[str, Any] = {"alerts": 0, "historical": 0}
+    seen = Summary()
 
     def show(topic: str, doc: dict[str, Any], retained: bool) -> None:
-        if doc.get("type") == "alert":
-            seen["alerts"] += 1
-        if doc.get("historical"):
-            seen["historical"] += 1
+        seen.add(doc, retained)
         tag = " (historical)" if doc.get("historical") else ""
         print(("cloud <- [retained] " if retained else "cloud <- ") + describe(topic, doc) + tag, flush=True)
 
@@ -182,6 +192,7 @@ async def _demo(args: argparse.Namespace) -> int:
     viewer.on_message = show
     gatewayd: subprocess.Popen[bytes] | None = None
     ble = None if args.no_ble else start_ble(workdir)
+    presses = 0
     started = time.monotonic()
     try:
         viewer.start()
@@ -194,13 +205,16 @@ async def _demo(args: argparse.Namespace) -> int:
                 env["DBUS_SYSTEM_BUS_ADDRESS"] = ble[1]  # the only change BLE needs
             next_ble_press = time.monotonic() + 3.0 + args.press_every / 2
             gatewayd = subprocess.Popen(  # noqa: ASYNC220 - spawns and returns at once
-                [sys.executable, "-m", "gateway.daemon", "--config", str(cfg)], env=env, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", "gateway.daemon", "--config", str(cfg)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
             print(f"demo: gatewayd pid {gatewayd.pid} with {cfg}", flush=True)
             print(f"demo: try `gatewayctl --config {cfg} status` in another terminal", flush=True)
             outage_done = args.outage_at <= 0
             next_press = time.monotonic() + 3.0
-            while args.duration <= 0 or time.monotonic() - started < args.duration:
+            while (args.duration <= 0 or time.monotonic() - started < args.duration) and not stop.is_set():
                 if gatewayd.poll() is not None:
                     print(f"demo: gatewayd exited with {gatewayd.returncode}", flush=True)
                     return 1
@@ -214,48 +228,88 @@ async def _demo(args: argparse.Namespace) -> int:
                 if ble is not None and now >= next_ble_press:
                     next_ble_press = now + args.press_every
                     if ble_command(ble[2], "press", device=BLE_SOS):
+                        presses += 1
                         print("demo: BLE SOS pendant pressed", flush=True)
                 if now >= next_press:
                     next_press = now + args.press_every
                     if sim.started and await sim.press(BUTTON):
+                        presses += 1
                         print("demo: SOS pendant pressed", flush=True)
                 if not outage_done and now - started >= args.outage_at:
                     outage_done = True
                     print(f"demo: broker DOWN for {args.outage_for:g} s (presses keep coming)", flush=True)
                     viewer.stop()
                     broker.stop()
-                    await asyncio.sleep(args.outage_for)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.outage_for)
                     broker.start()
                     viewer = Viewer("127.0.0.1", broker.port)
                     viewer.on_message = show
                     viewer.start()
                     print("demo: broker back up", flush=True)
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(2.0)
-            _stop(gatewayd)  # before the simulated receiver goes away
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)  # the last messages reach the cloud
+            print("demo: stopping", flush=True)
+            code = await asyncio.to_thread(stop_process, gatewayd)  # before the simulated devices go away
+            print(f"demo: gatewayd stopped (exit status {code})", flush=True)
     finally:
         if gatewayd is not None:
-            _stop(gatewayd)
+            stop_process(gatewayd)
         with contextlib.suppress(Exception):
             viewer.stop()
         broker.stop()
         if ble is not None:
-            ble[0].terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                ble[0].wait(timeout=10)
+            stop_process(ble[0])
             if ble[0].stdout is not None:
                 ble[0].stdout.close()
-    print(
-        f"demo: the cloud received {seen['alerts']} SOS alerts ({seen['historical']} messages historical)", flush=True
-    )
-    return 0 if seen["alerts"] > 0 else 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    for line in seen.report(presses):
+        print(f"demo: {line}", flush=True)
+    return 0 if seen.alerts > 0 else 1
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+class Summary:
+    """What the cloud received, for the demo's last lines."""
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, int] = {}
+        self.seqs: set[int] = set()
+        self.alerts = 0
+        self.historical = 0
+
+    def add(self, doc: dict[str, Any], retained: bool) -> None:
+        kind = str(doc.get("type", "?"))
+        self.by_type[kind] = self.by_type.get(kind, 0) + 1
+        if isinstance(doc.get("seq"), int) and not retained:
+            self.seqs.add(doc["seq"])
+        if kind == "alert" and doc.get("kind") == "sos":
+            self.alerts += 1
+        if doc.get("historical"):
+            self.historical += 1
+
+    def gaps(self) -> list[tuple[int, int]]:
+        if not self.seqs:
+            return []
+        out: list[tuple[int, int]] = []
+        ordered = sorted(self.seqs)
+        for a, b in itertools.pairwise(ordered):
+            if b > a + 1:
+                out.append((a + 1, b - 1))
+        return out
+
+    def report(self, presses: int) -> list[str]:
+        types = ", ".join(f"{n} {t}" for t, n in sorted(self.by_type.items())) or "nothing"
+        lines = [f"the cloud received {types} ({self.historical} historical)"]
+        if self.seqs:
+            gaps = self.gaps()
+            gap_text = "no gap" if not gaps else "gaps " + ", ".join(f"{a}-{b}" for a, b in gaps)
+            lines.append(f"seq {min(self.seqs)}..{max(self.seqs)}, {gap_text}")
+        lines.append(f"{presses} SOS presses made, {self.alerts} SOS alerts received")
+        return lines
 
 
 def run(args: argparse.Namespace) -> int:
