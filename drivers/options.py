@@ -314,9 +314,21 @@ def _expected(f: dataclasses.Field[Any], kind: str) -> str:
 
 def timezone_option() -> Any:
     """``timezone``: the IANA zone of a device's own clock ("" = the gateway's)."""
-    return option("", check=valid_zone, refused="Mars/Base", doc="IANA zone of the device's clock")
+    return option(
+        "",
+        check=valid_zone,
+        describe='an IANA time zone, or "" for the gateway\'s',
+        refused="Mars/Base",
+        doc="the zone of the device's own clock",
+    )
 
 
 def state_path_option() -> Any:
     """``state_path``: where a driver keeps its state; "" = the gateway's data directory (the usual)."""
-    return option("", check=absolute_path_or_empty, refused="relative/state.json", doc="set by the gateway")
+    return option(
+        "",
+        check=absolute_path_or_empty,
+        describe="an absolute path, or empty",
+        refused="relative/state.json",
+        doc="set by the gateway (its data directory)",
+    )

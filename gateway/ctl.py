@@ -219,6 +219,47 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
     raise AssertionError(action)
 
 
+def cmd_kinds(args: argparse.Namespace) -> int:
+    """``devices kinds``: the registry's kinds with their facts and options (no daemon needed)."""
+    from drivers.base import UnknownDeviceKind, all_kinds, driver_class
+
+    kinds: list[dict[str, Any]] = []
+    for kind in sorted(all_kinds()):
+        try:
+            cls = driver_class(kind)
+        except (UnknownDeviceKind, ImportError) as exc:
+            kinds.append({"kind": kind, "available": False, "reason": str(exc)})
+            continue
+        options = [
+            {"key": key, "expected": expected, "default": default, "doc": doc}
+            for key, expected, default, doc in cls.Options.describe()
+        ]
+        kinds.append(
+            {
+                "kind": kind,
+                "available": True,
+                "transport": cls.transport,
+                "summary": cls.summary,
+                "measures": list(cls.loinc_codes),
+                "options": options,
+            }
+        )
+
+    def human() -> None:
+        for k in kinds:
+            if not k["available"]:
+                print(f"{k['kind']}: not available here ({k['reason']})")
+                continue
+            print(f"{k['kind']} ({k['transport']}): {k['summary']}")
+            for o in k["options"]:
+                default = "required" if o["default"] is None else f"default {o['default']!r}"
+                doc = f"; {o['doc']}" if o["doc"] else ""
+                print(f"    {o['key']:<20} {o['expected']}, {default}{doc}")
+
+    emit(args, {"kinds": kinds}, human)
+    return EXIT_OK
+
+
 def cmd_radio(args: argparse.Namespace) -> int:
     """``devices scan`` and ``devices pair``: no daemon needed."""
     from gateway.scan import pair, scan
@@ -508,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("devices", help="list, scan, add, remove, pair devices")
     dsub = dev.add_subparsers(dest="action")
     dsub.add_parser("list", help="configured and seen devices with their state")
+    dsub.add_parser("kinds", help="every device kind this gateway supports, with its options")
     scan = dsub.add_parser("scan", help="nearby supported BLE devices and plugged-in serial devices")
     scan.add_argument("--seconds", type=float, default=8.0)
     add = dsub.add_parser("add", help="add a device without editing the configuration file")
@@ -561,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_doctor(args, cfg_path)
         if args.command == "devices" and args.action in ("scan", "pair"):
             return cmd_radio(args)
+        if args.command == "devices" and args.action == "kinds":
+            return cmd_kinds(args)
         cfg = load_config(cfg_path)
         if args.socket:
             cfg = _with_socket(cfg, Path(args.socket))

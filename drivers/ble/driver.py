@@ -53,9 +53,7 @@ ADDRESS_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 class BleOptions(DriverOptions):
     """Keys common to every BLE device (see config/gateway.example.toml)."""
 
-    address: str = option(
-        pattern=ADDRESS_RE.pattern, describe="six hex bytes, e.g. C0:FF:EE:00:00:01", refused="nope", doc="required"
-    )
+    address: str = option(pattern=ADDRESS_RE.pattern, describe="six hex bytes, e.g. C0:FF:EE:00:00:01", refused="nope")
     adapter: str = option("", pattern=r"(hci[0-9]{1,2})?", describe='"hci0", "hci1"..., or "" for the first')
     max_connections: int = option(5, lo=1, hi=16, doc="simultaneous links on that adapter, for the whole gateway")
     watchdog_s: float = option(30.0, lo=1, hi=3600, unit="seconds", doc="nothing heard: restart discovery")

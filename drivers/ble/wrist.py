@@ -55,7 +55,11 @@ class WristOptions(BleOptions):
     # SpO2 calibration of the gateway's ratio-of-ratios estimate from raw PPG: a model name of
     # gateway.dsp.spo2.CALIBRATIONS (docs/dsp.md); the device's own SpO2 is passed through as is.
     spo2_calibration: str = option(
-        "default", check=known_calibration, refused="no-such-model", doc="SpO2 calibration model"
+        "default",
+        check=known_calibration,
+        describe="a calibration of gateway.dsp.spo2 (docs/dsp.md)",
+        refused="no-such-model",
+        doc="SpO2 calibration model",
     )
 
 

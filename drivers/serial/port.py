@@ -87,7 +87,11 @@ class SerialOptions(DriverOptions):
     """Transport keys common to every serial device (see config/gateway.example.toml)."""
 
     port: str = option(
-        "", check=absolute_path_or_empty, refused="ttyUSB0", doc="stable path, ideally /dev/serial/by-id/..."
+        "",
+        check=absolute_path_or_empty,
+        describe="an absolute path, or empty",
+        refused="ttyUSB0",
+        doc="stable path, ideally /dev/serial/by-id/...",
     )
     usb_vid: int = option(-1, lo=-1, hi=0xFFFF, doc="USB vendor id (-1: match by port)")
     usb_pid: int = option(-1, lo=-1, hi=0xFFFF, doc="USB product id (-1: match by port)")
