@@ -327,8 +327,18 @@ class Daemon:
                     "counters": counters,
                 }
             )
-        for dev_id, why in dm.skipped.items() if dm is not None else ():
-            devices.append({"id": dev_id, "kind": None, "state": "error", "reason": f"not started: {why}"})
+        for dev_id, (kind, why) in dm.skipped.items() if dm is not None else ():
+            devices.append(
+                {
+                    "id": dev_id,
+                    "kind": kind,
+                    "state": "error",
+                    "reason": f"stored device no longer valid, not started: {why}",
+                    "last_seen": None,
+                    "readings": 0,
+                    "counters": {},
+                }
+            )
         return {
             "gateway_id": self.cfg.gateway.id,
             "version": VERSION,

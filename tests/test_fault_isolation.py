@@ -278,3 +278,39 @@ def test_a_second_sigterm_exits_at_once(tmp_path: Path, broker: Mosquitto, cloud
     assert "second stop request: exiting now" in gw.log()
     assert "stop did not finish" not in gw.log(), "it left before the deadline"
     assert elapsed < STOP_LIMIT_S - 1.0
+
+
+def test_a_stored_device_that_no_longer_validates_is_reported_and_skipped(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """As an older gateway (or a hand-edited registry) could have stored: the home still starts, the SOS
+    path works, and status, gatewayctl and doctor name the device and why."""
+    from gateway.registry import Registry
+
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_STORED-if00-port0"
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link))
+    (tmp_path / "data").mkdir()
+    with Registry(tmp_path / "data" / "registry.json") as reg:
+        reg.add_managed({"id": "bp-mars", "kind": "serial-bp", "options": {"port": "/dev/x", "timezone": "Mars/Base"}})
+        reg.add_managed({"id": "gone-1", "kind": "no-such-kind", "options": {}})
+    gw = GatewayProcess(config)
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the receiver open despite the bad stored devices")
+                await sim.press(0xA1B2C3)
+                await until(lambda: cloud.of_type("alert"), 20, "the SOS")
+                status = await asyncio.to_thread(status_via_ctl, config)
+                assert status is not None
+                return status
+            finally:
+                gw.stop_quietly()
+
+    status = asyncio.run(go())
+    by_id = {d["id"]: d for d in status["devices"]}
+    assert by_id["bp-mars"]["state"] == "error" and "timezone = 'Mars/Base'" in by_id["bp-mars"]["reason"]
+    assert by_id["gone-1"]["state"] == "error" and "kind" in by_id["gone-1"]["reason"]
+    log = gw.log()
+    assert "ERROR gateway.devices: device bp-mars: stored device no longer valid, not started" in log
