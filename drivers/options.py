@@ -299,10 +299,15 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 
 def _expected_type(f: dataclasses.Field[Any], kind: str) -> str:
+    """What a value of the wrong type was expected to be: the type, and the rule when it says more."""
     rule: Rule | None = f.metadata.get("rule")
     if kind == "table":
         return rule.describe if rule is not None and rule.describe else "a table"
-    return _TYPE_NAMES[kind] if rule is None else rule.expected(kind)
+    name = _TYPE_NAMES[kind]
+    if rule is None:
+        return name
+    detail = rule.expected(kind)
+    return detail if detail.startswith(name) else f"{name} ({detail})"
 
 
 def _expected(f: dataclasses.Field[Any], kind: str) -> str:
