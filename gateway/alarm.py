@@ -42,12 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from drivers.base import device_zone
+from drivers.base import TransientDeviceError, device_zone
 from drivers.reconnect import ConnState
 from drivers.serial import at
 from drivers.serial.modem import Modem, ModemHealth, ModemUnavailable
 from gateway import messages
-from gateway.config import AlarmSection
+from gateway.config import AlarmSection, Config
 from gateway.messages import Topics
 from gateway.outbox import Lane, NewMessage, StoredMessage
 from gateway.rules.engine import AlertEvent
@@ -97,7 +97,7 @@ def render_text(
     when = dt.datetime.fromtimestamp(at, device_zone(cfg.timezone))
     return (cfg.template or TEMPLATES[lang]).format(
         drill=DRILL_PREFIX[lang] if drill else "",
-        person=names.get(person_id or "", person_id or "") or names.get(device_id, "") or RESIDENT[lang],
+        person=(names.get(person_id, person_id) if person_id else cfg.person) or RESIDENT[lang],
         button=names.get(device_id, device_id),
         time=when.strftime("%Y-%m-%d %H:%M"),
         gateway=gateway_id,
@@ -408,6 +408,19 @@ class AlarmPolicy:
                     return case, a, next(r for r in case.recipients if r.to == a.to)
         return None, None, None
 
+    def interrupt(self, now: float) -> None:
+        """The send in flight will not report back (the runner failed under it): ``interrupted``, and
+        its recipient is due again."""
+        if self.sending is None:
+            return
+        case, attempt, rcp = self._find(self.sending)
+        self.sending = None
+        if case is not None and attempt is not None and rcp is not None and attempt.status == "sending":
+            attempt.status = "interrupted"
+            if rcp.state == "sending":
+                rcp.state, rcp.next_at = "due", now
+            self._changed(case)
+
     def restore(self, cases: Iterable[Case], now: float) -> None:
         """After a restart: an attempt that was being handed to the modem is ``interrupted`` (we cannot
         know whether it left) and its recipient is due again; everything else resumes as recorded."""
@@ -496,6 +509,7 @@ class SmsSender(Protocol):
 
 
 TICK_S = 0.2
+RESTART_S = 5.0
 
 
 class SmsFallback:
@@ -583,10 +597,23 @@ class SmsFallback:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.modem.run(), name="sms modem")
-                tg.create_task(self._loop(), name="sms fallback")
+                tg.create_task(self._supervised(), name="sms fallback")
         finally:
-            self._save()
+            with contextlib.suppress(sqlite3.Error):
+                self._save()
             self.store.close()
+
+    async def _supervised(self) -> None:
+        """The second path must never take the first one down: a failure of the fallback (a bug, a
+        full disk under its record) is logged with its traceback and the loop starts again, while
+        the daemon goes on committing and sending SOS alerts."""
+        while True:
+            try:
+                await self._loop()
+            except Exception:  # isolation of the SOS primary path, logged with its traceback
+                log.exception("sms fallback: failed; starting again in %g s", RESTART_S)
+                self.policy.interrupt(self.clock())
+                await asyncio.sleep(RESTART_S)
 
     async def _loop(self) -> None:
         was_up: bool | None = None
@@ -623,7 +650,7 @@ class SmsFallback:
         log.debug("sms fallback: alert %s: SMS to %s", a.alert_id, a.to)
         try:
             mrs = await self.modem.send_sms(a.to, a.text)
-        except (at.ModemError, ModemUnavailable, at.PduError) as exc:
+        except (at.ModemError, TransientDeviceError, at.PduError) as exc:
             self.counters["sms_failed"] += 1
             kind = classify(exc)
             log.log(
@@ -786,23 +813,22 @@ class _Commands(Protocol):
 
 
 def attach_sms_fallback(
-    cfg: AlarmSection,
-    topics: Topics,
-    data_dir: Path,
-    pipeline: _Pipeline,
-    uplink: _Uplink,
-    commands: _Commands,
-    person_of: Callable[[str], str | None],
+    cfg: Config, topics: Topics, pipeline: _Pipeline, uplink: _Uplink, commands: _Commands
 ) -> SmsFallback | None:
     """The daemon's one call: build the fallback from ``[alarm]`` (None when it is off) and hook it to
     SOS alerts (``pipeline.on_alert``), PUBACKs (``uplink.on_alert_delivered``), acks (the commands'
     alert desk) and the uplink state. The caller runs :meth:`SmsFallback.run` in its TaskGroup."""
-    if not cfg.enabled:
+    if not cfg.alarm.enabled:
         return None
+
+    def person_of(device_id: str) -> str | None:
+        person = cfg.rules.person_of(device_id)
+        return person.id if person is not None else None
+
     fallback = SmsFallback(
-        cfg,
+        cfg.alarm,
         topics,
-        data_dir,
+        cfg.gateway.data_dir,
         pipeline.submit,
         lambda: uplink.state is ConnState.CONNECTED,
         person_of=person_of,

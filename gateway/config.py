@@ -105,6 +105,7 @@ class AlarmSection:
     language: str = "zh"  # the shipped template: "zh" or "en"
     template: str | None = None  # own text with {drill}{person}{button}{time}{gateway}
     names: tuple[tuple[str, str], ...] = ()  # person or button id -> the name the text uses
+    person: str = ""  # the name of the person when no [[rules.person]] owns the button
     timezone: str = ""  # of the time in the text ("" = the gateway's)
     max_attempts: int = 3  # SMS the network accepted without a delivery report, per recipient
     retry_base_s: float = 30.0
@@ -323,6 +324,7 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
         language=language,
         template=template,
         names=tuple(sorted((str(k), str(v)) for k, v in names.items())),
+        person=a.str_("person", ""),
         timezone=timezone,
         max_attempts=a.int_("max_attempts", 3, 1, 20, "attempts"),
         retry_base_s=a.float_("retry_base_s", 30.0, 0.1, 3600, "seconds"),

@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.base import DeviceStatus, Reading, SosPress, driver_class
 from drivers.reconnect import ConnState
+from gateway.alarm import SmsFallback, attach_sms_fallback
 from gateway.care import CareDesk
 from gateway.commands import Commands
 from gateway.config import Config, load_config
@@ -59,6 +60,7 @@ class Daemon:
         self.registry: Registry | None = None
         self.devices: DeviceManager | None = None
         self.care: CareDesk | None = None
+        self.alarm: SmsFallback | None = None
         self._down_since: float | None = None
 
     async def reload(self, _args: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +172,9 @@ class Daemon:
             )
             uplink.on_alert_delivered.append(lambda msg: commands.drills.delivered(_alert_id(msg.body), time.time()))
             uplink.downlink = Downlink(cfg.gateway.id, commands.downlink_handlers(), registry)
+            # SMS fallback of SOS alerts (gateway/alarm.py): None without [alarm]; hooks itself to
+            # pipeline.on_alert, uplink.on_alert_delivered and the acks of commands.alerts.
+            self.alarm = attach_sms_fallback(cfg, topics, pipeline, uplink, commands)
             control = {
                 "status": commands.status,
                 "devices": commands.devices_list,
@@ -190,6 +195,8 @@ class Daemon:
                         devices.start_all(tg)
                         tg.create_task(self._watchdog(), name="watchdog")
                         tg.create_task(care.run(self._watch_inputs), name="care rules")
+                        if self.alarm is not None:
+                            tg.create_task(self.alarm.run(), name="sms fallback")
                         tg.create_task(self._wait_stop(), name="stop")
                         n = len(devices.drivers)
                         self.notifier.send("READY=1", f"STATUS=running, {n} devices")
@@ -295,6 +302,7 @@ class Daemon:
             },
             "devices": devices,
             "care": self.care.status() if self.care is not None else None,
+            "alarm": self.alarm.status() if self.alarm is not None else None,
         }
 
 

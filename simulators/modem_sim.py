@@ -61,6 +61,7 @@ class ModemState:
     operator: str = "SIMNET"
     cms_errors: list[int] = field(default_factory=list)  # injected into the next AT+CMGS, one each
     report: str = "delivered"  # delivered | failed | none
+    report_by_number: dict[str, str] = field(default_factory=dict)  # a number's own report outcome
     report_delay_s: float = 0.2
     cmgs_delay_s: float = 0.05  # the network's time to take the message
 
@@ -258,8 +259,9 @@ class ModemSimulator:
         mr = self.mr
         self._reply(f"+CMGS: {mr}", "OK")
         self._record(d, mr)
-        if d.status_report and self.cnmi_ds and s.report != "none":
-            self._spawn(self._report_later(mr, d.number, 0x00 if s.report == "delivered" else 0x41))
+        report = s.report_by_number.get(d.number, s.report)
+        if d.status_report and self.cnmi_ds and report != "none":
+            self._spawn(self._report_later(mr, d.number, 0x00 if report == "delivered" else 0x41))
 
     def _record(self, d: at.DecodedSubmit, mr: int) -> None:
         if d.concat is None:

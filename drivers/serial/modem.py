@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from drivers.base import DeviceConfigError, TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
 from drivers.serial import at
-from drivers.serial.port import PortIdentity, SerialLink, resolve_port
+from drivers.serial.port import LinkLost, PortIdentity, SerialLink, resolve_port
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,10 @@ class Modem:
         fut: asyncio.Future[at.Final | at.Prompt] = asyncio.get_running_loop().create_future()
         s.waiter = fut
         try:
-            s.link.write(text.encode("ascii"))
+            try:
+                s.link.write(text.encode("ascii"))
+            except LinkLost as exc:
+                raise ModemUnavailable(f"modem {self.name}: {exc}") from exc
             async with asyncio.timeout(limit_s):
                 ev = await fut
         except TimeoutError:
