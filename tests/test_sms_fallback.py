@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.serial import at
+from gateway.ctl import call as ctl_call
 from simulators.broker import Mosquitto
 from simulators.modem_sim import ModemSimulator, ModemState
 from simulators.rfxtrx_sim import RfxtrxSimulator
@@ -250,3 +252,50 @@ def test_the_sans_io_text_fits_what_the_modem_logged() -> None:
     text = "SOS [bedroom] {Anna} ~ 5 €"
     (pdu,) = at.encode_sms(CC, text)
     assert at.decode_submit(pdu.hex).text == text
+
+
+def test_broker_frozen_puback_late_means_sms(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    """The broker's process stopped (SIGSTOP): the TCP link stays up, the uplink still says connected,
+    but no PUBACK comes: the SMS leaves sms_after_s after the press."""
+    rig = Rig(tmp_path, broker, language="en")
+
+    async def go() -> tuple[ModemSimulator, float]:
+        async with rig.running() as (rfx, modem):
+            await until(lambda: cloud.of_type("device_state"), 20, "the uplink up")
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                await rfx.press(0xA1B2C3)
+                await until(lambda: len(modem.sent) >= 2, SMS_AFTER_S + 15, "the SMS")
+                took = time.monotonic() - t0
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            await until(lambda: fallback_reports(cloud), 30, "the report once the broker runs again")
+            return modem, took
+
+    modem, took = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1]
+    assert took >= SMS_AFTER_S - 0.2, "not before sms_after_s: the link looked up"
+
+
+def test_an_ack_stops_further_sms(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    rig = Rig(tmp_path, broker, max_attempts=10, report_timeout_s=0.5)
+    broker.stop()
+    state = ModemState(report_by_number={G1: "none"})  # the guardian's phone is off: retried
+
+    async def go() -> tuple[ModemSimulator, int]:
+        async with rig.running(state) as (rfx, modem):
+            await rfx.press(0xA1B2C3)
+            await until(lambda: sum(s.to == G1 for s in modem.sent) >= 2, 30, "the guardian retried")
+            alert_id = (await rig.status())["alarm"]["open"][0]["alert_id"]
+            sock = rig.config.parent / "data" / "control.sock"
+            await asyncio.to_thread(ctl_call, sock, "alert-ack", alert_id=alert_id)
+            await asyncio.sleep(0.5)  # one send may have been in flight
+            n = len(modem.sent)
+            await asyncio.sleep(4.0)  # several retry intervals
+            return modem, n
+
+    modem, n_at_ack = asyncio.run(go())
+    assert len(modem.sent) == n_at_ack, "no SMS after the care centre's acknowledgement"
+    assert sum(s.to == CC for s in modem.sent) == 1
