@@ -749,6 +749,23 @@ class SmsFallback:
         }
 
 
+def describe_status(st: Mapping[str, Any]) -> list[str]:
+    """The ``sms fallback`` lines of ``gatewayctl status`` (from :meth:`SmsFallback.status`)."""
+    m = st["modem"]
+    signal = f"CSQ {m['csq']} ({m['dbm']} dBm)" if m.get("csq") is not None else "signal unknown"
+    state = "ready" if m["ready"] else ("not present" if not m["present"] else "cannot send")
+    lines = [
+        f"sms       {state}: SIM {m['sim']}, network {m['registration']}, operator {m['operator'] or '-'}, {signal}",
+        f"          last SMS {m['last_sms_at'] or 'never'}, sent {m['sms_sent']}, failed {m['sms_failed']}, "
+        f"{st['recipients']} recipients, after {st['sms_after_s']:g} s without PUBACK",
+    ]
+    if m.get("last_error") and not m["ready"]:
+        lines.append(f"          last error: {m['last_error']}")
+    for c in st["open"]:
+        lines.append(f"          alert {c['alert_id']}: {c['state']}, {c['attempts']} SMS, {c['delivered']} delivered")
+    return lines
+
+
 def fallback_message(topics: Topics, case: Case) -> NewMessage:
     """The alert again, with what the second path did: every attempt so far (docs/mqtt-contract.md)."""
     at_ = max((a.at for a in case.attempts), default=case.pressed_at)

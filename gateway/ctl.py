@@ -133,6 +133,10 @@ def print_status(st: dict[str, Any]) -> None:
     print_outbox(ob)
     print("devices")
     print_devices(st["devices"])
+    if st.get("alarm"):  # the SMS fallback (gateway/alarm.py)
+        from gateway.alarm import describe_status
+
+        print("\n".join(describe_status(st["alarm"])))
 
 
 def print_outbox(ob: dict[str, Any]) -> None:

@@ -81,6 +81,13 @@ class Rig:
         return result
 
 
+def ctl_run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+
+
 def fallback_reports(cloud: Collector) -> list[dict[str, Any]]:
     return [a for a in cloud.of_type("alert") if "fallback" in a]
 
@@ -197,6 +204,12 @@ def test_sim_missing_and_not_registered_are_clear_in_status_and_retried(
             await rfx.press(0xA1B2C3)
             await asyncio.sleep(SMS_AFTER_S + 1.0)
             seen.append((await rig.status())["alarm"]["modem"])
+            human = await asyncio.to_thread(ctl_run, rig.config, "status")
+            assert "sms       cannot send: SIM missing" in human.stdout, human.stdout
+            found = await asyncio.to_thread(ctl_run, rig.config, "--json", "doctor")
+            modem_check = next(f for f in json.loads(found.stdout)["findings"] if f["id"] == "modem")
+            assert modem_check["status"] == "fail" and "SIM missing" in modem_check["message"], modem_check
+            assert "Insert the SIM" in modem_check["action"]
             modem.state.sim, modem.state.registration = "ready", "searching"
             await asyncio.sleep(1.5)
             seen.append((await rig.status())["alarm"]["modem"])
