@@ -76,3 +76,27 @@ def test_simulator_answers_sends_and_reports(tmp_path: Path) -> None:
     assert [(s.to, s.text, s.coding, s.parts) for s in sim.sent] == [("+8613800138000", "紧急呼叫" * 20, "ucs2", 2)]
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert logged[0]["text"] == "紧急呼叫" * 20 and logged[0]["to"] == "+8613800138000"
+
+
+def test_run_time_control_from_a_file_and_stdin_words(tmp_path: Path) -> None:
+    from simulators.modem_sim import _read_control, _stdin_command
+
+    async def go() -> ModemSimulator:
+        async with ModemSimulator(tmp_path / "modem") as sim:
+            control = tmp_path / "control.json"
+            assert _read_control(sim, control, 0.0) is None  # no file yet: nothing changes
+            control.write_text(json.dumps({"sim": "missing", "csq": 5, "cms_errors": [38, 21], "report": "failed"}))
+            mtime = _read_control(sim, control, 0.0)
+            assert mtime is not None and _read_control(sim, control, mtime) is None  # unchanged: not re-applied
+            _stdin_command(sim, ["reg", "searching"])
+            _stdin_command(sim, ["cms", "42", "2"])
+            _stdin_command(sim, ["report", "none", "3"])
+            _stdin_command(sim, ["unplug"])
+            assert not sim.dev.plugged
+            _stdin_command(sim, ["plug"])
+            return sim
+
+    sim = asyncio.run(go())
+    s = sim.state
+    assert (s.sim, s.csq, s.registration, s.report, s.report_delay_s) == ("missing", 5, "searching", "none", 3.0)
+    assert s.cms_errors == [38, 21, 42, 42]
