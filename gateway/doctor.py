@@ -143,7 +143,7 @@ def run_checks(cfg_path: Path, socket_path: Path | None, progress: Progress) -> 
     findings.extend(check_certificates(cfg))
     findings.extend(check_broker(cfg, progress))
     findings.extend(check_devices(cfg, status))
-    findings.append(check_modem(cfg, status))
+    findings.extend(check_modem(cfg, status))
     return findings
 
 
@@ -1249,10 +1249,16 @@ _SIM_ACTIONS = {
 }
 
 
-def check_modem(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
-    """The second path of an SOS: is the modem there, with a SIM, registered, with signal?"""
+def check_modem(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding]:
+    """The second path of an SOS: is the modem there, with a SIM, registered, with signal? Nothing to
+    say when no SMS fallback is configured (it is optional)."""
     if not cfg.alarm.enabled or cfg.alarm.modem is None:
-        return _skip("modem", "No SMS fallback is configured ([alarm]): an SOS has the internet path only.")
+        return []
+    return [_judge_modem(cfg, status)]
+
+
+def _judge_modem(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
+    assert cfg.alarm.modem is not None
     alarm = status.get("alarm") if status is not None else None
     if alarm is None:
         try:
