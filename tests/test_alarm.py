@@ -7,6 +7,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.alarm import AlarmPolicy, AlarmStore, Case, SendSms, WatchChange, check_template, render_text
 from gateway.config import AlarmSection
@@ -234,3 +236,76 @@ def test_texts_name_person_button_time_gateway_and_say_drill() -> None:
 def test_own_templates_are_checked(template: str, problem: str | None) -> None:
     got = check_template(template)
     assert (got is None) if problem is None else (got is not None and problem in got)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("tick"), st.floats(0, 120)),
+        st.tuples(st.just("sent"), st.booleans()),
+        st.tuples(st.just("failed"), st.sampled_from(["path", "recipient"])),
+        st.tuples(st.just("report"), st.integers(0, 12), st.booleans(), st.booleans()),
+        st.tuples(st.just("ack"), st.integers(0, 1)),
+        st.tuples(st.just("ready"), st.booleans()),
+        st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.just("sos"), st.booleans()),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_invariants_under_any_sequence_of_events(seq: list[tuple[object, ...]]) -> None:
+    """Whatever happens: one SMS in flight at most, never an SMS to a recipient with a delivery
+    report, never one after the ack, at most max_attempts counted per recipient, attempts not reused."""
+    p = policy()
+    now = T0
+    mr = 0
+    in_flight: SendSms | None = None
+    alerts: list[str] = []
+    acked: set[str] = set()
+    ids: set[int] = set()
+    for op in seq:
+        kind = op[0]
+        if kind == "sos":
+            alert = f"sos-{len(alerts)}"
+            alerts.append(alert)
+            p.sos(alert, "sos-1", now, False, "t", now, uplink_up=bool(op[1]))
+        elif kind == "tick":
+            now += float(op[1])  # type: ignore[arg-type]
+            for s in sends(p.tick(now)):
+                assert in_flight is None, "two SMS in flight"
+                case = p.cases[s.alert_id]
+                rcp = next(r for r in case.recipients if r.to == s.to)
+                assert not any(a.status == "delivered" for a in case.attempts if a.to == s.to), "resent to delivered"
+                assert s.alert_id not in acked, "sent after the ack"
+                assert rcp.counted < CFG.max_attempts
+                assert s.attempt_id not in ids
+                ids.add(s.attempt_id)
+                in_flight = s
+        elif kind == "sent" and in_flight is not None:
+            mr += 1
+            p.sent(in_flight.attempt_id, [mr % 13], now, expect_report=bool(op[1]))
+            in_flight = None
+        elif kind == "failed" and in_flight is not None:
+            p.failed(in_flight.attempt_id, "x", op[1], now)  # type: ignore[arg-type]
+            in_flight = None
+        elif kind == "report":
+            p.report(int(op[1]), bool(op[2]), bool(op[3]), now)  # type: ignore[call-overload]
+        elif kind == "ack" and alerts:
+            alert = alerts[int(op[1]) % len(alerts)]  # type: ignore[call-overload]
+            p.acked(alert, now)
+            acked.add(alert)
+        elif kind == "ready":
+            p.set_modem_ready(bool(op[1]), now)
+        elif kind == "restart":
+            cases = [Case.from_json(c.to_json()) for c in p.cases.values()]
+            ready = p.modem_ready
+            p = AlarmPolicy(CFG)
+            p.set_modem_ready(ready, now)
+            p.restore(cases, now)
+            assert all(a.status != "sending" for c in p.cases.values() for a in c.attempts)
+            in_flight = None
+        for c in p.cases.values():
+            for r in c.recipients:
+                assert r.counted <= CFG.max_attempts
