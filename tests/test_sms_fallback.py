@@ -312,3 +312,22 @@ def test_an_ack_stops_further_sms(tmp_path: Path, broker: Mosquitto, cloud: Coll
     modem, n_at_ack = asyncio.run(go())
     assert len(modem.sent) == n_at_ack, "no SMS after the care centre's acknowledgement"
     assert sum(s.to == CC for s in modem.sent) == 1
+
+
+def test_modem_unavailable_watch_is_raised_and_cleared(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    rig = Rig(tmp_path, broker, unavailable_after_s=1.0)
+
+    def watch(state: str) -> list[dict[str, Any]]:
+        return [a for a in cloud.of_type("alert") if a["kind"] == "modem_unavailable" and a["state"] == state]
+
+    async def go() -> ModemSimulator:
+        async with rig.running(ModemState(sim="missing")) as (_rfx, modem):
+            await until(lambda: watch("raised"), 20, "modem_unavailable raised")
+            modem.state.sim = "ready"
+            await until(lambda: watch("cleared"), 20, "modem_unavailable cleared")
+            return modem
+
+    asyncio.run(go())
+    raised, cleared = watch("raised")[0], watch("cleared")[0]
+    assert raised["alert_id"] == cleared["alert_id"] and raised["device_id"] == "gw-test"
+    assert raised["severity"] == "high" and raised["detail"]["sim"] == "missing"
