@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import pct, result_line
 from drivers.serial import at
 from simulators.broker import free_port
-from simulators.modem_sim import ModemSimulator
+from simulators.modem_sim import ModemSimulator, demo_alarm_section
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests.helpers import GatewayProcess, gateway_config, rfxtrx_device
 
-CC, G1 = "+8610000000001", "+8613900000001"
+CC, G1 = "+10000000001", "+10000000002"  # demo_alarm_section's
 BUTTON_RE = re.compile(r"button (sos-[0-9]+) ")
 
 
@@ -66,19 +66,7 @@ async def bench(n: int, every: float, workdir: Path) -> dict[str, float | int]:
     modem_link = workdir / "dev" / "usb-SimTech_SIM7600-if02-port0"
     sensors = {f"{0x100000 + i:06x}": f"sos-{i}" for i in range(n)}
     config = gateway_config(workdir, free_port(), devices=rfxtrx_device(rfx_link, sensors))
-    config.write_text(
-        config.read_text()
-        + f"""
-[alarm]
-sms_after_s = 30
-care_centre = ["{CC}"]
-guardians = ["{G1}"]
-language = "en"
-
-[alarm.modem]
-port = "{modem_link}"
-"""
-    )
+    config.write_text(config.read_text() + demo_alarm_section(modem_link, sms_after_s=30))
     gw = GatewayProcess(config, log_level="WARNING")
     press_at: dict[str, float] = {}
     async with RfxtrxSimulator(rfx_link) as rfx, StampingModem(modem_link) as modem:

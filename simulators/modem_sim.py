@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class ModemSimulator:
         self.model = model
         self.sent_log = Path(sent_log) if sent_log is not None else None
         self.sent: list[SentSms] = []
+        self.on_sent: list[Callable[[SentSms], None]] = []  # e.g. the demo prints each SMS
         self.commands: list[str] = []  # every command line received, for tests
         self.echo = True
         self.cmee = 0
@@ -278,6 +280,8 @@ class ModemSimulator:
 
     def _log(self, sms: SentSms) -> None:
         self.sent.append(sms)
+        for cb in self.on_sent:
+            cb(sms)
         log.debug("modem sim: SMS to %s (%d parts)", sms.to, sms.parts)
         if self.sent_log is not None:
             with self.sent_log.open("a", encoding="utf-8") as fh:
@@ -302,6 +306,26 @@ class ModemSimulator:
                 setattr(s, key, type(getattr(s, key))(value))
             else:
                 log.warning("modem sim: unknown setting %r", key)
+
+
+def demo_alarm_section(link: str | os.PathLike[str], *, sms_after_s: float = 5.0) -> str:
+    """The ``[alarm]`` section of a generated demo configuration: this simulator at ``link``, two
+    made-up numbers, the English text (for ``gateway-sim demo`` and tests)."""
+    return f"""
+[alarm]
+sms_after_s = {sms_after_s}
+care_centre = ["+10000000001"]
+guardians = ["+10000000002"]
+language = "en"
+person = "the demo resident"
+
+[alarm.modem]
+port = "{link}"
+"""
+
+
+def describe_sms(sms: SentSms) -> str:
+    return f"modem -> SMS to {sms.to} ({sms.coding}, {sms.parts} part{'s' if sms.parts > 1 else ''}): {sms.text}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -348,6 +372,7 @@ async def _run(args: argparse.Namespace) -> int:
     state = ModemState(sim=args.sim, pin=args.pin)
     async with ModemSimulator(Path(args.link), sent_log=args.log, state=state) as sim:
         print(f"modem: {sim.model} at {args.link} -> {sim.dev.slave_name}", flush=True)
+        sim.on_sent.append(lambda sms: print(describe_sms(sms), flush=True))
 
         async def control_file(path: Path) -> None:
             mtime = 0.0

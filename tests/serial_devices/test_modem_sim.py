@@ -9,7 +9,7 @@ from pathlib import Path
 from drivers.serial import at
 from drivers.serial.at import AtParser, Final, Prompt, Urc
 from drivers.serial.port import SerialLink
-from simulators.modem_sim import ModemSimulator
+from simulators.modem_sim import ModemSimulator, describe_sms
 
 
 async def command(link: SerialLink, p: AtParser, line: str, *, prompt: bool = False) -> list[at.AtEvent]:
@@ -24,10 +24,12 @@ async def command(link: SerialLink, p: AtParser, line: str, *, prompt: bool = Fa
 def test_simulator_answers_sends_and_reports(tmp_path: Path) -> None:
     path = tmp_path / "by-id" / "usb-SimTech_SIM7600-if02-port0"
     log = tmp_path / "sent.jsonl"
+    shown: list[str] = []
 
     async def go() -> tuple[ModemSimulator, list[at.AtEvent]]:
         async with ModemSimulator(path, sent_log=log) as sim:
             sim.state.sim = "pin"
+            sim.on_sent.append(lambda sms: shown.append(describe_sms(sms)))
             async with SerialLink(str(path), 115200, silence_timeout_s=5) as link:
                 p = AtParser()
                 assert (await command(link, p, "AT"))[-1] == Final(True)  # echo on: dropped by the parser
@@ -74,6 +76,7 @@ def test_simulator_answers_sends_and_reports(tmp_path: Path) -> None:
 
     sim, _ = asyncio.run(go())
     assert [(s.to, s.text, s.coding, s.parts) for s in sim.sent] == [("+8613800138000", "紧急呼叫" * 20, "ucs2", 2)]
+    assert shown == ["modem -> SMS to +8613800138000 (ucs2, 2 parts): " + "紧急呼叫" * 20]
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert logged[0]["text"] == "紧急呼叫" * 20 and logged[0]["to"] == "+8613800138000"
 
