@@ -549,6 +549,7 @@ class SmsFallback:
         self._inbox: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._reporting: set[str] = set()
+        self._failing = False  # the first failed SMS of a run is a WARNING, its repeats DEBUG
         self.counters = {"sos_watched": 0, "sms_attempts": 0, "sms_failed": 0, "reports_sent": 0}
         n = len(self.policy.cases)
         if n:
@@ -654,14 +655,16 @@ class SmsFallback:
             self.counters["sms_failed"] += 1
             kind = classify(exc)
             log.log(
-                logging.DEBUG if self.counters["sms_failed"] > 1 else logging.WARNING,
+                logging.DEBUG if self._failing else logging.WARNING,
                 "sms fallback: alert %s: an SMS failed (%s), %s",
                 a.alert_id,
                 _reason(exc),
                 "retrying later" if kind == "path" else "not retrying this recipient",
             )
             self.policy.failed(a.attempt_id, _reason(exc), kind, self.clock())
+            self._failing = True
         else:
+            self._failing = False
             log.warning("sms fallback: alert %s: SMS handed to the network (%d parts)", a.alert_id, len(mrs))
             self.policy.sent(a.attempt_id, mrs, self.clock(), expect_report=self._expect_reports())
         self._save()

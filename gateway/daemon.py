@@ -92,6 +92,8 @@ class Daemon:
             applied += await self.devices.reconfigure(new.devices)
         if new.rules != old.rules:
             restart.append("rules (the care rules keep their open alerts across the restart)")
+        if new.alarm != old.alarm:
+            restart.append("alarm (the SMS fallback keeps its attempts across the restart)")
         self.cfg = Config(
             path=old.path,
             gateway=old.gateway,
@@ -99,6 +101,7 @@ class Daemon:
             outbox=new.outbox,
             devices=new.devices,
             rules=old.rules,
+            alarm=old.alarm,
         )
         log.info("configuration reloaded: %s", ", ".join(applied) or "nothing changed")
         return {"applied": applied, "restart_needed": restart}
