@@ -225,9 +225,10 @@ def response_value(lines: Sequence[str], prefix: str) -> str | None:
 
 
 class ModemError(DriverError):
-    """A command failed. ``retry``: whether trying again later can help without anyone acting."""
+    """A command failed. ``reason``: a stable word for records and the cloud (``sim_missing``...).
+    Whether to retry is the caller's policy (the SMS fallback retries SIM and network failures
+    without counting them, and stops for a number the network rejects)."""
 
-    retry: ClassVar[bool] = True
     reason: ClassVar[str] = "modem_error"
 
     def __init__(self, message: str, *, family: str | None = None, code: int | None = None) -> None:
@@ -244,22 +245,18 @@ class CommandTimeout(ModemError):
 
 
 class SimMissing(ModemError):
-    retry = False
     reason = "sim_missing"
 
 
 class SimPinRequired(ModemError):
-    retry = False
     reason = "sim_pin_required"
 
 
 class SimPukRequired(ModemError):
-    retry = False
     reason = "sim_puk_required"
 
 
 class WrongPin(ModemError):
-    retry = False
     reason = "sim_wrong_pin"
 
 
@@ -290,19 +287,16 @@ class NetworkFailure(ModemError):
 class NoCredit(ModemError):
     """The network refused the message: on prepaid SIMs usually no credit, else SMS not subscribed."""
 
-    retry = False
     reason = "no_credit"
 
 
 class RecipientRejected(ModemError):
     """The number is unassigned, barred or unreachable."""
 
-    retry = False
     reason = "recipient_rejected"
 
 
 class SmscUnknown(ModemError):
-    retry = False
     reason = "smsc_unknown"
 
 

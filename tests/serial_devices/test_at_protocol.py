@@ -191,16 +191,16 @@ def test_cme_errors_numeric_and_verbose_are_typed() -> None:
     p.command_sent("AT+CPIN?")
     (ev,) = p.feed(b"\r\n+CME ERROR: SIM PIN required\r\n")
     assert isinstance(ev, Final) and isinstance(ev.error, at.SimPinRequired)
-    assert not ev.error.retry
+    assert ev.error.reason == "sim_pin_required"
     assert isinstance(error_from("cme", "31"), at.NetworkTimeout)
     assert isinstance(error_from("cme", "no network service"), at.NotRegistered)
     assert type(error_from("cme", "something vendor-specific")) is at.CommandError
 
 
 def test_cms_errors_map_to_what_the_alarm_needs() -> None:
-    assert isinstance(error_from("cms", "38"), at.NetworkFailure) and error_from("cms", "38").retry
+    assert isinstance(error_from("cms", "38"), at.NetworkFailure) and error_from("cms", "38").code == 38
     assert isinstance(error_from("cms", "Network out of order"), at.NetworkFailure)
-    assert isinstance(error_from("cms", "21"), at.NoCredit) and not error_from("cms", "21").retry
+    assert isinstance(error_from("cms", "21"), at.NoCredit) and error_from("cms", "21").reason == "no_credit"
     assert isinstance(error_from("cms", "50"), at.NoCredit)
     assert isinstance(error_from("cms", "332"), at.NetworkTimeout)
     assert isinstance(error_from("cms", "331"), at.NotRegistered)
