@@ -652,8 +652,8 @@ def _udh_concat(udh: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def decode_submit(pdu_hex: str, *, with_smsc: bool = True) -> DecodedSubmit:
-    """An SMS-SUBMIT PDU (as written after ``AT+CMGS``) -> number, text and header facts."""
+def _tpdu_head(pdu_hex: str, with_smsc: bool, mti: int, name: str) -> tuple[bytes, int, int, str, int]:
+    """The start every TPDU we read shares: (octets, first octet, TP-MR, the address, position after it)."""
     try:
         data = bytes.fromhex(pdu_hex.strip())
     except ValueError:
@@ -661,10 +661,18 @@ def decode_submit(pdu_hex: str, *, with_smsc: bool = True) -> DecodedSubmit:
     try:
         pos = _skip_smsc(data) if with_smsc else 0
         first = data[pos]
-        if first & 0x03 != 0x01:
-            raise PduError(f"not an SMS-SUBMIT (first octet {first:02x})")
-        mr = data[pos + 1]
-        number, pos = decode_address(data, pos + 2)
+        if first & 0x03 != mti:
+            raise PduError(f"not an {name} (first octet {first:02x})")
+        number, after = decode_address(data, pos + 2)
+        return data, first, data[pos + 1], number, after
+    except IndexError:
+        raise PduError("PDU truncated") from None
+
+
+def decode_submit(pdu_hex: str, *, with_smsc: bool = True) -> DecodedSubmit:
+    """An SMS-SUBMIT PDU (as written after ``AT+CMGS``) -> number, text and header facts."""
+    data, first, mr, number, pos = _tpdu_head(pdu_hex, with_smsc, 0x01, "SMS-SUBMIT")
+    try:
         dcs = data[pos + 1]
         pos += 2
         vpf = (first >> 3) & 0x03
@@ -719,17 +727,8 @@ class StatusReport:
 
 
 def decode_status_report(pdu_hex: str, *, with_smsc: bool = True) -> StatusReport:
+    data, _first, mr, number, pos = _tpdu_head(pdu_hex, with_smsc, 0x02, "SMS-STATUS-REPORT")
     try:
-        data = bytes.fromhex(pdu_hex.strip())
-    except ValueError:
-        raise PduError("not hexadecimal") from None
-    try:
-        pos = _skip_smsc(data) if with_smsc else 0
-        first = data[pos]
-        if first & 0x03 != 0x02:
-            raise PduError(f"not an SMS-STATUS-REPORT (first octet {first:02x})")
-        mr = data[pos + 1]
-        number, pos = decode_address(data, pos + 2)
         pos += 14  # TP-SCTS, TP-DT
         status = data[pos]
     except IndexError:
