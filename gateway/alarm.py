@@ -293,11 +293,15 @@ class AlarmPolicy:
             self._retry(case, rcp, now, rcp.path_failures)
         self._changed(case)
 
-    def report(self, mr: int, delivered: bool, final: bool, now: float) -> None:
-        """A delivery report (+CDS) for message reference ``mr``."""
+    def report(self, mr: int, delivered: bool, final: bool, now: float, *, to: str | None = None) -> None:
+        """A delivery report (+CDS) for message reference ``mr`` (8 bits: it wraps, so the report's
+        recipient ``to`` must match too when given). For a text in several parts, the first part
+        reported delivered makes the recipient delivered: it names the person and the button."""
         for case in self.cases.values():
             for attempt in reversed(case.attempts):
                 if attempt.status not in ("sent", "no_report") or mr not in attempt.mrs:
+                    continue
+                if to is not None and not same_number(to, attempt.to):
                     continue
                 rcp = next(r for r in case.recipients if r.to == attempt.to)
                 if attempt.status == "no_report" and not delivered:
@@ -440,6 +444,14 @@ class AlarmPolicy:
         return [c for c in self.cases.values() if c.version > c.reported and c.attempts]
 
 
+def same_number(a: str, b: str) -> bool:
+    """The same phone, written internationally or nationally (+86 138... / 138...): the last nine
+    digits agree (a status report gives the number as the network writes it)."""
+    da, db = "".join(c for c in a if c.isdigit()), "".join(c for c in b if c.isdigit())
+    n = min(9, len(da), len(db))
+    return n > 0 and da[-n:] == db[-n:]
+
+
 # -- the record -------------------------------------------------------------------------------------
 
 
@@ -578,7 +590,7 @@ class SmsFallback:
         self._wake.set()
 
     def _on_report(self, r: at.StatusReport) -> None:
-        self._post(lambda: self.policy.report(r.message_ref, r.delivered, r.final, self.clock()))
+        self._post(lambda: self.policy.report(r.message_ref, r.delivered, r.final, self.clock(), to=r.number))
 
     def _sos(self, alert_id: str, device_id: str, pressed_at: float, drill: bool, up: bool) -> None:
         text = render_text(

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.alarm import AlarmPolicy, AlarmStore, Case, SendSms, WatchChange, check_template, render_text
+from gateway.alarm import (
+    AlarmPolicy,
+    AlarmStore,
+    Case,
+    SendSms,
+    WatchChange,
+    check_template,
+    render_text,
+    same_number,
+)
 from gateway.config import AlarmSection
 
 CC, CC2, G1 = "+8610000000001", "+8610000000002", "+8613900000001"
@@ -185,6 +194,18 @@ def test_restart_mid_retries_no_duplicate_to_the_delivered_and_no_lost_attempt(t
     q.report(50, True, True, T0 + 32)
     assert q.cases["sos-a"].state == "done"
     assert s1.to == CC and s2.to == CC2
+
+
+def test_a_report_names_its_recipient_so_a_wrapped_reference_does_not_mislead() -> None:
+    p = policy()
+    p.sos("sos-a", "sos-1", T0, False, "text", T0, uplink_up=False)
+    (s1,) = sends(p.tick(T0))
+    p.sent(s1.attempt_id, [7], T0, expect_report=True)
+    p.report(7, True, True, T0 + 1, to="+8613999999999")  # TP-MR 7 of another recipient
+    assert p.cases["sos-a"].attempts[0].status == "sent"
+    p.report(7, True, True, T0 + 2, to="010" + CC[-8:])  # the network writes it nationally
+    assert p.cases["sos-a"].attempts[0].status == "delivered"
+    assert same_number("+8613800138000", "13800138000") and not same_number("+8613800138000", "13800138001")
 
 
 def test_case_record_round_trips() -> None:
