@@ -538,7 +538,7 @@ class SmsFallback:
         *,
         modem: SmsSender | None = None,
         person_of: Callable[[str], str | None] = lambda _d: None,
-        in_drill: Callable[[float], bool] = lambda _t: False,
+        is_drill: Callable[[str, float], bool] = lambda _a, _t: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         assert cfg.modem is not None or modem is not None
@@ -547,7 +547,7 @@ class SmsFallback:
         self.submit = submit
         self.uplink_up = uplink_up
         self.person_of = person_of
-        self.in_drill = in_drill
+        self.is_drill = is_drill
         self.clock = clock
         self.modem: SmsSender = modem if modem is not None else Modem("modem", cfg.modem)  # type: ignore[arg-type]
         self.modem.on_report.append(self._on_report)
@@ -571,7 +571,7 @@ class SmsFallback:
 
     def on_sos(self, alert_id: str, device_id: str, pressed_at: float) -> None:
         up = self.uplink_up()
-        drill = self.in_drill(pressed_at)
+        drill = self.is_drill(alert_id, pressed_at)
         self._post(lambda: self._sos(alert_id, device_id, pressed_at, drill, up))
 
     def on_delivered(self, msg: StoredMessage) -> None:
@@ -864,7 +864,8 @@ def attach_sms_fallback(
         pipeline.submit,
         lambda: uplink.state is ConnState.CONNECTED,
         person_of=person_of,
-        in_drill=pipeline.in_drill,
+        # as the pipeline judged the press (the same flag as the alert's `drill`)
+        is_drill=lambda _alert_id, at_: pipeline.in_drill(at_),
     )
     pipeline.on_alert(
         lambda alert_id, dev, at_: fallback.on_sos(alert_id, dev, at_) if alert_id.startswith("sos-") else None

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from drivers.base import DriverError, FrameError
+from drivers.base import FrameError, TransientDeviceError
 
 # --------------------------------------------------------------------------------------------------
 # Events
@@ -224,8 +224,10 @@ def response_value(lines: Sequence[str], prefix: str) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-class ModemError(DriverError):
-    """A command failed. ``reason``: a stable word for records and the cloud (``sim_missing``...).
+class ModemError(TransientDeviceError):
+    """A command failed. Transient for the port's reconnection: an answer that went wrong, a modem that
+    did not answer in time (a session ending on one reopens the port with backoff). ``reason``: a
+    stable word for records and the cloud (``sim_missing``...).
     Whether to retry is the caller's policy (the SMS fallback retries SIM and network failures
     without counting them, and stops for a number the network rejects)."""
 
