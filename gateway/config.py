@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceSpec, UnknownDeviceKind, all_kinds, driver_class
+from drivers.base import DeviceConfigError, DeviceSpec, UnknownDeviceKind, all_kinds, device_zone, driver_class
 from drivers.options import DEVICE_ID_RE, OptionError
+from drivers.serial.modem import ModemOptions
 from gateway.errors import ConfigError
 from gateway.rules import DEFAULTS_BY_ID, RuleSpec, RuleSpecError, WatchSettings, rules_from_list
 
@@ -103,6 +104,33 @@ class RulesSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmSection:
+    """``[alarm]``: the SMS fallback of SOS alerts (gateway/alarm.py, docs/alarm-fallback.md). Off
+    (``enabled`` false) without the section; ``modem`` is the ``[alarm.modem]`` table."""
+
+    enabled: bool = False
+    sms_after_s: float = 30.0  # an SOS without PUBACK this long after the press goes by SMS
+    care_centre: tuple[str, ...] = ()  # numbers, in the order they are tried, before the guardians
+    guardians: tuple[str, ...] = ()
+    language: str = "zh"  # the shipped template: "zh" or "en"
+    template: str | None = None  # own text with {drill}{person}{button}{time}{gateway}
+    names: tuple[tuple[str, str], ...] = ()  # person or button id -> the name the text uses
+    person: str = ""  # the name of the person when no [[rules.person]] owns the button
+    timezone: str = ""  # of the time in the text ("" = the gateway's)
+    max_attempts: int = 3  # SMS the network accepted without a delivery report, per recipient
+    retry_base_s: float = 30.0
+    retry_cap_s: float = 600.0
+    retry_for_s: float = 6 * 3600.0  # stop trying a recipient this long after the press
+    report_timeout_s: float = 300.0  # an accepted SMS without delivery report by then counts as failed
+    unavailable_after_s: float = 3600.0  # modem_unavailable watch alert after this long unable to send
+    modem: ModemOptions | None = None
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return self.care_centre + self.guardians
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     gateway: GatewaySection
@@ -111,6 +139,7 @@ class Config:
     devices: tuple[DeviceSpec, ...] = ()
     rules: RulesSection = field(default_factory=RulesSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
+    alarm: AlarmSection = field(default_factory=AlarmSection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +229,7 @@ def _table(file: Path, doc: Mapping[str, Any], name: str, required: bool) -> Map
 
 def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
     top = _Reader(file, "", doc)
-    for name in ("gateway", "uplink", "outbox", "devices", "rules", "downlink"):
+    for name in ("gateway", "uplink", "outbox", "devices", "rules", "downlink", "alarm"):
         top.used.add(name)
     top.finish()
 
@@ -275,7 +304,94 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         devices=tuple(devices),
         rules=rules,
         downlink=downlink,
+        alarm=parse_alarm(file, doc),
     )
+
+
+PHONE_RE = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
+    """``[alarm]`` and ``[alarm.modem]`` (docs/alarm-fallback.md)."""
+    if "alarm" not in doc:
+        return AlarmSection()
+    a = _Reader(file, "alarm", _table(file, doc, "alarm", False))
+    numbers: dict[str, tuple[str, ...]] = {}
+    for key in ("care_centre", "guardians"):
+        value = a.get(key, list, [], "an array of phone numbers")
+        for number in value:
+            if not isinstance(number, str) or not PHONE_RE.match(number):
+                # the number itself stays out of the message: it is personal data
+                raise a.fail(key, "[...]", "an array of phone numbers (digits with an optional leading +)")
+        numbers[key] = tuple(value)
+    language = a.str_("language", "zh")
+    if language not in ("zh", "en"):
+        raise a.fail("language", language, '"zh" or "en"')
+    names = a.get("names", dict, {}, "a table of id = name")
+    if not all(isinstance(v, str) for v in names.values()):
+        raise a.fail("names", names, "a table of id = name (strings)")
+    template = a.str_("template")
+    if template is not None:
+        from gateway.alarm import check_template
+
+        problem = check_template(template)
+        if problem:
+            raise a.fail("template", template, problem)
+    timezone = a.str_("timezone", "")
+    try:
+        device_zone(timezone)
+    except DeviceConfigError:
+        raise a.fail("timezone", timezone, "an IANA time zone name such as Asia/Shanghai, or empty") from None
+    section = AlarmSection(
+        enabled=a.bool_("enabled", True),
+        sms_after_s=a.float_("sms_after_s", 30.0, 0, 3600, "seconds"),
+        care_centre=numbers["care_centre"],
+        guardians=numbers["guardians"],
+        language=language,
+        template=template,
+        names=tuple(sorted((str(k), str(v)) for k, v in names.items())),
+        person=a.str_("person", ""),
+        timezone=timezone,
+        max_attempts=a.int_("max_attempts", 3, 1, 20, "attempts"),
+        retry_base_s=a.float_("retry_base_s", 30.0, 0.1, 3600, "seconds"),
+        retry_cap_s=a.float_("retry_cap_s", 600.0, 0.1, 86400, "seconds"),
+        retry_for_s=a.float_("retry_for_s", 6 * 3600.0, 1, 7 * 86400, "seconds"),
+        report_timeout_s=a.float_("report_timeout_s", 300.0, 0.1, 86400, "seconds"),
+        unavailable_after_s=a.float_("unavailable_after_s", 3600.0, 1, 7 * 86400, "seconds"),
+        modem=_parse_modem(file, a),
+    )
+    a.finish()
+    if section.enabled and not section.recipients:
+        raise a.fail("care_centre", [], "at least one number in care_centre or guardians")
+    if section.enabled and section.modem is None:
+        raise ConfigError(f"{file}: [alarm.modem] is missing: expected a table with port (or usb_vid + usb_pid)")
+    return section
+
+
+def _parse_modem(file: Path, a: _Reader) -> ModemOptions | None:
+    raw = a.get("modem", dict, None, "a table [alarm.modem]")
+    if raw is None:
+        return None
+    m = _Reader(file, "alarm.modem", raw)
+    defaults = ModemOptions.__dataclass_fields__
+    kwargs: dict[str, Any] = {}
+    for key, f in defaults.items():
+        default = f.default
+        if key == "pin_file":
+            kwargs[key] = m.path("pin_file", must_exist=True)
+        elif isinstance(default, bool):
+            kwargs[key] = m.bool_(key, default)
+        elif isinstance(default, int):
+            kwargs[key] = m.get(key, int, default, "an integer")
+        elif isinstance(default, float):
+            kwargs[key] = m.float_(key, default, 0, 1e9, "seconds")
+        else:
+            kwargs[key] = m.str_(key, default)
+    m.finish()
+    try:
+        return ModemOptions(**kwargs)
+    except DeviceConfigError as exc:
+        raise ConfigError(f"{file}: [alarm.modem] {exc}") from None
 
 
 _WATCH_FIELDS = {f for f in WatchSettings.__dataclass_fields__}

@@ -137,6 +137,10 @@ def print_status(st: dict[str, Any]) -> None:
     if bugs.get("total"):
         where = ", ".join(f"{k} {v}" for k, v in bugs.items() if k != "total" and v)
         print(f"bugs      {bugs['total']} ({where}): errors the code did not expect, logged at ERROR; please report")
+    if st.get("alarm"):  # the SMS fallback (gateway/alarm.py)
+        from gateway.alarm import describe_status
+
+        print("\n".join(describe_status(st["alarm"])))
 
 
 def print_outbox(ob: dict[str, Any]) -> None:

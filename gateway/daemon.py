@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import DeviceStatus, DriverContext, Reading, SosPress, driver_class
 from drivers.ble.manager import BleStack
 from drivers.reconnect import ConnState
+from gateway.alarm import SmsFallback, attach_sms_fallback
 from gateway.care import CareDesk
 from gateway.commands import Commands
 from gateway.config import Config, load_config
@@ -71,6 +72,7 @@ class Daemon:
         self.registry: Registry | None = None
         self.devices: DeviceManager | None = None
         self.care: CareDesk | None = None
+        self.alarm: SmsFallback | None = None
         self._down_since: float | None = None
         self._deadline: threading.Timer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -104,6 +106,8 @@ class Daemon:
             applied += await self.devices.reconfigure(new.devices)
         if new.rules != old.rules:
             restart.append("rules (the care rules keep their open alerts across the restart)")
+        if new.alarm != old.alarm:
+            restart.append("alarm (the SMS fallback keeps its attempts across the restart)")
         self.cfg = Config(
             path=old.path,
             gateway=old.gateway,
@@ -112,6 +116,7 @@ class Daemon:
             devices=new.devices,
             rules=old.rules,
             downlink=new.downlink,
+            alarm=old.alarm,
         )
         if self.uplink is not None and isinstance(self.uplink.downlink, Downlink):
             self.uplink.downlink.max_age_s = new.downlink.max_age_s
@@ -216,6 +221,9 @@ class Daemon:
                 burst=cfg.downlink.rate_burst,
                 per_minute=cfg.downlink.rate_per_minute,
             )
+            # SMS fallback of SOS alerts (gateway/alarm.py): None without [alarm]; hooks itself to
+            # pipeline.on_alert, uplink.on_alert_delivered and the acks of commands.alerts.
+            self.alarm = attach_sms_fallback(cfg, topics, pipeline, uplink, commands)
             control = {
                 "status": commands.status,
                 "devices": commands.devices_list,
@@ -240,6 +248,8 @@ class Daemon:
                         self._tasks.append(tg.create_task(uplink.run(), name="uplink"))
                         self._tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
                         self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
+                        if self.alarm is not None:
+                            self._tasks.append(tg.create_task(self.alarm.run(), name="sms fallback"))
                         self._tasks.append(tg.create_task(self._wait_stop(), name="stop"))
                         n = len(devices.supervisors)
                         self.notifier.send("READY=1", f"STATUS=running, {n} devices")
@@ -369,6 +379,7 @@ class Daemon:
             "devices": devices,
             "bugs": self.bugs(),
             "care": self.care.status() if self.care is not None else None,
+            "alarm": self.alarm.status() if self.alarm is not None else None,
         }
 
     def bugs(self) -> dict[str, int]:

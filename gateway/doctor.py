@@ -144,6 +144,7 @@ def run_checks(cfg_path: Path, socket_path: Path | None, progress: Progress) -> 
     findings.extend(check_certificates(cfg))
     findings.extend(check_broker(cfg, progress))
     findings.extend(check_devices(cfg, status))
+    findings.extend(check_modem(cfg, status))
     return findings
 
 
@@ -1238,3 +1239,64 @@ def _human_age(seconds: Any) -> str:
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.0f} days"
+
+
+# -- the SMS fallback's modem (gateway/alarm.py, docs/alarm-fallback.md) -------------------------------
+
+MODEM_WEAK_CSQ = 10  # below: -93 dBm or weaker, SMS may fail at busy hours
+_SIM_ACTIONS = {
+    "missing": "Insert the SIM card (power the modem off first) and check it sits right.",
+    "pin_required": "Put the SIM's PIN in a file readable by the service and name it in [alarm.modem] pin_file.",
+    "wrong_pin": "The SIM refused the PIN of pin_file: correct the file, then restart gatewayd (it is not retried).",
+    "puk_required": "The SIM is locked: unlock it with its PUK in a phone, then put it back.",
+    "failure": "The modem reports a SIM failure: try another SIM.",
+}
+
+
+def check_modem(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding]:
+    """The second path of an SOS: is the modem there, with a SIM, registered, with signal? Nothing to
+    say when no SMS fallback is configured (it is optional)."""
+    if not cfg.alarm.enabled or cfg.alarm.modem is None:
+        return []
+    return [_judge_modem(cfg, status)]
+
+
+def _judge_modem(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
+    assert cfg.alarm.modem is not None
+    alarm = status.get("alarm") if status is not None else None
+    if alarm is None:
+        try:
+            path = resolve_port(cfg.alarm.modem.identity)
+        except PortMissing as exc:
+            return _fail("modem", f"The SMS modem is not there: {exc}.", "Plug the modem in (its AT port).")
+        return _warn(
+            "modem",
+            f"The SMS modem is plugged in at {path}; its SIM and network are not known while gatewayd is not running.",
+            "Start gatewayd and run the doctor again.",
+            port=path,
+        )
+    m = alarm["modem"]
+    facts = {k: m.get(k) for k in ("sim", "registration", "operator", "csq", "dbm", "last_sms_at", "last_error")}
+    if not m["present"]:
+        return _fail(
+            "modem", "The SMS modem does not answer: an SOS has no second path.", "Plug the modem in.", **facts
+        )
+    if m["sim"] != "ready":
+        action = _SIM_ACTIONS.get(m["sim"], "Check the SIM card.")
+        return _fail("modem", f"The SMS modem cannot send: SIM {m['sim'].replace('_', ' ')}.", action, **facts)
+    if m["registration"] not in ("home", "roaming"):
+        return _fail(
+            "modem",
+            f"The SMS modem is not registered on a network ({m['registration']}).",
+            "Check the antenna, the coverage at this spot and that the SIM is active (not expired, SMS allowed).",
+            **facts,
+        )
+    last = m.get("last_sms_at") or "never"
+    if m.get("csq") is not None and m["csq"] < MODEM_WEAK_CSQ:
+        return _warn(
+            "modem",
+            f"The SMS modem is on {m['operator']} with a weak signal ({m['dbm']} dBm); last SMS {last}.",
+            "Move the modem or its antenna (a USB extension cable helps) and check again.",
+            **facts,
+        )
+    return _ok("modem", f"The SMS modem is ready on {m['operator']} ({m['dbm']} dBm); last SMS {last}.", **facts)

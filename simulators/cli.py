@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ble": ("simulators.bluez.cli", "virtual BlueZ on a private D-Bus with simulated BLE devices"),
     "cms50": ("simulators.cms50_sim", "Contec CMS50D+ pulse oximeter on a pty"),
     "bp": ("simulators.bp_sim", "serial blood-pressure monitor on a pty"),
+    "modem": ("simulators.modem_sim", "cellular modem (AT commands, SMS) on a pty"),
 }
 
 

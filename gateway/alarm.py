@@ -1,0 +1,877 @@
+"""The second path of an SOS: SMS through a cellular modem when the internet path fails.
+
+An SOS press is committed to the outbox and sent to the broker as always. This module watches it:
+
+- the press happened while the uplink was down, or the uplink goes down before the broker's PUBACK,
+  or no PUBACK arrived within ``alarm.sms_after_s`` (default 30 s): the alert goes by SMS to every
+  configured recipient, care-centre numbers first, then guardians, once per alert, with a text from a
+  template naming the person, the button, the time and the gateway (``drill`` stated plainly);
+- each recipient is retried with backoff until a delivery report says delivered, or
+  ``max_attempts`` SMS were accepted by the network without one, or ``retry_for_s`` has passed;
+  failures of the path itself (modem away, SIM missing, no network, network congestion) are retried
+  without counting, as they send nothing;
+- a later acknowledgement of the alert through the cloud (``cmd/alert-ack``) stops further SMS;
+- every attempt and its outcome is recorded durably (``<data_dir>/alarm.sqlite3``), and when the link
+  is up the alert is reported again with ``fallback: [{via: "sms", to, at, status}]`` (same
+  ``alert_id``; a later report lists every attempt so far and supersedes the earlier one);
+- a restart in the middle keeps every attempt: an SMS being handed to the modem at the crash is
+  recorded ``interrupted`` and retried; a recipient with a delivery report is never sent again;
+- ``modem_unavailable``: a watch alert when the fallback path has been unable to send for
+  ``unavailable_after_s`` (default 1 h), cleared when it can again.
+
+:class:`AlarmPolicy` is the sans-I/O core (events and ``now`` in, :class:`SendSms` / report actions
+out, wall-clock times so a restart can resume). :class:`SmsFallback` is the thin async runner: the
+modem, the SQLite record, the outbox messages, and the hooks the daemon calls
+(:func:`attach_sms_fallback`). Phone numbers are personal data: logged at DEBUG only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import json
+import logging
+import sqlite3
+import string
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from drivers.base import TransientDeviceError, device_zone
+from drivers.reconnect import ConnState
+from drivers.serial import at
+from drivers.serial.modem import Modem, ModemHealth, ModemUnavailable
+from gateway import messages
+from gateway.config import AlarmSection, Config
+from gateway.drill import DrillWindow
+from gateway.messages import Topics
+from gateway.outbox import Lane, NewMessage, StoredMessage
+from gateway.rules.engine import AlertEvent
+
+log = logging.getLogger(__name__)
+
+# -- texts ------------------------------------------------------------------------------------------
+
+TEMPLATES: Mapping[str, str] = {
+    "en": (
+        "{drill}SOS: {person} pressed the emergency button {button} at {time}. Gateway {gateway} could not "
+        "reach the care centre over the internet. Please call or go there now."
+    ),
+    # Chinese punctuation is full width: it is the text, not a typo.
+    "zh": (
+        "{drill}紧急呼叫：{person}于{time}按下了紧急按钮（{button}）。"  # noqa: RUF001
+        "网关{gateway}无法通过互联网联系护理中心，请立即致电或前往。"  # noqa: RUF001
+    ),
+}
+DRILL_PREFIX: Mapping[str, str] = {
+    "en": "DRILL - NOT A REAL EMERGENCY. ",
+    "zh": "【演练，不是真实紧急情况】",  # noqa: RUF001
+}
+RESIDENT: Mapping[str, str] = {"en": "the resident", "zh": "住户"}
+FIELDS = frozenset({"drill", "person", "button", "time", "gateway"})
+
+
+def check_template(template: str) -> str | None:
+    """What is wrong with an own template (None: fine): unknown or missing fields."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        return f"a text with {{fields}} ({exc})"
+    unknown = names - FIELDS
+    if unknown:
+        return "a text using only the fields " + ", ".join(sorted(FIELDS))
+    if "drill" not in names:
+        return "a text with {drill} (a drill must say so)"
+    return None
+
+
+def render_text(
+    cfg: AlarmSection, *, gateway_id: str, device_id: str, person_id: str | None, at: float, drill: bool
+) -> str:
+    names = dict(cfg.names)
+    lang = cfg.language
+    when = dt.datetime.fromtimestamp(at, device_zone(cfg.timezone))
+    return (cfg.template or TEMPLATES[lang]).format(
+        drill=DRILL_PREFIX[lang] if drill else "",
+        person=(names.get(person_id, person_id) if person_id else cfg.person) or RESIDENT[lang],
+        button=names.get(device_id, device_id),
+        time=when.strftime("%Y-%m-%d %H:%M"),
+        gateway=gateway_id,
+    )
+
+
+# -- the core ---------------------------------------------------------------------------------------
+
+AttemptStatus = Literal["sending", "sent", "delivered", "failed", "no_report", "interrupted"]
+RecipientState = Literal["waiting", "due", "sending", "awaiting_report", "delivered", "gave_up", "stopped"]
+CaseState = Literal["watching", "active", "done"]
+ErrorKind = Literal["path", "recipient"]
+
+
+@dataclass
+class Attempt:
+    id: int
+    to: str
+    at: float
+    status: AttemptStatus = "sending"
+    mrs: list[int] = field(default_factory=list)
+    error: str | None = None
+    report_by: float | None = None  # wall time by which a delivery report is due
+
+    def report(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"via": "sms", "to": self.to, "at": messages.rfc3339_ms(self.at), "status": self.status}
+        if self.error:
+            item["error"] = self.error
+        return item
+
+
+@dataclass
+class Recipient:
+    to: str
+    state: RecipientState = "waiting"
+    next_at: float = 0.0
+    counted: int = 0  # SMS the network accepted without a delivery report
+    path_failures: int = 0
+
+
+@dataclass
+class Case:
+    alert_id: str
+    device_id: str
+    pressed_at: float
+    drill: bool
+    text: str
+    due_at: float
+    recipients: list[Recipient]
+    state: CaseState = "watching"
+    attempts: list[Attempt] = field(default_factory=list)
+    at_broker: float | None = None
+    acked_at: float | None = None
+    version: int = 0  # +1 per change of an attempt: what the cloud report carries
+    reported: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @staticmethod
+    def from_json(text: str) -> Case:
+        d = json.loads(text)
+        d["recipients"] = [Recipient(**r) for r in d["recipients"]]
+        d["attempts"] = [Attempt(**a) for a in d["attempts"]]
+        return Case(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class SendSms:
+    attempt_id: int
+    alert_id: str
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchChange:
+    """The ``modem_unavailable`` watch alert is raised or cleared."""
+
+    state: Literal["raised", "cleared"]
+    since: float
+    at: float
+
+
+Action = SendSms | WatchChange
+
+
+class AlarmPolicy:
+    """The decisions, without I/O. All times are wall-clock POSIX seconds (a restart resumes from the
+    record); a deadline further away than it can legitimately be (the clock stepped back) is pulled in,
+    so a clock step can delay an SMS by at most one retry interval, never suppress it."""
+
+    def __init__(self, cfg: AlarmSection, *, next_attempt_id: int = 1) -> None:
+        self.cfg = cfg
+        self.cases: dict[str, Case] = {}
+        self.dirty: set[str] = set()
+        self.next_attempt_id = next_attempt_id
+        self.modem_ready = False
+        self.down_since: float | None = None
+        self.watch_raised = False
+        self.sending: int | None = None  # the attempt handed to the modem (one at a time)
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def sos(
+        self, alert_id: str, device_id: str, pressed_at: float, drill: bool, text: str, now: float, uplink_up: bool
+    ) -> None:
+        if alert_id in self.cases:
+            return
+        due = pressed_at + self.cfg.sms_after_s if uplink_up else now
+        self.cases[alert_id] = Case(
+            alert_id,
+            device_id,
+            pressed_at,
+            drill,
+            text,
+            min(due, now + self.cfg.sms_after_s),
+            [Recipient(n) for n in self.cfg.recipients],
+        )
+        self.dirty.add(alert_id)
+
+    def at_broker(self, alert_id: str, now: float) -> None:
+        case = self.cases.get(alert_id)
+        if case is None or case.at_broker is not None:
+            return
+        case.at_broker = now
+        if case.state == "watching":
+            case.state = "done"  # the internet path worked in time: no SMS
+        self.dirty.add(alert_id)
+
+    def uplink_down(self, now: float) -> None:
+        """The link is down: a PUBACK cannot come, so waiting for one only delays the SMS."""
+        for case in self.cases.values():
+            if case.state == "watching" and case.due_at > now:
+                case.due_at = now
+                self.dirty.add(case.alert_id)
+
+    def acked(self, alert_id: str, now: float) -> None:
+        case = self.cases.get(alert_id)
+        if case is None or case.acked_at is not None:
+            return
+        case.acked_at = now
+        if case.state == "watching":
+            case.state = "done"
+        for r in case.recipients:
+            if r.state in ("waiting", "due"):
+                r.state = "stopped"
+        self._maybe_done(case)
+        self.dirty.add(alert_id)
+
+    def set_modem_ready(self, ready: bool, now: float) -> list[Action]:
+        self.modem_ready = ready
+        out: list[Action] = []
+        if ready:
+            for case in self.cases.values():  # the path is back: what waited for it goes now
+                for r in case.recipients:
+                    if case.state == "active" and r.state == "due" and r.path_failures:
+                        r.next_at = min(r.next_at, now)
+            if self.watch_raised:
+                self.watch_raised = False
+                out.append(WatchChange("cleared", self.down_since or now, now))
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = now
+        return out
+
+    def sent(self, attempt_id: int, mrs: list[int], now: float, *, expect_report: bool) -> None:
+        case, attempt, rcp = self._find(attempt_id)
+        self.sending = None
+        if attempt is None or case is None or rcp is None:
+            return
+        attempt.mrs = mrs
+        if expect_report:
+            attempt.status = "sent"
+            attempt.report_by = now + self.cfg.report_timeout_s
+            rcp.state = "awaiting_report"
+        else:
+            attempt.status = "sent"
+            rcp.state = "delivered"  # without delivery reports, the network's acceptance is all we learn
+        self._maybe_done(case)
+        self._changed(case)
+
+    def failed(self, attempt_id: int, error: str, kind: ErrorKind, now: float) -> None:
+        case, attempt, rcp = self._find(attempt_id)
+        self.sending = None
+        if attempt is None or case is None or rcp is None:
+            return
+        attempt.status, attempt.error = "failed", error
+        if kind == "recipient":
+            rcp.state = "gave_up"
+        else:
+            rcp.path_failures += 1
+            self._retry(case, rcp, now, rcp.path_failures)
+        self._changed(case)
+
+    def report(self, mr: int, delivered: bool, final: bool, now: float, *, to: str | None = None) -> None:
+        """A delivery report (+CDS) for message reference ``mr`` (8 bits: it wraps, so the report's
+        recipient ``to`` must match too when given). For a text in several parts, the first part
+        reported delivered makes the recipient delivered: it names the person and the button."""
+        for case in self.cases.values():
+            for attempt in reversed(case.attempts):
+                if attempt.status not in ("sent", "no_report") or mr not in attempt.mrs:
+                    continue
+                if to is not None and not same_number(to, attempt.to):
+                    continue
+                rcp = next(r for r in case.recipients if r.to == attempt.to)
+                if attempt.status == "no_report" and not delivered:
+                    return  # already counted as failed when its report was overdue
+                if delivered:  # (a late report still counts: that recipient has it)
+                    attempt.status = "delivered"
+                    rcp.state = "delivered"
+                elif final:
+                    attempt.status, attempt.error = "failed", "not delivered (status report)"
+                    rcp.counted += 1
+                    self._retry(case, rcp, now, rcp.counted)
+                else:
+                    return  # the SMSC is still trying: keep waiting
+                self._maybe_done(case)
+                self._changed(case)
+                return
+
+    # -- time --------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        if (
+            not self.modem_ready
+            and not self.watch_raised
+            and self.down_since is not None
+            and now - self.down_since >= self.cfg.unavailable_after_s
+        ):
+            self.watch_raised = True
+            out.append(WatchChange("raised", self.down_since, now))
+        for case in self.cases.values():
+            if case.state == "watching":
+                case.due_at = min(case.due_at, now + self.cfg.sms_after_s)
+                if now >= case.due_at:
+                    case.state = "active"
+                    for r in case.recipients:
+                        r.state, r.next_at = "due", now
+                    self.dirty.add(case.alert_id)
+            if case.state != "active":
+                continue
+            for attempt in case.attempts:
+                if attempt.status == "sent" and attempt.report_by is not None and now >= attempt.report_by:
+                    attempt.status = "no_report"
+                    rcp = next(r for r in case.recipients if r.to == attempt.to)
+                    if rcp.state == "awaiting_report":
+                        rcp.counted += 1
+                        self._retry(case, rcp, now, rcp.counted)
+                    self._changed(case)
+            for r in case.recipients:
+                if r.state == "due" and now - case.pressed_at > self.cfg.retry_for_s:
+                    r.state = "gave_up"
+                    self.dirty.add(case.alert_id)
+            self._maybe_done(case)
+        if self.sending is None:
+            pick = self._next_due(now)
+            if pick is not None:
+                out.append(pick)
+        return out
+
+    def _next_due(self, now: float) -> SendSms | None:
+        best: tuple[float, float, int, Case, Recipient] | None = None
+        for case in self.cases.values():
+            if case.state != "active" or case.acked_at is not None:
+                continue
+            for i, r in enumerate(case.recipients):
+                if r.state != "due":
+                    continue
+                if r.path_failures and not self.modem_ready:
+                    continue  # it failed for want of a path: wait for the modem (ready pulls it in)
+                r.next_at = min(r.next_at, now + self.cfg.retry_cap_s)
+                if r.next_at > now:
+                    continue
+                key = (r.next_at, case.pressed_at, i, case, r)
+                if best is None or key[:3] < best[:3]:
+                    best = key
+        if best is None:
+            return None
+        case, r = best[3], best[4]
+        attempt = Attempt(self.next_attempt_id, r.to, now)
+        self.next_attempt_id += 1
+        case.attempts.append(attempt)
+        r.state = "sending"
+        self.sending = attempt.id
+        self._changed(case)
+        return SendSms(attempt.id, case.alert_id, r.to, case.text)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _retry(self, case: Case, rcp: Recipient, now: float, n: int) -> None:
+        if rcp.counted >= self.cfg.max_attempts or case.acked_at is not None:
+            rcp.state = "gave_up" if case.acked_at is None else "stopped"
+        else:
+            rcp.state = "due"
+            rcp.next_at = now + min(self.cfg.retry_cap_s, self.cfg.retry_base_s * 2 ** max(0, n - 1))
+        self._maybe_done(case)
+
+    def _maybe_done(self, case: Case) -> None:
+        if case.state == "active" and all(r.state in ("delivered", "gave_up", "stopped") for r in case.recipients):
+            case.state = "done"
+
+    def _changed(self, case: Case) -> None:
+        case.version += 1
+        self.dirty.add(case.alert_id)
+
+    def _find(self, attempt_id: int) -> tuple[Case | None, Attempt | None, Recipient | None]:
+        for case in self.cases.values():
+            for a in case.attempts:
+                if a.id == attempt_id:
+                    return case, a, next(r for r in case.recipients if r.to == a.to)
+        return None, None, None
+
+    def interrupt(self, now: float) -> None:
+        """The send in flight will not report back (the runner failed under it): ``interrupted``, and
+        its recipient is due again."""
+        if self.sending is None:
+            return
+        case, attempt, rcp = self._find(self.sending)
+        self.sending = None
+        if case is not None and attempt is not None and rcp is not None and attempt.status == "sending":
+            attempt.status = "interrupted"
+            if rcp.state == "sending":
+                rcp.state, rcp.next_at = "due", now
+            self._changed(case)
+
+    def restore(self, cases: Iterable[Case], now: float) -> None:
+        """After a restart: an attempt that was being handed to the modem is ``interrupted`` (we cannot
+        know whether it left) and its recipient is due again; everything else resumes as recorded."""
+        for case in cases:
+            for a in case.attempts:
+                self.next_attempt_id = max(self.next_attempt_id, a.id + 1)
+                if a.status == "sending":
+                    a.status = "interrupted"
+                    rcp = next(r for r in case.recipients if r.to == a.to)
+                    if rcp.state == "sending":
+                        rcp.state, rcp.next_at = "due", now
+                    case.version += 1
+                    self.dirty.add(case.alert_id)
+            self.cases[case.alert_id] = case
+
+    def unreported(self) -> list[Case]:
+        return [c for c in self.cases.values() if c.version > c.reported and c.attempts]
+
+
+def same_number(a: str, b: str) -> bool:
+    """The same phone, written internationally or nationally (+86 138... / 138...): the last nine
+    digits agree (a status report gives the number as the network writes it)."""
+    da, db = "".join(c for c in a if c.isdigit()), "".join(c for c in b if c.isdigit())
+    n = min(9, len(da), len(db))
+    return n > 0 and da[-n:] == db[-n:]
+
+
+# -- the record -------------------------------------------------------------------------------------
+
+
+class AlarmStore:
+    """``<data_dir>/alarm.sqlite3``: one row per alert (its whole case as JSON) and the watch state.
+    ``synchronous=FULL``: an attempt is on disk before its SMS is handed to the modem."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS cases (alert_id TEXT PRIMARY KEY, open INTEGER, body TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+
+    def save(self, cases: Iterable[Case]) -> None:
+        rows = [(c.alert_id, int(c.state != "done" or c.version > c.reported), c.to_json()) for c in cases]
+        if not rows:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO cases VALUES (?, ?, ?)", rows)
+
+    def open_cases(self) -> list[Case]:
+        return [Case.from_json(b) for (b,) in self.db.execute("SELECT body FROM cases WHERE open = 1")]
+
+    def all_cases(self) -> list[Case]:
+        return [Case.from_json(b) for (b,) in self.db.execute("SELECT body FROM cases")]
+
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# -- the runner -------------------------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Whose fault: the path (retry without counting) or the recipient's number (stop for them)."""
+    if isinstance(exc, (at.RecipientRejected, at.PduError)):
+        return "recipient"
+    return "path"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, at.ModemError):
+        return exc.reason
+    if isinstance(exc, ModemUnavailable):
+        return "modem_unavailable"
+    if isinstance(exc, at.PduError):
+        return "bad_number"
+    return type(exc).__name__
+
+
+class SmsSender(Protocol):
+    health: ModemHealth
+    on_report: list[Callable[[at.StatusReport], None]]
+
+    async def send_sms(self, number: str, text: str) -> list[int]: ...
+
+    async def run(self) -> None: ...
+
+
+TICK_S = 0.2
+RESTART_S = 5.0
+
+
+class SmsFallback:
+    """The runner: owns the modem, the record and the policy; the daemon calls :meth:`on_sos`,
+    :meth:`on_delivered`, :meth:`on_ack`; everything else happens in :meth:`run`."""
+
+    def __init__(
+        self,
+        cfg: AlarmSection,
+        topics: Topics,
+        data_dir: Path,
+        submit: Callable[[NewMessage], asyncio.Future[int]],
+        uplink_up: Callable[[], bool],
+        *,
+        modem: SmsSender | None = None,
+        person_of: Callable[[str], str | None] = lambda _d: None,
+        is_drill: Callable[[str, float], bool] = lambda _a, _t: False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert cfg.modem is not None or modem is not None
+        self.cfg = cfg
+        self.topics = topics
+        self.submit = submit
+        self.uplink_up = uplink_up
+        self.person_of = person_of
+        self.is_drill = is_drill
+        self.clock = clock
+        self.modem: SmsSender = modem if modem is not None else Modem("modem", cfg.modem)  # type: ignore[arg-type]
+        self.modem.on_report.append(self._on_report)
+        self.store = AlarmStore(data_dir / "alarm.sqlite3")
+        self.policy = AlarmPolicy(cfg)
+        now = clock()
+        self.policy.restore(self.store.open_cases(), now)
+        watch = self.store.get_meta("watch") or {}
+        self.policy.watch_raised = bool(watch.get("raised"))
+        self.policy.down_since = float(watch["since"]) if self.policy.watch_raised else now
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._wake = asyncio.Event()
+        self._reporting: set[str] = set()
+        self._failing = False  # the first failed SMS of a run is a WARNING, its repeats DEBUG
+        self.counters = {"sos_watched": 0, "sms_attempts": 0, "sms_failed": 0, "reports_sent": 0}
+        n = len(self.policy.cases)
+        if n:
+            log.info("sms fallback: %d alerts restored from %s", n, self.store.db)
+
+    # -- hooks (synchronous, never raise into the caller: the SOS path must not notice us) ---------
+
+    def on_sos(self, alert_id: str, device_id: str, pressed_at: float) -> None:
+        up = self.uplink_up()
+        drill = self.is_drill(alert_id, pressed_at)
+        self._post(lambda: self._sos(alert_id, device_id, pressed_at, drill, up))
+
+    def on_delivered(self, msg: StoredMessage) -> None:
+        try:
+            alert_id = json.loads(msg.body).get("alert_id")
+        except ValueError:
+            return
+        if isinstance(alert_id, str) and alert_id in self.policy.cases:
+            self._post(lambda: self.policy.at_broker(alert_id, self.clock()))
+
+    def on_ack(self, alert_id: str) -> None:
+        self._post(lambda: self.policy.acked(alert_id, self.clock()))
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._inbox.append(fn)
+        self._wake.set()
+
+    def _on_report(self, r: at.StatusReport) -> None:
+        self._post(lambda: self.policy.report(r.message_ref, r.delivered, r.final, self.clock(), to=r.number))
+
+    def _sos(self, alert_id: str, device_id: str, pressed_at: float, drill: bool, up: bool) -> None:
+        text = render_text(
+            self.cfg,
+            gateway_id=self.topics.gateway_id,
+            device_id=device_id,
+            person_id=self.person_of(device_id),
+            at=pressed_at,
+            drill=drill,
+        )
+        self.counters["sos_watched"] += 1
+        self.policy.sos(alert_id, device_id, pressed_at, drill, text, self.clock(), up)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.modem.run(), name="sms modem")
+                tg.create_task(self._supervised(), name="sms fallback")
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._save()
+            self.store.close()
+
+    async def _supervised(self) -> None:
+        """The second path must never take the first one down: a failure of the fallback (a bug, a
+        full disk under its record) is logged with its traceback and the loop starts again, while
+        the daemon goes on committing and sending SOS alerts."""
+        while True:
+            try:
+                await self._loop()
+            except Exception:  # isolation of the SOS primary path, logged with its traceback
+                log.exception("sms fallback: failed; starting again in %g s", RESTART_S)
+                self.policy.interrupt(self.clock())
+                await asyncio.sleep(RESTART_S)
+
+    async def _loop(self) -> None:
+        was_up: bool | None = None
+        was_ready: bool | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            now = self.clock()
+            while self._inbox:
+                self._inbox.popleft()()
+            up = self.uplink_up()
+            if not up and was_up is not False:
+                self.policy.uplink_down(now)
+            was_up = up
+            ready = self.modem.health.ready
+            actions: list[Action] = []
+            if ready != was_ready:
+                actions += self.policy.set_modem_ready(ready, now)
+                was_ready = ready
+            actions += self.policy.tick(now)
+            self._save()  # write-ahead: the attempt is on disk before the modem gets it
+            for action in actions:
+                if isinstance(action, WatchChange):
+                    self._watch(action)
+                else:
+                    await self._send(action)
+            if up:
+                self._report()
+
+    async def _send(self, a: SendSms) -> None:
+        self.counters["sms_attempts"] += 1
+        log.debug("sms fallback: alert %s: SMS to %s", a.alert_id, a.to)
+        try:
+            mrs = await self.modem.send_sms(a.to, a.text)
+        except (at.ModemError, TransientDeviceError, at.PduError) as exc:
+            self.counters["sms_failed"] += 1
+            kind = classify(exc)
+            log.log(
+                logging.DEBUG if self._failing else logging.WARNING,
+                "sms fallback: alert %s: an SMS failed (%s), %s",
+                a.alert_id,
+                _reason(exc),
+                "retrying later" if kind == "path" else "not retrying this recipient",
+            )
+            self.policy.failed(a.attempt_id, _reason(exc), kind, self.clock())
+            self._failing = True
+        else:
+            self._failing = False
+            log.warning("sms fallback: alert %s: SMS handed to the network (%d parts)", a.alert_id, len(mrs))
+            self.policy.sent(a.attempt_id, mrs, self.clock(), expect_report=self._expect_reports())
+        self._save()
+
+    def _expect_reports(self) -> bool:
+        return self.cfg.modem.delivery_reports if self.cfg.modem is not None else True
+
+    def _save(self) -> None:
+        if not self.policy.dirty:
+            return
+        cases = [self.policy.cases[a] for a in self.policy.dirty if a in self.policy.cases]
+        self.policy.dirty.clear()
+        self.store.save(cases)
+        for c in cases:  # closed and reported: nothing more will happen to it in memory
+            if c.state == "done" and c.version <= c.reported and c.alert_id not in self._reporting:
+                self.policy.cases.pop(c.alert_id, None)
+
+    # -- to the cloud ------------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        for case in self.policy.unreported():
+            if case.alert_id in self._reporting:
+                continue
+            version = case.version
+            fut = self.submit(fallback_message(self.topics, case))
+            self._reporting.add(case.alert_id)
+            fut.add_done_callback(functools.partial(self._reported, case, version))
+
+    def _reported(self, case: Case, version: int, fut: asyncio.Future[int]) -> None:
+        self._reporting.discard(case.alert_id)
+        if fut.cancelled() or fut.exception() is not None:
+            return  # still unreported: the next loop tries again
+        case.reported = max(case.reported, version)
+        self.counters["reports_sent"] += 1
+        self.policy.dirty.add(case.alert_id)
+
+    def _watch(self, w: WatchChange) -> None:
+        self.store.set_meta("watch", {"raised": w.state == "raised", "since": w.since})
+        ev = AlertEvent(
+            alert_id=f"modem_unavailable/{self.topics.gateway_id}/{round(w.since * 1000)}",
+            state=w.state,
+            kind="modem_unavailable",
+            severity="high",
+            person_id=None,
+            device_id=None,
+            rule={"id": "modem_unavailable", "unavailable_after_s": self.cfg.unavailable_after_s},
+            started_at=w.since,
+            at=w.at,
+            detail={"down_s": round(w.at - w.since, 1), **self._health_detail()},
+        )
+        log.warning(
+            "sms fallback: the SMS path %s (watch alert modem_unavailable)",
+            "is down" if w.state == "raised" else "is back",
+        )
+        self.submit(messages.care_alert(self.topics, ev))
+
+    def _health_detail(self) -> dict[str, Any]:
+        h = self.modem.health
+        return {"present": h.present, "sim": h.sim, "registration": h.registration}
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        h = self.modem.health.to_dict()
+        if h.get("last_sms_at") is not None:
+            h["last_sms_at"] = messages.rfc3339_ms(h["last_sms_at"])
+        open_cases = [c for c in self.policy.cases.values() if c.state != "done"]
+        return {
+            "enabled": True,
+            "modem": h,
+            "sms_after_s": self.cfg.sms_after_s,
+            "recipients": len(self.cfg.recipients),
+            "open": [
+                {
+                    "alert_id": c.alert_id,
+                    "state": c.state,
+                    "delivered": sum(r.state == "delivered" for r in c.recipients),
+                    "attempts": len(c.attempts),
+                }
+                for c in open_cases
+            ],
+            "unavailable_since": messages.rfc3339_ms(self.policy.down_since) if self.policy.down_since else None,
+            "watch_raised": self.policy.watch_raised,
+            "counters": dict(self.counters),
+        }
+
+
+def describe_status(st: Mapping[str, Any]) -> list[str]:
+    """The ``sms fallback`` lines of ``gatewayctl status`` (from :meth:`SmsFallback.status`)."""
+    m = st["modem"]
+    signal = f"CSQ {m['csq']} ({m['dbm']} dBm)" if m.get("csq") is not None else "signal unknown"
+    state = "ready" if m["ready"] else ("not present" if not m["present"] else "cannot send")
+    lines = [
+        f"sms       {state}: SIM {m['sim']}, network {m['registration']}, operator {m['operator'] or '-'}, {signal}",
+        f"          last SMS {m['last_sms_at'] or 'never'}, sent {m['sms_sent']}, failed {m['sms_failed']}, "
+        f"{st['recipients']} recipients, after {st['sms_after_s']:g} s without PUBACK",
+    ]
+    if m.get("last_error") and not m["ready"]:
+        lines.append(f"          last error: {m['last_error']}")
+    for c in st["open"]:
+        lines.append(f"          alert {c['alert_id']}: {c['state']}, {c['attempts']} SMS, {c['delivered']} delivered")
+    return lines
+
+
+def fallback_message(topics: Topics, case: Case) -> NewMessage:
+    """The alert again, with what the second path did: every attempt so far (docs/mqtt-contract.md)."""
+    at_ = max((a.at for a in case.attempts), default=case.pressed_at)
+    body = {
+        "msg_id": messages.msg_id(
+            topics.gateway_id, "alert", case.device_id, f"sos-fallback|{case.alert_id}|{case.version}"
+        ),
+        "gateway_id": topics.gateway_id,
+        "device_id": case.device_id,
+        "type": "alert",
+        "captured_at": messages.rfc3339_ms(at_),
+        "kind": "sos",
+        "severity": "critical",
+        "state": "raised",
+        "drill": case.drill,
+        "alert_id": case.alert_id,
+        "started_at": messages.rfc3339_ms(case.pressed_at),
+        "fallback": [a.report() for a in case.attempts],
+    }
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return NewMessage(Lane.ALERT, topics.alert, data, case.device_id, at_)
+
+
+# -- wiring -----------------------------------------------------------------------------------------
+
+
+class _AckDesk(Protocol):
+    def ack(self, alert_id: str, now: float) -> bool: ...
+
+
+class AckTap:
+    """Wraps the alert desk ``cmd/alert-ack`` reaches: the ack goes on as before, and the fallback
+    hears of it (so it stops sending)."""
+
+    def __init__(self, inner: _AckDesk, on_ack: Callable[[str], None]) -> None:
+        self.inner, self.on_ack = inner, on_ack
+
+    def ack(self, alert_id: str, now: float) -> bool:
+        ok = self.inner.ack(alert_id, now)
+        if ok:
+            self.on_ack(alert_id)
+        return ok
+
+
+class _Pipeline(Protocol):
+    def on_alert(self, listener: Callable[[str, str, float], None]) -> None: ...
+
+    @property
+    def drill(self) -> DrillWindow: ...
+
+    def submit(self, msg: NewMessage) -> asyncio.Future[int]: ...
+
+
+class _Uplink(Protocol):
+    @property
+    def state(self) -> ConnState: ...
+
+    on_alert_delivered: list[Callable[[StoredMessage], None]]
+
+
+class _Commands(Protocol):
+    alerts: Any
+
+
+def attach_sms_fallback(
+    cfg: Config, topics: Topics, pipeline: _Pipeline, uplink: _Uplink, commands: _Commands
+) -> SmsFallback | None:
+    """The daemon's one call: build the fallback from ``[alarm]`` (None when it is off) and hook it to
+    SOS alerts (``pipeline.on_alert``), PUBACKs (``uplink.on_alert_delivered``), acks (the commands'
+    alert desk) and the uplink state. The caller runs :meth:`SmsFallback.run` in its TaskGroup."""
+    if not cfg.alarm.enabled:
+        return None
+
+    def person_of(device_id: str) -> str | None:
+        person = cfg.rules.person_of(device_id)
+        return person.id if person is not None else None
+
+    fallback = SmsFallback(
+        cfg.alarm,
+        topics,
+        cfg.gateway.data_dir,
+        pipeline.submit,
+        lambda: uplink.state is ConnState.CONNECTED,
+        person_of=person_of,
+        # as the pipeline judged the press (the same flag as the alert's `drill`)
+        is_drill=lambda alert_id, _at: alert_id in pipeline.drill.drill_alerts,
+    )
+    pipeline.on_alert(
+        lambda alert_id, dev, at_: fallback.on_sos(alert_id, dev, at_) if alert_id.startswith("sos-") else None
+    )
+    uplink.on_alert_delivered.append(fallback.on_delivered)
+    commands.alerts = AckTap(commands.alerts, fallback.on_ack)
+    return fallback

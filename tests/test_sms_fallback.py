@@ -1,0 +1,334 @@
+"""The SMS fallback end to end: RFXtrx and modem simulators on real ptys, the real daemon, a real
+Mosquitto, and the cloud subscriber checking the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from drivers.serial import at
+from gateway.ctl import call as ctl_call
+from simulators.broker import Mosquitto
+from simulators.modem_sim import ModemSimulator, ModemState
+from simulators.rfxtrx_sim import RfxtrxSimulator
+from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
+
+CC, G1 = "+8610000000001", "+8613900000001"
+SMS_AFTER_S = 2.0
+
+
+def alarm_section(modem: Path, *, language: str = "zh", **keys: float) -> str:
+    settings = {"retry_base_s": 0.5, "retry_cap_s": 2.0, "report_timeout_s": 30.0, **keys}
+    lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
+    return f"""
+[alarm]
+sms_after_s = {SMS_AFTER_S}
+care_centre = ["{CC}"]
+guardians = ["{G1}"]
+language = "{language}"
+names = {{ "sos-1" = "bedroom" }}
+person = "Anna"
+timezone = "UTC"
+{lines}
+
+[alarm.modem]
+port = "{modem}"
+poll_s = 0.5
+command_timeout_s = 2.0
+"""
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, broker: Mosquitto, **alarm: Any) -> None:
+        self.rfx_link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_SMS-if00-port0"
+        self.modem_link = tmp_path / "dev" / "usb-SimTech_SIM7600-if02-port0"
+        self.config = gateway_config(
+            tmp_path,
+            broker.port,
+            devices=rfxtrx_device(self.rfx_link),
+            outbox_extra="",
+        )
+        text = self.config.read_text().replace("[outbox]", "[outbox]", 1)
+        self.config.write_text(text + alarm_section(self.modem_link, **alarm))
+        self.gw = GatewayProcess(self.config, log_level="DEBUG")
+
+    @contextlib.asynccontextmanager
+    async def running(self, state: ModemState | None = None) -> AsyncIterator[tuple[RfxtrxSimulator, ModemSimulator]]:
+        async with RfxtrxSimulator(self.rfx_link) as rfx, ModemSimulator(self.modem_link, state=state) as modem:
+            self.gw.start()
+            try:
+                await until(lambda: rfx.started, 20, "the daemon to start the receiver")
+                await until(lambda: "AT+CNMI=2,1,0,1,0" in modem.commands or modem.state.sim != "ready", 20, "modem up")
+                yield rfx, modem
+            finally:
+                self.gw.stop_quietly()
+
+    async def status(self) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.ctl", "--config", str(self.config), "--json", "status",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def ctl_run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+
+
+def fallback_reports(cloud: Collector) -> list[dict[str, Any]]:
+    return [a for a in cloud.of_type("alert") if "fallback" in a]
+
+
+def test_broker_down_sos_goes_by_sms_once_per_recipient_in_ucs2_then_reported(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    rig = Rig(tmp_path, broker, language="zh")
+    broker.stop()
+
+    async def go() -> tuple[ModemSimulator, float, float]:
+        async with rig.running() as (rfx, modem):
+            t_press = time.monotonic()
+            await rfx.press(0xA1B2C3, repeats=4, gap_s=0.03)
+            await until(lambda: len(modem.sent) >= 2, SMS_AFTER_S + 15, "an SMS to each recipient")
+            t_sms = time.monotonic()
+            await asyncio.sleep(2.0)  # delivery reports arrive; nothing more may be sent
+            st = await rig.status()
+            broker.start()
+            await until(lambda: fallback_reports(cloud), 30, "the fallback report at the cloud")
+            return modem, t_sms - t_press, st["alarm"]
+
+    modem, took_s, alarm = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1], "exactly one SMS per recipient, care centre first"
+    assert took_s < SMS_AFTER_S + 10
+    for s in modem.sent:
+        assert s.coding == "ucs2"
+        assert s.text.startswith("紧急呼叫：Anna于") and "（bedroom）" in s.text and "gw-test" in s.text  # noqa: RUF001
+        assert "演练" not in s.text
+    assert alarm["modem"]["ready"] and alarm["modem"]["operator"] == "SIMNET" and alarm["modem"]["sms_sent"] == 2
+    sos = [a for a in cloud.of_type("alert") if a["kind"] == "sos" and "fallback" not in a]
+    assert len(sos) == 1, "the SOS itself reaches the broker when it is back"
+    last = fallback_reports(cloud)[-1]
+    assert last["alert_id"] == sos[0]["alert_id"] and last["drill"] is False
+    assert [(f["via"], f["to"], f["status"]) for f in last["fallback"]] == [
+        ("sms", CC, "delivered"),
+        ("sms", G1, "delivered"),
+    ]
+    log = rig.gw.log()
+    assert "Traceback" not in log
+    info_up = "\n".join(line for line in log.splitlines() if " DEBUG " not in line)
+    assert CC not in info_up and G1 not in info_up, "phone numbers only at DEBUG"
+
+
+def test_broker_up_means_no_sms(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    rig = Rig(tmp_path, broker)
+
+    async def go() -> ModemSimulator:
+        async with rig.running() as (rfx, modem):
+            await rfx.press(0xA1B2C3)
+            await until(lambda: cloud.of_type("alert"), 20, "the SOS at the cloud")
+            await asyncio.sleep(SMS_AFTER_S + 2.0)
+            return modem
+
+    modem = asyncio.run(go())
+    assert modem.sent == []
+    assert not [c for c in modem.commands if c.startswith("AT+CMGS")]
+    assert not fallback_reports(cloud)
+
+
+def test_modem_unplugged_at_the_press_then_back_and_cms_38_retried_drill_in_gsm7(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    rig = Rig(tmp_path, broker, language="en")
+
+    async def go() -> tuple[ModemSimulator, dict[str, Any]]:
+        async with rig.running() as (rfx, modem):
+            drill_args = ("drill", "--minutes", "1", "--button", "sos-1")
+            drill = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.ctl", "--config", str(rig.config), *drill_args,
+                stdout=subprocess.DEVNULL, cwd=REPO,
+            )  # fmt: skip
+            assert await drill.wait() == 0
+            broker.stop()
+            modem.unplug()
+            await rfx.press(0xA1B2C3)
+            await asyncio.sleep(SMS_AFTER_S + 1.5)  # the fallback tries, the modem is away
+            st = (await rig.status())["alarm"]
+            assert st["modem"]["present"] is False and st["open"], st
+            modem.state.cms_errors = [38]  # the first send after the return meets a network failure
+            modem.plug()
+            await until(lambda: len(modem.sent) >= 2, 20, "both SMS once the modem is back")
+            broker.start()
+            await until(
+                lambda: fallback_reports(cloud) and len(fallback_reports(cloud)[-1]["fallback"]) >= 5, 30, "report"
+            )
+            await until(
+                lambda: fallback_reports(cloud)[-1]["fallback"][-1]["status"] == "delivered", 30, "final report"
+            )
+            return modem, fallback_reports(cloud)[-1]
+
+    modem, report = asyncio.run(go())
+    assert sorted(s.to for s in modem.sent) == sorted([CC, G1]), "one SMS each (the CMS 38 retry may come second)"
+    for s in modem.sent:
+        assert s.coding == "gsm7" and s.parts == 2  # the English text is longer than 160 characters
+        assert s.text.startswith("DRILL - NOT A REAL EMERGENCY. SOS: Anna pressed the emergency button bedroom at ")
+    statuses = [(f["to"], f["status"], f.get("error")) for f in report["fallback"]]
+    assert (CC, "failed", "modem_unavailable") in statuses and (G1, "failed", "modem_unavailable") in statuses
+    assert (CC, "failed", "network_failure") in statuses or (G1, "failed", "network_failure") in statuses
+    assert sorted(s for s in statuses if s[1] == "delivered") == [(CC, "delivered", None), (G1, "delivered", None)]
+    assert report["drill"] is True
+    sos = [a for a in cloud.of_type("alert") if a["kind"] == "sos" and "fallback" not in a]
+    assert len(sos) == 1 and sos[0]["drill"] is True, "the SOS reached MQTT although the modem was away"
+
+
+def test_sim_missing_and_not_registered_are_clear_in_status_and_retried(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    rig = Rig(tmp_path, broker)
+    broker.stop()
+
+    async def go() -> tuple[ModemSimulator, list[dict[str, Any]]]:
+        seen: list[dict[str, Any]] = []
+        async with rig.running(ModemState(sim="missing")) as (rfx, modem):
+            await rfx.press(0xA1B2C3)
+            await asyncio.sleep(SMS_AFTER_S + 1.0)
+            seen.append((await rig.status())["alarm"]["modem"])
+            human = await asyncio.to_thread(ctl_run, rig.config, "status")
+            assert "sms       cannot send: SIM missing" in human.stdout, human.stdout
+            found = await asyncio.to_thread(ctl_run, rig.config, "--json", "doctor")
+            modem_check = next(f for f in json.loads(found.stdout)["findings"] if f["id"] == "modem")
+            assert modem_check["status"] == "fail" and "SIM missing" in modem_check["message"], modem_check
+            assert "Insert the SIM" in modem_check["action"]
+            modem.state.sim, modem.state.registration = "ready", "searching"
+            await asyncio.sleep(1.5)
+            seen.append((await rig.status())["alarm"]["modem"])
+            assert modem.sent == []
+            modem.state.registration = "home"
+            await until(lambda: len(modem.sent) >= 2, 20, "the SMS once registered")
+        return modem, seen
+
+    modem, seen = asyncio.run(go())
+    assert (seen[0]["present"], seen[0]["sim"], seen[0]["ready"]) == (True, "missing", False)
+    assert (seen[1]["sim"], seen[1]["registration"], seen[1]["ready"]) == ("ready", "searching", False)
+    assert [s.to for s in modem.sent] == [CC, G1]
+
+
+def test_restart_in_the_middle_of_retries_no_duplicate_and_no_lost_attempt(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    rig = Rig(tmp_path, broker, max_attempts=6, report_timeout_s=1.0)
+    broker.stop()
+    # the care centre's phone reports delivery; the guardian's phone is off (no report ever)
+    state = ModemState(report_by_number={G1: "none"})
+
+    async def go() -> tuple[ModemSimulator, dict[str, Any]]:
+        async with RfxtrxSimulator(rig.rfx_link) as rfx, ModemSimulator(rig.modem_link, state=state) as modem:
+            rig.gw.start()
+            await until(lambda: rfx.started, 20, "receiver")
+            await rfx.press(0xA1B2C3)
+            await until(lambda: sum(s.to == G1 for s in modem.sent) >= 2, 30, "the guardian retried")
+            rig.gw.kill()  # no orderly stop: as a power cut
+            before = len(modem.sent)
+            rig.gw = GatewayProcess(rig.config, log_level="DEBUG")
+            rig.gw.start()
+            try:
+                await until(lambda: len(modem.sent) >= before + 1, 30, "the retries go on after the restart")
+                await asyncio.sleep(1.0)
+                broker.start()
+                await until(lambda: fallback_reports(cloud), 30, "the report")
+                await asyncio.sleep(1.0)
+            finally:
+                rig.gw.stop_quietly()
+            return modem, fallback_reports(cloud)[-1]
+
+    modem, report = asyncio.run(go())
+    assert sum(s.to == CC for s in modem.sent) == 1, "no duplicate to the recipient with a delivery report"
+    to_g1 = [f for f in report["fallback"] if f["to"] == G1]
+    handed = [f for f in to_g1 if f["status"] in ("sent", "no_report", "interrupted", "sending")]
+    assert sum(s.to == G1 for s in modem.sent) <= len(handed), "every SMS the modem sent is in the record"
+    assert [f["status"] for f in report["fallback"] if f["to"] == CC] == ["delivered"]
+
+
+def test_the_sans_io_text_fits_what_the_modem_logged() -> None:
+    # the same PDU path the daemon uses, for a text with GSM extension characters
+    text = "SOS [bedroom] {Anna} ~ 5 €"
+    (pdu,) = at.encode_sms(CC, text)
+    assert at.decode_submit(pdu.hex).text == text
+
+
+def test_broker_frozen_puback_late_means_sms(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    """The broker's process stopped (SIGSTOP): the TCP link stays up, the uplink still says connected,
+    but no PUBACK comes: the SMS leaves sms_after_s after the press."""
+    rig = Rig(tmp_path, broker, language="en")
+
+    async def go() -> tuple[ModemSimulator, float]:
+        async with rig.running() as (rfx, modem):
+            await until(lambda: cloud.of_type("device_state"), 20, "the uplink up")
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                await rfx.press(0xA1B2C3)
+                await until(lambda: len(modem.sent) >= 2, SMS_AFTER_S + 15, "the SMS")
+                took = time.monotonic() - t0
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            await until(lambda: fallback_reports(cloud), 30, "the report once the broker runs again")
+            return modem, took
+
+    modem, took = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1]
+    assert took >= SMS_AFTER_S - 0.2, "not before sms_after_s: the link looked up"
+
+
+def test_an_ack_stops_further_sms(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    rig = Rig(tmp_path, broker, max_attempts=10, report_timeout_s=0.5)
+    broker.stop()
+    state = ModemState(report_by_number={G1: "none"})  # the guardian's phone is off: retried
+
+    async def go() -> tuple[ModemSimulator, int]:
+        async with rig.running(state) as (rfx, modem):
+            await rfx.press(0xA1B2C3)
+            await until(lambda: sum(s.to == G1 for s in modem.sent) >= 2, 30, "the guardian retried")
+            alert_id = (await rig.status())["alarm"]["open"][0]["alert_id"]
+            sock = rig.config.parent / "data" / "control.sock"
+            await asyncio.to_thread(ctl_call, sock, "alert-ack", alert_id=alert_id)
+            await asyncio.sleep(0.5)  # one send may have been in flight
+            n = len(modem.sent)
+            await asyncio.sleep(4.0)  # several retry intervals
+            return modem, n
+
+    modem, n_at_ack = asyncio.run(go())
+    assert len(modem.sent) == n_at_ack, "no SMS after the care centre's acknowledgement"
+    assert sum(s.to == CC for s in modem.sent) == 1
+
+
+def test_modem_unavailable_watch_is_raised_and_cleared(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    rig = Rig(tmp_path, broker, unavailable_after_s=1.0)
+
+    def watch(state: str) -> list[dict[str, Any]]:
+        return [a for a in cloud.of_type("alert") if a["kind"] == "modem_unavailable" and a["state"] == state]
+
+    async def go() -> ModemSimulator:
+        async with rig.running(ModemState(sim="missing")) as (_rfx, modem):
+            await until(lambda: watch("raised"), 20, "modem_unavailable raised")
+            modem.state.sim = "ready"
+            await until(lambda: watch("cleared"), 20, "modem_unavailable cleared")
+            return modem
+
+    asyncio.run(go())
+    raised, cleared = watch("raised")[0], watch("cleared")[0]
+    assert raised["alert_id"] == cleared["alert_id"] and raised["device_id"] == "gw-test"
+    assert raised["severity"] == "high" and raised["detail"]["sim"] == "missing"
