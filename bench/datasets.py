@@ -24,7 +24,19 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def _find_data_dir() -> Path:
+    """``../shared/data`` relative to the project root; from a git worktree nested deeper (e.g.
+    ``/work/wt/issue-N``) the nearest ancestor that has ``shared/data/README.md``."""
+    root = Path(__file__).resolve().parents[1]
+    for up in root.parents:
+        cand = up / "shared" / "data"
+        if (cand / "README.md").is_file():
+            return cand
+    return root.parent / "shared" / "data"
+
+
+DATA_DIR = _find_data_dir()
 AFDB_FS = 250.0
 BIDMC_FS = 125.0
 
