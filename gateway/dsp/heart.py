@@ -2,8 +2,8 @@
 
 Method (all steps O(n), no allocation beyond a few arrays of the window's size):
 
-1. Zero-phase Butterworth band-pass 0.5-8 Hz, order 2 (:mod:`gateway.dsp.filters`; keeps the systolic upstroke, removes breathing
-   baseline and high-frequency noise).
+1. Zero-phase Butterworth band-pass 0.5-8 Hz, order 2 (:mod:`gateway.dsp.filters`; keeps the
+   systolic upstroke, removes breathing baseline and high-frequency noise).
 2. Systolic peak detection by two event-related moving averages, Elgendi et al. 2013, "Systolic peak
    detection in acceleration photoplethysmograms measured from emergency responders in tropical
    conditions", PLoS ONE 8(10):e76585: the clipped, squared signal's 111 ms moving average is compared
