@@ -23,6 +23,10 @@ AF screening (:func:`gateway.dsp.af.screen_af`):
   ``~`` records are not in the AF/N/O figures; how they were labelled is printed. The same tune/test
   split (alternate records in file order).
 - **Heart rate** (BIDMC, smartphone PPG): :func:`bench.dsp_eval_hr.evaluate` when present.
+- **Wrist heart rate during exercise** (wrist_exercise, 15 records of walking, running and cycling):
+  :func:`bench.dsp_eval_wrist.evaluate`, per subject half (tune / test) and activity: MAE, coverage,
+  hold-last MAE and records with a value for ours, the time-domain path without accelerometer,
+  HeartPy and NeuroKit2, and the windows' median motion (g).
 
 Usage::
 
@@ -272,6 +276,17 @@ def eval_hr(quick: bool) -> dict[str, float]:
     return {k: float(v) for k, v in figures.items()}
 
 
+def eval_wrist(quick: bool) -> dict[str, float]:
+    """Wrist PPG during exercise (bench/dsp_eval_wrist.py): per subject half and activity."""
+    from bench import dsp_eval_wrist
+
+    figures, _ = dsp_eval_wrist.evaluate(quick=quick)
+    print("== wrist exercise (tune = subjects " + ", ".join(dsp_eval_wrist.TUNE_SUBJECTS) + "; test = the rest)")
+    for k in sorted(figures):
+        print(f"  {k:56s} {figures[k]:.4g}")
+    return {k: v for k, v in figures.items() if not k.endswith("_windows")}
+
+
 def ablation(quick: bool) -> None:
     """Each step added to Petrenas 2015, switched off in turn: record-mode AFDB and CinC per half."""
     from gateway.dsp import af as afmod
@@ -323,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI scale: 2 h of AFDB/NSR, 1 in 8 CinC records")
     ap.add_argument("--no-hr", action="store_true", help="skip the heart-rate part")
+    ap.add_argument("--no-wrist", action="store_true", help="skip the wrist exercise part")
     ap.add_argument("--ablation", action="store_true", help="also switch each addition to Petrenas 2015 off")
     args = ap.parse_args(argv)
     if not datasets.available():
@@ -336,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         ablation(args.quick)
     hr = {} if args.no_hr else eval_hr(args.quick)
+    wrist = {} if args.no_hr or args.no_wrist else eval_wrist(args.quick)
     print(f"elapsed {time.perf_counter() - t0:.1f} s")
     keys = {
         "afdb_se": figures["afdb_record_se"],
@@ -359,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "cinc_f1_mean": figures["cinc_f1_mean"],
     }
     keys.update(hr)
+    keys.update(wrist)
     print(result_line(**keys))
     return 0
 

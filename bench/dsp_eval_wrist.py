@@ -72,7 +72,7 @@ def filled(x: FloatArray) -> FloatArray:
 
 def stream_values(rec: datasets.WristRecord, min_confidence: float | None = None) -> dict[int, tuple[float, float]]:
     """Window end (in hops) -> (bpm, quality) emitted by the stream for this record."""
-    s = WristStream(rec.name)
+    s = WristStream(rec.name, motion_hr=True)
     if min_confidence is not None:
         s._tracker.min_confidence = min_confidence
     ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
@@ -116,7 +116,10 @@ class Tally:
 
 
 def evaluate(
-    quick: bool = False, peers: bool = True, min_confidence: float | None = None, halves: tuple[str, ...] = ("tune", "test")
+    quick: bool = False,
+    peers: bool = True,
+    min_confidence: float | None = None,
+    halves: tuple[str, ...] = ("tune", "test"),
 ) -> tuple[dict[str, float], dict[str, list[tuple[float, float, float]]]]:
     """Figures (per half and activity, and per half overall) and, per half, ours' (confidence, error)."""
     methods: dict[str, Callable[[FloatArray, float], float | None]] = {

@@ -11,7 +11,8 @@ Cadence (documented in docs/dsp.md):
 - **Heart rate** (LOINC 8867-4, ``/min``) and **SpO2** (LOINC 59408-5, ``%``, only when the waveform has
   ``red`` and ``ir`` channels): every :data:`HOP_S` = 5 s of contiguous signal, over the last
   :data:`WINDOW_S` = 10 s. Nothing is emitted for a window that fails the signal-quality index.
-- **Heart rate while moving** (only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
+- **Heart rate while moving** (only with ``motion_hr=True``, off by default until it meets its accuracy
+  goal, see docs/dsp.md; and only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
   :data:`~gateway.dsp.motion.HOP_S` = 2 s over the last :data:`~gateway.dsp.motion.WINDOW_S` = 8 s, the
   accelerometer-aided spectral tracker (:mod:`gateway.dsp.motion`) runs; when that window moves more
   than :data:`~gateway.dsp.quality.MAX_MOTION_G` (the time-domain path refuses it) and the tracker's
@@ -108,6 +109,7 @@ class WristStream:
         hop_s: float = HOP_S,
         af_window_s: float = AF_WINDOW_S,
         af_hop_s: float = AF_HOP_S,
+        motion_hr: bool = False,
     ) -> None:
         self.device_id = device_id
         self.calibration = calibration_for(calibration)
@@ -129,6 +131,8 @@ class WristStream:
         self._dev_last: float | None = None
         self._af_next: float | None = None  # stream time of the next AF screen
         # accelerometer-aided heart rate while moving
+        # off by default: on the wrist exercise recordings it is not yet accurate enough (docs/dsp.md)
+        self.motion_hr = motion_hr
         self._tracker = MotionHrTracker()
         self._since_motion_hop = 0
 
@@ -168,7 +172,8 @@ class WristStream:
             self._since_hop = 0
             out.extend(self._analyse())
         if (
-            all(a in self._buf for a in ACCEL)
+            self.motion_hr
+            and all(a in self._buf for a in ACCEL)
             and have >= round(MOTION_WINDOW_S * self._fs)
             and self._since_motion_hop >= round(MOTION_HOP_S * self._fs)
         ):

@@ -95,7 +95,9 @@ def test_seed_centres_the_track_on_the_rest_value() -> None:
     assert m.candidate_bpm is not None and abs(m.candidate_bpm - 90.0) <= 25.0
 
 
-def _blocks(raw: npt.NDArray[np.float64], acc: npt.NDArray[np.float64], lost: tuple[int, int] | None = None) -> list[Waveform]:
+def _blocks(
+    raw: npt.NDArray[np.float64], acc: npt.NDArray[np.float64], lost: tuple[int, int] | None = None
+) -> list[Waveform]:
     """1 s Waveform blocks of green + accelerometer; ``lost`` = (first sample, count) never sent."""
     keep = np.ones(len(raw), dtype=bool)
     if lost is not None:
@@ -116,7 +118,7 @@ def _blocks(raw: npt.NDArray[np.float64], acc: npt.NDArray[np.float64], lost: tu
 def test_stream_emits_the_spectral_rate_while_moving() -> None:
     _, ppg, acc = _scene(60.0, 75.0, swing_hz=1.6, swing_gain=3.0, seed=7)
     raw = 30000.0 * (1.0 - 0.01 * ppg)  # raw green intensity: a pulse is a dip
-    s = WristStream("w1")
+    s = WristStream("w1", motion_hr=True)
     s._tracker.min_confidence = 0.0  # the behaviour here, not the threshold
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
     spectral = [m for m in got if m.extra.get("method") == "spectral"]
@@ -129,7 +131,7 @@ def test_stream_at_rest_keeps_the_time_domain_path() -> None:
     _, ppg, acc = _scene(40.0, 64.0, swing_hz=1.6, swing_gain=0.0, seed=8)
     acc = np.column_stack((np.zeros(len(acc)), np.zeros(len(acc)), np.ones(len(acc))))
     raw = 30000.0 * (1.0 - 0.01 * ppg)
-    s = WristStream("w1")
+    s = WristStream("w1", motion_hr=True)
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
     assert got and all(m.extra["method"] == "time" and m.extra["at_rest"] for m in got)
     assert all(abs(m.value - 64.0) < 2.0 for m in got)
@@ -147,3 +149,11 @@ def test_a_few_lost_samples_are_bridged_a_long_gap_restarts() -> None:
     for w in _blocks(raw, acc, lost=(round(15 * FS), round(2.5 * FS))):  # 2.5 s lost
         s2.push_waveform(w)
     assert (s2.counters.bridged, s2.counters.gaps) == (0, 1)
+
+
+def test_the_motion_path_is_off_unless_asked_for() -> None:
+    _, ppg, acc = _scene(40.0, 75.0, swing_hz=1.6, swing_gain=3.0, seed=7)
+    s = WristStream("w1")
+    got = [m for w in _blocks(30000.0 * (1.0 - 0.01 * ppg), acc) for m in s.push_waveform(w)]
+    assert s.counters.motion_windows == 0
+    assert not [m for m in got if m.extra.get("method") == "spectral"]
