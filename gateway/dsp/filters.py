@@ -101,13 +101,11 @@ def sosfilt_zi(sos: FloatArray) -> FloatArray:
 
 
 @lru_cache(maxsize=64)
-def _block_matrices(
-    sos_key: tuple[tuple[float, ...], ...], block: int
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+def _block_matrices(sos_key: bytes, block: int) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """State-space form of the cascade (state = every section's two DF2T states) and its block matrices:
     ``T`` (block x block) zero-state response, ``O`` (block x d) free response of the state, ``Ab``
     (d x d) state transition over a block, ``G`` (d x block) input-to-final-state."""
-    sos = np.asarray(sos_key, dtype=np.float64)
+    sos = np.frombuffer(sos_key, dtype=np.float64).reshape(-1, 6)
     d = 2 * len(sos)
 
     def step(s: FloatArray, x: float) -> tuple[FloatArray, float]:
@@ -146,27 +144,30 @@ def _block_matrices(
 
 
 def sosfilt(sos: FloatArray, x: FloatArray, zi: FloatArray | None = None) -> FloatArray:
-    """Filter ``x`` (1-D) with the cascade ``sos`` from the initial states ``zi`` (n_sections, 2; zero if
-    omitted); the output only (no final state)."""
-    key = tuple(tuple(float(c) for c in row) for row in sos)
-    t, o, a_b, g = _block_matrices(key, BLOCK)
-    n = len(x)
+    """Filter ``x`` with the cascade ``sos`` from the initial states ``zi``; the output only (no final
+    state). ``x`` is 1-D with ``zi`` (n_sections, 2), or (n, c) columns filtered alike with ``zi``
+    (n_sections, 2, c); zero states if ``zi`` is omitted."""
+    t, o, a_b, g = _block_matrices(np.ascontiguousarray(sos, dtype=np.float64).tobytes(), BLOCK)
+    xa = np.asarray(x, dtype=np.float64)
+    cols = xa[:, None] if xa.ndim == 1 else xa
+    n, c = cols.shape
+    d = a_b.shape[0]
     if n == 0:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros(xa.shape, dtype=np.float64)
     k = -(-n // BLOCK)
-    xb = np.zeros(k * BLOCK, dtype=np.float64)
-    xb[:n] = x
-    xm = xb.reshape(k, BLOCK)
-    y = xm @ t.T  # zero-state response of every block
-    u = xm @ g.T  # each block's contribution to the state at its end
-    states = np.empty((k, a_b.shape[0]))
-    s = np.zeros(a_b.shape[0]) if zi is None else np.asarray(zi, dtype=np.float64).ravel().copy()
+    xb = np.zeros((k * BLOCK, c), dtype=np.float64)
+    xb[:n] = cols
+    xm = xb.reshape(k, BLOCK, c)
+    y = t @ xm  # zero-state response of every block
+    u = g @ xm  # each block's contribution to the state at its end
+    states = np.empty((k, d, c))
+    s = np.zeros((d, c)) if zi is None else np.asarray(zi, dtype=np.float64).reshape(d, c).copy()
     for i in range(k):
         states[i] = s
         s = a_b @ s + u[i]
-    y += states @ o.T
-    out: FloatArray = y.ravel()[:n]
-    return out
+    y += o @ states
+    out: FloatArray = y.reshape(k * BLOCK, c)[:n]
+    return out[:, 0] if xa.ndim == 1 else out
 
 
 def lfilter(b: FloatArray, a: FloatArray, x: FloatArray, zi: FloatArray | None = None) -> FloatArray:

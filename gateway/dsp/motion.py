@@ -5,8 +5,8 @@ and the time-domain path (:mod:`gateway.dsp.heart`) either refuses the window or
 module estimates the pulse frequency in the spectrum instead, in three steps per window (8 s every 2 s,
 :data:`WINDOW_S`, :data:`HOP_S`, as in the IEEE SPC 2015 data and the methods below):
 
-1. **Spectra.** PPG and each accelerometer axis are band-passed (0.5-4 Hz, the same numpy Butterworth as
-   the time-domain path), decimated to about 25 Hz by block means, Hann-windowed and zero-padded to
+1. **Spectra.** PPG and each accelerometer axis are decimated to about 25 Hz by block means, band-passed
+   (0.5-4 Hz, the same numpy Butterworth as the time-domain path), Hann-windowed and zero-padded to
    :data:`NFFT` points (0.73 bpm bins at 25 Hz). Each power spectrum is normalised to its maximum in the
    heart-rate range :data:`HR_RANGE_BPM`.
 2. **Wiener filter of the motion** (Temko 2017, "Accurate heart rate monitoring during physical exercises
@@ -60,7 +60,8 @@ MAX_SLOPE_BPM_S = 3.0
 EVIDENCE_DECAY = 0.9
 EVIDENCE_FLOOR = 1e-3  # emission = log(floor + normalised filtered power): a bin with no power costs 6.9
 RIVAL_BPM = 10.0
-MIN_CONFIDENCE = 0.75  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+HARMONIC_WEIGHT = 0.5  # evidence of a pulse line = its power + half the power at twice its frequency
+MIN_CONFIDENCE = 0.45  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
 MIN_WINDOW_S = 6.0
 
 
@@ -80,11 +81,12 @@ def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
 
 
 def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
-    """Zero-phase band-pass :data:`BAND_HZ` (forward-backward, odd extension, as heart.bandpass)."""
+    """Zero-phase band-pass :data:`BAND_HZ` of the columns of ``x`` (n, c): forward-backward with odd
+    extension, as heart.bandpass."""
     sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs), fs)
-    zi = sosfilt_zi(sos)
+    zi = sosfilt_zi(sos)[:, :, None]
     pad = min(3 * (2 * len(sos) + 1), len(x) - 1)
-    ext = np.concatenate((2 * x[0] - x[pad:0:-1], x, 2 * x[-1] - x[-2 : -pad - 2 : -1]))
+    ext = np.concatenate((2 * x[:1] - x[pad:0:-1], x, 2 * x[-1:] - x[-2 : -pad - 2 : -1]))
     y = sosfilt(sos, ext, zi * ext[0])[::-1]
     y = sosfilt(sos, y, zi * y[0])[::-1]
     out: FloatArray = y[pad : pad + len(x)]
@@ -92,17 +94,35 @@ def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
 
 
 def power_spectra(channels: FloatArray, fs: float) -> FloatArray:
-    """Power spectra (rows) of the columns of ``channels`` (n, k): band-passed, decimated to about
-    :data:`SPECTRUM_FS`, Hann-windowed, zero-padded to :data:`NFFT`."""
+    """Power spectra (rows) of the columns of ``channels`` (n, k): decimated to about
+    :data:`SPECTRUM_FS` by block means (their sinc response is the anti-alias filter: the band of
+    interest ends at 4 Hz, far below the ~12 Hz of the new Nyquist), band-passed, Hann-windowed and
+    zero-padded to :data:`NFFT`. Decimating first makes the band-pass run on 8 x fewer samples at
+    100 Hz."""
     q, _, _ = _spectrum_setup(fs)
-    n = channels.shape[0] // q * q
-    rows: list[FloatArray] = []
-    for j in range(channels.shape[1]):
-        x = channels[:, j]
-        rows.append(_filtfilt(x - float(np.mean(x)), fs)[:n].reshape(-1, q).mean(axis=1))
-    y2 = np.asarray(rows) * np.hanning(n // q)[None, :]
+    m = channels.shape[0] // q
+    dec = channels[: m * q].reshape(m, q, channels.shape[1]).mean(axis=1)
+    fs_d = fs / q
+    y2 = _filtfilt(dec - dec.mean(axis=0), fs_d).T * np.hanning(m)[None, :]
     p: FloatArray = np.abs(np.fft.rfft(y2, NFFT, axis=1)) ** 2
     return p
+
+
+def _peak_evidence(clean: FloatArray, f_bpm: FloatArray) -> FloatArray:
+    """Evidence per bin: only spectral peaks (a local maximum and the 2 bins each side of it) count, so
+    that a slope running into the range's edge (the PPG's low-frequency power leaking past the
+    band-pass: breathing, a pedalling rhythm below 40 /min) is not taken for a line; each peak adds
+    :data:`HARMONIC_WEIGHT` of the power at twice its frequency (a pulse has a strong second harmonic,
+    so the fundamental wins over its harmonic)."""
+    is_peak = np.zeros(len(clean), dtype=bool)
+    is_peak[1:-1] = (clean[1:-1] >= clean[:-2]) & (clean[1:-1] >= clean[2:])
+    near = is_peak.copy()
+    for sh in (1, 2):
+        near[sh:] |= is_peak[:-sh]
+        near[:-sh] |= is_peak[sh:]
+    peaks = np.where(near, clean, 0.0)
+    out: FloatArray = peaks + HARMONIC_WEIGHT * np.interp(2.0 * f_bpm, f_bpm, peaks, right=0.0)
+    return out
 
 
 class MotionHrTracker:
@@ -158,6 +178,7 @@ class MotionHrTracker:
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
         p_now, acc_now = norm[0], norm[1:].sum(axis=0)
+
         m = SPECTRUM_MEMORY
         self._avg_ppg = p_now if self._avg_ppg is None else m * self._avg_ppg + (1 - m) * p_now
         self._avg_acc = acc_now if self._avg_acc is None else m * self._avg_acc + (1 - m) * acc_now
@@ -166,7 +187,9 @@ class MotionHrTracker:
         top = float(clean.max())
         if not top > 0.0:
             return MotionHr(None, 0.0, None, mg)
-        emission = np.log(EVIDENCE_FLOOR + clean / top)
+        evidence = _peak_evidence(clean, self._f)
+        top = float(evidence.max())
+        emission = np.log(EVIDENCE_FLOOR + evidence / top)
         if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:
             self._score = emission
         else:
