@@ -60,8 +60,11 @@ MAX_SLOPE_BPM_S = 3.0
 EVIDENCE_DECAY = 0.9
 EVIDENCE_FLOOR = 1e-3  # emission = log(floor + normalised filtered power): a bin with no power costs 6.9
 RIVAL_BPM = 10.0
+# TROIKA's rule for a pulse on a motion line: within the rate the track can reach in one hop, the
+# Wiener gain is not applied (the accelerometer explaining that line does not mean the pulse left it)
+PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
 HARMONIC_WEIGHT = 0.5  # evidence of a pulse line = its power + half the power at twice its frequency
-MIN_CONFIDENCE = 0.45  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+MIN_CONFIDENCE = 0.05  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
 MIN_WINDOW_S = 6.0
 
 
@@ -108,21 +111,17 @@ def power_spectra(channels: FloatArray, fs: float) -> FloatArray:
     return p
 
 
-def _peak_evidence(clean: FloatArray, f_bpm: FloatArray) -> FloatArray:
-    """Evidence per bin: only spectral peaks (a local maximum and the 2 bins each side of it) count, so
-    that a slope running into the range's edge (the PPG's low-frequency power leaking past the
-    band-pass: breathing, a pedalling rhythm below 40 /min) is not taken for a line; each peak adds
-    :data:`HARMONIC_WEIGHT` of the power at twice its frequency (a pulse has a strong second harmonic,
-    so the fundamental wins over its harmonic)."""
+def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
+    """Bins within 2 of a local maximum: only spectral peaks count as evidence, so that a slope running
+    into the range's edge (the PPG's low-frequency power leaking past the band-pass: breathing, a
+    pedalling rhythm below 40 /min) is not taken for a line."""
     is_peak = np.zeros(len(clean), dtype=bool)
     is_peak[1:-1] = (clean[1:-1] >= clean[:-2]) & (clean[1:-1] >= clean[2:])
     near = is_peak.copy()
     for sh in (1, 2):
         near[sh:] |= is_peak[:-sh]
         near[:-sh] |= is_peak[sh:]
-    peaks = np.where(near, clean, 0.0)
-    out: FloatArray = peaks + HARMONIC_WEIGHT * np.interp(2.0 * f_bpm, f_bpm, peaks, right=0.0)
-    return out
+    return near
 
 
 class MotionHrTracker:
@@ -138,6 +137,7 @@ class MotionHrTracker:
         self._t: float | None = None
         self._avg_ppg: FloatArray | None = None
         self._avg_acc: FloatArray | None = None
+        self._est: float | None = None
 
     def _setup(self, fs: float) -> None:
         if fs != self._fs:
@@ -183,11 +183,19 @@ class MotionHrTracker:
         self._avg_ppg = p_now if self._avg_ppg is None else m * self._avg_ppg + (1 - m) * p_now
         self._avg_acc = acc_now if self._avg_acc is None else m * self._avg_acc + (1 - m) * acc_now
         gain = self._avg_ppg / (self._avg_ppg + self._avg_acc + 1e-12)
+        if self._est is not None:
+            # near the track the gain fades to 1, smoothly (a hard edge would make false peaks there)
+            beyond = np.maximum(np.abs(self._f - self._est) - PROTECT_BPM, 0.0)
+            gain = np.maximum(gain, np.exp(-0.5 * (beyond / (2 * self._df)) ** 2))
         clean = p_now * gain * gain  # the gain filters the amplitude spectrum: power gets its square
+        near = _near_peaks(clean)
         top = float(clean.max())
         if not top > 0.0:
             return MotionHr(None, 0.0, None, mg)
-        evidence = _peak_evidence(clean, self._f)
+        peaks = np.where(near, clean, 0.0)
+        # each peak adds part of the power at twice its frequency: a pulse has a strong second
+        # harmonic, so its fundamental wins over the harmonic
+        evidence = peaks + HARMONIC_WEIGHT * np.interp(2.0 * self._f, self._f, peaks, right=0.0)
         top = float(evidence.max())
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:
@@ -205,6 +213,7 @@ class MotionHrTracker:
             den = y0 - 2 * y1 + y2
             if den < 0:
                 bpm += float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) * self._df
+        self._est = bpm
         far = np.abs(self._f - self._f[k]) > RIVAL_BPM
         rival = float(self._score[far].max()) if far.any() else -math.inf
         margin = float(self._score[k]) - rival

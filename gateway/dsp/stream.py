@@ -58,7 +58,7 @@ from gateway.dsp.heart import MIN_FS, analyse
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
 from gateway.dsp.motion import MotionHrTracker
-from gateway.dsp.quality import MAX_MOTION_G
+from gateway.dsp.quality import MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
@@ -249,9 +249,10 @@ class WristStream:
     def _analyse_motion(self) -> list[Measurement]:
         buf, _, t_end = self._window(MOTION_WINDOW_S)
         src, _ = self._ppg_source(buf)
-        m = self._tracker.update(src, np.column_stack([buf[a] for a in ACCEL]), self._fs, t_end)
-        if not m.motion_g > MAX_MOTION_G:
-            return []  # at rest: the time-domain path answers
+        acc = np.column_stack([buf[a] for a in ACCEL])
+        if not motion_level(acc) > MAX_MOTION_G:
+            return []  # at rest: the time-domain path answers (and re-centres the tracker)
+        m = self._tracker.update(src, acc, self._fs, t_end)
         self.counters.motion_windows += 1
         if m.bpm is None:
             self._count("low-confidence")
