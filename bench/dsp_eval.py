@@ -33,6 +33,8 @@ Usage::
     .venv/bin/python bench/dsp_eval.py            # everything (about a minute)
     .venv/bin/python bench/dsp_eval.py --quick    # CI scale: first 2 h of AFDB/NSR, 1 in 8 CinC records
     .venv/bin/python bench/dsp_eval.py --ablation # also each addition to Petrenas 2015 switched off
+    .venv/bin/python bench/dsp_eval.py --loro     # also leave-one-record-out over the AFDB records
+    .venv/bin/python bench/dsp_eval.py --no-wrist # without the wrist exercise part (about 60 s)
 
 Ends with one ``RESULT key=value ...`` line.
 """
