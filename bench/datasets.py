@@ -24,7 +24,19 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def _find_data_dir() -> Path:
+    """``../shared/data`` relative to the project root; from a git worktree nested deeper (e.g.
+    ``/work/wt/issue-N``) the nearest ancestor that has ``shared/data/README.md``."""
+    root = Path(__file__).resolve().parents[1]
+    for up in root.parents:
+        cand = up / "shared" / "data"
+        if (cand / "README.md").is_file():
+            return cand
+    return root.parent / "shared" / "data"
+
+
+DATA_DIR = _find_data_dir()
 AFDB_FS = 250.0
 BIDMC_FS = 125.0
 
@@ -286,3 +298,44 @@ def load_welltory(subject: str) -> CameraPpgRecord:
     keep = np.concatenate(([True], np.diff(t) > 0))  # duplicate frame times: keep the first
     sel = order[keep]
     return CameraPpgRecord(subject, t[keep], col["R"][sel], col["G"][sel], col["B"][sel], rr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrist PPG during exercise (PhysioNet `wrist`)
+# --------------------------------------------------------------------------------------------------
+
+WRIST_FS = 256.0
+
+
+@dataclass(frozen=True)
+class WristRecord:
+    """One exercise record on the 256 Hz chest-ECG grid; NaN where the wrist device lost samples."""
+
+    name: str  # e.g. "s3_run"
+    fs: float
+    ppg: FloatArray  # raw wrist PPG ("mV" of the EDF, 12-bit steps), NaN where lost
+    accel: FloatArray  # (n, 3) wrist acceleration in g, NaN where lost
+    beats_s: FloatArray  # ECG R-peak times from the database's beat annotations
+
+    @property
+    def subject(self) -> str:
+        return self.name.split("_", 1)[0]
+
+    @property
+    def activity(self) -> str:
+        return self.name.split("_", 1)[1]
+
+
+def wrist_records() -> list[str]:
+    return sorted(p.name.removesuffix(".csv.gz") for p in (DATA_DIR / "wrist_exercise").glob("*.csv.gz"))
+
+
+def load_wrist(name: str) -> WristRecord:
+    base = DATA_DIR / "wrist_exercise"
+    with gzip.open(base / f"{name}.csv.gz", "rt") as fh:
+        header = next(fh).strip().split(",")
+        data = np.genfromtxt(fh, delimiter=",", dtype=np.float64, missing_values="", filling_values=np.nan)
+    col = {h: data[:, i] for i, h in enumerate(header)}
+    beats = np.loadtxt(base / f"{name}.beats.txt", dtype=np.float64, ndmin=1)
+    accel = np.column_stack([col["ax"], col["ay"], col["az"]])
+    return WristRecord(name, WRIST_FS, col["ppg"], accel, np.unique(beats))

@@ -23,12 +23,18 @@ AF screening (:func:`gateway.dsp.af.screen_af`):
   ``~`` records are not in the AF/N/O figures; how they were labelled is printed. The same tune/test
   split (alternate records in file order).
 - **Heart rate** (BIDMC, smartphone PPG): :func:`bench.dsp_eval_hr.evaluate` when present.
+- **Wrist heart rate during exercise** (wrist_exercise, 15 records of walking, running and cycling):
+  :func:`bench.dsp_eval_wrist.evaluate`, per subject half (tune / test) and activity: MAE, coverage,
+  hold-last MAE and records with a value for ours, the time-domain path without accelerometer,
+  HeartPy and NeuroKit2, and the windows' median motion (g).
 
 Usage::
 
     .venv/bin/python bench/dsp_eval.py            # everything (about a minute)
     .venv/bin/python bench/dsp_eval.py --quick    # CI scale: first 2 h of AFDB/NSR, 1 in 8 CinC records
     .venv/bin/python bench/dsp_eval.py --ablation # also each addition to Petrenas 2015 switched off
+    .venv/bin/python bench/dsp_eval.py --loro     # also leave-one-record-out over the AFDB records
+    .venv/bin/python bench/dsp_eval.py --no-wrist # without the wrist exercise part (about 60 s)
 
 Ends with one ``RESULT key=value ...`` line.
 """
@@ -272,18 +278,25 @@ def eval_hr(quick: bool) -> dict[str, float]:
     return {k: float(v) for k, v in figures.items()}
 
 
-def ablation(quick: bool) -> None:
-    """Each step added to Petrenas 2015, switched off in turn: record-mode AFDB and CinC per half."""
+def eval_wrist(quick: bool) -> dict[str, float]:
+    """Wrist PPG during exercise (bench/dsp_eval_wrist.py): per subject half and activity."""
+    from bench import dsp_eval_wrist
+
+    figures, _ = dsp_eval_wrist.evaluate(quick=quick)
+    print("== wrist exercise (tune = subjects " + ", ".join(dsp_eval_wrist.TUNE_SUBJECTS) + "; test = the rest)")
+    for k in sorted(figures):
+        print(f"  {k:56s} {figures[k]:.4g}")
+    return {k: v for k, v in figures.items() if not k.endswith("_windows")}
+
+
+def _variants() -> list[tuple[str, bool, bool, dict[str, float]]]:
+    """Each step added to Petrenas 2015 as (title, merge_extra, cosen_veto, module constants); the last
+    is screen_af's default."""
     from gateway.dsp import af as afmod
 
-    names = datasets.afdb_records()
-    afdb = {n: datasets.load_afdb(n) for n in names}
-    cinc = datasets.load_cinc2017()[:: 8 if quick else 1]
-    nsr = datasets.load_nsr().rr_s
     paper = {"RT_MAX_S": 99.0, "ALPHA": 0.02, "ETA_LOW": afmod.ETA}
     ours = {"RT_MAX_S": afmod.RT_MAX_S, "ALPHA": afmod.ALPHA, "ETA_LOW": afmod.ETA_LOW}
-    # (title, merge_extra, cosen_veto, module constants)
-    variants: list[tuple[str, bool, bool, dict[str, float]]] = [
+    return [
         ("Petrenas 2015 as published", False, False, paper),
         ("+ rate cap 70 bpm", False, False, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
         ("+ rate cap + extra-beat joining", True, False, {**paper, "RT_MAX_S": ours["RT_MAX_S"]}),
@@ -293,6 +306,86 @@ def ablation(quick: bool) -> None:
         ("previous + hysteresis", True, True, {**ours, "ALPHA": 0.02}),
         ("all (screen_af default)", True, True, ours),
     ]
+
+
+def eval_loro(quick: bool) -> dict[str, float]:
+    """Leave-one-record-out over the AFDB records: for each record, the variant of :func:`_variants`
+    (the choices made beyond Petrenas 2015) with the best balanced accuracy (Se + Sp) / 2 pooled over
+    the *other* records is chosen, then scored on the left-out record (record mode). Pooled Se/Sp over
+    the left-out records, their per-record spread, and the worst record."""
+    from gateway.dsp import af as afmod
+
+    names = datasets.afdb_records()
+    variants = _variants()
+    saved = dict(variants[-1][3])
+    table: dict[tuple[int, str], Counts] = {}
+    try:
+        for vi, (_, merge, veto, consts) in enumerate(variants):
+            for key, value in consts.items():
+                setattr(afmod, key, value)
+            for n in names:
+                r = datasets.load_afdb(n)
+                rr, af = r.rr_s, r.af
+                if quick:
+                    keep = int(np.searchsorted(r.beat_times_s, r.beat_times_s[0] + 7200.0))
+                    rr, af = rr[: keep - 1], af[: keep - 1]
+                c = Counts()
+                c.add(screen_af(rr, merge_extra=merge, cosen_veto=veto).af_mask, af)
+                table[(vi, n)] = c
+    finally:
+        for key, value in saved.items():
+            setattr(afmod, key, value)
+
+    def balanced(c: Counts) -> float:
+        return float(np.nanmean([c.se, c.sp]))
+
+    pooled = Counts()
+    rows = []
+    print("== AFDB leave-one-record-out (record mode): variant chosen on the other 11, scored on the left-out")
+    for n in names:
+        scores = []
+        for vi in range(len(variants)):
+            c = Counts()
+            for m in names:
+                if m != n:
+                    c += table[(vi, m)]
+            scores.append(balanced(c))
+        best = int(np.argmax(scores))
+        held = table[(best, n)]
+        pooled += held
+        rows.append((n, held))
+        print(f"  {n}: chose '{variants[best][0]}'  Se {held.se:.4f}  Sp {held.sp:.4f}  ({held.tp + held.fn} AF int)")
+    se = np.array([c.se for _, c in rows])
+    sp = np.array([c.sp for _, c in rows])
+    worst_sp = rows[int(np.nanargmin(sp))]
+    worst_se = rows[int(np.nanargmin(se))]
+    print(f"  pooled: Se {100 * pooled.se:.2f} %  Sp {100 * pooled.sp:.2f} %")
+    print(
+        f"  per record: Se min {np.nanmin(se):.4f} median {np.nanmedian(se):.4f}; Sp min {np.nanmin(sp):.4f}"
+        f" median {np.nanmedian(sp):.4f}; worst Sp {worst_sp[0]}, worst Se {worst_se[0]}"
+    )
+    return {
+        "afdb_loro_se": pooled.se,
+        "afdb_loro_sp": pooled.sp,
+        "afdb_loro_se_min": float(np.nanmin(se)),
+        "afdb_loro_se_median": float(np.nanmedian(se)),
+        "afdb_loro_sp_min": float(np.nanmin(sp)),
+        "afdb_loro_sp_median": float(np.nanmedian(sp)),
+        "afdb_loro_worst_sp_record": float(worst_sp[0]),
+        "afdb_loro_worst_se_record": float(worst_se[0]),
+    }
+
+
+def ablation(quick: bool) -> None:
+    """Each step added to Petrenas 2015, switched off in turn: record-mode AFDB and CinC per half."""
+    from gateway.dsp import af as afmod
+
+    names = datasets.afdb_records()
+    afdb = {n: datasets.load_afdb(n) for n in names}
+    cinc = datasets.load_cinc2017()[:: 8 if quick else 1]
+    nsr = datasets.load_nsr().rr_s
+    variants = _variants()
+    ours = variants[-1][3]
     saved = dict(ours)
     print("== ablation (record mode): AFDB Se/Sp tune|test, CinC AF Se / Sp vs O / Sp vs N tune|test, NSR AF %")
     try:
@@ -323,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI scale: 2 h of AFDB/NSR, 1 in 8 CinC records")
     ap.add_argument("--no-hr", action="store_true", help="skip the heart-rate part")
+    ap.add_argument("--no-wrist", action="store_true", help="skip the wrist exercise part")
     ap.add_argument("--ablation", action="store_true", help="also switch each addition to Petrenas 2015 off")
+    ap.add_argument("--loro", action="store_true", help="also leave-one-record-out over the AFDB records")
     args = ap.parse_args(argv)
     if not datasets.available():
         print(f"recordings not found in {datasets.data_dir()}", file=sys.stderr)
@@ -335,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(eval_cinc(args.quick))
     if args.ablation:
         ablation(args.quick)
+    loro = eval_loro(args.quick) if args.loro else {}
     hr = {} if args.no_hr else eval_hr(args.quick)
+    wrist = {} if args.no_hr or args.no_wrist else eval_wrist(args.quick)
     print(f"elapsed {time.perf_counter() - t0:.1f} s")
     keys = {
         "afdb_se": figures["afdb_record_se"],
@@ -358,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         "cinc_sp_other_test": figures["cinc_sp_other_test"],
         "cinc_f1_mean": figures["cinc_f1_mean"],
     }
+    keys.update(loro)
     keys.update(hr)
+    keys.update(wrist)
     print(result_line(**keys))
     return 0
 

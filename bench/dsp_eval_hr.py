@@ -16,7 +16,9 @@ The same prepared signal goes to all three methods. Windows of 10 s every 5 s; t
 window is 60 / mean of the reference intervals that end inside it; a window whose reference has an
 implausible interval (< 0.25 s or > 2.5 s: lead off, missed R peaks) is not scored. For each method: MAE (bpm) on the
 windows where *our* SQI gave a value (``*_mae``, the same windows for all three), and on every window the
-method answered (``*_mae_all``); ``*_coverage`` is the fraction of windows with a value. Peers: HeartPy
+method answered (``*_mae_all``); ``*_coverage`` is the fraction of windows with a value, ``*_records`` the
+fraction of recordings with at least one value, and ``*_hold_mae`` the error a display holding its last
+value would show (every scored window after the recording's first value). Peers: HeartPy
 ``process(x, fs)['bpm']``; NeuroKit2 ``ppg_process(x, fs)`` mean ``PPG_Rate``. A peer that raises on a
 window gives no value there.
 
@@ -156,11 +158,27 @@ def peers_available() -> dict[str, bool]:
 class Tally:
     ref: list[float] = field(default_factory=list)
     est: dict[str, list[float | None]] = field(default_factory=dict)
+    # coverage as a display sees it: the error of the last value shown (per recording), and which
+    # recordings got any value at all
+    hold_err: dict[str, list[float]] = field(default_factory=dict)
+    records: dict[str, list[bool]] = field(default_factory=dict)
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def start_record(self) -> None:
+        self._last = {}
+        for vals in self.records.values():
+            vals.append(False)
 
     def add(self, ref: float, values: dict[str, float | None]) -> None:
         self.ref.append(ref)
         for k, v in values.items():
             self.est.setdefault(k, []).append(v)
+            rec = self.records.setdefault(k, [False])
+            if v is not None:
+                self._last[k] = v
+                rec[-1] = True
+            if k in self._last:
+                self.hold_err.setdefault(k, []).append(abs(self._last[k] - ref))
 
     def figures(self, prefix: str) -> dict[str, float]:
         ref = np.asarray(self.ref)
@@ -174,6 +192,9 @@ class Tally:
             out[f"{prefix}_mae{suffix}"] = float(np.mean(np.abs(got[same] - ref[same]))) if same.any() else math.nan
             out[f"{prefix}_mae{suffix}_all"] = float(np.mean(np.abs(got[ok] - ref[ok]))) if ok.any() else math.nan
             out[f"{prefix}_coverage{suffix}"] = float(np.mean(ok)) if len(ok) else math.nan
+            hold = self.hold_err.get(k, [])
+            out[f"{prefix}_hold_mae{suffix}"] = float(np.mean(hold)) if hold else math.nan
+            out[f"{prefix}_records{suffix}"] = float(np.mean(self.records.get(k, [False])))
             if k != "ours":
                 err_ours = np.abs(np.asarray([math.nan if v is None else v for v in self.est["ours"]]) - ref)
                 diff, lo, hi = paired_diff_ci(err_ours[same], np.abs(got - ref)[same])
@@ -221,6 +242,7 @@ def _methods() -> dict[str, Callable[[FloatArray, float], float | None]]:
 def _run(
     x: FloatArray, fs: float, beats: FloatArray, tally: Tally, methods: dict[str, Callable[..., float | None]]
 ) -> None:
+    tally.start_record()
     for t0, t1 in _windows(len(x) / fs):
         ref = reference_rate(beats, t0, t1)
         if ref is None:

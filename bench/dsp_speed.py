@@ -12,7 +12,8 @@ rhythm with AF episodes, a desaturation, brief motion. Accuracy in the same run:
 (bpm) against the generator's ground truth on the windows where ours gave a value (the SQI rejects the
 motion windows), so that speed is compared at known accuracy.
 
-Usage: ``python -m bench.dsp_speed [--minutes 30] [--quick]``; ends with
+Usage: ``python -m bench.dsp_speed [--minutes 30] [--quick] [--motion]`` (``--motion``: the generator's
+accelerometer too, and the stream's motion path on); ends with
 ``RESULT realtime_factor=... speedup_vs_heartpy=... speedup_vs_neurokit=...``.
 """
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
 from drivers.base import Waveform
-from gateway.dsp.stream import HOP_S, LOINC_HR, WINDOW_S, WristStream
+from gateway.dsp.stream import ACCEL, HOP_S, LOINC_HR, WINDOW_S, WristStream
 from simulators.ppg import Desaturation, PpgRecording, generate
 
 FS = 100.0
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0, help="signal length for ours (default 30 min)")
     ap.add_argument("--peer-minutes", type=float, default=5.0, help="signal length for each peer (default 5)")
     ap.add_argument("--quick", action="store_true", help="5 min for ours, 1 min for the peers")
+    ap.add_argument(
+        "--motion", action="store_true", help="also send accel_x/y/z and run the motion path (motion_hr=True)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes, args.peer_minutes = 5.0, 1.0
@@ -67,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             "bench",
             1.8e9 + i / FS,
             FS,
-            {c: tuple(getattr(rec, c)[i : i + blk].tolist()) for c in ("red", "ir", "green")},
+            {
+                **{c: tuple(getattr(rec, c)[i : i + blk].tolist()) for c in ("red", "ir", "green")},
+                **({a: tuple(rec.accel[i : i + blk, k].tolist()) for k, a in enumerate(ACCEL)} if args.motion else {}),
+            },
             first_index=i,
         )
         for i in range(0, len(rec), blk)
     ]
-    stream = WristStream("bench")
+    stream = WristStream("bench", motion_hr=args.motion)
     out = []
     c0 = time.process_time()
     w0 = time.perf_counter()

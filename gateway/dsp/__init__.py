@@ -1,4 +1,4 @@
-"""On-device signal processing: heart rate, SpO2, signal quality and AF screening (pure numpy/scipy).
+"""On-device signal processing: heart rate, SpO2, signal quality and AF screening (pure numpy).
 
 No I/O, no daemon imports: every function takes arrays and returns a small frozen dataclass, and never
 raises on bad signal (an unusable window gives ``None`` and ``quality = 0``). See docs/dsp.md and

@@ -56,7 +56,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.signal import lfilter
+
+from gateway.dsp.filters import lfilter
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -183,8 +184,7 @@ def _exp_average_fb(x: FloatArray, alpha: float) -> FloatArray:
 
     def one_pass(v: FloatArray) -> FloatArray:
         zi = np.array([(1.0 - alpha) * float(np.mean(v[:head]))])
-        out, _ = lfilter(b, a, v, zi=zi)
-        return np.asarray(out, dtype=np.float64)
+        return lfilter(b, a, v, zi)
 
     return one_pass(one_pass(x)[::-1])[::-1]
 

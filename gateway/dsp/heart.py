@@ -2,8 +2,8 @@
 
 Method (all steps O(n), no allocation beyond a few arrays of the window's size):
 
-1. Zero-phase Butterworth band-pass 0.5-8 Hz, order 2 (keeps the systolic upstroke, removes breathing
-   baseline and high-frequency noise).
+1. Zero-phase Butterworth band-pass 0.5-8 Hz, order 2 (:mod:`gateway.dsp.filters`; keeps the
+   systolic upstroke, removes breathing baseline and high-frequency noise).
 2. Systolic peak detection by two event-related moving averages, Elgendi et al. 2013, "Systolic peak
    detection in acceleration photoplethysmograms measured from emergency responders in tropical
    conditions", PLoS ONE 8(10):e76585: the clipped, squared signal's 111 ms moving average is compared
@@ -29,8 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 
+from gateway.dsp.filters import butter_bandpass_sos, sosfilt, sosfilt_zi
 from gateway.dsp.quality import SignalQuality, assess
 
 FloatArray = npt.NDArray[np.float64]
@@ -62,8 +62,8 @@ def bandpass_sos(fs: float, lo: float = BAND_HZ[0], hi: float = BAND_HZ[1]) -> t
     """Second-order sections of the order-2 Butterworth band-pass and their step-response initial
     state (cached per rate: designing the filter costs more than running it on a window)."""
     hi = min(hi, 0.45 * fs)
-    sos: FloatArray = signal.butter(2, [lo, hi], btype="bandpass", fs=fs, output="sos")
-    zi: FloatArray = signal.sosfilt_zi(sos)
+    sos = butter_bandpass_sos(2, lo, hi, fs)
+    zi = sosfilt_zi(sos)
     return sos, zi
 
 
@@ -77,9 +77,8 @@ def bandpass(x: FloatArray, fs: float) -> FloatArray:
     if pad < 1:
         return x - float(np.mean(x)) if n else x
     ext = np.concatenate((2 * x[0] - x[pad:0:-1], x, 2 * x[-1] - x[-2 : -pad - 2 : -1]))
-    y, _ = signal.sosfilt(sos, ext, zi=zi * ext[0])
-    y = y[::-1]
-    y, _ = signal.sosfilt(sos, y, zi=zi * y[0])
+    y = sosfilt(sos, ext, zi * ext[0])[::-1]
+    y = sosfilt(sos, y, zi * y[0])
     out: FloatArray = y[::-1][pad : pad + n]
     return out
 

@@ -11,6 +11,14 @@ Cadence (documented in docs/dsp.md):
 - **Heart rate** (LOINC 8867-4, ``/min``) and **SpO2** (LOINC 59408-5, ``%``, only when the waveform has
   ``red`` and ``ir`` channels): every :data:`HOP_S` = 5 s of contiguous signal, over the last
   :data:`WINDOW_S` = 10 s. Nothing is emitted for a window that fails the signal-quality index.
+- **Heart rate while moving** (only with ``motion_hr=True``, off by default until it meets its accuracy
+  goal, see docs/dsp.md; and only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
+  :data:`~gateway.dsp.motion.HOP_S` = 2 s over the last :data:`~gateway.dsp.motion.WINDOW_S` = 8 s, the
+  accelerometer-aided spectral tracker (:mod:`gateway.dsp.motion`) runs; when that window moves more
+  than :data:`~gateway.dsp.quality.MAX_MOTION_G` (the time-domain path refuses it) and the tracker's
+  confidence reaches its threshold, it emits the heart rate with ``extra["method"] = "spectral"``,
+  ``quality`` = the confidence. At rest the time-domain value (``extra["method"] = "time"``) is emitted
+  and re-centres the tracker.
 - **AF screening** (``homecare:af-screening``, unit ``1``, value = AF burden 0..1, ``extra`` = label,
   burden, window_s, n_intervals): every :data:`AF_HOP_S` = 60 s of stream time, over the beat intervals
   of the last :data:`AF_WINDOW_S` = 120 s: the device's own RR intervals when it sent any in that window,
@@ -22,8 +30,10 @@ Channels: ``pleth`` (an oximeter's upright pleth, e.g. the CMS50 at 60 Hz) or ra
 else ``green``. Optional accelerometer channels ``accel_x``/``accel_y``/``accel_z`` (g, same rate) feed
 the motion check, and then HR/SpO2 carry ``extra["at_rest"]``.
 
-Gaps: a block whose ``first_index`` is not the previous block's end (lost samples, a reconnection, a
-device restart), or whose rate or channel set changed, restarts the window; beat intervals never span
+Gaps: a block whose ``first_index`` is up to :data:`MAX_BRIDGE_S` after the previous block's end (a few
+samples lost over the radio) is joined to it by linear interpolation (``counters.bridged``; the beat
+chain breaks there); a longer jump, a jump back (a reconnection, a device restart), or a change of rate
+or channel set restarts the window; beat intervals never span
 such a gap or an unusable window (the chain of beats restarts, and screen_af sees a NaN interval there).
 
 Cost: per 5 s hop one 10 s analysis (band-pass, peak detection, SQI, ratio of ratios); per 60 s one
@@ -45,7 +55,10 @@ import numpy.typing as npt
 from drivers.base import BeatIntervals, Measurement, Waveform
 from gateway.dsp.af import screen_af
 from gateway.dsp.heart import MIN_FS, analyse
-from gateway.dsp.quality import MAX_MOTION_G
+from gateway.dsp.motion import HOP_S as MOTION_HOP_S
+from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
+from gateway.dsp.motion import MotionHrTracker
+from gateway.dsp.quality import MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,9 @@ AF_HOP_S = 60.0
 EDGE_S = 1.0  # beats this close to a window's edges are taken from the next/previous window instead
 SAME_BEAT_S = 0.2  # a beat re-detected in an overlapping window lands within this of its first time
 MAX_FS = 2000.0
+# A gap shorter than one beat at 60 /min loses at most one beat: bridged by interpolation instead of
+# restarting the window (which would cost a whole window of values for a few lost samples).
+MAX_BRIDGE_S = 1.0
 ACCEL = ("accel_x", "accel_y", "accel_z")
 OPTICAL = ("ir", "red", "green")
 
@@ -72,6 +88,8 @@ class StreamCounters:
     windows: int = 0
     unusable_windows: int = 0
     gaps: int = 0
+    bridged: int = 0
+    motion_windows: int = 0
     rejected_blocks: int = 0
     hr_emitted: int = 0
     spo2_emitted: int = 0
@@ -91,6 +109,7 @@ class WristStream:
         hop_s: float = HOP_S,
         af_window_s: float = AF_WINDOW_S,
         af_hop_s: float = AF_HOP_S,
+        motion_hr: bool = False,
     ) -> None:
         self.device_id = device_id
         self.calibration = calibration_for(calibration)
@@ -111,6 +130,11 @@ class WristStream:
         self._dev_rr: deque[tuple[float, float]] = deque()
         self._dev_last: float | None = None
         self._af_next: float | None = None  # stream time of the next AF screen
+        # accelerometer-aided heart rate while moving
+        # off by default: on the wrist exercise recordings it is not yet accurate enough (docs/dsp.md)
+        self.motion_hr = motion_hr
+        self._tracker = MotionHrTracker()
+        self._since_motion_hop = 0
 
     # -- waveform -------------------------------------------------------------------------------
 
@@ -119,15 +143,19 @@ class WristStream:
         if block is None:
             return []
         n = len(next(iter(block.values())))
-        if self._next_index is not None and (
-            w.first_index != self._next_index or w.fs != self._fs or tuple(sorted(block)) != self._names
-        ):
+        if self._next_index is not None and (w.fs != self._fs or tuple(sorted(block)) != self._names):
             self._restart("gap")
+        elif self._next_index is not None and w.first_index != self._next_index:
+            lost = w.first_index - self._next_index
+            if 0 < lost <= MAX_BRIDGE_S * self._fs and self._buf and all(len(b) for b in self._buf.values()):
+                self._bridge(block, lost)
+            else:
+                self._restart("gap")
         if self._next_index is None:
             self._fs, self._names = float(w.fs), tuple(sorted(block))
             self._t0 = float(w.captured_at)
             self._buf = {k: np.zeros(0) for k in block}
-        cap = round(self.window_s * self._fs)
+        cap = round(max(self.window_s, MOTION_WINDOW_S) * self._fs)
         for k, v in block.items():
             b = np.concatenate((self._buf[k], v))
             if len(b) > cap:
@@ -136,11 +164,21 @@ class WristStream:
             self._buf[k] = b
         self._next_index = w.first_index + n
         self._since_hop += n
+        self._since_motion_hop += n
         out: list[Measurement] = []
         hop = round(self.hop_s * self._fs)
-        if len(self._buf[self._names[0]]) >= cap and self._since_hop >= hop:
+        have = len(self._buf[self._names[0]])
+        if have >= round(self.window_s * self._fs) and self._since_hop >= hop:
             self._since_hop = 0
             out.extend(self._analyse())
+        if (
+            self.motion_hr
+            and all(a in self._buf for a in ACCEL)
+            and have >= round(MOTION_WINDOW_S * self._fs)
+            and self._since_motion_hop >= round(MOTION_HOP_S * self._fs)
+        ):
+            self._since_motion_hop = 0
+            out.extend(self._analyse_motion())
         t_end = self._t0 + len(self._buf[self._names[0]]) / self._fs
         out.extend(self._maybe_af(t_end))
         return out
@@ -166,12 +204,26 @@ class WristStream:
             return None
         return block
 
+    def _bridge(self, block: dict[str, FloatArray], lost: int) -> None:
+        """Fill ``lost`` samples between the buffer's last sample and the block's first, per channel."""
+        self.counters.bridged += 1
+        log.debug("device %s: %d samples lost, bridged", self.device_id, lost)
+        ramp = np.arange(1, lost + 1, dtype=np.float64) / (lost + 1)
+        for k, v in block.items():
+            last = float(self._buf[k][-1])
+            self._buf[k] = np.concatenate((self._buf[k], last + (float(v[0]) - last) * ramp))
+        self._since_hop += lost
+        self._since_motion_hop += lost
+        self._break_chain()
+
     def _restart(self, why: str) -> None:
         self.counters.gaps += 1
         log.debug("device %s: waveform %s, window restarts", self.device_id, why)
         self._next_index = None
         self._buf = {}
         self._since_hop = 0
+        self._since_motion_hop = 0
+        self._tracker.reset()
         self._break_chain()
 
     def _break_chain(self) -> None:
@@ -182,26 +234,49 @@ class WristStream:
     def _count(self, why: str) -> None:
         self.counters.reasons[why] = self.counters.reasons.get(why, 0) + 1
 
+    def _window(self, seconds: float) -> tuple[dict[str, FloatArray], float, float]:
+        """The last ``seconds`` of every channel, and the window's start and end times."""
+        n = round(seconds * self._fs)
+        have = len(self._buf[self._names[0]])
+        t_end = self._t0 + have / self._fs
+        return {k: v[-n:] for k, v in self._buf.items()}, t_end - min(n, have) / self._fs, t_end
+
+    def _ppg_source(self, buf: Mapping[str, FloatArray]) -> tuple[FloatArray, bool]:
+        if "pleth" in buf:
+            return buf["pleth"], False
+        return (buf["ir"] if "ir" in buf else buf["green"]), True
+
+    def _analyse_motion(self) -> list[Measurement]:
+        buf, _, t_end = self._window(MOTION_WINDOW_S)
+        src, _ = self._ppg_source(buf)
+        acc = np.column_stack([buf[a] for a in ACCEL])
+        if not motion_level(acc) > MAX_MOTION_G:
+            return []  # at rest: the time-domain path answers (and re-centres the tracker)
+        m = self._tracker.update(src, acc, self._fs, t_end)
+        self.counters.motion_windows += 1
+        if m.bpm is None:
+            self._count("low-confidence")
+            return []
+        self.counters.hr_emitted += 1
+        extra = {"window_s": MOTION_WINDOW_S, "at_rest": False, "method": "spectral"}
+        return [self._m(LOINC_HR, m.bpm, "/min", t_end, m.confidence, extra)]
+
     def _analyse(self) -> list[Measurement]:
         fs = self._fs
-        buf = self._buf
+        buf, t_start, t_end = self._window(self.window_s)
         self.counters.windows += 1
-        t_start = self._t0
-        t_end = t_start + len(buf[self._names[0]]) / fs
         motion = None
         if all(a in buf for a in ACCEL):
             motion = np.column_stack([buf[a] for a in ACCEL])
         elif "accel" in buf:
             motion = buf["accel"]
-        if "pleth" in buf:
-            src, inverted = buf["pleth"], False
-        else:
-            src, inverted = (buf["ir"] if "ir" in buf else buf["green"]), True
+        src, inverted = self._ppg_source(buf)
         hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
         out: list[Measurement] = []
         extra: dict[str, Any] = {"window_s": self.window_s}
         if hr.sqi.motion_g is not None:
             extra["at_rest"] = bool(hr.sqi.motion_g <= MAX_MOTION_G)
+            extra["method"] = "time"
         if hr.bpm is None:
             self.counters.unusable_windows += 1
             for r in hr.sqi.reasons:
@@ -210,6 +285,8 @@ class WristStream:
             self._break_chain()
         else:
             self._take_beats(hr.beat_times_s + t_start, t_start, t_end)
+            if motion is not None and motion.ndim == 2:
+                self._tracker.seed(hr.bpm, t_end, fs)
             out.append(self._m(LOINC_HR, hr.bpm, "/min", t_end, hr.quality, extra))
             self.counters.hr_emitted += 1
         if "red" in buf and "ir" in buf and inverted and src is buf["ir"]:

@@ -1,0 +1,230 @@
+"""Heart rate on the wrist during exercise (../shared/data/wrist_exercise): ours against HeartPy and NeuroKit2.
+
+Each record is fed to the daemon's own :class:`gateway.dsp.stream.WristStream` as 1 s Waveform blocks of
+``pleth`` (the wrist PPG) and ``accel_x/y/z`` (g) at 256 Hz, numbered by their position on the record's
+sample grid: samples the wrist device lost are simply not sent (the stream bridges short gaps itself).
+Windows: 8 s every 2 s (the stream's motion cadence); the value of a window is the stream's heart rate
+emitted at that window's end (``ours``). Peers get the same 8 s of PPG with the lost samples linearly
+interpolated (they need an even grid): HeartPy ``process``, NeuroKit2 ``ppg_process`` (bench/dsp_eval_hr).
+``timedomain`` is the gateway's time-domain estimator on the same window with the accelerometer withheld
+(the path the wrist had before: with it, the motion limit refuses nearly every window).
+
+Reference: 60 / mean of the ECG beat intervals (database annotations) ending in the window, after
+dropping implausible intervals (< 0.25 s or > 2 s, or > 20 % off the window's median: motion-corrupted
+ECG in parts of s4_run and s8_run); a window with fewer than 3 intervals left is not scored.
+
+Figures per activity and per half (the split is by subject, fixed before any evaluation:
+:data:`TUNE_SUBJECTS` alternate with the others in sorted order): MAE on the windows with a value,
+coverage (share of windows with a value), hold-last MAE (the error of a display that keeps showing the
+last value; windows before the first value count as not covered and are left out), records with a value,
+and the windows' median motion (RMS dynamic acceleration, g). ``--choose`` prints the confidence
+threshold the rule in docs/dsp.md picks on the tuning half.
+
+Usage: ``python -m bench.dsp_eval_wrist [--quick] [--no-peers] [--choose]``; ``evaluate()`` is called by
+bench/dsp_eval.py. Ends with one ``RESULT`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import datasets
+from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
+from drivers.base import Waveform
+from gateway.dsp import estimate_heart_rate
+from gateway.dsp.motion import HOP_S, WINDOW_S
+from gateway.dsp.quality import motion_level
+from gateway.dsp.stream import LOINC_HR, WristStream
+
+FloatArray = datasets.FloatArray
+TUNE_SUBJECTS = ("s2", "s4", "s6", "s9")  # sorted subjects s2 s3 s4 s5 s6 s8 s9, every other one
+BLOCK_S = 1.0
+
+
+def reference_rate(beats: FloatArray, t0: float, t1: float) -> float | None:
+    ends = beats[1:]
+    rr = np.diff(beats)[(ends > t0) & (ends <= t1)]
+    rr = rr[(rr > 0.25) & (rr < 2.0)]
+    if len(rr) < 3:
+        return None
+    med = float(np.median(rr))
+    rr = rr[np.abs(rr - med) <= 0.2 * med]
+    return 60.0 / float(np.mean(rr)) if len(rr) >= 3 else None
+
+
+def filled(x: FloatArray) -> FloatArray:
+    bad = np.isnan(x)
+    if not bad.any():
+        return x
+    out = x.copy()
+    out[bad] = np.interp(np.flatnonzero(bad), np.flatnonzero(~bad), x[~bad])
+    return out
+
+
+def stream_values(rec: datasets.WristRecord, min_confidence: float | None = None) -> dict[int, tuple[float, float]]:
+    """Window end (in hops) -> (bpm, quality) emitted by the stream for this record."""
+    s = WristStream(rec.name, motion_hr=True)
+    if min_confidence is not None:
+        s._tracker.min_confidence = min_confidence
+    ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
+    step = round(BLOCK_S * rec.fs)
+    out: dict[int, tuple[float, float]] = {}
+    for i in range(0, len(ok), step):
+        idx = np.flatnonzero(ok[i : i + step]) + i
+        # a block is a contiguous run of samples; a loss inside this second splits it
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
+            if len(run) == 0:
+                continue
+            a, b = int(run[0]), int(run[-1]) + 1
+            ch = {"pleth": rec.ppg[a:b], "accel_x": rec.accel[a:b, 0], "accel_y": rec.accel[a:b, 1]}
+            ch["accel_z"] = rec.accel[a:b, 2]
+            w = Waveform(rec.name, captured_at=a / rec.fs, fs=rec.fs, first_index=a, channels=ch)
+            for m in s.push_waveform(w):
+                if m.code == LOINC_HR:
+                    out[round(m.captured_at / HOP_S)] = (float(m.value), float(m.quality or 0.0))
+    return out
+
+
+@dataclass
+class Tally:
+    err: dict[str, list[float]] = field(default_factory=dict)
+    hold: dict[str, list[float]] = field(default_factory=dict)
+    windows: int = 0
+    got: dict[str, int] = field(default_factory=dict)
+    records: dict[str, list[bool]] = field(default_factory=dict)
+    motion: list[float] = field(default_factory=list)
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}_windows": float(self.windows), f"{prefix}_motion_g": float(np.median(self.motion))}
+        for k in self.records:
+            sfx = "" if k == "ours" else f"_{k}"
+            e, h = self.err.get(k, []), self.hold.get(k, [])
+            out[f"{prefix}_mae{sfx}"] = float(np.mean(e)) if e else math.nan
+            out[f"{prefix}_coverage{sfx}"] = self.got.get(k, 0) / self.windows if self.windows else math.nan
+            out[f"{prefix}_hold_mae{sfx}"] = float(np.mean(h)) if h else math.nan
+            out[f"{prefix}_records{sfx}"] = float(np.mean(self.records[k]))
+        return out
+
+
+def evaluate(
+    quick: bool = False,
+    peers: bool = True,
+    min_confidence: float | None = None,
+    halves: tuple[str, ...] = ("tune", "test"),
+) -> tuple[dict[str, float], dict[str, list[tuple[float, float, float]]]]:
+    """Figures (per half and activity, and per half overall) and, per half, ours' (confidence, error)."""
+    methods: dict[str, Callable[[FloatArray, float], float | None]] = {
+        "timedomain": lambda x, fs: estimate_heart_rate(x, fs).bpm
+    }
+    avail = peers_available()
+    if peers and avail["heartpy"]:
+        methods["heartpy"] = heartpy_rate
+    if peers and avail["neurokit2"]:
+        methods["neurokit"] = neurokit_rate
+    tallies: dict[str, Tally] = {}
+    conf: dict[str, list[tuple[float, float, float]]] = {}
+    for name in datasets.wrist_records():
+        rec = datasets.load_wrist(name)
+        half = "tune" if rec.subject in TUNE_SUBJECTS else "test"
+        if half not in halves:
+            continue
+        if quick:
+            n = round(90 * rec.fs)
+            rec = datasets.WristRecord(rec.name, rec.fs, rec.ppg[:n], rec.accel[:n], rec.beats_s)
+        ours = stream_values(rec, min_confidence)
+        x = filled(rec.ppg)
+        keys = [f"{half}_{rec.activity}", half]
+        last: dict[str, float | None] = {"ours": None, **{k: None for k in methods}}
+        any_value: dict[str, bool] = {k: False for k in last}
+        k_hop = round(WINDOW_S / HOP_S)
+        while k_hop * HOP_S <= len(x) / rec.fs:
+            t1 = k_hop * HOP_S
+            a, b = round((t1 - WINDOW_S) * rec.fs), round(t1 * rec.fs)
+            ref = reference_rate(rec.beats_s, t1 - WINDOW_S, t1)
+            k_hop += 1
+            if ref is None:
+                continue
+            acc = rec.accel[a:b][~np.isnan(rec.accel[a:b]).any(axis=1)]
+            vals: dict[str, float | None] = {"ours": ours[k_hop - 1][0] if k_hop - 1 in ours else None}
+            if k_hop - 1 in ours:
+                conf.setdefault(half, []).append((ours[k_hop - 1][1], ours[k_hop - 1][0], ref))
+            for mname, f in methods.items():
+                vals[mname] = f(x[a:b], rec.fs)
+            for key in keys:
+                t = tallies.setdefault(key, Tally())
+                t.windows += 1
+                t.motion.append(motion_level(acc))
+            for mname, v in vals.items():
+                if v is not None:
+                    last[mname] = v
+                    any_value[mname] = True
+                for key in keys:
+                    t = tallies[key]
+                    if v is not None:
+                        t.err.setdefault(mname, []).append(abs(v - ref))
+                        t.got[mname] = t.got.get(mname, 0) + 1
+                    held = last[mname]
+                    if held is not None:
+                        t.hold.setdefault(mname, []).append(abs(held - ref))
+        for key in keys:
+            for mname, v in any_value.items():
+                tallies[key].records.setdefault(mname, []).append(v)
+    figures: dict[str, float] = {}
+    for key in sorted(tallies):
+        figures.update(tallies[key].figures(f"wrist_{key}"))
+    return figures, conf
+
+
+def choose_threshold(rows: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """The rule in docs/dsp.md: the confidence threshold that minimises the hold-last error on the tuning
+    half. ``rows`` are (confidence, value, reference) of the windows where the tracker had a candidate,
+    in time order (records concatenated); a value below the threshold is refused and the display keeps
+    the previous one. Candidates 0, 0.05, ..., 0.95."""
+    best = (0.0, math.inf)
+    for thr in np.arange(0.0, 1.0, 0.05):
+        held, errs = math.nan, []
+        for c, v, ref in rows:
+            if c >= thr:
+                held = v
+            if math.isfinite(held):
+                errs.append(abs(held - ref))
+        mae = float(np.mean(errs)) if errs else math.inf
+        if mae < best[1] - 1e-9:
+            best = (float(thr), mae)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="first 90 s of each record")
+    ap.add_argument("--no-peers", action="store_true", help="skip HeartPy and NeuroKit2")
+    ap.add_argument("--choose", action="store_true", help="print the tuning rule's confidence threshold")
+    args = ap.parse_args(argv)
+    if not datasets.available():
+        print("../shared/data not found", file=sys.stderr)
+        return 2
+    if args.choose:
+        _, conf = evaluate(args.quick, peers=False, min_confidence=0.0, halves=("tune",))
+        thr, mae = choose_threshold(conf.get("tune", []))
+        print(f"tuning half: threshold {thr:.2f} gives hold-last MAE {mae:.2f} bpm")
+        print(f"RESULT min_confidence={thr:.2f} tune_hold_mae={mae:.3f}")
+        return 0
+    figures, _ = evaluate(args.quick, peers=not args.no_peers)
+    for k in sorted(figures):
+        print(f"  {k:52s} {figures[k]:.3f}")
+    keys = [k for k in sorted(figures) if k.count("_") and k.split("_")[1] in ("tune", "test")]
+    print("RESULT " + " ".join(f"{k}={figures[k]:.4g}" for k in keys if "_windows" not in k))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Heart rate from wrist PPG while the arm moves: accelerometer-aided spectral tracking.
+
+When the wrist moves, the PPG's strongest periodicity is often the arm swing or the step, not the pulse,
+and the time-domain path (:mod:`gateway.dsp.heart`) either refuses the window or counts the swing. This
+module estimates the pulse frequency in the spectrum instead, in three steps per window (8 s every 2 s,
+:data:`WINDOW_S`, :data:`HOP_S`, as in the IEEE SPC 2015 data and the methods below):
+
+1. **Spectra.** PPG and each accelerometer axis are decimated to about 25 Hz by block means, band-passed
+   (0.5-4 Hz, the same numpy Butterworth as the time-domain path), Hann-windowed and zero-padded to
+   :data:`NFFT` points (0.73 bpm bins at 25 Hz). Each power spectrum is normalised to its maximum in the
+   heart-rate range :data:`HR_RANGE_BPM`.
+2. **Wiener filter of the motion** (Temko 2017, "Accurate heart rate monitoring during physical exercises
+   using PPG", IEEE TBME 64(9):2016, the WFPV method): the PPG and acceleration spectra are averaged over
+   the previous windows (exponentially, weight :data:`SPECTRUM_MEMORY` on the past), and the current PPG
+   spectrum is filtered by ``W = P / (P + sum_axes A_axis)`` (a gain on the amplitude spectrum, so the
+   power spectrum is multiplied by ``W**2``). Frequencies where the arm moves lose their
+   power in proportion to how much of it the accelerometer explains.
+3. **Tracking with a bounded rate change** (the spectral peak tracking of TROIKA, Zhang et al. 2015, IEEE
+   TBME 62(2):522, written as a causal max-product (Viterbi) recursion over frequency bins): each bin
+   keeps the score of the best frequency path ending there; from one window to the next a path may move
+   by at most :data:`MAX_SLOPE_BPM_S` x the time between them; old evidence decays by
+   :data:`EVIDENCE_DECAY` per window so that a wrong start is left within ~10 windows. The estimate is the
+   best-scoring bin (refined by parabolic interpolation of the filtered spectrum).
+
+**Confidence** (0..1) is the method's own: the score margin between the winning path and the best path
+more than :data:`RIVAL_BPM` away, in units of one window's full evidence (:data:`EVIDENCE_FLOOR`). It is low
+when two frequencies compete (a swing line as strong as the pulse line, or no clear line at all). A value
+is given only when the confidence reaches :data:`MIN_CONFIDENCE` (chosen on the tuning half of the wrist
+exercise recordings by the rule in docs/dsp.md). When the wrist is still, the stream uses the time-domain
+path and :meth:`MotionHrTracker.seed` re-centres the track on its value.
+
+Pure and streaming: a :class:`MotionHrTracker` holds the few arrays of state for one device; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from gateway.dsp.filters import butter_bandpass_sos, sosfilt, sosfilt_zi
+from gateway.dsp.quality import motion_level
+
+FloatArray = npt.NDArray[np.float64]
+
+WINDOW_S = 8.0
+HOP_S = 2.0
+BAND_HZ = (0.5, 4.0)  # 30-240 /min: the heart-rate range with margin for the filter's edges
+HR_RANGE_BPM = (40.0, 220.0)
+SPECTRUM_FS = 25.0  # decimate to about this rate before the FFT (the pulse is below 4 Hz)
+NFFT = 2048
+SPECTRUM_MEMORY = 0.5  # weight of the past in the averaged spectra the Wiener gain uses (Temko 2017)
+# Heart-rate kinetics: at the onset of exercise heart rate approaches its new level with a time constant
+# of roughly 30 s or more in healthy adults (e.g. Hagberg et al. 1980, J Appl Physiol 48:218); a step of
+# 90 /min (rest to a hard effort) therefore changes by at most ~3 /min per second.
+MAX_SLOPE_BPM_S = 3.0
+EVIDENCE_DECAY = 0.9
+EVIDENCE_FLOOR = 1e-3  # emission = log(floor + normalised filtered power): a bin with no power costs 6.9
+RIVAL_BPM = 10.0
+# TROIKA's rule for a pulse on a motion line: within the rate the track can reach in one hop, the
+# Wiener gain is not applied (the accelerometer explaining that line does not mean the pulse left it)
+PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
+HARMONIC_WEIGHT = 0.5  # evidence of a pulse line = its power + half the power at twice its frequency
+MIN_CONFIDENCE = 0.05  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+MIN_WINDOW_S = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class MotionHr:
+    bpm: float | None  # None: confidence below MIN_CONFIDENCE, or the window is unusable
+    confidence: float  # 0..1
+    candidate_bpm: float | None  # the tracked frequency, also when refused (for evaluation)
+    motion_g: float  # RMS dynamic acceleration of the window
+
+
+def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
+    q = max(1, int(fs // SPECTRUM_FS))
+    f_bpm: FloatArray = np.asarray(np.fft.rfftfreq(NFFT, q / fs) * 60.0, dtype=np.float64)
+    band = (f_bpm >= HR_RANGE_BPM[0]) & (f_bpm <= HR_RANGE_BPM[1])
+    return q, f_bpm, band
+
+
+def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
+    """Zero-phase band-pass :data:`BAND_HZ` of the columns of ``x`` (n, c): forward-backward with odd
+    extension, as heart.bandpass."""
+    sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs), fs)
+    zi = sosfilt_zi(sos)[:, :, None]
+    pad = min(3 * (2 * len(sos) + 1), len(x) - 1)
+    ext = np.concatenate((2 * x[:1] - x[pad:0:-1], x, 2 * x[-1:] - x[-2 : -pad - 2 : -1]))
+    y = sosfilt(sos, ext, zi * ext[0])[::-1]
+    y = sosfilt(sos, y, zi * y[0])[::-1]
+    out: FloatArray = y[pad : pad + len(x)]
+    return out
+
+
+def power_spectra(channels: FloatArray, fs: float) -> FloatArray:
+    """Power spectra (rows) of the columns of ``channels`` (n, k): decimated to about
+    :data:`SPECTRUM_FS` by block means (their sinc response is the anti-alias filter: the band of
+    interest ends at 4 Hz, far below the ~12 Hz of the new Nyquist), band-passed, Hann-windowed and
+    zero-padded to :data:`NFFT`. Decimating first makes the band-pass run on 8 x fewer samples at
+    100 Hz."""
+    q, _, _ = _spectrum_setup(fs)
+    m = channels.shape[0] // q
+    dec = channels[: m * q].reshape(m, q, channels.shape[1]).mean(axis=1)
+    fs_d = fs / q
+    y2 = _filtfilt(dec - dec.mean(axis=0), fs_d).T * np.hanning(m)[None, :]
+    p: FloatArray = np.abs(np.fft.rfft(y2, NFFT, axis=1)) ** 2
+    return p
+
+
+def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
+    """Bins within 2 of a local maximum: only spectral peaks count as evidence, so that a slope running
+    into the range's edge (the PPG's low-frequency power leaking past the band-pass: breathing, a
+    pedalling rhythm below 40 /min) is not taken for a line."""
+    is_peak = np.zeros(len(clean), dtype=bool)
+    is_peak[1:-1] = (clean[1:-1] >= clean[:-2]) & (clean[1:-1] >= clean[2:])
+    near = is_peak.copy()
+    for sh in (1, 2):
+        near[sh:] |= is_peak[:-sh]
+        near[:-sh] |= is_peak[sh:]
+    return near
+
+
+class MotionHrTracker:
+    """The spectral tracker of one device's stream (see the module docstring). Not thread-safe."""
+
+    def __init__(self, min_confidence: float | None = None) -> None:
+        self.min_confidence = MIN_CONFIDENCE if min_confidence is None else min_confidence
+        self.reset()
+
+    def reset(self) -> None:
+        self._fs = 0.0
+        self._score: FloatArray | None = None
+        self._t: float | None = None
+        self._avg_ppg: FloatArray | None = None
+        self._avg_acc: FloatArray | None = None
+        self._est: float | None = None
+
+    def _setup(self, fs: float) -> None:
+        if fs != self._fs:
+            self.reset()
+            self._fs = fs
+            _, f_bpm, band = _spectrum_setup(fs)
+            self._f = f_bpm[band]
+            self._band = band
+            self._df = float(f_bpm[1] - f_bpm[0])
+
+    def seed(self, bpm: float, t: float, fs: float) -> None:
+        """Centre the track on a rate found another way (the time-domain path at rest) at time ``t``."""
+        self._setup(fs)
+        width = 3.0  # /min: the rest path's error is well below this (BIDMC 0.2, smartphone 0.9)
+        e = np.log(EVIDENCE_FLOOR + np.exp(-0.5 * ((self._f - bpm) / width) ** 2))
+        self._score = e / (1.0 - EVIDENCE_DECAY)  # as if seen for ever: a steady state of the recursion
+        self._t = t
+
+    def update(self, ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, t: float) -> MotionHr:
+        """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g."""
+        x = np.asarray(ppg, dtype=np.float64).ravel()
+        a = np.asarray(accel, dtype=np.float64)
+        if a.ndim == 1:
+            a = a[:, None]
+        mg = motion_level(a) if len(a) else math.inf
+        ok = (
+            math.isfinite(fs)
+            and len(x) >= MIN_WINDOW_S * fs
+            and a.shape[0] == len(x)
+            and np.all(np.isfinite(x))
+            and math.isfinite(mg)
+            and float(np.ptp(x)) > 0.0
+        )
+        if not ok:
+            return MotionHr(None, 0.0, None, mg)
+        self._setup(fs)
+        spectra = power_spectra(np.column_stack((x, a)), fs)[:, self._band]
+        peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
+        norm = spectra / peak
+        p_now, acc_now = norm[0], norm[1:].sum(axis=0)
+
+        m = SPECTRUM_MEMORY
+        self._avg_ppg = p_now if self._avg_ppg is None else m * self._avg_ppg + (1 - m) * p_now
+        self._avg_acc = acc_now if self._avg_acc is None else m * self._avg_acc + (1 - m) * acc_now
+        gain = self._avg_ppg / (self._avg_ppg + self._avg_acc + 1e-12)
+        if self._est is not None:
+            # near the track the gain fades to 1, smoothly (a hard edge would make false peaks there)
+            beyond = np.maximum(np.abs(self._f - self._est) - PROTECT_BPM, 0.0)
+            gain = np.maximum(gain, np.exp(-0.5 * (beyond / (2 * self._df)) ** 2))
+        clean = p_now * gain * gain  # the gain filters the amplitude spectrum: power gets its square
+        near = _near_peaks(clean)
+        top = float(clean.max())
+        if not top > 0.0:
+            return MotionHr(None, 0.0, None, mg)
+        peaks = np.where(near, clean, 0.0)
+        # each peak adds part of the power at twice its frequency: a pulse has a strong second
+        # harmonic, so its fundamental wins over the harmonic
+        evidence = peaks + HARMONIC_WEIGHT * np.interp(2.0 * self._f, self._f, peaks, right=0.0)
+        top = float(evidence.max())
+        emission = np.log(EVIDENCE_FLOOR + evidence / top)
+        if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:
+            self._score = emission
+        else:
+            reach = max(1, round(MAX_SLOPE_BPM_S * (t - self._t) / self._df))
+            padded = np.concatenate((np.full(reach, -np.inf), self._score, np.full(reach, -np.inf)))
+            best = sliding_window_view(padded, 2 * reach + 1).max(axis=1)
+            self._score = EVIDENCE_DECAY * best + emission
+        self._t = t
+        k = int(np.argmax(self._score))
+        bpm = float(self._f[k])
+        if 0 < k < len(clean) - 1:
+            y0, y1, y2 = clean[k - 1], clean[k], clean[k + 1]
+            den = y0 - 2 * y1 + y2
+            if den < 0:
+                bpm += float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) * self._df
+        self._est = bpm
+        far = np.abs(self._f - self._f[k]) > RIVAL_BPM
+        rival = float(self._score[far].max()) if far.any() else -math.inf
+        margin = float(self._score[k]) - rival
+        conf = float(np.clip(margin / -math.log(EVIDENCE_FLOOR), 0.0, 1.0))
+        value = bpm if conf >= self.min_confidence else None
+        return MotionHr(value, conf, bpm, mg)

@@ -1,0 +1,161 @@
+"""Accelerometer-aided heart rate while the arm moves (gateway.dsp.motion) and its use by the stream."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import Waveform
+from gateway.dsp import estimate_heart_rate
+from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker
+from gateway.dsp.stream import LOINC_HR, WristStream
+
+FS = 50.0
+
+
+def _scene(
+    duration_s: float, hr_bpm: npt.ArrayLike, swing_hz: float, swing_gain: float, seed: int = 0
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Upright PPG = pulse (fundamental + 2nd harmonic) + an arm swing ``swing_gain`` times larger, and
+    the accelerometer (g) that sees the swing (and its first harmonic, as a real swing has)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(duration_s * FS)) / FS
+    hr = np.broadcast_to(np.asarray(hr_bpm, dtype=np.float64), t.shape)
+    phase = 2 * math.pi * np.cumsum(hr / 60.0) / FS
+    pulse = np.sin(phase) + 0.4 * np.sin(2 * phase + 0.8)
+    sw = np.sin(2 * math.pi * swing_hz * t) + 0.3 * np.sin(4 * math.pi * swing_hz * t + 0.5)
+    ppg = pulse + swing_gain * sw + 0.1 * rng.standard_normal(len(t))
+    acc = np.column_stack((0.5 * sw, 0.3 * sw, 1.0 + 0.2 * sw)) + 0.01 * rng.standard_normal((len(t), 3))
+    return t, ppg, acc
+
+
+def _track(ppg: npt.NDArray[np.float64], acc: npt.NDArray[np.float64]) -> list[tuple[float, float | None, float]]:
+    tr = MotionHrTracker(min_confidence=0.0)
+    out = []
+    t = WINDOW_S
+    while t <= len(ppg) / FS + 1e-9:
+        a, b = round((t - WINDOW_S) * FS), round(t * FS)
+        m = tr.update(ppg[a:b], acc[a:b], FS, t)
+        out.append((t, m.candidate_bpm, m.confidence))
+        t += HOP_S
+    return out
+
+
+def test_finds_the_pulse_where_the_time_domain_path_counts_the_arm_swing() -> None:
+    _, ppg, acc = _scene(60.0, 72.0, swing_hz=1.8, swing_gain=3.0)  # swing at 108 /min, 3x the pulse
+    est = _track(ppg, acc)
+    late = [bpm for t, bpm, _ in est if t >= 20.0]
+    assert late and all(b is not None and abs(b - 72.0) < 2.0 for b in late)
+    # the old path on the same window (accelerometer withheld) does not find 72 /min
+    old = estimate_heart_rate(ppg[-round(10 * FS) :], FS).bpm
+    assert old is None or abs(old - 72.0) > 10.0
+
+
+def test_follows_a_rising_rate_within_the_physiological_bound() -> None:
+    t = np.arange(round(90 * FS)) / FS
+    hr = np.interp(t, [0, 20, 80, 90], [80, 80, 125, 125])  # 0.75 /min per second, well inside the bound
+    # swing at 45 /min: farther from the pulse than the 8 s window's resolution (Hann main lobe
+    # +-15 /min), within which two lines cannot be told apart (docs/dsp.md)
+    _, ppg, acc = _scene(90.0, hr, swing_hz=0.75, swing_gain=2.0, seed=3)
+    for tt, bpm, _ in _track(ppg, acc):
+        if tt >= 16.0:
+            ref = float(np.mean(np.interp([tt - WINDOW_S, tt], [0, 20, 80, 90], [80, 80, 125, 125])))
+            assert bpm is not None and abs(bpm - ref) < 4.0, (tt, bpm, ref)
+
+
+def test_confidence_is_low_without_a_pulse_and_high_with_a_clean_one() -> None:
+    rng = np.random.default_rng(5)
+    _, _, acc = _scene(40.0, 70.0, swing_hz=1.5, swing_gain=0.0)
+    noise = rng.standard_normal(len(acc))
+    _, clean, acc2 = _scene(40.0, 70.0, swing_hz=1.5, swing_gain=0.3)
+    c_noise = [c for _, _, c in _track(noise, acc)][-5:]
+    c_clean = [c for _, _, c in _track(clean, acc2)][-5:]
+    assert max(c_noise) < min(c_clean)
+    tr = MotionHrTracker(min_confidence=min(c_clean) - 1e-9)
+    assert tr.update(clean[: round(WINDOW_S * FS)], acc2[: round(WINDOW_S * FS)], FS, WINDOW_S).confidence > 0
+
+
+def test_bad_windows_give_no_value_and_do_not_raise() -> None:
+    tr = MotionHrTracker()
+    n = round(WINDOW_S * FS)
+    acc = np.zeros((n, 3))
+    bad = np.ones(n)
+    bad[10] = math.nan
+    for ppg, a in ((bad, acc), (np.ones(n), acc), (np.ones(10), acc[:10]), (np.arange(n, dtype=float), acc[:5])):
+        m = tr.update(ppg, a, FS, 8.0)
+        assert m.bpm is None and m.confidence == 0.0
+
+
+def test_seed_centres_the_track_on_the_rest_value() -> None:
+    _, ppg, acc = _scene(20.0, 66.0, swing_hz=1.1, swing_gain=1.0)  # swing at 66 /min too: ambiguous
+    tr = MotionHrTracker(min_confidence=0.0)
+    tr.seed(90.0, 0.0, FS)
+    # 8 s later the path may have moved at most 3 /min/s x 8 s = 24 /min from the seed (plus a bin)
+    m = tr.update(ppg[: round(WINDOW_S * FS)], acc[: round(WINDOW_S * FS)], FS, WINDOW_S)
+    assert m.candidate_bpm is not None and abs(m.candidate_bpm - 90.0) <= 25.0
+
+
+def _blocks(
+    raw: npt.NDArray[np.float64], acc: npt.NDArray[np.float64], lost: tuple[int, int] | None = None
+) -> list[Waveform]:
+    """1 s Waveform blocks of green + accelerometer; ``lost`` = (first sample, count) never sent."""
+    keep = np.ones(len(raw), dtype=bool)
+    if lost is not None:
+        keep[lost[0] : lost[0] + lost[1]] = False
+    out = []
+    step = round(FS)
+    for i in range(0, len(raw), step):
+        idx = np.flatnonzero(keep[i : i + step]) + i
+        if len(idx) == 0:
+            continue
+        a, b = int(idx[0]), int(idx[-1]) + 1
+        ch = {"green": raw[a:b].tolist(), "accel_x": acc[a:b, 0].tolist(), "accel_y": acc[a:b, 1].tolist(),
+              "accel_z": acc[a:b, 2].tolist()}  # fmt: skip
+        out.append(Waveform(device_id="w1", captured_at=1000.0 + a / FS, fs=FS, first_index=a, channels=ch))
+    return out
+
+
+def test_stream_emits_the_spectral_rate_while_moving() -> None:
+    _, ppg, acc = _scene(60.0, 75.0, swing_hz=1.6, swing_gain=3.0, seed=7)
+    raw = 30000.0 * (1.0 - 0.01 * ppg)  # raw green intensity: a pulse is a dip
+    s = WristStream("w1", motion_hr=True)
+    s._tracker.min_confidence = 0.0  # the behaviour here, not the threshold
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    spectral = [m for m in got if m.extra.get("method") == "spectral"]
+    assert s.counters.motion_windows > 0 and len(spectral) >= 15
+    assert all(m.extra["at_rest"] is False and m.extra["window_s"] == WINDOW_S for m in spectral)
+    assert all(abs(m.value - 75.0) < 2.0 for m in spectral if m.captured_at >= 1020.0)
+
+
+def test_stream_at_rest_keeps_the_time_domain_path() -> None:
+    _, ppg, acc = _scene(40.0, 64.0, swing_hz=1.6, swing_gain=0.0, seed=8)
+    acc = np.column_stack((np.zeros(len(acc)), np.zeros(len(acc)), np.ones(len(acc))))
+    raw = 30000.0 * (1.0 - 0.01 * ppg)
+    s = WristStream("w1", motion_hr=True)
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    assert got and all(m.extra["method"] == "time" and m.extra["at_rest"] for m in got)
+    assert all(abs(m.value - 64.0) < 2.0 for m in got)
+    assert s.counters.motion_windows == 0
+
+
+def test_a_few_lost_samples_are_bridged_a_long_gap_restarts() -> None:
+    _, ppg, acc = _scene(40.0, 64.0, swing_hz=1.6, swing_gain=0.0, seed=9)
+    raw = 30000.0 * (1.0 - 0.01 * ppg)
+    s = WristStream("w1")
+    for w in _blocks(raw, acc, lost=(round(15 * FS), 10)):  # 0.2 s lost
+        s.push_waveform(w)
+    assert (s.counters.bridged, s.counters.gaps) == (1, 0)
+    s2 = WristStream("w1")
+    for w in _blocks(raw, acc, lost=(round(15 * FS), round(2.5 * FS))):  # 2.5 s lost
+        s2.push_waveform(w)
+    assert (s2.counters.bridged, s2.counters.gaps) == (0, 1)
+
+
+def test_the_motion_path_is_off_unless_asked_for() -> None:
+    _, ppg, acc = _scene(40.0, 75.0, swing_hz=1.6, swing_gain=3.0, seed=7)
+    s = WristStream("w1")
+    got = [m for w in _blocks(30000.0 * (1.0 - 0.01 * ppg), acc) for m in s.push_waveform(w)]
+    assert s.counters.motion_windows == 0
+    assert not [m for m in got if m.extra.get("method") == "spectral"]
