@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from drivers import codes
 from drivers.base import BeatIntervals, Measurement, Waveform
 from gateway.dsp.af import screen_af
 from gateway.dsp.heart import MIN_FS, analyse
@@ -65,8 +66,8 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 
-LOINC_HR = "8867-4"
-LOINC_SPO2 = "59408-5"
+LOINC_HR = codes.HEART_RATE
+LOINC_SPO2 = codes.SPO2
 CODE_AF = "homecare:af-screening"
 
 WINDOW_S = 10.0
