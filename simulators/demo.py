@@ -4,7 +4,8 @@ Starts a local Mosquitto (plaintext on loopback: the demo's config says ``tls = 
 an RFXtrx receiver on a pty with an SOS pendant pressed every ``--press-every`` seconds, ``gatewayd``
 with a generated configuration, and a cloud-side viewer that prints what the cloud receives. Half-way
 through, the broker is stopped for a while and brought back, to show store-and-forward: the presses
-made meanwhile arrive afterwards, marked ``historical``, with no ``seq`` gap.
+made meanwhile arrive afterwards, marked ``historical``, with no ``seq`` gap, and they also go out by SMS
+through a simulated cellular modem (``gateway-sim modem``; the SMS fallback of docs/alarm-fallback.md).
 
 Bluetooth LE devices come from the virtual BlueZ (``gateway-sim ble`` as its own process, on a private
 dbus-daemon): a wrist monitor streaming heart rate, SpO2 and raw PPG, a blood-pressure cuff with stored
@@ -36,6 +37,7 @@ from typing import Any
 from simulators.bp_sim import BpSimulator
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
+from simulators.modem_sim import ModemSimulator, SentSms, demo_alarm_section, describe_sms
 from simulators.procs import die_with_parent, stop_process
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from simulators.viewer import Viewer, describe
@@ -69,7 +71,15 @@ address = "{BLE_SOS}"
 
 
 def demo_config(
-    workdir: Path, port: int, link: Path, oxi: Path, bp: Path, gateway_id: str = "demo-gw", *, ble: bool = False
+    workdir: Path,
+    port: int,
+    link: Path,
+    oxi: Path,
+    bp: Path,
+    gateway_id: str = "demo-gw",
+    *,
+    ble: bool = False,
+    alarm: str = "",
 ) -> Path:
     cfg = workdir / "gateway.toml"
     cfg.write_text(
@@ -105,6 +115,7 @@ port = "{bp}"
 poll_interval_s = 10
 """
         + (BLE_DEVICES if ble else "")
+        + alarm
     )
     return cfg
 
@@ -174,6 +185,7 @@ async def _demo(args: argparse.Namespace) -> int:
     link = by_id / "usb-RFXCOM_RFXtrx433_DEMO0001-if00-port0"
     oxi_link = by_id / "usb-Silicon_Labs_CP2102_USB_to_UART_Bridge_Controller_0001-if00-port0"
     bp_link = by_id / "usb-Prolific_Technology_Inc._USB-Serial_Controller_BPM1-if00-port0"
+    modem_link = by_id / "usb-SimTech__Incorporated_SimTech_SIM7600-if00-port2"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,9 +208,19 @@ async def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         viewer.start()
-        async with RfxtrxSimulator(link) as sim, Cms50Simulator(oxi_link, hr_bpm=68) as oxi, BpSimulator(bp_link) as bp:
+        async with (
+            RfxtrxSimulator(link) as sim,
+            Cms50Simulator(oxi_link, hr_bpm=68) as oxi,
+            BpSimulator(bp_link) as bp,
+            ModemSimulator(modem_link) as modem,
+        ):
             oxi.keep_sent = False
-            cfg = demo_config(workdir, broker.port, link, oxi_link, bp_link, ble=ble is not None)
+            # The SMS fallback (docs/alarm-fallback.md): during the broker outage, SOS presses also go out
+            # by SMS through the simulated cellular modem.
+            modem.on_sent.append(seen.sms_sent)
+            cfg = demo_config(
+                workdir, broker.port, link, oxi_link, bp_link, ble=ble is not None, alarm=demo_alarm_section(modem_link)
+            )
             next_cuff = time.monotonic() + 5.0
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if ble is not None:
@@ -269,7 +291,7 @@ async def _demo(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
     for line in seen.report(presses):
         print(f"demo: {line}", flush=True)
-    return 0 if seen.alerts > 0 else 1
+    return 0 if seen.sos_alerts else 1
 
 
 class Summary:
@@ -278,8 +300,13 @@ class Summary:
     def __init__(self) -> None:
         self.by_type: dict[str, int] = {}
         self.seqs: set[int] = set()
-        self.alerts = 0
+        self.sos_alerts: set[str] = set()  # alert ids (the SMS fallback's report repeats its alert's id)
         self.historical = 0
+        self.sms: list[SentSms] = []
+
+    def sms_sent(self, sms: SentSms) -> None:
+        self.sms.append(sms)
+        print(f"demo: {describe_sms(sms)}", flush=True)
 
     def add(self, doc: dict[str, Any], retained: bool) -> None:
         kind = str(doc.get("type", "?"))
@@ -287,7 +314,7 @@ class Summary:
         if isinstance(doc.get("seq"), int) and not retained:
             self.seqs.add(doc["seq"])
         if kind == "alert" and doc.get("kind") == "sos":
-            self.alerts += 1
+            self.sos_alerts.add(str(doc.get("alert_id")))
         if doc.get("historical"):
             self.historical += 1
 
@@ -308,7 +335,9 @@ class Summary:
             gaps = self.gaps()
             gap_text = "no gap" if not gaps else "gaps " + ", ".join(f"{a}-{b}" for a, b in gaps)
             lines.append(f"seq {min(self.seqs)}..{max(self.seqs)}, {gap_text}")
-        lines.append(f"{presses} SOS presses made, {self.alerts} SOS alerts received")
+        lines.append(
+            f"{presses} SOS presses made, {len(self.sos_alerts)} SOS alerts received, {len(self.sms)} SMS sent"
+        )
         return lines
 
 

@@ -62,7 +62,7 @@ def no_orphans(workdir: Path, timeout: float = 10.0) -> None:
 
 def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    proc = start_demo(workdir, "--duration", "14", "--press-every", "3", "--outage-at", "5", "--outage-for", "3")
+    proc = start_demo(workdir, "--duration", "22", "--press-every", "3", "--outage-at", "5", "--outage-for", "7")
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -74,8 +74,12 @@ def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path
     summary = [line for line in out.splitlines() if line.startswith("demo: ")][-3:]
     assert re.match(r"demo: the cloud received .*\d+ alert", summary[0]), summary
     assert re.match(r"demo: seq 1\.\.\d+, no gap$", summary[1]), summary
-    made, received = map(int, re.match(r"demo: (\d+) SOS presses made, (\d+) SOS alerts received", summary[2]).groups())
+    counts = re.match(r"demo: (\d+) SOS presses made, (\d+) SOS alerts received, (\d+) SMS sent", summary[2])
+    assert counts is not None, summary
+    made, received, sms = map(int, counts.groups())
     assert made >= 3 and 1 <= received <= made, summary
+    assert sms >= 1, "a press during the broker outage also went out by SMS"
+    assert "demo: modem -> SMS to" in out
 
 
 def test_demo_stopped_by_sigterm_or_killed_leaves_no_process_behind(tmp_path: Path) -> None:
