@@ -22,7 +22,9 @@ from typing import Any
 
 from drivers.base import DeviceStatus, Reading, SosPress, driver_class
 from drivers.reconnect import ConnState
+from gateway import messages
 from gateway.care import CareDesk
+from gateway.clock import Clock, ClockEvent, Timeline
 from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
@@ -47,9 +49,13 @@ class _StopRequested(Exception):
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock  # the care rules' clock (tests drive hours of silence with it)
+        # the care rules' clock (tests drive hours of silence with it); default: the clock's timeline
+        self.clock: Callable[[], float] = clock or time.time
+        self._rules_clock_given = clock is not None
+        self.timebase = Clock()  # is the wall clock synchronised, did it step (gateway/clock.py)
+        self.timeline: Timeline | None = None
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self.notifier = Notifier()
@@ -135,12 +141,21 @@ class Daemon:
         data_dir = cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         topics = Topics(cfg.uplink.topic_prefix, cfg.gateway.id)
+        self.timebase.sample()
+        self.timeline = timeline = Timeline(data_dir / "clock.json", boot_id=self.timebase.boot_id)
+        if not self._rules_clock_given:
+            self.clock = timeline
         async with Outbox(
             data_dir / "outbox.sqlite3",
             max_bytes=cfg.outbox.max_bytes,
             commit_interval_ms=cfg.outbox.commit_interval_ms,
+            timebase=self.timebase,
+            time_correction=lambda tc: messages.time_correction(topics, tc, time.time()),
         ) as outbox:
             self.outbox = outbox
+            self.timebase.listeners.append(self._clock_event)
+            if self.timebase.synchronised():  # a restart on a trusted clock: settle this boot's waiting messages
+                outbox.request_correction(self.timebase.boot_id, time.time() - self.timebase.boot())
             self.pipeline = pipeline = Pipeline(
                 topics, outbox, dsp_factory=self._dsp_factory, send_waveforms=cfg.uplink.send_waveforms
             )
@@ -186,6 +201,8 @@ class Daemon:
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(outbox.run(), name="outbox")
+                        tg.create_task(self.timebase.run(), name="clock")
+                        tg.create_task(timeline.run(), name="timeline")
                         tg.create_task(uplink.run(), name="uplink")
                         devices.start_all(tg)
                         tg.create_task(self._watchdog(), name="watchdog")
@@ -196,12 +213,20 @@ class Daemon:
                         log.info("gateway %s running with %d devices", cfg.gateway.id, n)
                 except* _StopRequested:
                     pass
+        timeline.save(force=True)
         if self.care is not None:
             self.care.save()
         if self.registry is not None:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
         self.notifier.close()
+
+    def _clock_event(self, ev: ClockEvent) -> None:
+        """The clock became trustworthy or stepped while trusted: correct this boot's waiting messages."""
+        if ev.corrects and self.outbox is not None:
+            self.outbox.request_correction(self.timebase.boot_id, ev.offset)
+        if self.uplink is not None:
+            self.uplink.request_status()
 
     def _dsp_factory(self, device_id: str) -> WristStream:
         """One DSP stream per device, with the SpO2 calibration its configuration names."""
@@ -216,9 +241,8 @@ class Daemon:
         if up is None or up.state is ConnState.CONNECTED:
             self._down_since = None
         elif self._down_since is None:
-            # on the care rules' clock, fixed at the first look (the uplink keeps wall-clock times)
-            down_for = time.time() - (up.disconnected_since or self.started_at)
-            self._down_since = self.clock() - max(0.0, down_for)
+            # on the care rules' clock, fixed at the first look (measured on the monotonic clock)
+            self._down_since = self.clock() - up.down_for_s()
         return fill, self._down_since
 
     async def _watchdog(self) -> None:
@@ -238,8 +262,18 @@ class Daemon:
         """What the retained ``status`` message carries besides online/offline."""
         ob = self.outbox
         assert ob is not None
+        clk = self.timebase.status()
         return {
             "version": VERSION,
+            "stream": ob.stream,
+            "stream_first_seq": ob.stream_first_seq,
+            "clock": {
+                "synchronised": clk["synchronised"],
+                "source": clk["source"],
+                "steps": clk["steps"],
+                "last_step_s": clk["last_step"]["delta_s"] if clk["last_step"] else None,
+                "corrections": clk["corrections"],
+            },
             "last_seq": ob.next_seq - 1,
             "outbox_depth": {lane.name.lower(): ob.depth[lane] for lane in Lane},
             "evicted_total": ob.counters.evicted_total,
@@ -251,6 +285,7 @@ class Daemon:
         assert ob is not None and up is not None and pl is not None
         stats = await ob.stats()
         now = time.time()
+        clk = self.timebase.status()
         drivers = self.devices.drivers if self.devices is not None else {}
         devices = []
         for info in pl.devices.values():
@@ -289,12 +324,19 @@ class Daemon:
                 "bytes": stats.bytes,
                 "max_bytes": stats.max_bytes,
                 "last_seq": stats.next_seq - 1,
+                "stream": stats.stream,
+                "stream_first_seq": stats.stream_first_seq,
                 "evicted_total": stats.evicted_total,
                 "evicted_ranges": [list(r) for r in stats.evicted_ranges],
                 "commit_failures": pl.counters.commit_failures,
             },
             "devices": devices,
             "care": self.care.status() if self.care is not None else None,
+            "clock": {
+                **clk,
+                "synchronised_since": rfc3339_ms(clk["synchronised_since"]) if clk["synchronised_since"] else None,
+                "last_step": clk["last_step"] and {**clk["last_step"], "at": rfc3339_ms(clk["last_step"]["at"])},
+            },
         }
 
 
