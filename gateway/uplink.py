@@ -182,14 +182,16 @@ class Uplink:
             raise UplinkError(f"TLS material cannot be loaded: {exc}") from exc
         return ctx
 
-    def _status_payload(self, online: bool) -> bytes:
+    def _status_payload(self, online: bool, *, full: bool | None = None) -> bytes:
+        """``full``: with the daemon's body (last_seq, stream...): online, and the orderly stop's offline
+        (its last_seq is what the cloud's completeness check counts to); never the will."""
         body: dict[str, Any] = {
             "gateway_id": self.gateway_id,
             "type": "status",
             "state": "online" if online else "offline",
             "at": _now_rfc3339(),
         }
-        if online:
+        if online if full is None else full:
             body.update(self.status_body())
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -335,7 +337,7 @@ class Uplink:
             if not gone.done():
                 # Orderly stop (cancelled): say offline ourselves, then disconnect cleanly.
                 try:
-                    client.publish(self.topics.status, self._status_payload(False), qos=1, retain=True)
+                    client.publish(self.topics.status, self._status_payload(False, full=True), qos=1, retain=True)
                     client.disconnect()
                     client.loop_write()
                 except (OSError, ValueError):

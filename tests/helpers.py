@@ -135,14 +135,15 @@ accept_unknown = {"true" if accept_unknown else "false"}
 class GatewayProcess:
     """``python -m gateway.daemon`` as a real process, with its stderr kept for assertions."""
 
-    def __init__(self, config: Path, log_level: str = "INFO") -> None:
+    def __init__(self, config: Path, log_level: str = "INFO", env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_level = log_level
+        self.env = env or {}  # added to the environment (libfaketime's, for the clock tests)
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = config.parent / "gatewayd.log"
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
