@@ -19,27 +19,7 @@ from gateway.clock import (
     read_boot_id,
     system_sync,
 )
-
-
-class Hands:
-    """A wall clock and a boot clock the test moves."""
-
-    def __init__(self, wall: float = 1_800_000_000.0, boot: float = 100.0) -> None:
-        self.w, self.b = wall, boot
-        self.synced = False
-
-    def wall(self) -> float:
-        return self.w
-
-    def boot(self) -> float:
-        return self.b
-
-    def tick(self, s: float) -> None:
-        self.w += s
-        self.b += s
-
-    def sync(self) -> SyncVerdict:
-        return SyncVerdict(self.synced, "test")
+from tests.helpers import Hands
 
 
 def test_core_sees_steps_both_ways_and_the_first_synchronisation() -> None:

@@ -22,6 +22,7 @@ from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from simulators.viewer import Completeness
+from tests import test_care
 from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
 
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
@@ -51,39 +52,13 @@ class FakedClock:
         }
 
 
-def oximeter(link: Path) -> str:
-    return f"""
-[[devices]]
-id = "oxi"
-kind = "serial-cms50"
-port = "{link}"
-report_every_s = 1.0
-download_stored = false
-"""
-
-
-RULES = """
-[rules]
-timezone = "UTC"
-day_start = 00:00:00
-day_end = 23:59:59
-tick_s = 0.2
-no_data_day_s = 600
-uplink_down_s = 600
-reminder_min_severity = "medium"
-reminder_interval_s = 600
-
-[[rules.person]]
-id = "anna"
-devices = ["oxi"]
-worn = ["oxi"]
-
-[[rules.person.rule]]
-id = "spo2-low"
-base = "spo2-low"
-hold_s = 3
-clear_hold_s = 3
-"""
+# The care tests' oximeter and rules, with a short hold and watch limits far beyond the test's length
+# (a step forwards by days would cross them if it counted).
+RULES = test_care.RULES.replace("hold_s = 4", "hold_s = 3").replace(
+    "tick_s = 0.1",
+    "tick_s = 0.2\nno_data_day_s = 600\nuplink_down_s = 600\n"
+    'reminder_min_severity = "medium"\nreminder_interval_s = 600',
+)
 
 
 def t(doc: dict[str, Any], key: str = "captured_at") -> float:
@@ -94,7 +69,7 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
     tmp_path: Path, broker: Mosquitto, cloud: Collector
 ) -> None:
     oxi, rfx = tmp_path / "oxi", tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_CLK-if00-port0"
-    cfg = gateway_config(tmp_path, broker.port, devices=oximeter(oxi) + rfxtrx_device(rfx))
+    cfg = gateway_config(tmp_path, broker.port, devices=test_care.oximeter(oxi) + rfxtrx_device(rfx))
     clock = FakedClock(tmp_path, -7200, synced=False)
     gw = GatewayProcess(cfg, env=clock.env())
     presses: dict[str, float] = {}
@@ -158,7 +133,7 @@ def test_after_a_restart_30_min_behind_the_last_reading_a_desaturation_raises_sp
     tmp_path: Path, broker: Mosquitto, cloud: Collector
 ) -> None:
     oxi = tmp_path / "oxi"
-    cfg = gateway_config(tmp_path, broker.port, devices=oximeter(oxi) + RULES)
+    cfg = gateway_config(tmp_path, broker.port, devices=test_care.oximeter(oxi) + RULES)
     clock = FakedClock(tmp_path, 0, synced=True)
 
     async def go() -> None:
@@ -192,7 +167,7 @@ def test_a_step_forwards_by_days_raises_no_no_data_uplink_down_or_escalation(
     tmp_path: Path, broker: Mosquitto, cloud: Collector
 ) -> None:
     oxi = tmp_path / "oxi"
-    cfg = gateway_config(tmp_path, broker.port, devices=oximeter(oxi) + RULES)
+    cfg = gateway_config(tmp_path, broker.port, devices=test_care.oximeter(oxi) + RULES)
     clock = FakedClock(tmp_path, 0, synced=False)
     gw = GatewayProcess(cfg, env=clock.env())
 

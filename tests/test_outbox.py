@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import Clock, ClockState, SyncVerdict
+from gateway.clock import Clock, ClockState
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
 from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, wire_payload
+from tests.helpers import Hands
 
 
 def msg(lane: Lane, device: str = "d1", n: int = 0, size: int = 40) -> NewMessage:
@@ -271,29 +272,8 @@ def test_a_schema_1_store_is_migrated_keeps_its_messages_and_starts_a_stream_at_
     db.close()
 
 
-class Hands:
-    def __init__(self) -> None:
-        self.truth = 1_800_000_000.0
-        self.behind = 7200.0
-        self.b = 50.0
-        self.synced = False
-
-    def wall(self) -> float:
-        return self.truth - self.behind
-
-    def boot(self) -> float:
-        return self.b
-
-    def tick(self, s: float) -> None:
-        self.truth += s
-        self.b += s
-
-    def sync(self) -> SyncVerdict:
-        return SyncVerdict(self.synced, "test")
-
-
 def test_a_correction_fixes_waiting_times_and_reports_the_sent_ones_in_one_time_correction(tmp_path: Path) -> None:
-    h = Hands()
+    h = Hands(1_800_000_000.0 - 7200, 50.0)  # two hours behind the truth
     clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
     clock.sample()
     topics = Topics("hc", "gw")
@@ -311,7 +291,7 @@ def test_a_correction_fixes_waiting_times_and_reports_the_sent_ones_in_one_time_
                         {"msg_id": "a", "captured_at": rfc3339_ms(h.wall()), "started_at": rfc3339_ms(h.wall() - 2)}
                     ).encode()
                 seq = await ob.put(NewMessage(Lane.OBSERVATION, "t/o", body, "d1", h.wall()))
-                truth[seq] = h.truth
+                truth[seq] = h.w + 7200
                 h.tick(1.0)
             stored = await ob.put(
                 NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"s"}', "cuff", h.wall() - 600, device_clock=True)
@@ -320,7 +300,7 @@ def test_a_correction_fixes_waiting_times_and_reports_the_sent_ones_in_one_time_
             for m in first[:3]:  # published before the clock could be trusted
                 ob.note_sent(m)
             ob.ack([first[0].seq])
-            h.behind, h.synced = 0.0, True  # the step to the truth, with the verdict
+            h.w, h.synced = h.w + 7200, True  # the step to the truth, with the verdict
             for ev in clock.sample():
                 if ev.corrects:
                     ob.request_correction(clock.boot_id, ev.offset)

@@ -10,24 +10,8 @@ from drivers.base import Reading
 from gateway.clock import Timeline
 from gateway.rules import AlertEvent, RuleEngine, WatchSettings, event_on_wall, reading_on_timeline
 from gateway.rules.defaults import LOINC_SPO2
+from tests.helpers import Hands
 from tests.rules.util import T0, meas
-
-
-class Hands:
-    """A wall clock that can step and a boot clock that cannot."""
-
-    def __init__(self, wall: float = T0, boot: float = 30.0) -> None:
-        self.w, self.b = wall, boot
-
-    def wall(self) -> float:
-        return self.w
-
-    def boot(self) -> float:
-        return self.b
-
-    def tick(self, s: float) -> None:
-        self.w += s
-        self.b += s
 
 
 class Desk:
@@ -75,7 +59,7 @@ def saved_engine_and_timeline(tmp_path: Path, h: Hands) -> tuple[dict[str, objec
 
 def test_after_a_restart_on_a_clock_30_min_behind_a_desaturation_raises_spo2_low(tmp_path: Path) -> None:
     for boot_id in ("boot-1", "boot-2"):  # the daemon restarted, or the whole gateway rebooted
-        h = Hands()
+        h = Hands(T0, 30.0)
         snap, path = saved_engine_and_timeline(tmp_path, h)
         last_reading = h.wall()
         h.w -= 1800.0  # the clock is now half an hour behind the last reading
@@ -94,7 +78,7 @@ def test_after_a_restart_on_a_clock_30_min_behind_a_desaturation_raises_spo2_low
 
 
 def test_a_step_backwards_keeps_readings_in_order_and_holds_running(tmp_path: Path) -> None:
-    h = Hands()
+    h = Hands(T0, 30.0)
     desk = Desk(new_engine(h), Timeline(None, boot_id="b", wall=h.wall, boot=h.boot), h)
     first = desaturation(desk, h, 30)
     h.w -= 7200.0  # two hours back, in the middle of the hold
@@ -106,7 +90,7 @@ def test_a_step_backwards_keeps_readings_in_order_and_holds_running(tmp_path: Pa
 
 
 def test_a_step_forwards_by_days_fires_no_watch_reminder_or_escalation_by_itself(tmp_path: Path) -> None:
-    h = Hands()
+    h = Hands(T0, 30.0)
     desk = Desk(new_engine(h), Timeline(None, boot_id="b", wall=h.wall, boot=h.boot), h)
     raised = desaturation(desk, h, 70)
     assert [ev.kind for ev in raised if ev.state == "raised"] == ["spo2_low"]
