@@ -22,7 +22,9 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   (:class:`gateway.clock.ClockState`) beside ``captured_at``. :meth:`Outbox.request_correction` (the
   clock became synchronised or stepped) rewrites ``captured_at`` of this boot's waiting messages from
   boot-clock time plus the measured offset, in the same transaction as the ``time-correction`` messages
-  for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset.
+  for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset. That
+  transaction is its own, after the commit of what was pending: a correction that fails never takes an
+  SOS commit with it (it is retried with the next commit).
 
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
@@ -184,6 +186,7 @@ class Outbox:
         self._correction: tuple[str, float] | None = None  # (boot id, wall - boot clock) to apply
         self._sent: list[_SentGroup] = []
         self._sent_dirty = False
+        self._corrected: dict[str, float] = {}  # boot id -> the offset its messages were corrected to
         self.corrected_total = 0
         self.time_corrections: list[TimeCorrection] = []  # published in this run
 
@@ -367,6 +370,10 @@ class Outbox:
         else:
             self._sent.append(_SentGroup(msg.boot_id, offset, msg.seq, msg.seq, 1))
         self._sent_dirty = True
+        done = self._corrected.get(msg.boot_id)
+        if done is not None and abs(done - offset) > STEP_THRESHOLD_S:
+            # fetched before the correction, sent after it: one more time-correction covers it
+            self.request_correction(msg.boot_id, done)
 
     # -- the committer task ------------------------------------------------------------------
 
@@ -387,17 +394,22 @@ class Outbox:
         self._urgent.clear()
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
+        if pending or acked or self._sent_dirty:
+            await self._commit_pending(pending, acked)
         correction, self._correction = self._correction, None
-        if not pending and not acked and correction is None and not self._sent_dirty:
-            return
+        if correction is not None:
+            await self._commit_correction(*correction)
+
+    async def _commit_pending(self, pending: list[_Pending], acked: list[int]) -> None:
+        sent = self._sent_json()
         try:
-            seqs, evicted, added = await self._call(self._commit, pending, acked, correction)
+            stamped = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
+            seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
         except OutboxError as exc:
             # The store failed (disk full, I/O error): these messages are NOT accepted. Their
             # submitters learn it through the future; acked seqs are retried with the next commit.
             self._acked = acked + self._acked
-            if self._correction is None:
-                self._correction = correction
+            self._sent_dirty = True
             for p in pending:
                 if not p.future.done():
                     p.future.set_exception(exc)
@@ -408,16 +420,61 @@ class Outbox:
         for p, seq in zip(pending, seqs, strict=True):
             if not p.future.done():
                 p.future.set_result(seq)
-        if pending or added:
+        if pending:
             for wake in self._on_commit:
                 wake()
         if evicted:
             for cb in self._on_evict:
                 cb(evicted)
 
+    async def _commit_correction(self, boot_id: str, offset: float) -> None:
+        """Correct this boot's waiting messages and commit a time-correction per group of its messages
+        already sent with another offset, in one transaction."""
+        taken = [g for g in self._sent if g.boot_id == boot_id]
+        self._sent = [g for g in self._sent if g.boot_id != boot_id]
+        self._sent_dirty = True
+        corrections = [
+            TimeCorrection(g.boot_id, round(offset - g.offset, 3), g.first, g.last, g.count)
+            for g in taken
+            if abs(offset - g.offset) > CORRECT_TOLERANCE_S
+        ]
+        assert self.timebase is not None
+        stamped = []
+        for tc in corrections:
+            if self.time_correction is not None:
+                m = self.time_correction(tc)
+                st = self.timebase.stamp(m.captured_at)
+                stamped.append((m, st.boot_id, st.boot_s, st.state))
+        try:
+            _seqs, evicted = await self._call(self._commit, stamped, [], self._sent_json(), (boot_id, offset))
+        except OutboxError as exc:
+            self._sent = taken + self._sent
+            if self._correction is None:
+                self._correction = (boot_id, offset)  # retried with the next commit
+            log.error("outbox: clock correction failed (retried with the next commit): %s", exc)
+            return
+        self._corrected[boot_id] = offset
+        self.time_corrections = (self.time_corrections + corrections)[-16:]
+        if stamped:
+            for wake in self._on_commit:
+                wake()
+        if evicted:
+            for cb in self._on_evict:
+                cb(evicted)
+
+    def _sent_json(self) -> str | None:
+        if not self._sent_dirty:
+            return None
+        self._sent_dirty = False
+        return json.dumps([[g.boot_id, g.offset, g.first, g.last, g.count] for g in self._sent])
+
     def _commit(
-        self, pending: Sequence[_Pending], acked: Sequence[int], correction: tuple[str, float] | None
-    ) -> tuple[list[int], list[tuple[int, int]], int]:
+        self,
+        stamped: Sequence[tuple[NewMessage, str, float, ClockState]],
+        acked: Sequence[int],
+        sent: str | None,
+        correction: tuple[str, float] | None,
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         db = self._db
         assert db is not None
         first = self.next_seq
@@ -425,19 +482,7 @@ class Outbox:
         added = 0
         lane_add = [0, 0, 0, 0]
         dev_add: dict[tuple[int, str], int] = {}
-        sent_before = [_SentGroup(g.boot_id, g.offset, g.first, g.last, g.count) for g in self._sent]
-        corrections: list[TimeCorrection] = []
-        extra: list[NewMessage] = []
-        if correction is not None:
-            corrections = self._take_sent(*correction)
-            if self.time_correction is not None:
-                extra = [self.time_correction(tc) for tc in corrections]
-        assert self.timebase is not None
-        stamps = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
-        for m in extra:
-            st = self.timebase.stamp(m.captured_at)
-            stamps.append((m, st.boot_id, st.boot_s, st.state))
-        for i, (m, boot_id, boot_s, clock) in enumerate(stamps):
+        for i, (m, boot_id, boot_s, clock) in enumerate(stamped):
             size = len(m.body) + len(m.topic) + ROW_OVERHEAD_BYTES
             added += size
             lane_add[m.lane] += 1
@@ -474,28 +519,24 @@ class Outbox:
                 ).fetchall()
             if correction is not None:
                 n_corrected = self._correct(db, *correction)
-            if self._sent_dirty or correction is not None:
-                sent = json.dumps([[g.boot_id, g.offset, g.first, g.last, g.count] for g in self._sent])
+            if sent is not None:
                 db.execute("INSERT OR REPLACE INTO info VALUES ('sent', ?)", (sent,))
             evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(r[1] for r in deleted))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self._sent = sent_before
             raise OutboxError(f"{self.path}: commit failed: {exc}") from exc
         # Only now, after COMMIT, does the in-memory picture change.
-        self._sent_dirty = False
         if correction is not None:
             self.corrected_total += n_corrected
-            self.time_corrections = (self.time_corrections + corrections)[-16:]
             if self.timebase is not None:
                 self.timebase.corrections += 1
                 self.timebase.corrected_messages += n_corrected
             log.info(
                 "outbox: clock correction: %d waiting messages corrected, %d time-corrections for sent ones",
                 n_corrected,
-                len(corrections),
+                len(rows),
             )
         self.next_seq = next_seq
         self.bytes += added
@@ -517,18 +558,7 @@ class Outbox:
         if evicted:
             self.counters.evicted_total += len(evicted_rows)
             self.evicted_ranges = (self.evicted_ranges + evicted)[-self.max_evicted_ranges :]
-        return list(range(first, first + len(pending))), evicted, len(extra)
-
-    def _take_sent(self, boot_id: str, offset: float) -> list[TimeCorrection]:
-        """The sent groups of this boot whose offset differs from the true one: one time-correction each.
-        Every group of the boot is settled (later sends carry the corrected times)."""
-        out = [
-            TimeCorrection(g.boot_id, round(offset - g.offset, 3), g.first, g.last, g.count)
-            for g in self._sent
-            if g.boot_id == boot_id and abs(offset - g.offset) > CORRECT_TOLERANCE_S
-        ]
-        self._sent = [g for g in self._sent if g.boot_id != boot_id]
-        return out
+        return list(range(first, next_seq)), evicted
 
     @staticmethod
     def _correct(db: sqlite3.Connection, boot_id: str, offset: float) -> int:

@@ -341,3 +341,53 @@ async def until_flushed(ob: Outbox) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the correction was not committed")
+
+
+def test_sends_before_a_restart_and_sends_of_rows_fetched_before_the_correction_get_a_time_correction(
+    tmp_path: Path,
+) -> None:
+    h = Hands(1_800_000_000.0 - 3600, 50.0)  # an hour behind
+    topics = Topics("hc", "gw")
+
+    def outbox(clock: Clock) -> Outbox:
+        return Outbox(tmp_path / "ob.db", timebase=clock, time_correction=lambda tc: time_correction(topics, tc, h.w))
+
+    async def before_restart() -> None:
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+        clock.sample()
+        async with outbox(clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            for i in range(3):
+                await ob.put(msg(Lane.OBSERVATION, n=i))
+            rows = await fetch_all(ob, Lane.OBSERVATION)
+            for m in rows:
+                ob.note_sent(m)
+            ob.ack([m.seq for m in rows])  # they left: only the time-correction can fix them now
+            await ob.put(msg(Lane.OBSERVATION, n=9))
+            runner.cancel()
+
+    async def after_restart() -> list[dict[str, object]]:
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+        clock.sample()
+        async with outbox(clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            stale = await fetch_all(ob, Lane.OBSERVATION)  # fetched before the correction...
+            h.w, h.synced = h.w + 3600, True
+            for ev in clock.sample():
+                if ev.corrects:
+                    ob.request_correction("boot-1", ev.offset)
+            await until_flushed(ob)
+            for m in stale:  # ...and published after it, with the old time
+                ob.note_sent(m)
+            for _ in range(200):
+                if len(ob.time_corrections) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            tcs = [json.loads(m.body) for m in await fetch_all(ob, Lane.STATE)]
+            runner.cancel()
+            return tcs
+
+    run(before_restart())
+    tcs = run(after_restart())
+    assert [(t["first_seq"], t["last_seq"], t["count"]) for t in tcs] == [(1, 3, 3), (4, 4, 1)]
+    assert all(abs(float(str(t["offset_s"])) - 3600) < 0.01 for t in tcs)
