@@ -45,7 +45,9 @@ SYNC_FILE_ENV = "GATEWAY_CLOCK_SYNC_FILE"  # test rigs: a file saying "synced" o
 STEP_THRESHOLD_S = 1.0  # NTP slews at most 0.5 ms/s: a change of the wall-boot offset beyond this is a step
 CORRECT_TOLERANCE_S = 0.25  # a waiting message whose time is off by less than this is left as it is
 WATCH_INTERVAL_S = 1.0
-TIMELINE_SAVE_S = 60.0  # the timeline is saved this often (and at stop); a new boot starts past it
+TIMELINE_SAVE_S = 60.0  # the timeline is saved this often (and at stop)
+TIMELINE_CHECK_S = TIMELINE_SAVE_S / 4  # ...looked at this often
+TIMELINE_MARGIN_S = TIMELINE_SAVE_S + TIMELINE_CHECK_S  # a new boot starts this far past the last save
 
 
 class ClockState(enum.IntEnum):
@@ -324,8 +326,8 @@ class Timeline:
     seconds (equal to the wall clock when nothing stepped).
 
     Carried across restarts in ``path``: in the same boot it continues exactly; after a new boot it
-    starts at the later of the wall clock and the last saved point plus :data:`TIMELINE_SAVE_S` (the
-    daemon was alive at least until then), so a clock behind the last reading never makes readings look
+    starts at the later of the wall clock and the last saved point plus :data:`TIMELINE_MARGIN_S` (the
+    longest it can have run unsaved), so a clock behind the last reading never makes readings look
     older than it, and a clock days ahead only counts as time when it is the truth."""
 
     def __init__(
@@ -349,7 +351,7 @@ class Timeline:
             if saved_boot_id == self.boot_id and saved_boot <= now_boot:
                 start = t + (now_boot - saved_boot)
             else:
-                start = max(now_wall, t + TIMELINE_SAVE_S)
+                start = max(now_wall, t + TIMELINE_MARGIN_S)
         self.anchor = start - now_boot
 
     def _load(self) -> tuple[float, str, float] | None:
@@ -388,4 +390,4 @@ class Timeline:
     async def run(self) -> None:
         while True:
             self.save()
-            await asyncio.sleep(TIMELINE_SAVE_S / 4)
+            await asyncio.sleep(TIMELINE_CHECK_S)

@@ -190,6 +190,8 @@ def corrected_body(msg: StoredMessage) -> bytes:
     if msg.shift == 0.0:
         return msg.body
     doc = json.loads(msg.body)
+    if not isinstance(doc, dict):
+        raise ValueError("the stored body is not a JSON object")
     doc["captured_at"] = rfc3339_ms(msg.captured_at)
     boot_start = msg.captured_at - msg.shift - (msg.boot_s or 0.0)
 

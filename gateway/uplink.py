@@ -380,7 +380,12 @@ class Uplink:
             stream = self.outbox.stream
             for msg in rows:
                 historical = self._age_s(msg, t_now) > self.historical_after_s
-                payload = wire_payload(msg, historical, stream, corrected_body(msg))
+                try:
+                    body = corrected_body(msg)
+                except ValueError as exc:  # a stored body the gateway did not write: send it as it is
+                    log.warning("uplink: seq %d: times not corrected: %s", msg.seq, exc)
+                    body = msg.body
+                payload = wire_payload(msg, historical, stream, body)
                 info = client.publish(msg.topic, payload, qos=1, retain=msg.retain)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     raise BrokerUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")

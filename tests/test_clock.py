@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from gateway.clock import (
-    TIMELINE_SAVE_S,
+    TIMELINE_MARGIN_S,
     Clock,
     ClockCore,
     ClockState,
@@ -79,7 +79,7 @@ def test_timeline_after_a_new_boot_starts_past_the_last_saved_point_or_at_a_late
     tl.save(force=True)
     behind = Hands(wall=h.w - 1800, boot=5.0)  # the power cut: the clock is 30 min behind the last save
     t2 = Timeline(path, boot_id="b2", wall=behind.wall, boot=behind.boot)
-    assert t2.now() == last + TIMELINE_SAVE_S
+    assert t2.now() == last + TIMELINE_MARGIN_S
     ahead = Hands(wall=h.w + 7200, boot=5.0)
     assert Timeline(path, boot_id="b3", wall=ahead.wall, boot=ahead.boot).now() == h.w + 7200
     path.write_text("{not json")

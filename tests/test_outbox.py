@@ -391,3 +391,15 @@ def test_sends_before_a_restart_and_sends_of_rows_fetched_before_the_correction_
     tcs = run(after_restart())
     assert [(t["first_seq"], t["last_seq"], t["count"]) for t in tcs] == [(1, 3, 3), (4, 4, 1)]
     assert all(abs(float(str(t["offset_s"])) - 3600) < 0.01 for t in tcs)
+
+
+def test_corrected_body_leaves_times_of_an_earlier_boot_and_refuses_a_body_it_did_not_write() -> None:
+    body = json.dumps(
+        {"msg_id": "a", "captured_at": rfc3339_ms(1000.0), "started_at": rfc3339_ms(400.0), "readings": []}
+    ).encode()
+    # captured at 1000 on a clock whose boot began at 900 (boot clock 100), moved by +50 s
+    m = StoredMessage(3, Lane.ALERT, "t", body, "d", 1050.0, False, ClockState.CORRECTED, "b", 100.0, 50.0)
+    doc = json.loads(corrected_body(m))
+    assert doc["captured_at"] == rfc3339_ms(1050.0) and doc["started_at"] == rfc3339_ms(400.0)
+    with pytest.raises(ValueError):
+        corrected_body(StoredMessage(4, Lane.ALERT, "t", b"[1]", "d", 1.0, False, ClockState.CORRECTED, "b", 0.0, 1.0))
