@@ -420,7 +420,10 @@ class Outbox:
         for p, seq in zip(pending, seqs, strict=True):
             if not p.future.done():
                 p.future.set_result(seq)
-        if pending:
+        self._committed(bool(pending), evicted)
+
+    def _committed(self, added: bool, evicted: list[tuple[int, int]]) -> None:
+        if added:
             for wake in self._on_commit:
                 wake()
         if evicted:
@@ -455,12 +458,7 @@ class Outbox:
             return
         self._corrected[boot_id] = offset
         self.time_corrections = (self.time_corrections + corrections)[-16:]
-        if stamped:
-            for wake in self._on_commit:
-                wake()
-        if evicted:
-            for cb in self._on_evict:
-                cb(evicted)
+        self._committed(bool(stamped), evicted)
 
     def _sent_json(self) -> str | None:
         if not self._sent_dirty:
