@@ -169,6 +169,9 @@ class DriverContext:
     clock: Callable[[], float] = time.time  # wall clock for reading times
     state_dir: Path | None = None  # where the driver keeps what must outlive a restart
     ble: BleStack | None = None  # the BLE stack (scanner hubs, connection budgets), for BLE kinds
+    # Whether the wall clock is synchronised (gateway.clock): a device's own clock is set only from a
+    # synchronised one, never from a Pi's guess after a power cut. False unless told: the safe side.
+    clock_synchronised: Callable[[], bool] = lambda: False
 
     def state_file(self, device_id: str) -> Path | None:
         if self.state_dir is None:

@@ -10,7 +10,9 @@ centre's ``cmd/alert-ack`` stops their reminders too.
 The engine's state (open alerts, holds in progress, the cloud's rules) is kept in the registry
 (atomic writes) after every transition, every minute and at stop, so a restart neither forgets an open
 alert nor raises it twice (and if it did, the alert's deterministic ``msg_id`` lets the cloud drop it).
-Time comes from an injectable clock, so tests drive hours of silence without sleeping.
+Time comes from an injectable clock, so tests drive hours of silence without sleeping; the daemon's is
+the timeline of gateway/clock.py, which a step of the wall clock never moves. Readings enter it and
+events leave it through gateway/rules/timeline.py (alerts carry wall-clock times).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gateway.errors import OutboxError
 from gateway.messages import Topics
 from gateway.outbox import NewMessage
 from gateway.registry import Registry
-from gateway.rules import AlertEvent, RuleEngine, RuleSpec, SnapshotError
+from gateway.rules import AlertEvent, RuleEngine, RuleSpec, SnapshotError, event_on_wall, reading_on_timeline
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,14 @@ class CareDesk:
         registry: Registry,
         *,
         clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
         self.submit = submit
         self.registry = registry
         self.clock = clock
+        self.wall = wall
         self.engine = self._new_engine()
         self.sent = 0
         self.send_failures = 0
@@ -96,11 +100,13 @@ class CareDesk:
         """Every reading, from the pipeline (after the outbox has it). Holds in progress change the
         engine's state: the next tick saves it when a minute has passed since the last save."""
         self._dirty = True
-        self._emit(self.engine.feed(reading, self.clock()))
+        now = self.clock()
+        self._emit(self.engine.feed(reading_on_timeline(reading, now - self.wall()), now))
 
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
         """An SOS press was committed: track it for reminders until the care centre acks it."""
-        self.engine.open_external(alert_id, "sos", "critical", device_id, at, self.clock())
+        now = self.clock()
+        self.engine.open_external(alert_id, "sos", "critical", device_id, at + now - self.wall(), now)
         self._save_soon()
 
     def tick(self, *, outbox_fill: float | None = None, uplink_down_since: float | None = None) -> None:
@@ -144,7 +150,8 @@ class CareDesk:
     def _emit(self, events: Sequence[AlertEvent]) -> None:
         if not events:
             return
-        for ev in events:
+        shift = self.clock() - self.wall()
+        for ev in (event_on_wall(e, shift) for e in events):
             where = ev.device_id or "gateway"
             if ev.state == "reminder":
                 self.reminders = [*self.reminders[-19:], ev]
@@ -213,6 +220,7 @@ class CareDesk:
 
     def status(self) -> dict[str, Any]:
         c = self.engine.counters()
+        shift = self.clock() - self.wall()
         return {
             "open_alerts": [
                 {
@@ -220,7 +228,7 @@ class CareDesk:
                     "kind": a.kind,
                     "severity": a.severity,
                     "device_id": a.device_id,
-                    "started_at": messages.rfc3339_ms(a.started_at),
+                    "started_at": messages.rfc3339_ms(a.started_at - shift),
                     "acknowledged": a.acked_at is not None,
                 }
                 for a in self.engine.open_alerts()

@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCHEMAS = ("common", "observation", "alert", "device_state", "waveform", "status")
+SCHEMAS = ("common", "observation", "alert", "device_state", "waveform", "status", "time_correction")
 
 
 @cache
@@ -31,6 +31,8 @@ def schema_for_topic(topic: str) -> str | None:
         return "status"
     if rest == ["alert"]:
         return "alert"
+    if rest == ["time-correction"]:
+        return "time_correction"
     if len(rest) == 2 and rest[0] == "obs":
         return "observation"
     if len(rest) == 2 and rest[0] == "bulk":

@@ -131,6 +131,11 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"          last error: {up['last_error']}")
     print(f"          published {up['published']}, acknowledged {up['acked']}, refused {up['rejected']}")
     print_outbox(ob)
+    if ob.get("stream"):
+        print(f"          stream {ob['stream']} from seq {ob['stream_first_seq']}")
+    if clk := st.get("clock"):
+        sync = "synchronised" if clk["synchronised"] else "NOT synchronised"
+        print(f"clock     {sync} ({clk['source']}), {clk['steps']} steps, {clk['corrected_messages']} corrected")
     print("devices")
     print_devices(st["devices"])
     bugs = st.get("bugs") or {}

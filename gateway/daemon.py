@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import DeviceStatus, DriverContext, Reading, SosPress, driver_class
 from drivers.ble.manager import BleStack
 from drivers.reconnect import ConnState
+from gateway import messages
 from gateway.alarm import SmsFallback, attach_sms_fallback
 from gateway.care import CareDesk
+from gateway.clock import Clock, ClockEvent, Timeline
 from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
@@ -60,9 +62,13 @@ class _StopRequested(Exception):
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock  # the care rules' clock (tests drive hours of silence with it)
+        # the care rules' clock (tests drive hours of silence with it); default: the clock's timeline
+        self.clock: Callable[[], float] = clock or time.time
+        self._rules_clock_given = clock is not None
+        self.timebase = Clock()  # is the wall clock synchronised, did it step (gateway/clock.py)
+        self.timeline: Timeline | None = None
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self.notifier = Notifier()
@@ -172,15 +178,24 @@ class Daemon:
         data_dir = cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         topics = Topics(cfg.uplink.topic_prefix, cfg.gateway.id)
+        self.timebase.sample()
+        self.timeline = timeline = Timeline(data_dir / "clock.json", boot_id=self.timebase.boot_id)
+        if not self._rules_clock_given:
+            self.clock = timeline
         async with (
             Outbox(
                 data_dir / "outbox.sqlite3",
                 max_bytes=cfg.outbox.max_bytes,
                 commit_interval_ms=cfg.outbox.commit_interval_ms,
+                timebase=self.timebase,
+                time_correction=lambda tc: messages.time_correction(topics, tc, time.time()),
             ) as outbox,
             BleStack() as ble,
         ):
             self.outbox = outbox
+            self.timebase.listeners.append(self._clock_event)
+            if self.timebase.synchronised():  # a restart on a trusted clock: settle this boot's waiting messages
+                outbox.request_correction(self.timebase.boot_id, time.time() - self.timebase.boot())
             self.pipeline = pipeline = Pipeline(
                 topics, outbox, dsp_factory=self._dsp_factory, send_waveforms=cfg.uplink.send_waveforms
             )
@@ -192,7 +207,12 @@ class Daemon:
                 historical_after_s=cfg.outbox.historical_after_s,
             )
             self.registry = registry = Registry(data_dir / "registry.json")
-            ctx = DriverContext(clock=time.time, state_dir=data_dir / "devices", ble=ble)
+            ctx = DriverContext(
+                clock=time.time,
+                state_dir=data_dir / "devices",
+                ble=ble,
+                clock_synchronised=self.timebase.synchronised,
+            )
             self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices, ctx)
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
@@ -216,7 +236,7 @@ class Daemon:
                 cfg.gateway.id,
                 commands.downlink_handlers(),
                 registry,
-                clock_synchronised=_clock_synchronised,
+                clock_synchronised=self.timebase.synchronised,
                 max_age_s=cfg.downlink.max_age_s,
                 burst=cfg.downlink.rate_burst,
                 per_minute=cfg.downlink.rate_per_minute,
@@ -245,6 +265,8 @@ class Daemon:
                         self._tasks.append(tg.create_task(devices.run(), name="devices"))
                         if any(driver_class(spec.kind).streams for spec in devices.specs()):
                             _preload_dsp()
+                        self._tasks.append(tg.create_task(self.timebase.run(), name="clock"))
+                        self._tasks.append(tg.create_task(timeline.run(), name="timeline"))
                         self._tasks.append(tg.create_task(uplink.run(), name="uplink"))
                         self._tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
                         self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
@@ -256,6 +278,7 @@ class Daemon:
                         log.info("gateway %s running with %d devices", cfg.gateway.id, n)
                 except* _StopRequested:
                     pass
+        timeline.save(force=True)
         if self.care is not None:
             self.care.save()
         if self.registry is not None:
@@ -264,6 +287,13 @@ class Daemon:
         self.notifier.close()
         if self._deadline is not None:
             self._deadline.cancel()
+
+    def _clock_event(self, ev: ClockEvent) -> None:
+        """The clock became trustworthy or stepped while trusted: correct this boot's waiting messages."""
+        if ev.corrects and self.outbox is not None:
+            self.outbox.request_correction(self.timebase.boot_id, ev.offset)
+        if self.uplink is not None:
+            self.uplink.request_status()
 
     def _dsp_factory(self, device_id: str) -> WristStream:
         """One DSP stream per device, with the SpO2 calibration its configuration names. The DSP
@@ -281,9 +311,8 @@ class Daemon:
         if up is None or up.state is ConnState.CONNECTED:
             self._down_since = None
         elif self._down_since is None:
-            # on the care rules' clock, fixed at the first look (the uplink keeps wall-clock times)
-            down_for = time.time() - (up.disconnected_since or self.started_at)
-            self._down_since = self.clock() - max(0.0, down_for)
+            # on the care rules' clock, fixed at the first look (measured on the monotonic clock)
+            self._down_since = self.clock() - up.down_for_s()
         return fill, self._down_since
 
     async def _watchdog(self) -> None:
@@ -303,8 +332,18 @@ class Daemon:
         """What the retained ``status`` message carries besides online/offline."""
         ob = self.outbox
         assert ob is not None
+        clk = self.timebase.status()
         return {
             "version": VERSION,
+            "stream": ob.stream,
+            "stream_first_seq": ob.stream_first_seq,
+            "clock": {
+                "synchronised": clk["synchronised"],
+                "source": clk["source"],
+                "steps": clk["steps"],
+                "last_step_s": clk["last_step"]["delta_s"] if clk["last_step"] else None,
+                "corrections": clk["corrections"],
+            },
             "last_seq": ob.next_seq - 1,
             "outbox_depth": {lane.name.lower(): ob.depth[lane] for lane in Lane},
             "evicted_total": ob.counters.evicted_total,
@@ -316,6 +355,7 @@ class Daemon:
         assert ob is not None and up is not None and pl is not None
         stats = await ob.stats()
         now = time.time()
+        clk = self.timebase.status()
         dm = self.devices
         supervisors = dm.supervisors if dm is not None else {}
         devices = []
@@ -372,6 +412,8 @@ class Daemon:
                 "bytes": stats.bytes,
                 "max_bytes": stats.max_bytes,
                 "last_seq": stats.next_seq - 1,
+                "stream": stats.stream,
+                "stream_first_seq": stats.stream_first_seq,
                 "evicted_total": stats.evicted_total,
                 "evicted_ranges": [list(r) for r in stats.evicted_ranges],
                 "commit_failures": pl.counters.commit_failures,
@@ -380,6 +422,11 @@ class Daemon:
             "bugs": self.bugs(),
             "care": self.care.status() if self.care is not None else None,
             "alarm": self.alarm.status() if self.alarm is not None else None,
+            "clock": {
+                **clk,
+                "synchronised_since": rfc3339_ms(clk["synchronised_since"]) if clk["synchronised_since"] else None,
+                "last_step": clk["last_step"] and {**clk["last_step"], "at": rfc3339_ms(clk["last_step"]["at"])},
+            },
         }
 
     def bugs(self) -> dict[str, int]:
@@ -400,14 +447,6 @@ def _alert_id(body: bytes) -> str:
     except ValueError:
         return ""
     return value if isinstance(value, str) else ""
-
-
-def _clock_synchronised() -> bool:
-    """Whether the wall clock is synchronised (kernel NTP state), for judging a command's age."""
-    from gateway.doctor import kernel_clock_synchronised
-
-    state = kernel_clock_synchronised()
-    return bool(state and state[0])
 
 
 def _preload_dsp() -> None:

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
-import ctypes
 import datetime as dt
 import enum
 import grp
@@ -42,6 +41,7 @@ from typing import Any
 
 from drivers.base import DeviceConfigError, UnknownDeviceKind, driver_class
 from drivers.serial.port import PortMissing, SerialOptions, resolve_port
+from gateway.clock import kernel_clock_synchronised
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 
@@ -241,55 +241,6 @@ def check_daemon(sock: Path | None) -> tuple[Finding, dict[str, Any] | None]:
 
 
 # -- clock ----------------------------------------------------------------------------------------
-
-
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class _Timex(ctypes.Structure):
-    # struct timex from <sys/timex.h> (Linux), padding included
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time", _Timeval),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_pad", ctypes.c_int * 11),
-    ]
-
-
-TIME_ERROR = 5
-STA_UNSYNC = 0x0040
-
-
-def kernel_clock_synchronised() -> tuple[bool, int] | None:
-    """The kernel's NTP state via ``adjtimex`` (read-only: modes = 0), as ``timedatectl`` reads it:
-    (synchronised, max error in microseconds), or None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        tx = _Timex()
-        state = int(libc.adjtimex(ctypes.byref(tx)))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != TIME_ERROR and not (tx.status & STA_UNSYNC), int(tx.maxerror)
 
 
 def check_clock(timesync_flag: Path = Path("/run/systemd/timesync/synchronized")) -> Finding:

@@ -1,7 +1,9 @@
 """Readings -> uplink messages of the cloud contract (docs/mqtt-contract.md).
 
 Pure functions: no I/O. Each message body is a JSON object with the contract's common fields except
-``seq`` and ``historical``, which the uplink adds when it sends (see :func:`gateway.outbox.wire_payload`).
+``seq``, ``historical``, ``clock`` and ``stream``, which the uplink adds when it sends (see
+:func:`gateway.outbox.wire_payload`); a body whose times the outbox corrected is rewritten by
+:func:`corrected_body` first (``msg_id`` never changes: it is the identity given at commit).
 
 ``msg_id`` is deterministic: a UUIDv5 of the gateway id, the message type, the device and the reading's
 own identity (capture time, code, the device's record number or press id), so a retry, a replay after
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drivers.base import DeviceStatus, Measurement, SosPress, Waveform
-from gateway.outbox import Lane, NewMessage
+from gateway.outbox import Lane, NewMessage, StoredMessage, TimeCorrection
 from gateway.rules.engine import AlertEvent
 
 MSG_NAMESPACE = uuid.UUID("6f1c8f0e-4a52-5b7e-9d3c-2a8e5b0c1d47")
@@ -31,6 +33,11 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 def rfc3339_ms(t: float) -> str:
     """POSIX seconds -> ``2026-11-24T03:04:05.123Z``."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """``2026-11-24T03:04:05.123Z`` -> POSIX seconds."""
+    return datetime.fromisoformat(text).timestamp()
 
 
 def msg_id(gateway_id: str, kind: str, device_id: str, key: str) -> str:
@@ -68,6 +75,10 @@ class Topics:
         return f"{self.base}/bulk/{device_id}"
 
     @property
+    def time_correction(self) -> str:
+        return f"{self.base}/time-correction"
+
+    @property
     def cmd(self) -> str:
         return f"{self.base}/cmd/#"
 
@@ -88,7 +99,11 @@ def observation(topics: Topics, m: Measurement) -> NewMessage:
     body.update(code=m.code, value=m.value, unit=m.unit, quality=m.quality, method=m.method)
     if m.extra:
         body["extra"] = dict(m.extra)
-    return NewMessage(Lane.OBSERVATION, topics.obs(m.device_id), _dumps(body), m.device_id, m.captured_at)
+    # A stored record's time is the device's own clock: the gateway never corrects it.
+    stored = m.extra.get("stored") is True
+    return NewMessage(
+        Lane.OBSERVATION, topics.obs(m.device_id), _dumps(body), m.device_id, m.captured_at, device_clock=stored
+    )
 
 
 def sos_alert_id(press: SosPress) -> str:
@@ -157,3 +172,36 @@ def waveform(topics: Topics, w: Waveform) -> NewMessage:
     body = _common(topics.gateway_id, "waveform", w.device_id, w.captured_at, key)
     body.update(fs=w.fs, first_index=w.first_index, channels={k: list(v) for k, v in w.channels.items()})
     return NewMessage(Lane.BULK, topics.bulk(w.device_id), _dumps(body), w.device_id, w.captured_at)
+
+
+def time_correction(topics: Topics, tc: TimeCorrection, at: float) -> NewMessage:
+    """Messages of one boot that were sent before the clock could be trusted: add ``offset_s`` to
+    their times (docs/mqtt-contract.md, "time-correction")."""
+    key = f"{tc.boot_id}|{tc.first_seq}|{tc.last_seq}|{round(tc.offset_s * 1000)}"
+    body = _common(topics.gateway_id, "time_correction", topics.gateway_id, at, key)
+    body.update(boot_id=tc.boot_id, offset_s=tc.offset_s, first_seq=tc.first_seq, last_seq=tc.last_seq, count=tc.count)
+    return NewMessage(Lane.STATE, topics.time_correction, _dumps(body), topics.gateway_id, at)
+
+
+def corrected_body(msg: StoredMessage) -> bytes:
+    """The stored body with its times moved by ``msg.shift``: ``captured_at``, and ``started_at`` and
+    the readings' times of an alert when they fall in the same boot (at or after its start on the clock
+    the message was captured with; earlier ones were stamped by another boot's clock)."""
+    if msg.shift == 0.0:
+        return msg.body
+    doc = json.loads(msg.body)
+    if not isinstance(doc, dict):
+        raise ValueError("the stored body is not a JSON object")
+    doc["captured_at"] = rfc3339_ms(msg.captured_at)
+    boot_start = msg.captured_at - msg.shift - (msg.boot_s or 0.0)
+
+    def move(text: str) -> str:
+        t = parse_rfc3339(text)
+        return rfc3339_ms(t + msg.shift) if t >= boot_start else text
+
+    if isinstance(doc.get("started_at"), str):
+        doc["started_at"] = move(doc["started_at"])
+    for r in doc.get("readings", ()):
+        if isinstance(r, dict) and isinstance(r.get("captured_at"), str):
+            r["captured_at"] = move(r["captured_at"])
+    return _dumps(doc)

@@ -15,6 +15,16 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   are evicted first; alerts are never evicted. Evicted ``seq`` ranges are recorded and reported in
   ``status`` so the cloud can tell an eviction from a loss.
 - A message leaves the outbox only through :meth:`Outbox.ack` (the broker's PUBACK).
+- **Stream**: a random id made when the store is created (``info.stream``); ``seq`` is contiguous
+  within it. A new store (a new SD card) is a new stream whose ``seq`` starts at 1; a store from before
+  streams existed gets one at its migration, starting at its next seq (``info.stream_first_seq``).
+- **Time**: every message keeps its boot id, its boot-clock capture time and its clock state
+  (:class:`gateway.clock.ClockState`) beside ``captured_at``. :meth:`Outbox.request_correction` (the
+  clock became synchronised or stepped) rewrites ``captured_at`` of this boot's waiting messages from
+  boot-clock time plus the measured offset, in the same transaction as the ``time-correction`` messages
+  for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset. That
+  transaction is its own, after the commit of what was pending: a correction that fails never takes an
+  SOS commit with it (it is retried with the next commit).
 
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
@@ -24,15 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState
 from gateway.errors import OutboxError
 
 log = logging.getLogger(__name__)
@@ -40,7 +53,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW_OVERHEAD_BYTES = 64  # per-row cost in the store beyond topic and payload (rowid, columns, index)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: boot, mono, clock, shift columns; the info table (stream id)
 
 
 class Lane(enum.IntEnum):
@@ -61,6 +74,7 @@ class NewMessage:
     device_id: str
     captured_at: float
     retain: bool = False
+    device_clock: bool = False  # captured_at is the device's own clock (a stored record): never corrected
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +84,32 @@ class StoredMessage:
     topic: str
     body: bytes
     device_id: str
-    captured_at: float
+    captured_at: float  # corrected when ``clock`` is CORRECTED
     retain: bool
+    clock: ClockState = ClockState.UNSYNCED
+    boot_id: str | None = None  # None: committed before the store kept it (schema 1)
+    boot_s: float | None = None  # boot-clock capture time
+    shift: float = 0.0  # seconds added to the body's times (captured_at - the body's captured_at)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeCorrection:
+    """Messages of one boot already sent with times off by ``offset_s`` (add it to correct them)."""
+
+    boot_id: str
+    offset_s: float
+    first_seq: int
+    last_seq: int
+    count: int
+
+
+@dataclass
+class _SentGroup:
+    boot_id: str
+    offset: float  # wall - boot clock the group's messages were sent with
+    first: int
+    last: int
+    count: int
 
 
 @dataclass
@@ -84,12 +122,17 @@ class OutboxStats:
     evicted_total: int
     evicted_ranges: list[tuple[int, int]]
     commits: int
+    stream: str
+    stream_first_seq: int
 
 
 @dataclass
 class _Pending:
     msg: NewMessage
     future: asyncio.Future[int]
+    boot_id: str
+    boot_s: float
+    clock: ClockState
 
 
 @dataclass
@@ -111,6 +154,8 @@ class Outbox:
         commit_interval_ms: int = 50,
         clock: Callable[[], float] = time.time,
         max_evicted_ranges: int = 64,
+        timebase: Clock | None = None,
+        time_correction: Callable[[TimeCorrection], NewMessage] | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -134,10 +179,23 @@ class Outbox:
         self.evicted_ranges: list[tuple[int, int]] = []
         self._closed = False
         self._on_evict: list[Callable[[list[tuple[int, int]]], None]] = []
+        self.timebase = timebase
+        self.time_correction = time_correction  # builds the time-correction message (gateway.messages)
+        self.stream = ""
+        self.stream_first_seq = 1
+        self._correction: tuple[str, float] | None = None  # (boot id, wall - boot clock) to apply
+        self._sent: list[_SentGroup] = []
+        self._sent_dirty = False
+        self._corrected: dict[str, float] = {}  # boot id -> the offset its messages were corrected to
+        self.corrected_total = 0
+        self.time_corrections: list[TimeCorrection] = []  # published in this run
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Outbox:
+        if self.timebase is None:
+            self.timebase = Clock()
+            self.timebase.sample()
         await self._call(self._open)
         return self
 
@@ -175,6 +233,7 @@ class Outbox:
             integrity = db.execute("PRAGMA quick_check").fetchone()[0]
             if integrity != "ok":
                 raise OutboxError(f"{self.path}: store failed its integrity check: {integrity}")
+            existed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'msg'").fetchone() is not None
             db.executescript(
                 """
                 CREATE TABLE IF NOT EXISTS msg(
@@ -185,20 +244,42 @@ class Outbox:
                     body BLOB NOT NULL,
                     captured REAL NOT NULL,
                     retain INTEGER NOT NULL,
-                    size INTEGER NOT NULL
+                    size INTEGER NOT NULL,
+                    boot TEXT,
+                    mono REAL,
+                    clock INTEGER NOT NULL DEFAULT 0,
+                    shift REAL NOT NULL DEFAULT 0
                 );
                 CREATE INDEX IF NOT EXISTS msg_lane_seq ON msg(lane, seq);
                 CREATE INDEX IF NOT EXISTS msg_lane_device_seq ON msg(lane, device, seq);
                 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS evicted(first INTEGER NOT NULL, last INTEGER NOT NULL,
                                                    lane INTEGER NOT NULL, at REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 """
             )
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
-                raise OutboxError(f"{self.path}: schema version {meta['schema']} is not {SCHEMA_VERSION}")
+            # Stores of schema 1 never wrote their version: a store with messages and no version is one.
+            schema = meta.get("schema", 1 if existed else SCHEMA_VERSION)
+            if schema not in (1, SCHEMA_VERSION):
+                raise OutboxError(f"{self.path}: schema version {schema} is not {SCHEMA_VERSION}")
             max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM msg").fetchone()[0]
             self.next_seq = max(int(meta.get("next_seq", 1)), max_seq + 1)
+            if schema == 1:
+                self._migrate_v1(db)
+            info = dict(db.execute("SELECT key, value FROM info").fetchall())
+            if "stream" not in info:
+                # A new store, or one from before streams: a new stream, starting at the next seq.
+                info = {"stream": str(uuid.uuid4()), "stream_first_seq": str(self.next_seq)}
+                db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", list(info.items()))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                log.info("outbox: new stream %s from seq %s", info["stream"], info["stream_first_seq"])
+            self.stream, self.stream_first_seq = info["stream"], int(info["stream_first_seq"])
+            # Sends of an earlier boot that was never corrected cannot be corrected any more.
+            boot_id = self.timebase.boot_id if self.timebase is not None else ""
+            self._sent = [
+                g for g in (_SentGroup(*g) for g in json.loads(info.get("sent", "[]"))) if g.boot_id == boot_id
+            ]
             self.counters.evicted_total = int(meta.get("evicted_total", 0))
             for lane, device, count, size in db.execute(
                 "SELECT lane, device, COUNT(*), SUM(size) FROM msg GROUP BY lane, device"
@@ -216,6 +297,20 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot open the store: {exc}") from exc
         self._db = db
 
+    def _migrate_v1(self, db: sqlite3.Connection) -> None:
+        """Schema 1 -> 2: the time columns (unknown for the messages already there: never corrected)."""
+        cols = {row[1] for row in db.execute("PRAGMA table_info(msg)")}
+        for name, decl in (
+            ("boot", "TEXT"),
+            ("mono", "REAL"),
+            ("clock", "INTEGER NOT NULL DEFAULT 0"),
+            ("shift", "REAL NOT NULL DEFAULT 0"),
+        ):
+            if name not in cols:
+                db.execute(f"ALTER TABLE msg ADD COLUMN {name} {decl}")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        log.info("outbox: %s migrated from schema 1 to %d", self.path, SCHEMA_VERSION)
+
     def _close_db(self) -> None:
         if self._db is not None:
             try:
@@ -232,7 +327,9 @@ class Outbox:
         if self._closed:
             raise OutboxError("outbox is closed")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(msg, fut))
+        assert self.timebase is not None
+        stamp = self.timebase.stamp(msg.captured_at, device_clock=msg.device_clock)
+        self._pending.append(_Pending(msg, fut, stamp.boot_id, stamp.boot_s, stamp.state))
         if msg.lane is Lane.ALERT:
             self._urgent.set()
         self._wake_committer.set()
@@ -258,6 +355,31 @@ class Outbox:
     def on_evict(self, callback: Callable[[list[tuple[int, int]]], None]) -> None:
         self._on_evict.append(callback)
 
+    def request_correction(self, boot_id: str, offset: float) -> None:
+        """The clock of boot ``boot_id`` is now trustworthy with ``offset`` (wall - boot clock): correct
+        this boot's waiting messages in the next commit (see the module docstring)."""
+        self._correction = (boot_id, offset)
+        self._urgent.set()
+        self._wake_committer.set()
+
+    def note_sent(self, msg: StoredMessage) -> None:
+        """The uplink published ``msg`` as it is stored: remember with which offset, so a later correction
+        of its boot can tell the cloud (a ``time-correction``). Kept with the next commit."""
+        if msg.boot_id is None or msg.boot_s is None or msg.clock is ClockState.DEVICE:
+            return
+        offset = msg.captured_at - msg.boot_s
+        for g in self._sent:
+            if g.boot_id == msg.boot_id and abs(g.offset - offset) <= STEP_THRESHOLD_S:
+                g.first, g.last, g.count = min(g.first, msg.seq), max(g.last, msg.seq), g.count + 1
+                break
+        else:
+            self._sent.append(_SentGroup(msg.boot_id, offset, msg.seq, msg.seq, 1))
+        self._sent_dirty = True
+        done = self._corrected.get(msg.boot_id)
+        if done is not None and abs(done - offset) > STEP_THRESHOLD_S:
+            # fetched before the correction, sent after it: one more time-correction covers it
+            self.request_correction(msg.boot_id, done)
+
     # -- the committer task ------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -277,14 +399,22 @@ class Outbox:
         self._urgent.clear()
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
-        if not pending and not acked:
-            return
+        if pending or acked or self._sent_dirty:
+            await self._commit_pending(pending, acked)
+        correction, self._correction = self._correction, None
+        if correction is not None:
+            await self._commit_correction(*correction)
+
+    async def _commit_pending(self, pending: list[_Pending], acked: list[int]) -> None:
+        sent = self._sent_json()
         try:
-            seqs, evicted = await self._call(self._commit, [p.msg for p in pending], acked)
+            stamped = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
+            seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
         except OutboxError as exc:
             # The store failed (disk full, I/O error): these messages are NOT accepted. Their
             # submitters learn it through the future; acked seqs are retried with the next commit.
             self._acked = acked + self._acked
+            self._sent_dirty = True
             for p in pending:
                 if not p.future.done():
                     p.future.set_exception(exc)
@@ -295,14 +425,59 @@ class Outbox:
         for p, seq in zip(pending, seqs, strict=True):
             if not p.future.done():
                 p.future.set_result(seq)
-        if pending:
+        self._committed(bool(pending), evicted)
+
+    def _committed(self, added: bool, evicted: list[tuple[int, int]]) -> None:
+        if added:
             for wake in self._on_commit:
                 wake()
         if evicted:
             for cb in self._on_evict:
                 cb(evicted)
 
-    def _commit(self, msgs: Sequence[NewMessage], acked: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    async def _commit_correction(self, boot_id: str, offset: float) -> None:
+        """Correct this boot's waiting messages and commit a time-correction per group of its messages
+        already sent with another offset, in one transaction."""
+        taken = [g for g in self._sent if g.boot_id == boot_id]
+        self._sent = [g for g in self._sent if g.boot_id != boot_id]
+        self._sent_dirty = True
+        corrections = [
+            TimeCorrection(g.boot_id, round(offset - g.offset, 3), g.first, g.last, g.count)
+            for g in taken
+            if abs(offset - g.offset) > CORRECT_TOLERANCE_S
+        ]
+        assert self.timebase is not None
+        stamped = []
+        for tc in corrections:
+            if self.time_correction is not None:
+                m = self.time_correction(tc)
+                st = self.timebase.stamp(m.captured_at)
+                stamped.append((m, st.boot_id, st.boot_s, st.state))
+        try:
+            _seqs, evicted = await self._call(self._commit, stamped, [], self._sent_json(), (boot_id, offset))
+        except OutboxError as exc:
+            self._sent = taken + self._sent
+            if self._correction is None:
+                self._correction = (boot_id, offset)  # retried with the next commit
+            log.error("outbox: clock correction failed (retried with the next commit): %s", exc)
+            return
+        self._corrected[boot_id] = offset
+        self.time_corrections = (self.time_corrections + corrections)[-16:]
+        self._committed(bool(stamped), evicted)
+
+    def _sent_json(self) -> str | None:
+        if not self._sent_dirty:
+            return None
+        self._sent_dirty = False
+        return json.dumps([[g.boot_id, g.offset, g.first, g.last, g.count] for g in self._sent])
+
+    def _commit(
+        self,
+        stamped: Sequence[tuple[NewMessage, str, float, ClockState]],
+        acked: Sequence[int],
+        sent: str | None,
+        correction: tuple[str, float] | None,
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         db = self._db
         assert db is not None
         first = self.next_seq
@@ -310,25 +485,45 @@ class Outbox:
         added = 0
         lane_add = [0, 0, 0, 0]
         dev_add: dict[tuple[int, str], int] = {}
-        for i, m in enumerate(msgs):
+        for i, (m, boot_id, boot_s, clock) in enumerate(stamped):
             size = len(m.body) + len(m.topic) + ROW_OVERHEAD_BYTES
             added += size
             lane_add[m.lane] += 1
             key = (int(m.lane), m.device_id)
             dev_add[key] = dev_add.get(key, 0) + 1
-            rows.append((first + i, int(m.lane), m.device_id, m.topic, m.body, m.captured_at, int(m.retain), size))
-        next_seq = first + len(msgs)
+            rows.append(
+                (
+                    first + i,
+                    int(m.lane),
+                    m.device_id,
+                    m.topic,
+                    m.body,
+                    m.captured_at,
+                    int(m.retain),
+                    size,
+                    boot_id,
+                    boot_s,
+                    int(clock),
+                    0.0,
+                )
+            )
+        next_seq = first + len(rows)
         deleted: list[tuple[int, int, str]] = []
+        n_corrected = 0
         try:
             db.execute("BEGIN IMMEDIATE")
             if rows:
-                db.executemany("INSERT INTO msg VALUES (?,?,?,?,?,?,?,?)", rows)
+                db.executemany("INSERT INTO msg VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (next_seq,))
             if acked:
                 deleted = db.execute(
                     f"DELETE FROM msg WHERE seq IN ({','.join('?' * len(acked))}) RETURNING lane, size, device",
                     acked,
                 ).fetchall()
+            if correction is not None:
+                n_corrected = self._correct(db, *correction)
+            if sent is not None:
+                db.execute("INSERT OR REPLACE INTO info VALUES ('sent', ?)", (sent,))
             evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(r[1] for r in deleted))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -336,6 +531,16 @@ class Outbox:
                 db.execute("ROLLBACK")
             raise OutboxError(f"{self.path}: commit failed: {exc}") from exc
         # Only now, after COMMIT, does the in-memory picture change.
+        if correction is not None:
+            self.corrected_total += n_corrected
+            if self.timebase is not None:
+                self.timebase.corrections += 1
+                self.timebase.corrected_messages += n_corrected
+            log.info(
+                "outbox: clock correction: %d waiting messages corrected, %d time-corrections for sent ones",
+                n_corrected,
+                len(rows),
+            )
         self.next_seq = next_seq
         self.bytes += added
         for lane in range(4):
@@ -357,6 +562,24 @@ class Outbox:
             self.counters.evicted_total += len(evicted_rows)
             self.evicted_ranges = (self.evicted_ranges + evicted)[-self.max_evicted_ranges :]
         return list(range(first, next_seq)), evicted
+
+    @staticmethod
+    def _correct(db: sqlite3.Connection, boot_id: str, offset: float) -> int:
+        """Waiting messages of this boot: captured_at from their boot-clock time plus the true offset."""
+        cur = db.execute(
+            "UPDATE msg SET shift = shift + (mono + :off - captured), captured = mono + :off, clock = :corrected "
+            "WHERE boot = :boot AND clock != :device AND mono IS NOT NULL "
+            "AND (abs(mono + :off - captured) > :tol OR clock = :unsynced)",
+            {
+                "off": offset,
+                "boot": boot_id,
+                "tol": CORRECT_TOLERANCE_S,
+                "corrected": int(ClockState.CORRECTED),
+                "device": int(ClockState.DEVICE),
+                "unsynced": int(ClockState.UNSYNCED),
+            },
+        )
+        return int(cur.rowcount)
 
     def _evict_over_budget(
         self, db: sqlite3.Connection, projected: int
@@ -425,21 +648,19 @@ class Outbox:
     def _fetch(self, lane: int, after_seq: int, limit: int, device: str | None = None) -> list[StoredMessage]:
         db = self._db
         assert db is not None
+        cols = "SELECT seq, topic, body, device, captured, retain, clock, boot, mono, shift FROM msg "
         if device is None:
-            cursor = db.execute(
-                "SELECT seq, topic, body, device, captured, retain FROM msg "
-                "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (lane, after_seq, limit),
-            )
+            cursor = db.execute(cols + "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?", (lane, after_seq, limit))
         else:
             cursor = db.execute(
-                "SELECT seq, topic, body, device, captured, retain FROM msg "
-                "WHERE lane = ? AND device = ? AND seq > ? ORDER BY seq LIMIT ?",
+                cols + "WHERE lane = ? AND device = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (lane, device, after_seq, limit),
             )
         return [
-            StoredMessage(seq, Lane(lane), topic, body, dev, captured, bool(retain))
-            for seq, topic, body, dev, captured, retain in cursor
+            StoredMessage(
+                seq, Lane(lane), topic, body, dev, captured, bool(retain), ClockState(clock), boot, mono, shift
+            )
+            for seq, topic, body, dev, captured, retain, clock, boot, mono, shift in cursor
         ]
 
     async def stats(self) -> OutboxStats:
@@ -453,6 +674,8 @@ class Outbox:
             evicted_total=self.counters.evicted_total,
             evicted_ranges=list(self.evicted_ranges),
             commits=self.counters.commits,
+            stream=self.stream,
+            stream_first_seq=self.stream_first_seq,
         )
 
     def _oldest(self) -> list[float | None]:
@@ -479,7 +702,14 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def wire_payload(msg: StoredMessage, historical: bool) -> bytes:
-    """The bytes sent: the stored JSON body with ``seq`` and ``historical`` added."""
+def wire_payload(msg: StoredMessage, historical: bool, stream: str, body: bytes | None = None) -> bytes:
+    """The bytes sent: the stored JSON body (or ``body``, the corrected one) with ``seq``,
+    ``historical``, ``clock`` and ``stream`` added."""
     # Bodies are built by gateway.messages and always hold at least msg_id, so never "{}".
-    return msg.body[:-1] + b',"seq":%d,"historical":%s}' % (msg.seq, b"true" if historical else b"false")
+    b = msg.body if body is None else body
+    return b[:-1] + b',"seq":%d,"historical":%s,"clock":"%s","stream":"%s"}' % (
+        msg.seq,
+        b"true" if historical else b"false",
+        msg.clock.wire.encode(),
+        stream.encode(),
+    )

@@ -32,10 +32,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.base import TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
+from gateway.clock import ClockState
 from gateway.config import UplinkSection, read_secret
 from gateway.downlink import Downlink
 from gateway.errors import UplinkError
-from gateway.messages import Topics
+from gateway.messages import Topics, corrected_body
 from gateway.outbox import Lane, Outbox, StoredMessage, wire_payload
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Uplink:
         self.rejected = 0
         self.connected_since: float | None = None
         self.disconnected_since: float | None = time.time()
+        self.down_since_mono: float | None = time.monotonic()  # for durations: a clock step never moves it
         self._new_data = True
         outbox.on_commit(self._on_commit)
         outbox.on_evict(lambda _ranges: self.request_status())
@@ -144,8 +146,27 @@ class Uplink:
     def _on_state(self, state: ConnState, error: BaseException | None) -> None:
         if state is ConnState.CONNECTED:
             self.connected_since, self.disconnected_since = time.time(), None
+            self.down_since_mono = None
         elif self.connected_since is not None:
             self.connected_since, self.disconnected_since = None, time.time()
+            self.down_since_mono = time.monotonic()
+
+    def down_for_s(self) -> float:
+        """Seconds since the uplink went down (0 while connected), on the monotonic clock."""
+        return 0.0 if self.down_since_mono is None else max(0.0, time.monotonic() - self.down_since_mono)
+
+    def _age_s(self, msg: StoredMessage, t_now: float) -> float:
+        """How long ago ``msg`` was captured: on the boot clock for this boot's messages (a step of the
+        wall clock does not make them historical), else on the wall clock."""
+        tb = self.outbox.timebase
+        if (
+            tb is not None
+            and msg.boot_id == tb.boot_id
+            and msg.boot_s is not None
+            and msg.clock is not ClockState.DEVICE
+        ):
+            return tb.boot() - msg.boot_s
+        return t_now - msg.captured_at
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -161,14 +182,16 @@ class Uplink:
             raise UplinkError(f"TLS material cannot be loaded: {exc}") from exc
         return ctx
 
-    def _status_payload(self, online: bool) -> bytes:
+    def _status_payload(self, online: bool, *, full: bool | None = None) -> bytes:
+        """``full``: with the daemon's body (last_seq, stream...): online, and the orderly stop's offline
+        (its last_seq is what the cloud's completeness check counts to); never the will."""
         body: dict[str, Any] = {
             "gateway_id": self.gateway_id,
             "type": "status",
             "state": "online" if online else "offline",
             "at": _now_rfc3339(),
         }
-        if online:
+        if online if full is None else full:
             body.update(self.status_body())
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -314,7 +337,7 @@ class Uplink:
             if not gone.done():
                 # Orderly stop (cancelled): say offline ourselves, then disconnect cleanly.
                 try:
-                    client.publish(self.topics.status, self._status_payload(False), qos=1, retain=True)
+                    client.publish(self.topics.status, self._status_payload(False, full=True), qos=1, retain=True)
                     client.disconnect()
                     client.loop_write()
                 except (OSError, ValueError):
@@ -354,11 +377,19 @@ class Uplink:
 
         def send(rows: list[StoredMessage], lane: Lane) -> None:
             t_now = self.clock()
+            stream = self.outbox.stream
             for msg in rows:
-                historical = t_now - msg.captured_at > self.historical_after_s
-                info = client.publish(msg.topic, wire_payload(msg, historical), qos=1, retain=msg.retain)
+                historical = self._age_s(msg, t_now) > self.historical_after_s
+                try:
+                    body = corrected_body(msg)
+                except ValueError as exc:  # a stored body the gateway did not write: send it as it is
+                    log.warning("uplink: seq %d: times not corrected: %s", msg.seq, exc)
+                    body = msg.body
+                payload = wire_payload(msg, historical, stream, body)
+                info = client.publish(msg.topic, payload, qos=1, retain=msg.retain)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     raise BrokerUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
+                self.outbox.note_sent(msg)
                 inflight[info.mid] = msg
                 lane_inflight[lane] += 1
                 cursor[lane] = msg.seq

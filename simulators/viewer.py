@@ -1,7 +1,8 @@
 """The cloud side, seen from a terminal: subscribe to ``homecare/v1/#`` and print what arrives.
 
 Every message is checked against the contract's JSON Schema (when ``jsonschema`` is installed) and
-``seq`` gaps are reported, so a developer sees at once what the cloud platform would see.
+``seq`` gaps are reported per stream (:class:`Completeness`, the cloud's check of docs/mqtt-contract.md),
+so a developer sees at once what the cloud platform would see.
 """
 
 from __future__ import annotations
@@ -13,12 +14,64 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.contract import schema_for_topic
+
+
+@dataclass
+class _Stream:
+    seqs: set[int] = field(default_factory=set)
+    first_seq: int = 1
+    last_seq: int = 0  # from the latest status of the stream: final once another stream followed
+    evicted: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Completeness:
+    """The cloud's completeness check, per gateway and stream (docs/mqtt-contract.md, "Completeness"):
+    every seq from the stream's ``stream_first_seq`` to its ``last_seq`` arrived or was evicted. A new
+    stream id (a new store: the SD card was replaced) starts its own count; the old stream's last
+    ``last_seq`` is final."""
+
+    def __init__(self) -> None:
+        self.streams: dict[tuple[str, str], _Stream] = {}
+        self.order: list[tuple[str, str]] = []  # streams in the order they were first seen
+
+    def _stream(self, gateway_id: str, stream: str) -> _Stream:
+        key = (gateway_id, stream)
+        st = self.streams.get(key)
+        if st is None:
+            st = self.streams[key] = _Stream()
+            self.order.append(key)
+        return st
+
+    def add(self, doc: dict[str, Any], retained: bool = False) -> None:
+        gw, stream = doc.get("gateway_id"), doc.get("stream")
+        if not isinstance(gw, str) or not isinstance(stream, str):
+            return
+        if doc.get("type") == "status":
+            if isinstance(doc.get("last_seq"), int):
+                st = self._stream(gw, stream)
+                st.last_seq = max(st.last_seq, doc["last_seq"])
+                st.first_seq = int(doc.get("stream_first_seq", 1))
+                st.evicted = [(int(a), int(b)) for a, b in doc.get("evicted_ranges", [])]
+            return
+        if isinstance(doc.get("seq"), int):
+            self._stream(gw, stream).seqs.add(doc["seq"])
+
+    def missing(self, gateway_id: str, stream: str) -> list[int]:
+        """Seqs of the stream up to its last known ``last_seq`` neither seen nor evicted."""
+        st = self.streams.get((gateway_id, stream))
+        if st is None:
+            return []
+        top = max(st.last_seq, max(st.seqs, default=0))
+        return [
+            s for s in range(st.first_seq, top + 1) if s not in st.seqs and not any(a <= s <= b for a, b in st.evicted)
+        ]
 
 
 class Viewer:
@@ -128,6 +181,11 @@ def describe(topic: str, doc: dict[str, Any]) -> str:
     if kind == "device_state":
         reason = f" ({doc['reason']})" if doc.get("reason") else ""
         return f"{head}  state {doc.get('device_id')}: {doc.get('state')}{reason}"
+    if kind == "time_correction":
+        return (
+            f"{head}  TIME CORRECTION boot {doc.get('boot_id')}: add {doc.get('offset_s')} s to seq "
+            f"{doc.get('first_seq')}..{doc.get('last_seq')}"
+        )
     if kind == "status":
         return f"{'':>6} {doc.get('at', '')}  gateway {doc.get('gateway_id')} {doc.get('state')}"
     return f"{head}  {topic}"
@@ -140,16 +198,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    last_seq: dict[str, int] = {}
+    last_seq: dict[tuple[str, str], int] = {}
 
     def show(topic: str, doc: dict[str, Any], retained: bool) -> None:
         line = describe(topic, doc)
-        gw, seq = doc.get("gateway_id"), doc.get("seq")
+        gw, seq, stream = doc.get("gateway_id"), doc.get("seq"), doc.get("stream")
         if isinstance(gw, str) and isinstance(seq, int) and not retained:
-            prev = last_seq.get(gw)
-            if prev is not None and seq > prev + 1:
+            key = (gw, str(stream))
+            prev = last_seq.get(key)
+            if prev is None and any(k[0] == gw for k in last_seq):
+                line += f"   <- new stream {stream}: the gateway's store is new, seq counts from its start"
+            elif prev is not None and seq > prev + 1:
                 line += f"   <- gap: seq {prev + 1}..{seq - 1} not (yet) seen"
-            last_seq[gw] = max(seq, prev or 0)
+            last_seq[key] = max(seq, prev or 0)
+        if doc.get("clock") in ("unsynced", "corrected"):
+            line += f"   [clock {doc['clock']}]"
         print(("[retained] " if retained else "") + line, flush=True)
 
     viewer = Viewer(args.host, args.port, args.topic)

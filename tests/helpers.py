@@ -82,6 +82,30 @@ class Collector:
         return wait_for(lambda: pred(self), timeout, what=what)
 
 
+class Hands:
+    """A wall clock that can step, a boot clock that cannot, and a synchronised verdict, all moved by the
+    test (for gateway.clock.Clock and Timeline)."""
+
+    def __init__(self, wall: float = 1_800_000_000.0, boot: float = 100.0) -> None:
+        self.w, self.b = wall, boot
+        self.synced = False
+
+    def wall(self) -> float:
+        return self.w
+
+    def boot(self) -> float:
+        return self.b
+
+    def tick(self, s: float) -> None:
+        self.w += s
+        self.b += s
+
+    def sync(self) -> Any:
+        from gateway.clock import SyncVerdict
+
+        return SyncVerdict(self.synced, "test")
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -184,7 +208,7 @@ class GatewayProcess:
     def __init__(self, config: Path, log_level: str = "INFO", env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_level = log_level
-        self.env = env or {}
+        self.env = env or {}  # added to the environment (libfaketime's, for the clock tests)
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = config.parent / "gatewayd.log"
 

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import Clock, ClockState
 from gateway.errors import OutboxError
+from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
 from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, wire_payload
+from tests.helpers import Hands
 
 
 def msg(lane: Lane, device: str = "d1", n: int = 0, size: int = 40) -> NewMessage:
@@ -174,10 +177,17 @@ def test_eviction_ranges_and_counters_persist(tmp_path: Path) -> None:
     assert run(reopen()) == (total, ranges)
 
 
-def test_wire_payload_adds_seq_and_historical_to_the_stored_body() -> None:
-    m = StoredMessage(7, Lane.OBSERVATION, "t", b'{"msg_id":"a","v":1}', "d", 0.0, False)
-    assert json.loads(wire_payload(m, True)) == {"msg_id": "a", "v": 1, "seq": 7, "historical": True}
-    assert json.loads(wire_payload(m, False))["historical"] is False
+def test_wire_payload_adds_seq_historical_clock_and_stream_to_the_stored_body() -> None:
+    m = StoredMessage(7, Lane.OBSERVATION, "t", b'{"msg_id":"a","v":1}', "d", 0.0, False, ClockState.CORRECTED)
+    assert json.loads(wire_payload(m, True, "s1")) == {
+        "msg_id": "a",
+        "v": 1,
+        "seq": 7,
+        "historical": True,
+        "clock": "corrected",
+        "stream": "s1",
+    }
+    assert json.loads(wire_payload(m, False, "s1"))["historical"] is False
 
 
 def test_a_corrupt_store_is_refused_with_a_clear_error(tmp_path: Path) -> None:
@@ -206,3 +216,190 @@ def test_close_commits_what_is_pending_and_is_safe_twice(tmp_path: Path) -> None
     assert db.execute("SELECT seq FROM msg").fetchall() == [(1,)]
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+
+
+# -- stream and time ------------------------------------------------------------------------------
+
+
+def test_a_new_store_is_a_new_stream_and_a_reopened_one_keeps_its_stream(tmp_path: Path) -> None:
+    async def one(path: Path) -> tuple[str, int, list[int]]:
+        async with Outbox(path) as ob:
+            runner = asyncio.create_task(ob.run())
+            seqs = await asyncio.gather(*(ob.submit(msg(Lane.OBSERVATION, n=i)) for i in range(3)))
+            runner.cancel()
+            return ob.stream, ob.stream_first_seq, list(seqs)
+
+    s1, first1, seqs1 = run(one(tmp_path / "ob.db"))
+    s1b, first1b, seqs1b = run(one(tmp_path / "ob.db"))
+    (tmp_path / "ob.db").unlink()
+    s2, first2, seqs2 = run(one(tmp_path / "ob.db"))
+    assert s1 == s1b and first1 == first1b == 1 and seqs1b == [4, 5, 6]
+    assert s2 != s1 and first2 == 1 and seqs2 == [1, 2, 3], "a new store: a new stream, seq from 1"
+
+
+def test_a_schema_1_store_is_migrated_keeps_its_messages_and_starts_a_stream_at_its_next_seq(tmp_path: Path) -> None:
+    path = tmp_path / "ob.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE msg(seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, device TEXT NOT NULL, topic TEXT NOT NULL,
+                         body BLOB NOT NULL, captured REAL NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL);
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE evicted(first INTEGER NOT NULL, last INTEGER NOT NULL, lane INTEGER NOT NULL, at REAL NOT NULL);
+        INSERT INTO msg VALUES (41, 1, 'd1', 't/o', CAST('{"msg_id":"old"}' AS BLOB), 1700000000.0, 0, 80);
+        INSERT INTO meta VALUES ('next_seq', 42);
+        """
+    )
+    db.commit()
+    db.close()
+
+    async def go() -> tuple[str, int, list[StoredMessage], int]:
+        async with Outbox(path) as ob:
+            runner = asyncio.create_task(ob.run())
+            ob.request_correction(ob.timebase.boot_id if ob.timebase else "", 5.0)
+            seq = await ob.submit(msg(Lane.OBSERVATION, n=1))
+            rows = await fetch_all(ob, Lane.OBSERVATION)
+            runner.cancel()
+            return ob.stream, ob.stream_first_seq, rows, seq
+
+    stream, first, rows, seq = run(go())
+    assert stream and first == 42 and seq == 42
+    old = rows[0]
+    assert (old.seq, old.body, old.boot_id, old.clock) == (41, b'{"msg_id":"old"}', None, ClockState.UNSYNCED)
+    assert old.captured_at == 1700000000.0, "a message without a boot-clock time is never corrected"
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT key, value FROM meta").fetchall())["schema"] == 2
+    db.close()
+
+
+def test_a_correction_fixes_waiting_times_and_reports_the_sent_ones_in_one_time_correction(tmp_path: Path) -> None:
+    h = Hands(1_800_000_000.0 - 7200, 50.0)  # two hours behind the truth
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+    clock.sample()
+    topics = Topics("hc", "gw")
+    truth: dict[int, float] = {}
+
+    async def go() -> tuple[list[StoredMessage], list[StoredMessage], Outbox]:
+        async with Outbox(
+            tmp_path / "ob.db", timebase=clock, time_correction=lambda tc: time_correction(topics, tc, h.wall())
+        ) as ob:
+            runner = asyncio.create_task(ob.run())
+            for i in range(6):
+                body = json.dumps({"msg_id": f"m{i}", "captured_at": rfc3339_ms(h.wall())}).encode()
+                if i == 5:  # an alert whose condition began two seconds earlier, in this boot
+                    body = json.dumps(
+                        {"msg_id": "a", "captured_at": rfc3339_ms(h.wall()), "started_at": rfc3339_ms(h.wall() - 2)}
+                    ).encode()
+                seq = await ob.put(NewMessage(Lane.OBSERVATION, "t/o", body, "d1", h.wall()))
+                truth[seq] = h.w + 7200
+                h.tick(1.0)
+            stored = await ob.put(
+                NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"s"}', "cuff", h.wall() - 600, device_clock=True)
+            )
+            first = await fetch_all(ob, Lane.OBSERVATION)
+            for m in first[:3]:  # published before the clock could be trusted
+                ob.note_sent(m)
+            ob.ack([first[0].seq])
+            h.w, h.synced = h.w + 7200, True  # the step to the truth, with the verdict
+            for ev in clock.sample():
+                if ev.corrects:
+                    ob.request_correction(clock.boot_id, ev.offset)
+            await until_flushed(ob)
+            after = await fetch_all(ob, Lane.OBSERVATION)
+            tcs = await fetch_all(ob, Lane.STATE)
+            runner.cancel()
+            assert stored in [m.seq for m in after]
+            return after, tcs, ob
+
+    after, tcs, ob = run(go())
+    by_seq = {m.seq: m for m in after}
+    for seq in range(2, 6 + 1):
+        m = by_seq[seq]
+        assert m.clock is ClockState.CORRECTED and abs(m.captured_at - truth[seq]) < 0.01
+        assert abs(m.shift - 7200) < 0.01
+    cuff = next(m for m in after if m.device_id == "cuff")
+    assert cuff.clock is ClockState.DEVICE and cuff.shift == 0.0, "a device clock's time is never moved"
+    doc = json.loads(corrected_body(by_seq[6]))
+    assert doc["msg_id"] == "a" and doc["captured_at"] == rfc3339_ms(truth[6])
+    assert doc["started_at"] == rfc3339_ms(truth[6] - 2), "started_at in the same boot moves with it"
+    assert len(tcs) == 1
+    tc = json.loads(tcs[0].body)
+    assert (tc["type"], tc["boot_id"], tc["first_seq"], tc["last_seq"], tc["count"]) == (
+        "time_correction",
+        "boot-1",
+        1,
+        3,
+        3,
+    )
+    assert abs(tc["offset_s"] - 7200) < 0.01 and tcs[0].clock is ClockState.SYNCED
+    assert clock.corrected_messages == 5 and ob.time_corrections[0].first_seq == 1
+
+
+async def until_flushed(ob: Outbox) -> None:
+    for _ in range(200):
+        if ob.time_corrections:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the correction was not committed")
+
+
+def test_sends_before_a_restart_and_sends_of_rows_fetched_before_the_correction_get_a_time_correction(
+    tmp_path: Path,
+) -> None:
+    h = Hands(1_800_000_000.0 - 3600, 50.0)  # an hour behind
+    topics = Topics("hc", "gw")
+
+    def outbox(clock: Clock) -> Outbox:
+        return Outbox(tmp_path / "ob.db", timebase=clock, time_correction=lambda tc: time_correction(topics, tc, h.w))
+
+    async def before_restart() -> None:
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+        clock.sample()
+        async with outbox(clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            for i in range(3):
+                await ob.put(msg(Lane.OBSERVATION, n=i))
+            rows = await fetch_all(ob, Lane.OBSERVATION)
+            for m in rows:
+                ob.note_sent(m)
+            ob.ack([m.seq for m in rows])  # they left: only the time-correction can fix them now
+            await ob.put(msg(Lane.OBSERVATION, n=9))
+            runner.cancel()
+
+    async def after_restart() -> list[dict[str, object]]:
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+        clock.sample()
+        async with outbox(clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            stale = await fetch_all(ob, Lane.OBSERVATION)  # fetched before the correction...
+            h.w, h.synced = h.w + 3600, True
+            for ev in clock.sample():
+                if ev.corrects:
+                    ob.request_correction("boot-1", ev.offset)
+            await until_flushed(ob)
+            for m in stale:  # ...and published after it, with the old time
+                ob.note_sent(m)
+            for _ in range(200):
+                if len(ob.time_corrections) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            tcs = [json.loads(m.body) for m in await fetch_all(ob, Lane.STATE)]
+            runner.cancel()
+            return tcs
+
+    run(before_restart())
+    tcs = run(after_restart())
+    assert [(t["first_seq"], t["last_seq"], t["count"]) for t in tcs] == [(1, 3, 3), (4, 4, 1)]
+    assert all(abs(float(str(t["offset_s"])) - 3600) < 0.01 for t in tcs)
+
+
+def test_corrected_body_leaves_times_of_an_earlier_boot_and_refuses_a_body_it_did_not_write() -> None:
+    body = json.dumps(
+        {"msg_id": "a", "captured_at": rfc3339_ms(1000.0), "started_at": rfc3339_ms(400.0), "readings": []}
+    ).encode()
+    # captured at 1000 on a clock whose boot began at 900 (boot clock 100), moved by +50 s
+    m = StoredMessage(3, Lane.ALERT, "t", body, "d", 1050.0, False, ClockState.CORRECTED, "b", 100.0, 50.0)
+    doc = json.loads(corrected_body(m))
+    assert doc["captured_at"] == rfc3339_ms(1050.0) and doc["started_at"] == rfc3339_ms(400.0)
+    with pytest.raises(ValueError):
+        corrected_body(StoredMessage(4, Lane.ALERT, "t", b"[1]", "d", 1.0, False, ClockState.CORRECTED, "b", 0.0, 1.0))

@@ -176,6 +176,11 @@ class BpCuffDriver(BleDriver):
         char = client.services.get_characteristic(gatt.CURRENT_TIME)
         if char is None or not {"write", "write-without-response"} & set(char.properties):
             return
+        if not self.ctx.clock_synchronised():
+            # The gateway's own clock may be a guess (a Pi after a power cut): never pass it on.
+            self.count("clock_set_skipped")
+            log.debug("device %s: clock not set: the gateway's clock is not synchronised", self.device_id)
+            return
         value = gatt.encode_current_time(dt.datetime.now(self.tz).replace(tzinfo=None))
         try:
             await client.write_gatt_char(char, value, response="write" in char.properties)

@@ -4,6 +4,7 @@
   the watch settings (:class:`WatchSettings`); :class:`RuleSpecError` for every bad spec.
 - :mod:`gateway.rules.defaults`: the default rules with their clinical sources.
 - :mod:`gateway.rules.engine`: :class:`RuleEngine`: readings and ticks in, :class:`AlertEvent` out.
+- :mod:`gateway.rules.timeline`: readings onto the rules' timeline (it never jumps), events back.
 
 No I/O, no asyncio, no clock of its own: every call carries its time. See docs/rules.md.
 """
@@ -30,6 +31,7 @@ from gateway.rules.spec import (
     rules_from_list,
     severity_rank,
 )
+from gateway.rules.timeline import event_on_wall, reading_on_timeline
 
 __all__ = [
     "DEFAULTS_BY_ID",
@@ -48,6 +50,8 @@ __all__ = [
     "Severity",
     "SnapshotError",
     "WatchSettings",
+    "event_on_wall",
+    "reading_on_timeline",
     "rule_from_dict",
     "rules_from_list",
     "severity_rank",

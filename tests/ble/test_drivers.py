@@ -152,13 +152,17 @@ def test_wrist_monitor_recovers_from_fault(fault: str) -> None:
         assert wrist.counters.get(key) == 2
 
 
-def test_cuff_pairs_sets_its_clock_and_fetches_stored_records_exactly_once(tmp_path: Path) -> None:
+def test_cuff_pairs_sets_its_clock_from_a_synchronised_one_and_fetches_stored_records_exactly_once(
+    tmp_path: Path,
+) -> None:
     cuff = BpCuff(CUFF, records=3, always_advertise=True, clock_offset_s=-3600.0)
     readings = Readings()
     state = tmp_path / "cuff.json"
 
-    def driver() -> BpCuffDriver:
-        d = make_driver("ble-bp-cuff", "cuff-1", CUFF, readings, state_path=str(state), timezone="UTC")
+    def driver(synchronised: bool = True) -> BpCuffDriver:
+        d = make_driver(
+            "ble-bp-cuff", "cuff-1", CUFF, readings, synchronised=synchronised, state_path=str(state), timezone="UTC"
+        )
         assert isinstance(d, BpCuffDriver)
         return d
 
@@ -203,11 +207,14 @@ def test_cuff_pairs_sets_its_clock_and_fetches_stored_records_exactly_once(tmp_p
                 await sim.drop_link(CUFF)
                 await until(lambda: cuff.counters.get("pairings", 0) == 2, 40, "pairing again")
                 await until(lambda: cuff.link is not None and drv.client is not None, 20, "connected again")
-            # A restarted gateway (same ledger) fetches nothing twice.
-            again = driver()
+            # A restarted gateway (same ledger) fetches nothing twice; its clock is not synchronised
+            # (a Pi after a power cut): the cuff's clock is left alone.
+            sets_before = cuff.clock_set_count
+            again = driver(synchronised=False)
             async with running(again):
                 await until(lambda: again.reconnector.connects == 1 and again.client is not None, 30, "reconnected")
                 await asyncio.sleep(0.5)
+            assert cuff.clock_set_count == sets_before and again.counters()["clock_set_skipped"] == 1
             return {"again": again.records_emitted, "sent": [r.sent for r in cuff.records], "counters": cuff.counters}
 
     result = asyncio.run(go())

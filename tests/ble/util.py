@@ -66,13 +66,22 @@ class Readings:
 
 
 def make_driver(
-    kind: str, device_id: str, address: str, sink: Readings, *, ble: BleStack | None = None, **options: Any
+    kind: str,
+    device_id: str,
+    address: str,
+    sink: Readings,
+    *,
+    ble: BleStack | None = None,
+    synchronised: bool = False,
+    **options: Any,
 ) -> Driver:
     """A driver of ``kind`` with its default options but ``address`` and ``options``, on a BLE stack of
-    its own unless ``ble`` is given (:func:`running` enters the stacks of the drivers it runs)."""
+    its own unless ``ble`` is given (:func:`running` enters the stacks of the drivers it runs), on a
+    gateway clock that is ``synchronised`` or not."""
     cls = driver_class(kind)
     spec = DeviceSpec(device_id, kind, cls.transport, {"address": address, **options})
-    return cls(spec, sink, DriverContext(ble=ble if ble is not None else BleStack()))
+    ctx = DriverContext(ble=ble if ble is not None else BleStack(), clock_synchronised=lambda: synchronised)
+    return cls(spec, sink, ctx)
 
 
 @contextlib.asynccontextmanager

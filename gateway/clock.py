@@ -1,0 +1,393 @@
+"""The gateway's clock: is the wall clock synchronised, did it step, and a timeline that never jumps.
+
+A Raspberry Pi has no battery clock: after a power cut it runs on the time fake-hwclock or timesyncd
+saved last until a time server answers, then steps. This module tells the daemon what its clock is
+worth (docs/mqtt-contract.md, "Time"):
+
+- :class:`ClockCore` (sans-I/O): samples of (wall clock, ``CLOCK_BOOTTIME``, synchronised verdict) in,
+  events out: ``synchronised`` (the first trustworthy moment), ``step`` (the wall clock moved against
+  the boot clock by more than :data:`STEP_THRESHOLD_S`, either way), ``lost`` (no longer synchronised).
+  A correction is due on ``synchronised`` and on a ``step`` while synchronised
+  (:attr:`ClockEvent.corrects`): the outbox then rewrites the capture times of this boot's waiting
+  messages from their boot-clock capture time plus the measured offset.
+- :class:`Clock`: the core with its readers (injectable): the verdict from the kernel (``adjtimex``,
+  read-only, as ``timedatectl`` does) or systemd-timesyncd's flag file, the wall clock, the boot clock
+  and the boot id. :meth:`Clock.stamp` gives each committed message its boot id, boot-clock capture time
+  and ``clock`` state; :meth:`Clock.synchronised` is what drivers ask before they set a device's clock.
+- :class:`Timeline`: the care rules' time axis: the boot clock plus an anchor, carried across restarts
+  (``clock.json`` in the data directory), so a step of the wall clock either way never moves it.
+
+The synchronised verdict can be read from a file instead (:data:`SYNC_FILE_ENV`): for test rigs that run
+the daemon under libfaketime, where the kernel's verdict says nothing about the faked clock. It is named
+in ``status`` (``clock.source``) and logged at WARNING, so it is never on silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import enum
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+SYNC_FILE_ENV = "GATEWAY_CLOCK_SYNC_FILE"  # test rigs: a file saying "synced" or "unsynced"
+STEP_THRESHOLD_S = 1.0  # NTP slews at most 0.5 ms/s: a change of the wall-boot offset beyond this is a step
+CORRECT_TOLERANCE_S = 0.25  # a waiting message whose time is off by less than this is left as it is
+WATCH_INTERVAL_S = 1.0
+TIMELINE_SAVE_S = 60.0  # the timeline is saved this often (and at stop)
+TIMELINE_CHECK_S = TIMELINE_SAVE_S / 4  # ...looked at this often
+TIMELINE_MARGIN_S = TIMELINE_SAVE_S + TIMELINE_CHECK_S  # a new boot starts this far past the last save
+
+
+class ClockState(enum.IntEnum):
+    """The ``clock`` field of a data message (stored as an integer in the outbox)."""
+
+    UNSYNCED = 0  # captured on an unsynchronised clock, sent before any correction was possible
+    SYNCED = 1  # captured on a synchronised clock
+    CORRECTED = 2  # captured unsynchronised (or before a step), corrected at the gateway before sending
+    DEVICE = 3  # stamped by the device's own clock (stored records): the gateway does not correct it
+
+    @property
+    def wire(self) -> str:
+        return self.name.lower()
+
+
+# -- readers ----------------------------------------------------------------------------------------
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> (Linux), padding included
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+TIME_ERROR = 5
+STA_UNSYNC = 0x0040
+
+
+def kernel_clock_synchronised() -> tuple[bool, int] | None:
+    """The kernel's NTP state via ``adjtimex`` (read-only: modes = 0), as ``timedatectl`` reads it:
+    (synchronised, max error in microseconds), or None when it cannot be asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tx = _Timex()
+        state = int(libc.adjtimex(ctypes.byref(tx)))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != TIME_ERROR and not (tx.status & STA_UNSYNC), int(tx.maxerror)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncVerdict:
+    synchronised: bool
+    source: str  # "adjtimex", "timesyncd-flag", "file:<path>", "none"
+    max_error_ms: float | None = None
+
+
+SyncReader = Callable[[], SyncVerdict]
+
+
+def system_sync(timesync_flag: Path = TIMESYNC_FLAG) -> SyncVerdict:
+    """The kernel's verdict; when it says no (or cannot be asked), timesyncd's flag file."""
+    kernel = kernel_clock_synchronised()
+    if kernel is not None and kernel[0]:
+        return SyncVerdict(True, "adjtimex", round(kernel[1] / 1000, 1))
+    if timesync_flag.exists():
+        return SyncVerdict(True, "timesyncd-flag")
+    return SyncVerdict(False, "adjtimex" if kernel is not None else "none")
+
+
+def file_sync(path: Path) -> SyncReader:
+    """A verdict read from ``path`` at every sample: ``synced`` (or ``1``) is synchronised; anything
+    else, or no file, is not (test rigs; see :data:`SYNC_FILE_ENV`)."""
+
+    def read() -> SyncVerdict:
+        try:
+            text = path.read_text().strip().lower()
+        except OSError:
+            text = ""
+        return SyncVerdict(text in ("synced", "1", "yes"), f"file:{path}")
+
+    return read
+
+
+def default_sync_reader() -> SyncReader:
+    env = os.environ.get(SYNC_FILE_ENV)
+    if env:
+        log.warning(
+            "clock: the synchronised verdict is read from %s (%s is set): a test rig, not a field unit",
+            env,
+            SYNC_FILE_ENV,
+        )
+        return file_sync(Path(env))
+    return system_sync
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    """The kernel's random id of this boot (changes at every boot); "" when the system has none."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def boottime() -> float:
+    """Seconds since boot, suspend included, never stepped (CLOCK_BOOTTIME; monotonic elsewhere)."""
+    clock_id = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return time.clock_gettime(clock_id)
+
+
+# -- the core -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    wall: float  # POSIX seconds
+    boot: float  # boot clock, seconds
+    synchronised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEvent:
+    kind: str  # "synchronised", "step", "lost"
+    wall: float
+    offset: float  # wall - boot clock after the event
+    delta_s: float = 0.0  # the step (positive: the wall clock moved forwards)
+    synchronised: bool = False
+
+    @property
+    def corrects(self) -> bool:
+        """A correction of waiting messages is due: the clock just became trustworthy, or stepped
+        while trusted."""
+        return self.kind == "synchronised" or (self.kind == "step" and self.synchronised)
+
+
+class ClockCore:
+    """Sans-I/O: :meth:`observe` samples in order, get events. Steps are changes of the wall clock's
+    offset against the boot clock by more than ``step_threshold_s`` between two samples."""
+
+    def __init__(self, *, step_threshold_s: float = STEP_THRESHOLD_S) -> None:
+        self.step_threshold_s = step_threshold_s
+        self.synchronised = False
+        self.offset: float | None = None  # wall - boot clock at the last sample
+        self.synchronised_since: float | None = None
+        self.steps = 0
+        self.last_step: ClockEvent | None = None
+
+    def observe(self, s: Sample) -> list[ClockEvent]:
+        out: list[ClockEvent] = []
+        offset = s.wall - s.boot
+        if self.offset is not None and abs(offset - self.offset) > self.step_threshold_s:
+            ev = ClockEvent("step", s.wall, offset, offset - self.offset, self.synchronised and s.synchronised)
+            self.steps += 1
+            self.last_step = ev
+            out.append(ev)
+        self.offset = offset
+        if s.synchronised and not self.synchronised:
+            self.synchronised, self.synchronised_since = True, s.wall
+            out.append(ClockEvent("synchronised", s.wall, offset, synchronised=True))
+        elif not s.synchronised and self.synchronised:
+            self.synchronised, self.synchronised_since = False, None
+            out.append(ClockEvent("lost", s.wall, offset))
+        return out
+
+
+# -- the component --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    boot_id: str
+    boot_s: float  # boot-clock capture time
+    state: ClockState
+
+
+class Clock:
+    """The core with its readers. Use :meth:`sample` once before stamping (the daemon does it at start),
+    then run :meth:`run` in the daemon's TaskGroup."""
+
+    def __init__(
+        self,
+        *,
+        sync: SyncReader | None = None,
+        wall: Callable[[], float] = time.time,
+        boot: Callable[[], float] = boottime,
+        boot_id: str | None = None,
+        interval_s: float = WATCH_INTERVAL_S,
+        step_threshold_s: float = STEP_THRESHOLD_S,
+    ) -> None:
+        self.sync = sync or default_sync_reader()
+        self.wall = wall
+        self.boot = boot
+        self.boot_id = read_boot_id() if boot_id is None else boot_id
+        self.interval_s = interval_s
+        self.core = ClockCore(step_threshold_s=step_threshold_s)
+        self.verdict = SyncVerdict(False, "none")
+        self.listeners: list[Callable[[ClockEvent], None]] = []
+        self.corrections = 0  # corrections applied (outbox rewrites)
+        self.corrected_messages = 0
+
+    def synchronised(self) -> bool:
+        """Is the wall clock trustworthy now? Drivers set a device's clock only when it is."""
+        return self.core.synchronised
+
+    def sample(self) -> list[ClockEvent]:
+        self.verdict = self.sync()
+        events = self.core.observe(Sample(self.wall(), self.boot(), self.verdict.synchronised))
+        for ev in events:
+            if ev.kind == "step":
+                log.warning(
+                    "clock: the wall clock stepped by %+.3f s%s",
+                    ev.delta_s,
+                    "" if self.core.synchronised else " (not synchronised)",
+                )
+            elif ev.kind == "synchronised":
+                log.info("clock: synchronised (%s)", self.verdict.source)
+            else:
+                log.warning("clock: no longer synchronised (%s)", self.verdict.source)
+            for listener in self.listeners:
+                listener(ev)
+        return events
+
+    def stamp(self, captured_at: float, *, device_clock: bool = False) -> Stamp:
+        """Boot id, boot-clock capture time and clock state of something captured at ``captured_at``
+        on the wall clock (a moment ago, or earlier: the age is kept)."""
+        now_wall, now_boot = self.wall(), self.boot()
+        if device_clock:
+            state = ClockState.DEVICE
+        else:
+            state = ClockState.SYNCED if self.core.synchronised else ClockState.UNSYNCED
+        return Stamp(self.boot_id, now_boot - (now_wall - captured_at), state)
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
+
+    def status(self) -> dict[str, Any]:
+        c = self.core
+        step = c.last_step
+        return {
+            "synchronised": c.synchronised,
+            "source": self.verdict.source,
+            "max_error_ms": self.verdict.max_error_ms,
+            "synchronised_since": c.synchronised_since,
+            "boot_id": self.boot_id,
+            "steps": c.steps,
+            "last_step": None if step is None else {"at": step.wall, "delta_s": round(step.delta_s, 3)},
+            "corrections": self.corrections,
+            "corrected_messages": self.corrected_messages,
+        }
+
+
+# -- the rules' timeline ----------------------------------------------------------------------------
+
+
+class Timeline:
+    """A time axis for holds, windows and watches that never jumps: ``boot clock + anchor``, in POSIX-like
+    seconds (equal to the wall clock when nothing stepped).
+
+    Carried across restarts in ``path``: in the same boot it continues exactly; after a new boot it
+    starts at the later of the wall clock and the last saved point plus :data:`TIMELINE_MARGIN_S` (the
+    longest it can have run unsaved), so a clock behind the last reading never makes readings look
+    older than it, and a clock days ahead only counts as time when it is the truth."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        boot_id: str | None = None,
+        wall: Callable[[], float] = time.time,
+        boot: Callable[[], float] = boottime,
+    ) -> None:
+        self.path = path
+        self.boot_id = read_boot_id() if boot_id is None else boot_id
+        self.wall = wall
+        self.boot = boot
+        self._last_save = -math.inf
+        now_wall, now_boot = wall(), boot()
+        start = now_wall
+        saved = self._load()
+        if saved is not None:
+            t, saved_boot_id, saved_boot = saved
+            if saved_boot_id == self.boot_id and saved_boot <= now_boot:
+                start = t + (now_boot - saved_boot)
+            else:
+                start = max(now_wall, t + TIMELINE_MARGIN_S)
+        self.anchor = start - now_boot
+
+    def _load(self) -> tuple[float, str, float] | None:
+        if self.path is None:
+            return None
+        try:
+            d = json.loads(self.path.read_text())
+            t, bid, b = float(d["t"]), str(d["boot_id"]), float(d["boot_s"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("clock: timeline file %s unusable, starting from the wall clock: %s", self.path, exc)
+            return None
+        return (t, bid, b) if math.isfinite(t) and math.isfinite(b) else None
+
+    def now(self) -> float:
+        return self.boot() + self.anchor
+
+    def __call__(self) -> float:
+        return self.now()
+
+    def save(self, *, force: bool = False) -> None:
+        """Write the current point (atomically); at most every :data:`TIMELINE_SAVE_S` unless forced."""
+        b = self.boot()
+        if self.path is None or (not force and b - self._last_save < TIMELINE_SAVE_S):
+            return
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"t": b + self.anchor, "boot_id": self.boot_id, "boot_s": b}))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("clock: cannot save the timeline to %s: %s", self.path, exc)
+            return
+        self._last_save = b
+
+    async def run(self) -> None:
+        while True:
+            self.save()
+            await asyncio.sleep(TIMELINE_CHECK_S)
