@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from drivers import codes
 from gateway.rules.spec import Condition, RuleSpec
 
-LOINC_HEART_RATE = "8867-4"
-LOINC_SPO2 = "59408-5"
-LOINC_SYSTOLIC = "8480-6"
-LOINC_DIASTOLIC = "8462-4"
+LOINC_HEART_RATE = codes.HEART_RATE
+LOINC_SPO2 = codes.SPO2
+LOINC_SYSTOLIC = codes.SYSTOLIC
+LOINC_DIASTOLIC = codes.DIASTOLIC
 CODE_AF_SCREENING = "homecare:af-screening"
 
 SPO2_LOW = RuleSpec(
