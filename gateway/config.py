@@ -369,29 +369,19 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
 
 
 def _parse_modem(file: Path, a: _Reader) -> ModemOptions | None:
+    """``[alarm.modem]``: read by the same rules as a device's options (drivers.options)."""
     raw = a.get("modem", dict, None, "a table [alarm.modem]")
     if raw is None:
         return None
-    m = _Reader(file, "alarm.modem", raw)
-    defaults = ModemOptions.__dataclass_fields__
-    kwargs: dict[str, Any] = {}
-    for key, f in defaults.items():
-        default = f.default
-        if key == "pin_file":
-            kwargs[key] = m.path("pin_file", must_exist=True)
-        elif isinstance(default, bool):
-            kwargs[key] = m.bool_(key, default)
-        elif isinstance(default, int):
-            kwargs[key] = m.get(key, int, default, "an integer")
-        elif isinstance(default, float):
-            kwargs[key] = m.float_(key, default, 0, 1e9, "seconds")
-        else:
-            kwargs[key] = m.str_(key, default)
-    m.finish()
+    table = dict(raw)
+    m = _Reader(file, "alarm.modem", table)
+    if "pin_file" in table:
+        pin = m.path("pin_file", must_exist=True)  # relative to the configuration file
+        table["pin_file"] = str(pin) if pin is not None else ""
     try:
-        return ModemOptions(**kwargs)
-    except DeviceConfigError as exc:
-        raise ConfigError(f"{file}: [alarm.modem] {exc}") from None
+        return ModemOptions.from_mapping(table)
+    except OptionError as exc:
+        raise ConfigError(f"{file}: alarm.modem.{exc}", key=exc.key) from None
 
 
 _WATCH_FIELDS = {f for f in WatchSettings.__dataclass_fields__}

@@ -1217,7 +1217,7 @@ def _judge_modem(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
     alarm = status.get("alarm") if status is not None else None
     if alarm is None:
         try:
-            path = resolve_port(cfg.alarm.modem.identity)
+            path = resolve_port(cfg.alarm.modem.identity())
         except PortMissing as exc:
             return _fail("modem", f"The SMS modem is not there: {exc}.", "Plug the modem in (its AT port).")
         return _warn(

@@ -254,6 +254,19 @@ async def _stop(task: asyncio.Task[None]) -> None:
             await task
 
 
+@contextlib.asynccontextmanager
+async def _serving(rig: Rig, sink: Readings) -> AsyncIterator[Driver]:
+    """A driver of the rig's kind running and connected; stopped (promptly) at the end."""
+    drv = _driver(rig, sink)
+    task = asyncio.create_task(drv.run())
+    try:
+        await _connected(sink, 0, rig.connect_timeout_s)
+        yield drv
+        _no_bugs(drv)
+    finally:
+        await _stop(task)
+
+
 def _no_bugs(driver: Driver) -> None:
     counters = driver.counters()
     assert counters.get("bugs", 0) == 0, counters
@@ -305,22 +318,15 @@ def test_unplug_and_replug_are_reported_and_the_link_comes_back(tmp_path: Path, 
     sink = Readings()
 
     async def go() -> None:
-        async with rig.running():
-            drv = _driver(rig, sink)
-            task = asyncio.create_task(drv.run())
-            try:
-                await _connected(sink, 0, rig.connect_timeout_s)
-                mark = len(_states(sink))
-                await rig.unplug()
-                await until(
-                    lambda: any(s.state is LinkState.DISCONNECTED for s in _states(sink)[mark:]), 90, "disconnected"
-                )
-                mark = len(_states(sink))
-                await rig.plug()
-                await _connected(sink, mark, 60)
-                _no_bugs(drv)
-            finally:
-                await _stop(task)
+        async with rig.running(), _serving(rig, sink):
+            mark = len(_states(sink))
+            await rig.unplug()
+            await until(
+                lambda: any(s.state is LinkState.DISCONNECTED for s in _states(sink)[mark:]), 90, "disconnected"
+            )
+            mark = len(_states(sink))
+            await rig.plug()
+            await _connected(sink, mark, 60)
 
     asyncio.run(go())
 
@@ -331,19 +337,12 @@ def test_garbage_is_counted_and_the_link_stays_up(tmp_path: Path, kind: str) -> 
     sink = Readings()
 
     async def go() -> None:
-        async with rig.running():
-            drv = _driver(rig, sink)
-            task = asyncio.create_task(drv.run())
-            try:
-                await _connected(sink, 0, rig.connect_timeout_s)
-                await asyncio.sleep(0.5)
-                mark = len(_states(sink))
-                await rig.garbage()
-                await until(lambda: drv.counters().get(rig.garbage_counter, 0) > 0, 20, rig.garbage_counter)
-                await asyncio.sleep(0.5)
-                assert not [s for s in _states(sink)[mark:] if s.state is not LinkState.CONNECTED]
-                _no_bugs(drv)
-            finally:
-                await _stop(task)
+        async with rig.running(), _serving(rig, sink) as drv:
+            await asyncio.sleep(0.5)
+            mark = len(_states(sink))
+            await rig.garbage()
+            await until(lambda: drv.counters().get(rig.garbage_counter, 0) > 0, 20, rig.garbage_counter)
+            await asyncio.sleep(0.5)
+            assert not [s for s in _states(sink)[mark:] if s.state is not LinkState.CONNECTED]
 
     asyncio.run(go())

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from drivers.base import DeviceConfigError, TransientDeviceError
+from drivers.base import TransientDeviceError
+from drivers.options import absolute_path_or_empty, option
 from drivers.reconnect import Backoff, ConnState, Reconnector
 from drivers.serial import at
-from drivers.serial.port import LinkLost, PortIdentity, SerialLink, resolve_port
+from drivers.serial.port import LinkLost, SerialLink, SerialOptions, resolve_port
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +49,29 @@ class ModemUnavailable(TransientDeviceError):
     """The modem is not connected right now (unplugged, not answering)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ModemOptions:
-    """Everything the modem driver is configured with, validated at construction
-    (:class:`~drivers.base.DeviceConfigError` naming the field)."""
+def _baudrate(value: Any) -> str | None:
+    return None if value in BAUDRATES else "one of " + ", ".join(map(str, BAUDRATES))
 
-    port: str = ""  # a /dev/serial/by-id/... path (the modem's AT interface), or usb_vid + usb_pid
-    usb_vid: int = -1
-    usb_pid: int = -1
-    usb_serial: str = ""
-    baudrate: int = 115200
-    pin_file: Path | None = None  # the SIM PIN, in a file readable by the service only
-    command_timeout_s: float = 5.0
-    sms_timeout_s: float = 60.0  # AT+CMGS waits for the network: 27.005 allows long answers
-    poll_s: float = 30.0  # SIM, registration, signal
-    delivery_reports: bool = True  # ask the SMSC for a status report (TP-SRR) and route +CDS
-    validity_h: int = 24  # how long the SMSC keeps trying a recipient whose phone is off
 
-    def __post_init__(self) -> None:
-        if not self.port and (self.usb_vid < 0 or self.usb_pid < 0):
-            raise DeviceConfigError("modem: needs `port` (a /dev/serial/by-id path) or usb_vid + usb_pid")
-        if self.usb_vid > 0xFFFF or self.usb_pid > 0xFFFF:
-            raise DeviceConfigError("modem: usb_vid and usb_pid are 16-bit numbers")
-        if self.baudrate not in BAUDRATES:
-            raise DeviceConfigError(f"modem: baudrate {self.baudrate} is not one of {BAUDRATES}")
-        for name in ("command_timeout_s", "sms_timeout_s", "poll_s"):
-            value = getattr(self, name)
-            if not 0.05 <= value <= 3600:
-                raise DeviceConfigError(f"modem: {name} = {value}: expected 0.05..3600 seconds")
-        if not 1 <= self.validity_h <= 24 * 7:
-            raise DeviceConfigError(f"modem: validity_h = {self.validity_h}: expected 1..168 hours")
+@dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
+class ModemOptions(SerialOptions):
+    """Everything the modem service is configured with (``[alarm.modem]``): the serial keys of every
+    serial device (``port`` or ``usb_vid`` + ``usb_pid``...) and the modem's own, validated at
+    construction like a device kind's options (:class:`~drivers.options.OptionError` naming the key)."""
 
-    @property
-    def identity(self) -> PortIdentity:
-        return PortIdentity(
-            path=self.port or None,
-            vid=self.usb_vid if self.usb_vid >= 0 else None,
-            pid=self.usb_pid if self.usb_pid >= 0 else None,
-            serial_number=self.usb_serial or None,
-        )
+    baudrate: int = option(115200, check=_baudrate, refused=1234, doc="the AT interface's speed")
+    pin_file: str = option(
+        "",
+        check=absolute_path_or_empty,
+        describe="an absolute path, or empty",
+        refused="pin.txt",
+        doc="the SIM PIN, in a file readable by the service only",
+    )
+    command_timeout_s: float = option(5.0, lo=0.05, hi=3600, unit="seconds", doc="one AT command")
+    sms_timeout_s: float = option(60.0, lo=0.05, hi=3600, unit="seconds", doc="AT+CMGS waits for the network")
+    poll_s: float = option(30.0, lo=0.05, hi=3600, unit="seconds", doc="SIM, registration, signal")
+    delivery_reports: bool = option(True, doc="ask the SMSC for a status report (TP-SRR) and route +CDS")
+    validity_h: int = option(24, lo=1, hi=24 * 7, unit="hours", doc="how long the SMSC keeps trying")
 
     @property
     def tp_vp(self) -> int:
@@ -260,7 +245,7 @@ class Modem:
                 cb(self.health)
 
     async def _session(self) -> None:
-        path = resolve_port(self.options.identity)
+        path = resolve_port(self.options.identity())
         # A modem is quiet for hours between polls: the poll is the liveness check, not silence.
         async with SerialLink(path, self.options.baudrate, silence_timeout_s=365 * 86400.0) as link:
             s = _Session(link)
@@ -445,7 +430,7 @@ class Modem:
         await self._sms_setup(s)
 
     def _read_pin(self) -> str | None:
-        path = self.options.pin_file
+        path = Path(self.options.pin_file) if self.options.pin_file else None
         if path is None:
             if self.health.last_error != "SIM PIN required and no pin_file configured":
                 log.warning("modem %s: the SIM asks for a PIN and no pin_file is configured", self.name)

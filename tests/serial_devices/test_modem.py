@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import DeviceConfigError
+from drivers.options import OptionError
 from drivers.serial import at
 from drivers.serial.modem import Modem, ModemOptions, ModemUnavailable
 from simulators.modem_sim import ModemSimulator, ModemState
@@ -33,11 +33,11 @@ async def running(tmp_path: Path, state: ModemState, **opts: object) -> AsyncIte
 
 
 def test_options_are_validated_at_construction() -> None:
-    with pytest.raises(DeviceConfigError, match="port"):
+    with pytest.raises(OptionError, match="port"):
         ModemOptions()
-    with pytest.raises(DeviceConfigError, match="baudrate"):
+    with pytest.raises(OptionError, match="baudrate"):
         ModemOptions(port="/dev/x", baudrate=1234)
-    with pytest.raises(DeviceConfigError, match="validity_h"):
+    with pytest.raises(OptionError, match="validity_h"):
         ModemOptions(port="/dev/x", validity_h=0)
     assert ModemOptions(port="/dev/x", validity_h=24).tp_vp == 0xA7  # 24 hours, 23.040
     assert ModemOptions(port="/dev/x", validity_h=1).tp_vp == 11  # 12 x 5 minutes
@@ -50,7 +50,7 @@ def test_startup_with_pin_then_gsm7_and_ucs2_sms_with_delivery_reports(tmp_path:
     reports: list[at.StatusReport] = []
 
     async def go() -> tuple[ModemSimulator, Modem, list[list[int]]]:
-        async with running(tmp_path, ModemState(sim="pin", pin="4321", csq=17), pin_file=pin) as (sim, modem):
+        async with running(tmp_path, ModemState(sim="pin", pin="4321", csq=17), pin_file=str(pin)) as (sim, modem):
             modem.on_report.append(reports.append)
             await until(lambda: modem.health.ready, 10, "the modem ready")
             mrs = [
@@ -104,7 +104,7 @@ def test_a_refused_pin_is_never_entered_twice(tmp_path: Path) -> None:
     pin.write_text("1111")
 
     async def go() -> tuple[ModemSimulator, Modem]:
-        async with running(tmp_path, ModemState(sim="pin", pin="9999"), pin_file=pin) as (sim, modem):
+        async with running(tmp_path, ModemState(sim="pin", pin="9999"), pin_file=str(pin)) as (sim, modem):
             await until(lambda: modem.health.sim == "wrong_pin", 10, "the PIN refused")
             await asyncio.sleep(1.0)  # three polls
             with pytest.raises(at.WrongPin):
