@@ -74,6 +74,7 @@ class Registry:
     """Devices the gateway knows, with kind, first/last seen and last link state."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
         self.db = TinyDB(path, storage=AtomicJSONStorage)
         self.devices = self.db.table("devices")
         self.settings = self.db.table("settings")
@@ -144,3 +145,6 @@ class Registry:
     def get(self, key: str, default: Any = None) -> Any:
         doc = self.settings.get(Query().key == key)
         return doc["value"] if isinstance(doc, Mapping) else default
+
+    def delete(self, key: str) -> None:
+        self.settings.remove(Query().key == key)
