@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import pct, result_line
+from bench._common import cpu_s, pct, result_line
 from gateway.care import SNAPSHOT_KEY
 from gateway.registry import Registry
 from gateway.rules import RuleEngine, WatchSettings
@@ -36,13 +36,6 @@ from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
 from tests.helpers import GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, wait_for
 
 PENDANTS = 40  # presses rotate over them: a pendant's frames closer than 1 s would be one press
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def seed(data: Path, n: int) -> None:

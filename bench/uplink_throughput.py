@@ -20,16 +20,13 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._common import peak_rss_mb, proc_io, result_line
+from bench._common import paho_publish, peak_rss_mb, proc_io, result_line
 from drivers.base import Measurement
 from gateway.config import UplinkSection
 from gateway.messages import Topics, observation
@@ -73,42 +70,8 @@ async def gateway_run(port: int, msgs: list[tuple[str, bytes, object]], workdir:
     return len(msgs) / elapsed
 
 
-PEER_QUEUE = 10_000  # published and not yet PUBACKed, at most: MQTT packet ids are 16 bits
-
-
 def paho_run(port: int, msgs: list[tuple[str, bytes, object]]) -> float:
-    """Raw paho: publish as fast as its queue takes them, count PUBACKs. At most PEER_QUEUE messages
-    wait for their PUBACK: with more than 65,535 outstanding, paho gives a new message the packet id of
-    one still queued, which replaces it, and that message's PUBACK never comes (the hang at 100,000)."""
-    done = threading.Event()
-    room = threading.Semaphore(PEER_QUEUE)
-    acked = [0]
-    n = len(msgs)
-
-    def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
-        acked[0] += 1
-        room.release()
-        if acked[0] == n:
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-peer", protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(100)
-    c.max_queued_messages_set(0)
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    for topic, payload, _ in msgs:
-        room.acquire()
-        c.publish(topic, payload, qos=1)
-    finished = done.wait(300)
-    elapsed = time.perf_counter() - t0
-    c.disconnect()
-    c.loop_stop()
-    if not finished:
-        raise SystemExit(f"raw paho peer: {acked[0]} of {n} PUBACKs within 300 s")
-    return n / elapsed
+    return len(msgs) / paho_publish(port, ((t, p) for t, p, _ in msgs), len(msgs))
 
 
 def main() -> int:
