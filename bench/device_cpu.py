@@ -1,0 +1,231 @@
+"""CPU per device and memory of gatewayd with every device kind at its real rate (issue 15, items 4 and 1).
+
+A real ``gatewayd`` (broker on loopback, connected) with, at their real rates:
+
+- a BLE wrist monitor through the virtual BlueZ (private dbus-daemon): raw PPG at 100 Hz (red, IR,
+  green; the virtual device's frame format carries no accelerometer channel), heart rate with RR and
+  SpO2 every second; the gateway's DSP computes HR, SpO2 and the AF screen from the PPG;
+- a CMS50 oximeter on a pty, 60 frames/s;
+- a BLE blood-pressure cuff that takes a reading a minute (advertises, the gateway connects, fetches it);
+- an RFXtrx SOS receiver on a pty, idle.
+
+Runs: the receiver alone (the daemon's idle cost), wrist alone, oximeter alone (each ``--single-s``),
+then everything for ``--minutes``. A device's CPU per hour is its run's CPU rate minus the idle rate;
+the cuff's is what the full run has beyond idle + wrist + oximeter (small, so noisy). At the end of the
+full run: RSS and PSS (``/proc/PID/smaps_rollup``) of gatewayd, and where its memory goes (modules
+by RSS at import, ``-X importtime``'s slowest imports).
+
+    nice -n 10 .venv/bin/python bench/device_cpu.py [--minutes 5] [--single-s 45]
+
+Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... pss_mb=... rss_mb=...``.
+The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import cpu_s, memory_mb, result_line
+from simulators.bluez.peripherals import BpCuff, WristMonitor
+from simulators.broker import Mosquitto
+from simulators.cms50_sim import Cms50Simulator
+from simulators.rfxtrx_sim import RfxtrxSimulator
+from tests.ble.util import virtual_bluez
+from tests.helpers import REPO, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, wait_for
+
+WRIST = "C0:FF:EE:00:00:01"
+CUFF = "C0:FF:EE:00:00:02"
+KINDS = ("wrist", "oximeter", "cuff")
+
+
+def devices_toml(tmp: Path, kinds: tuple[str, ...]) -> str:
+    out = rfxtrx_device(tmp / "usb-RFXCOM_RFXtrx433_CPU-if00-port0")
+    if "oximeter" in kinds:
+        out += f"""
+[[devices]]
+id = "oxi"
+kind = "serial-cms50"
+port = "{tmp / "ttyUSB-cms50"}"
+download_stored = false
+"""
+    if "wrist" in kinds:
+        out += f"""
+[[devices]]
+id = "wrist"
+kind = "ble-wrist"
+transport = "ble"
+address = "{WRIST}"
+"""
+    if "cuff" in kinds:
+        out += f"""
+[[devices]]
+id = "cuff"
+kind = "ble-bp-cuff"
+transport = "ble"
+address = "{CUFF}"
+timezone = "UTC"
+"""
+    return out
+
+
+@contextlib.asynccontextmanager
+async def simulators(tmp: Path, kinds: tuple[str, ...]) -> AsyncIterator[BpCuff | None]:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(RfxtrxSimulator(tmp / "usb-RFXCOM_RFXtrx433_CPU-if00-port0"))
+        if "oximeter" in kinds:
+            await stack.enter_async_context(Cms50Simulator(tmp / "ttyUSB-cms50"))
+        cuff = BpCuff(CUFF) if "cuff" in kinds else None
+        ble = [p for p in (WristMonitor(WRIST) if "wrist" in kinds else None, cuff) if p is not None]
+        if ble:
+            await stack.enter_async_context(virtual_bluez(ble))
+        yield cuff
+
+
+async def measure(tmp: Path, port: int, kinds: tuple[str, ...], seconds: float) -> dict[str, float]:
+    """CPU rate (s per s) of gatewayd over ``seconds`` once every device of ``kinds`` delivers."""
+    work = tmp / "-".join(kinds or ("idle",))
+    work.mkdir()
+    config = gateway_config(work, port, gateway_id="gw-cpu", devices=devices_toml(work, kinds))
+    async with simulators(work, kinds) as cuff:
+        gw = GatewayProcess(config, log_level="WARNING")
+        gw.start()
+        try:
+            want = {"wrist": "wrist", "oximeter": "oxi"}
+
+            def delivering() -> bool:
+                st = status_via_ctl(config)
+                if not st:
+                    return False
+                seen = {d["id"]: d["readings"] for d in st["devices"]}
+                return all(seen.get(want[k], 0) > 0 for k in kinds if k in want)
+
+            await asyncio.to_thread(wait_for, delivering, 90, 0.5, "the devices to deliver")
+            await asyncio.sleep(10)  # DSP windows filled, start-up done
+            c0, t0 = cpu_s(gw.pid), time.monotonic()
+            next_cuff = t0
+            while (now := time.monotonic()) < t0 + seconds:
+                if cuff is not None and now >= next_cuff:
+                    await cuff.measure()
+                    next_cuff += 60.0
+                await asyncio.sleep(min(1.0, t0 + seconds - now))
+            c1, t1 = cpu_s(gw.pid), time.monotonic()
+            mem = memory_mb(gw.pid)
+            if cuff is not None:
+                st = await asyncio.to_thread(status_via_ctl, config) or {}
+                mem["cuff_readings"] = float(
+                    next((d["readings"] for d in st.get("devices", []) if d["id"] == "cuff"), 0)
+                )
+            gw.terminate(30)
+        finally:
+            gw.stop_quietly()
+    if "Traceback" in gw.log():
+        raise SystemExit(f"gatewayd logged a traceback, see {gw.logfile}")
+    return {"rate": (c1 - c0) / (t1 - t0), **mem}
+
+
+IMPORTS = ("numpy", "scipy.signal", "gateway.dsp.stream", "bleak", "dbus_fast", "paho.mqtt.client", "tinydb")
+
+
+def import_costs() -> list[tuple[str, float]]:
+    """RSS (MB) each package adds when imported first in a fresh interpreter, and then gateway.daemon."""
+    code = (
+        "import sys, importlib\n"
+        "def rss():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024\n"
+        "base = rss()\n"
+        "for name in sys.argv[1:]:\n"
+        "    before = rss(); importlib.import_module(name); print(name, round(rss() - before, 1))\n"
+        "print('interpreter', round(base, 1))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *IMPORTS, "gateway.daemon"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    rows = []
+    for line in out.stdout.splitlines():
+        name, _, mb = line.rpartition(" ")
+        rows.append((name, float(mb)))
+    return rows
+
+
+def import_time_by_package(n: int = 8) -> list[tuple[str, float]]:
+    """``-X importtime`` of gateway.daemon: the modules' own import times summed by top-level package, ms."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import gateway.daemon"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    by_package: dict[str, float] = {}
+    for line in out.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[0].startswith("import time:") and parts[1].strip().isdigit():
+            own_us = int(parts[0].removeprefix("import time:").strip())
+            root = parts[2].strip().split(".")[0]
+            by_package[root] = by_package.get(root, 0.0) + own_us / 1000.0
+    return sorted(by_package.items(), key=lambda r: -r[1])[:n]
+
+
+async def run(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    broker = Mosquitto(workdir=tmp / "broker")
+    broker.start()
+    try:
+        rates: dict[tuple[str, ...], dict[str, float]] = {}
+        for kinds in ((), ("wrist",), ("oximeter",)):
+            rates[kinds] = await measure(tmp, broker.port, kinds, args.single_s)
+            print(f"{'+'.join(kinds) or 'receiver alone'}: {rates[kinds]['rate'] * 100:.2f} % of a core", flush=True)
+        full = await measure(tmp, broker.port, KINDS, args.minutes * 60)
+        print(f"everything for {args.minutes:g} min: {full['rate'] * 100:.2f} % of a core", flush=True)
+    finally:
+        broker.stop()
+    idle = rates[()]["rate"]
+    wrist = (rates[("wrist",)]["rate"] - idle) * 3600
+    oxi = (rates[("oximeter",)]["rate"] - idle) * 3600
+    cuff = (full["rate"] - idle) * 3600 - wrist - oxi
+    print(f"idle (receiver only): {idle * 3600:.1f} CPU s/h; wrist {wrist:.1f}, oximeter {oxi:.1f}, cuff {cuff:.1f}")
+    print(f"cuff readings fetched during the full run: {full.get('cuff_readings', 0):.0f}")
+    print(
+        f"gatewayd memory after {args.minutes:g} min with all devices: RSS {full['rss']:.1f} MB, "
+        f"PSS {full['pss']:.1f} MB, peak RSS {full['peak_rss']:.1f} MB"
+    )
+    print("RSS added by importing (fresh interpreter, in this order):")
+    for name, mb in import_costs():
+        print(f"  {name:22s} {mb:6.1f} MB")
+    print("import gateway.daemon: own import time by package")
+    for name, ms in import_time_by_package():
+        print(f"  {name:22s} {ms:7.1f} ms")
+    print("machine: 2 cores shared with other agents; CPU figures are noisy")
+    print(
+        result_line(
+            total_core_pct=round(full["rate"] * 100, 2),
+            wrist_cpu_s_per_h=round(wrist, 1),
+            oximeter_cpu_s_per_h=round(oxi, 1),
+            cuff_cpu_s_per_h=round(cuff, 1),
+            idle_cpu_s_per_h=round(idle * 3600, 1),
+            pss_mb=round(full["pss"], 1),
+            rss_mb=round(full["rss"], 1),
+        )
+    )
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="the run with every device (memory read at its end)")
+    ap.add_argument("--single-s", type=float, default=45.0, help="each single-device run, seconds")
+    return asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
