@@ -47,6 +47,27 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def restartable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a broker that is stopped and started
+    again: while it is down, a port from the ephemeral range can be taken by any outgoing connection
+    (even the gateway's own reconnect attempts, which connect to themselves), and it cannot come back."""
+    import random
+    import socket
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        low = int(fh.read().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low - 10_000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -31,12 +31,13 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import cpu_s, memory_mb, result_line
-from simulators.bluez.peripherals import BpCuff, WristMonitor
+from simulators.bluez.peripherals import BpCuff, SosPendant, WristMonitor
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
 from simulators.rfxtrx_sim import RfxtrxSimulator
@@ -48,14 +49,20 @@ CUFF = "C0:FF:EE:00:00:02"
 KINDS = ("wrist", "oximeter", "cuff")
 
 
+RFX_LINK = "usb-RFXCOM_RFXtrx433_CPU-if00-port0"
+CMS50_LINK = "ttyUSB-cms50"
+PENDANT = "C0:FF:EE:00:00:03"
+
+
 def devices_toml(tmp: Path, kinds: tuple[str, ...]) -> str:
-    out = rfxtrx_device(tmp / "usb-RFXCOM_RFXtrx433_CPU-if00-port0")
+    """The RFXtrx receiver and the devices of ``kinds`` (wrist, oximeter, cuff, pendant)."""
+    out = rfxtrx_device(tmp / RFX_LINK, accept_unknown=True)
     if "oximeter" in kinds:
         out += f"""
 [[devices]]
 id = "oxi"
 kind = "serial-cms50"
-port = "{tmp / "ttyUSB-cms50"}"
+port = "{tmp / CMS50_LINK}"
 download_stored = false
 """
     if "wrist" in kinds:
@@ -75,20 +82,38 @@ transport = "ble"
 address = "{CUFF}"
 timezone = "UTC"
 """
+    if "pendant" in kinds:
+        out += f"""
+[[devices]]
+id = "sos-ble"
+kind = "ble-sos"
+transport = "ble"
+address = "{PENDANT}"
+"""
     return out
 
 
+@dataclass
+class Devices:
+    rfx: RfxtrxSimulator
+    cuff: BpCuff | None
+    pendant: SosPendant | None
+
+
 @contextlib.asynccontextmanager
-async def simulators(tmp: Path, kinds: tuple[str, ...]) -> AsyncIterator[BpCuff | None]:
+async def simulators(tmp: Path, kinds: tuple[str, ...]) -> AsyncIterator[Devices]:
+    """The simulators behind :func:`devices_toml`: ptys, and the virtual BlueZ on a private bus
+    (this process's environment then points at it, so a gatewayd started inside uses it)."""
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(RfxtrxSimulator(tmp / "usb-RFXCOM_RFXtrx433_CPU-if00-port0"))
+        rfx = await stack.enter_async_context(RfxtrxSimulator(tmp / RFX_LINK))
         if "oximeter" in kinds:
-            await stack.enter_async_context(Cms50Simulator(tmp / "ttyUSB-cms50"))
+            await stack.enter_async_context(Cms50Simulator(tmp / CMS50_LINK))
         cuff = BpCuff(CUFF) if "cuff" in kinds else None
-        ble = [p for p in (WristMonitor(WRIST) if "wrist" in kinds else None, cuff) if p is not None]
+        pendant = SosPendant(PENDANT) if "pendant" in kinds else None
+        ble = [p for p in (WristMonitor(WRIST) if "wrist" in kinds else None, cuff, pendant) if p is not None]
         if ble:
             await stack.enter_async_context(virtual_bluez(ble))
-        yield cuff
+        yield Devices(rfx, cuff, pendant)
 
 
 async def measure(tmp: Path, port: int, kinds: tuple[str, ...], seconds: float) -> dict[str, float]:
@@ -96,7 +121,8 @@ async def measure(tmp: Path, port: int, kinds: tuple[str, ...], seconds: float) 
     work = tmp / "-".join(kinds or ("idle",))
     work.mkdir()
     config = gateway_config(work, port, gateway_id="gw-cpu", devices=devices_toml(work, kinds))
-    async with simulators(work, kinds) as cuff:
+    async with simulators(work, kinds) as sims:
+        cuff = sims.cuff
         gw = GatewayProcess(config, log_level="WARNING")
         gw.start()
         try:
