@@ -16,6 +16,7 @@ full run: RSS and PSS (``/proc/PID/smaps_rollup``) of gatewayd, and where its me
 by RSS at import, ``-X importtime``'s slowest imports).
 
     nice -n 10 .venv/bin/python bench/device_cpu.py [--minutes 5] [--single-s 45]
+    nice -n 10 .venv/bin/python bench/device_cpu.py --tracemalloc --minutes 2   # the Python heap by file
 
 Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... pss_mb=... rss_mb=...``.
 The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,40 +58,16 @@ PENDANT = "C0:FF:EE:00:00:03"
 
 def devices_toml(tmp: Path, kinds: tuple[str, ...]) -> str:
     """The RFXtrx receiver and the devices of ``kinds`` (wrist, oximeter, cuff, pendant)."""
+    table = {
+        "oximeter": ("oxi", "serial-cms50", f'port = "{tmp / CMS50_LINK}"\ndownload_stored = false'),
+        "wrist": ("wrist", "ble-wrist", f'transport = "ble"\naddress = "{WRIST}"'),
+        "cuff": ("cuff", "ble-bp-cuff", f'transport = "ble"\naddress = "{CUFF}"\ntimezone = "UTC"'),
+        "pendant": ("sos-ble", "ble-sos", f'transport = "ble"\naddress = "{PENDANT}"'),
+    }
     out = rfxtrx_device(tmp / RFX_LINK, accept_unknown=True)
-    if "oximeter" in kinds:
-        out += f"""
-[[devices]]
-id = "oxi"
-kind = "serial-cms50"
-port = "{tmp / CMS50_LINK}"
-download_stored = false
-"""
-    if "wrist" in kinds:
-        out += f"""
-[[devices]]
-id = "wrist"
-kind = "ble-wrist"
-transport = "ble"
-address = "{WRIST}"
-"""
-    if "cuff" in kinds:
-        out += f"""
-[[devices]]
-id = "cuff"
-kind = "ble-bp-cuff"
-transport = "ble"
-address = "{CUFF}"
-timezone = "UTC"
-"""
-    if "pendant" in kinds:
-        out += f"""
-[[devices]]
-id = "sos-ble"
-kind = "ble-sos"
-transport = "ble"
-address = "{PENDANT}"
-"""
+    for kind in kinds:
+        dev_id, driver, lines = table[kind]
+        out += f'\n[[devices]]\nid = "{dev_id}"\nkind = "{driver}"\n{lines}\n'
     return out
 
 
@@ -116,15 +94,46 @@ async def simulators(tmp: Path, kinds: tuple[str, ...]) -> AsyncIterator[Devices
         yield Devices(rfx, cuff, pendant)
 
 
-async def measure(tmp: Path, port: int, kinds: tuple[str, ...], seconds: float) -> dict[str, float]:
-    """CPU rate (s per s) of gatewayd over ``seconds`` once every device of ``kinds`` delivers."""
+TRACEMALLOC_HOOK = """
+import atexit, os, tracemalloc
+
+def _dump():
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    with open(os.environ["BENCH_TRACEMALLOC_OUT"], "w") as fh:
+        stats = snap.statistics("filename")
+        fh.write(f"total {sum(s.size for s in stats) / 1e6:.1f} MB in {sum(s.count for s in stats)} blocks\\n")
+        for s in stats[:25]:
+            fh.write(f"{s.size / 1e6:8.2f} MB {s.count:8d} blocks  {s.traceback[0].filename}\\n")
+
+if os.environ.get("BENCH_TRACEMALLOC_OUT"):
+    tracemalloc.start(1)
+    atexit.register(_dump)
+"""
+
+
+async def measure(
+    tmp: Path, port: int, kinds: tuple[str, ...], seconds: float, *, trace: bool = False
+) -> dict[str, float]:
+    """CPU rate (s per s) of gatewayd over ``seconds`` once every device of ``kinds`` delivers.
+    ``trace``: gatewayd runs under tracemalloc (a sitecustomize hook) and writes its Python heap by
+    file to ``tracemalloc.txt`` at its orderly stop."""
     work = tmp / "-".join(kinds or ("idle",))
     work.mkdir()
     config = gateway_config(work, port, gateway_id="gw-cpu", devices=devices_toml(work, kinds))
     async with simulators(work, kinds) as sims:
         cuff = sims.cuff
         gw = GatewayProcess(config, log_level="WARNING")
-        gw.start()
+        saved = dict(os.environ)
+        if trace:
+            (work / "hook").mkdir()
+            (work / "hook" / "sitecustomize.py").write_text(TRACEMALLOC_HOOK)
+            os.environ["PYTHONPATH"] = str(work / "hook")
+            os.environ["BENCH_TRACEMALLOC_OUT"] = str(work / "tracemalloc.txt")
+        try:
+            gw.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         try:
             want = {"wrist": "wrist", "oximeter": "oxi"}
 
@@ -202,7 +211,19 @@ def import_time_by_package(n: int = 8) -> list[tuple[str, float]]:
     return sorted(by_package.items(), key=lambda r: -r[1])[:n]
 
 
+async def traced(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    with Mosquitto(workdir=tmp / "broker") as broker:
+        full = await measure(tmp, broker.port, KINDS, args.minutes * 60, trace=True)
+    print(f"gatewayd under tracemalloc, all devices, {args.minutes:g} min; its Python heap by file at stop:")
+    print((tmp / "-".join(KINDS) / "tracemalloc.txt").read_text())
+    print(result_line(pss_mb=round(full["pss"], 1), rss_mb=round(full["rss"], 1), traced=1))
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.tracemalloc:
+        return await traced(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
     broker = Mosquitto(workdir=tmp / "broker")
     broker.start()
@@ -250,6 +271,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="the run with every device (memory read at its end)")
     ap.add_argument("--single-s", type=float, default=45.0, help="each single-device run, seconds")
+    ap.add_argument(
+        "--tracemalloc", action="store_true", help="only the full run, gatewayd under tracemalloc: its heap by file"
+    )
     return asyncio.run(run(ap.parse_args()))
 
 

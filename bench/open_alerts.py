@@ -4,9 +4,10 @@ A real ``gatewayd`` with the RFXtrx SOS receiver (simulator on a pty) and the br
 case when the care centre cannot acknowledge). Its care state is seeded with N open, unacknowledged SOS
 alerts (default 10,000) through the registry's old whole-state setting, which the daemon migrates (so
 the same bench runs on a gateway from before care.sqlite3). Then P presses (default 400) come from 40
-pendants in turn, one every ``--gap-ms``; each press is timed from its first radio frame to its row in
-the outbox (the outbox database is polled read-only, WAL). The gateway's CPU time (utime + stime) over
-the presses is divided by their number. The same run is made with no open alerts first.
+pendants in turn (``--new-pendants``: each from a pendant never heard before), one every ``--gap-ms``;
+each press is timed from its first radio frame to its row in the outbox (the outbox database is polled
+read-only, WAL). The gateway's CPU time (utime + stime) over the presses is divided by their number.
+The same run is made with no open alerts first.
 
     nice -n 10 .venv/bin/python bench/open_alerts.py [--alerts 10000] [--presses 400]
 
@@ -56,7 +57,9 @@ def alert_seq(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM msg WHERE lane = 0").fetchone()[0])
 
 
-async def one_run(open_alerts: int, presses: int, gap_s: float) -> tuple[list[float], float, float]:
+async def one_run(
+    open_alerts: int, presses: int, gap_s: float, new_pendants: bool = False
+) -> tuple[list[float], float, float]:
     """Latencies (ms), CPU seconds per press, seconds from exec until the state was restored."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-open-alerts-"))
     link = tmp / "usb-RFXCOM_RFXtrx433_OPEN-if00-port0"
@@ -79,7 +82,7 @@ async def one_run(open_alerts: int, presses: int, gap_s: float) -> tuple[list[fl
             cpu0 = cpu_s(gw.pid)
             for k in range(presses):
                 before = alert_seq(db)
-                sensor = 0x300000 + k % PENDANTS
+                sensor = 0x300000 + (k if new_pendants else k % PENDANTS)
                 t0 = time.monotonic()
                 sim.send_frame(security1_frame(k & 0xFF, sensor))
                 deadline = t0 + 10.0
@@ -103,7 +106,7 @@ async def run(args: argparse.Namespace) -> int:
     figures: dict[int, tuple[list[float], float, float]] = {}
     for n in (0, args.alerts):
         print(f"{n} open alerts: {args.presses} presses, one every {args.gap_ms:.0f} ms ...", flush=True)
-        figures[n] = await one_run(n, args.presses, args.gap_ms / 1000)
+        figures[n] = await one_run(n, args.presses, args.gap_ms / 1000, args.new_pendants)
         lat, cpu, ready = figures[n]
         print(
             f"  press -> committed p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms  max {max(lat):.1f} ms;"
@@ -131,6 +134,9 @@ def main() -> int:
     ap.add_argument("--alerts", type=int, default=10_000, help="open unacknowledged alerts seeded")
     ap.add_argument("--presses", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=50.0, help="time between presses")
+    ap.add_argument(
+        "--new-pendants", action="store_true", help="every press from a pendant never heard before (the fault run's)"
+    )
     return asyncio.run(run(ap.parse_args()))
 
 

@@ -34,23 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import TopicWatch, result_line
-from simulators.broker import Mosquitto, free_port
-from simulators.cms50_sim import Cms50Simulator
+from bench._common import TopicWatch, restartable_port, result_line
+from bench.device_cpu import devices_toml, simulators
+from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
-from tests.helpers import GatewayProcess, gateway_config, rfxtrx_device
+from tests.helpers import GatewayProcess, gateway_config
 
 GW = "gw-startup"
-
-
-def cms50_device(link: Path) -> str:
-    return f"""
-[[devices]]
-id = "oxi"
-kind = "serial-cms50"
-port = "{link}"
-download_stored = false
-"""
 
 
 def alert_seq(db_path: Path) -> int:
@@ -105,20 +95,14 @@ def median_ms(values: list[float | None]) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    link = tmp / "usb-RFXCOM_RFXtrx433_START-if00-port0"
-    oxi_link = tmp / "ttyUSB-cms50"
-    port = free_port()
-    devices = rfxtrx_device(link, accept_unknown=True)
-    if args.devices == "all":
-        devices += cms50_device(oxi_link)
-    config = gateway_config(tmp, port, gateway_id=GW, devices=devices)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-", dir="/tmp"))
+    port = restartable_port()
+    kinds = ("oximeter",) if args.devices == "all" else ()
+    config = gateway_config(tmp, port, gateway_id=GW, devices=devices_toml(tmp, kinds))
     offline: list[tuple[float, float | None, float | None]] = []
     online: list[tuple[float, float | None, float | None]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        sim = await stack.enter_async_context(RfxtrxSimulator(link))
-        if args.devices == "all":
-            await stack.enter_async_context(Cms50Simulator(oxi_link))
+    async with simulators(tmp, kinds) as sims:
+        sim = sims.rfx
         for i in range(args.starts):
             offline.append(await one_start(config, sim, 0x400000 + i, None))
             print(f"start {i + 1} (broker unreachable): sos ready {offline[-1][0] * 1000:.0f} ms", flush=True)
