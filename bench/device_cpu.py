@@ -17,6 +17,7 @@ by RSS at import, ``-X importtime``'s slowest imports).
 
     nice -n 10 .venv/bin/python bench/device_cpu.py [--minutes 5] [--single-s 45]
     nice -n 10 .venv/bin/python bench/device_cpu.py --tracemalloc --minutes 2   # the Python heap by file
+    nice -n 10 .venv/bin/python bench/device_cpu.py --profile --kinds oximeter --minutes 1  # where CPU goes
 
 Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... pss_mb=... rss_mb=...``.
 The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
@@ -108,15 +109,31 @@ def _dump():
 if os.environ.get("BENCH_TRACEMALLOC_OUT"):
     tracemalloc.start(1)
     atexit.register(_dump)
+
+if os.environ.get("BENCH_PROFILE_OUT"):
+    import cProfile, io, pstats
+
+    _prof = cProfile.Profile()
+    _prof.enable()
+
+    def _dump_profile():
+        _prof.disable()
+        out = io.StringIO()
+        pstats.Stats(_prof, stream=out).sort_stats("tottime").print_stats(25)
+        with open(os.environ["BENCH_PROFILE_OUT"], "w") as fh:
+            fh.write(out.getvalue())
+
+    atexit.register(_dump_profile)
 """
 
 
 async def measure(
-    tmp: Path, port: int, kinds: tuple[str, ...], seconds: float, *, trace: bool = False
+    tmp: Path, port: int, kinds: tuple[str, ...], seconds: float, *, trace: str | None = None
 ) -> dict[str, float]:
     """CPU rate (s per s) of gatewayd over ``seconds`` once every device of ``kinds`` delivers.
-    ``trace``: gatewayd runs under tracemalloc (a sitecustomize hook) and writes its Python heap by
-    file to ``tracemalloc.txt`` at its orderly stop."""
+    ``trace`` ("tracemalloc" or "profile"): gatewayd runs under tracemalloc or cProfile (a
+    sitecustomize hook) and writes its Python heap by file, or its functions by own time, to
+    ``<trace>.txt`` at its orderly stop."""
     work = tmp / "-".join(kinds or ("idle",))
     work.mkdir()
     config = gateway_config(work, port, gateway_id="gw-cpu", devices=devices_toml(work, kinds))
@@ -128,7 +145,7 @@ async def measure(
             (work / "hook").mkdir()
             (work / "hook" / "sitecustomize.py").write_text(TRACEMALLOC_HOOK)
             os.environ["PYTHONPATH"] = str(work / "hook")
-            os.environ["BENCH_TRACEMALLOC_OUT"] = str(work / "tracemalloc.txt")
+            os.environ[f"BENCH_{trace.upper()}_OUT"] = str(work / f"{trace}.txt")
         try:
             gw.start()
         finally:
@@ -213,16 +230,20 @@ def import_time_by_package(n: int = 8) -> list[tuple[str, float]]:
 
 async def traced(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    trace = "tracemalloc" if args.tracemalloc else "profile"
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     with Mosquitto(workdir=tmp / "broker") as broker:
-        full = await measure(tmp, broker.port, KINDS, args.minutes * 60, trace=True)
-    print(f"gatewayd under tracemalloc, all devices, {args.minutes:g} min; its Python heap by file at stop:")
-    print((tmp / "-".join(KINDS) / "tracemalloc.txt").read_text())
-    print(result_line(pss_mb=round(full["pss"], 1), rss_mb=round(full["rss"], 1), traced=1))
+        full = await measure(tmp, broker.port, kinds, args.minutes * 60, trace=trace)
+    what = "its Python heap by file" if args.tracemalloc else "its functions by own time"
+    print(f"gatewayd under {trace}, devices {'+'.join(kinds)}, {args.minutes:g} min; {what} at stop:")
+    print((tmp / "-".join(kinds) / f"{trace}.txt").read_text())
+    mem = {"pss_mb": round(full["pss"], 1), "rss_mb": round(full["rss"], 1)}
+    print(result_line(**mem, core_pct=round(full["rate"] * 100, 2)))
     return 0
 
 
 async def run(args: argparse.Namespace) -> int:
-    if args.tracemalloc:
+    if args.tracemalloc or args.profile:
         return await traced(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
     broker = Mosquitto(workdir=tmp / "broker")
@@ -272,8 +293,10 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="the run with every device (memory read at its end)")
     ap.add_argument("--single-s", type=float, default=45.0, help="each single-device run, seconds")
     ap.add_argument(
-        "--tracemalloc", action="store_true", help="only the full run, gatewayd under tracemalloc: its heap by file"
+        "--tracemalloc", action="store_true", help="one run (--kinds), gatewayd under tracemalloc: its heap by file"
     )
+    ap.add_argument("--profile", action="store_true", help="one run (--kinds), gatewayd under cProfile")
+    ap.add_argument("--kinds", default="", help="with --tracemalloc/--profile: e.g. oximeter,wrist (default all)")
     return asyncio.run(run(ap.parse_args()))
 
 
