@@ -194,3 +194,21 @@ def test_store_write_failure_keeps_the_changes_for_the_next_save(tmp_path: Path)
     d.save()
     assert rows(tmp_path) == {"sos-y-1"}
     d.close()
+
+
+def test_a_reminder_is_written_to_its_row_and_counts_on_after_a_restart(tmp_path: Path) -> None:
+    clock = [T0]
+    d = desk(tmp_path, clock)
+    d.sos("sos-r-1", "r", T0)
+    clock[0] = T0 + 301  # the default reminder interval is 300 s
+    d.tick()
+    (a,) = d.engine.open_alerts()
+    assert a.reminders == 1
+    d.store.close()  # killed: only the rows
+    again = desk(tmp_path, clock)
+    (b,) = again.engine.open_alerts()
+    assert b.reminders == 1, "the reminder's row was written when it fired"
+    clock[0] = T0 + 602
+    again.tick()
+    assert again.engine.open_alerts()[0].reminders == 2
+    again.close()
