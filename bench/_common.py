@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def proc_io(pid: int) -> dict[str, int]:
@@ -15,6 +25,129 @@ def proc_io(pid: int) -> dict[str, int]:
             k, _, v = line.partition(":")
             out[k.strip()] = int(v)
     return out
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat; 10 ms resolution)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS and PSS (proportional set size: shared pages divided among the processes that map them)
+    from /proc/<pid>/smaps_rollup, and the peak RSS (VmHWM), in MB."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0]) / 1024.0
+    out["peak_rss"] = peak_rss_mb(pid)
+    return out
+
+
+def restartable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a broker that is stopped and started
+    again: while it is down, a port from the ephemeral range can be taken by any outgoing connection
+    (even the gateway's own reconnect attempts, which connect to themselves), and it cannot come back."""
+    import random
+    import socket
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        low = int(fh.read().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low - 10_000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class TopicWatch:
+    """A QoS 1 subscriber that notes when each message (by ``key(topic, doc)``) first arrived, on this
+    process's monotonic clock."""
+
+    def __init__(self, port: int, topic: str, key: Callable[[str, dict[str, Any]], str | None]) -> None:
+        self.seen: dict[str, float] = {}
+        self.count = 0
+        self.cond = threading.Condition()
+        self.key = key
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on
+        self.c.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.port = port
+
+    def _on(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        k = self.key(msg.topic, json.loads(msg.payload)) if msg.payload else None
+        with self.cond:
+            self.count += 1
+            if k is not None:
+                self.seen.setdefault(k, now)
+            self.cond.notify_all()
+
+    def start(self) -> None:
+        self.c.connect("127.0.0.1", self.port)
+        self.c.loop_start()
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def wait(self, key: str, timeout: float) -> float | None:
+        with self.cond:
+            self.cond.wait_for(lambda: key in self.seen, timeout)
+            return self.seen.get(key)
+
+
+PEER_QUEUE = 10_000  # published and not yet PUBACKed, at most: MQTT packet ids are 16 bits
+
+
+def paho_publish(port: int, msgs: Iterable[tuple[str, bytes]], n: int, *, client_id: str = "paho-peer") -> float:
+    """Raw paho-mqtt, the peer the gateway's uplink is compared with: publish ``n`` messages at QoS 1
+    with 100 in flight (its own loop thread), nothing stored; returns the seconds from the first
+    publish to the last PUBACK. At most :data:`PEER_QUEUE` messages wait for their PUBACK: with more
+    than 65,535 outstanding, paho gives a new message the packet id of one still queued, which replaces
+    it, and that message's PUBACK never comes (the old uplink bench hung at 100,000 messages)."""
+    done = threading.Event()
+    room = threading.Semaphore(PEER_QUEUE)
+    acked = [0]
+
+    def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
+        acked[0] += 1
+        room.release()
+        if acked[0] == n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        for topic, payload in msgs:
+            room.acquire()
+            c.publish(topic, payload, qos=1)
+        finished = done.wait(600)
+        elapsed = time.perf_counter() - t0
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    if not finished:
+        raise SystemExit(f"raw paho peer: {acked[0]} of {n} PUBACKs within 600 s")
+    return elapsed
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -9,35 +9,35 @@ frame left the simulated receiver (both on this process's monotonic clock).
 
     .venv/bin/python bench/backlog_drain.py [--messages 1000000] [--quick]
 
-Ends with ``RESULT drain_s=... sos_p50_ms=... sos_p99_ms=... sos_idle_p99_ms=... rss_mb=...
-disk_bytes_per_msg=...`` (rss: gatewayd's peak RSS; disk: gatewayd's write_bytes during the drain per
-drained message, i.e. the cost of deleting what the broker acknowledged).
+Before that, in the same run, raw paho-mqtt publishes the same N rows (read from the same file, in seq
+order, QoS 1, 100 in flight) to the same broker: ``drain_ratio`` = our drain seconds / raw paho seconds
+(paho deletes nothing and keeps no state: the cost of the outbox is the difference).
+
+Ends with ``RESULT drain_s=... drain_ratio=... paho_drain_s=... sos_p50_ms=... sos_p99_ms=...
+sos_idle_p99_ms=... rss_mb=... disk_bytes_per_msg=...`` (rss: gatewayd's peak RSS; disk: gatewayd's
+write_bytes during the drain per drained message, i.e. the cost of deleting what the broker acknowledged).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
-import subprocess
+import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._common import pct, peak_rss_mb, proc_io, result_line
+from bench._common import TopicWatch, paho_publish, pct, peak_rss_mb, proc_io, result_line
 from drivers.base import Measurement
 from gateway.messages import Topics, observation
 from gateway.outbox import Outbox
 from simulators.broker import Mosquitto, free_port
 from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
+from tests.helpers import GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl
 
 GW = "gw-drain"
 
@@ -62,40 +62,16 @@ async def fill(path: Path, n: int) -> None:
         runner.cancel()
 
 
-def status(config: Path) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return json.loads(out.stdout) if out.returncode == 0 else {}  # the status itself
-
-
-class AlertWatch:
-    def __init__(self, port: int) -> None:
-        self.seen: dict[str, float] = {}
-        self.cond = threading.Condition()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.c.on_message = self._on
-        self.c.on_connect = lambda c, *_: c.subscribe(f"homecare/v1/{GW}/alert", qos=1)
-        self.port = port
-
-    def _on(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        now = time.monotonic()
-        doc = json.loads(msg.payload)
-        with self.cond:
-            self.seen.setdefault(doc["device_id"], now)
-            self.cond.notify_all()
-
-    def start(self) -> None:
-        self.c.connect("127.0.0.1", self.port)
-        self.c.loop_start()
-
-    def wait(self, device: str, timeout: float) -> float | None:
-        with self.cond:
-            self.cond.wait_for(lambda: device in self.seen, timeout)
-            return self.seen.get(device)
+def raw_paho_drain(port: int, outbox: Path, n: int) -> float:
+    """Seconds for raw paho to publish the outbox's rows at QoS 1 and get every PUBACK: the same
+    topics and bodies the gateway will drain, read in seq order from the file (read-only)."""
+    db = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT seq, topic, body FROM msg ORDER BY seq")
+        msgs = ((topic, bytes(body[:-1]) + b',"seq":%d,"historical":true}' % seq) for seq, topic, body in rows)
+        return paho_publish(port, msgs, n, client_id="paho-drain")
+    finally:
+        db.close()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -108,33 +84,26 @@ async def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     await fill(data / "outbox.sqlite3", args.messages)
     print(f"  filled in {time.perf_counter() - t:.1f} s", flush=True)
-    config = tmp / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-id = "{GW}"
-data_dir = "{data}"
-[uplink]
-host = "127.0.0.1"
-port = {port}
-tls = false
-backoff_base_s = 0.1
-backoff_cap_s = 0.5
-[outbox]
-max_bytes = {4 << 30}
-[[devices]]
-id = "rfx"
-kind = "rfxtrx-sos"
-port = "{link}"
-accept_unknown = true
-""")
+    config = gateway_config(
+        tmp,
+        port,
+        gateway_id=GW,
+        devices=rfxtrx_device(link, accept_unknown=True),
+        outbox_extra=f"max_bytes = {4 << 30}",
+    )
     lat_drain: list[float] = []
     lat_idle: list[float] = []
     broker = Mosquitto(port=port, workdir=tmp / "broker")
+    print(f"raw paho drains the same {args.messages} messages ...", flush=True)
+    broker.start()
+    try:
+        paho_s = raw_paho_drain(port, data / "outbox.sqlite3", args.messages)
+    finally:
+        broker.stop()
+    print(f"  raw paho: {paho_s:.1f} s ({args.messages / paho_s:.0f} msg/s)", flush=True)
     async with RfxtrxSimulator(link) as sim:
-        gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.daemon", "--config", str(config), "--log-level", "ERROR"],
-            stdin=subprocess.DEVNULL,
-        )
+        gw = GatewayProcess(config, log_level="ERROR")
+        gw.start()
         try:
             while not sim.started:
                 await asyncio.sleep(0.05)
@@ -149,13 +118,15 @@ accept_unknown = true
                     await asyncio.sleep(0.01)
                 return f"rfx:{sensor[0]:06x}", t_press
 
-            watch = AlertWatch(port)
+            watch = TopicWatch(port, f"homecare/v1/{GW}/alert", lambda _t, doc: str(doc["device_id"]))
             broker.start()
             watch.start()
             io0 = proc_io(gw.pid)["write_bytes"]
             t0 = time.monotonic()
             # Presses are timed once the gateway is back online: the reconnect (backoff) is measured apart.
-            while (await asyncio.to_thread(status, config)).get("uplink", {}).get("state") != "connected":
+            while ((await asyncio.to_thread(status_via_ctl, config)) or {}).get("uplink", {}).get(
+                "state"
+            ) != "connected":
                 await asyncio.sleep(0.02)
             reconnect_s = time.monotonic() - t0
             pending: list[tuple[str, float]] = []
@@ -166,7 +137,7 @@ accept_unknown = true
                 await asyncio.sleep(0.25)
                 if time.monotonic() - last_poll > 1.0:
                     last_poll = time.monotonic()
-                    st = await asyncio.to_thread(status, config)
+                    st = (await asyncio.to_thread(status_via_ctl, config)) or {}
                     depth = st.get("outbox", {}).get("depth", {})
                     if depth and sum(depth.values()) == 0:
                         drained_at = time.monotonic()
@@ -187,12 +158,12 @@ accept_unknown = true
                 await asyncio.sleep(0.1)
             rss = peak_rss_mb(gw.pid)
         finally:
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(30)
+            gw.stop_quietly()
             broker.stop()
     lost = len(pending) + args.idle_presses - len(lat_drain) - len(lat_idle)
     print(f"reconnect after the broker came back: {reconnect_s:.2f} s (backoff cap 0.5 s)")
     print(f"drain of {args.messages} observations: {drain_s:.1f} s ({args.messages / drain_s:.0f} msg/s)")
+    print(f"raw paho, same messages from the same file, nothing deleted: {paho_s:.1f} s")
     print(
         f"SOS during drain: n={len(lat_drain)} p50 {pct(lat_drain, 50):.1f} ms  p99 {pct(lat_drain, 99):.1f} ms"
         f"  max {max(lat_drain, default=float('nan')):.1f} ms"
@@ -205,6 +176,8 @@ accept_unknown = true
     print(
         result_line(
             drain_s=round(drain_s, 1),
+            drain_ratio=round(drain_s / paho_s, 2),
+            paho_drain_s=round(paho_s, 1),
             sos_p50_ms=round(pct(lat_drain, 50), 1),
             sos_p99_ms=round(pct(lat_drain, 99), 1),
             sos_idle_p99_ms=round(pct(lat_idle, 99), 1),

@@ -13,8 +13,16 @@ bus daemon's CPU are printed separately (they stand in for bluetoothd and the ra
 
     .venv/bin/python bench/ble_notify.py            # 500 notifications/s for 60 s
     .venv/bin/python bench/ble_notify.py --quick    # 200/s for 10 s
+    .venv/bin/python bench/ble_notify.py --flat-out # as fast as the virtual BlueZ can, then the
+                                                    # highest rate sustained with no loss
 
-Ends with ``RESULT notify_per_s=... cpu_ms_per_1000=...``.
+``--flat-out``: the offered rate doubles from 500 notifications/s (one sample each, ``--duration`` 10 s
+per step) until the virtual BlueZ delivers less than 95 % of what it is asked for (it and the bus carry
+no more: flat out) or the driver sees samples lost, then bisects to within 15 %; ``flat_out_per_s`` is
+the highest rate received, ``sustained_per_s`` the highest received in full with no sample lost.
+
+Ends with ``RESULT notify_per_s=... cpu_ms_per_1000=...`` (``--flat-out``: ``RESULT flat_out_per_s=...
+sustained_per_s=... lost_samples_flat_out=...``).
 """
 
 from __future__ import annotations
@@ -31,13 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import cpu_s
+
 ADDRESS = "C0:FF:EE:00:00:01"
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -78,15 +82,15 @@ async def run(rate: float, per_frame: int, duration: float, workdir: Path) -> di
                 break
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = env["DBUS_SYSTEM_BUS_ADDRESS"]
 
-        from drivers.base import DeviceSpec, Waveform
-        from drivers.ble.stack import close_bleak
+        from drivers.base import DeviceSpec, DriverContext, Waveform
+        from drivers.ble.manager import BleStack
         from drivers.ble.wrist import WristMonitorDriver
         from gateway import messages
         from gateway.messages import Topics
         from gateway.outbox import Outbox
         from gateway.pipeline import Pipeline
 
-        async with Outbox(workdir / "outbox.sqlite3") as outbox:
+        async with Outbox(workdir / "outbox.sqlite3") as outbox, BleStack() as ble:
             topics = Topics("homecare/v1", "bench-gw")
             pipeline = Pipeline(topics, outbox)
 
@@ -95,9 +99,8 @@ async def run(rate: float, per_frame: int, duration: float, workdir: Path) -> di
                     outbox.submit(messages.waveform(topics, reading))
 
             pipeline.on_reading(to_bulk)
-            opts = {k: v for k, (_, v) in WristMonitorDriver.options_schema.items()}
-            opts.update(address=ADDRESS)
-            drv = WristMonitorDriver(DeviceSpec("wrist-bench", "ble-wrist", "ble", opts), pipeline.sink, time.time)
+            spec = DeviceSpec("wrist-bench", "ble-wrist", "ble", {"address": ADDRESS})
+            drv = WristMonitorDriver(spec, pipeline.sink, DriverContext(ble=ble))
             committer = asyncio.create_task(outbox.run())
             task = asyncio.create_task(drv.run())
             deadline = time.monotonic() + 30
@@ -105,9 +108,9 @@ async def run(rate: float, per_frame: int, duration: float, workdir: Path) -> di
                 await asyncio.sleep(0.1)
             helpers = [sim.pid, *_children(sim.pid)]
             f0, s0 = drv.ppg.stats.frames, drv.ppg.stats.gap_samples
-            c0, h0, t0 = time.process_time(), sum(_cpu_s(p) for p in helpers), time.monotonic()
+            c0, h0, t0 = time.process_time(), sum(cpu_s(p) for p in helpers), time.monotonic()
             await asyncio.sleep(duration)
-            c1, h1, t1 = time.process_time(), sum(_cpu_s(p) for p in helpers), time.monotonic()
+            c1, h1, t1 = time.process_time(), sum(cpu_s(p) for p in helpers), time.monotonic()
             f1, s1 = drv.ppg.stats.frames, drv.ppg.stats.gap_samples
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -115,7 +118,6 @@ async def run(rate: float, per_frame: int, duration: float, workdir: Path) -> di
             committed = outbox.next_seq - 1
             committer.cancel()
             await asyncio.gather(committer, return_exceptions=True)
-            await close_bleak()
         n = f1 - f0
         return {
             "notify_per_s": n / (t1 - t0),
@@ -127,9 +129,47 @@ async def run(rate: float, per_frame: int, duration: float, workdir: Path) -> di
         }
     finally:
         sim.terminate()
-        sim.wait(timeout=10)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(timeout=10)
         if sim.stdout is not None:
             sim.stdout.close()
+
+
+def flat_out(args: argparse.Namespace) -> int:
+    """Double the offered rate (one sample per notification) from 500/s, ``--duration`` s each, until
+    the virtual BlueZ no longer delivers what it is asked for or samples are lost."""
+    best_clean, top, lost_at_top, best_cpu = 0.0, 0.0, 0.0, float("nan")
+    lo, hi, rate = 0.0, 0.0, 500.0
+    with tempfile.TemporaryDirectory(prefix="hcb-bench-", dir="/tmp") as tmp:
+        for _ in range(10):
+            r = asyncio.run(run(rate, 1, args.duration, Path(tmp) / f"r{rate:.0f}"))
+            got, lost = r["notify_per_s"], r["lost_samples"]
+            print(
+                f"offered {rate:.0f}/s: received {got:.0f}/s, {lost:.0f} samples lost, gateway CPU "
+                f"{r['cpu_ms_per_1000']:.0f} ms per 1000",
+                flush=True,
+            )
+            if got > top:
+                top, lost_at_top = got, lost
+            clean = lost == 0 and got >= 0.95 * rate
+            if clean:
+                best_clean, lo, best_cpu = max(best_clean, got), rate, r["cpu_ms_per_1000"]
+            else:
+                hi = rate  # losing samples, or the simulator and the bus carry no more: flat out
+            if hi and (hi - lo) <= 0.15 * hi:
+                break
+            rate = rate * 2 if not hi else (lo + hi) / 2  # double until it fails, then bisect twice or so
+    print(f"machine: {os.cpu_count()} cores shared with other work; the virtual BlueZ runs on the same cores")
+    if top < hi:
+        print(f"at {hi:.0f}/s the virtual BlueZ did not deliver the stream: the limit is the simulator's")
+    print(
+        f"RESULT flat_out_per_s={top:.0f} sustained_per_s={best_clean:.0f} lost_samples_flat_out={lost_at_top:.0f} "
+        f"cpu_ms_per_1000_sustained={best_cpu:.1f}"
+    )
+    return 0
 
 
 def main() -> int:
@@ -138,7 +178,12 @@ def main() -> int:
     parser.add_argument("--per-frame", type=int, default=1, help="samples per notification")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--quick", action="store_true", help="200/s for 10 s")
+    parser.add_argument("--flat-out", action="store_true", help="doubling rates until flat out or loss")
     args = parser.parse_args()
+    if args.flat_out:
+        if args.duration == 60.0:
+            args.duration = 10.0
+        return flat_out(args)
     if args.quick:
         args.rate, args.duration = 200.0, 10.0
     with tempfile.TemporaryDirectory(prefix="hcb-bench-", dir="/tmp") as tmp:

@@ -2,8 +2,8 @@
 
 Gateway path, per message: accepted (submit) -> committed (SQLite WAL, fsync per group commit) ->
 published (paho, in-flight window) -> PUBACKed -> deleted. Peer: raw paho-mqtt publishing the same
-payloads at QoS 1 with 100 in flight (its own loop thread), nothing stored. Both against one local
-Mosquitto, alternately, several rounds; the median of each is reported.
+payloads at QoS 1 with 100 in flight (its own loop thread), nothing stored, at most 10,000 awaiting their
+PUBACK. Both against one local Mosquitto, alternately, several rounds; the median of each is reported.
 
     .venv/bin/python bench/uplink_throughput.py [--messages 100000] [--rounds 3] [--quick]
 
@@ -20,16 +20,13 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._common import peak_rss_mb, proc_io, result_line
+from bench._common import paho_publish, peak_rss_mb, proc_io, result_line
 from drivers.base import Measurement
 from gateway.config import UplinkSection
 from gateway.messages import Topics, observation
@@ -74,30 +71,7 @@ async def gateway_run(port: int, msgs: list[tuple[str, bytes, object]], workdir:
 
 
 def paho_run(port: int, msgs: list[tuple[str, bytes, object]]) -> float:
-    done = threading.Event()
-    acked = [0]
-    n = len(msgs)
-
-    def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
-        acked[0] += 1
-        if acked[0] == n:
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-peer", protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(100)
-    c.max_queued_messages_set(0)
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    for topic, payload, _ in msgs:
-        c.publish(topic, payload, qos=1)
-    done.wait(600)
-    elapsed = time.perf_counter() - t0
-    c.disconnect()
-    c.loop_stop()
-    return n / elapsed
+    return len(msgs) / paho_publish(port, ((t, p) for t, p, _ in msgs), len(msgs))
 
 
 def main() -> int:

@@ -7,12 +7,16 @@ returns, with its real capture time. ``reminder`` events stay in the home (a WAR
 without values, and ``gatewayctl tail``). SOS presses are tracked as external alerts, so the care
 centre's ``cmd/alert-ack`` stops their reminders too.
 
-The engine's state (open alerts, holds in progress, the cloud's rules) is kept in the registry
-(atomic writes) after every transition, every minute and at stop, so a restart neither forgets an open
-alert nor raises it twice (and if it did, the alert's deterministic ``msg_id`` lets the cloud drop it).
-Time comes from an injectable clock, so tests drive hours of silence without sleeping; the daemon's is
-the timeline of gateway/clock.py, which a step of the wall clock never moves. Readings enter it and
-events leave it through gateway/rules/timeline.py (alerts carry wall-clock times).
+The engine's state is kept in ``care.sqlite3`` beside the registry and the outbox
+(:mod:`gateway.carestore`), by what changed: an alert's row when that alert changes (an SOS press
+writes one row at the end of the loop iteration that committed it, whatever the number of alerts
+already open), the rest of the state (holds in progress, device watch, the cloud's rules) after
+transitions, every minute and at stop. So a restart, even a SIGKILL, neither forgets an open alert nor
+raises it twice (and if it did, the alert's deterministic ``msg_id`` lets the cloud drop it). Reminders
+are scheduled in the engine, not scanned. Time comes from an injectable clock, so tests drive hours of
+silence without sleeping; the daemon's is the timeline of gateway/clock.py, which a step of the wall
+clock never moves. Readings enter it and events leave it through gateway/rules/timeline.py (alerts
+carry wall-clock times).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 from drivers.base import Reading, UnknownDeviceKind, driver_class
 from gateway import messages
+from gateway.carestore import CareStore, CareStoreError
 from gateway.config import RulesSection
 from gateway.errors import OutboxError
 from gateway.messages import Topics
@@ -35,7 +40,8 @@ from gateway.rules import AlertEvent, RuleEngine, RuleSpec, SnapshotError, event
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_KEY = "rules_snapshot"
+SNAPSHOT_KEY = "rules_snapshot"  # where the registry kept the whole state before care.sqlite3
+STORE_NAME = "care.sqlite3"
 SAVE_EVERY_S = 60.0  # rule holds in progress are saved this often
 SAVE_DELAY_S = 1.0  # transitions and acks are saved this soon (coalesced: a storm is one write)
 
@@ -53,20 +59,25 @@ class CareDesk:
         *,
         clock: Callable[[], float] = time.time,
         wall: Callable[[], float] = time.time,
+        store: CareStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
         self.submit = submit
         self.registry = registry
+        self.store = store if store is not None else CareStore(registry.path.parent / STORE_NAME)
         self.clock = clock
         self.wall = wall
         self.engine = self._new_engine()
         self.sent = 0
         self.send_failures = 0
         self.reminders: list[AlertEvent] = []  # the last few, for status/tail
-        self._dirty = False
+        self._dirty = False  # the rest of the state changed (saved every minute, or soon after a transition)
+        self._changed: set[str] = set()  # alert ids whose row is to be written
+        self._all_alerts = False  # rewrite every alert row (after a restore or a rules update)
         self._last_save = 0.0
         self._save_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._restore()
 
     def _new_engine(self) -> RuleEngine:
@@ -107,7 +118,7 @@ class CareDesk:
         """An SOS press was committed: track it for reminders until the care centre acks it."""
         now = self.clock()
         self.engine.open_external(alert_id, "sos", "critical", device_id, at + now - self.wall(), now)
-        self._save_soon()
+        self._touch(alert_id)
 
     def tick(self, *, outbox_fill: float | None = None, uplink_down_since: float | None = None) -> None:
         """The watch: outbox fill, uplink down, silent and disconnected devices, reminders."""
@@ -134,12 +145,13 @@ class CareDesk:
         ok = self.engine.ack(alert_id, now)
         if ok:
             log.info("alert %s acknowledged by the care centre", alert_id)
-            self._save_soon()
+            self._touch(alert_id)
         return ok
 
     def update_rules(self, person_id: str, rules: list[Mapping[str, Any]]) -> Mapping[str, Any]:
         result = self.engine.update_rules(person_id, rules)
         log.info("rules of person %s replaced by the cloud: %s", person_id, ", ".join(result["rules"]))
+        self._all_alerts = True  # changed rules change their open alerts' rule summary
         self._save_soon()
         # Clears of removed rules come with the next tick; do it now so the reply follows them.
         self._emit(self.engine.tick(self.clock()))
@@ -151,7 +163,9 @@ class CareDesk:
         if not events:
             return
         shift = self.clock() - self.wall()
+        transitions = False
         for ev in (event_on_wall(e, shift) for e in events):
+            self._touch(ev.alert_id)
             where = ev.device_id or "gateway"
             if ev.state == "reminder":
                 self.reminders = [*self.reminders[-19:], ev]
@@ -164,9 +178,11 @@ class CareDesk:
                     ev.reminder,
                 )
             else:
+                transitions = True
                 log.warning("%s: alert %s %s (%s, %s)", where, ev.alert_id, ev.state, ev.kind, ev.severity)
                 self.submit(messages.care_alert(self.topics, ev)).add_done_callback(self._sent)
-        self._save_soon()
+        if transitions:  # rule states and the device watch moved with them
+            self._save_soon()
 
     def _sent(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -181,9 +197,46 @@ class CareDesk:
 
     # -- persistence -------------------------------------------------------------------------------
 
+    def _touch(self, alert_id: str) -> None:
+        """An alert changed: its row (and its ``recent`` entry once it closed) is written at the end of
+        this loop iteration, after the commit that caused it; many changes in one iteration are one
+        transaction. Without a running loop (tests, stop) it is written now."""
+        self._changed.add(alert_id)
+        if self._flush_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush_alerts()
+            return
+        self._flush_handle = loop.call_soon(self._flush_alerts)
+
+    def _alert_rows(self) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, float]]:
+        changed, self._changed = self._changed, set()
+        rows: dict[str, dict[str, Any]] = {}
+        gone: list[str] = []
+        recent: dict[str, float] = {}
+        for aid in changed:
+            doc = self.engine.alert_state(aid)
+            if doc is None:
+                gone.append(aid)
+            else:
+                rows[aid] = doc
+            at = self.engine.recent_at(aid)
+            if at is not None:
+                recent[aid] = at
+        return rows, gone, recent
+
+    def _flush_alerts(self) -> None:
+        self._flush_handle = None
+        if not self._changed or self._all_alerts:
+            return  # everything goes with the next full save
+        rows, gone, recent = self._alert_rows()
+        if not self.store.write(alerts=rows, gone=gone, recent=recent):
+            self._changed |= rows.keys() | set(gone)
+
     def _save_soon(self) -> None:
-        """Save within :data:`SAVE_DELAY_S`, once for any number of changes (never on the hot path:
-        the registry write is an fsync)."""
+        """Save the rest of the state within :data:`SAVE_DELAY_S`, once for any number of changes."""
         self._dirty = True
         if self._save_handle is not None:
             return
@@ -195,28 +248,65 @@ class CareDesk:
         self._save_handle = loop.call_later(SAVE_DELAY_S, self.save)
 
     def save(self) -> None:
-        """Write the engine's state now (also at stop)."""
+        """Write what changed now (also at stop)."""
         if self._save_handle is not None:
             self._save_handle.cancel()
             self._save_handle = None
-        if not self._dirty:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._dirty and not self._changed and not self._all_alerts:
             return
-        self.registry.set(SNAPSHOT_KEY, self.engine.snapshot())
-        self._dirty = False
-        self._last_save = self.clock()
+        replace = self._all_alerts
+        if replace:  # everything (after a migration or a rules update): rare, O(open alerts)
+            self._changed.clear()
+            state: dict[str, Any] | None = self.engine.snapshot()
+            assert state is not None
+            rows = {str(a["alert_id"]): a for a in state["alerts"]}
+            gone: list[str] = []
+            recent = {str(k): float(v) for k, v in state["recent"]}
+        else:
+            rows, gone, recent = self._alert_rows()
+            state = self.engine.snapshot(alerts=False) if self._dirty else None
+        if self.store.write(alerts=rows, gone=gone, recent=recent, state=state, replace=replace):
+            self._dirty = self._all_alerts = False
+            self._last_save = self.clock()
+        else:
+            self._changed |= rows.keys() | set(gone)
+            self._all_alerts = replace
+
+    def close(self) -> None:
+        """Save and close the store (the daemon's stop)."""
+        self.save()
+        self.store.close()
 
     def _restore(self) -> None:
-        snap = self.registry.get(SNAPSHOT_KEY)
-        if not snap:
-            return
         try:
-            self.engine.restore(snap, self.clock())
-        except SnapshotError as exc:
-            log.warning("care rules: saved state not usable, starting fresh: %s", exc)
-            self.engine = self._new_engine()
-        else:
-            n = len(self.engine.open_alerts())
-            log.info("care rules: state restored, %d open alerts", n)
+            snap = self.store.load(self.engine.snapshot(alerts=False))
+        except CareStoreError as exc:
+            log.warning("care rules: saved state not readable, starting fresh: %s", exc)
+            snap = None
+        migrated = False
+        if snap is None:
+            snap = self.registry.get(SNAPSHOT_KEY)  # saved by a gateway before care.sqlite3
+            migrated = bool(snap)
+        if snap:
+            try:
+                self.engine.restore(snap, self.clock())
+            except SnapshotError as exc:
+                log.warning("care rules: saved state not usable, starting fresh: %s", exc)
+                self.engine = self._new_engine()
+            else:
+                n = len(self.engine.open_alerts())
+                log.info("care rules: state restored, %d open alerts", n)
+        if migrated:
+            self._dirty = self._all_alerts = True
+            self.save()
+            if self._dirty:
+                return  # not written: the registry keeps its copy until it is
+            log.info("care rules: state moved from the registry to %s", self.store.path)
+        if migrated or self.registry.get(SNAPSHOT_KEY) is not None:
+            self.registry.delete(SNAPSHOT_KEY)  # in care.sqlite3 now
 
     def status(self) -> dict[str, Any]:
         c = self.engine.counters()

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.registry import Registry
 from tests.helpers import REPO
 
@@ -63,3 +65,27 @@ def test_a_kill_during_writes_never_leaves_a_torn_file(tmp_path: Path) -> None:
             assert len(reg.all_devices()) <= 50
     leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) <= 5, "at most one temp file per kill"
+
+
+def test_reads_come_from_memory_and_a_failed_write_goes_back_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    with Registry(path) as reg:
+        reg.note_device("a", "kind-a", state="connected", at=1.0)
+        path.write_text(json.dumps({"devices": {}}))  # nobody else writes it: memory still knows "a"
+        assert reg.device("a") is not None
+        reg.note_device("b", "kind-b", at=2.0)
+        assert {d["id"] for d in json.loads(path.read_text())["devices"].values()} == {"a", "b"}
+        # a write that cannot happen (the directory is gone): memory must not stay ahead of the file
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        other = Registry(gone / "registry.json")
+        other.note_device("x", "k", at=1.0)
+        (gone / "registry.json").unlink()
+        gone.rmdir()
+        with pytest.raises(OSError):
+            other.note_device("y", "k", at=2.0)
+        gone.mkdir()
+        assert other.device("y") is None and other.device("x") is None, "the next read is the file's (none)"
+        other.close()
+    with Registry(path) as again:
+        assert {d["id"] for d in again.all_devices()} == {"a", "b"}

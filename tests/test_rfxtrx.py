@@ -148,3 +148,38 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
 
 def test_frame_builder_matches_the_vector() -> None:
     assert security1_frame(5, 0xA1B2C3) == PANIC
+
+
+def test_a_press_in_the_same_read_as_the_receivers_start_reply_is_not_dropped(tmp_path: Path) -> None:
+    """A press the instant the receiver starts (after a power cut, the person was already pressing):
+    its frame and the copyright reply arrive in one read; the handshake used to discard the frame."""
+    link = tmp_path / "by-id" / "usb-RFXCOM_RFXtrx433_T2-if00-port0"
+    got: list[Reading] = []
+
+    async def go() -> None:
+        async with RfxtrxSimulator(link) as sim:
+            answer = sim.dev.on_bytes
+            assert answer is not None
+
+            def reply_then_press(data: bytes) -> None:
+                was = sim.started
+                answer(data)
+                if sim.started and not was:  # the copyright reply is written: the frame follows it
+                    half = security1_frame(9, 0xA1B2C3)
+                    sim.send_frame(security1_frame(1, 0xA1B2C3) + half[:5])
+                    sim.dev.write(half[5:])
+
+            sim.dev.on_bytes = reply_then_press
+            spec = DeviceSpec("rfx", "rfxtrx-sos", "serial", {"port": str(link), "buttons": {"a1b2c3": "sos-1"}})
+            drv = RfxtrxSosDriver(spec, got.append, DriverContext())
+            task = asyncio.create_task(drv.run())
+            try:
+                await _wait(lambda: any(isinstance(r, SosPress) for r in got))
+                await asyncio.sleep(0.2)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert drv.counters()["repeat_frames"] == 1, "the split frame after it was read too"
+
+    asyncio.run(go())
+    assert [r.device_id for r in got if isinstance(r, SosPress)] == ["sos-1"]

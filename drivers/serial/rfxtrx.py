@@ -80,6 +80,10 @@ class RfxFramer:
     _buf: bytearray = field(default_factory=bytearray)
     _partial_since: float | None = None
 
+    def pending(self) -> bytes:
+        """The bytes of a frame not yet complete."""
+        return bytes(self._buf)
+
     def feed(self, data: bytes, now: float) -> list[bytes]:
         if self._buf and self._partial_since is not None and now - self._partial_since > self.stale_after_s:
             self.stats.stale_partials += 1
@@ -217,7 +221,10 @@ class RfxtrxSosDriver(SerialDriver):
         merged["stale_partials"] = self.framer.stats.stale_partials
         return merged
 
-    async def _handshake(self, link: SerialLink) -> None:
+    async def _handshake(self, link: SerialLink) -> tuple[list[bytes], bytes]:
+        """Reset, get status, start receiver. Returns what came after the receiver's reply in the same
+        read (whole packets, then the bytes of one still incomplete): presses made the moment the
+        receiver started, which the serve loop must not drop."""
         link.write(RESET)
         # The SDK asks for 50 ms..1 s of quiet after reset, then a flush of whatever arrived.
         try:
@@ -226,27 +233,30 @@ class RfxtrxSosDriver(SerialDriver):
         except LinkSilent:
             pass  # the quiet period we wanted
         link.discard_input()
-        for command, want_subtype in ((GET_STATUS, 0x02), (START_RECEIVER, 0x07)):
-            link.write(command)
-            await self._await_status(link, want_subtype)
+        link.write(GET_STATUS)
+        await self._await_status(link, 0x02)
+        link.write(START_RECEIVER)
+        return await self._await_status(link, 0x07)
 
-    async def _await_status(self, link: SerialLink, subtype_cmd: int) -> None:
+    async def _await_status(self, link: SerialLink, subtype_cmd: int) -> tuple[list[bytes], bytes]:
         framer = RfxFramer()
         while True:
             data = await link.read(timeout_s=3.0)
-            for packet in framer.feed(data, self.clock()):
+            packets = framer.feed(data, self.clock())
+            for i, packet in enumerate(packets):
                 if packet[1] == PACKET_STATUS and len(packet) > 4:
                     # 0x01 packets: subtype 0x00 answers a command (cmnd echoed in byte 4),
                     # subtype 0x07 is the copyright string answering "start receiver".
-                    if packet[2] == 0x07 and subtype_cmd == 0x07:
-                        return
-                    if packet[2] == 0x00 and packet[4] == subtype_cmd:
-                        return
+                    if (packet[2] == 0x07 and subtype_cmd == 0x07) or (packet[2] == 0x00 and packet[4] == subtype_cmd):
+                        return packets[i + 1 :], framer.pending()
 
     async def serve(self, link: SerialLink) -> None:
-        await self._handshake(link)
+        after_start, partial = await self._handshake(link)
         self.reconnector.mark_connected()
         log.info("device %s: RFXtrx receiver ready on %s", self.device_id, link.path)
+        now = self.clock()
+        for packet in [*after_start, *self.framer.feed(partial, now)]:
+            self._on_packet(packet, now)
         while True:
             data = await link.read()
             now = self.clock()

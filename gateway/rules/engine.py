@@ -9,6 +9,7 @@ inputs to the same events (alert ids included). Per reading the work is a few di
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import math
 from collections import OrderedDict, deque
@@ -463,6 +464,9 @@ class RuleEngine:
         self._watch: dict[tuple[str, str | None], str] = {}  # (kind, device) -> open alert id
         self._recent: OrderedDict[str, float] = OrderedDict()  # closed or acked alert ids
         self._queued: list[AlertEvent] = []
+        # (due, alert id) of scheduled reminders, a heap: tick pops what is due instead of visiting every
+        # open alert. Entries left by an ack or a reschedule are stale (due != next_reminder_at), skipped.
+        self._reminders: list[tuple[float, str]] = []
         self._outbox_fill: float = 0.0
         self._uplink_down_since: float | None = None
         self._n = {"readings": 0, "unusable": 0, "out_of_order": 0, "raised": 0, "escalated": 0, "cleared": 0}
@@ -819,7 +823,7 @@ class RuleEngine:
 
     def tick(self, now: float) -> list[AlertEvent]:
         """Time passes: "no data", link and uplink limits, reminders, and events queued by rule or
-        device changes. Call it every few seconds; cost O(devices + open alerts)."""
+        device changes. Call it every few seconds; cost O(devices + reminders due)."""
         out, self._queued = self._queued, []
         w = self.settings
         for dev in self._devices.values():
@@ -848,11 +852,14 @@ class RuleEngine:
                 )
         self._check_uplink(now, out)
         min_rank = severity_rank(w.reminder_min_severity)
-        for a in self._alerts.values():
-            if a.next_reminder_at is None or now < a.next_reminder_at or severity_rank(a.severity) < min_rank:
+        while self._reminders and self._reminders[0][0] <= now:
+            due, aid = heapq.heappop(self._reminders)
+            a = self._alerts.get(aid)
+            if a is None or a.next_reminder_at != due or severity_rank(a.severity) < min_rank:
                 continue
             a.reminders += 1
             a.next_reminder_at = now + w.reminder_interval_s
+            heapq.heappush(self._reminders, (a.next_reminder_at, aid))
             self._n["reminders"] += 1
             out.append(self._event(a, "reminder", now, (), {"since_raised_s": round(now - a.raised_at, 3)}))
         return out
@@ -935,6 +942,8 @@ class RuleEngine:
             self.settings.reminder_min_severity
         )
         a.next_reminder_at = now + self.settings.reminder_interval_s if eligible else None
+        if a.next_reminder_at is not None:
+            heapq.heappush(self._reminders, (a.next_reminder_at, a.alert_id))
 
     def _open(self, a: _Alert, at: float, readings: tuple[ReadingRef, ...], detail: Mapping[str, Any]) -> AlertEvent:
         self._alerts[a.alert_id] = a
@@ -1031,19 +1040,31 @@ class RuleEngine:
             for a in self._alerts.values()
         )
 
+    def alert_state(self, alert_id: str) -> dict[str, Any] | None:
+        """One open alert as :meth:`snapshot` writes it (None: not open), for a store that saves
+        alerts one by one instead of the whole snapshot."""
+        a = self._alerts.get(alert_id)
+        return None if a is None else a.to_dict()
+
+    def recent_at(self, alert_id: str) -> float | None:
+        """When a closed or acknowledged alert was remembered (None: not among the recent ones)."""
+        return self._recent.get(alert_id)
+
     def counters(self) -> EngineCounters:
         return EngineCounters(open=len(self._alerts), **self._n)
 
     # -- persistence --------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, *, alerts: bool = True) -> dict[str, Any]:
         """JSON-able state: open alerts, acknowledgements, rule evaluation, device watch and the
-        cloud's rule overrides. Save it on every event (and on stop); :meth:`restore` reads it."""
+        cloud's rule overrides. Save it on every event (and on stop); :meth:`restore` reads it.
+        ``alerts=False`` leaves ``alerts`` and ``recent`` empty, for a store that keeps them per alert
+        (:meth:`alert_state`, :meth:`recent_at`) and puts them back before :meth:`restore`."""
         return {
             "version": SNAPSHOT_VERSION,
             "overrides": {p: [r.to_dict() for r in rules] for p, rules in self._overrides.items()},
-            "alerts": [a.to_dict() for a in self._alerts.values()],
-            "recent": [[k, v] for k, v in self._recent.items()],
+            "alerts": [a.to_dict() for a in self._alerts.values()] if alerts else [],
+            "recent": [[k, v] for k, v in self._recent.items()] if alerts else [],
             "watch": [[kind, dev, aid] for (kind, dev), aid in self._watch.items()],
             "states": [
                 {"person_id": p, "rule": r, "device_id": d, "spec": self._spec_of(p, r), "state": st.to_dict()}
@@ -1077,6 +1098,8 @@ class RuleEngine:
         self._overrides = r.overrides
         self._index.clear()
         self._alerts = r.alerts
+        self._reminders = [(a.next_reminder_at, aid) for aid, a in r.alerts.items() if a.next_reminder_at is not None]
+        heapq.heapify(self._reminders)
         self._recent = r.recent
         self._watch = r.watch
         self._states = r.states

@@ -166,8 +166,8 @@ class WristMonitor(Peripheral):
         while True:
             due = self.boot + (counter + n) / fs
             delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # behind (or asked for more than the bus carries): still yield, so the bus and signals are served
+            await asyncio.sleep(max(0.0, delay))
             if self.ppg.subscribed:
                 frame = profiles.ppg_frame(counter, fs, self.source.samples(counter, n))
                 if await self.notify(self.ppg, frame):
