@@ -112,7 +112,7 @@ class CareDesk:
         engine's state: the next tick saves it when a minute has passed since the last save."""
         self._dirty = True
         now = self.clock()
-        self._emit(self.engine.feed(reading_on_timeline(reading, now - self.wall()), now))
+        self._emit(self.engine.feed(reading_on_timeline(reading, now - self.wall(), now), now))
 
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
         """An SOS press was committed: track it for reminders until the care centre acks it."""

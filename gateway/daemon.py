@@ -280,7 +280,7 @@ class Daemon:
                     pass
         timeline.save(force=True)
         if self.care is not None:
-            self.care.save()
+            self.care.close()  # saves, then closes care.sqlite3
         if self.registry is not None:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())

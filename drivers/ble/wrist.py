@@ -179,7 +179,8 @@ class RateLimiter:
 
     def due(self, key: str, now: float) -> bool:
         last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
+        # ``now`` before the last value: the wall clock stepped back; due, or silent for the step
+        if last is not None and 0 <= now - last < self.every_s:
             return False
         self._last[key] = now
         return True

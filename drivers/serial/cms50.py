@@ -647,7 +647,10 @@ class LiveAccumulator:
         else:
             self._run_values, self._run_length = values, 1
         t = self._time_of(i)
-        due = self._last_report is None or t - self._last_report >= self.report_every_s
+        # A time before the last report means the wall clock stepped back (or the samples were
+        # re-anchored): report now, or the device would stay silent for as long as the step.
+        last = self._last_report
+        due = last is None or t - last >= self.report_every_s or t < last
         if due and self._run_length >= self.confirm:
             readings = self._values(sample, t)
             if readings:

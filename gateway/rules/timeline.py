@@ -15,11 +15,17 @@ from drivers.base import Reading
 from gateway.rules.engine import AlertEvent
 
 
-def reading_on_timeline(reading: Reading, shift: float) -> Reading:
-    """``reading`` with its capture time moved onto the timeline."""
-    if shift == 0.0:
+def reading_on_timeline(reading: Reading, shift: float, now: float | None = None) -> Reading:
+    """``reading`` with its capture time moved onto the timeline, and never later than ``now`` (the
+    timeline's present): a reading stamped by a device's own clock (a cuff's or an oximeter's stored
+    records) that runs ahead of the gateway's (a Pi behind after a power cut) would otherwise sit in
+    the future, and every live reading after it would count as out of order."""
+    at = reading.captured_at + shift
+    if now is not None and at > now:
+        at = now
+    if at == reading.captured_at:
         return reading
-    return dataclasses.replace(reading, captured_at=reading.captured_at + shift)
+    return dataclasses.replace(reading, captured_at=at)
 
 
 def event_on_wall(ev: AlertEvent, shift: float) -> AlertEvent:

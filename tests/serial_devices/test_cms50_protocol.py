@@ -354,3 +354,26 @@ def test_session_records_have_original_times_and_stable_ids(tmp_path: Path) -> N
     broken = FetchLedger(tmp_path / "bad.json")
     broken.load()  # a damaged ledger is reported and ignored, never fatal
     assert broken.done == {}
+
+
+def test_a_wall_clock_step_back_does_not_silence_the_device_values() -> None:
+    """The wall clock steps back by 30 minutes while the oximeter streams (a Pi's clock corrected, or a
+    restart onto a clock behind): its values keep coming at their rate instead of stopping for 30 min."""
+    acc = LiveAccumulator("oxi", block=60, report_every_s=1.0)
+    out: list[Waveform | Measurement] = []
+    t0 = 1_800_000_000.0
+    for i in range(180):  # 3 s at the true time
+        out += acc.feed(_sample(i % 100), t0 + i / 60)
+    for i in range(180, 360):  # then 3 s on a clock 1800 s behind
+        out += acc.feed(_sample(i % 100), t0 - 1800 + i / 60)
+    after = [m for m in out if isinstance(m, Measurement) and m.code == cms50.LOINC_SPO2 and m.captured_at < t0]
+    assert len(after) >= 2, "values after the step arrive at about one a second"
+
+
+def test_the_wrist_rate_limiter_survives_a_step_back() -> None:
+    from drivers.ble.wrist import RateLimiter
+
+    r = RateLimiter(5.0)
+    assert r.due("hr", 1000.0) and not r.due("hr", 1002.0)
+    assert r.due("hr", 1000.0 - 1800), "a step back is not 'too soon'"
+    assert not r.due("hr", 1000.0 - 1798) and r.due("hr", 1000.0 - 1794)
