@@ -190,7 +190,9 @@ async def _demo(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    broker = Mosquitto(workdir=workdir, die_with_parent=True)
+    # Persistence and a persistent cloud session, as a real platform has: what the broker acknowledged
+    # before the outage is still delivered to the cloud after it.
+    broker = Mosquitto(workdir=workdir, die_with_parent=True, persistence=True)
     broker.start()
     print(f"demo: local broker on 127.0.0.1:{broker.port}", flush=True)
     seen = Summary()
@@ -200,7 +202,7 @@ async def _demo(args: argparse.Namespace) -> int:
         tag = " (historical)" if doc.get("historical") else ""
         print(("cloud <- [retained] " if retained else "cloud <- ") + describe(topic, doc) + tag, flush=True)
 
-    viewer = Viewer("127.0.0.1", broker.port)
+    viewer = Viewer("127.0.0.1", broker.port, session_id=f"demo-cloud-{broker.port}")
     viewer.on_message = show
     gatewayd: subprocess.Popen[bytes] | None = None
     ble = None if args.no_ble else start_ble(workdir)
@@ -265,7 +267,7 @@ async def _demo(args: argparse.Namespace) -> int:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), args.outage_for)
                     broker.start()
-                    viewer = Viewer("127.0.0.1", broker.port)
+                    viewer = Viewer("127.0.0.1", broker.port, session_id=f"demo-cloud-{broker.port}")
                     viewer.on_message = show
                     viewer.start()
                     print("demo: broker back up", flush=True)
