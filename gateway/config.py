@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceConfigError, DeviceSpec, UnknownDeviceKind, all_kinds, device_zone, driver_class
-from drivers.options import DEVICE_ID_RE, OptionError
+from drivers.base import DeviceSpec, UnknownDeviceKind, all_kinds, driver_class
+from drivers.options import DEVICE_ID_RE, OptionError, valid_zone
 from drivers.serial.modem import ModemOptions
 from gateway.errors import ConfigError
 from gateway.rules import DEFAULTS_BY_ID, RuleSpec, RuleSpecError, WatchSettings, rules_from_list
@@ -338,10 +338,9 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
         if problem:
             raise a.fail("template", template, problem)
     timezone = a.str_("timezone", "")
-    try:
-        device_zone(timezone)
-    except DeviceConfigError:
-        raise a.fail("timezone", timezone, "an IANA time zone name such as Asia/Shanghai, or empty") from None
+    zone_problem = valid_zone(timezone)
+    if zone_problem:
+        raise a.fail("timezone", timezone, zone_problem)
     section = AlarmSection(
         enabled=a.bool_("enabled", True),
         sms_after_s=a.float_("sms_after_s", 30.0, 0, 3600, "seconds"),
