@@ -88,7 +88,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import result_line
-from drivers.base import Measurement, SosPress
+from drivers.base import ButtonPress, Measurement
 from gateway.errors import OutboxError
 from gateway.messages import Topics, observation, sos_alert
 from gateway.outbox import Lane, NewMessage, Outbox
@@ -127,7 +127,7 @@ def make_messages(n: int, start: int = 0) -> list[NewMessage]:
 
 
 def sos_message() -> NewMessage:
-    return sos_alert(Topics("homecare/v1", GW), SosPress("sos-button-1", time.time(), "press-1"), drill=False)
+    return sos_alert(Topics("homecare/v1", GW), ButtonPress("sos-button-1", time.time(), "press-1"), drill=False)
 
 
 # -- ThingsBoard's storage, used through its public class as its gateway does ----------------------

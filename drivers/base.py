@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
-from drivers.options import DriverOptions
+from drivers.options import ButtonRole, DriverOptions
 
 if TYPE_CHECKING:
     from drivers.ble.manager import BleStack
@@ -83,14 +83,19 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
-class SosPress:
-    """A press of an emergency button. ``press_id`` identifies the press (not the radio frame), so
-    repeated frames of one press give one alert."""
+class ButtonPress:
+    """A press of a button the person uses to ask for help. ``press_id`` identifies the press (not
+    the radio frame), so repeated frames of one press give one alert. ``role`` is what the press asks
+    for (set by the driver from the device's config, never guessed: a press the config does not map
+    is an SOS); ``pattern`` is how the button was pressed when the device reports it (``press``,
+    ``double_press``, ``long_press`` ...; see :data:`drivers.options.PRESS_PATTERNS`)."""
 
     device_id: str
     captured_at: float
     press_id: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    role: ButtonRole = "sos"  # one of drivers.options.BUTTON_ROLES
+    pattern: str | None = None
 
 
 class LinkState(enum.StrEnum):
@@ -133,7 +138,7 @@ class BeatIntervals:
     rr_s: Sequence[float]
 
 
-Reading: TypeAlias = Measurement | SosPress | DeviceStatus | Waveform | BeatIntervals
+Reading: TypeAlias = Measurement | ButtonPress | DeviceStatus | Waveform | BeatIntervals
 
 ReadingSink: TypeAlias = Callable[[Reading], None]
 """Where a driver hands its readings. Synchronous and non-blocking: the pipeline queues the reading

@@ -22,7 +22,7 @@ import typing
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self, TypeAlias
 
 _MISSING: Any = dataclasses.MISSING
 
@@ -337,3 +337,57 @@ def state_path_option() -> Any:
         refused="relative/state.json",
         doc="set by the gateway (its data directory)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Buttons: what a press asks for, and how a button was pressed
+
+ButtonRole: TypeAlias = Literal["sos", "call"]
+"""What a press asks for: ``sos`` an emergency (the care centre; critical), ``call`` the "health
+butler" (the service centre's staff phone back for an everyday need; not an emergency)."""
+
+BUTTON_ROLES: tuple[ButtonRole, ...] = ("sos", "call")
+
+PRESS_PATTERNS: tuple[str, ...] = (
+    "press",
+    "double_press",
+    "triple_press",
+    "long_press",
+    "long_double_press",
+    "long_triple_press",
+    "hold_press",
+)
+"""How a button was pressed, for devices that report it (BTHome's button events use these names)."""
+
+
+def _roles_table(patterns: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, dict):
+            return "a table"
+        for pattern, role in value.items():
+            if pattern not in patterns:
+                return f"press patterns among {', '.join(patterns)} (not {pattern!r})"
+            if role not in BUTTON_ROLES:
+                return f"roles {' or '.join(BUTTON_ROLES)} (not {role!r} for {pattern})"
+        return None
+
+    return check
+
+
+def press_roles_option(patterns: tuple[str, ...] = PRESS_PATTERNS) -> Any:
+    """``roles``: press pattern -> role, e.g. ``{ long_press = "sos", press = "call" }``.
+
+    A role is never guessed: a pattern the table does not list is an SOS (the safe side), so an empty
+    table (the default) makes every press an SOS."""
+    return option(
+        {},
+        check=_roles_table(patterns),
+        describe='a table of press pattern -> "sos" or "call"',
+        refused={"press": "panic"},
+        doc="press pattern -> role (sos or call); a pattern not listed is an SOS",
+    )
+
+
+def role_of(roles: Mapping[str, str], pattern: str | None) -> ButtonRole:
+    """The role of a press: the table's, or ``sos`` for a pattern it does not list (or no pattern)."""
+    return "call" if pattern is not None and roles.get(pattern) == "call" else "sos"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
+from drivers.base import BeatIntervals, ButtonPress, DeviceStatus, Measurement, Reading, Waveform
 from gateway.devices import DeviceManager
 from gateway.downlink import Handler
 from gateway.drill import DEFAULT_DRILL_S, MAX_DRILL_S, DrillWindow
@@ -255,7 +255,7 @@ def reading_summary(reading: Reading) -> dict[str, Any]:
                 method=reading.method,
                 quality=reading.quality,
             )
-        case SosPress():
+        case ButtonPress():
             base.update(type="sos", press_id=reading.press_id)
         case DeviceStatus():
             base.update(type="device_state", state=reading.state.value, reason=reading.reason)

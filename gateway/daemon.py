@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import DeviceStatus, DriverContext, Reading, SosPress, driver_class
+from drivers.base import ButtonPress, DeviceStatus, DriverContext, Reading, driver_class
 from drivers.ble.manager import BleStack
 from drivers.reconnect import ConnState
 from gateway import messages
@@ -134,7 +134,7 @@ class Daemon:
         reading has been handed to the outbox (a registry fsync never delays an SOS commit)."""
         if isinstance(reading, DeviceStatus):
             kind, state = "unknown", reading.state.value
-        elif isinstance(reading, SosPress):
+        elif isinstance(reading, ButtonPress):
             kind, state = "sos-button", None
         else:
             return

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from drivers.base import DeviceStatus, Measurement, SosPress, Waveform
+from drivers.base import ButtonPress, DeviceStatus, Measurement, Waveform
 from gateway.outbox import Lane, NewMessage, StoredMessage, TimeCorrection
 from gateway.rules.engine import AlertEvent
 
@@ -106,12 +106,12 @@ def observation(topics: Topics, m: Measurement) -> NewMessage:
     )
 
 
-def sos_alert_id(press: SosPress) -> str:
+def sos_alert_id(press: ButtonPress) -> str:
     """The id the care centre acknowledges (``cmd/alert-ack``)."""
     return f"sos-{press.device_id}-{press.press_id}"
 
 
-def sos_alert(topics: Topics, press: SosPress, *, drill: bool) -> NewMessage:
+def sos_alert(topics: Topics, press: ButtonPress, *, drill: bool) -> NewMessage:
     body = _common(topics.gateway_id, "alert", press.device_id, press.captured_at, f"sos|{press.press_id}")
     body.update(
         kind="sos",

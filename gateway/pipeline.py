@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.base import BeatIntervals, DeviceStatus, Measurement, Reading, SosPress, Waveform
+from drivers.base import BeatIntervals, ButtonPress, DeviceStatus, Measurement, Reading, Waveform
 from drivers.reconnect import BugLog
 from gateway import messages
 from gateway.drill import DrillWindow
@@ -105,7 +105,7 @@ class Pipeline:
             info.last_seen = reading.captured_at
             info.readings += 1
         match reading:
-            case SosPress():
+            case ButtonPress():
                 self.counters.sos_presses += 1
                 alert_id = messages.sos_alert_id(reading)
                 drill = self.drill.judge(alert_id, reading.device_id, reading.captured_at)

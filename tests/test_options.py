@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from drivers.base import DRIVERS, DeviceSpec, Driver, driver_class
-from drivers.options import DriverOptions, OptionError
+from drivers.options import DriverOptions, OptionError, press_roles_option, role_of
 from gateway.config import ConfigError, load_config
 from gateway.daemon import main as gatewayd_main
 
@@ -109,3 +109,20 @@ def test_gatewayd_check_refuses_the_same_values_in_one_line(
 def test_gatewayd_check_accepts_each_kind_with_its_defaults(tmp_path: Path, kind: str) -> None:
     path = _config_with(tmp_path, kind, {})
     assert gatewayd_main(["--check", "--config", str(path)]) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _ButtonOptions(DriverOptions):
+    roles: dict[str, str] = press_roles_option(("press", "long_press"))
+
+
+def test_press_roles_map_patterns_and_an_unmapped_pattern_is_an_sos() -> None:
+    opts = _ButtonOptions.from_mapping({"roles": {"press": "call", "long_press": "sos"}})
+    assert role_of(opts.roles, "press") == "call"
+    assert role_of(opts.roles, "long_press") == "sos"
+    assert role_of(_ButtonOptions.from_mapping({}).roles, "press") == "sos"  # nothing mapped: SOS
+    assert role_of(opts.roles, None) == "sos"  # a device that reports no pattern
+    with pytest.raises(OptionError, match="panic"):
+        _ButtonOptions.from_mapping({"roles": {"press": "panic"}})
+    with pytest.raises(OptionError, match="triple_press"):
+        _ButtonOptions.from_mapping({"roles": {"triple_press": "call"}})

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import DeviceSpec, DeviceStatus, DriverContext, FrameError, LinkState, Reading, SosPress
+from drivers.base import ButtonPress, DeviceSpec, DeviceStatus, DriverContext, FrameError, LinkState, Reading
 from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxSosDriver, decode_packet
 from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, RfxtrxSimulator, security1_frame
 
@@ -103,14 +103,14 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
             task = asyncio.create_task(drv.run())
             await _wait(lambda: sim.started)
             await sim.press(0xA1B2C3, repeats=5, gap_s=0.02)
-            await _wait(lambda: any(isinstance(r, SosPress) for r in got))
+            await _wait(lambda: any(isinstance(r, ButtonPress) for r in got))
             sim.noise(300)
             sim.truncated(0xA1B2C3)
             await asyncio.sleep(0.7)  # the truncated frame goes stale
             await sim.press(0xD4E5F6)  # an unlisted button: ignored, counted
             await asyncio.sleep(1.1)
             await sim.press(0xA1B2C3, repeats=3, gap_s=0.02)
-            await _wait(lambda: sum(isinstance(r, SosPress) for r in got) >= 2)
+            await _wait(lambda: sum(isinstance(r, ButtonPress) for r in got) >= 2)
             first_tty = sim.dev.slave_name
             # Unplug, keep another pty busy so the device comes back on a different /dev/pts/N.
             sim.unplug()
@@ -125,7 +125,7 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
             recovered_s = time.monotonic() - t_back
             await asyncio.sleep(1.1)  # presses closer than the repeat window would be one press
             await sim.press(0xA1B2C3)
-            await _wait(lambda: sum(isinstance(r, SosPress) for r in got) >= 3)
+            await _wait(lambda: sum(isinstance(r, ButtonPress) for r in got) >= 3)
             for fd in blocker:
                 os.close(fd)
             task.cancel()
@@ -134,7 +134,7 @@ def test_driver_over_a_pty_presses_noise_and_replug_on_another_tty(tmp_path: Pat
             return drv
 
     drv = asyncio.run(go())
-    presses = [r for r in got if isinstance(r, SosPress)]
+    presses = [r for r in got if isinstance(r, ButtonPress)]
     assert [p.device_id for p in presses] == ["sos-1", "sos-1", "sos-1"]
     assert len({p.press_id for p in presses}) == 3
     c = drv.counters()
@@ -174,7 +174,7 @@ def test_a_press_in_the_same_read_as_the_receivers_start_reply_is_not_dropped(tm
             drv = RfxtrxSosDriver(spec, got.append, DriverContext())
             task = asyncio.create_task(drv.run())
             try:
-                await _wait(lambda: any(isinstance(r, SosPress) for r in got))
+                await _wait(lambda: any(isinstance(r, ButtonPress) for r in got))
                 await asyncio.sleep(0.2)
             finally:
                 task.cancel()
@@ -182,4 +182,4 @@ def test_a_press_in_the_same_read_as_the_receivers_start_reply_is_not_dropped(tm
             assert drv.counters()["repeat_frames"] == 1, "the split frame after it was read too"
 
     asyncio.run(go())
-    assert [r.device_id for r in got if isinstance(r, SosPress)] == ["sos-1"]
+    assert [r.device_id for r in got if isinstance(r, ButtonPress)] == ["sos-1"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Measurement, SosPress
+from drivers.base import ButtonPress, Measurement
 from drivers.reconnect import ConnState
 from gateway.config import UplinkSection
 from gateway.messages import Topics
@@ -75,7 +75,7 @@ def test_broker_outage_while_presses_and_readings_flow_loses_nothing(
                         pl.sink(hr(d, sent, t0))
                         sent += 1
                 if step % 10 == 5:
-                    pl.sink(SosPress("sos-1", time.time(), f"p{step}"))
+                    pl.sink(ButtonPress("sos-1", time.time(), f"p{step}"))
                     presses += 1
                 if step == 15:
                     broker.stop()  # outage: readings and presses keep coming
@@ -125,7 +125,7 @@ def test_an_alert_overtakes_a_backlog_being_drained(tmp_path: Path, broker: Mosq
             await until(lambda: ob.depth_total() == n, what="backlog committed")
             broker.start()
             await until(lambda: up.acked > 2000, what="the drain to be under way")
-            pl.sink(SosPress("sos-1", time.time(), "during-drain"))
+            pl.sink(ButtonPress("sos-1", time.time(), "during-drain"))
             await until(lambda: ob.depth_total() == 0, 120, "the drain to finish")
 
     asyncio.run(go())
@@ -183,7 +183,7 @@ def test_disk_budget_reached_keeps_alerts_and_reports_evictions(
             for i in range(3000):
                 pl.sink(hr("wrist-1", i, t0))
                 if i % 300 == 0:
-                    pl.sink(SosPress("sos-1", t0 + i, f"p{i}"))
+                    pl.sink(ButtonPress("sos-1", t0 + i, f"p{i}"))
                 if i % 500 == 0:
                     await asyncio.sleep(0.06)
             await until(lambda: ob.next_seq > 3010, what="all committed")
@@ -212,7 +212,7 @@ def test_plaintext_is_refused_unless_tls_is_switched_off(tmp_path: Path, broker:
         cfg = UplinkSection(host="127.0.0.1", port=broker.port, backoff_base_s=0.05, backoff_cap_s=0.2)
         assert cfg.tls is True
         async with gateway(tmp_path, cfg) as (ob, up, pl):
-            pl.sink(SosPress("sos-1", time.time(), "p1"))
+            pl.sink(ButtonPress("sos-1", time.time(), "p1"))
             await until(lambda: up.reconnector.failures >= 3, what="failed TLS attempts")
             return ob.depth_total(), str(up.reconnector.last_error)
 
@@ -235,7 +235,7 @@ def _tls_broker(tmp_path: Path, require_cert: bool) -> tuple[Mosquitto, dict[str
 def _tls_roundtrip(tmp_path: Path, b: Mosquitto, cfg: UplinkSection) -> tuple[int, str | None]:
     async def go() -> tuple[int, str | None]:
         async with gateway(tmp_path, cfg) as (ob, up, pl):
-            pl.sink(SosPress("sos-1", time.time(), "tls"))
+            pl.sink(ButtonPress("sos-1", time.time(), "tls"))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not (ob.depth_total() == 0 and up.acked):
                 if up.reconnector.failures >= 3:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers.base import DeviceSpec, DriverContext, LinkState, ReadingSink, SosPress, StateFile
+from drivers.base import ButtonPress, DeviceSpec, DriverContext, LinkState, ReadingSink, StateFile
 from drivers.ble import gatt
 from drivers.ble.driver import BleDriver, BleOptions
 from drivers.ble.stack import Sighting
@@ -135,7 +135,7 @@ class _PendantDriver(BleDriver):
             if press.presses > 1:
                 self.count("missed_presses", press.presses - 1)
             self.sink(
-                SosPress(
+                ButtonPress(
                     device_id=self.device_id,
                     captured_at=now,
                     press_id=press.press_id,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from RFXtrx import lowlevel
 
-from drivers.base import FrameError, SosPress
+from drivers.base import ButtonPress, FrameError
 from drivers.options import DEVICE_ID_RE, DriverOptions, option
 from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
@@ -289,7 +289,7 @@ class RfxtrxSosDriver(SerialDriver):
             return
         self.count("presses")
         self.sink(
-            SosPress(
+            ButtonPress(
                 device_id=button,
                 captured_at=start,
                 press_id=f"{event.sensor_id}-{round(start * 1000)}",

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from drivers.base import BeatIntervals, DeviceStatus, LinkState, Measurement, Reading, SosPress, Waveform
+from drivers.base import BeatIntervals, ButtonPress, DeviceStatus, LinkState, Measurement, Reading, Waveform
 from gateway.errors import GatewayError
 from gateway.rules.daytime import daytime_seconds, zone
 from gateway.rules.defaults import DEFAULT_RULES, DEFAULTS_BY_ID
@@ -604,7 +604,7 @@ class RuleEngine:
             for rule, ci in self._rules_by_code(dev.person_id).get(reading.code, ()):
                 if rule.applies_to(dev.id):
                     self._evaluate(dev, rule, ci, reading, now, out)
-        elif isinstance(reading, SosPress):
+        elif isinstance(reading, ButtonPress):
             self._battery_flag(dev, reading.extra, reading.captured_at, now, out)
         elif not isinstance(reading, (Waveform, BeatIntervals)):  # pragma: no cover - future reading types
             log.debug("device %s: rules ignore %s", dev.id, type(reading).__name__)

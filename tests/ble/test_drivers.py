@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from drivers.base import BeatIntervals, LinkState, Measurement, SosPress, Waveform
+from drivers.base import BeatIntervals, ButtonPress, LinkState, Measurement, Waveform
 from drivers.ble import gatt
 from drivers.ble.cuff import BpCuffDriver
 from drivers.ble.manager import BleStack
@@ -244,27 +244,27 @@ def test_sos_pendant_presses_repeats_missed_adverts_and_battery_change(tmp_path:
                 await until(lambda: readings.connected_at("sos-1"), 10, "the pendant heard")
                 for i in range(3):
                     info = await pendant.press()
-                    await until(lambda i=i: len(readings.of(SosPress)) == i + 1, 5, f"press {i}")
+                    await until(lambda i=i: len(readings.of(ButtonPress)) == i + 1, 5, f"press {i}")
                     latencies.append(readings.items[-1][0] - info["pressed_mono"])
                     await asyncio.sleep(0.4)  # the burst of repeated adverts
                 await asyncio.sleep(1.0)
-                assert len(readings.of(SosPress)) == 3, "repeated advertisements are the same press"
+                assert len(readings.of(ButtonPress)) == 3, "repeated advertisements are the same press"
                 # Three presses while out of earshot: one alert saying three.
                 await sim.out_of_range(SOS)
                 for _ in range(3):
                     await pendant.press()
                 sim.in_range(SOS)
-                await until(lambda: len(readings.of(SosPress)) == 4, 5, "the missed presses")
+                await until(lambda: len(readings.of(ButtonPress)) == 4, 5, "the missed presses")
                 # New battery: the counter starts again; the next press is a new series.
                 await pendant.command("battery_change", {})
                 await asyncio.sleep(1.5)
                 await pendant.press()
-                await until(lambda: len(readings.of(SosPress)) == 5, 5, "press after the battery change")
+                await until(lambda: len(readings.of(ButtonPress)) == 5, 5, "press after the battery change")
         return latencies
 
     latencies = asyncio.run(go())
     print(f"\nSOS advert -> driver: {[round(x * 1000, 1) for x in latencies]} ms")
-    presses: list[SosPress] = readings.of(SosPress)
+    presses: list[ButtonPress] = readings.of(ButtonPress)
     assert [p.extra["presses"] for p in presses] == [1, 1, 1, 3, 1]
     assert len({p.press_id for p in presses}) == 5
     assert presses[3].press_id.endswith("-6") and presses[4].press_id.endswith("-1")
@@ -282,15 +282,15 @@ def test_sos_pendant_with_a_connection_notifies_and_catches_up_after_a_drop(tmp_
             async with running(drv):
                 await until(lambda: readings.connected_at("sos-n"), 15, "connected")
                 await pendant.press()
-                await until(lambda: len(readings.of(SosPress)) == 1, 5, "notified press")
+                await until(lambda: len(readings.of(ButtonPress)) == 1, 5, "notified press")
                 await sim.out_of_range(SOS_N)
                 await until(lambda: pendant.link is None, 5, "link down")
                 await pendant.press()  # pressed while the link is down
                 sim.in_range(SOS_N)
-                await until(lambda: len(readings.of(SosPress)) == 2, 30, "the press read on reconnect")
+                await until(lambda: len(readings.of(ButtonPress)) == 2, 30, "the press read on reconnect")
 
     asyncio.run(go())
-    presses: list[SosPress] = readings.of(SosPress)
+    presses: list[ButtonPress] = readings.of(ButtonPress)
     assert [p.extra["via"] for p in presses] == ["notification", "reconnect"]
     assert presses[0].press_id != presses[1].press_id
 

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.base import DeviceStatus, LinkState, Measurement, SosPress
+from drivers.base import ButtonPress, DeviceStatus, LinkState, Measurement
 from gateway.rules import WATCH_KINDS, AlertEvent, RuleEngine, WatchSettings, severity_rank
 from gateway.rules.defaults import CODE_AF_SCREENING, LOINC_DIASTOLIC, LOINC_HEART_RATE, LOINC_SPO2, LOINC_SYSTOLIC
 from tests.rules.util import T0, UNITS
@@ -106,7 +106,7 @@ def run(script: Sequence[tuple[Any, ...]], *, restarts: bool = True) -> tuple[Ru
         elif kind == "sos":
             now += 1.0
             sos_n += 1
-            events += e.feed(SosPress("sos-1", now, f"p{sos_n}", extra={"battery_low": op[1]}), now)
+            events += e.feed(ButtonPress("sos-1", now, f"p{sos_n}", extra={"battery_low": op[1]}), now)
             e.open_external(f"sos-{sos_n}", "sos", "critical", "sos-1", now, now)
         elif kind == "outbox":
             now += 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from drivers.base import DeviceStatus, LinkState, SosPress, Waveform
+from drivers.base import ButtonPress, DeviceStatus, LinkState, Waveform
 from gateway.rules import RuleEngine, WatchSettings
 from gateway.rules.daytime import daytime_seconds, zone
 from gateway.rules.defaults import LOINC_HEART_RATE
@@ -130,11 +130,11 @@ def test_low_battery_early_escalates_near_empty_and_clears_after_charging() -> N
 
 def test_low_battery_flag_of_an_sos_button() -> None:
     e = engine()
-    low = SosPress("sos-1", T0, "p1", extra={"battery_low": True})
+    low = ButtonPress("sos-1", T0, "p1", extra={"battery_low": True})
     (raised,) = e.feed(low, T0)
     assert (raised.kind, raised.device_id) == ("battery_low", "sos-1")
-    assert e.feed(SosPress("sos-1", T0 + 10, "p2", extra={"battery_low": True}), T0 + 10) == []
-    (cleared,) = e.feed(SosPress("sos-1", T0 + 20, "p3", extra={"battery_low": False}), T0 + 20)
+    assert e.feed(ButtonPress("sos-1", T0 + 10, "p2", extra={"battery_low": True}), T0 + 10) == []
+    (cleared,) = e.feed(ButtonPress("sos-1", T0 + 20, "p3", extra={"battery_low": False}), T0 + 20)
     assert cleared.alert_id == raised.alert_id
 
 
