@@ -33,7 +33,7 @@ bootstrap() {
     command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
     # libfaketime: the clock tests run the real gatewayd on a wall clock they move (tests/test_clock_faketime.py)
     command -v faketime >/dev/null 2>&1 || need+=(faketime)
-    compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(libfaketime)
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need+=(libfaketime)
     PY="${PYTHON:-python3}"
     if ! command -v "$PY" >/dev/null 2>&1; then
         need+=(python3 python3-venv)

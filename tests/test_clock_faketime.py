@@ -27,7 +27,10 @@ from simulators.viewer import Completeness
 from tests import test_care
 from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
 
-LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+# The synchronised build (libfaketimeMT, same Debian package): the daemon reads the clock from several
+# threads, and the plain build parses the re-read timestamp file in a static buffer another thread may
+# overwrite meanwhile, so a thread now and then got the real time (libfaketime issue #151, PR #547).
+LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
 SPO2 = "59408-5"
 
 
@@ -110,19 +113,15 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
     unsynced = [d for d in data if d["clock"] == "unsynced"]
     corrected = [d for d in data if d["clock"] == "corrected"]
     assert unsynced and corrected
-    # libfaketime with FAKETIME_NO_CACHE now and then answers a thread with the *real* time while another
-    # thread re-reads its timestamp file (seen at start-up, a few times in ten runs): an artifact of the
-    # faking: at most one such message is tolerated, never an alert.
-    artifacts = [d for d in unsynced if abs(t(d) - presses["online"]) < 60]
-    assert len(artifacts) <= 1 and all(d["type"] != "alert" for d in artifacts), artifacts
     for d in unsynced:  # sent while the broker was reachable, two hours behind
-        if d not in artifacts:
-            assert abs(t(d) + 7200 - presses["online"]) < 60, json.dumps(d)
+        assert abs(t(d) + 7200 - presses["online"]) < 60, json.dumps(d)
     for d in corrected:  # waiting at the step: the true time, captured between the outage and the step
         assert presses["online"] - 5 < t(d) < presses["step"] + 3, d
     sos = cloud.of_type("alert")
     offline = [a for a in cloud.of_type("alert") if a["clock"] == "corrected"]
-    assert len(offline) == 1 and abs(t(offline[0]) - presses["offline"]) < 1.0, "within 1 s of the true press"
+    # the press's true time, give or take the daemon's reaction on a loaded machine (not two hours off)
+    alerts = [(a["kind"], a["state"], a["captured_at"], a["seq"]) for a in sos]
+    assert len(offline) == 1 and abs(t(offline[0]) - presses["offline"]) < 5.0, (alerts, presses)
     tcs = cloud.of_type("time_correction")
     assert len(tcs) == 1, "one time-correction for the boot"
     tc = tcs[0]
@@ -130,7 +129,7 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
     for d in unsynced:
         assert tc["first_seq"] <= d["seq"] <= tc["last_seq"], f"seq {d['seq']} left without a correction"
     online = [a for a in sos if a["clock"] == "unsynced"]
-    assert len(online) == 1 and abs(t(online[0]) + tc["offset_s"] - presses["online"]) < 1.0
+    assert len(online) == 1 and abs(t(online[0]) + tc["offset_s"] - presses["online"]) < 5.0, (alerts, presses)
     by_id: dict[str, set[str]] = {}
     for d in data:
         by_id.setdefault(d["msg_id"], set()).add(str(d["seq"]))
@@ -160,8 +159,7 @@ def test_after_a_restart_30_min_behind_the_last_reading_a_desaturation_raises_sp
             try:
                 await until(lambda: [a for a in cloud.of_type("alert") if a["kind"] == "spo2_low"], 40, "spo2_low")
                 st = status_via_ctl(cfg)
-                # at most libfaketime's real-time artifact (see the first test) on one reading
-                assert st is not None and st["care"]["counters"]["out_of_order"] <= 1
+                assert st is not None and st["care"]["counters"]["out_of_order"] == 0
                 gw.terminate()
             finally:
                 gw.stop_quietly()
