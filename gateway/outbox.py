@@ -403,6 +403,12 @@ class Outbox:
             await self._commit_pending(pending, acked)
         correction, self._correction = self._correction, None
         if correction is not None:
+            # Messages submitted while that commit ran may be stamped before the clock event that asked
+            # for this correction (still unsynced): on disk first, or the correction would miss them.
+            # Whatever is submitted from here on was stamped after it.
+            late, self._pending = self._pending, []
+            if late:
+                await self._commit_pending(late, [])
             await self._commit_correction(*correction)
 
     async def _commit_pending(self, pending: list[_Pending], acked: list[int]) -> None:
