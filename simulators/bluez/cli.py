@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sos-notify", action="append", metavar="ADDRESS", help="an SOS pendant that needs a connection"
     )
+    parser.add_argument("--bthome", action="append", metavar="ADDRESS", help="a BTHome v2 button (repeatable)")
+    parser.add_argument(
+        "--bthome-key", metavar="HEX", help="BTHome buttons encrypt with this bind key (32 hex digits; default: plaintext)"
+    )
     parser.add_argument("--records", type=int, default=3, help="records stored on each cuff at start")
     parser.add_argument(
         "--cuff-legacy", action="store_true", help="cuffs without RACP (indicate all records on subscribe)"
@@ -113,7 +117,8 @@ def build_peripherals(args: argparse.Namespace) -> list[Any]:
     cuffs = args.cuff or []
     soses = args.sos or []
     sos_notify = args.sos_notify or []
-    if not (wrists or cuffs or soses or sos_notify):
+    bthomes = getattr(args, "bthome", None) or []
+    if not (wrists or cuffs or soses or sos_notify or bthomes):
         wrists, cuffs, soses = [DEFAULT_WRIST], [DEFAULT_CUFF], [DEFAULT_SOS]
     out: list[Any] = []
     for i, addr in enumerate(wrists):
@@ -144,6 +149,11 @@ def build_peripherals(args: argparse.Namespace) -> list[Any]:
         out.append(SosPendant(addr))
     for addr in sos_notify:
         out.append(SosPendant(addr, "HC SOS-N", notify=True))
+    if bthomes:
+        from simulators.bluez.bthome import BthomeButton
+
+        key = bytes.fromhex(args.bthome_key) if getattr(args, "bthome_key", None) else None
+        out += [BthomeButton(addr, key=key) for addr in bthomes]
     return out
 
 
