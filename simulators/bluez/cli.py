@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bthome", action="append", metavar="ADDRESS", help="a BTHome v2 button (repeatable)")
     parser.add_argument(
-        "--bthome-key", metavar="HEX", help="BTHome buttons encrypt with this bind key (32 hex digits; default: plaintext)"
+        "--bthome-key", metavar="HEX", help="BTHome buttons encrypt with this bind key (32 hex digits; default: none)"
     )
     parser.add_argument("--records", type=int, default=3, help="records stored on each cuff at start")
     parser.add_argument(
