@@ -36,8 +36,9 @@ DEFAULT_SOS_NOTIFY = "C0:FF:EE:00:00:04"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Virtual BlueZ on a private D-Bus with simulated BLE devices (or a command to a running one)."
+    # dest "op": gateway-sim's own subcommand is ``args.command`` (the same name made `gateway-sim ble` fail)
     parser.add_argument(
-        "command", nargs="*", help="with --control: OP [ADDRESS] [key=value ...] for a running simulator"
+        "op", nargs="*", metavar="COMMAND", help="with --control: OP [ADDRESS] [key=value ...] for a running simulator"
     )
     parser.add_argument("--control", help="control socket of a running simulator (default $BLE_SIM_CONTROL)")
     parser.add_argument("--workdir", help="directory for the bus and control sockets (default: a new one in /tmp)")
@@ -90,7 +91,7 @@ def _send(args: argparse.Namespace) -> int:
     if not path:
         print("gateway-sim ble: --control PATH (or BLE_SIM_CONTROL) names the simulator to command", file=sys.stderr)
         return 2
-    op, *rest = args.command
+    op, *rest = args.op
     request: dict[str, Any] = {}
     for item in rest:
         if "=" in item:
@@ -198,7 +199,7 @@ async def serve(args: argparse.Namespace, workdir: Path, ready: Any = None) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command:
+    if args.op:
         return _send(args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
