@@ -45,6 +45,7 @@ import enum
 import logging
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -293,6 +294,12 @@ class BthomeButtonDriver(BleDriver):
         self._last_bytes = b""
         self._last_bytes_at = -1e18
 
+    def counters(self) -> Mapping[str, int]:
+        merged = dict(super().counters())
+        if self.reconnector.bugs.count:
+            merged["bugs"] = self.reconnector.bugs.count
+        return merged
+
     # -- key --------------------------------------------------------------------------------------
 
     def load_key(self) -> bytes | None:
@@ -321,7 +328,13 @@ class BthomeButtonDriver(BleDriver):
         if data is None:
             self.count("foreign_advertisements")
             return
-        self.on_service_data(bytes(data), s.at, s.wall, name=s.adv.local_name or "", rssi=s.adv.rssi)
+        try:
+            self.on_service_data(bytes(data), s.at, s.wall, name=s.adv.local_name or "", rssi=s.adv.rssi)
+        except Exception as exc:  # noqa: BLE001 - a bug (ours or the library's on hostile radio input):
+            # reported at ERROR with its traceback and counted, as the supervisor would; this runs in the
+            # shared scanner's callback, outside run(), and must not stop the scanner's other listeners.
+            self.reconnector.bugs.report(log, f"device {self.device_id}", exc, "advertisement not handled")
+            return
         if self._last_reported is None or self._last_reported[0] is LinkState.DISCONNECTED:
             self.report_presence()
 

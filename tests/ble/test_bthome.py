@@ -13,11 +13,22 @@ import signal
 from pathlib import Path
 
 import pytest
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.base import ButtonPress, DeviceConfigError, DeviceStatus, LinkState
-from drivers.ble.bthome import REPEAT_WINDOW_S, BthomeDecoder, Outcome, PacketTracker, read_bindkey
+from drivers.ble.bthome import (
+    BTHOME_SERVICE,
+    REPEAT_WINDOW_S,
+    BthomeButtonDriver,
+    BthomeDecoder,
+    Outcome,
+    PacketTracker,
+    read_bindkey,
+)
+from drivers.ble.stack import Sighting
 from simulators.bluez.bthome import BUTTON_EVENTS, BthomeButton, objects, service_data
 from simulators.bluez.peripherals import SosPendant
 from simulators.broker import Mosquitto
@@ -125,6 +136,29 @@ def test_a_missing_bindkey_file_stops_the_driver_with_a_configuration_error(tmp_
     drv = make_driver("ble-bthome", "bt-1", BUTTON, readings, bindkey_file=str(tmp_path / "absent.key"))
     with pytest.raises(DeviceConfigError, match=r"bindkey_file .*absent\.key: cannot read"):
         asyncio.run(drv.run())
+
+
+def test_a_bug_while_handling_an_advertisement_is_reported_and_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings = Readings()
+    drv = make_driver("ble-bthome", "bt-1", BUTTON, readings)
+    assert isinstance(drv, BthomeButtonDriver)
+    drv.decoder = BthomeDecoder(BUTTON, None)
+
+    def broken(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(drv.decoder, "decode", broken)
+    adv = AdvertisementData(
+        None, {}, {BTHOME_SERVICE: service_data(objects(1, 50, "press"), mac=BUTTON)}, [], -60, -60, ()
+    )
+    for i in range(3):
+        drv.on_advertisement(Sighting(BLEDevice(BUTTON, None, None), adv, float(i), 1000.0 + i))  # never raises
+        drv._last_bytes = b""  # not a byte-identical repeat: decoded each time
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "bt-1" in errors[0].getMessage() and errors[0].exc_info is not None
+    assert drv.counters()["bugs"] == 3 and not readings.of(ButtonPress)
 
 
 # --------------------------------------------------------------------------------------------------
