@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import ButtonPress, DeviceConfigError, DeviceStatus, LinkState
@@ -116,6 +116,33 @@ def test_packet_tracker_repeats_window_and_restart() -> None:
     for damaged in (None, [], {"series": "x"}, {"series": -1, "presses": 0}, "text"):
         assert PacketTracker.from_json(damaged) == PacketTracker()
     assert PacketTracker.from_json({"series": 5, "presses": 2, "press_packet": 999}).press_packet is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 8), st.floats(0.0, 2.0), st.floats(0.0, 3 * REPEAT_WINDOW_S)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_packet_is_new_when_its_id_moved_on_or_after_a_silence_longer_than_the_window(
+    packets: list[tuple[int, int, float, float]],
+) -> None:
+    # (packet id step, times heard, spacing of its repeats, silence before it). Step 0 is a device that
+    # sent the same id again (a wrap, a restart of the device): new only after a silence past the window.
+    assume(all(abs(silence - REPEAT_WINDOW_S) > 1e-6 for *_, silence in packets))  # not on the boundary
+    tracker, mono, packet_id = PacketTracker(), 0.0, 0
+    for i, (step, times, spacing, silence) in enumerate(packets):
+        packet_id = (packet_id + step) & 0xFF
+        expected_new = i == 0 or step != 0 or silence > REPEAT_WINDOW_S
+        mono += silence
+        verdicts = []
+        for _ in range(times):
+            verdicts.append(not tracker.is_repeat(packet_id, mono, 1e9 + mono))
+            mono += spacing
+        assert verdicts == [expected_new] + [False] * (times - 1), (i, step, silence)
+        mono -= spacing  # the silence counts from the last time it was heard
 
 
 def test_bindkey_file_errors_name_the_file_never_its_content(tmp_path: Path) -> None:
