@@ -138,11 +138,10 @@ def test_a_packet_is_new_when_its_id_moved_on_or_after_a_silence_longer_than_the
         expected_new = i == 0 or step != 0 or silence > REPEAT_WINDOW_S
         mono += silence
         verdicts = []
-        for _ in range(times):
+        for j in range(times):
+            mono += spacing if j else 0.0  # the silence counts from the last time it was heard
             verdicts.append(not tracker.is_repeat(packet_id, mono, 1e9 + mono))
-            mono += spacing
         assert verdicts == [expected_new] + [False] * (times - 1), (i, step, silence)
-        mono -= spacing  # the silence counts from the last time it was heard
 
 
 def test_bindkey_file_errors_name_the_file_never_its_content(tmp_path: Path) -> None:
