@@ -230,22 +230,32 @@ class PacketTracker:
 
 
 def read_bindkey(path: Path) -> bytes:
-    """The 16-byte key from ``path`` (32 hex digits, surrounding white space ignored). Errors say what
-    is wrong with the file, never what is in it."""
+    """The 16-byte key from ``path`` (32 hex digits, surrounding white space ignored). Only a regular
+    file, and only its first bytes, are read (a path sent by the cloud may name /dev/zero or a FIFO).
+    Errors say what is wrong with the file, never what is in it, nor how long it is."""
     try:
-        text = path.read_text(encoding="ascii").strip()
-    except UnicodeDecodeError:
-        raise DeviceConfigError(f"bindkey_file {path}: expected {KEY_HEX_DIGITS} hex digits, not text") from None
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise DeviceConfigError(f"bindkey_file {path}: not a regular file")
+        with path.open("rb") as fh:
+            text = fh.read(KEY_HEX_DIGITS * 4).strip()
     except OSError as exc:
         raise DeviceConfigError(f"bindkey_file {path}: cannot read: {exc.strerror}") from None
-    if len(text) != KEY_HEX_DIGITS:
+    key = _hex_key(text)
+    if key is None:
         raise DeviceConfigError(
-            f"bindkey_file {path}: expected {KEY_HEX_DIGITS} hex digits (16 bytes), found {len(text)} characters"
+            f"bindkey_file {path}: expected {KEY_HEX_DIGITS} hex digits (16 bytes) and nothing else"
         )
+    return key
+
+
+def _hex_key(text: bytes) -> bytes | None:
+    if len(text) != KEY_HEX_DIGITS:
+        return None
     try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise DeviceConfigError(f"bindkey_file {path}: expected {KEY_HEX_DIGITS} hex digits (0-9, a-f)") from None
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) == KEY_HEX_DIGITS // 2 else None  # fromhex skips spaces
 
 
 # --------------------------------------------------------------------------------------------------

@@ -150,11 +150,22 @@ def test_bindkey_file_errors_name_the_file_never_its_content(tmp_path: Path) -> 
     short.write_text("5a3c6f0e9b8d7c6a5f4e3d2c1b0a99")
     notes = tmp_path / "notes.key"
     notes.write_text("my key is secret-secret-secret!!")
-    for path, expected in ((short, "found 30 characters"), (notes, "hex digits"), (tmp_path / "none", "cannot read")):
+    spaced = tmp_path / "spaced.key"
+    spaced.write_text("5a3c 6f0e 9b8d 7c6a 5f4e 3d2c 1b")
+    cases = (
+        (short, "expected 32 hex digits"),
+        (notes, "expected 32 hex digits"),
+        (spaced, "expected 32 hex digits"),
+        (tmp_path / "none", "cannot read"),
+        (tmp_path, "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),  # a path from the cloud must not make the gateway read forever
+    )
+    for path, expected in cases:
         with pytest.raises(DeviceConfigError) as info:
             read_bindkey(path)
-        assert str(path) in str(info.value) and expected in str(info.value)
-        assert "5a3c6f" not in str(info.value) and "secret" not in str(info.value)
+        text = str(info.value)
+        assert str(path) in text and expected in text, text
+        assert "5a3c6f" not in text and "secret" not in text and "30" not in text
 
 
 def test_a_missing_bindkey_file_stops_the_driver_with_a_configuration_error(tmp_path: Path) -> None:
