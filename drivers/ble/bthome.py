@@ -274,7 +274,7 @@ class BthomeOptions(BleOptions):
     )
     roles: dict[str, str] = press_roles_option(PRESS_PATTERNS)
     absent_after_s: float = option(
-        86400.0, lo=1, hi=30 * 86400, unit="seconds", doc="not heard: disconnected (beacon mode: a few minutes)"
+        86400.0, lo=1, hi=7 * 86400, unit="seconds", doc="not heard: disconnected (beacon mode: a few minutes)"
     )
     state_path: str = state_path_option()
 
