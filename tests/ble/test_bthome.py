@@ -165,7 +165,7 @@ def test_bindkey_file_errors_name_the_file_never_its_content(tmp_path: Path) -> 
             read_bindkey(path)
         text = str(info.value)
         assert str(path) in text and expected in text, text
-        assert "5a3c6f" not in text and "secret" not in text and "30" not in text
+        assert "5a3c6f" not in text and "secret" not in text and "characters" not in text
 
 
 def test_a_missing_bindkey_file_stops_the_driver_with_a_configuration_error(tmp_path: Path) -> None:
