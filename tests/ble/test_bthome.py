@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -356,6 +357,8 @@ roles = {{ press = "call", long_press = "sos" }}
 """
     gw = GatewayProcess(gateway_config(tmp_path, broker.port, devices=devices))
 
+    latency: list[float] = []
+
     async def go() -> None:
         async with virtual_bluez([button]):
             gw.start()  # inherits DBUS_SYSTEM_BUS_ADDRESS of the virtual BlueZ
@@ -367,8 +370,9 @@ roles = {{ press = "call", long_press = "sos" }}
                     30,
                     "the button heard by gatewayd",
                 )
-                button.press("long_press")
+                info = button.press("long_press")
                 await until(lambda: cloud.of_type("alert"), 20, "the alert at the cloud")
+                latency.append(time.monotonic() - info["pressed_mono"])
                 await asyncio.sleep(button.burst_s + 0.5)  # every repeat of the press has arrived by now
                 assert gw.proc is not None
                 gw.proc.send_signal(signal.SIGTERM)
@@ -378,6 +382,7 @@ roles = {{ press = "call", long_press = "sos" }}
                 gw.stop_quietly()
 
     asyncio.run(go())
+    print(f"\nBTHome long press -> SOS alert at the cloud: {latency[0] * 1000:.0f} ms")
     alerts = cloud.of_type("alert")
     assert len(alerts) == 1, "one press, many advertisements: one alert"
     a = alerts[0]
