@@ -28,7 +28,8 @@ press is and what the gateway does with it:
   key, or a damaged packet), an encrypted one with no key configured, and a plaintext one while a key is
   configured (a downgrade, or someone else's button) are refused: counted (``wrong_key``,
   ``no_key``, ``plaintext_refused``), logged at WARNING the first time and at DEBUG after, never a
-  press, and the device's state is ``error`` with the reason until a good packet is heard.
+  press, and the device's state is ``error`` with the reason until a good packet is heard; meanwhile a
+  ``bindkey_file`` changed on disk is read again (correcting the file is enough).
 - **Battery** from the packets into :class:`~drivers.base.DeviceStatus` (reported when it changes).
 - **Presence.** The device is ``connected`` while heard; not heard for ``absent_after_s`` it is
   ``disconnected``. A Shelly BLU Button only sends when pressed unless its beacon mode is on, hence the
@@ -248,6 +249,15 @@ def read_bindkey(path: Path) -> bytes:
     return key
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how the file last changed (modification time, inode), or None when it cannot be seen."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
 def _hex_key(text: bytes) -> bytes | None:
     if len(text) != KEY_HEX_DIGITS:
         return None
@@ -303,6 +313,7 @@ class BthomeButtonDriver(BleDriver):
         self._warned: set[Outcome] = set()
         self._last_bytes = b""
         self._last_bytes_at = -1e18
+        self._key_stamp: tuple[int, int] | None = None
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())
@@ -316,6 +327,7 @@ class BthomeButtonDriver(BleDriver):
         if not self.opts.bindkey_file:
             return None
         path = Path(self.opts.bindkey_file)
+        self._key_stamp = _stamp(path)
         key = read_bindkey(path)
         try:
             mode = path.stat().st_mode
@@ -324,6 +336,22 @@ class BthomeButtonDriver(BleDriver):
         if mode & stat.S_IROTH:
             log.warning("device %s: bindkey_file %s is readable by every user: chmod 600 it", self.device_id, path)
         return key
+
+    def reload_key_if_changed(self) -> None:
+        """While the key is refused, a bindkey_file changed on disk is read again (fixing the file is
+        enough: a reload of the configuration does not restart a device whose options did not change)."""
+        if not self.opts.bindkey_file or self.problem is None:
+            return
+        if _stamp(Path(self.opts.bindkey_file)) == self._key_stamp:
+            return
+        try:
+            key = self.load_key()
+        except DeviceConfigError as exc:
+            log.warning("device %s: %s (the key in use stays)", self.device_id, exc)
+            return
+        log.info("device %s: bindkey_file changed: read again", self.device_id)
+        self.decoder = BthomeDecoder(self.address, key)
+        self._last_bytes = b""
 
     async def run(self) -> None:
         self.decoder = BthomeDecoder(self.address, self.load_key())
@@ -433,6 +461,7 @@ class BthomeButtonDriver(BleDriver):
             last_report = time.monotonic()
             while True:
                 await asyncio.sleep(min(1.0, self.absent_after_s / 4))
+                self.reload_key_if_changed()
                 now = time.monotonic()
                 if now - last_report >= self.status_interval_s:
                     self.report_presence(force=True)

@@ -308,15 +308,24 @@ def test_encrypted_with_the_right_key_and_refused_with_a_wrong_one(
             await pendant.press()
             await until(lambda: len(readings.of(ButtonPress, "sos-1")) == 1, 5, "the pendant's press")
             await until(lambda: len(readings.of(ButtonPress, "bt-ok")) == 3, 5, "the good button's presses")
+            refused.extend(readings.of(ButtonPress, "bt-bad"))
+            wrong_keys.append(bad.counters()["wrong_key"])
+            # The technician fixes the key file: read again by itself, the button's next press counts.
+            key_file(tmp_path, KEY, "fixed.key").replace(tmp_path / "other.key")
+            await until(lambda: readings.states("bt-bad")[-1].state is LinkState.CONNECTED, 10, "the fixed key")
+            wrong.press("long_press")
+            await until(lambda: len(readings.of(ButtonPress, "bt-bad")) == 1, 5, "a press with the fixed key")
 
+    refused: list[ButtonPress] = []
+    wrong_keys: list[int] = []
     asyncio.run(go())
     good_presses: list[ButtonPress] = readings.of(ButtonPress, "bt-ok")
     assert [(p.pattern, p.role) for p in good_presses] == [("press", "call"), ("long_press", "sos"), ("press", "call")]
     assert all(p.extra["encrypted"] for p in good_presses) and ok.counters()["repeats"] > 3
     assert ok.counters().get("wrong_key", 0) == 0
     # The wrong key: no press, counted per packet (3 presses and the beacons), one WARNING, then DEBUG.
-    assert not readings.of(ButtonPress, "bt-bad")
-    assert bad.counters()["wrong_key"] >= 4, bad.counters()
+    assert not refused
+    assert wrong_keys[0] >= 4, wrong_keys
     ours = ("drivers", "bthome_ble")  # (bleak says at WARNING that the test's private bus went away)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith(ours)]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -329,6 +338,9 @@ def test_encrypted_with_the_right_key_and_refused_with_a_wrong_one(
     assert not [s for s in readings.states("bt-ok") if s.state is LinkState.ERROR]
     (sos_press,) = readings.of(ButtonPress, "sos-1")
     assert sos_press.role == "sos", "the device beside the refused one is unaffected"
+    (fixed,) = readings.of(ButtonPress, "bt-bad")
+    assert (fixed.pattern, fixed.role, fixed.extra["encrypted"]) == ("long_press", "sos", True)
+    assert any("bindkey_file changed" in r.getMessage() for r in caplog.records if r.name == "drivers.ble.bthome")
 
 
 # --------------------------------------------------------------------------------------------------
