@@ -247,6 +247,7 @@ DRIVERS: dict[str, str] = {
     "ble-bp-cuff": "drivers.ble.cuff:BpCuffDriver",
     "ble-sos": "drivers.ble.sos:SosPendantDriver",
     "ble-sos-notify": "drivers.ble.sos:SosNotifyDriver",
+    "ble-bthome": "drivers.ble.bthome:BthomeButtonDriver",
 }
 
 

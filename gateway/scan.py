@@ -84,7 +84,9 @@ async def _ble_scan(seconds: float, progress: Progress) -> list[dict[str, Any]]:
     service_kinds, company_kinds, _ = _kind_facts()
 
     def on_adv(device: Any, adv: Any) -> None:
-        kind = next((service_kinds[u.lower()] for u in adv.service_uuids if u.lower() in service_kinds), None)
+        # Service UUIDs, then service data UUIDs (a BTHome device lists 0xFCD2 only as service data).
+        uuids = [*adv.service_uuids, *adv.service_data]
+        kind = next((service_kinds[u.lower()] for u in uuids if u.lower() in service_kinds), None)
         if kind is None:
             kind = next((company_kinds[c] for c in adv.manufacturer_data if c in company_kinds), None)
         seen[device.address] = {

@@ -27,6 +27,7 @@ import pytest
 from drivers.base import DRIVERS, DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, driver_class
 from drivers.ble import gatt
 from drivers.ble.manager import BleStack
+from simulators.bluez.bthome import BthomeButton
 from simulators.bluez.core import Peripheral
 from simulators.bluez.peripherals import BpCuff, SosPendant, WristMonitor
 from simulators.bp_sim import BpSimulator
@@ -224,8 +225,23 @@ class SosNotifyRig(BleRig):
         await self.peripheral.notify(self.peripheral.characteristic(gatt.SOS_PRESS), b"\x01")
 
 
+class BthomeRig(BleRig):
+    kind = "ble-bthome"
+
+    def make(self) -> Peripheral:
+        return BthomeButton(ADDRESS)  # in beacon mode: heard every second between presses
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "absent_after_s": 2.0}
+
+    async def garbage(self) -> None:
+        await self.peripheral.command("garbage", {"seconds": 1.0})
+        await asyncio.sleep(1.0)
+
+
 RIGS: dict[str, type[Rig]] = {
-    r.kind: r for r in (RfxtrxRig, Cms50Rig, Cms50LegacyRig, SerialBpRig, WristRig, CuffRig, SosRig, SosNotifyRig)
+    r.kind: r
+    for r in (RfxtrxRig, Cms50Rig, Cms50LegacyRig, SerialBpRig, WristRig, CuffRig, SosRig, SosNotifyRig, BthomeRig)
 }
 
 

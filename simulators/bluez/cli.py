@@ -36,8 +36,9 @@ DEFAULT_SOS_NOTIFY = "C0:FF:EE:00:00:04"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Virtual BlueZ on a private D-Bus with simulated BLE devices (or a command to a running one)."
+    # dest "op": gateway-sim's own subcommand is ``args.command`` (the same name made `gateway-sim ble` fail)
     parser.add_argument(
-        "command", nargs="*", help="with --control: OP [ADDRESS] [key=value ...] for a running simulator"
+        "op", nargs="*", metavar="COMMAND", help="with --control: OP [ADDRESS] [key=value ...] for a running simulator"
     )
     parser.add_argument("--control", help="control socket of a running simulator (default $BLE_SIM_CONTROL)")
     parser.add_argument("--workdir", help="directory for the bus and control sockets (default: a new one in /tmp)")
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sos", action="append", metavar="ADDRESS", help="an advertising SOS pendant (repeatable)")
     parser.add_argument(
         "--sos-notify", action="append", metavar="ADDRESS", help="an SOS pendant that needs a connection"
+    )
+    parser.add_argument("--bthome", action="append", metavar="ADDRESS", help="a BTHome v2 button (repeatable)")
+    parser.add_argument(
+        "--bthome-key", metavar="HEX", help="BTHome buttons encrypt with this bind key (32 hex digits; default: none)"
     )
     parser.add_argument("--records", type=int, default=3, help="records stored on each cuff at start")
     parser.add_argument(
@@ -86,7 +91,7 @@ def _send(args: argparse.Namespace) -> int:
     if not path:
         print("gateway-sim ble: --control PATH (or BLE_SIM_CONTROL) names the simulator to command", file=sys.stderr)
         return 2
-    op, *rest = args.command
+    op, *rest = args.op
     request: dict[str, Any] = {}
     for item in rest:
         if "=" in item:
@@ -113,7 +118,8 @@ def build_peripherals(args: argparse.Namespace) -> list[Any]:
     cuffs = args.cuff or []
     soses = args.sos or []
     sos_notify = args.sos_notify or []
-    if not (wrists or cuffs or soses or sos_notify):
+    bthomes = getattr(args, "bthome", None) or []
+    if not (wrists or cuffs or soses or sos_notify or bthomes):
         wrists, cuffs, soses = [DEFAULT_WRIST], [DEFAULT_CUFF], [DEFAULT_SOS]
     out: list[Any] = []
     for i, addr in enumerate(wrists):
@@ -144,6 +150,11 @@ def build_peripherals(args: argparse.Namespace) -> list[Any]:
         out.append(SosPendant(addr))
     for addr in sos_notify:
         out.append(SosPendant(addr, "HC SOS-N", notify=True))
+    if bthomes:
+        from simulators.bluez.bthome import BthomeButton
+
+        key = bytes.fromhex(args.bthome_key) if getattr(args, "bthome_key", None) else None
+        out += [BthomeButton(addr, key=key) for addr in bthomes]
     return out
 
 
@@ -188,7 +199,7 @@ async def serve(args: argparse.Namespace, workdir: Path, ready: Any = None) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command:
+    if args.op:
         return _send(args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

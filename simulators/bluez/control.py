@@ -5,15 +5,17 @@ One request per line, one reply per line: ``{"op": "press", "device": "C0:FF:EE:
 
 =====================  ===========================================================================
 ``status``             adapters, devices, counters, stored cuff records
-``press``              SOS pendant: one press (``device``)
+``press``              SOS pendant: one press (``device``); BTHome button: one ``event`` (``press``,
+                       ``double_press``, ``long_press``... default ``press``)
 ``measure``            cuff: the user takes a measurement (``systolic``, ``diastolic``, ``pulse``
                        optional); indicated live when connected, stored and advertised otherwise
 ``add_records``        cuff: ``count`` measurements stored while nobody was connected
 ``wake``               cuff: press its Bluetooth button (advertise for ``seconds``)
 ``set``                device settings: wrist ``battery``/``hr_bpm``/``spo2_pct``/``af``/
                        ``ppg_rate_hz``/``ppg_per_frame``; cuff ``clock_offset_s``/``pairable``/
-                       ``always_advertise``; pendant ``battery``
+                       ``always_advertise``; pendant ``battery``; BTHome ``battery``/``key`` (hex)
 ``battery_change``     SOS pendant: new battery, press counter back to 0
+``garbage``            BTHome button: malformed advertisements for ``seconds``
 ``reset_counters``     wrist: forget the PPG frame counters
 ``link_drop``          drop the device's link now
 ``connect_fail``       the next ``count`` Connect calls fail: ``error`` = ``abort``
