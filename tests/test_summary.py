@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
 import zoneinfo
@@ -234,7 +235,7 @@ def truth(day: Day) -> dict[str, Any]:
     worn = 1440 - len(NOT_WORN) - len(AWAY)
     af_minutes = sorted(AF_MINUTES)
     episodes = 1
-    for a, b in zip(af_minutes, af_minutes[1:], strict=False):
+    for a, b in itertools.pairwise(af_minutes):
         episodes += b - a > 3
     return {
         "hr_min": float(hr.min()),
@@ -339,7 +340,9 @@ def result(tmp_path_factory: pytest.TempPathFactory, day: Day) -> Iterator[tuple
     desk.close()
 
 
-def test_every_figure_of_a_generated_day_matches_the_truth(day: Day, result: tuple[SummaryDesk, dict[str, Any]]) -> None:
+def test_every_figure_of_a_generated_day_matches_the_truth(
+    day: Day, result: tuple[SummaryDesk, dict[str, Any]]
+) -> None:
     _desk, s = result
     t = truth(day)
     print(json.dumps({"summary": s, "truth": t}, indent=1, default=str))
