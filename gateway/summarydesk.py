@@ -86,6 +86,13 @@ class Subjects:
     def of(self, device_id: str) -> str:
         return self._owner.get(device_id, device_id)
 
+    def of_press(self, button: str, via: object) -> str:
+        """A press: its button's person; a radio button (not a configured device itself) belongs to the
+        person of the receiver it came through (``extra["via"]``), if one is listed; else itself."""
+        if button in self._owner or not isinstance(via, str):
+            return self.of(button)
+        return self._owner.get(via, button)
+
     def person_id(self, subject: str) -> str | None:
         return subject if subject in self.persons else None
 
@@ -186,7 +193,7 @@ class SummaryDesk:
                 subject = self.subjects.of(r.device_id)
                 self.agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, r.captured_at, r.extra)
             case SosPress():
-                subject = self.subjects.of(r.device_id)
+                subject = self.subjects.of_press(r.device_id, r.extra.get("via"))
                 role = str(getattr(r, "role", "sos"))  # ButtonPress.role after issue 14 part 1; SOS before
                 drill = self.is_drill(r)
                 name = "drill" if drill else role
