@@ -55,8 +55,9 @@ def draw(summary: Mapping[str, Any], series: Mapping[str, Any], zone: dt.tzinfo,
     fig.suptitle(f"{who}: {summary['date']} ({summary['timezone']})")
     gaps = wear_gaps(series["worn"], start, until)
     for ax in (hr_ax, sp_ax, bp_ax):
-        for a, b in gaps:
-            ax.axvspan(when(a), when(b), color="0.85", lw=0, label="not worn / no data" if ax is hr_ax else None)
+        for k, (a, b) in enumerate(gaps):
+            label = "not worn / no data" if ax is hr_ax and k == 0 else None
+            ax.axvspan(when(a), when(b), color="0.85", lw=0, label=label)
         ax.grid(True, alpha=0.3)
     for s in summary["af"]["stretches"]:
         hr_ax.axvspan(when(parse(s["start"])), when(parse(s["end"])), color="tab:red", alpha=0.25, lw=0)

@@ -550,3 +550,82 @@ def test_summary_config_is_validated_in_one_place(tmp_path: Path) -> None:
             config(tmp_path, text)
     with pytest.raises(ConfigError, match="retention_days"):
         config(tmp_path, CONFIG.replace("retention_days = 7", "retention_days = 0"))
+
+
+# -- gatewayctl report, the daemon not running: from the store -------------------------------------
+
+
+def _ctl(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(tmp / "gateway.toml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def ctl_day(tmp_path_factory: pytest.TempPathFactory, result: tuple[SummaryDesk, dict[str, Any]]) -> Path:
+    """The generated day's store as a gateway's data directory, with its configuration."""
+    import shutil
+
+    desk, _body = result
+    tmp = tmp_path_factory.mktemp("ctl")
+    desk.save()
+    (tmp / "data").mkdir()
+    shutil.copy(desk.store.path, tmp / "data" / "summary.sqlite3")
+    for suffix in ("-wal", "-shm"):
+        src = Path(f"{desk.store.path}{suffix}")
+        if src.exists():
+            shutil.copy(src, tmp / "data" / f"summary.sqlite3{suffix}")
+    (tmp / "gateway.toml").write_text(CONFIG.replace("/tmp/unused", str(tmp / "data")))
+    return tmp
+
+
+def test_report_reads_the_store_when_the_daemon_is_down_text_json_and_png(
+    ctl_day: Path, result: tuple[SummaryDesk, dict[str, Any]]
+) -> None:
+    _desk, body = result
+    out = _ctl(ctl_day, "report", "--date", "2026-11-24", "--person", "anna", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["msg_id"] == body["msg_id"]
+    for key in ("heart_rate", "spo2", "blood_pressure", "af", "wear", "presses", "alerts", "rejected"):
+        assert doc[key] == body[key], key
+    out = _ctl(ctl_day, "report", "--date", "2026-11-24")
+    assert out.returncode == 0, out.stderr
+    assert "Daily summary for anna, 2026-11-24" in out.stdout and "Daily summary for device sos-2" in out.stdout
+    png = ctl_day / "anna.png"
+    out = _ctl(ctl_day, "report", "--date", "2026-11-24", "--person", "anna", "--png", str(png))
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    out = _ctl(ctl_day, "report", "--date", "24.11.2026")
+    assert out.returncode == 2 and "expected YYYY-MM-DD" in out.stderr
+
+
+def test_report_png_without_matplotlib_says_how_to_get_it(ctl_day: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked" / "matplotlib"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('matplotlib is not installed here')\n")
+    out = _ctl(
+        ctl_day,
+        "report",
+        "--date",
+        "2026-11-24",
+        "--person",
+        "anna",
+        "--png",
+        str(tmp_path / "x.png"),
+        env={"PYTHONPATH": str(tmp_path / "blocked")},
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'homecare-gateway[report]'" in out.stderr
+    assert not (tmp_path / "x.png").exists()
