@@ -134,7 +134,7 @@ class AlarmSection:
 class SummarySection:
     """``[summary]``: the daily summary per person (gateway/summary.py, docs/mqtt-contract.md "Daily
     summary"). On by default: the day is the 24 hours ending at ``at`` local time, labelled with the
-    date it ends on."""
+    local date of its last moment."""
 
     enabled: bool = True
     at: dt.time = dt.time(20, 0)  # local time of day the summary is published

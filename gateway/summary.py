@@ -18,7 +18,8 @@ most 1440 bins per device, whatever the reading rate: the store's size is bounde
 ``retention_days``. Feeding a reading is a few dict operations (O(1)).
 
 **The day** (:func:`day_window`): the 24 hours ending at the configured local time ``at`` (23 or 25
-when the clocks change), labelled with the local date it ends on. A family reading the summary at 20:00
+when the clocks change), labelled with the local date of its last moment (the date it is sent on;
+with ``at = 00:00``, the calendar day itself). A family reading the summary at 20:00
 sees the evening before, the night and the day, each moment in exactly one summary and the night not
 cut at midnight; ``at = 00:00`` gives calendar days.
 
@@ -114,9 +115,10 @@ class Schedule:
     zone_label: str = "UTC"
 
     def end(self, date: dt.date) -> float:
-        """POSIX time the summary day ``date`` ends (its summary time)."""
-        local = dt.datetime.combine(date, self.at)
-        return _instant(local, self.zone)
+        """POSIX time the summary day ``date`` ends (its summary time): ``at`` on that date, or the
+        midnight after it when ``at`` is 00:00 (a calendar day is labelled with its own date)."""
+        day = date + dt.timedelta(days=1) if self.at == dt.time(0) else date
+        return _instant(dt.datetime.combine(day, self.at), self.zone)
 
     def window(self, date: dt.date) -> tuple[float, float]:
         return self.end(date - dt.timedelta(days=1)), self.end(date)

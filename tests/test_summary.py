@@ -416,7 +416,12 @@ def test_the_day_ends_at_the_summary_time_and_clock_changes_make_it_23_or_25_hou
     assert sch.date_of(t) == dt.date(2026, 6, 1)
     assert sch.date_of(t + 1) == dt.date(2026, 6, 2)
     midnight = Schedule(dt.time(0, 0), berlin)
-    assert midnight.date_of(t) == dt.date(2026, 6, 2)  # a calendar day is labelled by the date it ends on
+    assert midnight.date_of(t) == dt.date(2026, 6, 1)  # a calendar day is labelled with its own date
+    a, b = midnight.window(dt.date(2026, 6, 1))
+    assert (a, b) == (
+        dt.datetime(2026, 6, 1, tzinfo=berlin).timestamp(),
+        dt.datetime(2026, 6, 2, tzinfo=berlin).timestamp(),
+    )
 
 
 def test_due_dates_catch_up_after_an_outage_and_never_repeat_a_sent_day() -> None:
@@ -629,3 +634,18 @@ def test_report_png_without_matplotlib_says_how_to_get_it(ctl_day: Path, tmp_pat
     assert out.returncode == 2, out.stderr
     assert "pip install 'homecare-gateway[report]'" in out.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_contracts_example_is_valid_and_matches_the_generated_day(
+    result: tuple[SummaryDesk, dict[str, Any]],
+) -> None:
+    from tests.helpers import REPO
+
+    text = (REPO / "docs" / "mqtt-contract.md").read_text()
+    section = text.split("## Daily summary", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    errors = [e.message for e in validator("summary").iter_errors(example)]
+    assert not errors, errors
+    _desk, body = result
+    for key in ("heart_rate", "spo2", "blood_pressure", "af", "presses", "alerts", "rejected"):
+        assert example[key] == body[key], key  # the example is this test's day, as the gateway summarised it
