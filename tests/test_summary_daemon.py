@@ -106,16 +106,27 @@ def test_the_daemon_publishes_the_days_summary_on_the_persons_topic(
                 out = ctl(cfg, "report", "--date", date.isoformat(), "--png", str(tmp_path / "day.png"))
                 assert out.returncode == 0, out.stderr
                 got["text"] = out.stdout
+                # sent again on demand: the same msg_id (the cloud drops it); the day in progress: partial
+                out = ctl(cfg, "report", "--date", date.isoformat(), "--person", "anna", "--send")
+                assert out.returncode == 0, out.stderr
+                out = ctl(cfg, "report", "--person", "anna", "--send")
+                assert out.returncode == 0, out.stderr
+                await until(lambda: len(summaries(cloud)) >= 3, 20, "the summaries sent on demand")
                 gw.terminate()
             finally:
                 gw.stop_quietly()
 
     asyncio.run(go())
     assert "Traceback" not in gw.log()
-    topics = [topic for _, topic, doc, _ in cloud.poll() if doc.get("type") == "summary"]
-    assert topics == ["homecare/v1/gw-test/summary/anna"]
-    (s,) = summaries(cloud)
+    topics = {topic for _, topic, doc, _ in cloud.poll() if doc.get("type") == "summary"}
+    assert topics == {"homecare/v1/gw-test/summary/anna"}
+    finals = [d for d in summaries(cloud) if not d["period"]["partial"]]
+    partials = [d for d in summaries(cloud) if d["period"]["partial"]]
+    assert len({d["seq"] for d in finals}) == 2 and len({d["msg_id"] for d in finals}) == 1  # a duplicate
+    s = min(finals, key=lambda d: d["seq"])
     check_figures(s, date)
+    assert partials and partials[0]["date"] == (date + dt.timedelta(days=1)).isoformat()
+    assert partials[0]["msg_id"] != messages.msg_id("gw-test", "summary", "anna", partials[0]["date"])
     assert s["historical"] is False and s["period"]["partial"] is False
     assert got["socket"]["msg_id"] == s["msg_id"]
     assert got["socket"]["heart_rate"]["median"] == s["heart_rate"]["median"]
