@@ -207,6 +207,14 @@ class _Reader:
     def bool_(self, key: str, default: Any) -> Any:
         return self.get(key, bool, default, "true or false")
 
+    def zone(self, key: str) -> str:
+        """An IANA time zone name, or "" for the gateway's (drivers.options.valid_zone)."""
+        value = self.str_(key, "")
+        problem = valid_zone(value)
+        if problem:
+            raise self.fail(key, value, problem)
+        return str(value)
+
     def path(self, key: str, default: Any = None, must_exist: bool = False) -> Path | None:
         value = self.get(key, str, default, "a file path")
         if value is None:
@@ -332,14 +340,10 @@ def parse_summary(file: Path, table: Mapping[str, Any]) -> SummarySection:
         raise s.fail("at", at, "a local time of day such as 20:00") from None
     if at_time.tzinfo is not None or at_time.microsecond:
         raise s.fail("at", at, "a local time of day such as 20:00 (no zone, whole seconds)")
-    timezone = s.str_("timezone", "")
-    zone_problem = valid_zone(timezone)
-    if zone_problem:
-        raise s.fail("timezone", timezone, zone_problem)
     section = SummarySection(
         enabled=s.bool_("enabled", True),
         at=at_time,
-        timezone=timezone,
+        timezone=s.zone("timezone"),
         retention_days=s.int_("retention_days", 14, 2, 366, "days"),
     )
     s.finish()
@@ -375,10 +379,7 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
         problem = check_template(template)
         if problem:
             raise a.fail("template", template, problem)
-    timezone = a.str_("timezone", "")
-    zone_problem = valid_zone(timezone)
-    if zone_problem:
-        raise a.fail("timezone", timezone, zone_problem)
+    timezone = a.zone("timezone")
     section = AlarmSection(
         enabled=a.bool_("enabled", True),
         sms_after_s=a.float_("sms_after_s", 30.0, 0, 3600, "seconds"),

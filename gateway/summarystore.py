@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from gateway.errors import GatewayError
+from gateway.statedb import open_state_db
 from gateway.summary import BpReading, DayData, Event, LinkChange, MinuteBin, Pending
 
 log = logging.getLogger(__name__)
@@ -57,23 +58,8 @@ class SummaryStoreError(GatewayError):
 class SummaryStore:
     def __init__(self, path: str | os.PathLike[str], *, now: float | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_failed = False
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            log.warning("summary store %s is damaged (%s): moved to %s, starting fresh", self.path, exc, aside)
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    os.replace(src, f"{aside}{suffix}")
-            try:
-                self._db = self._open()
-            except sqlite3.Error as exc2:
-                raise SummaryStoreError(f"{self.path}: cannot create the summary store: {exc2}") from exc2
-        except sqlite3.Error as exc:
-            raise SummaryStoreError(f"{self.path}: cannot open the summary store: {exc}") from exc
+        self._db = open_state_db(self.path, _SCHEMA, "summary store", SummaryStoreError)
         t = time.time() if now is None else now
         meta = self.meta()
         if "created_at" not in meta:
@@ -81,19 +67,6 @@ class SummaryStore:
         alive = meta.get("alive_at")
         if alive is not None:
             self._gateway_was_down(alive)
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.executescript(_SCHEMA)
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         self._db.close()

@@ -68,6 +68,13 @@ def ctl(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def a_day_with_one_press(gw: GatewayProcess, cloud: Collector, radio: RfxtrxSimulator) -> None:
+    gw.start()
+    await until(lambda: len(cloud.of_type("observation")) >= 6, 30, "oximeter readings")
+    await radio.press(SOS_SENSOR, repeats=2, gap_s=0.03)
+    await until(lambda: cloud.of_type("alert"), 20, "the SOS")
+
+
 def check_figures(s: dict[str, Any], date: dt.date) -> None:
     assert s["msg_id"] == messages.msg_id("gw-test", "summary", "anna", date.isoformat())
     assert s["person_id"] == "anna" and s["date"] == date.isoformat() and s["timezone"] == "UTC"
@@ -93,11 +100,8 @@ def test_the_daemon_publishes_the_days_summary_on_the_persons_topic(
 
     async def go() -> None:
         async with Cms50Simulator(oxi, hr_bpm=HR_BPM, spo2=SPO2, seed=7), RfxtrxSimulator(rfx) as radio:
-            gw.start()
             try:
-                await until(lambda: len(cloud.of_type("observation")) >= 6, 30, "oximeter readings")
-                await radio.press(SOS_SENSOR, repeats=2, gap_s=0.03)
-                await until(lambda: cloud.of_type("alert"), 20, "the SOS")
+                await a_day_with_one_press(gw, cloud, radio)
                 await until(lambda: summaries(cloud), 40, "the summary")
                 # on demand, through the control socket: the same day, the same figures
                 out = ctl(cfg, "report", "--date", date.isoformat(), "--person", "anna", "--json")
@@ -151,11 +155,8 @@ def test_an_outage_over_the_summary_time_delivers_it_once_when_the_broker_is_bac
 
     async def go() -> None:
         async with Cms50Simulator(oxi, hr_bpm=HR_BPM, spo2=SPO2, seed=8), RfxtrxSimulator(rfx) as radio:
-            gw.start()
             try:
-                await until(lambda: len(cloud.of_type("observation")) >= 6, 30, "oximeter readings")
-                await radio.press(SOS_SENSOR, repeats=2, gap_s=0.03)
-                await until(lambda: cloud.of_type("alert"), 20, "the SOS")
+                await a_day_with_one_press(gw, cloud, radio)
                 broker.stop()
                 await until(lambda: time.time() > at + 3, 30, "the summary time, the broker down")
                 broker.start()

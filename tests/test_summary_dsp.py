@@ -35,7 +35,8 @@ def test_dsp_values_reach_the_summary_and_match_the_generators_truth(tmp_path: P
         async with Outbox(tmp_path / "outbox.sqlite3") as ob:
             committer = asyncio.create_task(ob.run())
             pipeline = Pipeline(TOPICS, ob, clock=wall, dsp_factory=lambda dev: WristStream(dev))
-            desk = SummaryDesk(config(tmp_path), TOPICS, pipeline.submit, SummaryStore(tmp_path / "s.sqlite3"), wall=wall)
+            store = SummaryStore(tmp_path / "s.sqlite3")
+            desk = SummaryDesk(config(tmp_path), TOPICS, pipeline.submit, store, wall=wall)
             pipeline.on_reading(desk.feed)
             n = int(FS)
             for i in range(0, len(rec) - n + 1, n):
