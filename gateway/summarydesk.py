@@ -172,6 +172,7 @@ class SummaryDesk:
         self.send_failures = 0
         self.store_failures = 0
         self._in_flight: set[tuple[str, dt.date]] = set()
+        self._done: set[dt.date] = set()  # days whose every summary was committed (not looked at again)
         self._last_prune = -math.inf
         self._store_warned = False
 
@@ -250,15 +251,20 @@ class SummaryDesk:
         synced = self.synchronised()
         first_at = self.store.meta().get("created_at", now)
         out: list[tuple[str, dt.date]] = []
-        candidates = due_dates(self.schedule, now, first_at, (), keep_days=self.keep_days)
+        candidates = due_dates(self.schedule, now, first_at, self._done, keep_days=self.keep_days)
         for date in candidates:
             if not synced and now < self.schedule.end(date) + UNSYNCED_GRACE_S:
                 continue
+            pending = False
             for subject in subjects_of_day(self.store, self.schedule, self.subjects, date):
-                if (subject, date) in self._in_flight or date in self.store.sent_dates(subject):
+                if date in self.store.sent_dates(subject):
                     continue
-                self.publish(subject, date)
-                out.append((subject, date))
+                pending = True
+                if (subject, date) not in self._in_flight:
+                    self.publish(subject, date)
+                    out.append((subject, date))
+            if not pending:
+                self._done.add(date)
         if now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
             self.store.prune(now - self.keep_days * 86400.0)
@@ -318,6 +324,12 @@ class SummaryDesk:
     async def report(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """``{"date": "YYYY-MM-DD"?, "person": ID?, "send": bool?, "series": bool?}``: the summaries of
         that day (default: the day in progress, so far), optionally published now."""
+        try:
+            return self._report(args)
+        except SummaryStoreError as exc:
+            raise CommandRejected("unavailable", str(exc)) from None
+
+    def _report(self, args: Mapping[str, Any]) -> dict[str, Any]:
         now = self.wall()
         date = _date_arg(args.get("date"), self.schedule.date_of(now))
         self.save()
