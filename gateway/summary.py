@@ -32,8 +32,8 @@ of the period up to its end or now):
   readings marked ``extra["at_rest"] = False`` (moving) never count for it;
 - SpO2: min, median, and the time below 90 % and 88 %: per minute, the share of its readings below,
   summed (T90/T88 of oximetry reports, at minute resolution);
-- medians come from the 1-unit histograms: the median of the values rounded to the nearest unit, so
-  within 0.5 /min or 0.5 % of the exact median (a bounded approximation, documented);
+- medians come from the 1-unit histograms: the grouped median (the bin of the middle rank, interpolated
+  within it), so within 0.5 /min or 0.5 % of the exact median (a bounded approximation, documented);
 - blood pressure: every reading (systolic, diastolic, mean arterial pressure when the cuff gives it)
   and the mean of systolic and diastolic;
 - AF screening: screened minutes (one screen of the last 2 minutes per minute, gateway/dsp/stream.py),
@@ -424,21 +424,20 @@ class DayData:
 
 
 def _median(hist: Mapping[int, int]) -> float | None:
+    """The grouped median of a 1-unit histogram (values rounded to the nearest unit): the bin holding the
+    middle rank, interpolated within it as if its values were spread evenly. Never further than half a
+    unit from the exact median, which lies in the same bin."""
     n = sum(hist.values())
     if n == 0:
         return None
-    lo_k, hi_k = (n - 1) // 2, n // 2  # 0-based ranks of the middle value(s)
-    lo_v = hi_v = None
-    seen = 0
+    half = n / 2.0
+    below = 0
     for k in sorted(hist):
-        seen += hist[k]
-        if lo_v is None and seen > lo_k:
-            lo_v = k
-        if seen > hi_k:
-            hi_v = k
-            break
-    assert lo_v is not None and hi_v is not None
-    return (lo_v + hi_v) / 2
+        c = hist[k]
+        if below + c >= half:
+            return k - 0.5 + (half - below) / c
+        below += c
+    raise AssertionError("unreachable: the counts add up to n")
 
 
 def _r(v: float | None, digits: int = 1) -> float | None:

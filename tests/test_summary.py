@@ -345,7 +345,30 @@ def test_every_figure_of_a_generated_day_matches_the_truth(
 ) -> None:
     _desk, s = result
     t = truth(day)
-    print(json.dumps({"summary": s, "truth": t}, indent=1, default=str))
+    wrist0 = next(d for d in s["devices"] if d["device_id"] == "wrist-1")
+    rows = [
+        ("hr min /min", s["heart_rate"]["min"], t["hr_min"]),
+        ("hr median /min", s["heart_rate"]["median"], t["hr_median"]),
+        ("hr max /min", s["heart_rate"]["max"], t["hr_max"]),
+        ("hr resting /min", s["heart_rate"]["resting"], t["hr_resting"]),
+        ("spo2 min %", s["spo2"]["min"], t["spo2_min"]),
+        ("spo2 median %", s["spo2"]["median"], t["spo2_median"]),
+        ("spo2 min below 90", s["spo2"]["minutes_below_90"], t["below_90"]),
+        ("spo2 min below 88", s["spo2"]["minutes_below_88"], t["below_88"]),
+        ("bp readings", [(r["systolic"], r["diastolic"]) for r in s["blood_pressure"]["readings"]], t["bp"]),
+        ("bp mean", s["blood_pressure"]["mean"], t["bp_mean"]),
+        ("af screened min", s["af"]["screened_minutes"], t["af_screened"]),
+        ("af burden", s["af"]["burden"], round(t["af_burden"], 4)),
+        ("af episodes", s["af"]["episodes"], t["af_episodes"]),
+        ("wear min / share", (s["wear"][0]["minutes"], s["wear"][0]["share"]), (t["wear_minutes"], t["wear_share"])),
+        ("presses", s["presses"], t["presses"]),
+        ("alerts", s["alerts"], t["alerts"]),
+        ("battery last/min %", (wrist0["battery_last"], wrist0["battery_min"]), (t["battery_last"], t["battery_min"])),
+        ("connected s", wrist0["connected_s"], t["connected_s"]),
+        ("rejected", s["rejected"], t["rejected"]),
+    ]
+    for name, got, want in rows:
+        print(f"FIGURE {name:<20} summary={got}  truth={want}")
     hr, sp, bp, af = s["heart_rate"], s["spo2"], s["blood_pressure"], s["af"]
     assert hr["min"] == pytest.approx(t["hr_min"], abs=0.05)
     assert hr["max"] == pytest.approx(t["hr_max"], abs=0.05)  # the 190 of poor quality and the 300 do not count
