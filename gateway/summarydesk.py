@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -71,17 +72,20 @@ def schedule_of(cfg: Config) -> Schedule:
 
 
 class Subjects:
-    """Who a device's data belongs to: its person (``[[rules.person]]``), or the device itself."""
+    """Who a device's data belongs to: its person (``[[rules.person]]``), or the device itself; which
+    subjects have a summary every day (:attr:`configured`), and their worn devices."""
 
     def __init__(self, cfg: Config) -> None:
         self.gateway_id = cfg.gateway.id
         self.persons = {p.id for p in cfg.rules.persons}
         self._owner = {d: p.id for p in cfg.rules.persons for d in p.devices}
-        self.configured = sorted(self.persons | {d.id for d in cfg.devices if d.id not in self._owner})
         self.wearables: dict[str, tuple[str, ...]] = {p.id: p.worn for p in cfg.rules.persons}
         for d in cfg.devices:
             if d.id not in self._owner:
                 self.wearables[d.id] = (d.id,) if _wearable(d.kind) else ()
+        # every day: each person, and each worn device of nobody (its "not worn" is worth a summary);
+        # other devices of nobody (a cuff, a button, a receiver) on the days they gave anything
+        self.configured = sorted(self.persons | {d for d, worn in self.wearables.items() if worn})
 
     def of(self, device_id: str) -> str:
         return self._owner.get(device_id, device_id)
@@ -173,6 +177,7 @@ class SummaryDesk:
         self.store_failures = 0
         self._in_flight: set[tuple[str, dt.date]] = set()
         self._done: set[dt.date] = set()  # days whose every summary was committed (not looked at again)
+        self._unrecorded: set[tuple[str, dt.date]] = set()  # committed, but the sent row failed to write
         self._last_prune = -math.inf
         self._store_warned = False
 
@@ -257,7 +262,7 @@ class SummaryDesk:
                 continue
             pending = False
             for subject in subjects_of_day(self.store, self.schedule, self.subjects, date):
-                if date in self.store.sent_dates(subject):
+                if date in self.store.sent_dates(subject) or (subject, date) in self._unrecorded:
                     continue
                 pending = True
                 if (subject, date) not in self._in_flight:
@@ -294,7 +299,11 @@ class SummaryDesk:
         exc = fut.exception()
         if exc is None:
             self.sent += 1
-            self.store.mark_sent(subject, date, msg_id, self.wall())
+            try:
+                self.store.mark_sent(subject, date, msg_id, self.wall())
+            except sqlite3.Error as err:  # not sent again by this run; after a restart, a duplicate at worst
+                self._unrecorded.add((subject, date))
+                log.warning("daily summary: the summary of %s for %s is not recorded as sent: %s", subject, date, err)
         elif isinstance(exc, OutboxError):
             self.send_failures += 1  # tried again at the next check
         else:
@@ -306,7 +315,7 @@ class SummaryDesk:
             try:
                 self.save()
                 self.check()
-            except SummaryStoreError as exc:
+            except (SummaryStoreError, sqlite3.Error) as exc:
                 level = logging.DEBUG if self._store_warned else logging.WARNING
                 log.log(level, "daily summary: %s", exc)
                 self._store_warned = True
@@ -326,7 +335,7 @@ class SummaryDesk:
         that day (default: the day in progress, so far), optionally published now."""
         try:
             return self._report(args)
-        except SummaryStoreError as exc:
+        except (SummaryStoreError, sqlite3.Error) as exc:
             raise CommandRejected("unavailable", str(exc)) from None
 
     def _report(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -385,14 +394,14 @@ def attach_summary(
     :meth:`SummaryDesk.tap`."""
     if not cfg.summary.enabled:
         return None
-    try:
-        store = SummaryStore(data_dir / STORE_NAME, now=wall())
-    except SummaryStoreError as exc:
-        log.warning("daily summary off: %s", exc)
-        return None
     drills = drill_alerts
 
     def is_drill(press: SosPress) -> bool:
         return drills is not None and messages.sos_alert_id(press) in drills()
 
-    return SummaryDesk(cfg, topics, submit, store, wall=wall, synchronised=synchronised, is_drill=is_drill)
+    try:
+        store = SummaryStore(data_dir / STORE_NAME, now=wall())
+        return SummaryDesk(cfg, topics, submit, store, wall=wall, synchronised=synchronised, is_drill=is_drill)
+    except (SummaryStoreError, sqlite3.Error, OSError) as exc:  # never keeps the SOS path from starting
+        log.warning("daily summary off: %s", exc)
+        return None

@@ -318,8 +318,8 @@ async def run_day(tmp: Path, day: Day) -> tuple[SummaryDesk, Wall]:
         for ev in alerts:
             care_submit(messages.care_alert(TOPICS, ev))
         submitted = desk.check()
-        # the person, and the button nobody was given (a device of no person has its own summary)
-        assert sorted(submitted) == [("anna", DATE), ("sos-2", DATE)]
+        # the person; the button nobody was given has its own summary only on a day it gave anything
+        assert sorted(submitted) == [("anna", DATE)]
         await ob.flush()
         await asyncio.sleep(0.1)
         committer.cancel()
@@ -630,7 +630,7 @@ def test_report_reads_the_store_when_the_daemon_is_down_text_json_and_png(
         assert doc[key] == body[key], key
     out = _ctl(ctl_day, "report", "--date", "2026-11-24")
     assert out.returncode == 0, out.stderr
-    assert "Daily summary for anna, 2026-11-24" in out.stdout and "Daily summary for device sos-2" in out.stdout
+    assert "Daily summary for anna, 2026-11-24" in out.stdout and "sos-2" not in out.stdout
     png = ctl_day / "anna.png"
     out = _ctl(ctl_day, "report", "--date", "2026-11-24", "--person", "anna", "--png", str(png))
     assert out.returncode == 0, out.stderr
@@ -672,3 +672,45 @@ def test_the_contracts_example_is_valid_and_matches_the_generated_day(
     _desk, body = result
     for key in ("heart_rate", "spo2", "blood_pressure", "af", "presses", "alerts", "rejected"):
         assert example[key] == body[key], key  # the example is this test's day, as the gateway summarised it
+
+
+def test_a_damaged_summary_store_is_moved_aside_and_the_summary_starts_fresh(tmp_path: Path) -> None:
+    from gateway.summarydesk import attach_summary
+
+    cfg = config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.sqlite3").write_bytes(b"not a database, a torn write" * 200)
+    desk = attach_summary(cfg, TOPICS, lambda m: asyncio.get_event_loop().create_future(), data, wall=Wall(START))
+    assert desk is not None
+    desk.feed(Measurement("wrist-1", codes.HEART_RATE, 64.0, "/min", START + 5, "gateway", 0.9))
+    desk.save()
+    s = build(desk.store, desk.schedule, desk.subjects, "anna", DATE, START + 60)["summary"]
+    assert s["heart_rate"]["readings"] == 1 and s["period"]["partial"] is True
+    assert list(data.glob("summary.sqlite3.damaged-*"))
+    desk.close()
+    off = attach_summary(config(tmp_path, CONFIG.replace('at = "20:00"', 'at = "20:00"\nenabled = false')), TOPICS,
+                         lambda m: asyncio.get_event_loop().create_future(), data)  # fmt: skip
+    assert off is None
+
+
+def test_a_device_of_nobody_has_a_summary_on_the_days_it_gave_anything(tmp_path: Path) -> None:
+    async def go() -> None:
+        wall = Wall(local(12 * 60, dt.date(2026, 11, 23)))
+        desk, _, ob = await _desk_with(tmp_path, wall, [True])
+        committer = asyncio.create_task(ob.run())
+        wall.t = local(20 * 60 + 1, dt.date(2026, 11, 23))
+        assert desk.check() == [("anna", dt.date(2026, 11, 23))]
+        desk.feed(SosPress("sos-2", wall.t + 60, "p-7"))
+        wall.t = local(20 * 60 + 1, dt.date(2026, 11, 24))
+        assert sorted(desk.check()) == [("anna", dt.date(2026, 11, 24)), ("sos-2", dt.date(2026, 11, 24))]
+        await ob.flush()
+        await asyncio.sleep(0.05)
+        s = build(desk.store, desk.schedule, desk.subjects, "sos-2", dt.date(2026, 11, 24), wall.t)["summary"]
+        assert s["person_id"] is None and s["device_id"] == "sos-2" and s["presses"]["sos"] == 1
+        assert desk.topic("sos-2") == "homecare/v1/gw-1/summary/sos-2"
+        committer.cancel()
+        await ob.close()
+        desk.close()
+
+    asyncio.run(go())
