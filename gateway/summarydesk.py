@@ -252,6 +252,7 @@ class SummaryDesk:
 
     def check(self) -> list[tuple[str, dt.date]]:
         """Publish what is due (see the module docstring); the (subject, date) submitted."""
+        self.save()
         now = self.wall()
         synced = self.synchronised()
         first_at = self.store.meta().get("created_at", now)
@@ -313,7 +314,6 @@ class SummaryDesk:
         """Save and publish until cancelled. Never raises: the daemon's TaskGroup holds the SOS path."""
         while True:
             try:
-                self.save()
                 self.check()
             except (SummaryStoreError, sqlite3.Error) as exc:
                 level = logging.DEBUG if self._store_warned else logging.WARNING
