@@ -17,7 +17,7 @@ repeat is not counted twice), and each device's link state and battery when they
 most 1440 bins per device, whatever the reading rate: the store's size is bounded by
 ``retention_days``. Feeding a reading is a few dict operations (O(1)).
 
-**The day** (:func:`day_window`): the 24 hours ending at the configured local time ``at`` (23 or 25
+**The day** (:class:`Schedule`): the 24 hours ending at the configured local time ``at`` (23 or 25
 when the clocks change), labelled with the local date of its last moment (the date it is sent on;
 with ``at = 00:00``, the calendar day itself). A family reading the summary at 20:00
 sees the evening before, the night and the day, each moment in exactly one summary and the night not
@@ -49,7 +49,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,10 +132,6 @@ class Schedule:
         elif t < self.end(date - dt.timedelta(days=1)):
             date -= dt.timedelta(days=1)
         return date
-
-
-def day_window(date: dt.date, at: dt.time, zone: dt.tzinfo) -> tuple[float, float]:
-    return Schedule(at, zone).window(date)
 
 
 def _instant(local: dt.datetime, zone: dt.tzinfo) -> float:
@@ -687,13 +682,6 @@ def summary_body(
 
 def dumps(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def is_uuid5(text: str) -> bool:
-    try:
-        return uuid.UUID(text).version == 5
-    except ValueError:
-        return False
 
 
 # -- text for a family member --------------------------------------------------------------------
