@@ -234,6 +234,7 @@ class Daemon:
             )
             care_submit = pipeline.submit if summary is None else summary.tap(pipeline.submit)
             if summary is not None:
+                pipeline.on_alert(summary.press_alert)
                 pipeline.on_reading(summary.feed)
             self.care = care = CareDesk(cfg.rules, topics, care_submit, registry, clock=self.clock)
             devices.on_change.append(care.add_device)

@@ -157,7 +157,7 @@ class SummaryDesk:
         *,
         wall: Callable[[], float] = time.time,
         synchronised: Callable[[], bool] = lambda: True,
-        is_drill: Callable[[SosPress], bool] = lambda _press: False,
+        is_drill: Callable[[str], bool] = lambda _alert_id: False,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
@@ -178,6 +178,7 @@ class SummaryDesk:
         self._in_flight: set[tuple[str, dt.date]] = set()
         self._done: set[dt.date] = set()  # days whose every summary was committed (not looked at again)
         self._unrecorded: set[tuple[str, dt.date]] = set()  # committed, but the sent row failed to write
+        self._alerted: dict[str, str] = {}  # button -> the alert id its press just raised (press_alert)
         self._last_prune = -math.inf
         self._store_warned = False
 
@@ -201,19 +202,28 @@ class SummaryDesk:
             case SosPress():
                 subject = self.subjects.of_press(r.device_id, r.extra.get("via"))
                 role = str(getattr(r, "role", "sos"))  # ButtonPress.role after issue 14 part 1; SOS before
-                drill = self.is_drill(r)
+                alert_id = self._alerted.pop(r.device_id, None)
+                if alert_id is None and role == "sos":
+                    alert_id = messages.sos_alert_id(r)
+                drill = alert_id is not None and self.is_drill(alert_id)
                 name = "drill" if drill else role
                 self.agg.event(
                     f"press|{r.device_id}|{r.press_id}", subject, Event(r.device_id, r.captured_at, "press", name)
                 )
-                if role == "sos" and not drill:  # every SOS press raises its own alert
-                    alert = Event(r.device_id, r.captured_at, "alert", "sos")
-                    self.agg.event(f"alert|{messages.sos_alert_id(r)}", subject, alert)
+                if alert_id is not None and not drill:
+                    # an alert per SOS press; a call press adds to an open request: one alert per request id
+                    alert = Event(r.device_id, r.captured_at, "alert", role)
+                    self.agg.event(f"alert|{alert_id}", subject, alert)
             case DeviceStatus():
                 subject = self.subjects.of(r.device_id)
                 self.agg.link(subject, r.device_id, r.captured_at, r.state.value, r.battery_percent)
             case _:
                 return
+
+    def press_alert(self, alert_id: str, device_id: str, _at: float) -> None:
+        """The pipeline's alert listener: the alert a press raised (or joined), seen just before the
+        press itself reaches :meth:`feed`, which counts it for the press's person."""
+        self._alerted[device_id] = alert_id
 
     def tap(self, submit: Submit) -> Submit:
         """``submit`` that also notes the alerts it carries (the care desk's: care rules, watch)."""
@@ -390,14 +400,14 @@ def attach_summary(
     drill_alerts: Callable[[], Mapping[str, Any]] | None = None,
 ) -> SummaryDesk | None:
     """The daemon's summary desk (None with ``[summary] enabled = false``). The caller hooks
-    :meth:`SummaryDesk.feed` to the pipeline's readings and wraps the care desk's submit in
-    :meth:`SummaryDesk.tap`."""
+    :meth:`SummaryDesk.feed` to the pipeline's readings, :meth:`SummaryDesk.press_alert` to its alerts,
+    and wraps the care desk's submit in :meth:`SummaryDesk.tap`."""
     if not cfg.summary.enabled:
         return None
     drills = drill_alerts
 
-    def is_drill(press: SosPress) -> bool:
-        return drills is not None and messages.sos_alert_id(press) in drills()
+    def is_drill(alert_id: str) -> bool:
+        return drills is not None and alert_id in drills()
 
     try:
         store = SummaryStore(data_dir / STORE_NAME, now=wall())

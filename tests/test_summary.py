@@ -258,7 +258,7 @@ def truth(day: Day) -> dict[str, Any]:
         "battery_last": 57,
         "battery_min": 55,
         "presses": {"sos": 1, "call": 2, "drill": 1},
-        "alerts": {"hr_high": 1, "not_worn": 1, "sos": 1, "spo2_low": 1},
+        "alerts": {"call": 1, "hr_high": 1, "not_worn": 1, "sos": 1, "spo2_low": 1},  # 2 call presses, 1 request
         "hr_minutes": worn,
         "rejected": {"low_quality": 10, "implausible": 1},
     }
@@ -294,8 +294,9 @@ async def run_day(tmp: Path, day: Day) -> tuple[SummaryDesk, Wall]:
             pipeline.submit,
             store,
             wall=wall,
-            is_drill=lambda p: messages.sos_alert_id(p) in pipeline.drill.drill_alerts,
+            is_drill=lambda alert_id: alert_id in pipeline.drill.drill_alerts,
         )
+        pipeline.on_alert(desk.press_alert)
         pipeline.on_reading(desk.feed)
         care_submit = desk.tap(pipeline.submit)
         alerts = sorted(care_alerts(), key=lambda e: e.at)
@@ -306,7 +307,10 @@ async def run_day(tmp: Path, day: Day) -> tuple[SummaryDesk, Wall]:
             while alerts and alerts[0].at <= wall.t:
                 care_submit(messages.care_alert(TOPICS, alerts.pop(0)))
             while calls and calls[0].captured_at <= wall.t:
-                desk.feed(calls.pop(0))  # the pipeline of this branch would make it an SOS alert
+                # as the pipeline of issue 14 part 1 does: the alert listeners hear the call request's id
+                # (the second press joins the request the first opened), then the press reaches feed
+                desk.press_alert(f"call-sos-1-{day.calls[0].press_id}", "sos-1", calls[0].captured_at)
+                desk.feed(calls.pop(0))
             if reading in day.drills:
                 pipeline.drill.open(wall.t - 1, 600, ["sos-1"])
             pipeline.sink(reading)
