@@ -539,6 +539,11 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     params: dict[str, Any] = {"date": args.date, "person": args.person, "send": args.send, "series": bool(args.png)}
     try:
         res = call(cfg.gateway.socket_path, "report", timeout_s=30, **params)
+    except Refused as exc:
+        if exc.code != "unknown_command":
+            raise
+        _error(args, "summary_off", "the daemon keeps no daily summary ([summary] enabled = false)")
+        return EXIT_REFUSED
     except DaemonUnreachable:
         if args.send:
             raise
