@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.statedb import open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +57,9 @@ class CareStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_failed = False
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            log.warning("care state %s is damaged (%s): moved to %s, starting fresh", self.path, exc, aside)
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    os.replace(src, f"{aside}{suffix}")
-            try:
-                self._db = self._open()
-            except sqlite3.Error as exc2:
-                raise CareStoreError(f"{self.path}: cannot create the care state database: {exc2}") from exc2
-        except sqlite3.Error as exc:
-            raise CareStoreError(f"{self.path}: cannot open the care state database: {exc}") from exc
+        self._db = open_state_db(self.path, _SCHEMA, "care state", CareStoreError)
         self._recent_rows = self._db.execute("SELECT count(*) FROM recent").fetchone()[0]
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.executescript(_SCHEMA)
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         self._db.close()

@@ -131,6 +131,18 @@ class AlarmSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SummarySection:
+    """``[summary]``: the daily summary per person (gateway/summary.py, docs/mqtt-contract.md "Daily
+    summary"). On by default: the day is the 24 hours ending at ``at`` local time, labelled with the
+    local date of its last moment."""
+
+    enabled: bool = True
+    at: dt.time = dt.time(20, 0)  # local time of day the summary is published
+    timezone: str = ""  # IANA name of the home's zone ("" = the gateway's)
+    retention_days: int = 14  # days of aggregates kept in summary.sqlite3 (bounded size)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     gateway: GatewaySection
@@ -140,6 +152,7 @@ class Config:
     rules: RulesSection = field(default_factory=RulesSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
     alarm: AlarmSection = field(default_factory=AlarmSection)
+    summary: SummarySection = field(default_factory=SummarySection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +207,14 @@ class _Reader:
     def bool_(self, key: str, default: Any) -> Any:
         return self.get(key, bool, default, "true or false")
 
+    def zone(self, key: str) -> str:
+        """An IANA time zone name, or "" for the gateway's (drivers.options.valid_zone)."""
+        value = self.str_(key, "")
+        problem = valid_zone(value)
+        if problem:
+            raise self.fail(key, value, problem)
+        return str(value)
+
     def path(self, key: str, default: Any = None, must_exist: bool = False) -> Path | None:
         value = self.get(key, str, default, "a file path")
         if value is None:
@@ -229,7 +250,7 @@ def _table(file: Path, doc: Mapping[str, Any], name: str, required: bool) -> Map
 
 def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
     top = _Reader(file, "", doc)
-    for name in ("gateway", "uplink", "outbox", "devices", "rules", "downlink", "alarm"):
+    for name in ("gateway", "uplink", "outbox", "devices", "rules", "downlink", "alarm", "summary"):
         top.used.add(name)
     top.finish()
 
@@ -305,7 +326,28 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         rules=rules,
         downlink=downlink,
         alarm=parse_alarm(file, doc),
+        summary=parse_summary(file, _table(file, doc, "summary", False)),
     )
+
+
+def parse_summary(file: Path, table: Mapping[str, Any]) -> SummarySection:
+    """``[summary]`` (gateway/summary.py)."""
+    s = _Reader(file, "summary", table)
+    at = s.get("at", (str, dt.time), "20:00", "a local time of day such as 20:00")
+    try:
+        at_time = at if isinstance(at, dt.time) else dt.time.fromisoformat(at)
+    except ValueError:
+        raise s.fail("at", at, "a local time of day such as 20:00") from None
+    if at_time.tzinfo is not None or at_time.microsecond:
+        raise s.fail("at", at, "a local time of day such as 20:00 (no zone, whole seconds)")
+    section = SummarySection(
+        enabled=s.bool_("enabled", True),
+        at=at_time,
+        timezone=s.zone("timezone"),
+        retention_days=s.int_("retention_days", 14, 2, 366, "days"),
+    )
+    s.finish()
+    return section
 
 
 PHONE_RE = re.compile(r"^\+?[0-9]{3,20}$")
@@ -337,10 +379,7 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
         problem = check_template(template)
         if problem:
             raise a.fail("template", template, problem)
-    timezone = a.str_("timezone", "")
-    zone_problem = valid_zone(timezone)
-    if zone_problem:
-        raise a.fail("timezone", timezone, zone_problem)
+    timezone = a.zone("timezone")
     section = AlarmSection(
         enabled=a.bool_("enabled", True),
         sms_after_s=a.float_("sms_after_s", 30.0, 0, 3600, "seconds"),

@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCHEMAS = ("common", "observation", "alert", "device_state", "waveform", "status", "time_correction")
+SCHEMAS = ("common", "observation", "alert", "device_state", "waveform", "status", "time_correction", "summary")
 
 
 @cache
@@ -35,6 +35,8 @@ def schema_for_topic(topic: str) -> str | None:
         return "time_correction"
     if len(rest) == 2 and rest[0] == "obs":
         return "observation"
+    if len(rest) == 2 and rest[0] == "summary":
+        return "summary"
     if len(rest) == 2 and rest[0] == "bulk":
         return "waveform"
     if len(rest) == 3 and rest[0] == "device" and rest[2] == "state":

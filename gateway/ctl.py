@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import importlib
 import json
 import socket
@@ -529,6 +530,78 @@ def _export(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    """``report``: the daily summary (gateway/summary.py), from the daemon or, when it is not running,
+    from its store read-only; ``--send`` publishes it now (through the daemon's outbox)."""
+    from gateway.summary import format_text, local_zone
+    from gateway.summarystore import STORE_NAME, SummaryStoreError, open_readonly
+
+    params: dict[str, Any] = {"date": args.date, "person": args.person, "send": args.send, "series": bool(args.png)}
+    try:
+        res = call(cfg.gateway.socket_path, "report", timeout_s=30, **params)
+    except Refused as exc:
+        if exc.code != "unknown_command":
+            raise
+        _error(args, "summary_off", "the daemon keeps no daily summary ([summary] enabled = false)")
+        return EXIT_REFUSED
+    except DaemonUnreachable:
+        if args.send:
+            raise
+        try:
+            res = _report_offline(cfg, args, open_readonly(cfg.gateway.data_dir / STORE_NAME))
+        except SummaryStoreError as exc:
+            _error(args, "no_summary", str(exc))
+            return EXIT_REFUSED
+    items = res["summaries"]
+    if not items:
+        _error(args, "no_summary", "no person or device has a summary for that day")
+        return EXIT_REFUSED
+    zone = local_zone(cfg.summary.timezone)
+    if args.png:
+        from gateway.summaryplot import PlotUnavailable, draw
+
+        base = Path(args.png)
+        try:
+            for item in items:
+                path = (
+                    base
+                    if len(items) == 1
+                    else base.with_name(f"{base.stem}-{item['summary']['subject']}{base.suffix}")
+                )
+                draw(item["summary"], item["series"], zone, path)
+                progress(args, f"wrote {path}")
+        except PlotUnavailable as exc:
+            _error(args, "no_matplotlib", str(exc))
+            return EXIT_USAGE
+    bodies = [item["summary"] for item in items]
+    emit(
+        args,
+        bodies[0] if args.person else bodies,
+        lambda: print("\n\n".join(format_text(b, zone) for b in bodies)),
+    )
+    return EXIT_OK
+
+
+def _report_offline(cfg: Config, args: argparse.Namespace, store: Any) -> dict[str, Any]:
+    from gateway.summarydesk import Subjects, build, schedule_of, subjects_of_day
+
+    try:
+        schedule = schedule_of(cfg)
+        subjects = Subjects(cfg)
+        now = time.time()
+        date = dt.date.fromisoformat(args.date) if args.date else schedule.date_of(now)
+        names = [args.person] if args.person else subjects_of_day(store, schedule, subjects, date)
+        # the gateway is not running: a connection open at its last save counts until then
+        alive = store.meta().get("alive_at", now)
+        items = [
+            build(store, schedule, subjects, n, date, min(now, alive), link_until=alive, with_series=bool(args.png))
+            for n in names
+        ]
+    finally:
+        store.close()
+    return {"summaries": items}
+
+
 def cmd_doctor(args: argparse.Namespace, cfg_path: Path) -> int:
     doctor = importlib.import_module("gateway.doctor")
 
@@ -599,7 +672,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("file")
 
     sub.add_parser("doctor", help="check everything a technician needs, and say what to do")
+
+    rep = sub.add_parser("report", help="the daily summary of a day (default: the day in progress, so far)")
+    rep.add_argument("--date", type=_iso_date, help="the day, YYYY-MM-DD (the date its summary time falls on)")
+    rep.add_argument("--person", metavar="ID", help="one person (or a device of no person); default: everyone")
+    rep.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="the message body (JSON)")
+    rep.add_argument("--png", metavar="FILE", help="draw the day (needs the optional extra 'report': matplotlib)")
+    rep.add_argument("--send", action="store_true", help="publish it now (a day in progress: marked partial)")
     return parser
+
+
+def _iso_date(text: str) -> str:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected YYYY-MM-DD") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -623,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             "tail": cmd_tail,
             "drill": cmd_drill,
             "outbox": cmd_outbox,
+            "report": cmd_report,
         }[args.command]
         return handler(args, cfg)
     except ConfigError as exc:

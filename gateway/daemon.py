@@ -46,6 +46,7 @@ from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
 from gateway.sdnotify import Notifier, watchdog_interval_s
+from gateway.summarydesk import SummaryDesk, attach_summary
 from gateway.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Daemon:
         self.devices: DeviceManager | None = None
         self.care: CareDesk | None = None
         self.alarm: SmsFallback | None = None
+        self.summary: SummaryDesk | None = None
         self._down_since: float | None = None
         self._deadline: threading.Timer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -114,6 +116,8 @@ class Daemon:
             restart.append("rules (the care rules keep their open alerts across the restart)")
         if new.alarm != old.alarm:
             restart.append("alarm (the SMS fallback keeps its attempts across the restart)")
+        if new.summary != old.summary:
+            restart.append("summary (the daily summary keeps its aggregates across the restart)")
         self.cfg = Config(
             path=old.path,
             gateway=old.gateway,
@@ -123,6 +127,7 @@ class Daemon:
             rules=old.rules,
             downlink=new.downlink,
             alarm=old.alarm,
+            summary=old.summary,
         )
         if self.uplink is not None and isinstance(self.uplink.downlink, Downlink):
             self.uplink.downlink.max_age_s = new.downlink.max_age_s
@@ -217,7 +222,21 @@ class Daemon:
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)
-            self.care = care = CareDesk(cfg.rules, topics, pipeline.submit, registry, clock=self.clock)
+            # The daily summary (gateway/summarydesk.py): None with [summary] enabled = false. It sees the
+            # readings after the outbox has them, and the care desk's alerts through its submit.
+            self.summary = summary = attach_summary(
+                cfg,
+                topics,
+                pipeline.submit,
+                data_dir,
+                synchronised=self.timebase.synchronised,
+                drill_alerts=lambda: pipeline.drill.drill_alerts,
+            )
+            care_submit = pipeline.submit if summary is None else summary.tap(pipeline.submit)
+            if summary is not None:
+                pipeline.on_alert(summary.press_alert)
+                pipeline.on_reading(summary.feed)
+            self.care = care = CareDesk(cfg.rules, topics, care_submit, registry, clock=self.clock)
             devices.on_change.append(care.add_device)
             devices.on_remove.append(care.remove_device)
             pipeline.on_reading(care.feed)
@@ -256,6 +275,8 @@ class Daemon:
                 "tail": commands.tail,
                 "reload": self.reload,
             }
+            if summary is not None:
+                control["report"] = summary.report
             async with ControlServer(cfg.gateway.socket_path, control):
                 try:
                     async with asyncio.TaskGroup() as tg:
@@ -272,6 +293,8 @@ class Daemon:
                         self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
                         if self.alarm is not None:
                             self._tasks.append(tg.create_task(self.alarm.run(), name="sms fallback"))
+                        if summary is not None:
+                            self._tasks.append(tg.create_task(summary.run(), name="daily summary"))
                         self._tasks.append(tg.create_task(self._wait_stop(), name="stop"))
                         n = len(devices.supervisors)
                         self.notifier.send("READY=1", f"STATUS=running, {n} devices")
@@ -281,6 +304,8 @@ class Daemon:
         timeline.save(force=True)
         if self.care is not None:
             self.care.close()  # saves, then closes care.sqlite3
+        if self.summary is not None:
+            self.summary.close()  # saves, then closes summary.sqlite3
         if self.registry is not None:
             self.registry.close()
         log.info("gateway %s stopped; outbox closed with %d messages waiting", cfg.gateway.id, outbox.depth_total())
@@ -436,6 +461,7 @@ class Daemon:
             "devices": self.devices.bugs() if self.devices is not None else 0,
             "pipeline": self.pipeline.bugs.count if self.pipeline is not None else 0,
             "downlink": downlink.bugs.count if isinstance(downlink, Downlink) else 0,
+            "summary": self.summary.bugs.count if self.summary is not None else 0,
         }
         counts["total"] = sum(counts.values())
         return counts
