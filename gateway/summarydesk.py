@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceStatus, Measurement, Reading, SosPress, UnknownDeviceKind, driver_class
+from drivers.base import ButtonPress, DeviceStatus, Measurement, Reading, UnknownDeviceKind, driver_class
 from drivers.reconnect import BugLog
 from gateway import messages
 from gateway.config import Config
@@ -199,9 +199,9 @@ class SummaryDesk:
             case Measurement():
                 subject = self.subjects.of(r.device_id)
                 self.agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, r.captured_at, r.extra)
-            case SosPress():
+            case ButtonPress():
                 subject = self.subjects.of_press(r.device_id, r.extra.get("via"))
-                role = str(getattr(r, "role", "sos"))  # ButtonPress.role after issue 14 part 1; SOS before
+                role = r.role
                 alert_id = self._alerted.pop(r.device_id, None)
                 if alert_id is None and role == "sos":
                     alert_id = messages.sos_alert_id(r)

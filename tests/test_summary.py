@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from drivers import codes
-from drivers.base import DeviceStatus, LinkState, Measurement, Reading, SosPress
+from drivers.base import ButtonPress, DeviceStatus, LinkState, Measurement, Reading
 from gateway import messages
 from gateway.config import parse_config
 from gateway.contract import validator
@@ -140,11 +140,9 @@ def local(hhmm: int, day: dt.date = DATE) -> float:
     return dt.datetime.combine(day, dt.time(hhmm // 60, hhmm % 60), TZ).timestamp()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallPress(SosPress):
-    """A press of a "call the health butler" button as issue 14 part 1 types it (ButtonPress.role)."""
-
-    role: str = "call"
+def call_press(device_id: str, at: float, press_id: str) -> ButtonPress:
+    """A press of a "call the health butler" button."""
+    return ButtonPress(device_id, at, press_id, role="call")
 
 
 @dataclass
@@ -153,8 +151,8 @@ class Day:
     hr: list[float] = field(default_factory=list)  # what must count
     spo2: list[float] = field(default_factory=list)
     af: list[tuple[float, bool]] = field(default_factory=list)  # (burden, label af)
-    drills: list[SosPress] = field(default_factory=list)
-    calls: list[SosPress] = field(default_factory=list)
+    drills: list[ButtonPress] = field(default_factory=list)
+    calls: list[ButtonPress] = field(default_factory=list)
 
 
 def generate_day() -> Day:
@@ -197,15 +195,15 @@ def generate_day() -> Day:
         t = local(hhmm)
         for code, v in ((codes.SYSTOLIC, sys_), (codes.DIASTOLIC, dia), (codes.MEAN_ARTERIAL, mean)):
             r.append(Measurement("cuff-1", code, v, "mm[Hg]", t, "device", None, {"stored": True}, f"rec-{n}"))
-    r.append(SosPress("sos-1", local(9 * 60 + 15), "p-1"))
-    r.append(SosPress("sos-1", local(9 * 60 + 15) + 0.5, "p-1"))  # the same press again: counted once
-    drill = SosPress("sos-1", local(16 * 60 + 40), "p-2")
+    r.append(ButtonPress("sos-1", local(9 * 60 + 15), "p-1"))
+    r.append(ButtonPress("sos-1", local(9 * 60 + 15) + 0.5, "p-1"))  # the same press again: counted once
+    drill = ButtonPress("sos-1", local(16 * 60 + 40), "p-2")
     r.append(drill)
     day.drills.append(drill)
-    r.append(SosPress("sos-1", START - 60, "p-0"))  # the day before: not this summary's
-    r.append(SosPress("sos-1", END + 60, "p-9"))  # the next day: not this summary's
+    r.append(ButtonPress("sos-1", START - 60, "p-0"))  # the day before: not this summary's
+    r.append(ButtonPress("sos-1", END + 60, "p-9"))  # the next day: not this summary's
     for n, hhmm in enumerate((10 * 60, 10 * 60 + 5)):
-        day.calls.append(CallPress("sos-1", local(hhmm), f"c-{n}"))
+        day.calls.append(call_press("sos-1", local(hhmm), f"c-{n}"))
     r.sort(key=lambda x: x.captured_at)
     return day
 
@@ -545,7 +543,7 @@ def test_an_aggregation_failure_is_counted_and_never_stops_a_reading(tmp_path: P
 
         desk.agg._bin = lambda *a: Broken()  # type: ignore[method-assign]
         m = Measurement("wrist-1", codes.HEART_RATE, 70.0, "/min", START, "gateway", 0.9)
-        press = SosPress("sos-1", START + 1, "p-1")
+        press = ButtonPress("sos-1", START + 1, "p-1")
         pipeline.sink(m)
         pipeline.sink(m)
         pipeline.sink(press)
@@ -705,7 +703,7 @@ def test_a_device_of_nobody_has_a_summary_on_the_days_it_gave_anything(tmp_path:
         committer = asyncio.create_task(ob.run())
         wall.t = local(20 * 60 + 1, dt.date(2026, 11, 23))
         assert desk.check() == [("anna", dt.date(2026, 11, 23))]
-        desk.feed(SosPress("sos-2", wall.t + 60, "p-7"))
+        desk.feed(ButtonPress("sos-2", wall.t + 60, "p-7"))
         wall.t = local(20 * 60 + 1, dt.date(2026, 11, 24))
         assert sorted(desk.check()) == [("anna", dt.date(2026, 11, 24)), ("sos-2", dt.date(2026, 11, 24))]
         await ob.flush()
