@@ -39,7 +39,8 @@ of the period up to its end or now):
 - AF screening: screened minutes (one screen of the last 2 minutes per minute, gateway/dsp/stream.py),
   burden = the mean AF burden of the screens, episodes = runs of AF-labelled screens, two of them
   closer than :data:`AF_EPISODE_GAP_MIN` minutes being one;
-- wear per device: the minutes with at least one counted heart-rate, SpO2 or AF value;
+- wear per worn device (the person's `worn`, or a wearable of nobody): the minutes with at least one
+  counted heart-rate, SpO2 or AF value; a cuff's readings count for the figures, never as wear;
 - presses (``sos``, ``call``, ``drill``), alerts raised by kind (SOS alerts are their presses; drills
   are not alerts), battery last and lowest, and connected time per device.
 """
@@ -453,12 +454,15 @@ def compute(
     link_until: float | None = None,
 ) -> dict[str, Any]:
     """The figures of a summary period [start, end) from its aggregates, as of ``until`` (the end, or
-    now for a day in progress). ``wearables``: devices listed under ``wear`` even when not worn at all.
+    now for a day in progress). ``wearables``: the worn devices (``worn`` of the person, or a wearable
+    of nobody), each listed under ``wear`` (even when not worn at all); a cuff's or a spot oximeter's
+    readings count for the figures, never as wear.
     ``link_until``: the last moment the link rows can speak for (the gateway's last sign of life, when
     it is not running); an open connection counts until then."""
     until = min(end, max(start, until))
     period_s = until - start
     by_minute: dict[int, MinuteBin] = {}
+    worn_devices = set(wearables)
     wear: dict[str, int] = {}
     for minute, device, b in data.bins:
         if not start <= minute * 60 < until:
@@ -467,7 +471,7 @@ def compute(
         if m is None:
             m = by_minute[minute] = MinuteBin()
         m.merge(b)
-        if b.worn:
+        if b.worn and device in worn_devices:
             wear[device] = wear.get(device, 0) + 1
     hr, spo2 = Stat(), Stat()
     hr_minutes = spo2_minutes = af_minutes = 0
@@ -563,7 +567,7 @@ def compute(
         "af": af,
         "wear": [
             {"device_id": d, "minutes": wear.get(d, 0), "share": _share(wear.get(d, 0), period_s)}
-            for d in sorted(set(wear) | set(wearables))
+            for d in sorted(worn_devices)
         ],
         "presses": presses,
         "alerts": dict(sorted(alerts.items())),

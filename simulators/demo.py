@@ -49,6 +49,8 @@ BLE_WRIST = "C0:FF:EE:00:00:01"
 BLE_CUFF = "C0:FF:EE:00:00:02"
 BLE_SOS = "C0:FF:EE:00:00:03"
 
+DEMO_PERSON = "grandma"
+
 BLE_DEVICES = f"""
 [[devices]]
 id = "wrist-1"
@@ -67,6 +69,20 @@ id = "ble-sos-1"
 kind = "ble-sos"
 transport = "ble"
 address = "{BLE_SOS}"
+"""
+
+
+def demo_person(ble: bool) -> str:
+    """The one person of the demo's home: her devices give one daily summary (and one set of care rules)."""
+    devices = ["rfx-receiver", "oximeter-1", "bp-monitor-1"]  # the receiver's buttons are hers too
+    if ble:
+        devices += ["wrist-1", "ble-cuff-1", "ble-sos-1"]
+    listed = ", ".join(f'"{d}"' for d in devices)
+    return f"""
+[[rules.person]]
+id = "{DEMO_PERSON}"
+devices = [{listed}]
+worn = [{'"wrist-1"' if ble else ""}]
 """
 
 
@@ -115,6 +131,7 @@ port = "{bp}"
 poll_interval_s = 10
 """
         + (BLE_DEVICES if ble else "")
+        + demo_person(ble)
         + alarm
     )
     return cfg
@@ -274,6 +291,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.2)
             if not stop.is_set():
+                await daily_summary(cfg, seen)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 2.0)  # the last messages reach the cloud
             print("demo: stopping", flush=True)
@@ -296,6 +314,27 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0 if seen.sos_alerts else 1
 
 
+async def daily_summary(cfg: Path, seen: Summary) -> None:
+    """The daily summary of the day so far (docs/mqtt-contract.md, "Daily summary"), as `gatewayctl
+    report --send` asks for it: printed here as a family member reads it, and published to the cloud."""
+    from gateway.config import load_config
+    from gateway.ctl import DaemonUnreachable, Refused, call
+    from gateway.summary import format_text, local_zone
+
+    conf = load_config(cfg)
+    try:
+        res = await asyncio.to_thread(call, conf.gateway.socket_path, "report", 30.0, send=True)
+    except (DaemonUnreachable, Refused, OSError) as exc:
+        print(f"demo: no daily summary: {exc}", flush=True)
+        return
+    zone = local_zone(conf.summary.timezone)
+    for item in res["summaries"]:
+        seen.summaries += 1
+        print("demo: daily summary (gatewayctl report):", flush=True)
+        for line in format_text(item["summary"], zone).splitlines():
+            print(f"demo: | {line}", flush=True)
+
+
 class Summary:
     """What the cloud received, for the demo's last lines."""
 
@@ -305,6 +344,7 @@ class Summary:
         self.sos_alerts: set[str] = set()  # alert ids (the SMS fallback's report repeats its alert's id)
         self.historical = 0
         self.sms: list[SentSms] = []
+        self.summaries = 0  # daily summaries printed (the cloud's count is by_type["summary"])
 
     def sms_sent(self, sms: SentSms) -> None:
         self.sms.append(sms)
@@ -340,6 +380,7 @@ class Summary:
         lines.append(
             f"{presses} SOS presses made, {len(self.sos_alerts)} SOS alerts received, {len(self.sms)} SMS sent"
         )
+        lines.append(f"{self.summaries} daily summary printed, {self.by_type.get('summary', 0)} received by the cloud")
         return lines
 
 

@@ -186,6 +186,13 @@ def describe(topic: str, doc: dict[str, Any]) -> str:
             f"{head}  TIME CORRECTION boot {doc.get('boot_id')}: add {doc.get('offset_s')} s to seq "
             f"{doc.get('first_seq')}..{doc.get('last_seq')}"
         )
+    if kind == "summary":
+        partial = " (so far)" if (doc.get("period") or {}).get("partial") else ""
+        hr, spo2 = doc.get("heart_rate") or {}, doc.get("spo2") or {}
+        return (
+            f"{head}  SUMMARY {doc.get('subject')} {doc.get('date')}{partial}: heart rate median {hr.get('median')}"
+            f" /min, SpO2 min {spo2.get('min')} %, presses {doc.get('presses')}, alerts {doc.get('alerts')}"
+        )
     if kind == "status":
         return f"{'':>6} {doc.get('at', '')}  gateway {doc.get('gateway_id')} {doc.get('state')}"
     return f"{head}  {topic}"
