@@ -138,6 +138,7 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"clock     {sync} ({clk['source']}), {clk['steps']} steps, {clk['corrected_messages']} corrected")
     print("devices")
     print_devices(st["devices"])
+    print_calls((st.get("care") or {}).get("calls") or [])
     bugs = st.get("bugs") or {}
     if bugs.get("total"):
         where = ", ".join(f"{k} {v}" for k, v in bugs.items() if k != "total" and v)
@@ -146,6 +147,21 @@ def print_status(st: dict[str, Any]) -> None:
         from gateway.alarm import describe_status
 
         print("\n".join(describe_status(st["alarm"])))
+
+
+def print_calls(calls: list[dict[str, Any]]) -> None:
+    """Open call requests (presses of ``call`` buttons the care service has not acknowledged yet)."""
+    if not calls:
+        return
+    n = len(calls)
+    print(f"calls     {n} open call request{'s' if n != 1 else ''}, waiting for the care service to phone back")
+    for c in calls:
+        who = f" ({c['person_id']})" if c.get("person_id") and c["person_id"] != "default" else ""
+        flags = "".join((", reminded" if c["reminded"] else "", ", DRILL" if c["drill"] else ""))
+        print(
+            f"          {c['alert_id']}  {c['device_id']}{who}: {c['presses']} press{'es' if c['presses'] != 1 else ''}, "
+            f"first {c['first_press_at']}, last {c['last_press_at']}, waiting {_age(c['waiting_s'])}{flags}"
+        )
 
 
 def print_outbox(ob: dict[str, Any]) -> None:
