@@ -158,9 +158,10 @@ def print_calls(calls: list[dict[str, Any]]) -> None:
     for c in calls:
         who = f" ({c['person_id']})" if c.get("person_id") and c["person_id"] != "default" else ""
         flags = "".join((", reminded" if c["reminded"] else "", ", DRILL" if c["drill"] else ""))
+        presses = f"{c['presses']} press{'es' if c['presses'] != 1 else ''}"
         print(
-            f"          {c['alert_id']}  {c['device_id']}{who}: {c['presses']} press{'es' if c['presses'] != 1 else ''}, "
-            f"first {c['first_press_at']}, last {c['last_press_at']}, waiting {_age(c['waiting_s'])}{flags}"
+            f"          {c['alert_id']}  {c['device_id']}{who}: {presses}, first {c['first_press_at']}, "
+            f"last {c['last_press_at']}, waiting {_age(c['waiting_s'])}{flags}"
         )
 
 

@@ -881,7 +881,8 @@ def encode_sos_state(state: SosState) -> bytes:
     """Format 1.0 (5 bytes) without a pattern, 1.1 (6 bytes) with one."""
     flags = (0x01 if state.alarm_active else 0) | (0x02 if state.battery_low else 0)
     battery = 0xFF if state.battery_percent is None else state.battery_percent
-    head = bytes([0x10 if state.pattern is None else 0x11, flags]) + (state.press_counter & 0xFFFF).to_bytes(2, "little")
+    version = 0x10 if state.pattern is None else 0x11
+    head = bytes([version, flags]) + (state.press_counter & 0xFFFF).to_bytes(2, "little")
     if state.pattern is None:
         return head + bytes([battery])
     code = next(c for c, name in SOS_PATTERNS.items() if name == state.pattern)

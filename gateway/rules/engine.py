@@ -1076,7 +1076,20 @@ class RuleEngine:
         rule = {"id": "call", "kind": "call", "reminder_s": self.settings.call_reminder_s}
         if alert_id in self._recent:  # a replay of a press already acknowledged: its message again, nothing opens
             return AlertEvent(
-                alert_id, "raised", "call", CALL_SEVERITY, dev.person_id, device_id, rule, at, at, (), detail, 0, 1, drill
+                alert_id,
+                "raised",
+                "call",
+                CALL_SEVERITY,
+                dev.person_id,
+                device_id,
+                rule,
+                at,
+                at,
+                (),
+                detail,
+                0,
+                1,
+                drill,
             )
         a = _Alert(
             alert_id,

@@ -143,4 +143,6 @@ def test_call_reminder_s_is_validated(bad: object) -> None:
 def test_a_rule_may_not_take_the_kind_call() -> None:
     with pytest.raises(RuleSpecError):
         e = engine()
-        e.update_rules("anna", [{"id": "x", "kind": "call", "code": "8867-4", "op": ">", "threshold": 1, "severity": "low"}])
+        e.update_rules(
+            "anna", [{"id": "x", "kind": "call", "code": "8867-4", "op": ">", "threshold": 1, "severity": "low"}]
+        )
