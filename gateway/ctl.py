@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.config import DEFAULT_CONFIG_PATH, Config, load_config
 from gateway.errors import ConfigError
+from gateway.messages import press_role_of
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -411,7 +412,9 @@ def _describe(item: dict[str, Any]) -> str:
         q = f" q={item['quality']:.2f}" if item.get("quality") is not None else ""
         return f"{head} {item['code']:<22} {item['value']} {item['unit']} ({item['method']}{q})"
     if kind == "sos":
-        return f"{head} SOS PRESS"
+        return f"{head} SOS PRESS" + (f" ({item['pattern']})" if item.get("pattern") else "")
+    if kind == "call":
+        return f"{head} CALL PRESS" + (f" ({item['pattern']})" if item.get("pattern") else "")
     if kind == "device_state":
         return f"{head} {item['state']}" + (f" ({item['reason']})" if item.get("reason") else "")
     return f"{head} {kind}"
@@ -446,10 +449,10 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
             press = new[0]
             if press["press_to_broker_ms"] is not None:
                 break
-        progress(args, f"drill: waiting for an SOS press... {time.monotonic() - started:.0f} s")
+        progress(args, f"drill: waiting for a press (SOS or call button)... {time.monotonic() - started:.0f} s")
         time.sleep(0.25)
     if press is None:
-        _error(args, "no_press", "no SOS press during the drill window")
+        _error(args, "no_press", "no button press during the drill window")
         return EXIT_REFUSED
     ack_deadline = time.monotonic() + args.ack_timeout
     while press["press_to_ack_s"] is None and time.monotonic() < ack_deadline:
@@ -460,7 +463,8 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
     final = press
 
     def human() -> None:
-        print(f"drill press from {final['device_id']} at {final['pressed_at']}")
+        what = "call request" if press_role_of(final["alert_id"]) == "call" else "SOS"
+        print(f"drill press ({what}) from {final['device_id']} at {final['pressed_at']}")
         print(f"  reached the broker after {final['press_to_broker_ms']} ms")
         ack = final["press_to_ack_s"]
         if ack is not None:
