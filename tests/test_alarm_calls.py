@@ -19,6 +19,7 @@ from simulators.broker import Mosquitto
 from simulators.modem_sim import ModemSimulator
 from simulators.rfxtrx_sim import STATUSES, RfxtrxSimulator
 from tests.helpers import Collector, GatewayProcess, gateway_config, until
+from tests.test_calls import pendant
 from tests.test_sms_fallback import CC, G1, SMS_AFTER_S, alarm_section
 
 T = dt.datetime(2026, 11, 24, 3, 24, 6, tzinfo=dt.UTC).timestamp()
@@ -46,17 +47,7 @@ def test_a_call_request_has_its_own_text_and_report() -> None:
 
 def pendant_and_modem(rfx: Path, modem: Path, *, calls: bool) -> str:
     alarm = alarm_section(modem, language="en").replace("[alarm]\n", f"[alarm]\ncalls = {str(calls).lower()}\n", 1)
-    return f"""
-[[devices]]
-id = "rfx"
-kind = "rfxtrx-sos"
-transport = "serial"
-port = "{rfx}"
-buttons = {{ "a1b2c3" = "pendant-anna" }}
-roles = {{ "a1b2c3/arm_home" = "call" }}
-repeat_window_s = 0.3
-{alarm}
-"""
+    return pendant(rfx) + alarm
 
 
 @pytest.mark.parametrize("calls", [False, True])

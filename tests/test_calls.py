@@ -18,22 +18,16 @@ from typing import Any
 
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import STATUSES, RfxtrxSimulator
-from tests.helpers import REPO, Cloud, Collector, GatewayProcess, gateway_config, until
+from tests.helpers import REPO, Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
 
 PENDANT = 0xA1B2C3
 
 
 def pendant(link: Path) -> str:
-    return f"""
-[[devices]]
-id = "rfx"
-kind = "rfxtrx-sos"
-transport = "serial"
-port = "{link}"
-buttons = {{ "a1b2c3" = "pendant-anna" }}
-roles = {{ "a1b2c3/arm_home" = "call" }}
-repeat_window_s = 0.3
-"""
+    """The two-key pendant: panic = SOS (unmapped), arm home = call."""
+    return rfxtrx_device(
+        link, {"a1b2c3": "pendant-anna"}, roles={"a1b2c3/arm_home": "call"}, extra="repeat_window_s = 0.3"
+    )
 
 
 RULES = """

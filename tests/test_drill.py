@@ -161,9 +161,8 @@ def test_a_drill_of_a_call_button_end_to_end(tmp_path: Path, broker: Mosquitto, 
     button; its first press is a drill call request (timed to the broker and to the ack), its second a
     real request of its own, and the SOS button's press a real SOS."""
     link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DRILL-if00-port0"
-    devices = rfxtrx_device(link, {"a1b2c3": "sos-1", "d4e5f6": "call-1"}).replace(
-        "accept_unknown", 'roles = { "d4e5f6" = "call" }\nrepeat_window_s = 0.3\naccept_unknown', 1
-    )
+    buttons = {"a1b2c3": "sos-1", "d4e5f6": "call-1"}
+    devices = rfxtrx_device(link, buttons, roles={"d4e5f6": "call"}, extra="repeat_window_s = 0.3")
     config = gateway_config(tmp_path, broker.port, devices=devices)
     gw = GatewayProcess(config)
     downlink = Cloud(broker.port, "homecare/v1/gw-test")

@@ -1074,23 +1074,6 @@ class RuleEngine:
         if known is not None:  # the same press again (a replay)
             return self._event(known, "raised", at, (), detail)
         rule = {"id": "call", "kind": "call", "reminder_s": self.settings.call_reminder_s}
-        if alert_id in self._recent:  # a replay of a press already acknowledged: its message again, nothing opens
-            return AlertEvent(
-                alert_id,
-                "raised",
-                "call",
-                CALL_SEVERITY,
-                dev.person_id,
-                device_id,
-                rule,
-                at,
-                at,
-                (),
-                detail,
-                0,
-                1,
-                drill,
-            )
         a = _Alert(
             alert_id,
             "call",
@@ -1105,6 +1088,8 @@ class RuleEngine:
             drill=drill,
             last_press_at=now,
         )
+        if alert_id in self._recent:  # a replay of a press already acknowledged: its message again, nothing opens
+            return self._event(a, "raised", at, (), detail)
         if not drill:
             self._calls[key] = alert_id
         self._alerts[alert_id] = a
