@@ -13,14 +13,22 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from drivers.base import ButtonPress
+from gateway.contract import validator
+from gateway.messages import Topics
+from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage
+from gateway.pipeline import Pipeline
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import STATUSES, RfxtrxSimulator
 from tests.helpers import REPO, Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
 
 PENDANT = 0xA1B2C3
+# what the uplink adds when it sends (gateway.outbox.wire_payload)
+WIRE = {"seq": 1, "historical": False, "clock": "synced", "stream": "s-1"}
 
 
 def pendant(link: Path) -> str:
@@ -129,3 +137,37 @@ def test_call_presses_coalesce_remind_once_survive_a_restart_and_close_on_ack(
     assert seen["after_ack"]["care"]["calls"] == []
     kinds = {a["kind"] for a in seen["after_ack"]["care"]["open_alerts"]}
     assert kinds == {"sos"}, "the SOS waits for its own ack"
+
+
+class _BrokenDesk:
+    """A care desk with a bug (test-only, like tests/test_fault_isolation.py's faulty driver)."""
+
+    def call(self, press: ButtonPress, drill: bool) -> tuple[str, NewMessage]:
+        raise KeyError("a bug in the care desk")
+
+
+def test_a_call_press_is_committed_even_when_the_care_desk_fails(tmp_path: Path) -> None:
+    async def go() -> tuple[list[StoredMessage], Pipeline]:
+        async with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+            runner = asyncio.create_task(outbox.run())
+            pipeline = Pipeline(Topics("homecare/v1", "gw-1"), outbox)
+            pipeline.calls = _BrokenDesk()
+            heard: list[str] = []
+            pipeline.on_alert(lambda alert_id, _dev, _at: heard.append(alert_id))
+            pipeline.sink(ButtonPress("call-1", time.time(), "p1", role="call", pattern="press"))
+            await until(lambda: pipeline.counters.accepted == 1, 10, "the press committed")
+            stored = await outbox.fetch(Lane.ALERT, 0, 10)
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            assert heard == ["call-call-1-p1"]
+            return stored, pipeline
+
+    stored, pipeline = asyncio.run(go())
+    (msg,) = stored
+    body = json.loads(msg.body)
+    assert (body["kind"], body["severity"], body["presses"]) == ("call", "medium", 1)
+    assert body["alert_id"] == "call-call-1-p1"
+    assert body["pattern"] == "press" and body["drill"] is False
+    errors = [e.message for e in validator("alert").iter_errors({**body, **WIRE})]
+    assert not errors, errors
+    assert pipeline.bugs.count == 1 and pipeline.counters.call_presses == 1
