@@ -229,9 +229,22 @@ def test_role_of_each_key_and_nothing_guessed() -> None:
     assert drv.role_of("0a0b0c", None) is None
 
 
+def test_keys_of_one_remote_may_be_buttons_of_their_own() -> None:
+    opts = {"port": "/dev/x", "buttons": {"a1b2c3": "anna-sos", "a1b2c3/arm_home": "anna-call"}}
+    RfxtrxOptions.from_mapping({**opts, "roles": {"a1b2c3/arm_home": "call"}})
+    with pytest.raises(OptionError) as exc:  # a key other than panic/alarm without a role could never press
+        RfxtrxOptions.from_mapping(opts)
+    assert exc.value.key == "roles" and "a1b2c3/arm_home" in str(exc.value)
+    with pytest.raises(OptionError) as exc:
+        RfxtrxOptions.from_mapping({"port": "/dev/x", "buttons": {"a1b2c3/reboot": "x"}})
+    assert exc.value.key == "buttons"
+
+
 def test_a_two_key_pendant_and_a_call_sensor_over_a_pty(tmp_path: Path) -> None:
-    """An X10 security remote as a two-key pendant (panic = SOS, arm home = call), and a second sensor
-    whose panic is a call: each key is its own press, even within the repeat window of the other."""
+    """An X10 security remote as a two-key pendant (panic = SOS, arm home = call), a second sensor whose
+    panic is a call, and a remote of which only the call key is listed (under a device id of its own):
+    each key is its own press, even within the repeat window of the other, and the panic key of a
+    sensor this home knows is never dropped."""
     link = tmp_path / "by-id" / "usb-RFXCOM_RFXtrx433_T3-if00-port0"
     got: list[Reading] = []
 
@@ -239,8 +252,8 @@ def test_a_two_key_pendant_and_a_call_sensor_over_a_pty(tmp_path: Path) -> None:
         async with RfxtrxSimulator(link) as sim:
             options = {
                 "port": str(link),
-                "buttons": {"a1b2c3": "pendant-anna", "d4e5f6": "call-kitchen"},
-                "roles": {"a1b2c3/arm_home": "call", "d4e5f6": "call"},
+                "buttons": {"a1b2c3": "pendant-anna", "d4e5f6": "call-kitchen", "0a0b0c/arm_home": "bob-call"},
+                "roles": {"a1b2c3/arm_home": "call", "d4e5f6": "call", "0a0b0c/arm_home": "call"},
             }
             drv = RfxtrxSosDriver(DeviceSpec("rfx", "rfxtrx-sos", "serial", options), got.append, DriverContext())
             task = asyncio.create_task(drv.run())
@@ -250,7 +263,9 @@ def test_a_two_key_pendant_and_a_call_sensor_over_a_pty(tmp_path: Path) -> None:
                 await sim.press(0xA1B2C3, repeats=3, gap_s=0.02, status=STATUSES["panic"])
                 await sim.press(0xA1B2C3, repeats=2, gap_s=0.02, status=STATUSES["disarm"])  # unmapped key
                 await sim.press(0xD4E5F6, repeats=3, gap_s=0.02)
-                await _wait(lambda: sum(isinstance(r, ButtonPress) for r in got) >= 3)
+                await sim.press(0x0A0B0C, repeats=3, gap_s=0.02, status=STATUSES["arm_home"])
+                await sim.press(0x0A0B0C, repeats=3, gap_s=0.02, status=STATUSES["panic"])
+                await _wait(lambda: sum(isinstance(r, ButtonPress) for r in got) >= 5)
                 await asyncio.sleep(0.3)
             finally:
                 task.cancel()
@@ -263,8 +278,10 @@ def test_a_two_key_pendant_and_a_call_sensor_over_a_pty(tmp_path: Path) -> None:
         ("pendant-anna", "call", "arm_home"),
         ("pendant-anna", "sos", "panic"),
         ("call-kitchen", "call", "panic"),
+        ("bob-call", "call", "arm_home"),
+        ("rfx:0a0b0c", "sos", "panic"),  # its panic key is not listed: an SOS all the same
     ]
-    assert len({p.press_id for p in presses}) == 3
+    assert len({p.press_id for p in presses}) == 5
     c = drv.counters()
-    assert (c["presses"], c["call_presses"]) == (1, 2)
+    assert (c["presses"], c["call_presses"]) == (2, 3)
     assert c["other_security_events"] == 2  # the disarm key's frames

@@ -187,25 +187,36 @@ class PressDeduper:
 _SENSOR_ID_RE = re.compile(r"[0-9a-fA-F]{1,6}")
 
 
+def _key_problem(key: str) -> str | None:
+    """A ``sensor`` or ``sensor/command`` key of ``buttons`` and ``roles``."""
+    sensor, _, command = key.partition("/")
+    if not _SENSOR_ID_RE.fullmatch(sensor) or ("/" in key and command not in COMMANDS):
+        return (
+            "radio sensor ids (1-6 hex digits), or sensor id/command with a command among "
+            f"{', '.join(COMMANDS)} (not {key!r})"
+        )
+    return None
+
+
 def _button_table(value: Any) -> str | None:
-    """Radio sensor ids (hex, 24 bits) -> device ids of the buttons."""
-    for sensor, device in value.items():
-        if not _SENSOR_ID_RE.fullmatch(sensor) or not DEVICE_ID_RE.fullmatch(device):
-            return "a table of radio sensor ids (1-6 hex digits) to device ids (letters, digits, _ . -)"
+    """Radio sensor ids (hex, 24 bits), or sensor id/command (one key of a remote) -> device ids."""
+    for key, device in value.items():
+        problem = _key_problem(key)
+        if problem is not None:
+            return f"a table of {problem} to device ids"
+        if not DEVICE_ID_RE.fullmatch(device):
+            return f"a table of radio sensor ids to device ids (letters, digits, _ . -; not {device!r})"
     if len({k.lower() for k in value}) != len(value):
-        return "a table naming each radio sensor id once"
+        return "a table naming each radio sensor id (and command) once"
     return None
 
 
 def _roles_table(value: Any) -> str | None:
     """``sensor`` or ``sensor/command`` -> ``sos`` | ``call``."""
     for key, role in value.items():
-        sensor, _, command = key.partition("/")
-        if not _SENSOR_ID_RE.fullmatch(sensor) or ("/" in key and command not in COMMANDS):
-            return (
-                "a table of radio sensor ids (hex), or sensor id/command with a command among "
-                f"{', '.join(COMMANDS)}, to a role (not {key!r})"
-            )
+        problem = _key_problem(key)
+        if problem is not None:
+            return f"a table of {problem} to a role"
         if role not in BUTTON_ROLES:
             return f"roles {' or '.join(BUTTON_ROLES)} (not {role!r} for {key})"
     if len({k.lower() for k in value}) != len(value):
@@ -218,7 +229,10 @@ class RfxtrxOptions(SerialOptions):
     # A receiver is silent for days: 0 = no silence timeout.
     silence_timeout_s: float = option(0.0, lo=0, hi=86400, unit="seconds", doc="0: no timeout")
     buttons: dict[str, str] = option(
-        {}, check=_button_table, refused={"a1b2c3": "not an id!"}, doc="radio sensor id (hex) -> device id"
+        {},
+        check=_button_table,
+        refused={"a1b2c3": "not an id!"},
+        doc="radio sensor id (hex) -> device id of the button; sensor id/command -> device id of one key",
     )
     roles: dict[str, str] = option(
         {},
@@ -232,17 +246,24 @@ class RfxtrxOptions(SerialOptions):
     repeat_window_s: float = option(1.0, lo=0.05, hi=60, unit="seconds", doc="frames closer than this: one press")
 
     def check_together(self) -> None:
-        listed = {k.lower() for k in self.buttons}
+        listed = {k.partition("/")[0].lower() for k in self.buttons}
         for key in self.roles:
             if key.partition("/")[0].lower() not in listed:
                 raise OptionError("roles", dict(self.roles), f"sensor ids listed in buttons (not {key!r})")
+        roles = {k.lower() for k in self.roles}
+        for key in self.buttons:
+            command = key.partition("/")[2]
+            if command and COMMANDS[command][0] not in SOS_STATUSES and key.lower() not in roles:
+                # a key other than panic/alarm is a press only with a role: a button that could never press
+                raise OptionError("roles", dict(self.roles), f"a role for the key {key} listed in buttons")
 
 
 class RfxtrxSosDriver(SerialDriver):
     """SOS buttons heard by an RFXtrx receiver.
 
     Options (:class:`RfxtrxOptions`): the serial keys (``port`` ...), ``buttons`` (a table: radio sensor
-    id in hex -> device id of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``), ``roles`` (sensor id
+    id in hex -> device id of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``, or sensor id/command ->
+    device id of one key, e.g. ``{ "0a0b0c/arm_home" = "anna-call" }``), ``roles`` (sensor id
     or sensor id/command -> ``sos`` or ``call``, e.g. ``{ "0a0b0c/arm_home" = "call" }``; unlisted:
     panic and alarm are SOS), ``accept_unknown`` (also raise presses of unlisted buttons, as SOS, as
     ``{receiver id}:{sensor id}``; off by default: a neighbour's pendant must not call our care
@@ -262,6 +283,7 @@ class RfxtrxSosDriver(SerialDriver):
         if not self.silence_timeout_s:
             self.silence_timeout_s = 365 * 86400.0
         self.buttons: dict[str, str] = {k.lower(): v for k, v in opts.buttons.items()}
+        self.sensors = {k.partition("/")[0] for k in self.buttons}
         self.roles: dict[str, ButtonRole] = {k.lower(): "call" if v == "call" else "sos" for k, v in opts.roles.items()}
         self.accept_unknown = opts.accept_unknown
         self.deduper = PressDeduper(opts.repeat_window_s)
@@ -331,9 +353,11 @@ class RfxtrxSosDriver(SerialDriver):
         if command is None or role is None:
             self.count("other_security_events")
             return
-        button = self.buttons.get(event.sensor_id)
+        button = self.buttons.get(f"{event.sensor_id}/{command}") or self.buttons.get(event.sensor_id)
         if button is None:
-            if not self.accept_unknown:
+            # An SOS key of a sensor this home lists under another key is never dropped.
+            known = role == "sos" and event.sensor_id in self.sensors
+            if not self.accept_unknown and not known:
                 self.count("unknown_buttons")
                 log.debug("device %s: ignored press of unlisted button %s", self.device_id, event.sensor_id)
                 return
