@@ -171,3 +171,12 @@ def test_a_call_press_is_committed_even_when_the_care_desk_fails(tmp_path: Path)
     errors = [e.message for e in validator("alert").iter_errors({**body, **WIRE})]
     assert not errors, errors
     assert pipeline.bugs.count == 1 and pipeline.counters.call_presses == 1
+
+
+def test_the_contract_knows_every_press_pattern_a_driver_may_send() -> None:
+    from drivers.ble.gatt import SOS_PATTERNS
+    from drivers.options import PRESS_PATTERNS
+    from gateway.contract import load_schema
+
+    assert tuple(load_schema("alert")["properties"]["pattern"]["enum"]) == PRESS_PATTERNS
+    assert set(SOS_PATTERNS.values()) == set(PRESS_PATTERNS)
