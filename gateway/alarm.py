@@ -53,6 +53,7 @@ from gateway.drill import DrillWindow
 from gateway.messages import Topics
 from gateway.outbox import Lane, NewMessage, StoredMessage
 from gateway.rules.engine import AlertEvent
+from gateway.rules.spec import CALL_SEVERITY
 
 log = logging.getLogger(__name__)
 
@@ -839,7 +840,7 @@ def fallback_message(topics: Topics, case: Case) -> NewMessage:
         "type": "alert",
         "captured_at": messages.rfc3339_ms(at_),
         "kind": case.kind,
-        "severity": "medium" if case.kind == "call" else "critical",
+        "severity": CALL_SEVERITY if case.kind == "call" else "critical",
         "state": "raised",
         "drill": case.drill,
         "alert_id": case.alert_id,

@@ -23,6 +23,7 @@ from typing import Any
 from drivers.base import ButtonPress, DeviceStatus, Measurement, Waveform
 from gateway.outbox import Lane, NewMessage, StoredMessage, TimeCorrection
 from gateway.rules.engine import AlertEvent
+from gateway.rules.spec import CALL_SEVERITY
 
 MSG_NAMESPACE = uuid.UUID("6f1c8f0e-4a52-5b7e-9d3c-2a8e5b0c1d47")
 
@@ -166,7 +167,7 @@ def call_alert(topics: Topics, press: ButtonPress, *, drill: bool, ev: AlertEven
             call_alert_id(press),
             "raised",
             "call",
-            "medium",
+            CALL_SEVERITY,
             None,
             press.device_id,
             {"id": "call", "kind": "call"},
