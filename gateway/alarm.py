@@ -1,6 +1,7 @@
 """The second path of an SOS: SMS through a cellular modem when the internet path fails.
 
-An SOS press is committed to the outbox and sent to the broker as always. This module watches it:
+An SOS press is committed to the outbox and sent to the broker as always. This module watches it (and,
+when ``[alarm] calls = true``, a call request, the first press of it, the same way with its own text):
 
 - the press happened while the uplink was down, or the uplink goes down before the broker's PUBACK,
   or no PUBACK arrived within ``alarm.sms_after_s`` (default 30 s): the alert goes by SMS to every
@@ -52,6 +53,7 @@ from gateway.drill import DrillWindow
 from gateway.messages import Topics
 from gateway.outbox import Lane, NewMessage, StoredMessage
 from gateway.rules.engine import AlertEvent
+from gateway.rules.spec import CALL_SEVERITY
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,17 @@ TEMPLATES: Mapping[str, str] = {
     "zh": (
         "{drill}紧急呼叫：{person}于{time}按下了紧急按钮（{button}）。"  # noqa: RUF001
         "网关{gateway}无法通过互联网联系护理中心，请立即致电或前往。"  # noqa: RUF001
+    ),
+}
+# A call request (a press of a "call" button: the care service phones back; not an emergency).
+CALL_TEMPLATES: Mapping[str, str] = {
+    "en": (
+        "{drill}Call request: {person} pressed the call button {button} at {time} and asks the care service "
+        "to phone back. Gateway {gateway} could not reach the care service over the internet."
+    ),
+    "zh": (
+        "{drill}呼叫请求：{person}于{time}按下了呼叫按钮（{button}），请护理服务人员回电。"  # noqa: RUF001
+        "网关{gateway}无法通过互联网联系护理服务中心。"
     ),
 }
 DRILL_PREFIX: Mapping[str, str] = {
@@ -91,12 +104,22 @@ def check_template(template: str) -> str | None:
 
 
 def render_text(
-    cfg: AlarmSection, *, gateway_id: str, device_id: str, person_id: str | None, at: float, drill: bool
+    cfg: AlarmSection,
+    *,
+    gateway_id: str,
+    device_id: str,
+    person_id: str | None,
+    at: float,
+    drill: bool,
+    kind: str = "sos",
 ) -> str:
+    """The SMS: ``template`` (or the shipped text of ``language``) for an SOS, the shipped call text
+    for a call request (``kind = "call"``)."""
     names = dict(cfg.names)
     lang = cfg.language
     when = dt.datetime.fromtimestamp(at, device_zone(cfg.timezone))
-    return (cfg.template or TEMPLATES[lang]).format(
+    template = CALL_TEMPLATES[lang] if kind == "call" else (cfg.template or TEMPLATES[lang])
+    return template.format(
         drill=DRILL_PREFIX[lang] if drill else "",
         person=(names.get(person_id, person_id) if person_id else cfg.person) or RESIDENT[lang],
         button=names.get(device_id, device_id),
@@ -154,6 +177,7 @@ class Case:
     acked_at: float | None = None
     version: int = 0  # +1 per change of an attempt: what the cloud report carries
     reported: int = 0
+    kind: str = "sos"  # or "call" (a call request, with [alarm] calls = true)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -204,8 +228,17 @@ class AlarmPolicy:
     # -- inputs ------------------------------------------------------------------------------------
 
     def sos(
-        self, alert_id: str, device_id: str, pressed_at: float, drill: bool, text: str, now: float, uplink_up: bool
+        self,
+        alert_id: str,
+        device_id: str,
+        pressed_at: float,
+        drill: bool,
+        text: str,
+        now: float,
+        uplink_up: bool,
+        kind: str = "sos",
     ) -> None:
+        """A press to watch (an SOS, or a call request's first press): once per alert id."""
         if alert_id in self.cases:
             return
         due = pressed_at + self.cfg.sms_after_s if uplink_up else now
@@ -217,6 +250,7 @@ class AlarmPolicy:
             text,
             min(due, now + self.cfg.sms_after_s),
             [Recipient(n) for n in self.cfg.recipients],
+            kind=kind,
         )
         self.dirty.add(alert_id)
 
@@ -475,6 +509,9 @@ class AlarmStore:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO cases VALUES (?, ?, ?)", rows)
 
+    def has(self, alert_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM cases WHERE alert_id = ?", (alert_id,)).fetchone() is not None
+
     def open_cases(self) -> list[Case]:
         return [Case.from_json(b) for (b,) in self.db.execute("SELECT body FROM cases WHERE open = 1")]
 
@@ -563,7 +600,7 @@ class SmsFallback:
         self._wake = asyncio.Event()
         self._reporting: set[str] = set()
         self._failing = False  # the first failed SMS of a run is a WARNING, its repeats DEBUG
-        self.counters = {"sos_watched": 0, "sms_attempts": 0, "sms_failed": 0, "reports_sent": 0}
+        self.counters = {"sos_watched": 0, "calls_watched": 0, "sms_attempts": 0, "sms_failed": 0, "reports_sent": 0}
         n = len(self.policy.cases)
         if n:
             log.info("sms fallback: %d alerts restored from %s", n, self.store.db)
@@ -571,9 +608,14 @@ class SmsFallback:
     # -- hooks (synchronous, never raise into the caller: the SOS path must not notice us) ---------
 
     def on_sos(self, alert_id: str, device_id: str, pressed_at: float) -> None:
+        """A press was committed (the pipeline's alert listener): an SOS always, a call request's
+        only with ``[alarm] calls = true``; further presses of an open request change nothing."""
+        kind = messages.press_role_of(alert_id)
+        if kind is None or (kind == "call" and not self.cfg.calls):
+            return
         up = self.uplink_up()
         drill = self.is_drill(alert_id, pressed_at)
-        self._post(lambda: self._sos(alert_id, device_id, pressed_at, drill, up))
+        self._post(lambda: self._sos(alert_id, device_id, pressed_at, drill, up, kind))
 
     def on_delivered(self, msg: StoredMessage) -> None:
         try:
@@ -593,7 +635,9 @@ class SmsFallback:
     def _on_report(self, r: at.StatusReport) -> None:
         self._post(lambda: self.policy.report(r.message_ref, r.delivered, r.final, self.clock(), to=r.number))
 
-    def _sos(self, alert_id: str, device_id: str, pressed_at: float, drill: bool, up: bool) -> None:
+    def _sos(self, alert_id: str, device_id: str, pressed_at: float, drill: bool, up: bool, kind: str) -> None:
+        if alert_id in self.policy.cases or (kind == "call" and self.store.has(alert_id)):
+            return  # a further press of a call request already watched (its case may be closed)
         text = render_text(
             self.cfg,
             gateway_id=self.topics.gateway_id,
@@ -601,9 +645,10 @@ class SmsFallback:
             person_id=self.person_of(device_id),
             at=pressed_at,
             drill=drill,
+            kind=kind,
         )
-        self.counters["sos_watched"] += 1
-        self.policy.sos(alert_id, device_id, pressed_at, drill, text, self.clock(), up)
+        self.counters["calls_watched" if kind == "call" else "sos_watched"] += 1
+        self.policy.sos(alert_id, device_id, pressed_at, drill, text, self.clock(), up, kind)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -753,6 +798,7 @@ class SmsFallback:
             "open": [
                 {
                     "alert_id": c.alert_id,
+                    "kind": c.kind,
                     "state": c.state,
                     "delivered": sum(r.state == "delivered" for r in c.recipients),
                     "attempts": len(c.attempts),
@@ -793,8 +839,8 @@ def fallback_message(topics: Topics, case: Case) -> NewMessage:
         "device_id": case.device_id,
         "type": "alert",
         "captured_at": messages.rfc3339_ms(at_),
-        "kind": "sos",
-        "severity": "critical",
+        "kind": case.kind,
+        "severity": CALL_SEVERITY if case.kind == "call" else "critical",
         "state": "raised",
         "drill": case.drill,
         "alert_id": case.alert_id,
@@ -869,9 +915,7 @@ def attach_sms_fallback(
         # as the pipeline judged the press (the same flag as the alert's `drill`)
         is_drill=lambda alert_id, _at: alert_id in pipeline.drill.drill_alerts,
     )
-    pipeline.on_alert(
-        lambda alert_id, dev, at_: fallback.on_sos(alert_id, dev, at_) if alert_id.startswith("sos-") else None
-    )
+    pipeline.on_alert(fallback.on_sos)  # SOS presses, and call requests when [alarm] calls = true
     uplink.on_alert_delivered.append(fallback.on_delivered)
     commands.alerts = AckTap(commands.alerts, fallback.on_ack)
     return fallback

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from drivers.base import Reading, UnknownDeviceKind, driver_class
+from drivers.base import ButtonPress, Reading, UnknownDeviceKind, driver_class
 from gateway import messages
 from gateway.carestore import CareStore, CareStoreError
 from gateway.config import RulesSection
@@ -115,10 +115,30 @@ class CareDesk:
         self._emit(self.engine.feed(reading_on_timeline(reading, now - self.wall(), now), now))
 
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
-        """An SOS press was committed: track it for reminders until the care centre acks it."""
+        """An SOS press was committed: track it for reminders until the care centre acks it. (The
+        pipeline's alert listeners hear call requests too: those are the :meth:`call` desk's.)"""
+        if messages.press_role_of(alert_id) != "sos":
+            return
         now = self.clock()
         self.engine.open_external(alert_id, "sos", "critical", device_id, at + now - self.wall(), now)
         self._touch(alert_id)
+
+    def call(self, press: ButtonPress, drill: bool) -> tuple[str, NewMessage]:
+        """A press of a ``call`` button (the pipeline's ``CallDesk``): the call request it opens, or
+        the open one of the same person (or button) it adds to, as (alert id, the ``alert`` message to
+        commit). The request is tracked until the care centre's ``cmd/alert-ack``, with one reminder
+        after ``rules.call_reminder_s``, and its row is saved with the commit."""
+        now = self.clock()
+        shift = now - self.wall()
+        ev = self.engine.call_press(
+            messages.call_alert_id(press), press.device_id, press.press_id, press.captured_at + shift, now, drill=drill
+        )
+        ev = event_on_wall(ev, shift)
+        self._touch(ev.alert_id)
+        log.warning(
+            "%s: call request %s, press %d%s", press.device_id, ev.alert_id, ev.presses, " (drill)" if drill else ""
+        )
+        return ev.alert_id, messages.call_alert(self.topics, press, drill=drill, ev=ev)
 
     def tick(self, *, outbox_fill: float | None = None, uplink_down_since: float | None = None) -> None:
         """The watch: outbox fill, uplink down, silent and disconnected devices, reminders."""
@@ -310,7 +330,9 @@ class CareDesk:
 
     def status(self) -> dict[str, Any]:
         c = self.engine.counters()
-        shift = self.clock() - self.wall()
+        now = self.clock()
+        shift = now - self.wall()
+        open_alerts = self.engine.open_alerts()
         return {
             "open_alerts": [
                 {
@@ -321,7 +343,23 @@ class CareDesk:
                     "started_at": messages.rfc3339_ms(a.started_at - shift),
                     "acknowledged": a.acked_at is not None,
                 }
-                for a in self.engine.open_alerts()
+                for a in open_alerts
+            ],
+            # call requests waiting for the care service to phone back (until cmd/alert-ack)
+            "calls": [
+                {
+                    "alert_id": a.alert_id,
+                    "device_id": a.device_id,
+                    "person_id": a.person_id,
+                    "presses": a.presses,
+                    "drill": a.drill,
+                    "first_press_at": messages.rfc3339_ms(a.started_at - shift),
+                    "last_press_at": messages.rfc3339_ms((a.last_press_at or a.raised_at) - shift),
+                    "waiting_s": round(now - a.raised_at, 1),
+                    "reminded": a.reminders > 0,
+                }
+                for a in open_alerts
+                if a.kind == "call"
             ],
             "counters": dataclasses.asdict(c),
             "alerts_sent": self.sent,

@@ -256,7 +256,7 @@ def reading_summary(reading: Reading) -> dict[str, Any]:
                 quality=reading.quality,
             )
         case ButtonPress():
-            base.update(type="sos", press_id=reading.press_id)
+            base.update(type=reading.role, press_id=reading.press_id, pattern=reading.pattern)
         case DeviceStatus():
             base.update(type="device_state", state=reading.state.value, reason=reading.reason)
         case Waveform():

@@ -110,6 +110,7 @@ class AlarmSection:
 
     enabled: bool = False
     sms_after_s: float = 30.0  # an SOS without PUBACK this long after the press goes by SMS
+    calls: bool = False  # call requests (presses of "call" buttons) go by SMS too, the same way
     care_centre: tuple[str, ...] = ()  # numbers, in the order they are tried, before the guardians
     guardians: tuple[str, ...] = ()
     language: str = "zh"  # the shipped template: "zh" or "en"
@@ -383,6 +384,7 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
     section = AlarmSection(
         enabled=a.bool_("enabled", True),
         sms_after_s=a.float_("sms_after_s", 30.0, 0, 3600, "seconds"),
+        calls=a.bool_("calls", False),
         care_centre=numbers["care_centre"],
         guardians=numbers["guardians"],
         language=language,

@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.config import DEFAULT_CONFIG_PATH, Config, load_config
 from gateway.errors import ConfigError
+from gateway.messages import press_role_of
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -139,6 +140,7 @@ def print_status(st: dict[str, Any]) -> None:
         print(f"clock     {sync} ({clk['source']}), {clk['steps']} steps, {clk['corrected_messages']} corrected")
     print("devices")
     print_devices(st["devices"])
+    print_calls((st.get("care") or {}).get("calls") or [])
     bugs = st.get("bugs") or {}
     if bugs.get("total"):
         where = ", ".join(f"{k} {v}" for k, v in bugs.items() if k != "total" and v)
@@ -147,6 +149,22 @@ def print_status(st: dict[str, Any]) -> None:
         from gateway.alarm import describe_status
 
         print("\n".join(describe_status(st["alarm"])))
+
+
+def print_calls(calls: list[dict[str, Any]]) -> None:
+    """Open call requests (presses of ``call`` buttons the care service has not acknowledged yet)."""
+    if not calls:
+        return
+    n = len(calls)
+    print(f"calls     {n} open call request{'s' if n != 1 else ''}, waiting for the care service to phone back")
+    for c in calls:
+        who = f" ({c['person_id']})" if c.get("person_id") and c["person_id"] != "default" else ""
+        flags = "".join((", reminded" if c["reminded"] else "", ", DRILL" if c["drill"] else ""))
+        presses = f"{c['presses']} press{'es' if c['presses'] != 1 else ''}"
+        print(
+            f"          {c['alert_id']}  {c['device_id']}{who}: {presses}, first {c['first_press_at']}, "
+            f"last {c['last_press_at']}, waiting {_age(c['waiting_s'])}{flags}"
+        )
 
 
 def print_outbox(ob: dict[str, Any]) -> None:
@@ -395,7 +413,9 @@ def _describe(item: dict[str, Any]) -> str:
         q = f" q={item['quality']:.2f}" if item.get("quality") is not None else ""
         return f"{head} {item['code']:<22} {item['value']} {item['unit']} ({item['method']}{q})"
     if kind == "sos":
-        return f"{head} SOS PRESS"
+        return f"{head} SOS PRESS" + (f" ({item['pattern']})" if item.get("pattern") else "")
+    if kind == "call":
+        return f"{head} CALL PRESS" + (f" ({item['pattern']})" if item.get("pattern") else "")
     if kind == "device_state":
         return f"{head} {item['state']}" + (f" ({item['reason']})" if item.get("reason") else "")
     return f"{head} {kind}"
@@ -430,10 +450,10 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
             press = new[0]
             if press["press_to_broker_ms"] is not None:
                 break
-        progress(args, f"drill: waiting for an SOS press... {time.monotonic() - started:.0f} s")
+        progress(args, f"drill: waiting for a press (SOS or call button)... {time.monotonic() - started:.0f} s")
         time.sleep(0.25)
     if press is None:
-        _error(args, "no_press", "no SOS press during the drill window")
+        _error(args, "no_press", "no button press during the drill window")
         return EXIT_REFUSED
     ack_deadline = time.monotonic() + args.ack_timeout
     while press["press_to_ack_s"] is None and time.monotonic() < ack_deadline:
@@ -444,7 +464,8 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
     final = press
 
     def human() -> None:
-        print(f"drill press from {final['device_id']} at {final['pressed_at']}")
+        what = "call request" if press_role_of(final["alert_id"]) == "call" else "SOS"
+        print(f"drill press ({what}) from {final['device_id']} at {final['pressed_at']}")
         print(f"  reached the broker after {final['press_to_broker_ms']} ms")
         ack = final["press_to_ack_s"]
         if ack is not None:

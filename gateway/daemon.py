@@ -241,6 +241,7 @@ class Daemon:
             devices.on_remove.append(care.remove_device)
             pipeline.on_reading(care.feed)
             pipeline.on_alert(care.sos)
+            pipeline.calls = care  # call presses become call requests (issue 14)
             self.commands = commands = Commands(
                 status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=care, rules=care
             )

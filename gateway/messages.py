@@ -23,6 +23,7 @@ from typing import Any
 from drivers.base import ButtonPress, DeviceStatus, Measurement, Waveform
 from gateway.outbox import Lane, NewMessage, StoredMessage, TimeCorrection
 from gateway.rules.engine import AlertEvent
+from gateway.rules.spec import CALL_SEVERITY
 
 MSG_NAMESPACE = uuid.UUID("6f1c8f0e-4a52-5b7e-9d3c-2a8e5b0c1d47")
 
@@ -106,9 +107,28 @@ def observation(topics: Topics, m: Measurement) -> NewMessage:
     )
 
 
+SOS_PREFIX = "sos-"
+CALL_PREFIX = "call-"
+
+
 def sos_alert_id(press: ButtonPress) -> str:
     """The id the care centre acknowledges (``cmd/alert-ack``)."""
-    return f"sos-{press.device_id}-{press.press_id}"
+    return f"{SOS_PREFIX}{press.device_id}-{press.press_id}"
+
+
+def call_alert_id(press: ButtonPress) -> str:
+    """The id a call request opened by this press gets (a later press of an open request keeps the
+    request's id: gateway/rules, ``RuleEngine.call_press``)."""
+    return f"{CALL_PREFIX}{press.device_id}-{press.press_id}"
+
+
+def press_role_of(alert_id: str) -> str | None:
+    """``sos`` or ``call`` for the alert id of a button press, None for any other alert."""
+    if alert_id.startswith(SOS_PREFIX):
+        return "sos"
+    if alert_id.startswith(CALL_PREFIX):
+        return "call"
+    return None
 
 
 def sos_alert(topics: Topics, press: ButtonPress, *, drill: bool) -> NewMessage:
@@ -121,6 +141,8 @@ def sos_alert(topics: Topics, press: ButtonPress, *, drill: bool) -> NewMessage:
         press_id=press.press_id,
         alert_id=sos_alert_id(press),
     )
+    if press.pattern is not None:
+        body["pattern"] = press.pattern
     if press.extra:
         body["extra"] = dict(press.extra)
     return NewMessage(Lane.ALERT, topics.alert, _dumps(body), press.device_id, press.captured_at)
@@ -131,6 +153,45 @@ def care_alert(topics: Topics, ev: AlertEvent) -> NewMessage:
     ``captured_at`` is when the transition happened (capture time of the reading that completed the
     hold, or the watch's clock), ``started_at`` when the condition began. Gateway alerts
     (``outbox_full``, ``uplink_down``) carry the gateway id as ``device_id``."""
+    body = _care_body(topics, ev)
+    return NewMessage(Lane.ALERT, topics.alert, _dumps(body), body["device_id"], ev.at)
+
+
+def call_alert(topics: Topics, press: ButtonPress, *, drill: bool, ev: AlertEvent | None = None) -> NewMessage:
+    """A press of a ``call`` button: the call request's event ``ev`` from the rule engine (``raised``
+    with ``presses`` 1, or again with a higher count while the request is open), or, without one (the
+    care desk failed), a request of this press alone, so a press is never lost. ``captured_at`` is
+    this press, ``started_at`` the request's first press, ``press_id`` this press."""
+    if ev is None:
+        ev = AlertEvent(
+            call_alert_id(press),
+            "raised",
+            "call",
+            CALL_SEVERITY,
+            None,
+            press.device_id,
+            {"id": "call", "kind": "call"},
+            press.captured_at,
+            press.captured_at,
+            detail={"press_id": press.press_id},
+            presses=1,
+            drill=drill,
+        )
+    body = _care_body(topics, ev)
+    body["press_id"] = press.press_id
+    detail = body.get("detail")
+    if isinstance(detail, dict):
+        detail.pop("press_id", None)  # the message's own press_id says it
+        if not detail:
+            del body["detail"]
+    if press.pattern is not None:
+        body["pattern"] = press.pattern
+    if press.extra:
+        body["extra"] = dict(press.extra)
+    return NewMessage(Lane.ALERT, topics.alert, _dumps(body), body["device_id"], ev.at)
+
+
+def _care_body(topics: Topics, ev: AlertEvent) -> dict[str, Any]:
     if ev.state == "reminder":
         raise ValueError("reminders are local, not contract messages")
     device = ev.device_id or topics.gateway_id
@@ -139,7 +200,7 @@ def care_alert(topics: Topics, ev: AlertEvent) -> NewMessage:
         kind=ev.kind,
         severity=ev.severity,
         state=ev.state,
-        drill=False,
+        drill=ev.drill,
         alert_id=ev.alert_id,
         started_at=rfc3339_ms(ev.started_at),
         rule=dict(ev.rule),
@@ -147,9 +208,11 @@ def care_alert(topics: Topics, ev: AlertEvent) -> NewMessage:
     )
     if ev.person_id is not None:
         body["person_id"] = ev.person_id
+    if ev.presses:
+        body["presses"] = ev.presses
     if ev.detail:
         body["detail"] = dict(ev.detail)
-    return NewMessage(Lane.ALERT, topics.alert, _dumps(body), device, ev.at)
+    return body
 
 
 def device_state(topics: Topics, s: DeviceStatus) -> NewMessage:

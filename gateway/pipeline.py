@@ -30,6 +30,13 @@ from gateway.outbox import NewMessage, Outbox
 log = logging.getLogger(__name__)
 
 
+class CallDesk(Protocol):
+    """Who turns a press of a ``call`` button into its call request (gateway.care.CareDesk.call):
+    (alert id, the ``alert`` message to commit)."""
+
+    def call(self, press: ButtonPress, drill: bool) -> tuple[str, NewMessage]: ...
+
+
 class DspStream(Protocol):
     """What the pipeline needs of a per-device DSP stream (gateway.dsp.stream)."""
 
@@ -54,6 +61,7 @@ class PipelineCounters:
     accepted: int = 0
     commit_failures: int = 0
     sos_presses: int = 0
+    call_presses: int = 0
     unknown_readings: int = 0
 
 
@@ -79,6 +87,7 @@ class Pipeline:
         self.bugs = BugLog()
         self._listeners: list[Callable[[Reading], None]] = []
         self._alert_listeners: list[Callable[[str, str, float], None]] = []
+        self.calls: CallDesk | None = None  # call requests (the care desk); None: each press alone
 
     def add_device(self, device_id: str, kind: str) -> None:
         self.devices.setdefault(device_id, DeviceInfo(device_id, kind))
@@ -105,6 +114,8 @@ class Pipeline:
             info.last_seen = reading.captured_at
             info.readings += 1
         match reading:
+            case ButtonPress(role="call"):
+                self._call(reading)
             case ButtonPress():
                 self.counters.sos_presses += 1
                 alert_id = messages.sos_alert_id(reading)
@@ -138,6 +149,25 @@ class Pipeline:
         # After the reading is with the outbox: an SOS commit is never delayed by a listener.
         for listener in self._listeners:
             self._guarded(reading, "reading listener", listener, reading)
+
+    def _call(self, press: ButtonPress) -> None:
+        """A ``call`` press: committed at once in the alert lane like an SOS, as its call request (or
+        one more press of the open one). Should the care desk fail, the press goes out alone."""
+        self.counters.call_presses += 1
+        alert_id = messages.call_alert_id(press)
+        drill = self.drill.judge(alert_id, press.device_id, press.captured_at)
+        msg: NewMessage | None = None
+        if self.calls is not None:
+            try:
+                alert_id, msg = self.calls.call(press, drill)
+            except Exception as exc:  # noqa: BLE001 - a bug of the care desk must not lose the press (docstring)
+                self.bugs.report(log, f"device {press.device_id}", exc, "call request")
+        if msg is None:
+            log.warning("device %s: call press%s", press.device_id, " (drill)" if drill else "")
+            msg = messages.call_alert(self.topics, press, drill=drill)
+        self.submit(msg)
+        for on_alert in self._alert_listeners:
+            self._guarded(press, "alert listener", on_alert, alert_id, press.device_id, press.captured_at)
 
     def _guarded(self, reading: Reading, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:

@@ -5,8 +5,11 @@ packet; start receiver: the 0x01/0x07 "Copyright RFXCOM" packet), then sends one
 radio frame. A press sends ``repeats`` frames ``gap_s`` apart, as real pendants do. It can inject line
 noise, truncated frames, and be unplugged and plugged back (also behind another pty).
 
+A two-key pendant or security remote is one sensor id sending a different status per key
+(:data:`STATUSES`: ``panic``, ``arm_home``, ``disarm`` ...): ``press(sensor, status=STATUSES["arm_home"])``.
+
 Command line (``gateway-sim rfxtrx``): presses on a schedule and commands on stdin
-(``press ID``, ``noise N``, ``truncate``, ``unplug``, ``plug``).
+(``press ID [COMMAND]``, ``noise N``, ``truncate``, ``unplug``, ``plug``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ COPYRIGHT_REPLY = bytes([0x14, 0x01, 0x07, 0x02, 0x07]) + b"Copyright RFXCOM"
 
 PANIC = 0x06
 SUBTYPE_X10_SECURITY_REMOTE = 0x02
+# Security1 statuses the keys of a remote send (RFXtrx SDK), by the command names of the driver's roles
+STATUSES = {
+    "panic": PANIC,
+    "alarm": 0x02,
+    "arm_away": 0x09,
+    "arm_home": 0x0B,
+    "disarm": 0x0D,
+    "light1_off": 0x10,
+    "light1_on": 0x11,
+    "light2_off": 0x12,
+    "light2_on": 0x13,
+}
 
 
 def security1_frame(seq: int, sensor_id: int, status: int = PANIC, battery_ok: bool = True, rssi: int = 7) -> bytes:
@@ -152,7 +167,9 @@ async def _run(args: argparse.Namespace) -> int:
                 if not words:
                     continue
                 if words[0] == "press":
-                    await sim.press(int(words[1], 16) if len(words) > 1 else buttons[0], repeats=args.repeats)
+                    status = STATUSES.get(words[2], PANIC) if len(words) > 2 else PANIC
+                    button = int(words[1], 16) if len(words) > 1 else buttons[0]
+                    await sim.press(button, repeats=args.repeats, status=status)
                 elif words[0] == "noise":
                     sim.noise(int(words[1]) if len(words) > 1 else 16)
                 elif words[0] == "truncate":

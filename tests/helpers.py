@@ -149,8 +149,17 @@ backoff_cap_s = 0.5
     )
 
 
-def rfxtrx_device(link: Path, buttons: dict[str, str] | None = None, accept_unknown: bool = False) -> str:
+def rfxtrx_device(
+    link: Path,
+    buttons: dict[str, str] | None = None,
+    accept_unknown: bool = False,
+    *,
+    roles: dict[str, str] | None = None,
+    extra: str = "",
+) -> str:
+    """An RFXtrx receiver; ``roles`` (sensor or sensor/command -> sos|call) and ``extra`` lines when given."""
     table = ", ".join(f'"{k}" = "{v}"' for k, v in (buttons or {"a1b2c3": "sos-1"}).items())
+    roles_line = "roles = { " + ", ".join(f'"{k}" = "{v}"' for k, v in roles.items()) + " }" if roles else ""
     return f"""
 [[devices]]
 id = "rfx"
@@ -159,6 +168,8 @@ transport = "serial"
 port = "{link}"
 buttons = {{ {table} }}
 accept_unknown = {"true" if accept_unknown else "false"}
+{roles_line}
+{extra}
 """
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+from gateway.config import load_config
+from gateway.ctl import call as ctl_call
 from gateway.downlink import Downlink
 from gateway.drill import MAX_DRILL_S, DrillWindow
 from gateway.messages import rfc3339_ms
+from simulators.broker import Mosquitto
+from simulators.rfxtrx_sim import RfxtrxSimulator
+from tests.helpers import Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
 
 
 def test_first_press_of_each_named_button_is_the_drill_and_every_other_press_is_real() -> None:
@@ -145,3 +151,57 @@ def test_the_units_stop_timeout_is_just_above_the_daemons_own_limit() -> None:
     line = next(line for line in unit.splitlines() if line.startswith("TimeoutStopSec="))
     value = float(line.removeprefix("TimeoutStopSec=").removesuffix("s"))
     assert STOP_LIMIT_S < value <= STOP_LIMIT_S + 2
+
+
+# -- a drill of a call button (issue 14): its first press is a drill call request ------------------------
+
+
+def test_a_drill_of_a_call_button_end_to_end(tmp_path: Path, broker: Mosquitto, cloud: Collector) -> None:
+    """Real gatewayd, a real pty receiver with an SOS sensor and a call sensor: the drill names the call
+    button; its first press is a drill call request (timed to the broker and to the ack), its second a
+    real request of its own, and the SOS button's press a real SOS."""
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DRILL-if00-port0"
+    buttons = {"a1b2c3": "sos-1", "d4e5f6": "call-1"}
+    devices = rfxtrx_device(link, buttons, roles={"d4e5f6": "call"}, extra="repeat_window_s = 0.3")
+    config = gateway_config(tmp_path, broker.port, devices=devices)
+    gw = GatewayProcess(config)
+    downlink = Cloud(broker.port, "homecare/v1/gw-test")
+    socket_path = load_config(config).gateway.socket_path
+
+    def calls() -> list[dict[str, Any]]:
+        return sorted((a for a in cloud.of_type("alert") if a["kind"] == "call"), key=lambda a: a["seq"])
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the daemon to start the receiver")
+                opened = await asyncio.to_thread(ctl_call, socket_path, "drill", duration_s=60, buttons=["call-1"])
+                assert opened["buttons"] == ["call-1"]
+                await sim.press(0xD4E5F6, repeats=3, gap_s=0.02)
+                await until(lambda: calls(), 20, "the drill call at the cloud")
+                await asyncio.sleep(0.4)
+                await sim.press(0xD4E5F6, repeats=3, gap_s=0.02)
+                await until(lambda: len(calls()) == 2, 20, "the real call at the cloud")
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.02)
+                await until(lambda: [a for a in cloud.of_type("alert") if a["kind"] == "sos"], 20, "the SOS")
+                _, ack = await asyncio.to_thread(
+                    downlink.ask, "alert-ack", {"request_id": "ack-drill", "alert_id": calls()[0]["alert_id"]}
+                )
+                assert ack["ok"] is True
+                report: dict[str, Any] = await asyncio.to_thread(ctl_call, socket_path, "drill-report")
+                gw.terminate()
+            finally:
+                gw.stop_quietly()
+                downlink.close()
+        return report
+
+    report = asyncio.run(go())
+    drill, real = calls()
+    (sos,) = [a for a in cloud.of_type("alert") if a["kind"] == "sos"]
+    assert (drill["drill"], drill["presses"], drill["device_id"]) == (True, 1, "call-1")
+    assert (real["drill"], real["presses"]) == (False, 1) and real["alert_id"] != drill["alert_id"]
+    assert sos["drill"] is False
+    (timed,) = report["presses"]
+    assert timed["alert_id"] == drill["alert_id"]
+    assert timed["press_to_broker_ms"] is not None and timed["press_to_ack_s"] is not None

@@ -7,12 +7,14 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.base import ButtonPress, DeviceSpec, DeviceStatus, DriverContext, FrameError, LinkState, Reading
-from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxSosDriver, decode_packet
-from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, RfxtrxSimulator, security1_frame
+from drivers.options import OptionError
+from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxOptions, RfxtrxSosDriver, decode_packet
+from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, STATUSES, RfxtrxSimulator, security1_frame
 
 # A Security1 "Panic" from an X10 security remote, id 0xA1B2C3, battery ok, rssi 7
 # (byte layout per the RFXtrx SDK and pyRFXtrx's Security1.load_receive).
@@ -183,3 +185,103 @@ def test_a_press_in_the_same_read_as_the_receivers_start_reply_is_not_dropped(tm
 
     asyncio.run(go())
     assert [r.device_id for r in got if isinstance(r, ButtonPress)] == ["sos-1"]
+
+
+# -- roles (issue 14): a two-key pendant, and a sensor that is a call button ------------------------------
+
+
+def test_roles_are_validated_in_the_options() -> None:
+    ok = RfxtrxOptions.from_mapping(
+        {"port": "/dev/x", "buttons": {"A1B2C3": "anna"}, "roles": {"a1b2c3/arm_home": "call", "A1B2C3": "sos"}}
+    )
+    assert ok.roles["a1b2c3/arm_home"] == "call"
+    bad: list[tuple[dict[str, object], str]] = [
+        ({"a1b2c3": "panic"}, "sos or call"),
+        ({"a1b2c3/reboot": "call"}, "command among panic"),
+        ({"zz": "call"}, "sensor ids"),
+        ({"d4e5f6": "call"}, "listed in buttons"),
+        ({"a1b2c3": "call", "A1B2C3": "sos"}, "once"),
+        ({"a1b2c3": 1}, "table"),
+    ]
+    for roles, expected in bad:
+        with pytest.raises(OptionError) as exc:
+            RfxtrxOptions.from_mapping({"port": "/dev/x", "buttons": {"a1b2c3": "anna"}, "roles": roles})
+        assert exc.value.key == "roles" and expected in str(exc.value), (roles, str(exc.value))
+
+
+def test_role_of_each_key_and_nothing_guessed() -> None:
+    spec = DeviceSpec(
+        "rfx",
+        "rfxtrx-sos",
+        "serial",
+        {
+            "port": "/dev/x",
+            "buttons": {"a1b2c3": "anna", "d4e5f6": "kitchen", "0a0b0c": "old"},
+            "roles": {"a1b2c3/arm_home": "call", "d4e5f6": "call"},
+        },
+    )
+    drv = RfxtrxSosDriver(spec, lambda _r: None, DriverContext())
+    assert drv.role_of("a1b2c3", "panic") == "sos"  # the panic key of the two-key pendant: unmapped, SOS
+    assert drv.role_of("a1b2c3", "arm_home") == "call"
+    assert drv.role_of("a1b2c3", "disarm") is None  # another key nobody mapped: not a press, as before
+    assert drv.role_of("d4e5f6", "panic") == drv.role_of("d4e5f6", "alarm") == "call"
+    assert drv.role_of("0a0b0c", "panic") == "sos"  # the old form: every panic/alarm is an SOS
+    assert drv.role_of("0a0b0c", None) is None
+
+
+def test_keys_of_one_remote_may_be_buttons_of_their_own() -> None:
+    opts = {"port": "/dev/x", "buttons": {"a1b2c3": "anna-sos", "a1b2c3/arm_home": "anna-call"}}
+    RfxtrxOptions.from_mapping({**opts, "roles": {"a1b2c3/arm_home": "call"}})
+    with pytest.raises(OptionError) as exc:  # a key other than panic/alarm without a role could never press
+        RfxtrxOptions.from_mapping(opts)
+    assert exc.value.key == "roles" and "a1b2c3/arm_home" in str(exc.value)
+    with pytest.raises(OptionError) as exc:
+        RfxtrxOptions.from_mapping({"port": "/dev/x", "buttons": {"a1b2c3/reboot": "x"}})
+    assert exc.value.key == "buttons"
+
+
+def test_a_two_key_pendant_and_a_call_sensor_over_a_pty(tmp_path: Path) -> None:
+    """An X10 security remote as a two-key pendant (panic = SOS, arm home = call), a second sensor whose
+    panic is a call, and a remote of which only the call key is listed (under a device id of its own):
+    each key is its own press, even within the repeat window of the other, and the panic key of a
+    sensor this home knows is never dropped."""
+    link = tmp_path / "by-id" / "usb-RFXCOM_RFXtrx433_T3-if00-port0"
+    got: list[Reading] = []
+
+    async def go() -> RfxtrxSosDriver:
+        async with RfxtrxSimulator(link) as sim:
+            options = {
+                "port": str(link),
+                "buttons": {"a1b2c3": "pendant-anna", "d4e5f6": "call-kitchen", "0a0b0c/arm_home": "bob-call"},
+                "roles": {"a1b2c3/arm_home": "call", "d4e5f6": "call", "0a0b0c/arm_home": "call"},
+            }
+            drv = RfxtrxSosDriver(DeviceSpec("rfx", "rfxtrx-sos", "serial", options), got.append, DriverContext())
+            task = asyncio.create_task(drv.run())
+            try:
+                await _wait(lambda: sim.started)
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.02, status=STATUSES["arm_home"])
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.02, status=STATUSES["panic"])
+                await sim.press(0xA1B2C3, repeats=2, gap_s=0.02, status=STATUSES["disarm"])  # unmapped key
+                await sim.press(0xD4E5F6, repeats=3, gap_s=0.02)
+                await sim.press(0x0A0B0C, repeats=3, gap_s=0.02, status=STATUSES["arm_home"])
+                await sim.press(0x0A0B0C, repeats=3, gap_s=0.02, status=STATUSES["panic"])
+                await _wait(lambda: sum(isinstance(r, ButtonPress) for r in got) >= 5)
+                await asyncio.sleep(0.3)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return drv
+
+    drv = asyncio.run(go())
+    presses = [r for r in got if isinstance(r, ButtonPress)]
+    assert [(p.device_id, p.role, p.extra["radio_status"]) for p in presses] == [
+        ("pendant-anna", "call", "arm_home"),
+        ("pendant-anna", "sos", "panic"),
+        ("call-kitchen", "call", "panic"),
+        ("bob-call", "call", "arm_home"),
+        ("rfx:0a0b0c", "sos", "panic"),  # its panic key is not listed: an SOS all the same
+    ]
+    assert len({p.press_id for p in presses}) == 5
+    c = drv.counters()
+    assert (c["presses"], c["call_presses"]) == (2, 3)
+    assert c["other_security_events"] == 2  # the disarm key's frames

@@ -831,12 +831,26 @@ def decode_ppg_feature(data: bytes | bytearray | memoryview) -> PpgFeature:
 # --------------------------------------------------------------------------------------------------
 
 
+# How the latest press was made (format 1.1, byte 5): BTHome v2's button event codes, by the names of
+# drivers.options.PRESS_PATTERNS. 0x00: the pendant did not tell.
+SOS_PATTERNS: Final[Mapping[int, str]] = {
+    0x01: "press",
+    0x02: "double_press",
+    0x03: "triple_press",
+    0x04: "long_press",
+    0x05: "long_double_press",
+    0x06: "long_triple_press",
+    0x80: "hold_press",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SosState:
     press_counter: int  # uint16, +1 per press, wraps; survives sleep, not a battery change
     alarm_active: bool  # a press happened in the last ~30 s
     battery_low: bool
     battery_percent: int | None
+    pattern: str | None = None  # how the latest press was made (format 1.1), None: not told
 
 
 def decode_sos_state(data: bytes | bytearray | memoryview) -> SosState:
@@ -844,21 +858,35 @@ def decode_sos_state(data: bytes | bytearray | memoryview) -> SosState:
     version = r.u8("version")
     if version >> 4 != 1:
         raise GattDecodeError(f"SOS state: format version {version >> 4}, expected 1")
+    if version & 0x0F > 1:
+        raise GattDecodeError(f"SOS state: format revision 1.{version & 0x0F}, expected 1.0 or 1.1")
     flags = r.u8("flags")
     if flags & ~0x03:
         raise GattDecodeError(f"SOS state: reserved flag bits {flags:#04x}")
     counter = r.u16("press counter")
     battery = r.u8("battery")
+    pattern: str | None = None
+    if version & 0x0F == 1:  # 1.1: the pattern of the latest press follows
+        code = r.u8("press pattern")
+        if code and code not in SOS_PATTERNS:
+            raise GattDecodeError(f"SOS state: press pattern {code:#04x} is not a known one")
+        pattern = SOS_PATTERNS.get(code)
     r.end()
     if battery != 0xFF and battery > 100:
         raise GattDecodeError(f"SOS state: battery {battery} % is more than 100")
-    return SosState(counter, bool(flags & 0x01), bool(flags & 0x02), None if battery == 0xFF else battery)
+    return SosState(counter, bool(flags & 0x01), bool(flags & 0x02), None if battery == 0xFF else battery, pattern)
 
 
 def encode_sos_state(state: SosState) -> bytes:
+    """Format 1.0 (5 bytes) without a pattern, 1.1 (6 bytes) with one."""
     flags = (0x01 if state.alarm_active else 0) | (0x02 if state.battery_low else 0)
     battery = 0xFF if state.battery_percent is None else state.battery_percent
-    return bytes([0x10, flags]) + (state.press_counter & 0xFFFF).to_bytes(2, "little") + bytes([battery])
+    version = 0x10 if state.pattern is None else 0x11
+    head = bytes([version, flags]) + (state.press_counter & 0xFFFF).to_bytes(2, "little")
+    if state.pattern is None:
+        return head + bytes([battery])
+    code = next(c for c, name in SOS_PATTERNS.items() if name == state.pattern)
+    return head + bytes([battery, code])
 
 
 # --------------------------------------------------------------------------------------------------

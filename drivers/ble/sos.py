@@ -15,6 +15,13 @@ advertisement many times per press and the gateway hears only some of them, so a
 ``press_id`` is ``<series>-<counter>`` (series: when the gateway first saw this counter series), stable
 across repeats, and across gateway restarts because the tracker's state is kept in ``state_path``.
 The pure part is :class:`PressTracker`.
+
+Roles: a pendant of format 1.1 says how its latest press was made (``press``, ``double_press``,
+``long_press`` ...); ``roles`` maps those patterns to ``sos`` or ``call`` (e.g. ``{ press = "call",
+long_press = "sos" }``). A pattern the table does not list, and every press of a format 1.0 pendant, is
+an SOS. When advertisements were missed (the counter moved by more than one) only the latest press's
+pattern is known: if it is a call, the missed presses are reported as one SOS first (one of them may
+have been an emergency), unless ``roles`` makes every pattern a call (the pendant cannot send an SOS).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from drivers.base import ButtonPress, DeviceSpec, DriverContext, LinkState, Read
 from drivers.ble import gatt
 from drivers.ble.driver import BleDriver, BleOptions
 from drivers.ble.stack import Sighting
-from drivers.options import DriverOptions, option, state_path_option
+from drivers.options import PRESS_PATTERNS, DriverOptions, option, press_roles_option, role_of, state_path_option
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ class Press:
     press_id: str
     counter: int
     presses: int  # presses since the last one seen (1, or more when advertisements were missed)
+    pattern: str | None = None  # how the latest of them was made (format 1.1), None: not told
 
 
 @dataclass
@@ -56,16 +64,16 @@ class PressTracker:
         counter = state.press_counter
         if self.last_counter is None:
             self.last_counter, self.series = counter, int(now)
-            return Press(f"{self.series}-{counter}", counter, 1) if state.alarm_active else None
+            return Press(f"{self.series}-{counter}", counter, 1, state.pattern) if state.alarm_active else None
         delta = (counter - self.last_counter) % 0x10000
         if delta == 0:
             return None
         self.last_counter = counter
         if delta <= MAX_JUMP and counter != 0:
-            return Press(f"{self.series}-{counter}", counter, delta)
+            return Press(f"{self.series}-{counter}", counter, delta, state.pattern)
         # The counter went back (battery change) or jumped beyond belief: a new series.
         self.series = int(now)
-        return Press(f"{self.series}-{counter}", counter, 1) if state.alarm_active else None
+        return Press(f"{self.series}-{counter}", counter, 1, state.pattern) if state.alarm_active else None
 
     def to_json(self) -> dict[str, Any]:
         return {"last_counter": self.last_counter, "series": self.series}
@@ -83,6 +91,7 @@ class PressTracker:
 @dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
 class PendantOptions(BleOptions):
     state_path: str = state_path_option()
+    roles: dict[str, str] = press_roles_option()
 
 
 @dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
@@ -104,6 +113,9 @@ class _PendantDriver(BleDriver):
         path = self.press_state_path
         self._state = StateFile(path, self.device_id, "press state") if path is not None else None
         self.tracker = self.load_tracker()
+        self.roles = dict(opts.roles)
+        # a pendant whose every pattern is a call cannot send an SOS: its missed presses are calls too
+        self.can_sos = any(role_of(self.roles, p) == "sos" for p in PRESS_PATTERNS)
 
     def load_tracker(self) -> PressTracker:
         raw = self._state.read() if self._state is not None else None
@@ -134,12 +146,28 @@ class _PendantDriver(BleDriver):
             self.count("presses")
             if press.presses > 1:
                 self.count("missed_presses", press.presses - 1)
+            role = role_of(self.roles, press.pattern)
+            extra = {"via": via, "battery_low": state.battery_low}
+            presses = press.presses
+            if role == "call" and presses > 1 and self.can_sos:
+                # the missed presses' patterns are unknown: one of them may have been an SOS
+                self.sink(
+                    ButtonPress(
+                        device_id=self.device_id,
+                        captured_at=now,
+                        press_id=f"{press.press_id}-missed",
+                        extra={**extra, "presses": presses - 1, "missed": True},
+                    )
+                )
+                presses = 1
             self.sink(
                 ButtonPress(
                     device_id=self.device_id,
                     captured_at=now,
                     press_id=press.press_id,
-                    extra={"via": via, "presses": press.presses, "battery_low": state.battery_low},
+                    extra={**extra, "presses": presses},
+                    role=role,
+                    pattern=press.pattern,
                 )
             )
         elif state.alarm_active:

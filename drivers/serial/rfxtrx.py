@@ -10,11 +10,16 @@ Start-up follows the RFXtrx SDK as pyRFXtrx does: reset (``0D 00 00 00 00 ...``)
 arrived, ``get status`` (``0D 00 00 01 02 ...`` -> a 0x01 status packet), ``start receiver``
 (``0D 00 00 03 07 ...`` -> a 0x01 packet with subtype 0x07, "Copyright RFXCOM").
 
-An SOS press is a Security1 packet (type 0x20) whose status is *Panic* (0x06) or *Alarm* (0x02),
-e.g. from X10 security remotes, Visonic or Meiantech pendants. Such buttons repeat their frame several
-times per press; the receiver's ``seqnbr`` counts received frames, not presses, so frames of the same
-sensor closer than ``repeat_window_s`` to the previous one belong to the same press
-(:class:`PressDeduper`).
+A press is a Security1 packet (type 0x20) whose status is *Panic* (0x06) or *Alarm* (0x02), e.g. from
+X10 security remotes, Visonic or Meiantech pendants: an SOS unless ``roles`` says otherwise. A button
+with more than one key sends one sensor id with a different status per key (an X10 security remote or a
+Meiantech keyfob: *Panic*, *Arm Away*, *Arm Home*, *Disarm*, *Light 1 On* ...), so ``roles`` gives a
+role per sensor (``"a1b2c3" = "call"``: its panic/alarm presses are calls) or per sensor and command
+(``"a1b2c3/arm_home" = "call"``: that key is a call button, its panic key stays SOS). A command that
+``roles`` does not list is what it was before roles existed: panic and alarm are SOS, the others are
+not presses. Buttons repeat their frame several times per press; the receiver's ``seqnbr`` counts
+received frames, not presses, so frames of the same sensor and command closer than
+``repeat_window_s`` to the previous one belong to the same press (:class:`PressDeduper`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, ClassVar
 from RFXtrx import lowlevel
 
 from drivers.base import ButtonPress, FrameError
-from drivers.options import DEVICE_ID_RE, DriverOptions, option
+from drivers.options import BUTTON_ROLES, DEVICE_ID_RE, ButtonRole, DriverOptions, OptionError, option
 from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,21 @@ PACKET_SECURITY1 = 0x20
 SECURITY1_ALARM = 0x02
 SECURITY1_PANIC = 0x06
 SOS_STATUSES = frozenset({SECURITY1_ALARM, SECURITY1_PANIC})
+
+# Security1 statuses a key of a remote or pendant sends (RFXtrx SDK; pyRFXtrx's Security1.STATUS), by the
+# command name ``roles`` uses. The "delayed" variants (a remote's min/max switch) are the same key.
+COMMANDS: Mapping[str, tuple[int, ...]] = {
+    "panic": (SECURITY1_PANIC,),
+    "alarm": (SECURITY1_ALARM,),
+    "arm_away": (0x09, 0x0A),
+    "arm_home": (0x0B, 0x0C),
+    "disarm": (0x0D,),
+    "light1_off": (0x10,),
+    "light1_on": (0x11,),
+    "light2_off": (0x12,),
+    "light2_on": (0x13,),
+}
+COMMAND_OF: Mapping[int, str] = {status: name for name, statuses in COMMANDS.items() for status in statuses}
 
 # Lengths the SDK defines, per packet type (the first byte of a packet). A length byte that does not
 # match its type is line noise: drop one byte and look again.
@@ -167,13 +187,40 @@ class PressDeduper:
 _SENSOR_ID_RE = re.compile(r"[0-9a-fA-F]{1,6}")
 
 
+def _key_problem(key: str) -> str | None:
+    """A ``sensor`` or ``sensor/command`` key of ``buttons`` and ``roles``."""
+    sensor, _, command = key.partition("/")
+    if not _SENSOR_ID_RE.fullmatch(sensor) or ("/" in key and command not in COMMANDS):
+        return (
+            "radio sensor ids (1-6 hex digits), or sensor id/command with a command among "
+            f"{', '.join(COMMANDS)} (not {key!r})"
+        )
+    return None
+
+
 def _button_table(value: Any) -> str | None:
-    """Radio sensor ids (hex, 24 bits) -> device ids of the buttons."""
-    for sensor, device in value.items():
-        if not _SENSOR_ID_RE.fullmatch(sensor) or not DEVICE_ID_RE.fullmatch(device):
-            return "a table of radio sensor ids (1-6 hex digits) to device ids (letters, digits, _ . -)"
+    """Radio sensor ids (hex, 24 bits), or sensor id/command (one key of a remote) -> device ids."""
+    for key, device in value.items():
+        problem = _key_problem(key)
+        if problem is not None:
+            return f"a table of {problem} to device ids"
+        if not DEVICE_ID_RE.fullmatch(device):
+            return f"a table of radio sensor ids to device ids (letters, digits, _ . -; not {device!r})"
     if len({k.lower() for k in value}) != len(value):
-        return "a table naming each radio sensor id once"
+        return "a table naming each radio sensor id (and command) once"
+    return None
+
+
+def _roles_table(value: Any) -> str | None:
+    """``sensor`` or ``sensor/command`` -> ``sos`` | ``call``."""
+    for key, role in value.items():
+        problem = _key_problem(key)
+        if problem is not None:
+            return f"a table of {problem} to a role"
+        if role not in BUTTON_ROLES:
+            return f"roles {' or '.join(BUTTON_ROLES)} (not {role!r} for {key})"
+    if len({k.lower() for k in value}) != len(value):
+        return "a table naming each sensor id (and command) once"
     return None
 
 
@@ -182,19 +229,45 @@ class RfxtrxOptions(SerialOptions):
     # A receiver is silent for days: 0 = no silence timeout.
     silence_timeout_s: float = option(0.0, lo=0, hi=86400, unit="seconds", doc="0: no timeout")
     buttons: dict[str, str] = option(
-        {}, check=_button_table, refused={"a1b2c3": "not an id!"}, doc="radio sensor id (hex) -> device id"
+        {},
+        check=_button_table,
+        refused={"a1b2c3": "not an id!"},
+        doc="radio sensor id (hex) -> device id of the button; sensor id/command -> device id of one key",
     )
-    accept_unknown: bool = option(False, doc="also raise presses of unlisted buttons")
+    roles: dict[str, str] = option(
+        {},
+        check=_roles_table,
+        describe='a table of radio sensor id (or sensor id/command) -> "sos" or "call"',
+        refused={"a1b2c3": "panic"},
+        doc="sensor id -> role of its panic/alarm presses, or sensor id/command -> role of that key; "
+        "not listed: panic and alarm are SOS, other commands are not presses",
+    )
+    accept_unknown: bool = option(False, doc="also raise presses of unlisted buttons (as SOS)")
     repeat_window_s: float = option(1.0, lo=0.05, hi=60, unit="seconds", doc="frames closer than this: one press")
+
+    def check_together(self) -> None:
+        listed = {k.partition("/")[0].lower() for k in self.buttons}
+        for key in self.roles:
+            if key.partition("/")[0].lower() not in listed:
+                raise OptionError("roles", dict(self.roles), f"sensor ids listed in buttons (not {key!r})")
+        roles = {k.lower() for k in self.roles}
+        for key in self.buttons:
+            command = key.partition("/")[2]
+            if command and COMMANDS[command][0] not in SOS_STATUSES and key.lower() not in roles:
+                # a key other than panic/alarm is a press only with a role: a button that could never press
+                raise OptionError("roles", dict(self.roles), f"a role for the key {key} listed in buttons")
 
 
 class RfxtrxSosDriver(SerialDriver):
     """SOS buttons heard by an RFXtrx receiver.
 
     Options (:class:`RfxtrxOptions`): the serial keys (``port`` ...), ``buttons`` (a table: radio sensor
-    id in hex -> device id of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``), ``accept_unknown``
-    (also raise presses of unlisted buttons, as ``{receiver id}:{sensor id}``; off by default: a
-    neighbour's pendant must not call our care centre), ``repeat_window_s``.
+    id in hex -> device id of the button, e.g. ``{ "a1b2c3" = "sos-bedroom" }``, or sensor id/command ->
+    device id of one key, e.g. ``{ "0a0b0c/arm_home" = "anna-call" }``), ``roles`` (sensor id
+    or sensor id/command -> ``sos`` or ``call``, e.g. ``{ "0a0b0c/arm_home" = "call" }``; unlisted:
+    panic and alarm are SOS), ``accept_unknown`` (also raise presses of unlisted buttons, as SOS, as
+    ``{receiver id}:{sensor id}``; off by default: a neighbour's pendant must not call our care
+    centre), ``repeat_window_s``.
     """
 
     kind: ClassVar[str] = "rfxtrx-sos"
@@ -210,6 +283,8 @@ class RfxtrxSosDriver(SerialDriver):
         if not self.silence_timeout_s:
             self.silence_timeout_s = 365 * 86400.0
         self.buttons: dict[str, str] = {k.lower(): v for k, v in opts.buttons.items()}
+        self.sensors = {k.partition("/")[0] for k in self.buttons}
+        self.roles: dict[str, ButtonRole] = {k.lower(): "call" if v == "call" else "sos" for k, v in opts.roles.items()}
         self.accept_unknown = opts.accept_unknown
         self.deduper = PressDeduper(opts.repeat_window_s)
         self.framer = RfxFramer()
@@ -273,30 +348,50 @@ class RfxtrxSosDriver(SerialDriver):
         if event is None:
             self.count("other_packets")
             return
-        if event.status not in SOS_STATUSES:
+        command = COMMAND_OF.get(event.status)
+        role = self.role_of(event.sensor_id, command)
+        if command is None or role is None:
             self.count("other_security_events")
             return
-        button = self.buttons.get(event.sensor_id)
+        button = self.buttons.get(f"{event.sensor_id}/{command}") or self.buttons.get(event.sensor_id)
         if button is None:
-            if not self.accept_unknown:
+            # An SOS key of a sensor this home lists under another key is never dropped.
+            known = role == "sos" and event.sensor_id in self.sensors
+            if not self.accept_unknown and not known:
                 self.count("unknown_buttons")
                 log.debug("device %s: ignored press of unlisted button %s", self.device_id, event.sensor_id)
                 return
             button = f"{self.device_id}:{event.sensor_id}"
-        start = self.deduper.press(event.sensor_id, now)
+        # Panic and alarm keep the press identity they had before roles (one key per sensor); another
+        # key of the same remote is a press of its own, even in the same second.
+        key = event.sensor_id if event.status in SOS_STATUSES else f"{event.sensor_id}-{command}"
+        start = self.deduper.press(key, now)
         if start is None:
             self.count("repeat_frames")
             return
-        self.count("presses")
+        self.count("presses" if role == "sos" else "call_presses")
         self.sink(
             ButtonPress(
                 device_id=button,
                 captured_at=start,
-                press_id=f"{event.sensor_id}-{round(start * 1000)}",
+                press_id=f"{key}-{round(start * 1000)}",
                 extra={
                     "via": self.device_id,
-                    "radio_status": "panic" if event.status == SECURITY1_PANIC else "alarm",
+                    "radio_status": command,
                     **({"battery_low": event.battery_low} if event.battery_low is not None else {}),
                 },
+                role=role,
             )
         )
+
+    def role_of(self, sensor_id: str, command: str | None) -> ButtonRole | None:
+        """What a key asks for: its ``roles`` entry (sensor/command, then the sensor's own for panic and
+        alarm), else SOS for panic and alarm; None: not a press (another command nobody mapped)."""
+        if command is None:
+            return None
+        role = self.roles.get(f"{sensor_id}/{command}")
+        if role is not None:
+            return role
+        if COMMANDS[command][0] in SOS_STATUSES:
+            return self.roles.get(sensor_id, "sos")
+        return None

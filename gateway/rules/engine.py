@@ -22,6 +22,7 @@ from gateway.errors import GatewayError
 from gateway.rules.daytime import daytime_seconds, zone
 from gateway.rules.defaults import DEFAULT_RULES, DEFAULTS_BY_ID
 from gateway.rules.spec import (
+    CALL_SEVERITY,
     SEVERITIES,
     RuleSpec,
     RuleSpecError,
@@ -110,6 +111,9 @@ class AlertEvent:
     - ``rule``: JSON-able description of the rule (the spec without its prose, or the watch limits).
     - ``readings``: the readings behind the transition; ``detail``: e.g. ``{"mean": 0.31,
       "window_s": 3600}``, ``{"battery_percent": 12}``, ``{"silent_s": 7300}``, ``{"reason": ...}``.
+    - ``presses``: (``call`` requests) how many presses the open request holds so far: a later press
+      while it is open is ``raised`` again with a higher count (an update of the same alert id).
+    - ``drill``: (``call`` requests) the drill press of a button (gateway/drill.py).
     """
 
     alert_id: str
@@ -124,6 +128,8 @@ class AlertEvent:
     readings: tuple[ReadingRef, ...] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
     reminder: int = 0  # 1, 2, ... for reminders
+    presses: int = 0  # call requests: presses so far (0: not a press alert)
+    drill: bool = False
 
     @property
     def rule_id(self) -> str:
@@ -132,7 +138,8 @@ class AlertEvent:
     @property
     def key(self) -> str:
         """A stable identity of this event (for ``msg_id``): the same on every replay."""
-        return f"{self.alert_id}|{self.state}" + (f"|{self.reminder}" if self.state == "reminder" else "")
+        key = f"{self.alert_id}|{self.state}" + (f"|{self.reminder}" if self.state == "reminder" else "")
+        return key + (f"|{self.presses}" if self.presses > 1 and self.state == "raised" else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, times in POSIX seconds (the alert message formats them as RFC 3339)."""
@@ -149,6 +156,8 @@ class AlertEvent:
             "readings": [r.to_dict() for r in self.readings],
             "detail": dict(self.detail),
             "reminder": self.reminder,
+            "presses": self.presses,
+            "drill": self.drill,
         }
 
     @classmethod
@@ -170,6 +179,8 @@ class AlertEvent:
             readings=tuple(ReadingRef.from_dict(r) for r in d["readings"]),
             detail=dict(d["detail"]),
             reminder=int(d["reminder"]),
+            presses=int(d.get("presses", 0)),
+            drill=bool(d.get("drill", False)),
         )
 
 
@@ -189,6 +200,9 @@ class OpenAlert:
     acked_at: float | None
     reminders: int
     external: bool
+    presses: int = 0  # call requests: presses so far
+    drill: bool = False
+    last_press_at: float | None = None  # call requests: engine time of the latest press
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,6 +224,9 @@ class _Alert:
     next_reminder_at: float | None = None
     reminders: int = 0
     external: bool = False  # raised by the daemon (SOS): closed by ack, never by the engine
+    presses: int = 0  # a call request: presses so far
+    drill: bool = False
+    last_press_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -226,6 +243,9 @@ class _Alert:
             "next_reminder_at": self.next_reminder_at,
             "reminders": self.reminders,
             "external": self.external,
+            "presses": self.presses,
+            "drill": self.drill,
+            "last_press_at": self.last_press_at,
         }
 
     @classmethod
@@ -247,6 +267,10 @@ class _Alert:
             next_reminder_at=None if d["next_reminder_at"] is None else float(d["next_reminder_at"]),
             reminders=int(d["reminders"]),
             external=bool(d["external"]),
+            # absent in snapshots written before call requests existed
+            presses=int(d.get("presses", 0)),
+            drill=bool(d.get("drill", False)),
+            last_press_at=_opt(d.get("last_press_at")),
         )
 
 
@@ -462,6 +486,7 @@ class RuleEngine:
         self._states: dict[tuple[str, str, str], _RuleState] = {}
         self._alerts: dict[str, _Alert] = {}
         self._watch: dict[tuple[str, str | None], str] = {}  # (kind, device) -> open alert id
+        self._calls: dict[str, str] = {}  # coalescing key (person or button) -> open call request id
         self._recent: OrderedDict[str, float] = OrderedDict()  # closed or acked alert ids
         self._queued: list[AlertEvent] = []
         # (due, alert id) of scheduled reminders, a heap: tick pops what is due instead of visiting every
@@ -855,11 +880,17 @@ class RuleEngine:
         while self._reminders and self._reminders[0][0] <= now:
             due, aid = heapq.heappop(self._reminders)
             a = self._alerts.get(aid)
-            if a is None or a.next_reminder_at != due or severity_rank(a.severity) < min_rank:
+            if a is None or a.next_reminder_at != due:
                 continue
-            a.reminders += 1
-            a.next_reminder_at = now + w.reminder_interval_s
-            heapq.heappush(self._reminders, (a.next_reminder_at, aid))
+            if a.kind == "call":  # a call request is reminded once (WatchSettings.call_reminder_s)
+                a.reminders += 1
+                a.next_reminder_at = None
+            elif severity_rank(a.severity) < min_rank:
+                continue
+            else:
+                a.reminders += 1
+                a.next_reminder_at = now + w.reminder_interval_s
+                heapq.heappush(self._reminders, (a.next_reminder_at, aid))
             self._n["reminders"] += 1
             out.append(self._event(a, "reminder", now, (), {"since_raised_s": round(now - a.raised_at, 3)}))
         return out
@@ -935,13 +966,19 @@ class RuleEngine:
             readings,
             dict(detail),
             a.reminders if state == "reminder" else 0,
+            a.presses,
+            a.drill,
         )
 
     def _schedule(self, a: _Alert, now: float) -> None:
-        eligible = a.acked_at is None and severity_rank(a.severity) >= severity_rank(
-            self.settings.reminder_min_severity
-        )
-        a.next_reminder_at = now + self.settings.reminder_interval_s if eligible else None
+        if a.kind == "call":  # one reminder, call_reminder_s after the first press
+            due = a.raised_at + self.settings.call_reminder_s
+            a.next_reminder_at = due if a.acked_at is None and a.reminders == 0 else None
+        else:
+            eligible = a.acked_at is None and severity_rank(a.severity) >= severity_rank(
+                self.settings.reminder_min_severity
+            )
+            a.next_reminder_at = now + self.settings.reminder_interval_s if eligible else None
         if a.next_reminder_at is not None:
             heapq.heappush(self._reminders, (a.next_reminder_at, a.alert_id))
 
@@ -1005,6 +1042,62 @@ class RuleEngine:
         self._alerts[alert_id] = a
         self._schedule(a, now)
 
+    def _call_key(self, person_id: str, device_id: str) -> str:
+        """Whose call requests coalesce: a person's (every call button given to them), or a button's
+        own when it belongs to nobody (two unassigned buttons may be two people)."""
+        return f"device:{device_id}" if person_id == self.default_person else f"person:{person_id}"
+
+    def call_press(
+        self, alert_id: str, device_id: str, press_id: str, at: float, now: float, *, drill: bool = False
+    ) -> AlertEvent:
+        """A press of a ``call`` button (the "health butler"), already judged by the daemon's drill
+        window. With no call request open for the same person (or the same button, for a button of
+        nobody) it opens one with ``alert_id``: ``raised``, severity ``CALL_SEVERITY``, ``presses = 1``,
+        one local reminder after ``WatchSettings.call_reminder_s``. While one is open, the press adds
+        to it: the event is ``raised`` again for *that* alert id with ``presses`` + 1 (the cloud's
+        update of the same request; its key, and so its ``msg_id``, is new). A drill press opens a
+        drill request of its own and is never added to, nor adds to, a real one. The request closes
+        on :meth:`ack` (``cmd/alert-ack``). ``at`` is the press's capture time."""
+        dev = self._device(device_id, now)
+        key = self._call_key(dev.person_id, device_id)
+        detail: dict[str, Any] = {"press_id": press_id}
+        open_id = None if drill else self._calls.get(key)
+        a = self._alerts.get(open_id) if open_id is not None else None
+        if a is not None:
+            a.presses += 1
+            a.last_press_at = now
+            if device_id != a.device_id:
+                detail["pressed_by"] = device_id
+            log.info("call request %s: press %d", a.alert_id, a.presses)
+            return self._event(a, "raised", at, (), detail)
+        known = self._alerts.get(alert_id)
+        if known is not None:  # the same press again (a replay)
+            return self._event(known, "raised", at, (), detail)
+        rule = {"id": "call", "kind": "call", "reminder_s": self.settings.call_reminder_s}
+        a = _Alert(
+            alert_id,
+            "call",
+            CALL_SEVERITY,
+            dev.person_id,
+            device_id,
+            rule,
+            at,
+            now,
+            external=True,
+            presses=1,
+            drill=drill,
+            last_press_at=now,
+        )
+        if alert_id in self._recent:  # a replay of a press already acknowledged: its message again, nothing opens
+            return self._event(a, "raised", at, (), detail)
+        if not drill:
+            self._calls[key] = alert_id
+        self._alerts[alert_id] = a
+        self._schedule(a, now)
+        self._n["raised"] += 1
+        log.info("call request %s raised (%s)%s", alert_id, CALL_SEVERITY, " (drill)" if drill else "")
+        return self._event(a, "raised", at, (), detail)
+
     def ack(self, alert_id: str, now: float) -> bool:
         """The care centre took the alert (``cmd/alert-ack``): no more reminders. An external alert
         (SOS) closes; a rule alert stays open until its condition clears. False: unknown id."""
@@ -1017,6 +1110,8 @@ class RuleEngine:
         if a.external:
             del self._alerts[alert_id]
             self._remember(alert_id, now)
+            if a.kind == "call":
+                self._calls = {k: v for k, v in self._calls.items() if v != alert_id}
         return True
 
     # -- views --------------------------------------------------------------------------------------
@@ -1036,6 +1131,9 @@ class RuleEngine:
                 a.acked_at,
                 a.reminders,
                 a.external,
+                a.presses,
+                a.drill,
+                a.last_press_at,
             )
             for a in self._alerts.values()
         )
@@ -1102,6 +1200,11 @@ class RuleEngine:
         heapq.heapify(self._reminders)
         self._recent = r.recent
         self._watch = r.watch
+        self._calls = {
+            self._call_key(a.person_id or self.default_person, a.device_id or ""): aid
+            for aid, a in sorted(r.alerts.items(), key=lambda kv: kv[1].raised_at)
+            if a.kind == "call" and not a.drill and a.device_id is not None
+        }
         self._states = r.states
         self._queued.extend(r.queued)
         self._uplink_down_since = r.uplink_down_since

@@ -40,7 +40,10 @@ WATCH_KINDS = (
     "outbox_full",
     "uplink_down",
 )
-RESERVED_KINDS = ("sos", *WATCH_KINDS)
+RESERVED_KINDS = ("sos", "call", *WATCH_KINDS)
+# A press of a ``call`` button (the "health butler": staff phone back for an everyday need) is an
+# alert of this severity: never critical (that is SOS), never behind the reminder cadence of SOS.
+CALL_SEVERITY: Severity = "medium"
 
 
 def severity_rank(s: Severity) -> int:
@@ -437,6 +440,9 @@ class WatchSettings:
     # local reminders of open, unacknowledged alerts at or above this severity
     reminder_min_severity: Severity = "high"
     reminder_interval_s: float = 300.0
+    # an open, unacknowledged call request (a press of a ``call`` button) is reminded once, this long
+    # after its first press (whatever reminder_min_severity says: a call is medium)
+    call_reminder_s: float = 900.0
 
     def __post_init__(self) -> None:
         w = "watch"
@@ -467,6 +473,7 @@ class WatchSettings:
             raise RuleSpecError(w, "outbox_fill", "expected outbox_fill_clear < outbox_fill < outbox_fill_severe")
         _finite(w, "uplink_down_s", self.uplink_down_s, 1.0, MAX_DURATION_S)
         _finite(w, "reminder_interval_s", self.reminder_interval_s, 1.0, MAX_DURATION_S)
+        _finite(w, "call_reminder_s", self.call_reminder_s, 1.0, MAX_DURATION_S)
         for f in fields(self):
             if f.name.endswith("severity"):
                 _severity(w, f.name, getattr(self, f.name), allow_critical=f.name == "reminder_min_severity")
@@ -480,6 +487,7 @@ class WatchSettings:
 
 
 __all__ = [
+    "CALL_SEVERITY",
     "OPS",
     "RESERVED_KINDS",
     "SEVERITIES",

@@ -5,8 +5,9 @@ One request per line, one reply per line: ``{"op": "press", "device": "C0:FF:EE:
 
 =====================  ===========================================================================
 ``status``             adapters, devices, counters, stored cuff records
-``press``              SOS pendant: one press (``device``); BTHome button: one ``event`` (``press``,
-                       ``double_press``, ``long_press``... default ``press``)
+``press``              SOS pendant: one press (``device``); ``pattern`` (``press``, ``double_press``,
+                       ``long_press`` ...) makes it send format 1.1 (the latest press's pattern);
+                       BTHome button: one ``event`` (the same names, default ``press``)
 ``measure``            cuff: the user takes a measurement (``systolic``, ``diastolic``, ``pulse``
                        optional); indicated live when connected, stored and advertised otherwise
 ``add_records``        cuff: ``count`` measurements stored while nobody was connected

@@ -516,6 +516,7 @@ class SosPendant(Peripheral):
         self.notify_variant = notify
         self.battery = battery
         self.counter = 0
+        self.pattern: str | None = None  # how the latest press was made: format 1.1 once set
         self.last_press = -math.inf
         self.idle_interval_s = idle_interval_s
         self.burst_interval_s = burst_interval_s
@@ -540,7 +541,7 @@ class SosPendant(Peripheral):
         return time.monotonic() - self.last_press < self.alarm_s
 
     def _state(self) -> bytes:
-        return profiles.sos_state(self.counter, self._alarm(), self.battery, self.battery < 20)
+        return profiles.sos_state(self.counter, self._alarm(), self.battery, self.battery < 20, self.pattern)
 
     def advertising(self) -> bool:
         return self.link is None if self.notify_variant else True
@@ -558,10 +559,16 @@ class SosPendant(Peripheral):
             return {}
         return {SOS_COMPANY_ID: self._state()}
 
-    async def press(self) -> dict[str, Any]:
+    async def press(self, pattern: str | None = None) -> dict[str, Any]:
+        """One press; ``pattern`` (``press``, ``double_press``, ``long_press`` ...) makes the pendant
+        send format 1.1 (the latest press's pattern) from now on."""
+        if pattern is not None and pattern not in profiles.SOS_PATTERN_CODES:
+            raise ValueError(f"pattern {pattern!r}: expected one of {', '.join(profiles.SOS_PATTERN_CODES)}")
         self.counter = (self.counter + 1) & 0xFFFF
+        if pattern is not None:
+            self.pattern = pattern
         self.last_press = time.monotonic()
-        info = {"counter": self.counter, "pressed_at": time.time(), "pressed_mono": self.last_press}
+        info = {"counter": self.counter, "pattern": pattern, "pressed_at": time.time(), "pressed_mono": self.last_press}
         self.presses.append(info)
         self.wake()
         if self.notify_variant and self.link is not None:
@@ -573,7 +580,8 @@ class SosPendant(Peripheral):
 
     async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "press":
-            return await self.press()
+            pattern = args.get("pattern")
+            return await self.press(None if pattern is None else str(pattern))
         if op == "battery_change":
             # A new battery: the counter starts again from 0.
             self.counter = 0

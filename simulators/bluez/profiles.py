@@ -149,6 +149,24 @@ def ppg_feature(rate_hz: float, per_frame: int) -> bytes:
     return struct.pack("<BBHBB", 1, 0x07, round(rate_hz * 10), 22, per_frame)
 
 
-def sos_state(counter: int, alarm: bool, battery: int | None, battery_low: bool = False) -> bytes:
+# SOS pendant format 1.1: how the latest press was made (BTHome v2's button event codes, docs/ble.md)
+SOS_PATTERN_CODES = {
+    "press": 0x01,
+    "double_press": 0x02,
+    "triple_press": 0x03,
+    "long_press": 0x04,
+    "long_double_press": 0x05,
+    "long_triple_press": 0x06,
+    "hold_press": 0x80,
+}
+
+
+def sos_state(
+    counter: int, alarm: bool, battery: int | None, battery_low: bool = False, pattern: str | None = None
+) -> bytes:
+    """Format 1.0 (5 bytes), or 1.1 (6 bytes: the latest press's pattern) when ``pattern`` is given."""
     flags = (0x01 if alarm else 0) | (0x02 if battery_low else 0)
-    return struct.pack("<BBHB", 0x10, flags, counter & 0xFFFF, 0xFF if battery is None else battery)
+    battery_byte = 0xFF if battery is None else battery
+    if pattern is None:
+        return struct.pack("<BBHB", 0x10, flags, counter & 0xFFFF, battery_byte)
+    return struct.pack("<BBHBB", 0x11, flags, counter & 0xFFFF, battery_byte, SOS_PATTERN_CODES[pattern])
