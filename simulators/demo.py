@@ -39,7 +39,7 @@ from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
 from simulators.modem_sim import ModemSimulator, SentSms, demo_alarm_section, describe_sms
 from simulators.procs import die_with_parent, stop_process
-from simulators.rfxtrx_sim import RfxtrxSimulator
+from simulators.rfxtrx_sim import STATUSES, RfxtrxSimulator
 from simulators.viewer import Viewer, describe
 
 BUTTON = 0xA1B2C3
@@ -50,6 +50,7 @@ BLE_CUFF = "C0:FF:EE:00:00:02"
 BLE_SOS = "C0:FF:EE:00:00:03"
 
 DEMO_PERSON = "grandma"
+CALL_AT_S = 4.0  # the pendant's call key is pressed once, this long after the start
 
 BLE_DEVICES = f"""
 [[devices]]
@@ -118,6 +119,8 @@ kind = "rfxtrx-sos"
 transport = "serial"
 port = "{link}"
 buttons = {{ "{BUTTON:06x}" = "sos-pendant-1" }}
+# the pendant's second key calls the health butler (the service centre phones back); its panic key is SOS
+roles = {{ "{BUTTON:06x}/arm_home" = "call" }}
 
 [[devices]]
 id = "oximeter-1"
@@ -224,6 +227,7 @@ async def _demo(args: argparse.Namespace) -> int:
     gatewayd: subprocess.Popen[bytes] | None = None
     ble = None if args.no_ble else start_ble(workdir)
     presses = 0
+    called = False
     started = time.monotonic()
     try:
         viewer.start()
@@ -254,6 +258,7 @@ async def _demo(args: argparse.Namespace) -> int:
             print(f"demo: gatewayd pid {gatewayd.pid} with {cfg}", flush=True)
             print(f"demo: try `gatewayctl --config {cfg} status` in another terminal", flush=True)
             outage_done = args.outage_at <= 0
+            outage_until: float | None = None  # the broker is down until then (monotonic)
             next_press = time.monotonic() + 3.0
             while (args.duration <= 0 or time.monotonic() - started < args.duration) and not stop.is_set():
                 if gatewayd.poll() is not None:
@@ -276,13 +281,17 @@ async def _demo(args: argparse.Namespace) -> int:
                     if sim.started and await sim.press(BUTTON):
                         presses += 1
                         print("demo: SOS pendant pressed", flush=True)
-                if not outage_done and now - started >= args.outage_at:
-                    outage_done = True
+                if not called and now - started >= CALL_AT_S and sim.started:
+                    called = await sim.press(BUTTON, status=STATUSES["arm_home"])
+                    if called:
+                        print("demo: call key of the pendant pressed (the health butler, not an emergency)", flush=True)
+                if not outage_done and outage_until is None and now - started >= args.outage_at:
                     print(f"demo: broker DOWN for {args.outage_for:g} s (presses keep coming)", flush=True)
                     viewer.stop()
                     broker.stop()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), args.outage_for)
+                    outage_until = now + args.outage_for
+                if outage_until is not None and now >= outage_until:
+                    outage_done, outage_until = True, None
                     broker.start()
                     viewer = Viewer("127.0.0.1", broker.port, session_id=f"demo-cloud-{broker.port}")
                     viewer.on_message = show
@@ -309,7 +318,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 ble[0].stdout.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    for line in seen.report(presses):
+    for line in seen.report(presses, int(called)):
         print(f"demo: {line}", flush=True)
     return 0 if seen.sos_alerts else 1
 
@@ -344,6 +353,7 @@ class Summary:
         self.sos_alerts: set[str] = set()  # alert ids (the SMS fallback's report repeats its alert's id)
         self.historical = 0
         self.sms: list[SentSms] = []
+        self.call_alerts: set[str] = set()  # call requests (a request's updates repeat its id)
         self.summaries = 0  # daily summaries printed (the cloud's count is by_type["summary"])
 
     def sms_sent(self, sms: SentSms) -> None:
@@ -357,6 +367,8 @@ class Summary:
             self.seqs.add(doc["seq"])
         if kind == "alert" and doc.get("kind") == "sos":
             self.sos_alerts.add(str(doc.get("alert_id")))
+        if kind == "alert" and doc.get("kind") == "call":
+            self.call_alerts.add(str(doc.get("alert_id")))
         if doc.get("historical"):
             self.historical += 1
 
@@ -370,7 +382,7 @@ class Summary:
                 out.append((a + 1, b - 1))
         return out
 
-    def report(self, presses: int) -> list[str]:
+    def report(self, presses: int, calls: int) -> list[str]:
         types = ", ".join(f"{n} {t}" for t, n in sorted(self.by_type.items())) or "nothing"
         lines = [f"the cloud received {types} ({self.historical} historical)"]
         if self.seqs:
@@ -380,6 +392,7 @@ class Summary:
         lines.append(
             f"{presses} SOS presses made, {len(self.sos_alerts)} SOS alerts received, {len(self.sms)} SMS sent"
         )
+        lines.append(f"{calls} call presses made, {len(self.call_alerts)} call requests received")
         lines.append(f"{self.summaries} daily summary printed, {self.by_type.get('summary', 0)} received by the cloud")
         return lines
 

@@ -71,7 +71,7 @@ def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path
             proc.wait()
     assert proc.returncode == 0, out[-3000:]
     no_orphans(workdir)
-    summary = [line for line in out.splitlines() if line.startswith("demo: ")][-4:]
+    summary = [line for line in out.splitlines() if line.startswith("demo: ")][-5:]
     assert re.match(r"demo: the cloud received .*\d+ alert", summary[0]), summary
     assert re.match(r"demo: seq 1\.\.\d+, no gap$", summary[1]), summary
     counts = re.match(r"demo: (\d+) SOS presses made, (\d+) SOS alerts received, (\d+) SMS sent", summary[2])
@@ -80,8 +80,10 @@ def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path
     assert made >= 3 and 1 <= received <= made, summary
     assert sms >= 1, f"a press during the broker outage also went out by SMS: {out[-4000:]}"
     assert "demo: modem -> SMS to" in out
-    assert summary[3] == "demo: 1 daily summary printed, 1 received by the cloud", summary
-    assert "demo: | Daily summary for grandma" in out and "demo: | Buttons         SOS pressed" in out
+    assert summary[3] == "demo: 1 call presses made, 1 call requests received", summary
+    assert re.search(r"cloud <- .*ALERT call \[medium\]", out), "the call key's request reached the cloud"
+    assert summary[4] == "demo: 1 daily summary printed, 1 received by the cloud", summary
+    assert "demo: | Daily summary for grandma" in out and "call pressed 1" in out
 
 
 def test_demo_stopped_by_sigterm_or_killed_leaves_no_process_behind(tmp_path: Path) -> None:
