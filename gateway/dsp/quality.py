@@ -52,8 +52,10 @@ class SignalQuality:
     perfusion_index: float | None = None
 
 
-def template_correlation(y: FloatArray, peaks: IntArray, fs: float) -> float:
-    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse."""
+def template_correlation(y: FloatArray, peaks: IntArray, fs: float, *, leave_one_out: bool = False) -> float:
+    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse; with
+    ``leave_one_out``, with the average of the *other* pulses (no self-correlation: with only 3-5 pulses
+    in a window each is a quarter or more of its own template, which lets an artefact pass).)"""
     if len(peaks) < 3:
         return 0.0
     ibi = float(np.median(np.diff(peaks)))
@@ -65,6 +67,13 @@ def template_correlation(y: FloatArray, peaks: IntArray, fs: float) -> float:
     beats = y[idx]
     beats = beats - beats.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
+    if leave_one_out:
+        others = (beats.sum(axis=0)[None, :] - beats) / (len(beats) - 1)
+        on = np.sqrt(np.einsum("ij,ij->i", others, others))
+        if not (np.all(on > 0) and np.all(norms > 0)):
+            return 0.0
+        loo = np.einsum("ij,ij->i", beats, others) / (norms * on)
+        return float(np.clip(np.mean(loo), 0.0, 1.0))
     template = beats.mean(axis=0)
     tn = float(np.sqrt(template @ template))
     if tn == 0.0 or not np.all(norms > 0):
@@ -112,11 +121,16 @@ def assess(
     raw: FloatArray | None = None,
     check_perfusion: bool = False,
     motion: npt.ArrayLike | None = None,
+    min_beats: int = MIN_BEATS,
+    min_perfusion: float = MIN_PERFUSION,
+    leave_one_out: bool = False,
 ) -> SignalQuality:
     """Quality of a band-passed PPG window ``y`` with detected systolic ``peaks`` (sample indices).
 
     ``raw`` is the unfiltered window (flat-line check; perfusion when ``check_perfusion``: only for raw
-    optical intensities with a meaningful DC level, not for a device's already normalised pleth)."""
+    optical intensities with a meaningful DC level, not for a device's already normalised pleth).
+    ``min_beats`` and ``min_perfusion``: the heart rate's limits by default; SpO2 has its own
+    (:mod:`gateway.dsp.spo2`)."""
     reasons: list[str] = []
     n = len(y)
     if raw is not None and longest_flat_run(raw) > MAX_FLAT_S * fs:
@@ -124,7 +138,7 @@ def assess(
     pi: float | None = None
     if raw is not None and check_perfusion:
         pi = perfusion_index(raw, y)
-        if pi < MIN_PERFUSION:
+        if pi < min_perfusion:
             reasons.append("no-pulse")
         elif pi > MAX_PERFUSION:
             reasons.append("ambient-light")
@@ -133,7 +147,7 @@ def assess(
         mg = motion_level(motion)
         if not mg <= MAX_MOTION_G:
             reasons.append("motion")
-    if len(peaks) < MIN_BEATS:
+    if len(peaks) < max(3, min_beats):
         reasons.append("too-few-beats")
     else:
         ibi = np.diff(peaks) / fs
@@ -145,7 +159,7 @@ def assess(
         edge = MAX_EDGE_S * fs
         if peaks[0] > edge or (n - 1 - peaks[-1]) > edge:
             reasons.append("gap")
-    corr = template_correlation(y, peaks, fs)
+    corr = template_correlation(y, peaks, fs, leave_one_out=leave_one_out)
     if corr < MIN_TEMPLATE_CORR:
         reasons.append("shape")
     score = float(np.clip((corr - 0.5) / 0.5, 0.0, 1.0))

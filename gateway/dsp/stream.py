@@ -304,7 +304,7 @@ class WristStream:
             out.append(self._m(LOINC_HR, hr.bpm, "/min", t_end, hr.quality, extra))
             self.counters.hr_emitted += 1
         if "red" in buf and "ir" in buf and inverted and src is buf["ir"]:
-            sp = spo2_from(buf["red"], buf["ir"], fs, self.calibration, hr, y)
+            sp = spo2_from(buf["red"], buf["ir"], fs, self.calibration, hr, y, motion=motion)
             if sp.percent is not None:
                 out.append(self._m(LOINC_SPO2, sp.percent, "%", t_end, sp.quality, extra))
                 self.counters.spo2_emitted += 1
