@@ -17,7 +17,8 @@ this bench uses the generator (simulators/ppg.py), whose saturation is known sam
   without one). A *false desaturation* is a value below 90 % or more than 4 points below the truth
   (goal: none); ``motion_coverage`` says how many still got a value.
 
-Usage: ``python -m bench.dsp_eval_spo2 [--quick]``. Ends with one ``RESULT`` line.
+Usage: ``python -m bench.dsp_eval_spo2 [--quick]``; ``evaluate()`` is called by bench/dsp_eval.py.
+Ends with one ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -51,11 +52,9 @@ def old_gate(red: np.ndarray, ir: np.ndarray, percent: float | None, corr: float
     return hr.bpm is not None and corr >= OLD_CORR and percent is not None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one noise level, three durations")
-    args = ap.parse_args(argv)
-    noises = NOISES[:1] if args.quick else NOISES
+def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
+    """The figures (module docstring) and the refusal reasons on the usable recordings."""
+    noises = NOISES[:1] if quick else NOISES
     t_start = time.perf_counter()
     got: dict[float, list[bool]] = {p: [] for p in PERFUSIONS}
     by_hr: dict[float, list[bool]] = {h: [] for h in HRS}
@@ -117,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     figures["motion_coverage"] = motion_got / motion_n
     figures["false_desaturations"] = float(false_desat)
     figures["seconds"] = time.perf_counter() - t_start
+    return figures, reasons
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one noise level, three durations")
+    args = ap.parse_args(argv)
+    figures, reasons = evaluate(args.quick)
     for key in sorted(figures):
         print(f"  {key:28s} {figures[key]:.4g}")
     print("  refusals (usable grid): " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
