@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.dsp.heart import BAND_HZ, HeartRate, analyse, bandpass, clean_window
-from gateway.dsp.quality import SignalQuality, assess
+from gateway.dsp.quality import MIN_TEMPLATE_CORR, SignalQuality, assess, template_correlation
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -48,6 +48,9 @@ MIN_BEATS = 3  # the fewest pulses a beat-shape template is formed from
 MIN_PERFUSION = 0.0002  # 0.02 % AC/DC: Masimo SET's low-perfusion specification
 MAX_SE_PCT = 1.0  # the window's standard error of SpO2: a third of FDA 2013's 3 % Arms
 PLAUSIBLE = (50.0, 102.0)  # outside: no value; within, clipped to 100
+# the heart rate's refusals SpO2's own limits may overturn; any other refusal holds for SpO2 too (the
+# other rules are the same, and the leave-one-out template is the stricter one)
+_RELAXED = frozenset({"too-few-beats", "no-pulse", "irregular-detection"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,17 +165,23 @@ def spo2_from(
     ratio = slope * scale
     # SpO2's own limits (3 beats, 0.02 % perfusion, leave-one-out beat template) on the IR analysis
     peaks = np.unique(np.clip(np.round(hr.beat_times_s * fs).astype(np.intp), 0, len(i) - 1))
-    sqi = assess(
-        y_ir,
-        peaks,
-        fs,
-        raw=i,
-        check_perfusion=True,
-        motion=motion,
-        min_beats=MIN_BEATS,
-        min_perfusion=MIN_PERFUSION,
-        leave_one_out=True,
-    )
+    sqi = hr.sqi
+    if sqi.usable:
+        # every other rule passed with the heart rate's stricter limits: only the template is left
+        if template_correlation(y_ir, peaks, fs, leave_one_out=True) < MIN_TEMPLATE_CORR:
+            sqi = _failed(hr.sqi, "shape")
+    elif set(sqi.reasons) <= _RELAXED:
+        sqi = assess(
+            y_ir,
+            peaks,
+            fs,
+            raw=i,
+            check_perfusion=True,
+            motion=motion,
+            min_beats=MIN_BEATS,
+            min_perfusion=MIN_PERFUSION,
+            leave_one_out=True,
+        )
     if not sqi.usable:
         return SpO2(None, ratio, 0.0, sqi, corr)
     # standard error of the slope, residuals band-limited: 2 B T independent samples
