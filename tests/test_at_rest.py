@@ -180,3 +180,18 @@ def test_virtual_wrist_streams_acceleration_and_its_activity_flag_through_bleak(
 def _rest_hr(readings: Readings) -> bool:
     hr = [m for m in readings.of(Measurement, "wrist-1") if m.code == LOINC_HEART_RATE]
     return bool(hr) and hr[-1].extra.get("at_rest") is True and any(m.extra.get("at_rest") is False for m in hr)
+
+
+def test_the_stream_gives_its_verdict_for_a_device_computed_heart_rate(walk_then_rest: PpgRecording) -> None:
+    stream = WristStream("wrist-1")
+    assert stream.at_rest(T0) is None  # nothing analysed yet
+    _hr(stream, walk_then_rest)
+    end = T0 + len(walk_then_rest) / FS
+    assert stream.at_rest(end) is True and stream.at_rest(end - 1.0) is True
+    assert stream.at_rest(end + 60.0) is None  # stale: the stream stopped
+    walking = WristStream("wrist-1")
+    _hr(walking, generate(60.0, fs=FS, hr_bpm=HR, walking=[(0.0, 60.0)], seed=15))
+    assert walking.at_rest(T0 + 60.0) is False
+    unmarked = WristStream("wrist-1")
+    _hr(unmarked, walk_then_rest, accel=False)
+    assert unmarked.at_rest(end) is None

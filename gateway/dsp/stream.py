@@ -142,6 +142,7 @@ class WristStream:
         self._since_motion_hop = 0
         # at rest or not, from the accelerometer (gateway.dsp.activity); survives gaps and restarts
         self._rest = RestTracker(settle_s=rest_settle_s)
+        self._verdict: tuple[bool, float] | None = None  # the last at-rest verdict and its window's end
 
     # -- waveform -------------------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ class WristStream:
             return []  # at rest: the time-domain path answers (and re-centres the tracker)
         m = self._tracker.update(src, acc, self._fs, t_end)
         self.counters.motion_windows += 1
-        at_rest = self._rest.update(acc, self._fs, t_end)
+        at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
         if m.bpm is None:
             self._count("low-confidence")
             return []
@@ -286,7 +287,7 @@ class WristStream:
         extra: dict[str, Any] = {"window_s": self.window_s}
         if motion is not None:
             extra["method"] = "time"
-            at_rest = self._rest.update(motion, fs, t_end) if motion.ndim == 2 else None
+            at_rest = self._note_rest(self._rest.update(motion, fs, t_end) if motion.ndim == 2 else None, t_end)
             if at_rest is None:
                 self._count("activity-unknown")
             else:
@@ -312,6 +313,21 @@ class WristStream:
                 for r in sp.sqi.reasons:
                     self._count(r)
         return out
+
+    def _note_rest(self, verdict: bool | None, t_end: float) -> bool | None:
+        if verdict is not None:
+            self._verdict = (verdict, t_end)
+        return verdict
+
+    def at_rest(self, t: float) -> bool | None:
+        """The accelerometer's at-rest verdict for time ``t`` (the readings' clock): that of the last
+        analysed window if it ended within one hop-and-window (:data:`WINDOW_S` + :data:`HOP_S`) of
+        ``t``, else ``None``. For marking the heart rate a device computed itself (``method="device"``),
+        which the stream does not see, with the same verdict as the gateway's own."""
+        if self._verdict is None:
+            return None
+        verdict, at = self._verdict
+        return verdict if abs(t - at) <= self.window_s + self.hop_s else None
 
     def _take_beats(self, beats: FloatArray, t_start: float, t_end: float) -> None:
         inner = beats[(beats >= t_start + EDGE_S) & (beats <= t_end - EDGE_S)]
