@@ -3,29 +3,33 @@
 so the ``rest_only`` rules (hr_high, hr_low) ignore a walk at the same heart rate as a tachycardia at rest.
 
 Generator walking and resting segments at the same heart rate through the real WristStream and the real
-rules engine; the frame format; the virtual BlueZ wrist through unmodified bleak and the wrist driver."""
+rules engine; the frame format and its assembly; the virtual BlueZ wrist walking then sitting, through
+unmodified bleak and gatewayd as a process to the cloud."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from drivers.base import Measurement, Waveform
 from drivers.ble import gatt
-from drivers.ble.wrist import PpgAssembler, WristMonitorDriver
+from drivers.ble.wrist import PpgAssembler
 from gateway.dsp.activity import REST_SETTLE_S, SEDENTARY_ENMO_G, RestTracker, enmo, peak_epoch_enmo
 from gateway.dsp.stream import LOINC_HR, WINDOW_S, WristStream
 from gateway.rules.defaults import LOINC_HEART_RATE
 from simulators.bluez import profiles
 from simulators.bluez.peripherals import WristMonitor
 from simulators.bluez.physiology import WristMotion, make_source
+from simulators.broker import Mosquitto
 from simulators.ppg import PpgRecording, generate
-from tests.ble.util import Readings, make_driver, running, virtual_bluez
-from tests.helpers import until
+from tests.ble.util import virtual_bluez
+from tests.helpers import Collector, GatewayProcess, gateway_config, until
 from tests.rules.util import T0, engine, feed_series, states
 
 FS = 50.0
@@ -139,49 +143,6 @@ def test_ppg_frame_format_2_carries_acceleration_and_activity_and_format_1_still
 WRIST = "C0:FF:EE:00:00:14"
 
 
-def test_virtual_wrist_streams_acceleration_and_its_activity_flag_through_bleak() -> None:
-    """Virtual BlueZ -> bleak -> wrist driver -> WristStream: walking, then sitting at the same rate."""
-    wrist = WristMonitor(WRIST, ppg_per_frame=10, hr_bpm=HR, accel=True)
-    assert wrist.motion is not None
-    wrist.motion.rest_settle_s = 3.0  # the device's own settling, short for the test
-    readings = Readings()
-    drv = make_driver("ble-wrist", "wrist-1", WRIST, readings, report_every_s=1.0)
-    assert isinstance(drv, WristMonitorDriver)
-    walk_s = 8.0
-
-    async def go() -> None:
-        async with virtual_bluez([wrist]):
-            async with running(drv):
-                await until(lambda: wrist.frames_sent > 0, 15, "the PPG stream")
-                await wrist.command("set", {"walking": True})
-                await asyncio.sleep(walk_s)
-                await wrist.command("set", {"walking": False})
-                await until(lambda: _rest_hr(readings), 15, "a device heart rate at rest")
-                await asyncio.sleep(12.0)  # a whole DSP window of sitting
-
-    asyncio.run(go())
-    blocks: list[Waveform] = readings.of(Waveform, "wrist-1")
-    assert blocks and all({"accel_x", "accel_y", "accel_z", "ir", "red", "green"} <= set(w.channels) for w in blocks)
-    norms = [math.hypot(*(w.channels[a][0] for a in ("accel_x", "accel_y", "accel_z"))) for w in blocks]
-    assert all(0.5 < g < 1.6 for g in norms)  # in g, gravity included
-    device_hr = [m for m in readings.of(Measurement, "wrist-1") if m.code == LOINC_HEART_RATE]
-    flags = [m.extra.get("at_rest") for m in device_hr]
-    assert False in flags and flags[-1] is True  # the device's own flag, passed through
-    assert flags.index(True) > flags.index(False)
-    # the gateway's own heart rate from the same stream: moving windows refused or marked, sitting ones at rest
-    stream = WristStream("wrist-1", rest_settle_s=3.0)
-    dsp = [m for w in blocks for m in stream.push_waveform(w) if m.code == LOINC_HR]
-    assert dsp and dsp[-1].extra["at_rest"] is True and abs(dsp[-1].value - HR) < 5
-    walked = stream._rest._last_active
-    assert walked is not None  # the walk was seen by the accelerometer
-    assert all(m.extra["at_rest"] is False for m in dsp if m.captured_at < walked + 3.0)
-
-
-def _rest_hr(readings: Readings) -> bool:
-    hr = [m for m in readings.of(Measurement, "wrist-1") if m.code == LOINC_HEART_RATE]
-    return bool(hr) and hr[-1].extra.get("at_rest") is True and any(m.extra.get("at_rest") is False for m in hr)
-
-
 def test_the_stream_gives_its_verdict_for_a_device_computed_heart_rate(walk_then_rest: PpgRecording) -> None:
     stream = WristStream("wrist-1")
     assert stream.at_rest(T0) is None  # nothing analysed yet
@@ -195,3 +156,41 @@ def test_the_stream_gives_its_verdict_for_a_device_computed_heart_rate(walk_then
     unmarked = WristStream("wrist-1")
     _hr(unmarked, walk_then_rest, accel=False)
     assert unmarked.at_rest(end) is None
+
+
+def test_gatewayd_publishes_at_rest_on_the_wrist_heart_rate(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """Virtual BlueZ wrist (walking, then sitting) -> gatewayd as a process -> Mosquitto -> the cloud, whose
+    subscriber checks every message against the contract's schemas."""
+    wrist = WristMonitor(WRIST, ppg_per_frame=10, hr_bpm=HR, accel=True)
+    assert wrist.motion is not None
+    wrist.motion.rest_settle_s = 3.0  # the device's own settling; the gateway keeps its 5 min
+    devices = f'[[devices]]\nid = "wrist-1"\nkind = "ble-wrist"\ntransport = "ble"\naddress = "{WRIST}"\n'
+    gw = GatewayProcess(gateway_config(tmp_path, broker.port, devices=devices))
+
+    def hr(method: str) -> list[dict[str, Any]]:
+        obs = cloud.of_type("observation")
+        return [o for o in obs if o.get("code") == LOINC_HEART_RATE and o.get("method") == method]
+
+    def device_flag(flag: bool) -> bool:
+        return any(o.get("extra", {}).get("at_rest") is flag for o in hr("device"))
+
+    async def go() -> None:
+        async with virtual_bluez([wrist]):
+            await wrist.command("set", {"walking": True})
+            gw.start()  # inherits DBUS_SYSTEM_BUS_ADDRESS of the virtual BlueZ
+            try:
+                await until(lambda: device_flag(False), 40, "walking")
+                await asyncio.sleep(8.0)
+                await wrist.command("set", {"walking": False})
+                await until(lambda: device_flag(True), 20, "sitting")
+                await until(lambda: hr("gateway"), 25, "the gateway's own heart rate")
+            finally:
+                gw.stop_quietly()
+
+    asyncio.run(go())
+    gateway = hr("gateway")
+    # sitting, but within the gateway's 5 min of settling after the walk: not a resting heart rate yet
+    assert all(o["extra"]["at_rest"] is False and abs(o["value"] - HR) < 5 for o in gateway)
+    assert not cloud.of_type("alert")
