@@ -215,6 +215,8 @@ class WristMonitor(Peripheral):
                 self.source.fs = self.ppg_rate_hz
                 if self.motion is not None:
                     self.motion.fs = self.ppg_rate_hz
+            if self.motion is None and ("walking" in args or "rest_settle_s" in args):
+                raise ValueError("this wrist monitor has no accelerometer (start it with --wrist-accel)")
             if self.motion is not None:
                 if "rest_settle_s" in args:
                     self.motion.rest_settle_s = float(args["rest_settle_s"])
