@@ -15,7 +15,8 @@ this bench uses the generator (simulators/ppg.py), whose saturation is known sam
 - **Motion cases**: the generator's motion artefact (levels 0.5-4 pulse amplitudes, the whole spot) and
   walking, at 97 % true SpO2, with the accelerometer given (a wrist device) and withheld (a finger clip
   without one). A *false desaturation* is a value below 90 % or more than 4 points below the truth
-  (goal: none); ``motion_coverage`` says how many still got a value.
+  (goal: none; ``false_desaturations_old`` for the previous gate); ``motion_coverage`` says how many
+  still got a value.
 
 Usage: ``python -m bench.dsp_eval_spo2 [--quick]``; ``evaluate()`` is called by bench/dsp_eval.py.
 Ends with one ``RESULT`` line.
@@ -33,8 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.dsp import estimate_spo2
+from gateway.dsp import CALIBRATIONS, SpO2, estimate_spo2
 from gateway.dsp.heart import analyse
+from gateway.dsp.spo2 import PLAUSIBLE
 from simulators.ppg import generate
 
 FS = 100.0
@@ -46,10 +48,14 @@ NOISES = (0.02, 0.05, 0.1)
 OLD_CORR = 0.9
 
 
-def old_gate(red: np.ndarray, ir: np.ndarray, percent: float | None, corr: float) -> bool:
-    """The gate before this change: the heart-rate SQI on IR (4 beats, 0.05 % perfusion) and corr >= 0.9."""
-    hr, _ = analyse(ir, FS, inverted=True, check_perfusion=True)
-    return hr.bpm is not None and corr >= OLD_CORR and percent is not None
+def old_value(ir: np.ndarray, res: SpO2, motion: np.ndarray | None = None) -> float | None:
+    """The value the gate before this change gave: the heart-rate SQI on IR (4 beats, 0.05 % perfusion,
+    template with itself), channel correlation >= 0.9, plausible; the same ratio and calibration."""
+    hr, _ = analyse(ir, FS, inverted=True, check_perfusion=True, motion=motion)
+    if hr.bpm is None or res.channel_corr < OLD_CORR or res.ratio is None:
+        return None
+    pct = CALIBRATIONS["default"](res.ratio)
+    return min(pct, 100.0) if PLAUSIBLE[0] <= pct <= PLAUSIBLE[1] else None
 
 
 def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
@@ -78,10 +84,10 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
         else:
             for r in res.sqi.reasons:
                 reasons[r] = reasons.get(r, 0) + 1
-        ok_old = old_gate(rec.red, rec.ir, res.percent, res.channel_corr)
-        got_old[pi].append(ok_old)
-        if ok_old and res.percent is not None:
-            err_old.append(abs(res.percent - truth))
+        old = old_value(rec.ir, res)
+        got_old[pi].append(old is not None)
+        if old is not None:
+            err_old.append(abs(old - truth))
     figures: dict[str, float] = {}
     all_got = [x for v in got.values() for x in v]
     all_err = [x for v in err.values() for x in v]
@@ -101,13 +107,17 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
         figures[f"coverage_old_pi{tag}"] = float(np.mean(got_old[pi]))
         figures[f"mae_pi{tag}"] = float(np.mean(err[pi])) if err[pi] else float("nan")
     # motion: a false desaturation is the failure that matters
-    false_desat, motion_got, motion_n = 0, 0, 0
+    false_desat, motion_got, motion_n, false_old = 0, 0, 0, 0
     cases: list[dict[str, object]] = [{"motion": [(0.0, 10.0)], "motion_level": lvl} for lvl in (0.5, 1.0, 2.0, 4.0)]
     cases.append({"walking": [(0.0, 10.0)]})
     for k, (case, dur, hr, with_accel) in enumerate(itertools.product(cases, DURATIONS, HRS, (True, False))):
         rec = generate(dur, fs=FS, hr_bpm=hr, spo2=97.0, seed=5000 + k, **case)  # type: ignore[arg-type]
-        res = estimate_spo2(rec.red, rec.ir, FS, motion=rec.accel if with_accel else None)
+        accel = rec.accel if with_accel else None
+        res = estimate_spo2(rec.red, rec.ir, FS, motion=accel)
         motion_n += 1
+        old = old_value(rec.ir, res, accel)
+        if old is not None and (old < 90.0 or old < 97.0 - 4.0):
+            false_old += 1
         if res.percent is not None:
             motion_got += 1
             if res.percent < 90.0 or res.percent < 97.0 - 4.0:
@@ -115,6 +125,7 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     figures["motion_cases"] = float(motion_n)
     figures["motion_coverage"] = motion_got / motion_n
     figures["false_desaturations"] = float(false_desat)
+    figures["false_desaturations_old"] = float(false_old)
     figures["seconds"] = time.perf_counter() - t_start
     return figures, reasons
 
