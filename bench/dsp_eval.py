@@ -291,8 +291,16 @@ def eval_spo2(quick: bool) -> dict[str, float]:
         print(f"  {key:20s} {figures[key]:.3f}")
     print(f"  false desaturations {figures['false_desaturations']:.0f} of {figures['motion_cases']:.0f} motion cases")
     print("  refusals of usable recordings: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
-    keep = ("coverage", "coverage_all", "coverage_old", "coverage_pi0p05", "mae", "max_err", "false_desaturations",
-            "false_desaturations_old")
+    keep = (
+        "coverage",
+        "coverage_all",
+        "coverage_old",
+        "coverage_pi0p05",
+        "mae",
+        "max_err",
+        "false_desaturations",
+        "false_desaturations_old",
+    )
     return {f"spo2_{k}": figures[k] for k in keep}
 
 
