@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from drivers.base import Measurement, Waveform
 from drivers.ble import gatt
@@ -194,3 +197,18 @@ def test_gatewayd_publishes_at_rest_on_the_wrist_heart_rate(
     # sitting, but within the gateway's 5 min of settling after the walk: not a resting heart rate yet
     assert all(o["extra"]["at_rest"] is False and abs(o["value"] - HR) < 5 for o in gateway)
     assert not cloud.of_type("alert")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    accel=hnp.arrays(
+        np.float64, st.tuples(st.integers(0, 60), st.integers(1, 4)), elements=st.floats(allow_nan=True, width=64)
+    ),
+    fs=st.sampled_from([10.0, 100.0, 0.0, math.nan]),
+    t=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_any_acceleration_gives_a_verdict_or_none_never_an_error(accel: np.ndarray, fs: float, t: float) -> None:
+    verdict = RestTracker().update(accel, fs, t)
+    assert verdict is None or isinstance(verdict, bool)
+    if accel.ndim != 2 or accel.shape[1] != 3 or not np.all(np.isfinite(accel)):
+        assert verdict is None
