@@ -50,36 +50,44 @@ class SignalQuality:
     template_corr: float = 0.0
     motion_g: float | None = None
     perfusion_index: float | None = None
+    template_corr_loo: float = 0.0  # the leave-one-out template correlation (SpO2's shape rule)
 
 
-def template_correlation(y: FloatArray, peaks: IntArray, fs: float, *, leave_one_out: bool = False) -> float:
-    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse; with
-    ``leave_one_out``, with the average of the *other* pulses (no self-correlation: with only 3-5 pulses
-    in a window each is a quarter or more of its own template, which lets an artefact pass).)"""
+def template_correlations(y: FloatArray, peaks: IntArray, fs: float) -> tuple[float, float]:
+    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse, and
+    the same with the average of the *other* pulses (leave-one-out: no self-correlation; with only 3-5
+    pulses in a window each is a quarter or more of its own template, which lets an artefact pass).
+    One pass over the pulses for both; (0, 0) with fewer than 3 whole pulses."""
     if len(peaks) < 3:
-        return 0.0
+        return 0.0, 0.0
     ibi = float(np.median(np.diff(peaks)))
     before, after = max(1, int(0.3 * ibi)), max(2, int(0.55 * ibi))
     keep = peaks[(peaks - before >= 0) & (peaks + after < len(y))]
     if len(keep) < 3:
-        return 0.0
+        return 0.0, 0.0
     idx = keep[:, None] + np.arange(-before, after)[None, :]
     beats = y[idx]
     beats = beats - beats.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
-    if leave_one_out:
-        others = (beats.sum(axis=0)[None, :] - beats) / (len(beats) - 1)
-        on = np.sqrt(np.einsum("ij,ij->i", others, others))
-        if not (np.all(on > 0) and np.all(norms > 0)):
-            return 0.0
-        loo = np.einsum("ij,ij->i", beats, others) / (norms * on)
-        return float(np.clip(np.mean(loo), 0.0, 1.0))
-    template = beats.mean(axis=0)
+    total = beats.sum(axis=0)
+    template = total / len(beats)
     tn = float(np.sqrt(template @ template))
     if tn == 0.0 or not np.all(norms > 0):
-        return 0.0
-    corr = (beats @ template) / (norms * tn)
-    return float(np.clip(np.mean(corr), 0.0, 1.0))
+        return 0.0, 0.0
+    dots = beats @ total  # beat . sum of all beats
+    corr = (dots / len(beats)) / (norms * tn)
+    # the others' sum is total - beat: its dot with the beat and its norm follow from the same sums
+    other_dot = dots - norms * norms
+    other_norm2 = np.maximum(float(total @ total) - 2.0 * dots + norms * norms, 0.0)
+    on = np.sqrt(other_norm2)
+    loo = np.where(on > 0, other_dot / (norms * np.where(on > 0, on, 1.0)), 0.0)
+    return float(np.clip(np.mean(corr), 0.0, 1.0)), float(np.clip(np.mean(loo), 0.0, 1.0))
+
+
+def template_correlation(y: FloatArray, peaks: IntArray, fs: float, *, leave_one_out: bool = False) -> float:
+    """:func:`template_correlations`' first figure, or its leave-one-out one."""
+    corr, loo = template_correlations(y, peaks, fs)
+    return loo if leave_one_out else corr
 
 
 def longest_flat_run(x: FloatArray) -> int:
@@ -159,9 +167,9 @@ def assess(
         edge = MAX_EDGE_S * fs
         if peaks[0] > edge or (n - 1 - peaks[-1]) > edge:
             reasons.append("gap")
-    corr = template_correlation(y, peaks, fs, leave_one_out=leave_one_out)
-    if corr < MIN_TEMPLATE_CORR:
+    corr, loo = template_correlations(y, peaks, fs)
+    if (loo if leave_one_out else corr) < MIN_TEMPLATE_CORR:
         reasons.append("shape")
     score = float(np.clip((corr - 0.5) / 0.5, 0.0, 1.0))
     usable = not reasons
-    return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi)
+    return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi, loo)

@@ -34,13 +34,13 @@ Quality gate (docs/dsp.md, "SpO2 quality gate"), for spot recordings of 4-5 s as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.dsp.heart import BAND_HZ, HeartRate, analyse, bandpass, clean_window
-from gateway.dsp.quality import MIN_TEMPLATE_CORR, SignalQuality, assess, template_correlation
+from gateway.dsp.quality import MIN_TEMPLATE_CORR, SignalQuality, assess
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -134,7 +134,7 @@ def estimate_spo2(
 
 
 def _failed(sqi: SignalQuality, why: str) -> SignalQuality:
-    return SignalQuality(0.0, False, (why,), sqi.template_corr, sqi.motion_g, sqi.perfusion_index)
+    return replace(sqi, score=0.0, usable=False, reasons=(why,))
 
 
 def spo2_from(
@@ -164,13 +164,13 @@ def spo2_from(
     scale = float(np.mean(i)) / float(np.mean(r))
     ratio = slope * scale
     # SpO2's own limits (3 beats, 0.02 % perfusion, leave-one-out beat template) on the IR analysis
-    peaks = np.unique(np.clip(np.round(hr.beat_times_s * fs).astype(np.intp), 0, len(i) - 1))
     sqi = hr.sqi
     if sqi.usable:
         # every other rule passed with the heart rate's stricter limits: only the template is left
-        if template_correlation(y_ir, peaks, fs, leave_one_out=True) < MIN_TEMPLATE_CORR:
-            sqi = _failed(hr.sqi, "shape")
+        if sqi.template_corr_loo < MIN_TEMPLATE_CORR:
+            sqi = _failed(sqi, "shape")
     elif set(sqi.reasons) <= _RELAXED:
+        peaks = np.unique(np.clip(np.round(hr.beat_times_s * fs).astype(np.intp), 0, len(i) - 1))
         sqi = assess(
             y_ir,
             peaks,
