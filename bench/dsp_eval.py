@@ -27,6 +27,9 @@ AF screening (:func:`gateway.dsp.af.screen_af`):
   :func:`bench.dsp_eval_wrist.evaluate`, per subject half (tune / test) and activity: MAE, coverage,
   hold-last MAE and records with a value for ours, the time-domain path without accelerometer,
   HeartPy and NeuroKit2, and the windows' median motion (g).
+- **SpO2 on spot recordings of 4-5 s** (the generator: no red/IR recording with a reference is shared):
+  :func:`bench.dsp_eval_spo2.evaluate`: coverage of usable recordings, error, per perfusion level down
+  to 0.05 %, and false desaturations on the generator's motion cases (``spo2_*``).
 
 Usage::
 
@@ -278,6 +281,29 @@ def eval_hr(quick: bool) -> dict[str, float]:
     return {k: float(v) for k, v in figures.items()}
 
 
+def eval_spo2(quick: bool) -> dict[str, float]:
+    """SpO2 on the generator's spot recordings (bench/dsp_eval_spo2.py)."""
+    from bench import dsp_eval_spo2
+
+    figures, reasons = dsp_eval_spo2.evaluate(quick=quick)
+    print("== SpO2, spot recordings of 4-5 s (generator)")
+    for key in ("coverage", "coverage_all", "coverage_old", "coverage_pi0p05", "mae", "max_err"):
+        print(f"  {key:20s} {figures[key]:.3f}")
+    print(f"  false desaturations {figures['false_desaturations']:.0f} of {figures['motion_cases']:.0f} motion cases")
+    print("  refusals of usable recordings: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    keep = (
+        "coverage",
+        "coverage_all",
+        "coverage_old",
+        "coverage_pi0p05",
+        "mae",
+        "max_err",
+        "false_desaturations",
+        "false_desaturations_old",
+    )
+    return {f"spo2_{k}": figures[k] for k in keep}
+
+
 def eval_wrist(quick: bool) -> dict[str, float]:
     """Wrist PPG during exercise (bench/dsp_eval_wrist.py): per subject half and activity."""
     from bench import dsp_eval_wrist
@@ -417,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI scale: 2 h of AFDB/NSR, 1 in 8 CinC records")
     ap.add_argument("--no-hr", action="store_true", help="skip the heart-rate part")
     ap.add_argument("--no-wrist", action="store_true", help="skip the wrist exercise part")
+    ap.add_argument("--no-spo2", action="store_true", help="skip the spot SpO2 part")
     ap.add_argument("--ablation", action="store_true", help="also switch each addition to Petrenas 2015 off")
     ap.add_argument("--loro", action="store_true", help="also leave-one-record-out over the AFDB records")
     args = ap.parse_args(argv)
@@ -433,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     loro = eval_loro(args.quick) if args.loro else {}
     hr = {} if args.no_hr else eval_hr(args.quick)
     wrist = {} if args.no_hr or args.no_wrist else eval_wrist(args.quick)
+    spo2 = {} if args.no_spo2 else eval_spo2(args.quick)
     print(f"elapsed {time.perf_counter() - t0:.1f} s")
     keys = {
         "afdb_se": figures["afdb_record_se"],
@@ -458,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     keys.update(loro)
     keys.update(hr)
     keys.update(wrist)
+    keys.update(spo2)
     print(result_line(**keys))
     return 0
 

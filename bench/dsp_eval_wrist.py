@@ -17,7 +17,9 @@ Figures per activity and per half (the split is by subject, fixed before any eva
 :data:`TUNE_SUBJECTS` alternate with the others in sorted order): MAE on the windows with a value,
 coverage (share of windows with a value), hold-last MAE (the error of a display that keeps showing the
 last value; windows before the first value count as not covered and are left out), records with a value,
-and the windows' median motion (RMS dynamic acceleration, g). ``--choose`` prints the confidence
+and the windows' median motion (RMS dynamic acceleration, g), and the share of windows
+gateway.dsp.activity marks at rest (every window here is exercise, so that share is its false "at rest"
+rate: cycling with the hands on the handlebars barely moves the wrist). ``--choose`` prints the confidence
 threshold the rule in docs/dsp.md picks on the tuning half.
 
 Usage: ``python -m bench.dsp_eval_wrist [--quick] [--no-peers] [--choose]``; ``evaluate()`` is called by
@@ -41,6 +43,7 @@ from bench import datasets
 from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
+from gateway.dsp.activity import RestTracker
 from gateway.dsp.motion import HOP_S, WINDOW_S
 from gateway.dsp.quality import motion_level
 from gateway.dsp.stream import LOINC_HR, WristStream
@@ -102,9 +105,11 @@ class Tally:
     got: dict[str, int] = field(default_factory=dict)
     records: dict[str, list[bool]] = field(default_factory=dict)
     motion: list[float] = field(default_factory=list)
+    at_rest: list[bool] = field(default_factory=list)  # gateway.dsp.activity's verdict per window
 
     def figures(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}_windows": float(self.windows), f"{prefix}_motion_g": float(np.median(self.motion))}
+        out[f"{prefix}_at_rest"] = float(np.mean(self.at_rest)) if self.at_rest else math.nan
         for k in self.records:
             sfx = "" if k == "ours" else f"_{k}"
             e, h = self.err.get(k, []), self.hold.get(k, [])
@@ -146,6 +151,7 @@ def evaluate(
         last: dict[str, float | None] = {"ours": None, **{k: None for k in methods}}
         any_value: dict[str, bool] = {k: False for k in last}
         k_hop = round(WINDOW_S / HOP_S)
+        rest = RestTracker()  # every window here is exercise: "at rest" is a false mark
         while k_hop * HOP_S <= len(x) / rec.fs:
             t1 = k_hop * HOP_S
             a, b = round((t1 - WINDOW_S) * rec.fs), round(t1 * rec.fs)
@@ -154,6 +160,7 @@ def evaluate(
             if ref is None:
                 continue
             acc = rec.accel[a:b][~np.isnan(rec.accel[a:b]).any(axis=1)]
+            still = rest.update(acc, rec.fs, t1)
             vals: dict[str, float | None] = {"ours": ours[k_hop - 1][0] if k_hop - 1 in ours else None}
             if k_hop - 1 in ours:
                 conf.setdefault(half, []).append((ours[k_hop - 1][1], ours[k_hop - 1][0], ref))
@@ -163,6 +170,8 @@ def evaluate(
                 t = tallies.setdefault(key, Tally())
                 t.windows += 1
                 t.motion.append(motion_level(acc))
+                if still is not None:
+                    t.at_rest.append(still)
             for mname, v in vals.items():
                 if v is not None:
                     last[mname] = v

@@ -18,8 +18,11 @@ What it models (each piece is simple, but together they exercise what the gatewa
   oximeter (CMS50) displays.
 - **Breathing baseline** wander and slow drift, sensor noise.
 - **Motion artefacts**: large band-limited (0.3-6 Hz) disturbances on every channel, with the matching
-  3-axis accelerometer trace (in g; gravity plus motion). **Sensor off**: no pulse, ambient-light level and
-  noise only.
+  3-axis accelerometer trace (in g; gravity plus motion). **Walking**: the periodic wrist acceleration of
+  arm swing at the stride frequency (half the step cadence) and the body's bounce at the step frequency,
+  with gravity turning with the forearm (:func:`walking_accel`), and a matching optical artefact; the
+  heart rate is whatever the caller sets (walking and resting at the same rate is the point of the
+  at-rest tests). **Sensor off**: no pulse, ambient-light level and noise only.
 
 Everything is deterministic for a given seed. :func:`generate` returns a whole recording with its ground truth;
 :class:`PulseStream` produces the upright pleth sample by sample at a changeable heart rate (the CMS50
@@ -45,6 +48,20 @@ Rhythm = Literal["sinus", "af", "ectopic"]
 CAL_A, CAL_B = 110.0, 25.0
 
 PTT_S = 0.22  # pulse transit time: electrical beat -> systolic peak at the wrist/finger
+# DC levels of the raw optical channels (arbitrary ADC units; the ratio of ratios does not depend on them)
+DC_LEVEL = {"ir": 60000.0, "red": 45000.0, "green": 30000.0}
+
+# Walking (an average adult at ~4-5 km/h): 110 steps/min, the arm swinging +-20 degrees about the shoulder
+# with the wrist 0.55 m from it (one swing per stride, i.e. per two steps), the trunk bouncing about
+# 0.25 g at the step frequency with a heel-strike harmonic. Wrist ENMO comes out at ~0.08 g, as on the
+# treadmill walks of ../shared/data/wrist_exercise (medians 53-89 mg; 0.1-0.2 g are reported for brisk
+# walking, Hildebrand et al. 2014, MSSE 46(9):1816); the at-rest threshold (44.8 mg) is below it.
+CADENCE_SPM = 110.0
+SWING_RAD = math.radians(20.0)
+SWING_RADIUS_M = 0.55
+BOUNCE_G = 0.25
+G_MS2 = 9.80665
+WALK_ARTEFACT = 2.0  # optical artefact per g of swing acceleration, in pulse amplitudes
 
 
 @dataclass(frozen=True)
@@ -190,6 +207,27 @@ def _mask(n: int, fs: float, spans: Sequence[tuple[float, float]]) -> BoolArray:
     return m
 
 
+def walking_accel(t: FloatArray, cadence_spm: float = CADENCE_SPM, phase: float = 0.0) -> FloatArray:
+    """Wrist acceleration (n, 3) in g while walking, gravity included (as an accelerometer reads it):
+    x along the swing, y across it, z out of the back of the wrist."""
+    w = 2.0 * math.pi * cadence_spm / 120.0  # stride (swing) frequency, rad/s
+    arg = w * np.asarray(t, dtype=np.float64) + phase
+    theta = SWING_RAD * np.sin(arg)
+    tangential = -SWING_RADIUS_M * SWING_RAD * w * w / G_MS2 * np.sin(arg)  # r * theta''
+    vertical = 1.0 + BOUNCE_G * (np.sin(2.0 * arg) + 0.5 * np.sin(4.0 * arg))  # gravity + bounce, per step
+    ax = vertical * np.sin(theta) + tangential
+    ay = 0.05 * np.sin(arg + 1.0)
+    az = vertical * np.cos(theta)
+    return np.column_stack((ax, ay, az))
+
+
+def walking_artefact(accel: FloatArray) -> FloatArray:
+    """The optical artefact of walking (in pulse amplitudes) for a :func:`walking_accel` trace: the
+    swing's acceleration presses the sensor and moves venous blood, the same on every wavelength. The
+    swing axis averages to zero over a stride, so this works sample by sample (streaming simulators)."""
+    return WALK_ARTEFACT * accel[:, 0]
+
+
 def spo2_trace(n: int, fs: float, baseline: float, events: Sequence[Desaturation]) -> FloatArray:
     t = np.arange(n) / fs
     s = np.full(n, baseline, dtype=np.float64)
@@ -215,6 +253,8 @@ def generate(
     ectopic_rate: float = 0.08,
     motion: Sequence[tuple[float, float]] = (),
     motion_level: float = 4.0,
+    walking: Sequence[tuple[float, float]] = (),
+    cadence_spm: float = CADENCE_SPM,
     sensor_off: Sequence[tuple[float, float]] = (),
     perfusion_index: float = 0.02,
     noise: float = 0.02,
@@ -222,8 +262,9 @@ def generate(
 ) -> PpgRecording:
     """A recording of ``duration_s`` at ``fs`` with its ground truth.
 
-    ``motion`` and ``sensor_off`` are (start_s, end_s) spans; ``motion_level`` is the artefact's standard
-    deviation in multiples of the pulse amplitude; ``perfusion_index`` is the IR pulse's AC/DC ratio;
+    ``motion``, ``walking`` and ``sensor_off`` are (start_s, end_s) spans; ``motion_level`` is the
+    artefact's standard deviation in multiples of the pulse amplitude; ``cadence_spm`` the walking
+    cadence (steps/min); ``perfusion_index`` is the IR pulse's AC/DC ratio;
     ``noise`` the sensor noise's standard deviation in multiples of the pulse amplitude.
     """
     rng = np.random.default_rng(seed)
@@ -267,12 +308,18 @@ def generate(
             m = _bandlimited_noise(n, fs, 0.3, 6.0, rng)
             accel[:, ch] += np.where(moving, 0.4 * m, 0.0)
             art += np.where(moving, motion_level * m / math.sqrt(3), 0.0)
+    walk = _mask(n, fs, walking)
+    if walk.any():
+        wa = walking_accel(t, cadence_spm, float(rng.uniform(0, 6.3)))
+        accel[walk] = wa[walk] + 0.005 * rng.standard_normal((int(walk.sum()), 3))
+        art += np.where(walk, walking_artefact(wa), 0.0)
 
     sat = spo2_trace(n, fs, spo2, desaturations)
     ratio = (CAL_A - sat) / CAL_B
     pi_ir = perfusion_index
     channels: dict[str, FloatArray] = {}
-    for name, dc, pi in (("ir", 60000.0, pi_ir), ("red", 45000.0, pi_ir * ratio), ("green", 30000.0, pi_ir * 2.5)):
+    for name, pi in (("ir", pi_ir), ("red", pi_ir * ratio), ("green", pi_ir * 2.5)):
+        dc = DC_LEVEL[name]
         upright = wave + resp + drift + noise * rng.standard_normal(n)
         # motion changes the optical path of every wavelength alike (ratio of ratios -> 1), not the blood's
         x = dc * (1.0 - pi * upright - pi_ir * art)
@@ -287,7 +334,7 @@ def generate(
         af_mask=af_int,
         ectopic_mask=ect_int,
         spo2=sat,
-        motion=moving,
+        motion=moving | walk,
         sensor_off=off,
     )
     return PpgRecording(fs, channels["red"], channels["ir"], channels["green"], pleth, accel, truth, {"hr_bpm": hr_bpm})

@@ -733,8 +733,14 @@ def racp_report_from_sequence(first_sequence: int) -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 PPG_CHANNELS: Final = ("red", "ir", "green")  # bit 0, 1, 2 of the channel mask, and the sample order
+# Format 2 adds bit 3 of the mask: 3-axis acceleration (int16 in mg, after the optical samples), and an
+# activity byte (the device's own classification). Format 1 frames are still read.
+PPG_ACCEL_CHANNELS: Final = ("accel_x", "accel_y", "accel_z")
+PPG_ACCEL_BIT: Final = 0x08
 PPG_FORMAT_VERSION: Final = 1
-PPG_HEADER_LEN: Final = 9
+PPG_FORMAT_VERSION_MOTION: Final = 2
+PPG_HEADER_LEN: Final = 9  # format 1; format 2 has one more byte (activity)
+PPG_ACTIVITY: Final[Mapping[int, bool | None]] = {0: None, 1: True, 2: False}  # -> at_rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,7 +749,9 @@ class PpgFrame:
 
     sample_rate_hz: float
     counter: int  # the device's running sample counter of the first sample (uint32, wraps)
-    channels: Mapping[str, tuple[int, ...]]  # channel name -> raw ADC samples (signed 24 bit)
+    # channel name -> raw samples: optical ADC counts (signed 24 bit); ``accel_x/y/z`` in mg (int16)
+    channels: Mapping[str, tuple[int, ...]]
+    at_rest: bool | None = None  # the device's own activity flag (format 2); None: not reported
 
     @property
     def n_samples(self) -> int:
@@ -755,17 +763,29 @@ def _s24(b: bytes, i: int) -> int:
     return v - 0x1000000 if v & 0x800000 else v
 
 
+def _s16(b: bytes, i: int) -> int:
+    v = b[i] | (b[i + 1] << 8)
+    return v - 0x10000 if v & 0x8000 else v
+
+
 def decode_ppg_frame(data: bytes | bytearray | memoryview) -> PpgFrame:
     r = _Reader(data, "raw PPG frame")
     header = r.u8("version")
     version = header >> 4
-    if version != PPG_FORMAT_VERSION:
-        raise GattDecodeError(f"raw PPG frame: format version {version}, this gateway reads {PPG_FORMAT_VERSION}")
+    if version not in (PPG_FORMAT_VERSION, PPG_FORMAT_VERSION_MOTION):
+        raise GattDecodeError(
+            f"raw PPG frame: format version {version}, this gateway reads {PPG_FORMAT_VERSION} and "
+            f"{PPG_FORMAT_VERSION_MOTION}"
+        )
     if header & 0x0F:
         raise GattDecodeError("raw PPG frame: reserved bits set in the version byte")
     mask = r.u8("channel mask")
-    if mask == 0 or mask & ~0x07:
-        raise GattDecodeError(f"raw PPG frame: channel mask {mask:#04x} (bits 0-2, at least one)")
+    allowed = 0x0F if version == PPG_FORMAT_VERSION_MOTION else 0x07
+    if mask & 0x07 == 0 or mask & ~allowed:
+        raise GattDecodeError(
+            f"raw PPG frame: channel mask {mask:#04x} (bits 0-2, at least one"
+            + (", bit 3 acceleration)" if version == PPG_FORMAT_VERSION_MOTION else ")")
+        )
     rate_dhz = r.u16("sample rate")
     if rate_dhz == 0:
         raise GattDecodeError("raw PPG frame: sample rate 0")
@@ -773,30 +793,54 @@ def decode_ppg_frame(data: bytes | bytearray | memoryview) -> PpgFrame:
     n = r.u8("samples per channel")
     if n == 0:
         raise GattDecodeError("raw PPG frame: no samples")
+    at_rest = None
+    if version == PPG_FORMAT_VERSION_MOTION:
+        activity = r.u8("activity")
+        if activity not in PPG_ACTIVITY:
+            raise GattDecodeError(f"raw PPG frame: activity {activity} (0 not reported, 1 at rest, 2 active)")
+        at_rest = PPG_ACTIVITY[activity]
     names = [name for bit, name in enumerate(PPG_CHANNELS) if mask & (1 << bit)]
-    body = r.take(3 * n * len(names), "samples")
+    accel = bool(mask & PPG_ACCEL_BIT)
+    stride = 3 * len(names) + (6 if accel else 0)
+    body = r.take(stride * n, "samples")
     r.end()
-    stride = 3 * len(names)
     channels = {name: tuple(_s24(body, i * stride + 3 * k) for i in range(n)) for k, name in enumerate(names)}
-    return PpgFrame(rate_dhz / 10.0, counter, channels)
+    if accel:
+        off = 3 * len(names)
+        for k, name in enumerate(PPG_ACCEL_CHANNELS):
+            channels[name] = tuple(_s16(body, i * stride + off + 2 * k) for i in range(n))
+    return PpgFrame(rate_dhz / 10.0, counter, channels, at_rest)
 
 
-def encode_ppg_frame(counter: int, sample_rate_hz: float, channels: Mapping[str, list[int] | tuple[int, ...]]) -> bytes:
-    """The frame a device sends (used by the simulator and by firmware tests)."""
+def encode_ppg_frame(
+    counter: int,
+    sample_rate_hz: float,
+    channels: Mapping[str, list[int] | tuple[int, ...]],
+    *,
+    at_rest: bool | None = None,
+) -> bytes:
+    """The frame a device sends (used by the simulator and by firmware tests): format 1 for optical
+    channels alone, format 2 with ``accel_x/y/z`` (mg) or an activity flag."""
     names = [name for name in PPG_CHANNELS if name in channels]
-    if not names or len(names) != len(channels):
-        raise ValueError(f"channels must be a non-empty subset of {PPG_CHANNELS}")
+    accel = [name for name in PPG_ACCEL_CHANNELS if name in channels]
+    if not names or len(names) + len(accel) != len(channels) or len(accel) not in (0, 3):
+        raise ValueError(f"channels: a non-empty subset of {PPG_CHANNELS}, and all or none of {PPG_ACCEL_CHANNELS}")
     n = len(channels[names[0]])
-    if not 1 <= n <= 255 or any(len(channels[c]) != n for c in names):
+    if not 1 <= n <= 255 or any(len(channels[c]) != n for c in channels):
         raise ValueError("every channel needs the same number of samples, 1..255")
-    mask = sum(1 << PPG_CHANNELS.index(c) for c in names)
-    out = bytearray([PPG_FORMAT_VERSION << 4, mask])
+    motion = bool(accel) or at_rest is not None
+    mask = sum(1 << PPG_CHANNELS.index(c) for c in names) | (PPG_ACCEL_BIT if accel else 0)
+    out = bytearray([(PPG_FORMAT_VERSION_MOTION if motion else PPG_FORMAT_VERSION) << 4, mask])
     out += round(sample_rate_hz * 10).to_bytes(2, "little")
     out += (counter & 0xFFFFFFFF).to_bytes(4, "little")
     out.append(n)
+    if motion:
+        out.append({None: 0, True: 1, False: 2}[at_rest])
     for i in range(n):
         for c in names:
             out += (int(channels[c][i]) & 0xFFFFFF).to_bytes(3, "little")
+        for c in accel:
+            out += (int(channels[c][i]) & 0xFFFF).to_bytes(2, "little")
     return bytes(out)
 
 
@@ -811,10 +855,12 @@ class PpgFeature:
 def decode_ppg_feature(data: bytes | bytearray | memoryview) -> PpgFeature:
     r = _Reader(data, "raw PPG feature")
     version = r.u8("version")
-    if version != PPG_FORMAT_VERSION:
-        raise GattDecodeError(f"raw PPG feature: version {version}, expected {PPG_FORMAT_VERSION}")
+    if version not in (PPG_FORMAT_VERSION, PPG_FORMAT_VERSION_MOTION):
+        raise GattDecodeError(
+            f"raw PPG feature: version {version}, expected {PPG_FORMAT_VERSION} or {PPG_FORMAT_VERSION_MOTION}"
+        )
     mask = r.u8("channels")
-    if mask == 0 or mask & ~0x07:
+    if mask & 0x07 == 0 or mask & ~(0x0F if version == PPG_FORMAT_VERSION_MOTION else 0x07):
         raise GattDecodeError(f"raw PPG feature: channel mask {mask:#04x}")
     rate = r.u16("sample rate")
     bits = r.u8("ADC bits")
@@ -823,6 +869,8 @@ def decode_ppg_feature(data: bytes | bytearray | memoryview) -> PpgFeature:
     if rate == 0 or not 1 <= bits <= 24 or per_frame == 0:
         raise GattDecodeError("raw PPG feature: zero rate or frame size, or ADC bits outside 1..24")
     names = tuple(name for bit, name in enumerate(PPG_CHANNELS) if mask & (1 << bit))
+    if mask & PPG_ACCEL_BIT:
+        names += PPG_ACCEL_CHANNELS
     return PpgFeature(names, rate / 10.0, bits, per_frame)
 
 

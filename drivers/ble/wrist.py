@@ -9,9 +9,14 @@ Battery, and the vendor-neutral raw PPG service of docs/ble.md.
   they are unusable (sensor off, calibrating, demonstration data...) are dropped and counted. Its
   pulse rate is reported only by a device without the Heart Rate Service.
 - Raw PPG frames -> :class:`~drivers.base.Waveform` blocks of ``ppg_block_s`` with channels
-  ``red``/``ir``/``green`` (those the device sends), ``fs`` from the frame and ``first_index`` the
-  device's sample counter (unwrapped past 2**32), so the DSP sees gaps instead of guessing. The
-  assembly is the pure :class:`PpgAssembler`.
+  ``red``/``ir``/``green`` (those the device sends) and, from format-2 frames with acceleration,
+  ``accel_x``/``accel_y``/``accel_z`` in g; ``fs`` from the frame and ``first_index`` the device's sample
+  counter (unwrapped past 2**32), so the DSP sees gaps instead of guessing. The assembly is the pure
+  :class:`PpgAssembler`.
+- The device's own activity flag (format-2 frames, docs/ble.md) is passed through as ``extra["at_rest"]``
+  on the heart-rate values the device computed (Heart Rate Measurement, PLX pulse rate) while it is
+  fresh (:data:`ACTIVITY_MAX_AGE_S`); a device that does not report one leaves them unmarked. The
+  gateway's own heart rate gets ``at_rest`` from the acceleration, in the DSP (docs/dsp.md).
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ class WristOptions(BleOptions):
 
 
 _WRAP = 1 << 32
+MG_TO_G = 1e-3  # format-2 acceleration samples are in mg
+# The activity flag of the last PPG frame describes the device's state at that frame; frames come
+# many times a second, so a flag older than this means the stream stopped (not "still at rest").
+ACTIVITY_MAX_AGE_S = 5.0
 
 
 @dataclass
@@ -139,7 +148,8 @@ class PpgAssembler:
         if not self._buf:
             self._start = index
         for name in names:
-            self._buf.setdefault(name, []).extend(float(v) for v in frame.channels[name])
+            scale = MG_TO_G if name in gatt.PPG_ACCEL_CHANNELS else 1.0
+            self._buf.setdefault(name, []).extend(float(v) * scale for v in frame.channels[name])
         self._expected = index + n
         self._in_session = True
         self.stats.frames += 1
@@ -213,6 +223,7 @@ class WristMonitorDriver(BleDriver):
         self.ppg_enabled = opts.ppg
         self.ppg = PpgAssembler(self.device_id, block_s=opts.ppg_block_s)
         self.has_hrs = False
+        self._activity: tuple[bool, float] | None = None  # (the device's at_rest flag, when received)
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())
@@ -250,7 +261,8 @@ class WristMonitorDriver(BleDriver):
         if hrm.rr_intervals_s:
             self.sink(BeatIntervals(self.device_id, now, hrm.rr_intervals_s))
         if hrm.heart_rate > 0 and self.limiter.due("hr", now):
-            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, float(hrm.heart_rate), UNIT_PER_MIN, now))
+            hr = float(hrm.heart_rate)
+            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, hr, UNIT_PER_MIN, now, extra=self.activity(now)))
 
     def on_plx(self, data: bytes) -> None:
         try:
@@ -268,7 +280,15 @@ class WristMonitorDriver(BleDriver):
         if plx.spo2 is not None and self.limiter.due("spo2", now):
             self.sink(Measurement(self.device_id, LOINC_SPO2, plx.spo2, UNIT_PERCENT, now, extra=extra))
         if not self.has_hrs and plx.pulse_rate is not None and self.limiter.due("pr", now):
-            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, plx.pulse_rate, UNIT_PER_MIN, now))
+            pr = plx.pulse_rate
+            self.sink(Measurement(self.device_id, LOINC_HEART_RATE, pr, UNIT_PER_MIN, now, extra=self.activity(now)))
+
+    def activity(self, now: float) -> dict[str, Any]:
+        """``{"at_rest": flag}`` from the device's last activity flag if it is fresh, else ``{}``."""
+        if self._activity is None:
+            return {}
+        flag, at = self._activity
+        return {"at_rest": flag} if 0 <= now - at <= ACTIVITY_MAX_AGE_S else {}
 
     def on_ppg(self, data: bytes) -> None:
         try:
@@ -276,5 +296,8 @@ class WristMonitorDriver(BleDriver):
         except gatt.GattDecodeError as exc:
             self.bad_value(exc)
             return
-        for w in self.ppg.feed(frame, self.clock()):
+        now = self.clock()
+        if frame.at_rest is not None:
+            self._activity = (frame.at_rest, now)
+        for w in self.ppg.feed(frame, now):
             self.sink(w)

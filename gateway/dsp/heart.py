@@ -259,7 +259,9 @@ def analyse(
     if bpm is not None and not 30.0 <= bpm <= 220.0:
         bpm = None
     if bpm is None and q.usable:
-        q = SignalQuality(0.0, False, ("irregular-detection",), q.template_corr, q.motion_g, q.perfusion_index)
+        q = SignalQuality(
+            0.0, False, ("irregular-detection",), q.template_corr, q.motion_g, q.perfusion_index, q.template_corr_loo
+        )
     return HeartRate(bpm, times, q.score, q), y
 
 

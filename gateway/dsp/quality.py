@@ -50,27 +50,44 @@ class SignalQuality:
     template_corr: float = 0.0
     motion_g: float | None = None
     perfusion_index: float | None = None
+    template_corr_loo: float = 0.0  # the leave-one-out template correlation (SpO2's shape rule)
 
 
-def template_correlation(y: FloatArray, peaks: IntArray, fs: float) -> float:
-    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse."""
+def template_correlations(y: FloatArray, peaks: IntArray, fs: float) -> tuple[float, float]:
+    """Mean correlation of each pulse (around its systolic peak) with the window's average pulse, and
+    the same with the average of the *other* pulses (leave-one-out: no self-correlation; with only 3-5
+    pulses in a window each is a quarter or more of its own template, which lets an artefact pass).
+    One pass over the pulses for both; (0, 0) with fewer than 3 whole pulses."""
     if len(peaks) < 3:
-        return 0.0
+        return 0.0, 0.0
     ibi = float(np.median(np.diff(peaks)))
     before, after = max(1, int(0.3 * ibi)), max(2, int(0.55 * ibi))
     keep = peaks[(peaks - before >= 0) & (peaks + after < len(y))]
     if len(keep) < 3:
-        return 0.0
+        return 0.0, 0.0
     idx = keep[:, None] + np.arange(-before, after)[None, :]
     beats = y[idx]
     beats = beats - beats.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", beats, beats))
-    template = beats.mean(axis=0)
+    total = beats.sum(axis=0)
+    template = total / len(beats)
     tn = float(np.sqrt(template @ template))
     if tn == 0.0 or not np.all(norms > 0):
-        return 0.0
-    corr = (beats @ template) / (norms * tn)
-    return float(np.clip(np.mean(corr), 0.0, 1.0))
+        return 0.0, 0.0
+    dots = beats @ total  # beat . sum of all beats
+    corr = (dots / len(beats)) / (norms * tn)
+    # the others' sum is total - beat: its dot with the beat and its norm follow from the same sums
+    other_dot = dots - norms * norms
+    other_norm2 = np.maximum(float(total @ total) - 2.0 * dots + norms * norms, 0.0)
+    on = np.sqrt(other_norm2)
+    loo = np.where(on > 0, other_dot / (norms * np.where(on > 0, on, 1.0)), 0.0)
+    return float(np.clip(np.mean(corr), 0.0, 1.0)), float(np.clip(np.mean(loo), 0.0, 1.0))
+
+
+def template_correlation(y: FloatArray, peaks: IntArray, fs: float, *, leave_one_out: bool = False) -> float:
+    """:func:`template_correlations`' first figure, or its leave-one-out one."""
+    corr, loo = template_correlations(y, peaks, fs)
+    return loo if leave_one_out else corr
 
 
 def longest_flat_run(x: FloatArray) -> int:
@@ -112,11 +129,16 @@ def assess(
     raw: FloatArray | None = None,
     check_perfusion: bool = False,
     motion: npt.ArrayLike | None = None,
+    min_beats: int = MIN_BEATS,
+    min_perfusion: float = MIN_PERFUSION,
+    leave_one_out: bool = False,
 ) -> SignalQuality:
     """Quality of a band-passed PPG window ``y`` with detected systolic ``peaks`` (sample indices).
 
     ``raw`` is the unfiltered window (flat-line check; perfusion when ``check_perfusion``: only for raw
-    optical intensities with a meaningful DC level, not for a device's already normalised pleth)."""
+    optical intensities with a meaningful DC level, not for a device's already normalised pleth).
+    ``min_beats`` and ``min_perfusion``: the heart rate's limits by default; SpO2 has its own
+    (:mod:`gateway.dsp.spo2`)."""
     reasons: list[str] = []
     n = len(y)
     if raw is not None and longest_flat_run(raw) > MAX_FLAT_S * fs:
@@ -124,7 +146,7 @@ def assess(
     pi: float | None = None
     if raw is not None and check_perfusion:
         pi = perfusion_index(raw, y)
-        if pi < MIN_PERFUSION:
+        if pi < min_perfusion:
             reasons.append("no-pulse")
         elif pi > MAX_PERFUSION:
             reasons.append("ambient-light")
@@ -133,7 +155,7 @@ def assess(
         mg = motion_level(motion)
         if not mg <= MAX_MOTION_G:
             reasons.append("motion")
-    if len(peaks) < MIN_BEATS:
+    if len(peaks) < max(3, min_beats):
         reasons.append("too-few-beats")
     else:
         ibi = np.diff(peaks) / fs
@@ -145,9 +167,9 @@ def assess(
         edge = MAX_EDGE_S * fs
         if peaks[0] > edge or (n - 1 - peaks[-1]) > edge:
             reasons.append("gap")
-    corr = template_correlation(y, peaks, fs)
-    if corr < MIN_TEMPLATE_CORR:
+    corr, loo = template_correlations(y, peaks, fs)
+    if (loo if leave_one_out else corr) < MIN_TEMPLATE_CORR:
         reasons.append("shape")
     score = float(np.clip((corr - 0.5) / 0.5, 0.0, 1.0))
     usable = not reasons
-    return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi)
+    return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi, loo)

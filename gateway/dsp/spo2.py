@@ -13,27 +13,44 @@ differently, so the pulsatile fraction of each channel, AC/DC, changes with the 
   far less noisy than single-beat amplitudes, and it is insensitive to the pulse's shape.
 - SpO2 = calibration(R), a polynomial in R specific to the sensor's LEDs and optics (:data:`CALIBRATIONS`).
 
-Quality: the window must pass the PPG signal-quality index on the IR channel (:mod:`gateway.dsp.quality`,
-with the perfusion and, when given, the accelerometer checks), and the two channels' pulses must agree
-(correlation of band-passed red and IR at least :data:`MIN_CHANNEL_CORR`): motion moves both channels
-together but not in the blood's ratio, and is the classic cause of false desaturations. A saturation
-outside :data:`PLAUSIBLE` is an optical failure (ambient light, a loose sensor), not a reading.
+Quality gate (docs/dsp.md, "SpO2 quality gate"), for spot recordings of 4-5 s as for the stream's 10 s:
+
+- the IR channel passes the PPG signal-quality index (:mod:`gateway.dsp.quality`: beat shape, rate,
+  gaps, flat line, ambient light and, when given, the accelerometer), with SpO2's own two limits:
+  :data:`MIN_BEATS` = 3 pulses (the fewest the beat-shape template can be formed from; a 4.6 s spot
+  recording at 45 /min holds three) and the perfusion floor :data:`MIN_PERFUSION` = 0.02 %, the lowest
+  pulse amplitude at which a commercial oximeter specifies its SpO2 accuracy (Masimo SET, "low
+  perfusion: 0.02 %"). Motion moves both channels together but not in the blood's ratio (R -> 1, a false
+  "85 %"), the classic false desaturation: the shape and accelerometer checks are what stop it;
+- the ratio is *precise enough*: the window's own standard error of the SpO2 (the regression slope's
+  error with the band-passed signal's effective number of independent samples, 2 x bandwidth x duration,
+  through the calibration's slope) is at most :data:`MAX_SE_PCT` = 1 %, a third of the 3 % Arms that
+  FDA's 2013 pulse-oximeter guidance (and ISO 80601-2-61) asks of a device: the window's noise then
+  adds at most a ninth of the allowed error variance. This replaces a fixed channel-correlation limit
+  (0.9): the correlation a given noise leaves depends on the window's length, the error does not; two
+  channels that do not share one pulse give a large error and are refused (``"imprecise"``);
+- a saturation outside :data:`PLAUSIBLE` is an optical failure (ambient light, a loose sensor).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.dsp.heart import HeartRate, analyse, bandpass, clean_window
-from gateway.dsp.quality import SignalQuality
+from gateway.dsp.heart import BAND_HZ, HeartRate, analyse, bandpass, clean_window
+from gateway.dsp.quality import MIN_TEMPLATE_CORR, SignalQuality, assess
 
 FloatArray = npt.NDArray[np.float64]
 
-MIN_CHANNEL_CORR = 0.9
+MIN_BEATS = 3  # the fewest pulses a beat-shape template is formed from
+MIN_PERFUSION = 0.0002  # 0.02 % AC/DC: Masimo SET's low-perfusion specification
+MAX_SE_PCT = 1.0  # the window's standard error of SpO2: a third of FDA 2013's 3 % Arms
 PLAUSIBLE = (50.0, 102.0)  # outside: no value; within, clipped to 100
+# the heart rate's refusals SpO2's own limits may overturn; any other refusal holds for SpO2 too (the
+# other rules are the same, and the leave-one-out template is the stricter one)
+_RELAXED = frozenset({"too-few-beats", "no-pulse", "irregular-detection"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,7 @@ class SpO2:
     quality: float  # 0..1
     sqi: SignalQuality = field(default_factory=lambda: SignalQuality(0.0, False, ("empty",)))
     channel_corr: float = 0.0
+    se_pct: float | None = None  # the window's standard error of the SpO2 (percentage points)
 
 
 def estimate_spo2(
@@ -112,12 +130,27 @@ def estimate_spo2(
     if why is not None:
         return SpO2(None, None, 0.0, SignalQuality(0.0, False, (why,)))
     hr, y_ir = analyse(i, fs, inverted=True, motion=motion, check_perfusion=True)
-    return spo2_from(r, i, fs, cal, hr, y_ir)
+    return spo2_from(r, i, fs, cal, hr, y_ir, motion=motion)
 
 
-def spo2_from(r: FloatArray, i: FloatArray, fs: float, cal: Calibration, hr: HeartRate, y_ir: FloatArray) -> SpO2:
+def _failed(sqi: SignalQuality, why: str) -> SignalQuality:
+    return replace(sqi, score=0.0, usable=False, reasons=(why,))
+
+
+def spo2_from(
+    r: FloatArray,
+    i: FloatArray,
+    fs: float,
+    cal: Calibration,
+    hr: HeartRate,
+    y_ir: FloatArray,
+    *,
+    motion: npt.ArrayLike | None = None,
+) -> SpO2:
     """SpO2 from clean raw windows and the IR channel's analysis (:func:`gateway.dsp.heart.analyse` with
-    ``inverted=True, check_perfusion=True``), so a stream analyses the IR channel once for both values."""
+    ``inverted=True, check_perfusion=True``), so a stream analyses the IR channel once for both values.
+    ``motion``: the accelerometer window the analysis was given (re-checked when the heart rate's
+    stricter limits refused the window)."""
     if len(y_ir) != len(i) or len(r) != len(i) or not (float(np.mean(r)) > 0 and float(np.mean(i)) > 0):
         return SpO2(None, None, 0.0, hr.sqi)
     y_red = -bandpass(r - float(np.mean(r)), fs)
@@ -125,17 +158,42 @@ def spo2_from(r: FloatArray, i: FloatArray, fs: float, cal: Calibration, hr: Hea
     nr = float(y_red @ y_red)
     if not (den > 0 and nr > 0 and np.isfinite(den) and np.isfinite(nr)):
         return SpO2(None, None, 0.0, hr.sqi)
-    slope = float(y_red @ y_ir) / den
-    corr = float(y_red @ y_ir) / float(np.sqrt(den * nr))
-    ratio = slope * float(np.mean(i)) / float(np.mean(r))
+    cross = float(y_red @ y_ir)
+    slope = cross / den
+    corr = cross / float(np.sqrt(den * nr))
+    scale = float(np.mean(i)) / float(np.mean(r))
+    ratio = slope * scale
+    # SpO2's own limits (3 beats, 0.02 % perfusion, leave-one-out beat template) on the IR analysis
     sqi = hr.sqi
-    if hr.bpm is None:
+    if sqi.usable:
+        # every other rule passed with the heart rate's stricter limits: only the template is left
+        if sqi.template_corr_loo < MIN_TEMPLATE_CORR:
+            sqi = _failed(sqi, "shape")
+    elif set(sqi.reasons) <= _RELAXED:
+        peaks = np.unique(np.clip(np.round(hr.beat_times_s * fs).astype(np.intp), 0, len(i) - 1))
+        sqi = assess(
+            y_ir,
+            peaks,
+            fs,
+            raw=i,
+            check_perfusion=True,
+            motion=motion,
+            min_beats=MIN_BEATS,
+            min_perfusion=MIN_PERFUSION,
+            leave_one_out=True,
+        )
+    if not sqi.usable:
         return SpO2(None, ratio, 0.0, sqi, corr)
-    if corr < MIN_CHANNEL_CORR:
-        sqi = SignalQuality(0.0, False, ("channels-disagree",), sqi.template_corr, sqi.motion_g, sqi.perfusion_index)
-        return SpO2(None, ratio, 0.0, sqi, corr)
+    # standard error of the slope, residuals band-limited: 2 B T independent samples
+    band = max(min(BAND_HZ[1], fs / 2.0) - BAND_HZ[0], 0.1)
+    n_eff = max(2.0, min(float(len(i)), 2.0 * band * len(i) / fs))
+    resid = max(nr - slope * cross, 0.0)  # |y_red - slope y_ir|^2
+    se_ratio = float(np.sqrt(resid / den / n_eff)) * scale
+    c1, c2 = cal.coeffs[1], cal.coeffs[2]
+    se_pct = abs(c1 + 2.0 * c2 * ratio) * se_ratio
+    if not se_pct <= MAX_SE_PCT:
+        return SpO2(None, ratio, 0.0, _failed(sqi, "imprecise"), corr, se_pct)
     pct = cal(ratio)
     if not PLAUSIBLE[0] <= pct <= PLAUSIBLE[1]:
-        sqi = SignalQuality(0.0, False, ("implausible",), sqi.template_corr, sqi.motion_g, sqi.perfusion_index)
-        return SpO2(None, ratio, 0.0, sqi, corr)
-    return SpO2(min(pct, 100.0), ratio, min(sqi.score, corr), sqi, corr)
+        return SpO2(None, ratio, 0.0, _failed(sqi, "implausible"), corr, se_pct)
+    return SpO2(min(pct, 100.0), ratio, min(sqi.score, max(corr, 0.0)), sqi, corr, se_pct)

@@ -27,8 +27,10 @@ Cadence (documented in docs/dsp.md):
 
 Channels: ``pleth`` (an oximeter's upright pleth, e.g. the CMS50 at 60 Hz) or raw optical intensities
 ``ir``/``red``/``green`` (a BLE wrist monitor; a pulse is a dip). Heart rate uses ``pleth``, else ``ir``,
-else ``green``. Optional accelerometer channels ``accel_x``/``accel_y``/``accel_z`` (g, same rate) feed
-the motion check, and then HR/SpO2 carry ``extra["at_rest"]``.
+else ``green``. Optional accelerometer channels ``accel_x``/``accel_y``/``accel_z`` (g, raw with gravity, same rate)
+feed the motion check, and then HR/SpO2 carry ``extra["at_rest"]`` (:mod:`gateway.dsp.activity`: ENMO
+below the sedentary cut-point, and no activity in the last ``rest_settle_s``); without them readings
+are unmarked.
 
 Gaps: a block whose ``first_index`` is up to :data:`MAX_BRIDGE_S` after the previous block's end (a few
 samples lost over the radio) is joined to it by linear interpolation (``counters.bridged``; the beat
@@ -54,6 +56,7 @@ import numpy.typing as npt
 
 from drivers import codes
 from drivers.base import BeatIntervals, Measurement, Waveform
+from gateway.dsp.activity import REST_SETTLE_S, RestTracker
 from gateway.dsp.af import screen_af
 from gateway.dsp.heart import MIN_FS, analyse
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
@@ -111,6 +114,7 @@ class WristStream:
         af_window_s: float = AF_WINDOW_S,
         af_hop_s: float = AF_HOP_S,
         motion_hr: bool = False,
+        rest_settle_s: float = REST_SETTLE_S,
     ) -> None:
         self.device_id = device_id
         self.calibration = calibration_for(calibration)
@@ -136,6 +140,9 @@ class WristStream:
         self.motion_hr = motion_hr
         self._tracker = MotionHrTracker()
         self._since_motion_hop = 0
+        # at rest or not, from the accelerometer (gateway.dsp.activity); survives gaps and restarts
+        self._rest = RestTracker(settle_s=rest_settle_s)
+        self._verdict: tuple[bool, float] | None = None  # the last at-rest verdict and its window's end
 
     # -- waveform -------------------------------------------------------------------------------
 
@@ -255,11 +262,14 @@ class WristStream:
             return []  # at rest: the time-domain path answers (and re-centres the tracker)
         m = self._tracker.update(src, acc, self._fs, t_end)
         self.counters.motion_windows += 1
+        at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
         if m.bpm is None:
             self._count("low-confidence")
             return []
         self.counters.hr_emitted += 1
-        extra = {"window_s": MOTION_WINDOW_S, "at_rest": False, "method": "spectral"}
+        extra: dict[str, Any] = {"window_s": MOTION_WINDOW_S, "method": "spectral"}
+        if at_rest is not None:
+            extra["at_rest"] = at_rest
         return [self._m(LOINC_HR, m.bpm, "/min", t_end, m.confidence, extra)]
 
     def _analyse(self) -> list[Measurement]:
@@ -275,9 +285,13 @@ class WristStream:
         hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
         out: list[Measurement] = []
         extra: dict[str, Any] = {"window_s": self.window_s}
-        if hr.sqi.motion_g is not None:
-            extra["at_rest"] = bool(hr.sqi.motion_g <= MAX_MOTION_G)
+        if motion is not None:
             extra["method"] = "time"
+            at_rest = self._note_rest(self._rest.update(motion, fs, t_end) if motion.ndim == 2 else None, t_end)
+            if at_rest is None:
+                self._count("activity-unknown")
+            else:
+                extra["at_rest"] = at_rest
         if hr.bpm is None:
             self.counters.unusable_windows += 1
             for r in hr.sqi.reasons:
@@ -291,7 +305,7 @@ class WristStream:
             out.append(self._m(LOINC_HR, hr.bpm, "/min", t_end, hr.quality, extra))
             self.counters.hr_emitted += 1
         if "red" in buf and "ir" in buf and inverted and src is buf["ir"]:
-            sp = spo2_from(buf["red"], buf["ir"], fs, self.calibration, hr, y)
+            sp = spo2_from(buf["red"], buf["ir"], fs, self.calibration, hr, y, motion=motion)
             if sp.percent is not None:
                 out.append(self._m(LOINC_SPO2, sp.percent, "%", t_end, sp.quality, extra))
                 self.counters.spo2_emitted += 1
@@ -299,6 +313,21 @@ class WristStream:
                 for r in sp.sqi.reasons:
                     self._count(r)
         return out
+
+    def _note_rest(self, verdict: bool | None, t_end: float) -> bool | None:
+        if verdict is not None:
+            self._verdict = (verdict, t_end)
+        return verdict
+
+    def at_rest(self, t: float) -> bool | None:
+        """The accelerometer's at-rest verdict for time ``t`` (the readings' clock): that of the last
+        analysed window if it ended within one hop-and-window (:data:`WINDOW_S` + :data:`HOP_S`) of
+        ``t``, else ``None``. For marking the heart rate a device computed itself (``method="device"``),
+        which the stream does not see, with the same verdict as the gateway's own."""
+        if self._verdict is None:
+            return None
+        verdict, at = self._verdict
+        return verdict if abs(t - at) <= self.window_s + self.hop_s else None
 
     def _take_beats(self, beats: FloatArray, t_start: float, t_end: float) -> None:
         inner = beats[(beats >= t_start + EDGE_S) & (beats <= t_end - EDGE_S)]

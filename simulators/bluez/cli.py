@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spo2", type=float, default=97.0, help="wrist SpO2, %%")
     parser.add_argument("--af", action="store_true", help="wrist: irregularly irregular beats (atrial fibrillation)")
     parser.add_argument(
+        "--wrist-accel",
+        action="store_true",
+        help="wrist: 3-axis acceleration and activity flag in the PPG frames (format 2); 'set walking=true'",
+    )
+    parser.add_argument(
         "--temporary-timeout", type=float, default=30.0, help="seconds before an unseen device is forgotten"
     )
     parser.add_argument("--page-timeout", type=float, default=5.0, help="seconds a Connect waits for an absent device")
@@ -133,6 +138,7 @@ def build_peripherals(args: argparse.Namespace) -> list[Any]:
                 spo2_pct=args.spo2,
                 af=args.af,
                 seed=i + 1,
+                accel=args.wrist_accel,
             )
         )
     for i, addr in enumerate(cuffs):

@@ -13,7 +13,8 @@ One request per line, one reply per line: ``{"op": "press", "device": "C0:FF:EE:
 ``add_records``        cuff: ``count`` measurements stored while nobody was connected
 ``wake``               cuff: press its Bluetooth button (advertise for ``seconds``)
 ``set``                device settings: wrist ``battery``/``hr_bpm``/``spo2_pct``/``af``/
-                       ``ppg_rate_hz``/``ppg_per_frame``; cuff ``clock_offset_s``/``pairable``/
+                       ``ppg_rate_hz``/``ppg_per_frame`` (and with ``--wrist-accel``: ``walking``,
+                       ``rest_settle_s``); cuff ``clock_offset_s``/``pairable``/
                        ``always_advertise``; pendant ``battery``; BTHome ``battery``/``key`` (hex)
 ``battery_change``     SOS pendant: new battery, press counter back to 0
 ``garbage``            BTHome button: malformed advertisements for ``seconds``

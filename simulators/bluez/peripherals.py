@@ -4,7 +4,8 @@ variants). Each is a GATT database plus the behaviour of the real kind of device
 - wrist monitor: Heart Rate Service with RR intervals (1 Hz), Pulse Oximeter Service (PLX continuous,
   1 Hz), Battery, Device Information and the raw PPG service of docs/ble.md streaming red/IR/green
   frames from :mod:`simulators.bluez.physiology` at ``ppg_rate_hz``; the sensor's sample counter runs
-  whether or not anyone listens, as a real sensor's does;
+  whether or not anyone listens, as a real sensor's does. With ``accel=True`` the frames are format 2:
+  3-axis acceleration and the device's activity flag (walking on command: ``set walking=true``);
 - blood-pressure cuff: Blood Pressure Service with indications, Intermediate Cuff Pressure, stored
   records (BPS 1.1 Blood Pressure Record + Record Access Control Point, or, with ``racp=False``, the
   older behaviour of indicating every stored measurement when the collector subscribes), Current
@@ -28,7 +29,7 @@ from typing import Any
 from simulators.bluez import profiles
 from simulators.bluez.core import Peripheral
 from simulators.bluez.gattdb import AttError, Characteristic, Service
-from simulators.bluez.physiology import make_source
+from simulators.bluez.physiology import WristMotion, make_source
 
 
 def u16(short: int) -> str:
@@ -89,9 +90,12 @@ class WristMonitor(Peripheral):
         af: bool = False,
         battery: int = 87,
         seed: int = 1,
+        accel: bool = False,
         **kw: Any,
     ) -> None:
         self.ppg_rate_hz = ppg_rate_hz
+        # accelerometer and activity flag in the PPG frames (format 2), walking on command
+        self.motion = WristMotion(ppg_rate_hz) if accel else None
         self.ppg_per_frame = ppg_per_frame
         self.battery = battery
         self.source = make_source(ppg_rate_hz, hr_bpm=hr_bpm, spo2_pct=spo2_pct, af=af, seed=seed)
@@ -119,7 +123,9 @@ class WristMonitor(Peripheral):
                     Characteristic(
                         RAW_PPG_FEATURE,
                         ["read"],
-                        read=lambda: profiles.ppg_feature(self.ppg_rate_hz, self.ppg_per_frame),
+                        read=lambda: profiles.ppg_feature(
+                            self.ppg_rate_hz, self.ppg_per_frame, self.motion is not None
+                        ),
                     ),
                 ],
             ),
@@ -169,7 +175,12 @@ class WristMonitor(Peripheral):
             # behind (or asked for more than the bus carries): still yield, so the bus and signals are served
             await asyncio.sleep(max(0.0, delay))
             if self.ppg.subscribed:
-                frame = profiles.ppg_frame(counter, fs, self.source.samples(counter, n))
+                samples = self.source.samples(counter, n)
+                if self.motion is None:
+                    frame = profiles.ppg_frame(counter, fs, samples)
+                else:
+                    samples = self.motion.apply(counter, n, samples)
+                    frame = profiles.ppg_frame(counter, fs, samples, self.motion.at_rest(counter / fs))
                 if await self.notify(self.ppg, frame):
                     self.frames_sent += 1
                     if self.first_counter_sent is None:
@@ -188,6 +199,7 @@ class WristMonitor(Peripheral):
             "first_counter_sent": self.first_counter_sent,
             "last_counter_sent": self.last_counter_sent,
             "battery": self.battery,
+            "walking": self.motion.walking if self.motion is not None else None,
         }
 
     async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +213,15 @@ class WristMonitor(Peripheral):
                 self.ppg_rate_hz = float(args.get("ppg_rate_hz", self.ppg_rate_hz))
                 self.ppg_per_frame = int(args.get("ppg_per_frame", self.ppg_per_frame))
                 self.source.fs = self.ppg_rate_hz
+                if self.motion is not None:
+                    self.motion.fs = self.ppg_rate_hz
+            if self.motion is None and ("walking" in args or "rest_settle_s" in args):
+                raise ValueError("this wrist monitor has no accelerometer (start it with --wrist-accel)")
+            if self.motion is not None:
+                if "rest_settle_s" in args:
+                    self.motion.rest_settle_s = float(args["rest_settle_s"])
+                if "walking" in args:
+                    self.motion.set_walking(bool(args["walking"]), self.now())
             for key, attr in (("hr_bpm", "hr_bpm"), ("spo2_pct", "spo2_pct"), ("af", "af")):
                 if key in args and hasattr(self.source, attr):
                     setattr(self.source, attr, args[key])

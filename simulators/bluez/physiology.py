@@ -12,6 +12,12 @@ numpy in it. The small model is deterministic and physiologically shaped:
 - each beat a systolic wave and a smaller diastolic (reflected) wave, baseline wander from breathing;
 - red/IR AC/DC ratios that give the configured SpO2 through the usual ratio-of-ratios calibration
   (SpO2 ~ 110 - 25 R), so a gateway-side SpO2 estimate can be checked against the set value.
+
+:class:`WristMotion` adds the wrist's accelerometer (raw, gravity included, in mg as the raw PPG
+service's format 2 carries it) and, while the wearer walks, the arm swing of
+:func:`simulators.ppg.walking_accel` with its optical artefact on every wavelength; it also gives the
+device's own activity flag (at rest only after ``rest_settle_s`` without walking, as a wearable's
+classifier would). Walking does not change the heart rate: the source's rate is what the test sets.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import math
 import random
 from dataclasses import dataclass, field
 from typing import Protocol
+
+REST_SETTLE_S = 300.0  # the device's own settling time before it reports "at rest" (as gateway.dsp.activity)
 
 
 class PpgSource(Protocol):
@@ -216,3 +224,59 @@ def make_source(
     if realistic:
         return RealisticSource(fs, hr_bpm=hr_bpm, spo2_pct=spo2_pct, af=af, seed=seed)
     return PulseModel(fs=fs, hr_bpm=hr_bpm, spo2_pct=spo2_pct, af=af, seed=seed)
+
+
+def _hash_noise(idx: range, amplitude: float, salt: float) -> list[float]:
+    """Deterministic per-index pseudo-noise in [-amplitude, amplitude] (the same sample reads the same)."""
+    out = []
+    for i in idx:
+        x = math.sin(i * 12.9898 + salt * 78.233) * 43758.5453
+        out.append(amplitude * (2.0 * (x - math.floor(x)) - 1.0))
+    return out
+
+
+@dataclass
+class WristMotion:
+    """The wrist's accelerometer and the wearer's walking, for a wrist monitor streaming at ``fs``."""
+
+    fs: float = 100.0
+    walking: bool = False
+    rest_settle_s: float = REST_SETTLE_S
+    cadence_spm: float = 110.0
+    _walk_ended: float | None = None  # sensor time the last walk ended (None: never walked)
+    _started: bool = False
+
+    def set_walking(self, walking: bool, t: float) -> None:
+        if self.walking and not walking:
+            self._walk_ended = t
+        self.walking = walking
+        self._started = True
+
+    def at_rest(self, t: float) -> bool:
+        """The device's own activity flag at sensor time ``t``."""
+        if self.walking:
+            return False
+        return self._walk_ended is None or t - self._walk_ended >= self.rest_settle_s
+
+    def apply(self, start: int, n: int, optical: dict[str, list[int]]) -> dict[str, list[int]]:
+        """``optical`` samples ``start..start+n-1`` plus ``accel_x/y/z`` (mg); walking adds its artefact."""
+        idx = range(start, start + n)
+        out = dict(optical)
+        if self.walking:
+            import numpy as np
+
+            from simulators.ppg import walking_accel, walking_artefact
+
+            t = np.arange(start, start + n, dtype=np.float64) / self.fs
+            acc = walking_accel(t, self.cadence_spm)
+            art = walking_artefact(acc)
+            rel = 0.02 * art  # the generator's perfusion (2 %) times the artefact in pulse amplitudes
+            keep = (1.0 - rel).tolist()
+            out = {c: [round(v * k) for v, k in zip(vals, keep, strict=True)] for c, vals in optical.items()}
+            axes = [acc[:, k].tolist() for k in range(3)]
+        else:
+            axes = [[0.0] * n, [0.0] * n, [1.0] * n]  # wrist flat, still: gravity on z
+        for k, name in enumerate(("accel_x", "accel_y", "accel_z")):
+            noise = _hash_noise(idx, 0.005, k + 1.0)
+            out[name] = [round(1000.0 * (a + e)) for a, e in zip(axes[k], noise, strict=True)]
+        return out

@@ -132,21 +132,30 @@ def parse_current_time(data: bytes) -> dt.datetime:
     return dt.datetime(year, month, day, hour, minute, second)
 
 
-def ppg_frame(counter: int, rate_hz: float, samples: dict[str, list[int]]) -> bytes:
-    """Raw PPG frame (docs/ble.md): version, channel mask, rate in 0.1 Hz, counter, n, int24 samples."""
+def ppg_frame(counter: int, rate_hz: float, samples: dict[str, list[int]], at_rest: bool | None = None) -> bytes:
+    """Raw PPG frame (docs/ble.md): format 1 (version, channel mask, rate in 0.1 Hz, counter, n, int24
+    samples), or format 2 when ``samples`` has ``accel_x/y/z`` (int16 mg after each sample's optical
+    values, mask bit 3) or an activity flag is given (one more header byte: 0 none, 1 rest, 2 active)."""
     order = ("red", "ir", "green")
+    axes = ("accel_x", "accel_y", "accel_z")
     names = [c for c in order if c in samples]
-    mask = sum(1 << order.index(c) for c in names)
+    accel = all(a in samples for a in axes)
+    v2 = accel or at_rest is not None
+    mask = sum(1 << order.index(c) for c in names) | (0x08 if accel else 0)
     n = len(samples[names[0]])
-    out = bytearray(struct.pack("<BBHIB", 0x10, mask, round(rate_hz * 10), counter & 0xFFFFFFFF, n))
+    out = bytearray(struct.pack("<BBHIB", 0x20 if v2 else 0x10, mask, round(rate_hz * 10), counter & 0xFFFFFFFF, n))
+    if v2:
+        out.append(0 if at_rest is None else 1 if at_rest else 2)
     for i in range(n):
         for c in names:
             out += (samples[c][i] & 0xFFFFFF).to_bytes(3, "little")
+        if accel:
+            out += struct.pack("<hhh", *(max(-32768, min(32767, samples[a][i])) for a in axes))
     return bytes(out)
 
 
-def ppg_feature(rate_hz: float, per_frame: int) -> bytes:
-    return struct.pack("<BBHBB", 1, 0x07, round(rate_hz * 10), 22, per_frame)
+def ppg_feature(rate_hz: float, per_frame: int, accel: bool = False) -> bytes:
+    return struct.pack("<BBHBB", 2 if accel else 1, 0x0F if accel else 0x07, round(rate_hz * 10), 22, per_frame)
 
 
 # SOS pendant format 1.1: how the latest press was made (BTHome v2's button event codes, docs/ble.md)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gateway.dsp import CALIBRATIONS, Calibration, estimate_spo2
+from gateway.dsp.spo2 import MAX_SE_PCT
 from simulators.ppg import CAL_A, CAL_B, Desaturation, generate
 
 
@@ -127,3 +128,34 @@ def test_random_arrays_never_raise(n: int, data: st.DataObject, fs: float) -> No
     res = estimate_spo2(red, ir, fs)
     assert 0.0 <= res.quality <= 1.0
     assert res.percent is None or 50.0 <= res.percent <= 100.0
+
+
+@pytest.mark.parametrize(("hr", "seed"), [(50.0, 21), (65.0, 22), (90.0, 23), (120.0, 24)])
+@pytest.mark.parametrize("perfusion", [0.0005, 0.003, 0.02])
+def test_spot_recordings_of_four_to_five_seconds_down_to_005_percent_perfusion(
+    hr: float, seed: int, perfusion: float
+) -> None:
+    for k, (dur, sat) in enumerate([(4.6, 97.0), (4.6, 84.0), (5.0, 72.0)]):
+        rec = generate(dur, hr_bpm=hr, spo2=sat, perfusion_index=perfusion, seed=seed * 10 + k)
+        res = estimate_spo2(rec.red, rec.ir, rec.fs)
+        assert res.percent is not None, (dur, sat, res.sqi.reasons)
+        assert abs(res.percent - sat) <= 2.0
+        assert res.se_pct is not None and res.se_pct <= MAX_SE_PCT
+
+
+def test_spot_gate_refuses_what_it_cannot_measure() -> None:
+    # two channels that do not share one pulse: the ratio's own error is large
+    a, b = generate(4.6, hr_bpm=70.0, seed=31), generate(4.6, hr_bpm=97.0, seed=32)
+    res = estimate_spo2(b.red, a.ir, a.fs)
+    assert res.percent is None and "imprecise" in res.sqi.reasons and (res.se_pct or 0.0) > MAX_SE_PCT
+    # below the 0.02 % perfusion floor: no pulse to measure
+    faint = generate(4.6, hr_bpm=70.0, perfusion_index=0.0001, seed=33)
+    res = estimate_spo2(faint.red, faint.ir, faint.fs)
+    assert res.percent is None and "no-pulse" in res.sqi.reasons
+    # a wrist that moves during the spot recording: the accelerometer vetoes it
+    for level in (0.5, 4.0):
+        moving = generate(4.6, hr_bpm=70.0, seed=34, motion=[(0.0, 5.0)], motion_level=level)
+        res = estimate_spo2(moving.red, moving.ir, moving.fs, motion=moving.accel)
+        assert res.percent is None and "motion" in res.sqi.reasons
+    walking = generate(4.6, hr_bpm=110.0, seed=35, walking=[(0.0, 5.0)])
+    assert estimate_spo2(walking.red, walking.ir, walking.fs, motion=walking.accel).percent is None
