@@ -13,12 +13,14 @@ counted in ``bugs``, and the other listeners and the driver carry on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from drivers import codes
 from drivers.base import BeatIntervals, ButtonPress, DeviceStatus, Measurement, Reading, Waveform
 from drivers.reconnect import BugLog
 from gateway import messages
@@ -43,6 +45,8 @@ class DspStream(Protocol):
     def push_waveform(self, w: Waveform) -> list[Measurement]: ...
 
     def push_rr(self, b: BeatIntervals) -> list[Measurement]: ...
+
+    def at_rest(self, t: float) -> bool | None: ...
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Pipeline:
                 for on_alert in self._alert_listeners:
                     self._guarded(reading, "alert listener", on_alert, alert_id, reading.device_id, reading.captured_at)
             case Measurement():
+                reading = self._mark_rest(reading)
                 self.submit(messages.observation(self.topics, reading))
             case DeviceStatus():
                 info.state, info.reason = reading.state.value, reading.reason
@@ -168,6 +173,24 @@ class Pipeline:
         self.submit(msg)
         for on_alert in self._alert_listeners:
             self._guarded(press, "alert listener", on_alert, alert_id, press.device_id, press.captured_at)
+
+    def _mark_rest(self, m: Measurement) -> Measurement:
+        """A heart rate the device computed itself, without its own activity flag: marked ``at_rest``
+        with the verdict of the same device's DSP stream when the device sends acceleration (gateway/dsp,
+        "At rest"); unmarked otherwise, as documented (docs/rules.md)."""
+        if m.code != codes.HEART_RATE or m.method != "device" or "at_rest" in m.extra:
+            return m
+        stream = self._dsp.get(m.device_id)
+        if stream is None:
+            return m
+        try:
+            verdict = stream.at_rest(m.captured_at)
+        except Exception as exc:  # noqa: BLE001 - a DSP bug costs the mark, never the reading (docstring)
+            self.bugs.report(log, f"device {m.device_id}", exc, "at-rest verdict failed")
+            return m
+        if verdict is None:
+            return m
+        return dataclasses.replace(m, extra={**m.extra, "at_rest": verdict})
 
     def _guarded(self, reading: Reading, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:

@@ -212,3 +212,41 @@ def test_any_acceleration_gives_a_verdict_or_none_never_an_error(accel: np.ndarr
     assert verdict is None or isinstance(verdict, bool)
     if accel.ndim != 2 or accel.shape[1] != 3 or not np.all(np.isfinite(accel)):
         assert verdict is None
+
+
+def test_the_pipeline_marks_a_heart_rate_the_device_computed_with_its_streams_verdict(
+    tmp_path: Path, walk_then_rest: PpgRecording
+) -> None:
+    """A wrist that sends acceleration but no activity flag: the heart rate it computed itself is
+    marked by the gateway's own verdict (walking: not at rest; sitting long enough: at rest); a
+    heart rate of a device without a stream, or one that carries its own flag, is left as it is."""
+    from gateway.messages import Topics
+    from gateway.outbox import Outbox
+    from gateway.pipeline import Pipeline
+
+    async def go() -> list[Measurement]:
+        async with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+            runner = asyncio.create_task(outbox.run())
+            pipeline = Pipeline(Topics("homecare/v1", "gw-1"), outbox, dsp_factory=lambda dev: WristStream(dev))
+            seen: list[Measurement] = []
+            pipeline.on_reading(lambda r: seen.append(r) if isinstance(r, Measurement) else None)
+
+            def device_hr(device: str, at: float, **extra: Any) -> None:
+                pipeline.sink(Measurement(device, LOINC_HEART_RATE, HR, "/min", at, "device", extra=extra))
+
+            for w in _blocks(walk_then_rest):
+                pipeline.sink(w)
+                at = w.captured_at + 1.0
+                if abs(at - (T0 + 100.0)) < 0.5 or abs(at - (T0 + 590.0)) < 0.5:
+                    device_hr("wrist-1", at)
+            device_hr("cuff-1", T0 + 590.0)  # no stream: nothing to judge by
+            device_hr("wrist-1", T0 + 590.5, at_rest=False)  # the device's own flag wins
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            return [m for m in seen if m.method == "device"]
+
+    walking, sitting, cuff, flagged = asyncio.run(go())
+    assert walking.extra.get("at_rest") is False, walking
+    assert sitting.extra.get("at_rest") is True, sitting
+    assert "at_rest" not in cuff.extra
+    assert flagged.extra["at_rest"] is False
