@@ -219,6 +219,12 @@ class Driver(abc.ABC):
         self.ctx = ctx
         self.clock = ctx.clock
 
+    @classmethod
+    def buttons_of(cls, options: DriverOptions) -> tuple[str, ...]:
+        """The device ids of the buttons this device hears for others (a radio receiver's button
+        table): devices of the home too, which ``[[rules.person]] devices`` may give to a person."""
+        return ()
+
     @property
     def device_id(self) -> str:
         return self.spec.id

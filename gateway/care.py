@@ -82,7 +82,12 @@ class CareDesk:
 
     def _new_engine(self) -> RuleEngine:
         person_rules: dict[str, Sequence[RuleSpec]] = {p.id: p.rules for p in self.cfg.persons if p.rules is not None}
-        return RuleEngine(self.cfg.watch, person_rules=person_rules)
+        engine = RuleEngine(self.cfg.watch, person_rules=person_rules)
+        now = self.clock()
+        for p in self.cfg.persons:
+            for button in p.buttons:  # a receiver's buttons are no [[devices]] of their own: theirs from the start
+                engine.set_device(button, now, person_id=p.id, worn=False, watch_link=False)
+        return engine
 
     # -- devices -----------------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class PersonSection:
     devices: tuple[str, ...] = ()
     worn: tuple[str, ...] = ()
     rules: tuple[RuleSpec, ...] | None = None
+    buttons: tuple[str, ...] = ()  # those of ``devices`` that are buttons of a receiver (Driver.buttons_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +311,8 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: devices[{i}] = {raw!r}: expected a table [[devices]]")
         devices.append(parse_device(file, i, raw, seen))
-    rules = parse_rules(file, _table(file, doc, "rules", False), seen)
+    buttons = {b for spec in devices for b in driver_class(spec.kind).buttons_of(spec.options)} - seen
+    rules = parse_rules(file, _table(file, doc, "rules", False), seen, buttons)
     dl = _Reader(file, "downlink", _table(file, doc, "downlink", False))
     downlink = DownlinkSection(
         max_age_s=dl.float_("max_age_s", 300.0, 10, 86400, "seconds"),
@@ -438,7 +440,12 @@ def _time_of_day(file: Path, key: str, value: object) -> dt.time:
     raise ConfigError(f"{file}: rules.{key} = {value!r}: expected a local time of day such as 07:00:00")
 
 
-def parse_rules(file: Path, table: Mapping[str, Any], device_ids: set[str]) -> RulesSection:
+def parse_rules(
+    file: Path, table: Mapping[str, Any], device_ids: set[str], button_ids: set[str] | None = None
+) -> RulesSection:
+    """``[rules]``; ``device_ids``: the configured devices; ``button_ids``: the buttons receivers hear
+    for others (a radio receiver's table), which a person's ``devices`` may list too."""
+    button_ids = button_ids or set()
     """``[rules]`` and ``[[rules.person]]`` (docs/rules.md); the rule engine's own validation
     (:class:`RuleSpecError`) becomes a one-line :class:`ConfigError` naming the key."""
     r = _Reader(file, "rules", table)
@@ -471,8 +478,8 @@ def parse_rules(file: Path, table: Mapping[str, Any], device_ids: set[str]) -> R
         devs = _id_list(p, "devices")
         worn = _id_list(p, "worn")
         for d in devs:
-            if d not in device_ids:
-                raise p.fail("devices", d, "ids of configured [[devices]]")
+            if d not in device_ids and d not in button_ids:
+                raise p.fail("devices", d, "ids of configured [[devices]] or of the buttons their receivers hear")
             if d in owner:
                 raise p.fail("devices", d, f"a device of one person only (it is {owner[d]}'s)")
             owner[d] = pid
@@ -487,7 +494,7 @@ def parse_rules(file: Path, table: Mapping[str, Any], device_ids: set[str]) -> R
                 specs = rules_from_list(raw_rules, bases=DEFAULTS_BY_ID)
             except RuleSpecError as exc:
                 raise ConfigError(f"{file}: rules.person[{i}] ({pid}).rule: {exc.reason}") from None
-        persons.append(PersonSection(pid, devs, worn, specs))
+        persons.append(PersonSection(pid, devs, worn, specs, tuple(d for d in devs if d in button_ids)))
     if len({p.id for p in persons}) != len(persons):
         raise ConfigError(f"{file}: rules.person: two persons with the same id: expected unique ids")
     return RulesSection(watch=watch, persons=tuple(persons), tick_s=tick_s)

@@ -75,7 +75,7 @@ address = "{BLE_SOS}"
 
 def demo_person(ble: bool) -> str:
     """The one person of the demo's home: her devices give one daily summary (and one set of care rules)."""
-    devices = ["rfx-receiver", "oximeter-1", "bp-monitor-1"]  # the receiver's buttons are hers too
+    devices = ["rfx-receiver", "sos-pendant-1", "oximeter-1", "bp-monitor-1"]  # the receiver and its button
     if ble:
         devices += ["wrist-1", "ble-cuff-1", "ble-sos-1"]
     listed = ", ".join(f'"{d}"' for d in devices)

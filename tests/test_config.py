@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,23 @@ def test_a_wrist_monitors_spo2_calibration_must_be_a_known_model(tmp_path: Path)
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, GOOD + wrist.format("max30103")))
     assert "devices[1] (w1).spo2_calibration = 'max30103'" in str(info.value) and "max30102" in str(info.value)
+
+
+def test_a_person_may_own_the_buttons_a_receiver_hears_and_the_care_rules_know_it(tmp_path: Path) -> None:
+    from gateway.care import CareDesk
+    from gateway.messages import Topics
+    from gateway.registry import Registry
+
+    cfg = load_config(write(tmp_path, GOOD + RULES_OK.replace('devices = ["rfx"]', 'devices = ["rfx", "sos-1"]')))
+    anna = cfg.rules.person_of("sos-1")
+    assert anna is not None and anna.id == "anna" and anna.buttons == ("sos-1",)
+    assert cfg.rules.person_of("rfx") is anna and "rfx" not in anna.buttons
+    registry = Registry(tmp_path / "registry.json")
+    desk = CareDesk(cfg.rules, Topics("homecare/v1", "gw"), lambda m: asyncio.Future(), registry)
+    try:
+        devices = {d["id"]: d for d in desk.engine.snapshot()["devices"]}
+        assert devices["sos-1"]["person_id"] == "anna" and devices["sos-1"]["watch_link"] is False
+    finally:
+        desk.close()
+    with pytest.raises(ConfigError, match=r"sos-9.*buttons their receivers hear"):
+        load_config(write(tmp_path, GOOD + RULES_OK.replace('devices = ["rfx"]', 'devices = ["rfx", "sos-9"]')))

@@ -276,6 +276,11 @@ class RfxtrxSosDriver(SerialDriver):
     usb_ids: ClassVar[tuple[tuple[int, int, str], ...]] = ((0x0403, 0x6001, "RFXtrx"), (0x0403, 0x6015, "RFXtrx"))
     baudrate: ClassVar[int] = 38400
 
+    @classmethod
+    def buttons_of(cls, options: DriverOptions) -> tuple[str, ...]:
+        assert isinstance(options, RfxtrxOptions)
+        return tuple(dict.fromkeys(options.buttons.values()))
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.spec.options
