@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from simulators.bluez.core import Peripheral
+from simulators.bluez.profiles import BUTTON_EVENT_CODES
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 BTHOME_UUID16_LE = b"\xd2\xfc"
@@ -39,15 +40,7 @@ OBJ_PACKET_ID = 0x00
 OBJ_BATTERY = 0x01
 OBJ_BUTTON = 0x3A
 
-BUTTON_EVENTS: dict[str, int] = {
-    "press": 0x01,
-    "double_press": 0x02,
-    "triple_press": 0x03,
-    "long_press": 0x04,
-    "long_double_press": 0x05,
-    "long_triple_press": 0x06,
-    "hold_press": 0x80,
-}
+BUTTON_EVENTS = BUTTON_EVENT_CODES
 
 INFO_ENCRYPTED = 0x01
 INFO_TRIGGER = 0x04

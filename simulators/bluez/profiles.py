@@ -158,8 +158,10 @@ def ppg_feature(rate_hz: float, per_frame: int, accel: bool = False) -> bytes:
     return struct.pack("<BBHBB", 2 if accel else 1, 0x0F if accel else 0x07, round(rate_hz * 10), 22, per_frame)
 
 
-# SOS pendant format 1.1: how the latest press was made (BTHome v2's button event codes, docs/ble.md)
-SOS_PATTERN_CODES = {
+# BTHome v2's button event codes (bthome.io/format, object 0x3A), by the gateway's pattern names
+# (drivers.options.PRESS_PATTERNS): the BTHome button sends them, and the SOS pendant's format 1.1 says
+# with them how its latest press was made (docs/ble.md).
+BUTTON_EVENT_CODES = {
     "press": 0x01,
     "double_press": 0x02,
     "triple_press": 0x03,
@@ -168,6 +170,7 @@ SOS_PATTERN_CODES = {
     "long_triple_press": 0x06,
     "hold_press": 0x80,
 }
+SOS_PATTERN_CODES = BUTTON_EVENT_CODES
 
 
 def sos_state(
