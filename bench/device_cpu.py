@@ -18,6 +18,7 @@ by RSS at import, ``-X importtime``'s slowest imports).
     nice -n 10 .venv/bin/python bench/device_cpu.py [--minutes 5] [--single-s 45]
     nice -n 10 .venv/bin/python bench/device_cpu.py --tracemalloc --minutes 2   # the Python heap by file
     nice -n 10 .venv/bin/python bench/device_cpu.py --profile --kinds oximeter --minutes 1  # where CPU goes
+    nice -n 10 .venv/bin/python bench/device_cpu.py --pyspy --kinds wrist --minutes 1  # all threads, py-spy
 
 Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... pss_mb=... rss_mb=...``.
 The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
@@ -39,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_s, memory_mb, result_line
+from bench._common import cpu_s, memory_mb, result_line, threads_cpu, threads_delta
 from simulators.bluez.peripherals import BpCuff, SosPendant, WristMonitor
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
@@ -141,7 +142,7 @@ async def measure(
         cuff = sims.cuff
         gw = GatewayProcess(config, log_level="WARNING")
         saved = dict(os.environ)
-        if trace:
+        if trace in ("tracemalloc", "profile"):
             (work / "hook").mkdir()
             (work / "hook" / "sitecustomize.py").write_text(TRACEMALLOC_HOOK)
             os.environ["PYTHONPATH"] = str(work / "hook")
@@ -163,14 +164,18 @@ async def measure(
 
             await asyncio.to_thread(wait_for, delivering, 90, 0.5, "the devices to deliver")
             await asyncio.sleep(10)  # DSP windows filled, start-up done
-            c0, t0 = cpu_s(gw.pid), time.monotonic()
+            c0, t0, th0 = cpu_s(gw.pid), time.monotonic(), threads_cpu(gw.pid)
+            spy = pyspy_start(gw.pid, seconds, work / "pyspy.txt") if trace == "pyspy" else None
             next_cuff = t0
             while (now := time.monotonic()) < t0 + seconds:
                 if cuff is not None and now >= next_cuff:
                     await cuff.measure()
                     next_cuff += 60.0
                 await asyncio.sleep(min(1.0, t0 + seconds - now))
-            c1, t1 = cpu_s(gw.pid), time.monotonic()
+            c1, t1, th1 = cpu_s(gw.pid), time.monotonic(), threads_cpu(gw.pid)
+            print(f"  {'+'.join(kinds) or 'receiver alone'} by thread: {threads_delta(th0, th1, t1 - t0)}", flush=True)
+            if spy is not None:
+                await asyncio.to_thread(spy.wait, 60)
             mem = memory_mb(gw.pid)
             if cuff is not None:
                 st = await asyncio.to_thread(status_via_ctl, config) or {}
@@ -183,6 +188,43 @@ async def measure(
     if "Traceback" in gw.log():
         raise SystemExit(f"gatewayd logged a traceback, see {gw.logfile}")
     return {"rate": (c1 - c0) / (t1 - t0), **mem}
+
+
+def pyspy_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling every thread of ``pid`` for ``seconds``, collapsed
+    stacks to ``out`` (idle threads left out: what is sampled is what runs)."""
+    exe = Path(sys.executable).with_name("py-spy")
+    cmd = [str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100"]
+    cmd += ["--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pyspy_summary(path: Path, n: int = 30) -> str:
+    """Collapsed stacks -> samples by function (own and inclusive) and by file, as text."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    by_file: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        frames = stack.split(";")[1:]  # the first is the thread
+        if not frames:
+            continue
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        leaf_file = frames[-1].rpartition("(")[2].split(":")[0]
+        by_file[leaf_file] = by_file.get(leaf_file, 0) + k
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + k
+    lines = [f"{total} samples"]
+    for title, table in (("own", own), ("inclusive", incl), ("own by file", by_file)):
+        lines.append(f"-- {title}")
+        for name, k in sorted(table.items(), key=lambda r: -r[1])[:n]:
+            lines.append(f"{100 * k / max(total, 1):6.1f} %  {name}")
+    return "\n".join(lines)
 
 
 IMPORTS = ("numpy", "scipy.signal", "gateway.dsp.stream", "bleak", "dbus_fast", "paho.mqtt.client", "tinydb")
@@ -230,20 +272,25 @@ def import_time_by_package(n: int = 8) -> list[tuple[str, float]]:
 
 async def traced(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
-    trace = "tracemalloc" if args.tracemalloc else "profile"
+    trace = "tracemalloc" if args.tracemalloc else "pyspy" if args.pyspy else "profile"
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     with Mosquitto(workdir=tmp / "broker") as broker:
         full = await measure(tmp, broker.port, kinds, args.minutes * 60, trace=trace)
-    what = "its Python heap by file" if args.tracemalloc else "its functions by own time"
-    print(f"gatewayd under {trace}, devices {'+'.join(kinds)}, {args.minutes:g} min; {what} at stop:")
-    print((tmp / "-".join(kinds) / f"{trace}.txt").read_text())
+    what = {
+        "tracemalloc": "its Python heap by file",
+        "profile": "its functions by own time",
+        "pyspy": "samples of every thread by function",
+    }[trace]
+    print(f"gatewayd under {trace}, devices {'+'.join(kinds)}, {args.minutes:g} min; {what}:")
+    out = tmp / "-".join(kinds) / f"{trace}.txt"
+    print(pyspy_summary(out) if trace == "pyspy" else out.read_text())
     mem = {"pss_mb": round(full["pss"], 1), "rss_mb": round(full["rss"], 1)}
     print(result_line(**mem, core_pct=round(full["rate"] * 100, 2)))
     return 0
 
 
 async def run(args: argparse.Namespace) -> int:
-    if args.tracemalloc or args.profile:
+    if args.tracemalloc or args.profile or args.pyspy:
         return await traced(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
     broker = Mosquitto(workdir=tmp / "broker")
@@ -296,7 +343,10 @@ def main() -> int:
         "--tracemalloc", action="store_true", help="one run (--kinds), gatewayd under tracemalloc: its heap by file"
     )
     ap.add_argument("--profile", action="store_true", help="one run (--kinds), gatewayd under cProfile")
-    ap.add_argument("--kinds", default="", help="with --tracemalloc/--profile: e.g. oximeter,wrist (default all)")
+    ap.add_argument(
+        "--pyspy", action="store_true", help="one run (--kinds), gatewayd sampled by py-spy (pip install py-spy)"
+    )
+    ap.add_argument("--kinds", default="", help="with --tracemalloc/--profile/--pyspy: e.g. oximeter,wrist")
     return asyncio.run(run(ap.parse_args()))
 
 
