@@ -29,14 +29,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,19 +83,39 @@ class Devices:
 
 
 @contextlib.asynccontextmanager
-async def simulators(tmp: Path, kinds: tuple[str, ...]) -> AsyncIterator[Devices]:
+async def simulators(
+    tmp: Path, kinds: tuple[str, ...], *, wrist: Mapping[str, Any] | None = None
+) -> AsyncIterator[Devices]:
     """The simulators behind :func:`devices_toml`: ptys, and the virtual BlueZ on a private bus
-    (this process's environment then points at it, so a gatewayd started inside uses it)."""
+    (this process's environment then points at it, so a gatewayd started inside uses it).
+    ``wrist``: keyword arguments of the virtual wrist monitor (default :func:`wrist_options`)."""
     async with contextlib.AsyncExitStack() as stack:
         rfx = await stack.enter_async_context(RfxtrxSimulator(tmp / RFX_LINK))
         if "oximeter" in kinds:
             await stack.enter_async_context(Cms50Simulator(tmp / CMS50_LINK))
         cuff = BpCuff(CUFF) if "cuff" in kinds else None
         pendant = SosPendant(PENDANT) if "pendant" in kinds else None
-        ble = [p for p in (WristMonitor(WRIST) if "wrist" in kinds else None, cuff, pendant) if p is not None]
+        wm = WristMonitor(WRIST, **(wrist_options() if wrist is None else wrist)) if "wrist" in kinds else None
+        ble = [p for p in (wm, cuff, pendant) if p is not None]
         if ble:
             await stack.enter_async_context(virtual_bluez(ble))
         yield Devices(rfx, cuff, pendant)
+
+
+def wrist_accel_supported() -> bool:
+    """Whether the virtual wrist monitor can put its accelerometer in the PPG frames (format 2)."""
+    return "accel" in inspect.signature(WristMonitor).parameters
+
+
+def wrist_options(*, accel: bool = True, ppg_per_frame: int | None = None) -> dict[str, Any]:
+    """The wrist monitor as the issue asks for it: raw PPG at 100 Hz with the accelerometer when the
+    virtual device has one; ``ppg_per_frame`` samples per notification (default: the device's)."""
+    kw: dict[str, Any] = {"ppg_rate_hz": 100.0}
+    if accel and wrist_accel_supported():
+        kw["accel"] = True
+    if ppg_per_frame is not None:
+        kw["ppg_per_frame"] = ppg_per_frame
+    return kw
 
 
 TRACEMALLOC_HOOK = """
@@ -129,7 +151,13 @@ if os.environ.get("BENCH_PROFILE_OUT"):
 
 
 async def measure(
-    tmp: Path, port: int, kinds: tuple[str, ...], seconds: float, *, trace: str | None = None
+    tmp: Path,
+    port: int,
+    kinds: tuple[str, ...],
+    seconds: float,
+    *,
+    trace: str | None = None,
+    wrist: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """CPU rate (s per s) of gatewayd over ``seconds`` once every device of ``kinds`` delivers.
     ``trace`` ("tracemalloc" or "profile"): gatewayd runs under tracemalloc or cProfile (a
@@ -138,7 +166,7 @@ async def measure(
     work = tmp / "-".join(kinds or ("idle",))
     work.mkdir()
     config = gateway_config(work, port, gateway_id="gw-cpu", devices=devices_toml(work, kinds))
-    async with simulators(work, kinds) as sims:
+    async with simulators(work, kinds, wrist=wrist) as sims:
         cuff = sims.cuff
         gw = GatewayProcess(config, log_level="WARNING")
         saved = dict(os.environ)
@@ -270,12 +298,26 @@ def import_time_by_package(n: int = 8) -> list[tuple[str, float]]:
     return sorted(by_package.items(), key=lambda r: -r[1])[:n]
 
 
+def wrist_of(args: argparse.Namespace) -> dict[str, Any]:
+    return wrist_options(accel=not args.no_accel, ppg_per_frame=args.ppg_per_frame)
+
+
+def wrist_line(args: argparse.Namespace) -> str:
+    kw = wrist_of(args)
+    accel = "with accelerometer (PPG frame format 2)" if kw.get("accel") else "without accelerometer"
+    if not args.no_accel and not wrist_accel_supported():
+        accel += " (the virtual wrist monitor has none in this tree)"
+    per = kw.get("ppg_per_frame", inspect.signature(WristMonitor).parameters["ppg_per_frame"].default)
+    return f"wrist: raw PPG at {kw['ppg_rate_hz']:g} Hz, {per} sample(s) per notification, {accel}"
+
+
 async def traced(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    print(wrist_line(args), flush=True)
     trace = "tracemalloc" if args.tracemalloc else "pyspy" if args.pyspy else "profile"
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     with Mosquitto(workdir=tmp / "broker") as broker:
-        full = await measure(tmp, broker.port, kinds, args.minutes * 60, trace=trace)
+        full = await measure(tmp, broker.port, kinds, args.minutes * 60, trace=trace, wrist=wrist_of(args))
     what = {
         "tracemalloc": "its Python heap by file",
         "profile": "its functions by own time",
@@ -293,14 +335,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.tracemalloc or args.profile or args.pyspy:
         return await traced(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    print(wrist_line(args), flush=True)
     broker = Mosquitto(workdir=tmp / "broker")
     broker.start()
     try:
         rates: dict[tuple[str, ...], dict[str, float]] = {}
         for kinds in ((), ("wrist",), ("oximeter",)):
-            rates[kinds] = await measure(tmp, broker.port, kinds, args.single_s)
+            rates[kinds] = await measure(tmp, broker.port, kinds, args.single_s, wrist=wrist_of(args))
             print(f"{'+'.join(kinds) or 'receiver alone'}: {rates[kinds]['rate'] * 100:.2f} % of a core", flush=True)
-        full = await measure(tmp, broker.port, KINDS, args.minutes * 60)
+        full = await measure(tmp, broker.port, KINDS, args.minutes * 60, wrist=wrist_of(args))
         print(f"everything for {args.minutes:g} min: {full['rate'] * 100:.2f} % of a core", flush=True)
     finally:
         broker.stop()
@@ -328,6 +371,7 @@ async def run(args: argparse.Namespace) -> int:
             oximeter_cpu_s_per_h=round(oxi, 1),
             cuff_cpu_s_per_h=round(cuff, 1),
             idle_cpu_s_per_h=round(idle * 3600, 1),
+            wrist_accel=int(bool(wrist_of(args).get("accel"))),
             pss_mb=round(full["pss"], 1),
             rss_mb=round(full["rss"], 1),
         )
@@ -345,6 +389,10 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="one run (--kinds), gatewayd under cProfile")
     ap.add_argument(
         "--pyspy", action="store_true", help="one run (--kinds), gatewayd sampled by py-spy (pip install py-spy)"
+    )
+    ap.add_argument("--no-accel", action="store_true", help="the wrist's PPG frames without the accelerometer")
+    ap.add_argument(
+        "--ppg-per-frame", type=int, default=None, help="PPG samples per wrist notification (default: the device's)"
     )
     ap.add_argument("--kinds", default="", help="with --tracemalloc/--profile/--pyspy: e.g. oximeter,wrist")
     return asyncio.run(run(ap.parse_args()))

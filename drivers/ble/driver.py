@@ -77,6 +77,13 @@ class BleDriver(Driver):
     Options: ClassVar[type[DriverOptions]] = BleOptions
     priority: ClassVar[int] = 5  # connection budget: lower first (SOS 0, cuffs 1, wrist monitors 2)
     pair: ClassVar[bool] = False  # pair (bond) on connect when not bonded yet
+    # Characteristics read through AcquireNotify (a socket) when BlueZ offers it, instead of one D-Bus
+    # signal per notification: the raw PPG stream (100 notifications a second at one sample each) cost
+    # most of a wrist monitor's CPU in D-Bus decoding (issue 15). Only streams that tolerate it: with
+    # AcquireNotify BlueZ drops notifications a device sends before the CCC write's response (bleak
+    # #1885, why bleak 3.0.2 went back to StartNotify by default), so never a button's or a cuff's
+    # characteristic; a PPG frame lost that way shows as a counter gap.
+    acquire_notify: ClassVar[frozenset[str]] = frozenset({gatt.RAW_PPG_FRAME})
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
         super().__init__(spec, sink, ctx)
@@ -274,6 +281,16 @@ class BleDriver(Driver):
             self.seen()
             handler(bytes(data))
 
+        if uuid in self.acquire_notify and "NotifyAcquired" in getattr(char, "obj", (None, {}))[1]:
+            # BlueZ hands the values over a socket (AcquireNotify): a notification costs one read,
+            # not a D-Bus signal through dbus-daemon to decode. A device or BlueZ that refuses it
+            # still notifies the usual way.
+            try:
+                await client.start_notify(char, callback, bluez={"use_start_notify": False})
+                return True
+            except BLEAK_FAILURES as exc:
+                self.count("acquire_notify_refused")
+                log.debug("device %s: AcquireNotify of %s refused: %s", self.device_id, uuid, exc)
         await client.start_notify(char, callback)
         return True
 
