@@ -141,6 +141,7 @@ class _Counters:
     evicted_total: int = 0
     inserted: int = 0
     deleted: int = 0
+    fetches: int = 0  # queries of waiting messages (each a round trip to the worker thread)
 
 
 class Outbox:
@@ -648,6 +649,7 @@ class Outbox:
     def _fetch(self, lane: int, after_seq: int, limit: int, device: str | None = None) -> list[StoredMessage]:
         db = self._db
         assert db is not None
+        self.counters.fetches += 1
         cols = "SELECT seq, topic, body, device, captured, retain, clock, boot, mono, shift FROM msg "
         if device is None:
             cursor = db.execute(cols + "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?", (lane, after_seq, limit))
