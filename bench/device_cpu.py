@@ -3,14 +3,17 @@
 A real ``gatewayd`` (broker on loopback, connected) with, at their real rates:
 
 - a BLE wrist monitor through the virtual BlueZ (private dbus-daemon): raw PPG at 100 Hz (red, IR,
-  green; the virtual device's frame format carries no accelerometer channel), heart rate with RR and
-  SpO2 every second; the gateway's DSP computes HR, SpO2 and the AF screen from the PPG;
+  green) with its 3-axis accelerometer (frame format 2) when the virtual device has one (``--no-accel``
+  leaves it out; the first line and ``wrist_accel`` in RESULT say which ran), as many samples per
+  notification as the virtual device sends by default (``--ppg-per-frame N`` to change it), heart rate
+  with RR and SpO2 every second; the gateway's DSP computes HR, SpO2 and the AF screen from the PPG;
 - a CMS50 oximeter on a pty, 60 frames/s;
 - a BLE blood-pressure cuff that takes a reading a minute (advertises, the gateway connects, fetches it);
 - an RFXtrx SOS receiver on a pty, idle.
 
 Runs: the receiver alone (the daemon's idle cost), wrist alone, oximeter alone (each ``--single-s``),
-then everything for ``--minutes``. A device's CPU per hour is its run's CPU rate minus the idle rate;
+then everything for ``--minutes``; each run also prints gatewayd's CPU and wakeups (voluntary context
+switches) per thread, from ``/proc/PID/task``. A device's CPU per hour is its run's CPU rate minus the idle rate;
 the cuff's is what the full run has beyond idle + wrist + oximeter (small, so noisy). At the end of the
 full run: RSS and PSS (``/proc/PID/smaps_rollup``) of gatewayd, and where its memory goes (modules
 by RSS at import, ``-X importtime``'s slowest imports).
@@ -20,7 +23,8 @@ by RSS at import, ``-X importtime``'s slowest imports).
     nice -n 10 .venv/bin/python bench/device_cpu.py --profile --kinds oximeter --minutes 1  # where CPU goes
     nice -n 10 .venv/bin/python bench/device_cpu.py --pyspy --kinds wrist --minutes 1  # all threads, py-spy
 
-Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... pss_mb=... rss_mb=...``.
+Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... cuff_cpu_s_per_h=...
+idle_cpu_s_per_h=... wrist_accel=0|1 pss_mb=... rss_mb=...``.
 The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
 """
 
