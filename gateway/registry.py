@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.sqlitefile import move_aside, open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,6 @@ def db_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(DB_NAME) if p.suffix == ".json" else p
 
 
-def move_aside(path: Path, why: str) -> Path:
-    """Rename ``path`` (and its WAL files) to ``<name>.damaged-<time>`` with a WARNING."""
-    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-    log.warning("registry %s is unreadable (%s): moved to %s, starting empty", path, why, aside)
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            os.replace(src, f"{aside}{suffix}")
-    return aside
-
-
 def _legacy_tables(path: Path) -> dict[str, list[dict[str, Any]]] | None:
     """The documents of a TinyDB file by table, in insertion (doc id) order; None when there is no
     file; ``{}`` (after moving it aside) when it does not parse."""
@@ -94,7 +84,7 @@ def _legacy_tables(path: Path) -> dict[str, list[dict[str, Any]]] | None:
             docs = sorted(table.items(), key=lambda kv: int(kv[0]))
             tables[name] = [dict(doc) for _, doc in docs if isinstance(doc, dict)]
     except ValueError as exc:
-        move_aside(path, f"not a TinyDB file: {exc}")
+        move_aside(path, f"not a TinyDB file: {exc}", "registry")
         return {}
     return tables
 
@@ -112,16 +102,7 @@ class Registry:
         self.legacy_path = self.path.with_name(LEGACY_NAME)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.migrated = 0  # documents taken over from registry.json by this open
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            move_aside(self.path, str(exc))
-            try:
-                self._db = self._open()
-            except sqlite3.Error as exc2:
-                raise RegistryError(f"{self.path}: cannot create the registry: {exc2}") from exc2
-        except sqlite3.Error as exc:
-            raise RegistryError(f"{self.path}: cannot open the registry: {exc}") from exc
+        self._db = open_store(self.path, self._open, RegistryError, "registry")
         kept = Path(f"{self.legacy_path}.migrated")
         if self.legacy_path.exists() and not kept.exists():
             if self._db.execute("SELECT 1 FROM meta WHERE key = 'migrated'").fetchone():

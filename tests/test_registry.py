@@ -213,7 +213,7 @@ def test_unreadable_files_are_moved_aside_and_the_registry_starts_empty(
 ) -> None:
     legacy = tmp_path / LEGACY_NAME
     legacy.write_text('{"devices": {"1": {"id": "half')  # torn by an editor, or a disk error
-    with caplog.at_level(logging.WARNING, logger="gateway.registry"), Registry(legacy) as reg:
+    with caplog.at_level(logging.WARNING), Registry(legacy) as reg:
         assert reg.all_devices() == [] and reg.migrated == 0
         reg.note_device("rfx", "rfxtrx-sos", state="connected", at=1.0)
     assert [p.name.startswith(f"{LEGACY_NAME}.damaged-") for p in tmp_path.iterdir()].count(True) == 1
