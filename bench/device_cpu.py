@@ -24,7 +24,8 @@ by RSS at import, ``-X importtime``'s slowest imports).
     nice -n 10 .venv/bin/python bench/device_cpu.py --pyspy --kinds wrist --minutes 1  # all threads, py-spy
 
 Ends with ``RESULT total_core_pct=... wrist_cpu_s_per_h=... oximeter_cpu_s_per_h=... cuff_cpu_s_per_h=...
-idle_cpu_s_per_h=... wrist_accel=0|1 pss_mb=... rss_mb=...``.
+idle_cpu_s_per_h=... wrist_accel=0|1 wrist_parse_cpu_s_per_h=... wrist_dsp_cpu_s_per_h=... pss_mb=... rss_mb=...``
+(the last two: the wrist's notification decoding and its DSP, measured in-process).
 The machine has 2 cores shared with other work: CPU figures are noisy, run twice.
 """
 
@@ -259,6 +260,30 @@ def pyspy_summary(path: Path, n: int = 30) -> str:
     return "\n".join(lines)
 
 
+def wrist_path_costs(seconds: int = 120, fs: float = 100.0) -> dict[str, float]:
+    """In-process CPU (no I/O, no event loop) of what gatewayd does with a wrist's raw PPG, on the
+    virtual device's signal: decoding one-sample notifications and assembling them into blocks
+    (drivers.ble), and the DSP on those blocks (gateway.dsp). CPU s per hour of streaming."""
+    from drivers.ble import gatt
+    from drivers.ble.wrist import PpgAssembler
+    from gateway.dsp.stream import WristStream
+    from simulators.bluez.physiology import make_source
+
+    src = make_source(fs)
+    n = int(seconds * fs)
+    frames = [gatt.encode_ppg_frame(i, fs, src.samples(i, 1)) for i in range(n)]
+    assembler = PpgAssembler("wrist")
+    t0 = time.process_time()
+    blocks = [w for i, f in enumerate(frames) for w in assembler.feed(gatt.decode_ppg_frame(f), (i + 1) / fs)]
+    parse = time.process_time() - t0
+    stream = WristStream("wrist")
+    t0 = time.process_time()
+    for w in blocks:
+        stream.push_waveform(w)
+    dsp = time.process_time() - t0
+    return {"parse": parse / seconds * 3600, "dsp": dsp / seconds * 3600, "per_frame_us": parse / n * 1e6}
+
+
 IMPORTS = ("numpy", "scipy.signal", "gateway.dsp.stream", "bleak", "dbus_fast", "paho.mqtt.client", "tinydb")
 
 
@@ -367,6 +392,12 @@ async def run(args: argparse.Namespace) -> int:
     print("import gateway.daemon: own import time by package")
     for name, ms in import_time_by_package():
         print(f"  {name:22s} {ms:7.1f} ms")
+    path = wrist_path_costs()
+    print(
+        f"wrist path in-process (no I/O): decode + assemble {path['parse']:.1f} CPU s/h "
+        f"({path['per_frame_us']:.1f} us a notification), DSP {path['dsp']:.1f} CPU s/h; the rest of "
+        f"{wrist:.1f} is the notifications' transport (BlueZ, event loop wakeups) and the readings' way out"
+    )
     print("machine: 2 cores shared with other agents; CPU figures are noisy")
     print(
         result_line(
@@ -376,6 +407,8 @@ async def run(args: argparse.Namespace) -> int:
             cuff_cpu_s_per_h=round(cuff, 1),
             idle_cpu_s_per_h=round(idle * 3600, 1),
             wrist_accel=int(bool(wrist_of(args).get("accel"))),
+            wrist_parse_cpu_s_per_h=round(path["parse"], 1),
+            wrist_dsp_cpu_s_per_h=round(path["dsp"], 1),
             pss_mb=round(full["pss"], 1),
             rss_mb=round(full["rss"], 1),
         )
