@@ -284,7 +284,7 @@ def wrist_path_costs(seconds: int = 120, fs: float = 100.0) -> dict[str, float]:
     return {"parse": parse / seconds * 3600, "dsp": dsp / seconds * 3600, "per_frame_us": parse / n * 1e6}
 
 
-IMPORTS = ("numpy", "scipy.signal", "gateway.dsp.stream", "bleak", "dbus_fast", "paho.mqtt.client", "tinydb")
+IMPORTS = ("numpy", "scipy.signal", "gateway.dsp.stream", "bleak", "dbus_fast", "paho.mqtt.client")
 
 
 def import_costs() -> list[tuple[str, float]]:
