@@ -282,15 +282,19 @@ def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``[]`` when neither can be read."""
     db_file = db_path(path)
     if db_file.exists():
-        try:
-            db = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
+        # A reader who may not write the directory cannot create the WAL index SQLite wants; with the
+        # daemon stopped (its WAL checkpointed and gone) the file alone is the whole truth.
+        for mode in ("ro", "ro&immutable=1"):
             try:
-                rows = db.execute(f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device").fetchall()
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return []
-        return [dict(zip(_DEVICE_FIELDS, row, strict=True)) for row in rows]
+                db = sqlite3.connect(f"file:{db_file}?mode={mode}", uri=True)
+                try:
+                    rows = db.execute(f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                continue
+            return [dict(zip(_DEVICE_FIELDS, row, strict=True)) for row in rows]
+        return []
     legacy = db_file.with_name(LEGACY_NAME)
     try:
         raw = json.loads(legacy.read_text(encoding="utf-8"))
