@@ -24,10 +24,10 @@ import math
 import socket
 from collections.abc import Callable
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import AuthError, BusType, DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from drivers.ble.stack import BleError, LinkLost
+from drivers.ble.stack import BLEAK_FAILURES, BleError, LinkLost
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,11 @@ class AcquiredStream:
         self._sock: socket.socket | None = None
 
     async def __aenter__(self) -> AcquiredStream:
+        failures: tuple[type[BaseException], ...] = (AuthError, DBusError, ValueError, *BLEAK_FAILURES)
         try:
             bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
-        except (OSError, EOFError, ValueError) as exc:  # dbus_fast's connection failures
-            raise AcquireRefused(f"no D-Bus connection for AcquireNotify: {exc}") from exc
+        except failures as exc:
+            raise AcquireRefused(f"no D-Bus connection for AcquireNotify: {exc!r}") from exc
         self._bus = bus
         try:
             reply = await bus.call(
@@ -84,6 +85,10 @@ class AcquiredStream:
             if reply is None or reply.message_type is MessageType.ERROR or not reply.unix_fds:
                 why = reply.error_name if reply is not None else "no reply"
                 raise AcquireRefused(f"AcquireNotify of {self.path}: {why} {reply.body if reply else ''}".strip())
+        except failures as exc:
+            bus.disconnect()
+            self._bus = None
+            raise AcquireRefused(f"AcquireNotify of {self.path}: {exc!r}") from exc
         except BaseException:
             bus.disconnect()
             self._bus = None
