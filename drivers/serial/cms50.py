@@ -658,6 +658,23 @@ class LiveAccumulator:
                 self._last_report = t
         return out
 
+    def feed_read(self, frames: Sequence[Frame], now: float, frame_len: int) -> list[Waveform | Measurement]:
+        """The frames of one read from the port, which returned at ``now``. The device sends a frame
+        every ``1/fs`` s, so when the gateway fell behind (a busy event loop, a slow SD card) and one
+        read returns many of them, the earlier ones arrived earlier: the k-th of n live frames is fed
+        with ``now - (n - 1 - k) / fs``. Feeding them all at ``now`` would first move the time base
+        forwards by the stall (a gap that never was) and then back (readings out of order)."""
+        out: list[Waveform | Measurement] = []
+        n = sum(1 for f in frames if isinstance(f, LiveSample))
+        k = 0
+        for frame in frames:
+            if isinstance(frame, LiveSample):
+                k += 1
+                out.extend(self.feed(frame, now - (n - k) / self.fs))
+            elif isinstance(frame, Dropped):
+                out.extend(self.gap(frame.nbytes, frame_len))
+        return out
+
     def _values(self, sample: LiveSample, t: float) -> list[Waveform | Measurement]:
         out: list[Waveform | Measurement] = []
         extra: dict[str, Any] = {"signal": sample.signal}
@@ -912,19 +929,13 @@ class Cms50Driver(SerialDriver):
         pinger = asyncio.create_task(self._keepalive(link)) if keepalive else None
         try:
             while True:
-                frames = self.parser.feed(await link.read(gather_s=self.read_block_s))
-                # A block holds up to read_block_s of frames: each arrived 1/fs after the one before,
-                # the last about now.
-                now = self.clock() - (sum(isinstance(f, LiveSample) for f in frames) - 1) / self.live.fs
-                for frame in frames:
-                    if isinstance(frame, LiveSample):
-                        self._mark_answered()
-                        for reading in self.live.feed(frame, now):
-                            self.sink(reading)
-                        now += 1.0 / self.live.fs
-                    elif isinstance(frame, Dropped):
-                        for reading in self.live.gap(frame.nbytes, self.frame_len):
-                            self.sink(reading)
+                data = await link.read()
+                now = self.clock()
+                frames = self.parser.feed(data)
+                if any(isinstance(f, LiveSample) for f in frames):
+                    self._mark_answered()
+                for reading in self.live.feed_read(frames, now, self.frame_len):
+                    self.sink(reading)
         finally:
             if pinger is not None:
                 # A LinkLost of the pinger is the same loss the read loop reports.

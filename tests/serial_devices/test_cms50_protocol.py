@@ -377,3 +377,27 @@ def test_the_wrist_rate_limiter_survives_a_step_back() -> None:
     assert r.due("hr", 1000.0) and not r.due("hr", 1002.0)
     assert r.due("hr", 1000.0 - 1800), "a step back is not 'too soon'"
     assert not r.due("hr", 1000.0 - 1798) and r.due("hr", 1000.0 - 1794)
+
+
+def test_a_read_that_returns_seconds_of_frames_after_a_stall_keeps_their_times_and_their_order() -> None:
+    # The event loop was busy for 3 s: the frames waited in the tty and one read returns them all.
+    acc = LiveAccumulator("oxi", block=60, report_every_s=1.0, confirm=1)
+    t0 = 5000.0
+    out: list[Waveform | Measurement] = []
+    for i in range(120):  # 2 s read frame by frame, on time
+        out += acc.feed_read([_sample(i % 100)], t0 + i / 60, 5)
+    stalled = [_sample(i % 100) for i in range(120, 300)]  # 180 frames: 3 s of signal
+    read_at = t0 + 299 / 60
+    out += acc.feed_read(stalled, read_at, 5)
+    for i in range(300, 420):
+        out += acc.feed_read([_sample(i % 100)], t0 + i / 60, 5)
+    out += acc.flush()
+    spo2 = [m.captured_at for m in out if isinstance(m, Measurement) and m.code == cms50.LOINC_SPO2]
+    assert len(spo2) >= 6 and all(b > a for a, b in itertools.pairwise(spo2)), "in order"
+    waves = [w for w in out if isinstance(w, Waveform)]
+    assert sum(len(w.channels["pleth"]) for w in waves) == 420
+    assert all(b.first_index == a.first_index + len(a.channels["pleth"]) for a, b in itertools.pairwise(waves)), (
+        "no gap that never was"
+    )
+    for w in waves:  # every block timed as the device sent it
+        assert abs(w.captured_at - (t0 + w.first_index / 60)) < 1e-6
