@@ -929,7 +929,7 @@ class Cms50Driver(SerialDriver):
         pinger = asyncio.create_task(self._keepalive(link)) if keepalive else None
         try:
             while True:
-                data = await link.read()
+                data = await link.read(gather_s=self.read_block_s)
                 now = self.clock()
                 frames = self.parser.feed(data)
                 if any(isinstance(f, LiveSample) for f in frames):
