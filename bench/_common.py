@@ -34,6 +34,43 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def threads_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
+    """Per thread of ``pid`` (by name, numbered when repeated): (utime s, stime s, wakeups), where
+    wakeups are the voluntary context switches (each time the thread slept and was woken)."""
+    out: dict[str, tuple[float, float, int]] = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                head, _, rest = fh.read().rpartition(")")
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                ctx = next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue  # the thread ended
+        name = head.partition("(")[2]
+        fields = rest.split()
+        key, n = name, 1
+        while key in out:
+            n += 1
+            key = f"{name}#{n}"
+        out[key] = (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, ctx)
+    return out
+
+
+def threads_delta(
+    before: dict[str, tuple[float, float, int]], after: dict[str, tuple[float, float, int]], seconds: float
+) -> str:
+    """What each thread used between two :func:`threads_cpu` readings: % of a core (user+system)
+    and wakeups per second."""
+    parts = []
+    for name, (u1, s1, w1) in after.items():
+        u0, s0, w0 = before.get(name, (0.0, 0.0, 0))
+        parts.append(
+            f"{name}: user {100 * (u1 - u0) / seconds:.2f} % sys {100 * (s1 - s0) / seconds:.2f} % "
+            f"wakeups {(w1 - w0) / seconds:.0f}/s"
+        )
+    return "; ".join(parts)
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """RSS and PSS (proportional set size: shared pages divided among the processes that map them)
     from /proc/<pid>/smaps_rollup, and the peak RSS (VmHWM), in MB."""

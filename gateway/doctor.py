@@ -23,7 +23,6 @@ import concurrent.futures
 import datetime as dt
 import enum
 import grp
-import json
 import math
 import os
 import pwd
@@ -44,6 +43,7 @@ from drivers.serial.port import PortMissing, SerialOptions, resolve_port
 from gateway.clock import kernel_clock_synchronised
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.registry import DB_NAME, read_devices
 
 Progress = Callable[[str], None]
 
@@ -1103,7 +1103,7 @@ def check_devices(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding
             entry.update(state=d.get("state"), reason=d.get("reason"), last_seen=_parse_time(d.get("last_seen")))
     else:
         source = "the registry and the outbox (the daemon is not running)"
-        registry = _read_registry(cfg.gateway.data_dir / "registry.json")
+        registry = read_devices(cfg.gateway.data_dir / DB_NAME)
         for doc in registry:
             found = known.get(str(doc.get("id")))
             if found is not None:
@@ -1155,15 +1155,6 @@ def check_devices(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding
             link = "connected" if state == "connected" else "known"
             out.append(_ok(fid, f"{dev_id} ({kind}) is {link}; {seen} (from {source}).", **details))
     return out
-
-
-def _read_registry(path: Path) -> list[dict[str, Any]]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    table = doc.get("devices", {}) if isinstance(doc, dict) else {}
-    return [dict(v) for v in table.values() if isinstance(v, dict)] if isinstance(table, dict) else []
 
 
 def _parse_time(text: Any) -> float | None:

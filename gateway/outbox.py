@@ -14,7 +14,8 @@ Contract (docs/mqtt-contract.md, "Delivery"):
 - **Disk budget** (``max_bytes``): when over budget, the oldest messages of the lowest non-empty lane
   are evicted first; alerts are never evicted. Evicted ``seq`` ranges are recorded and reported in
   ``status`` so the cloud can tell an eviction from a loss.
-- A message leaves the outbox only through :meth:`Outbox.ack` (the broker's PUBACK).
+- A message leaves the outbox only through :meth:`Outbox.ack` (the broker's PUBACK), deleted with the
+  next commit of new messages or within ``ACK_DELAY_S``: a reading costs one commit, not two.
 - **Stream**: a random id made when the store is created (``info.stream``); ``seq`` is contiguous
   within it. A new store (a new SD card) is a new stream whose ``seq`` starts at 1; a store from before
   streams existed gets one at its migration, starting at its next seq (``info.stream_first_seq``).
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW_OVERHEAD_BYTES = 64  # per-row cost in the store beyond topic and payload (rowid, columns, index)
+ACK_DELAY_S = 1.0  # acked messages wait at most this long for a commit to delete them (see Outbox.ack)
+ACK_BATCH = 500  # ... or until this many are waiting (a backlog being drained)
 SCHEMA_VERSION = 2  # 2: boot, mono, clock, shift columns; the info table (stream id)
 
 
@@ -141,6 +144,7 @@ class _Counters:
     evicted_total: int = 0
     inserted: int = 0
     deleted: int = 0
+    fetches: int = 0  # queries of waiting messages (each a round trip to the worker thread)
 
 
 class Outbox:
@@ -167,6 +171,7 @@ class Outbox:
         self._pending: list[_Pending] = []
         self._acked: list[int] = []
         self._acked_set: set[int] = set()
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._urgent = asyncio.Event()
         self._wake_committer = asyncio.Event()
         self._on_commit: list[Callable[[], None]] = []
@@ -340,13 +345,18 @@ class Outbox:
         return await self.submit(msg)
 
     def ack(self, seqs: Iterable[int]) -> None:
-        """The broker has these: delete them in the next commit."""
+        """The broker has these: delete them with the next commit of new messages, or within
+        :data:`ACK_DELAY_S` (:data:`ACK_BATCH` of them at once), so a live reading costs one commit
+        (and one fsync), not a second one for its deletion. Until then they stay stored but are never
+        fetched again; a kill meanwhile sends them once more (the cloud drops a repeated ``seq``)."""
         for seq in seqs:
             if seq not in self._acked_set:
                 self._acked_set.add(seq)
                 self._acked.append(seq)
-        if self._acked:
+        if len(self._acked) >= ACK_BATCH:
             self._wake_committer.set()
+        elif self._acked and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._wake_committer.set)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after each commit that added messages (the uplink's wake-up)."""
@@ -395,6 +405,9 @@ class Outbox:
             await self._flush()
 
     async def _flush(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         self._wake_committer.clear()
         self._urgent.clear()
         pending, self._pending = self._pending, []
@@ -654,6 +667,7 @@ class Outbox:
     def _fetch(self, lane: int, after_seq: int, limit: int, device: str | None = None) -> list[StoredMessage]:
         db = self._db
         assert db is not None
+        self.counters.fetches += 1
         cols = "SELECT seq, topic, body, device, captured, retain, clock, boot, mono, shift FROM msg "
         if device is None:
             cursor = db.execute(cols + "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?", (lane, after_seq, limit))

@@ -1,103 +1,174 @@
-"""The small device registry and settings: TinyDB, written atomically.
+"""The small device registry and settings: SQLite (WAL) beside the outbox, written by what changed.
 
-TinyDB rewrites its whole JSON file on every write; its default storage truncates the file and writes in
-place, so a power cut mid-write leaves an empty or torn file. :class:`AtomicJSONStorage` writes a temp file
-in the same directory, fsyncs it, renames it over the old one and fsyncs the directory: after a power cut
-the file is either the old or the new version, never a mix. Readings never go here (the outbox is for
-them); only a few hundred small documents: devices seen, their kind and last state, settings.
+What it keeps: devices seen (kind, first seen, last link state), settings (the drill window...), the
+replies of downlink requests (idempotency, the latest :attr:`Registry.MAX_REPLIES`) and the devices added at
+run time (``gatewayctl devices add`` or the cloud). Readings never go here (the outbox is for them).
+
+Every change is one small transaction (a row inserted or updated), whatever the number of devices
+known: the TinyDB JSON file it replaces was rewritten whole, and fsynced twice, for every new device.
+``synchronous=FULL``: a change the daemon made survives a power cut, as the atomic JSON file did.
+The registry is read from memory (this process is the only writer); a write that fails raises
+:class:`RegistryError` and leaves memory as the file is.
+
+``registry.json`` (the TinyDB file of older gateways) is migrated once, in the transaction that creates
+the database, and then renamed ``registry.json.migrated`` (kept for a downgrade or a technician's
+eyes). A registry file SQLite cannot read, or a JSON file that does not parse, is moved aside with a
+WARNING and the registry starts empty: it must never keep the daemon, and with it the SOS path, from
+starting.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tinydb import Query, TinyDB
-from tinydb.storages import Storage
-
 from gateway.errors import GatewayError
+from gateway.sqlitefile import move_aside, open_store
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "registry.sqlite3"
+LEGACY_NAME = "registry.json"  # TinyDB, before the registry moved to SQLite
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device(
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, first_seen REAL, state TEXT, state_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS setting(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reply(n INTEGER PRIMARY KEY, request_id TEXT NOT NULL UNIQUE, reply TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS managed(n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, spec TEXT NOT NULL);
+"""
+
+_DEVICE_FIELDS = ("id", "kind", "first_seen", "state", "state_at")
 
 
 class RegistryError(GatewayError):
-    pass
+    """The registry cannot be opened or a change cannot be written."""
 
 
-class AtomicJSONStorage(Storage):
-    """Atomic writes, and reads from memory: this process is the file's only writer, so what it wrote
-    last is what the file holds. TinyDB reads the whole file for every query; parsing it each time made
-    a known device's lookup (every SOS press, every link change) cost O(devices seen): 16 ms of CPU at
-    3,000 pendants, and a new device's insert parsed it twice more before writing it."""
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
-    def __init__(self, path: str | os.PathLike[str], **_: Any) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, dict[str, Any]] | None = None
 
-    def read(self) -> dict[str, dict[str, Any]] | None:
-        if self._cache is None:
-            self._cache = self._read_file()
-        return self._cache
+def db_path(path: str | os.PathLike[str]) -> Path:
+    """The database file for ``path``: itself, or ``registry.sqlite3`` beside it when ``path`` names
+    the old ``registry.json`` (callers from before the move pass that)."""
+    p = Path(path)
+    return p.with_name(DB_NAME) if p.suffix == ".json" else p
 
-    def _read_file(self) -> dict[str, dict[str, Any]] | None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        if not text.strip():
-            return None
-        try:
-            data: dict[str, dict[str, Any]] = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RegistryError(f"{self.path}: registry is not valid JSON: {exc}") from exc
-        return data
 
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
-        # TinyDB changes documents of the dict read() gave it before it writes: until this write is
-        # on disk, memory is ahead of the file, so a failed write sends the next read to the file.
-        self._cache = None
-        payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-        self._cache = data
-
-    def close(self) -> None:
-        pass
+def _legacy_tables(path: Path) -> dict[str, list[dict[str, Any]]] | None:
+    """The documents of a TinyDB file by table, in insertion (doc id) order; None when there is no
+    file; ``{}`` (after moving it aside) when it does not parse."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        raw = json.loads(text) if text.strip() else {}
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for name, table in raw.items():
+            if not isinstance(table, dict):
+                raise ValueError(f"table {name!r} is not an object")
+            docs = sorted(table.items(), key=lambda kv: int(kv[0]))
+            tables[name] = [dict(doc) for _, doc in docs if isinstance(doc, dict)]
+    except ValueError as exc:
+        move_aside(path, f"not a TinyDB file: {exc}", "registry")
+        return {}
+    return tables
 
 
 class Registry:
-    """Devices the gateway knows, with kind, first/last seen and last link state."""
+    """Devices the gateway knows, with kind, first/last seen and last link state; settings; downlink
+    replies; devices added at run time. ``path``: the database file (``registry.sqlite3`` in the data
+    directory; the old ``registry.json`` path names it too)."""
+
+    MAX_REPLIES = 1000
+    BUSY_TIMEOUT_S = 1.0  # no other writer exists; a lock held longer is a fault, reported as one
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.db = TinyDB(path, storage=AtomicJSONStorage)
-        self.devices = self.db.table("devices")
-        self.settings = self.db.table("settings")
-        self.replies = self.db.table("command_replies")
-        self.managed = self.db.table("managed_devices")
+        self.path = db_path(path)
+        self.legacy_path = self.path.with_name(LEGACY_NAME)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrated = 0  # documents taken over from registry.json by this open
+        self._db = open_store(self.path, self._open, RegistryError, "registry")
+        kept = Path(f"{self.legacy_path}.migrated")
+        if self.legacy_path.exists() and not kept.exists():
+            if self._db.execute("SELECT 1 FROM meta WHERE key = 'migrated'").fetchone():
+                os.replace(self.legacy_path, kept)  # killed between the migration's commit and the rename
+        rows = self._db.execute(f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device")
+        self._devices = {row[0]: dict(zip(_DEVICE_FIELDS, row, strict=True)) for row in rows}
+        self._settings = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM setting")}
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                if fresh:
+                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    tables = _legacy_tables(self.legacy_path)
+                    if tables is not None:
+                        self.migrated = self._migrate(db, tables)
+                        db.execute("INSERT INTO meta VALUES ('migrated', ?)", (_dumps(time.time()),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
+        if self.migrated or (fresh and self.legacy_path.exists()):
+            os.replace(self.legacy_path, f"{self.legacy_path}.migrated")
+            log.info("registry: %d entries moved from %s to %s", self.migrated, self.legacy_path, self.path)
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, tables: Mapping[str, list[dict[str, Any]]]) -> int:
+        n = 0
+        for doc in tables.get("devices", []):
+            if isinstance(doc.get("id"), str):
+                row = [doc.get(f) for f in _DEVICE_FIELDS]
+                row[1] = row[1] if isinstance(row[1], str) else "unknown"
+                db.execute("INSERT OR REPLACE INTO device VALUES (?, ?, ?, ?, ?)", row)
+                n += 1
+        for doc in tables.get("settings", []):
+            if isinstance(doc.get("key"), str):
+                db.execute("INSERT OR REPLACE INTO setting VALUES (?, ?)", (doc["key"], _dumps(doc.get("value"))))
+                n += 1
+        for doc in tables.get("command_replies", [])[-Registry.MAX_REPLIES :]:
+            if isinstance(doc.get("request_id"), str):
+                db.execute(
+                    "INSERT OR REPLACE INTO reply(request_id, reply) VALUES (?, ?)",
+                    (doc["request_id"], _dumps(doc.get("reply"))),
+                )
+                n += 1
+        for doc in tables.get("managed_devices", []):
+            if isinstance(doc.get("id"), str):
+                db.execute("INSERT OR REPLACE INTO managed(id, spec) VALUES (?, ?)", (doc["id"], _dumps(doc)))
+                n += 1
+        return n
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -105,61 +176,129 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; :class:`RegistryError` (and nothing written) when it fails. Callers change
+        their in-memory copy after it, so memory is never ahead of the file."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: registry write failed: {exc}") from exc
+
+    # -- devices seen ---------------------------------------------------------------------------------
+
     def note_device(self, device_id: str, kind: str, *, state: str | None = None, at: float | None = None) -> None:
         """Record a device and its state. Writes only when something changed (not per reading)."""
-        q = Query()
         now = at if at is not None else time.time()
-        current = self.devices.get(q.id == device_id)
+        current = self._devices.get(device_id)
         if current is None:
-            self.devices.insert({"id": device_id, "kind": kind, "first_seen": now, "state": state, "state_at": now})
+            doc = {"id": device_id, "kind": kind, "first_seen": now, "state": state, "state_at": now}
+            with self._write() as db:
+                db.execute("INSERT OR REPLACE INTO device VALUES (?, ?, ?, ?, ?)", [doc[f] for f in _DEVICE_FIELDS])
+            self._devices[device_id] = doc
             return
-        assert isinstance(current, Mapping)
         changes: dict[str, Any] = {}
         if kind != "unknown" and current.get("kind") != kind:
             changes["kind"] = kind
         if state is not None and current.get("state") != state:
             changes.update(state=state, state_at=now)
         if changes:
-            self.devices.update(changes, q.id == device_id)
+            sets = ", ".join(f"{k} = ?" for k in changes)  # keys from the fixed set above
+            with self._write() as db:
+                db.execute(f"UPDATE device SET {sets} WHERE id = ?", [*changes.values(), device_id])
+            current.update(changes)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
-        doc = self.devices.get(Query().id == device_id)
-        return dict(doc) if isinstance(doc, Mapping) else None
+        doc = self._devices.get(device_id)
+        return dict(doc) if doc is not None else None
 
     def all_devices(self) -> list[dict[str, Any]]:
-        return [dict(d) for d in self.devices.all()]
+        return [dict(d) for d in self._devices.values()]
 
-    # -- downlink idempotency: the reply of every request id, the latest MAX_REPLIES kept ---------
-
-    MAX_REPLIES = 1000
+    # -- downlink idempotency: the reply of every request id, the latest MAX_REPLIES kept -------------
 
     def get_reply(self, request_id: str) -> dict[str, Any] | None:
-        doc = self.replies.get(Query().request_id == request_id)
-        return dict(doc["reply"]) if isinstance(doc, Mapping) else None
+        row = self._db.execute("SELECT reply FROM reply WHERE request_id = ?", (request_id,)).fetchone()
+        return dict(json.loads(row[0])) if row is not None else None
 
     def put_reply(self, request_id: str, reply: Mapping[str, Any]) -> None:
-        self.replies.upsert({"request_id": request_id, "reply": dict(reply)}, Query().request_id == request_id)
-        if len(self.replies) > self.MAX_REPLIES:
-            oldest = sorted(doc.doc_id for doc in self.replies.all())[: len(self.replies) - self.MAX_REPLIES]
-            self.replies.remove(doc_ids=oldest)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO reply(request_id, reply) VALUES (?, ?)"
+                " ON CONFLICT(request_id) DO UPDATE SET reply = excluded.reply",
+                (request_id, _dumps(dict(reply))),
+            )
+            db.execute(
+                "DELETE FROM reply WHERE n <= (SELECT n FROM reply ORDER BY n DESC LIMIT 1 OFFSET ?)",
+                (self.MAX_REPLIES,),
+            )
 
-    # -- devices added at run time (gatewayctl or the cloud), on top of the configuration file ----
+    # -- devices added at run time (gatewayctl or the cloud), on top of the configuration file --------
 
     def managed_devices(self) -> list[dict[str, Any]]:
-        return [dict(d) for d in self.managed.all()]
+        return [dict(json.loads(spec)) for (spec,) in self._db.execute("SELECT spec FROM managed ORDER BY n")]
 
     def add_managed(self, spec: Mapping[str, Any]) -> None:
-        self.managed.upsert(dict(spec), Query().id == spec["id"])
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO managed(id, spec) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET spec = excluded.spec",
+                (spec["id"], _dumps(dict(spec))),
+            )
 
     def remove_managed(self, device_id: str) -> bool:
-        return bool(self.managed.remove(Query().id == device_id))
+        with self._write() as db:
+            return db.execute("DELETE FROM managed WHERE id = ?", (device_id,)).rowcount > 0
+
+    # -- settings -------------------------------------------------------------------------------------
 
     def set(self, key: str, value: Any) -> None:
-        self.settings.upsert({"key": key, "value": value}, Query().key == key)
+        text = _dumps(value)
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO setting VALUES (?, ?)", (key, text))
+        self._settings[key] = json.loads(text)  # what a reopen would read (tuples become lists...)
 
     def get(self, key: str, default: Any = None) -> Any:
-        doc = self.settings.get(Query().key == key)
-        return doc["value"] if isinstance(doc, Mapping) else default
+        return self._settings.get(key, default)
 
     def delete(self, key: str) -> None:
-        self.settings.remove(Query().key == key)
+        if key not in self._settings:
+            return
+        with self._write() as db:
+            db.execute("DELETE FROM setting WHERE key = ?", (key,))
+        del self._settings[key]
+
+
+def read_devices(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The devices of the registry at ``path`` (see :func:`db_path`) read-only, for ``doctor`` while the
+    daemon is not running: from the database, or from ``registry.json`` when it was never migrated;
+    ``[]`` when neither can be read."""
+    db_file = db_path(path)
+    if db_file.exists():
+        # A reader who may not write the directory cannot create the WAL index SQLite wants; with the
+        # daemon stopped (its WAL checkpointed and gone) the file alone is the whole truth.
+        for mode in ("ro", "ro&immutable=1"):
+            try:
+                db = sqlite3.connect(f"file:{db_file}?mode={mode}", uri=True)
+                try:
+                    rows = db.execute(f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                continue
+            return [dict(zip(_DEVICE_FIELDS, row, strict=True)) for row in rows]
+        return []
+    legacy = db_file.with_name(LEGACY_NAME)
+    try:
+        raw = json.loads(legacy.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    table = raw.get("devices", {}) if isinstance(raw, dict) else {}
+    return [dict(v) for v in table.values() if isinstance(v, dict)] if isinstance(table, dict) else []

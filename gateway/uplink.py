@@ -395,8 +395,15 @@ class Uplink:
                 cursor[lane] = msg.seq
             self.published += len(rows)
 
+        def all_in_flight(lane: Lane) -> bool:
+            """Every message stored in ``lane`` is in flight (or there is none): nothing to fetch, and
+            no round trip to the outbox's thread to learn it (most commits add to one lane only)."""
+            if self.outbox.depth[lane] <= lane_inflight[lane]:
+                exhausted[lane] = True
+            return exhausted[lane]
+
         async def take(lane: Lane, room: int) -> None:
-            if room <= 0 or exhausted[lane]:
+            if room <= 0 or all_in_flight(lane):
                 return
             rows = await self.outbox.fetch(lane, cursor[lane], room)
             exhausted[lane] = len(rows) < room
@@ -407,7 +414,7 @@ class Uplink:
             """Observations: round-robin over devices, FIFO within each device. A device's live readings
             wait only for its own backlog, never for another device's."""
             lane = Lane.OBSERVATION
-            if room <= 0 or exhausted[lane]:
+            if room <= 0 or all_in_flight(lane):
                 return
             devices = [d for d in self.outbox.pending_devices(lane) if d not in dev_exhausted]
             if not devices:

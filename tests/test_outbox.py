@@ -83,6 +83,37 @@ def test_acked_messages_leave_and_seq_never_restarts_even_when_store_is_empty(tm
     assert depth == 1
 
 
+def test_an_ack_is_deleted_with_the_next_commit_of_new_messages_or_soon_after(tmp_path: Path) -> None:
+    """A live reading a second costs one commit each (its deletion rides on the next one), and an ack
+    with nothing after it is still deleted within ACK_DELAY_S; acked messages are never fetched again."""
+    from gateway.outbox import ACK_DELAY_S
+
+    async def go() -> None:
+        async with Outbox(tmp_path / "ob.db") as ob:
+            runner = asyncio.create_task(ob.run())
+            first = await ob.submit(msg(Lane.OBSERVATION, n=0))
+            commits = ob.counters.commits
+            for n in range(1, 6):
+                ob.ack([first])
+                assert [m.seq for m in await fetch_all(ob, Lane.OBSERVATION)] == [], "acked: not fetched again"
+                first = await ob.submit(msg(Lane.OBSERVATION, n=n))
+                assert ob.depth_total() == 1 and ob.counters.deleted == n
+            assert ob.counters.commits == commits + 5, "one commit per reading, deletions included"
+            ob.ack([first])
+            await asyncio.sleep(ACK_DELAY_S / 4)
+            assert ob.counters.commits == commits + 5 and ob.depth_total() == 1, "no commit for the ack alone yet"
+            for _ in range(100):
+                if ob.depth_total() == 0:
+                    break
+                await asyncio.sleep(ACK_DELAY_S / 20)
+            assert ob.depth_total() == 0 and ob.counters.deleted == 6 and ob.counters.commits == commits + 6
+            runner.cancel()
+        with sqlite3.connect(tmp_path / "ob.db") as db:
+            assert db.execute("SELECT count(*) FROM msg").fetchone()[0] == 0
+
+    run(go())
+
+
 def test_lanes_are_fifo_and_independent(tmp_path: Path) -> None:
     async def go() -> dict[Lane, list[int]]:
         async with Outbox(tmp_path / "ob.db") as ob:

@@ -173,6 +173,31 @@ def test_live_readings_of_a_device_are_not_starved_by_another_devices_backlog(
     assert all(d["historical"] for d in order if d["device_id"] == "wrist-backlog")
 
 
+def test_live_readings_cost_one_store_query_per_commit_not_one_per_lane(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """Live readings one at a time: each commit wakes the uplink, which asks the store only for what
+    can be there (lanes whose every stored message is in flight are not queried)."""
+    n = 20
+
+    async def go() -> tuple[int, int]:
+        async with gateway(tmp_path, plain(broker.port)) as (ob, up, pl):
+            await until(lambda: up.reconnector.state is ConnState.CONNECTED, what="connected")
+            await until(lambda: ob.depth_total() == 0, what="nothing waiting")
+            f0, c0 = ob.counters.fetches, ob.counters.commits
+            for i in range(n):
+                pl.sink(hr("wrist", i, time.time()))
+                await until(lambda d=i + 1: up.acked >= d, what="the reading acked")
+            await until(lambda: ob.depth_total() == 0, what="the last one deleted")
+            return ob.counters.fetches - f0, ob.counters.commits - c0
+
+    fetches, commits = asyncio.run(go())
+    cloud.wait(lambda c: len(c.seqs()) >= n, 10, "every message")
+    # Each reading: one commit adding it (and deleting the one before), one query for its device's
+    # lane. Before, every commit that added a message queried four lanes.
+    assert commits >= n and fetches <= n + 3, (fetches, commits)
+
+
 def test_disk_budget_reached_keeps_alerts_and_reports_evictions(
     tmp_path: Path, broker: Mosquitto, cloud: Collector
 ) -> None:

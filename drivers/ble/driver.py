@@ -17,6 +17,7 @@ every ``status_interval_s`` while connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -30,6 +31,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from drivers.aio import cancel_and_wait
 from drivers.base import DeviceConfigError, DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, ReadingSink
 from drivers.ble import gatt
+from drivers.ble.acquired import AcquiredStream, AcquireRefused, StreamEnded
 from drivers.ble.stack import (
     BLEAK_FAILURES,
     DeviceNotSeen,
@@ -46,6 +48,7 @@ from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 
 log = logging.getLogger(__name__)
 
+ACQUIRE_TRUST_S = 5.0  # an acquired stream that ends sooner with nothing read: that device gets StartNotify
 ADDRESS_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
@@ -77,6 +80,13 @@ class BleDriver(Driver):
     Options: ClassVar[type[DriverOptions]] = BleOptions
     priority: ClassVar[int] = 5  # connection budget: lower first (SOS 0, cuffs 1, wrist monitors 2)
     pair: ClassVar[bool] = False  # pair (bond) on connect when not bonded yet
+    # Characteristics read through AcquireNotify (a socket) when BlueZ offers it, instead of one D-Bus
+    # signal per notification: the raw PPG stream (100 notifications a second at one sample each) cost
+    # most of a wrist monitor's CPU in D-Bus decoding (issue 15). Only streams that tolerate it: with
+    # AcquireNotify BlueZ drops notifications a device sends before the CCC write's response (bleak
+    # #1885, why bleak 3.0.2 went back to StartNotify by default), so never a button's or a cuff's
+    # characteristic; a PPG frame lost that way shows as a counter gap.
+    acquire_notify: ClassVar[frozenset[str]] = frozenset({gatt.RAW_PPG_FRAME})
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
         super().__init__(spec, sink, ctx)
@@ -105,6 +115,8 @@ class BleDriver(Driver):
         self._counters: dict[str, int] = {}
         self._last_reported: tuple[LinkState, str | None] | None = None
         self._link_lost = asyncio.Event()
+        self._acquired = contextlib.AsyncExitStack()  # this session's acquired notification streams
+        self._acquire_broken: set[str] = set()  # characteristics whose AcquireNotify failed at once
 
     # -- counters and state ---------------------------------------------------------------------
 
@@ -207,6 +219,7 @@ class BleDriver(Driver):
             except BLEAK_FAILURES as exc:
                 raise classify(exc, f"connect {self.address}") from exc
             self.client = client
+            self._acquired = contextlib.AsyncExitStack()
             try:
                 await self._setup_unless_lost(client, lost)
                 self.seen()
@@ -215,6 +228,7 @@ class BleDriver(Driver):
                 await self._serve_until_lost(client, lost)
             finally:
                 self.client = None
+                await self._acquired.aclose()  # the acquired streams' readers, sockets and D-Bus links
                 await self.teardown()
                 await disconnect_client(client, self.device_id)
 
@@ -274,7 +288,44 @@ class BleDriver(Driver):
             self.seen()
             handler(bytes(data))
 
+        obj = getattr(char, "obj", None)  # BlueZ: (D-Bus object path, properties)
+        if uuid in self.acquire_notify and uuid not in self._acquire_broken and isinstance(obj, tuple):
+            if "NotifyAcquired" in obj[1] and await self._acquire(str(obj[0]), uuid, handler):
+                return True
         await client.start_notify(char, callback)
+        return True
+
+    async def _acquire(self, path: str, uuid: str, handler: NotifyHandler) -> bool:
+        """Read ``uuid``'s notifications from BlueZ's AcquireNotify socket in blocks
+        (:mod:`drivers.ble.acquired`) for the rest of the session; False when BlueZ refuses."""
+        stream = AcquiredStream(path, handler)
+        try:
+            await self._acquired.enter_async_context(stream)
+        except AcquireRefused as exc:
+            self.count("acquire_notify_refused")
+            log.debug("device %s: %s", self.device_id, exc)
+            return False
+        lost = self._link_lost
+        started = time.monotonic()
+
+        async def reading() -> None:
+            try:
+                while True:
+                    before = stream.notifications
+                    await stream.run_once()
+                    self.count("acquired_reads")
+                    if stream.notifications > before:
+                        self.seen()
+            except StreamEnded as exc:
+                if stream.notifications == 0 and time.monotonic() - started < ACQUIRE_TRUST_S:
+                    # Closed at once with nothing read (bleak #1885): this device gets StartNotify.
+                    self._acquire_broken.add(uuid)
+                    self.count("acquire_notify_broken")
+                log.debug("device %s: %s", self.device_id, exc)
+                lost.set()
+
+        task = asyncio.create_task(reading(), name=f"acquired {uuid} {self.device_id}")
+        self._acquired.push_async_callback(cancel_and_wait, task)
         return True
 
     async def read_battery(self, client: BleakClient) -> None:

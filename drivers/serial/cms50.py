@@ -768,6 +768,10 @@ class Cms50Driver(SerialDriver):
     data_quiet_s: ClassVar[float] = 2.0
     download_attempts: ClassVar[int] = 3
     frame_len: ClassVar[int] = PACKET_LENGTHS[PT_LIVE]
+    # Live frames (60 a second) and stored data are read in blocks of this much time, not frame by
+    # frame: 10 wakeups a second instead of 60-120. Nothing here is latency-critical (the oximeter
+    # is no SOS path; its readings are committed with the next group commit anyway).
+    read_block_s: ClassVar[float] = 0.1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -801,8 +805,8 @@ class Cms50Driver(SerialDriver):
 
     # -- requests -----------------------------------------------------------------------------------
 
-    async def _frames(self, link: SerialLink, timeout_s: float) -> list[Frame]:
-        return self.parser.feed(await link.read(timeout_s=timeout_s))
+    async def _frames(self, link: SerialLink, timeout_s: float, *, gather_s: float = 0.0) -> list[Frame]:
+        return self.parser.feed(await link.read(timeout_s=timeout_s, gather_s=gather_s))
 
     async def _ask(self, link: SerialLink, cmd: bytes, *want: type) -> list[Frame]:
         """Send ``cmd`` and return the first frame of each wanted type, in the order asked (other
@@ -870,7 +874,7 @@ class Cms50Driver(SerialDriver):
         points: list[tuple[int | None, int | None]] = []
         try:
             while len(points) < total:
-                for f in await self._frames(link, self.data_quiet_s):
+                for f in await self._frames(link, self.data_quiet_s, gather_s=self.read_block_s):
                     if isinstance(f, StoredPoints):
                         points.extend(f.points)
         except LinkSilent:
@@ -925,7 +929,7 @@ class Cms50Driver(SerialDriver):
         pinger = asyncio.create_task(self._keepalive(link)) if keepalive else None
         try:
             while True:
-                data = await link.read()
+                data = await link.read(gather_s=self.read_block_s)
                 now = self.clock()
                 frames = self.parser.feed(data)
                 if any(isinstance(f, LiveSample) for f in frames):
