@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.sqlitefile import move_aside, open_store
+from gateway.statedb import move_aside, open_store
 
 log = logging.getLogger(__name__)
 

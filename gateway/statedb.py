@@ -1,5 +1,7 @@
-"""Opening the daemon's small SQLite state files (care rules, daily summary): WAL, ``synchronous=NORMAL``
-(a power cut may lose the last transaction, never corrupt the file), checked at open.
+"""Opening the daemon's small SQLite state files (care rules, daily summary, the device registry).
+
+:func:`open_state_db`: WAL, ``synchronous=NORMAL`` (a power cut may lose the last transaction, never
+corrupt the file), checked at open; the registry opens its own way through :func:`open_store`.
 
 A file SQLite cannot read is moved aside (``<name>.damaged-<time>``, with its ``-wal`` and ``-shm``) with
 a WARNING and a fresh one started: such state must never keep the daemon, and with it the SOS path, from
@@ -11,6 +13,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.errors import GatewayError
@@ -18,25 +21,40 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 
-def open_state_db(path: Path, schema: str, what: str, error: type[GatewayError]) -> sqlite3.Connection:
-    """Open (or create) ``path`` with ``schema`` (CREATE ... IF NOT EXISTS statements); ``what`` names it
-    in messages ("care state"); ``error`` is raised when even a fresh file cannot be made."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def move_aside(path: Path, why: str, what: str) -> Path:
+    """Rename ``path`` and its WAL files to ``<name>.damaged-<time>``, with a WARNING naming ``what``."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    log.warning("%s %s is damaged (%s): moved to %s, starting fresh", what, path, why, aside)
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{aside}{suffix}")
+    return aside
+
+
+def open_store(
+    path: Path, open_db: Callable[[], sqlite3.Connection], error: type[GatewayError], what: str
+) -> sqlite3.Connection:
+    """``open_db()``; when it finds the file damaged, the file is moved aside (:func:`move_aside`) and
+    ``open_db()`` runs again on a fresh one. Other SQLite failures raise ``error``."""
     try:
-        return _open(path, schema)
+        return open_db()
     except sqlite3.DatabaseError as exc:
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-        log.warning("%s %s is damaged (%s): moved to %s, starting fresh", what, path, exc, aside)
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{path}{suffix}")
-            if src.exists():
-                os.replace(src, f"{aside}{suffix}")
+        move_aside(path, str(exc), what)
         try:
-            return _open(path, schema)
+            return open_db()
         except sqlite3.Error as exc2:
             raise error(f"{path}: cannot create the {what} database: {exc2}") from exc2
     except sqlite3.Error as exc:
         raise error(f"{path}: cannot open the {what} database: {exc}") from exc
+
+
+def open_state_db(path: Path, schema: str, what: str, error: type[GatewayError]) -> sqlite3.Connection:
+    """Open (or create) ``path`` with ``schema`` (CREATE ... IF NOT EXISTS statements), WAL, checked;
+    ``what`` names it in messages ("care state"); ``error`` is raised when even a fresh file cannot be
+    made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open_store(path, lambda: _open(path, schema), error, what)
 
 
 def _open(path: Path, schema: str) -> sqlite3.Connection:
