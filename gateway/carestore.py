@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.statedb import open_state_db
+from gateway.statedb import WriteHealth, open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class CareStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._write_failed = False
+        self._health = WriteHealth("care state", self.path)
         self._db = open_state_db(self.path, _SCHEMA, "care state", CareStoreError)
         self._recent_rows = self._db.execute("SELECT count(*) FROM recent").fetchone()[0]
 
@@ -140,11 +140,5 @@ class CareStore:
                 self._db.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, ValueError) as exc:
-            level = logging.DEBUG if self._write_failed else logging.WARNING
-            log.log(level, "care state %s: write failed, kept in memory for the next save: %s", self.path, exc)
-            self._write_failed = True
-            return False
-        if self._write_failed:
-            log.info("care state %s: writes work again", self.path)
-            self._write_failed = False
-        return True
+            return self._health.failed(exc)
+        return self._health.worked()

@@ -69,3 +69,26 @@ def _open(path: Path, schema: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+class WriteHealth:
+    """Whether a store's writes work, logged as the guide asks: the first failure at WARNING, repeats at
+    DEBUG, the recovery at INFO. The caller keeps what it could not write for its next save."""
+
+    def __init__(self, what: str, path: Path) -> None:
+        self.what, self.path = what, path
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> bool:
+        """Note a failed write; returns False (the save's result)."""
+        level = logging.DEBUG if self.failing else logging.WARNING
+        log.log(level, "%s %s: write failed, kept in memory for the next save: %s", self.what, self.path, exc)
+        self.failing = True
+        return False
+
+    def worked(self) -> bool:
+        """Note a write that worked; returns True (the save's result)."""
+        if self.failing:
+            log.info("%s %s: writes work again", self.what, self.path)
+            self.failing = False
+        return True

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.statedb import open_state_db
+from gateway.statedb import WriteHealth, open_state_db
 from gateway.summary import BpReading, DayData, Event, LinkChange, MinuteBin, Pending
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class SummaryStoreError(GatewayError):
 class SummaryStore:
     def __init__(self, path: str | os.PathLike[str], *, now: float | None = None) -> None:
         self.path = Path(path)
-        self._write_failed = False
+        self._health = WriteHealth("summary store", self.path)
         self._db = open_state_db(self.path, _SCHEMA, "summary store", SummaryStoreError)
         t = time.time() if now is None else now
         meta = self.meta()
@@ -201,14 +201,8 @@ class SummaryStore:
                 db.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, ValueError) as exc:
-            level = logging.DEBUG if self._write_failed else logging.WARNING
-            log.log(level, "summary store %s: write failed, kept in memory for the next save: %s", self.path, exc)
-            self._write_failed = True
-            return False
-        if self._write_failed:
-            log.info("summary store %s: writes work again", self.path)
-            self._write_failed = False
-        return True
+            return self._health.failed(exc)
+        return self._health.worked()
 
     def mark_sent(self, subject: str, date: dt.date, msg_id: str, at: float) -> None:
         self._db.execute(
@@ -241,7 +235,7 @@ def open_readonly(path: Path) -> SummaryStore:
         raise SummaryStoreError(f"{path}: no summary store here (is data_dir right? has gatewayd run?)")
     store = SummaryStore.__new__(SummaryStore)
     store.path = path
-    store._write_failed = False
+    store._health = WriteHealth("summary store", path)
     try:
         store._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         store._db.execute("SELECT 1 FROM meta LIMIT 1")
