@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +18,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh working directory under /tmp for one bench run, removed when the bench exits (the
+    daemon's stores, a broker's files: a soak's outbox WAL alone is 16 MB)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
 
 
 def proc_io(pid: int) -> dict[str, int]:

@@ -24,14 +24,13 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from bench._common import TopicWatch, paho_publish, pct, peak_rss_mb, proc_io, result_line
+from bench._common import TopicWatch, paho_publish, pct, peak_rss_mb, proc_io, result_line, scratch_dir
 from drivers.base import Measurement
 from gateway.messages import Topics, observation
 from gateway.outbox import Outbox
@@ -75,7 +74,7 @@ def raw_paho_drain(port: int, outbox: Path, n: int) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    tmp = scratch_dir("bench-drain-")
     data = tmp / "data"
     data.mkdir()
     link = tmp / "usb-RFXCOM_RFXtrx433_BENCH-if00-port0"

@@ -38,7 +38,6 @@ import inspect
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_s, memory_mb, result_line, threads_cpu, threads_delta
+from bench._common import cpu_s, memory_mb, result_line, scratch_dir, threads_cpu, threads_delta
 from simulators.bluez.peripherals import BpCuff, SosPendant, WristMonitor
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
@@ -341,7 +340,7 @@ def wrist_line(args: argparse.Namespace) -> str:
 
 
 async def traced(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    tmp = scratch_dir("bench-cpu-")
     print(wrist_line(args), flush=True)
     trace = "tracemalloc" if args.tracemalloc else "pyspy" if args.pyspy else "profile"
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
@@ -363,7 +362,7 @@ async def traced(args: argparse.Namespace) -> int:
 async def run(args: argparse.Namespace) -> int:
     if args.tracemalloc or args.profile or args.pyspy:
         return await traced(args)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
+    tmp = scratch_dir("bench-cpu-")
     print(wrist_line(args), flush=True)
     broker = Mosquitto(workdir=tmp / "broker")
     broker.start()

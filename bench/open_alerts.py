@@ -22,13 +22,12 @@ import asyncio
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_s, pct, result_line
+from bench._common import cpu_s, pct, result_line, scratch_dir
 from gateway.care import SNAPSHOT_KEY
 from gateway.registry import Registry
 from gateway.rules import RuleEngine, WatchSettings
@@ -61,7 +60,7 @@ async def one_run(
     open_alerts: int, presses: int, gap_s: float, new_pendants: bool = False
 ) -> tuple[list[float], float, float]:
     """Latencies (ms), CPU seconds per press, seconds from exec until the state was restored."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-open-alerts-"))
+    tmp = scratch_dir("bench-open-alerts-")
     link = tmp / "usb-RFXCOM_RFXtrx433_OPEN-if00-port0"
     seed(tmp / "data", open_alerts)
     config = gateway_config(tmp, free_port(), devices=rfxtrx_device(link, accept_unknown=True))

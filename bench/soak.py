@@ -26,13 +26,12 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import memory_mb, open_fds, restartable_port, result_line
+from bench._common import memory_mb, open_fds, restartable_port, result_line, scratch_dir
 from bench.device_cpu import Devices, devices_toml, simulators
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import security1_frame
@@ -73,7 +72,7 @@ async def run(args: argparse.Namespace) -> int:
         f"cuff every {cuff_every / 60:.1f} min, samples every {sample_s:.0f} s",
         flush=True,
     )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-soak-", dir="/tmp"))
+    tmp = scratch_dir("bench-soak-")
     port = restartable_port()
     broker = Mosquitto(port=port, workdir=tmp / "broker", persistence=True)
     broker.workdir.mkdir(parents=True, exist_ok=True)

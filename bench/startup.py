@@ -28,13 +28,12 @@ import contextlib
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import TopicWatch, restartable_port, result_line
+from bench._common import TopicWatch, restartable_port, result_line, scratch_dir
 from bench.device_cpu import devices_toml, simulators
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
@@ -95,7 +94,7 @@ def median_ms(values: list[float | None]) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-", dir="/tmp"))
+    tmp = scratch_dir("bench-startup-")
     port = restartable_port()
     kinds = ("oximeter",) if args.devices == "all" else ()
     config = gateway_config(tmp, port, gateway_id=GW, devices=devices_toml(tmp, kinds))
