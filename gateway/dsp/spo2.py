@@ -156,11 +156,12 @@ def spo2_from(
     y_red = -bandpass(r - float(np.mean(r)), fs)
     den = float(y_ir @ y_ir)
     nr = float(y_red @ y_red)
-    if not (den > 0 and nr > 0 and np.isfinite(den) and np.isfinite(nr)):
+    norm = float(np.sqrt(den)) * float(np.sqrt(nr))  # not sqrt(den * nr): that product can underflow to 0
+    if not (den > 0 and nr > 0 and norm > 0 and np.isfinite(den) and np.isfinite(nr)):
         return SpO2(None, None, 0.0, hr.sqi)
     cross = float(y_red @ y_ir)
     slope = cross / den
-    corr = cross / float(np.sqrt(den * nr))
+    corr = cross / norm
     scale = float(np.mean(i)) / float(np.mean(r))
     ratio = slope * scale
     # SpO2's own limits (3 beats, 0.02 % perfusion, leave-one-out beat template) on the IR analysis

@@ -125,9 +125,20 @@ def test_random_arrays_never_raise(n: int, data: st.DataObject, fs: float) -> No
     elems = st.floats(allow_nan=True, allow_infinity=True, width=64)
     red = data.draw(hnp.arrays(np.float64, n, elements=elems))
     ir = data.draw(hnp.arrays(np.float64, data.draw(st.sampled_from([n, max(0, n - 1)])), elements=elems))
+    _never_raises(red, ir, fs)
+
+
+def _never_raises(red: np.ndarray, ir: np.ndarray, fs: float) -> None:
     res = estimate_spo2(red, ir, fs)
     assert 0.0 <= res.quality <= 1.0
     assert res.percent is None or 50.0 <= res.percent <= 100.0
+
+
+def test_channels_whose_energies_multiply_below_the_smallest_float_give_no_value() -> None:
+    # Found by the test above in CI: each energy > 0, their product underflowing to 0.
+    tiny = np.zeros(100)
+    tiny[0] = 6.15428618e-111
+    _never_raises(tiny, tiny.copy(), 25.0)
 
 
 @pytest.mark.parametrize(("hr", "seed"), [(50.0, 21), (65.0, 22), (90.0, 23), (120.0, 24)])
