@@ -40,7 +40,6 @@ OBJ_PACKET_ID = 0x00
 OBJ_BATTERY = 0x01
 OBJ_BUTTON = 0x3A
 
-BUTTON_EVENTS = BUTTON_EVENT_CODES
 
 INFO_ENCRYPTED = 0x01
 INFO_TRIGGER = 0x04
@@ -55,7 +54,7 @@ def objects(packet_id: int | None, battery: int | None = None, event: str | None
     if battery is not None:
         out += bytes([OBJ_BATTERY, battery])
     if event is not None:
-        out += bytes([OBJ_BUTTON, BUTTON_EVENTS[event]])
+        out += bytes([OBJ_BUTTON, BUTTON_EVENT_CODES[event]])
     return out
 
 
@@ -148,8 +147,8 @@ class BthomeButton(Peripheral):
     # -- behaviour ------------------------------------------------------------------------------
 
     def press(self, event: str = "press") -> dict[str, Any]:
-        if event not in BUTTON_EVENTS:
-            raise ValueError(f"event must be one of {', '.join(BUTTON_EVENTS)}")
+        if event not in BUTTON_EVENT_CODES:
+            raise ValueError(f"event must be one of {', '.join(BUTTON_EVENT_CODES)}")
         self.press_payload = objects(self._next_packet_id(), self.battery, event)
         self.current = self._seal(self.press_payload)
         self.last_press = time.monotonic()

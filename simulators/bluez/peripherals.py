@@ -583,8 +583,8 @@ class SosPendant(Peripheral):
     async def press(self, pattern: str | None = None) -> dict[str, Any]:
         """One press; ``pattern`` (``press``, ``double_press``, ``long_press`` ...) makes the pendant
         send format 1.1 (the latest press's pattern) from now on."""
-        if pattern is not None and pattern not in profiles.SOS_PATTERN_CODES:
-            raise ValueError(f"pattern {pattern!r}: expected one of {', '.join(profiles.SOS_PATTERN_CODES)}")
+        if pattern is not None and pattern not in profiles.BUTTON_EVENT_CODES:
+            raise ValueError(f"pattern {pattern!r}: expected one of {', '.join(profiles.BUTTON_EVENT_CODES)}")
         self.counter = (self.counter + 1) & 0xFFFF
         if pattern is not None:
             self.pattern = pattern

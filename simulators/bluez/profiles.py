@@ -170,7 +170,6 @@ BUTTON_EVENT_CODES = {
     "long_triple_press": 0x06,
     "hold_press": 0x80,
 }
-SOS_PATTERN_CODES = BUTTON_EVENT_CODES
 
 
 def sos_state(
@@ -181,4 +180,4 @@ def sos_state(
     battery_byte = 0xFF if battery is None else battery
     if pattern is None:
         return struct.pack("<BBHB", 0x10, flags, counter & 0xFFFF, battery_byte)
-    return struct.pack("<BBHBB", 0x11, flags, counter & 0xFFFF, battery_byte, SOS_PATTERN_CODES[pattern])
+    return struct.pack("<BBHBB", 0x11, flags, counter & 0xFFFF, battery_byte, BUTTON_EVENT_CODES[pattern])

@@ -30,8 +30,9 @@ from drivers.ble.bthome import (
     read_bindkey,
 )
 from drivers.ble.stack import Sighting
-from simulators.bluez.bthome import BUTTON_EVENTS, BthomeButton, objects, service_data
+from simulators.bluez.bthome import BthomeButton, objects, service_data
 from simulators.bluez.peripherals import SosPendant
+from simulators.bluez.profiles import BUTTON_EVENT_CODES
 from simulators.broker import Mosquitto
 from tests.ble.util import Readings, make_driver, running, virtual_bluez
 from tests.helpers import Collector, GatewayProcess, gateway_config, until
@@ -72,7 +73,7 @@ def test_encoder_matches_the_spec_encryption_vector() -> None:
 def test_bthome_ble_decodes_every_event_battery_and_packet_id_of_the_simulator(encrypted: bool) -> None:
     key = KEY if encrypted else None
     decoder = BthomeDecoder(BUTTON, key)
-    for i, event in enumerate(BUTTON_EVENTS):
+    for i, event in enumerate(BUTTON_EVENT_CODES):
         data = service_data(objects(10 + i, 60 + i, event), mac=BUTTON, key=key, counter=100 + i)
         d = decoder.decode(data, float(i))
         assert d.outcome is Outcome.OK and d.encrypted is encrypted
@@ -98,7 +99,7 @@ def test_refused_advertisements_say_why() -> None:
 def test_random_service_data_never_raises(data: bytes, with_key: bool) -> None:
     d = BthomeDecoder(BUTTON, KEY if with_key else None).decode(data, 0.0)
     assert d.outcome in Outcome
-    assert all(ev in BUTTON_EVENTS or ev == "hold_release" for _, ev in d.events)
+    assert all(ev in BUTTON_EVENT_CODES or ev == "hold_release" for _, ev in d.events)
 
 
 def test_packet_tracker_repeats_window_and_restart() -> None:
@@ -218,16 +219,16 @@ def test_every_event_type_to_its_role_repeats_suppressed_and_battery(tmp_path: P
     async def go() -> None:
         async with virtual_bluez([button]), running(drv):
             await until(lambda: readings.connected_at("bt-1"), 10, "the button heard")
-            for n, event in enumerate(BUTTON_EVENTS, 1):
+            for n, event in enumerate(BUTTON_EVENT_CODES, 1):
                 await _press(button, readings, event, n)
             await button.command("set", {"battery": 15})
             await until(lambda: readings.states("bt-1")[-1].battery_percent == 15, 5, "the new battery level")
 
     asyncio.run(go())
     presses: list[ButtonPress] = readings.of(ButtonPress)
-    assert [p.pattern for p in presses] == list(BUTTON_EVENTS), "one press per event, repeats suppressed"
+    assert [p.pattern for p in presses] == list(BUTTON_EVENT_CODES), "one press per event, repeats suppressed"
     roles = {p.pattern: p.role for p in presses}
-    assert roles == {e: ("call" if e == "press" else "sos") for e in BUTTON_EVENTS}
+    assert roles == {e: ("call" if e == "press" else "sos") for e in BUTTON_EVENT_CODES}
     assert [p.extra["packet_id"] for p in presses] == [i["packet_id"] for i in button.presses]
     assert len({p.press_id for p in presses}) == len(presses)
     assert not any(p.extra["encrypted"] for p in presses)
