@@ -63,8 +63,11 @@ RIVAL_BPM = 10.0
 # TROIKA's rule for a pulse on a motion line: within the rate the track can reach in one hop, the
 # Wiener gain is not applied (the accelerometer explaining that line does not mean the pulse left it)
 PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
-HARMONIC_WEIGHT = 0.5  # evidence of a pulse line = its power + half the power at twice its frequency
-MIN_CONFIDENCE = 0.05  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+# the motion canceller's taps: -3..3 samples at ~25 Hz, i.e. +-0.12 s (chosen on the tuning half among
+# +-0.08, 0.12 and 0.2 s by the rule of docs/dsp.md); 4 channels x 7 taps = 28 coefficients against
+# the ~200 samples of an 8 s window, so the fit cannot absorb much of the pulse (28/200 of white noise)
+CANCEL_LAG_S = 0.12
+MIN_CONFIDENCE = 0.75  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
 MIN_WINDOW_S = 6.0
 
 
@@ -96,17 +99,38 @@ def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
     return out
 
 
-def power_spectra(channels: FloatArray, fs: float) -> FloatArray:
-    """Power spectra (rows) of the columns of ``channels`` (n, k): decimated to about
-    :data:`SPECTRUM_FS` by block means (their sinc response is the anti-alias filter: the band of
-    interest ends at 4 Hz, far below the ~12 Hz of the new Nyquist), band-passed, Hann-windowed and
-    zero-padded to :data:`NFFT`. Decimating first makes the band-pass run on 8 x fewer samples at
-    100 Hz."""
+def bandpassed(channels: FloatArray, fs: float) -> tuple[FloatArray, float]:
+    """The columns of ``channels`` (n, k) decimated to about :data:`SPECTRUM_FS` by block means (their
+    sinc response is the anti-alias filter: the band of interest ends at 4 Hz, far below the ~12 Hz of
+    the new Nyquist) and band-passed :data:`BAND_HZ`; and the new rate. Decimating first makes the
+    band-pass run on 4-10 x fewer samples."""
     q, _, _ = _spectrum_setup(fs)
     m = channels.shape[0] // q
     dec = channels[: m * q].reshape(m, q, channels.shape[1]).mean(axis=1)
     fs_d = fs / q
-    y2 = _filtfilt(dec - dec.mean(axis=0), fs_d).T * np.hanning(m)[None, :]
+    return _filtfilt(dec - dec.mean(axis=0), fs_d), fs_d
+
+
+def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
+    """The part of ``ppg`` (m,) that no linear filter of the ``motion`` channels (m, c) explains: the
+    least-squares (Wiener-Hopf) solution over the window of an FIR filter with taps at ``-lags..lags``
+    samples on every channel, subtracted. The accelerometer-referenced noise canceller of the adaptive
+    filtering methods (e.g. Ram et al. 2012, IEEE TIM 61(5):1445; Schack et al. 2017, ICASSP), solved
+    per window instead of adapted sample by sample: no state to diverge, the same answer for the same
+    window."""
+    m = motion.shape[0]
+    padded = np.pad(motion, ((lags, lags), (0, 0)), mode="edge")
+    regressors = np.concatenate([padded[lags + k : lags + k + m] for k in range(-lags, lags + 1)], axis=1)
+    if regressors.shape[1] >= m or not np.any(regressors):
+        return ppg
+    coef, *_ = np.linalg.lstsq(regressors, ppg, rcond=None)
+    out: FloatArray = ppg - regressors @ coef
+    return out
+
+
+def power_spectra(rows: FloatArray) -> FloatArray:
+    """Power spectra of the rows of ``rows`` (k, m): Hann-windowed and zero-padded to :data:`NFFT`."""
+    y2 = rows * np.hanning(rows.shape[1])[None, :]
     p: FloatArray = np.abs(np.fft.rfft(y2, NFFT, axis=1)) ** 2
     return p
 
@@ -174,7 +198,10 @@ class MotionHrTracker:
         if not ok:
             return MotionHr(None, 0.0, None, mg)
         self._setup(fs)
-        spectra = power_spectra(np.column_stack((x, a)), fs)[:, self._band]
+        mag = np.linalg.norm(a, axis=1, keepdims=True)
+        bp, fs_d = bandpassed(np.column_stack((x, a, mag)), fs)
+        y = cancel_motion(bp[:, 0], bp[:, 1:], max(1, round(CANCEL_LAG_S * fs_d)))
+        spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
         p_now, acc_now = norm[0], norm[1:].sum(axis=0)
@@ -192,10 +219,7 @@ class MotionHrTracker:
         top = float(clean.max())
         if not top > 0.0:
             return MotionHr(None, 0.0, None, mg)
-        peaks = np.where(near, clean, 0.0)
-        # each peak adds part of the power at twice its frequency: a pulse has a strong second
-        # harmonic, so its fundamental wins over the harmonic
-        evidence = peaks + HARMONIC_WEIGHT * np.interp(2.0 * self._f, self._f, peaks, right=0.0)
+        evidence = np.where(near, clean, 0.0)
         top = float(evidence.max())
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:

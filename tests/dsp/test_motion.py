@@ -57,12 +57,15 @@ def test_follows_a_rising_rate_within_the_physiological_bound() -> None:
     t = np.arange(round(90 * FS)) / FS
     hr = np.interp(t, [0, 20, 80, 90], [80, 80, 125, 125])  # 0.75 /min per second, well inside the bound
     # swing at 45 /min: farther from the pulse than the 8 s window's resolution (Hann main lobe
-    # +-15 /min), within which two lines cannot be told apart (docs/dsp.md)
+    # +-15 /min), within which two lines cannot be told apart (docs/dsp.md). Its second harmonic is at
+    # 90 /min, which the pulse crosses: there the canceller removes the pulse with the swing and the
+    # track coasts on the bounded slope, so it may lag by a few /min more (docs/dsp.md)
     _, ppg, acc = _scene(90.0, hr, swing_hz=0.75, swing_gain=2.0, seed=3)
     for tt, bpm, _ in _track(ppg, acc):
         if tt >= 16.0:
             ref = float(np.mean(np.interp([tt - WINDOW_S, tt], [0, 20, 80, 90], [80, 80, 125, 125])))
-            assert bpm is not None and abs(bpm - ref) < 4.0, (tt, bpm, ref)
+            limit = 6.0 if abs(ref - 90.0) < 15.0 else 4.0
+            assert bpm is not None and abs(bpm - ref) < limit, (tt, bpm, ref)
 
 
 def test_confidence_is_low_without_a_pulse_and_high_with_a_clean_one() -> None:
@@ -159,3 +162,28 @@ def test_the_motion_path_is_off_unless_asked_for() -> None:
     got = [m for w in _blocks(30000.0 * (1.0 - 0.01 * ppg), acc) for m in s.push_waveform(w)]
     assert s.counters.motion_windows == 0
     assert not [m for m in got if m.extra.get("method") == "spectral"]
+
+
+def test_the_canceller_removes_what_a_filter_of_the_accelerometer_explains() -> None:
+    from gateway.dsp.motion import bandpassed, cancel_motion
+
+    rng = np.random.default_rng(11)
+    t = np.arange(round(WINDOW_S * FS)) / FS
+    pulse = np.sin(2 * math.pi * 1.3 * t)
+    # arm motion of many lines in the pulse's band (one sinusoid could hide in the spectrum's gaps), a
+    # different mix per axis, reaching the PPG 60 ms late and 5x the pulse
+    f = rng.uniform(0.7, 3.0, 12)
+    ph = rng.uniform(0, 2 * math.pi, (3, 12))
+    amp = rng.uniform(0.2, 1.0, (3, 12))
+
+    def motion(tt: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.stack([(amp[k] * np.sin(2 * math.pi * np.outer(tt, f) + ph[k])).sum(axis=1) for k in range(3)], 1)
+
+    artefact = motion(t - 0.06) @ np.array([3.0, -2.0, 1.5])
+    bp, _ = bandpassed(np.column_stack((pulse, artefact, motion(t))), FS)
+    seen = bp[:, 0] + bp[:, 1] * 5.0 * np.std(bp[:, 0]) / np.std(bp[:, 1])
+    out = cancel_motion(seen, bp[:, 2:], 3)
+    assert abs(np.corrcoef(seen, bp[:, 0])[0, 1]) < 0.4
+    assert np.corrcoef(out, bp[:, 0])[0, 1] > 0.9
+    # nothing to cancel: the window comes back as it was
+    assert np.allclose(cancel_motion(bp[:, 0], np.zeros((len(bp), 3)), 3), bp[:, 0])
