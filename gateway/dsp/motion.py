@@ -2,20 +2,26 @@
 
 When the wrist moves, the PPG's strongest periodicity is often the arm swing or the step, not the pulse,
 and the time-domain path (:mod:`gateway.dsp.heart`) either refuses the window or counts the swing. This
-module estimates the pulse frequency in the spectrum instead, in three steps per window (8 s every 2 s,
+module estimates the pulse frequency in the spectrum instead, in four steps per window (8 s every 2 s,
 :data:`WINDOW_S`, :data:`HOP_S`, as in the IEEE SPC 2015 data and the methods below):
 
-1. **Spectra.** PPG and each accelerometer axis are decimated to about 25 Hz by block means, band-passed
-   (0.5-4 Hz, the same numpy Butterworth as the time-domain path), Hann-windowed and zero-padded to
-   :data:`NFFT` points (0.73 bpm bins at 25 Hz). Each power spectrum is normalised to its maximum in the
-   heart-rate range :data:`HR_RANGE_BPM`.
-2. **Wiener filter of the motion** (Temko 2017, "Accurate heart rate monitoring during physical exercises
-   using PPG", IEEE TBME 64(9):2016, the WFPV method): the PPG and acceleration spectra are averaged over
-   the previous windows (exponentially, weight :data:`SPECTRUM_MEMORY` on the past), and the current PPG
-   spectrum is filtered by ``W = P / (P + sum_axes A_axis)`` (a gain on the amplitude spectrum, so the
-   power spectrum is multiplied by ``W**2``). Frequencies where the arm moves lose their
-   power in proportion to how much of it the accelerometer explains.
-3. **Tracking with a bounded rate change** (the spectral peak tracking of TROIKA, Zhang et al. 2015, IEEE
+1. **Band-pass.** PPG, each accelerometer axis and the acceleration's magnitude are decimated to about
+   25 Hz by block means and band-passed (0.5-4 Hz, the same numpy Butterworth as the time-domain path).
+2. **Motion cancellation** (the accelerometer-referenced noise canceller of the adaptive-filter methods,
+   e.g. Ram et al. 2012, IEEE TIM 61(5):1445, solved per window): the PPG is regressed on the four motion
+   channels at lags of -:data:`CANCEL_LAG_S`..+:data:`CANCEL_LAG_S` (an FIR filter per channel, least
+   squares over the window) and the fit is subtracted. What is left is the part of the PPG that no
+   linear filter of the arm's motion explains. A pulse at the very frequency of a motion line is
+   removed with it; the tracker then coasts on its bounded slope (step 4).
+3. **Spectra and the Wiener gain** (Temko 2017, "Accurate heart rate monitoring during physical
+   exercises using PPG", IEEE TBME 64(9):2016, the WFPV method): the cancelled PPG and each axis are
+   Hann-windowed and zero-padded to :data:`NFFT` points (0.73 bpm bins at 25 Hz), each power spectrum
+   normalised to its maximum in :data:`HR_RANGE_BPM`; PPG and acceleration spectra are averaged over the
+   previous windows (weight :data:`SPECTRUM_MEMORY` on the past), and the current PPG spectrum is
+   filtered by ``W = P / (P + sum_axes A_axis)`` (a gain on the amplitude spectrum, so the power spectrum
+   is multiplied by ``W**2``), except near the current track (TROIKA's rule: the accelerometer
+   explaining a line does not mean the pulse left it). Only bins near a spectral peak count.
+4. **Tracking with a bounded rate change** (the spectral peak tracking of TROIKA, Zhang et al. 2015, IEEE
    TBME 62(2):522, written as a causal max-product (Viterbi) recursion over frequency bins): each bin
    keeps the score of the best frequency path ending there; from one window to the next a path may move
    by at most :data:`MAX_SLOPE_BPM_S` x the time between them; old evidence decays by
@@ -121,9 +127,14 @@ def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
     m = motion.shape[0]
     padded = np.pad(motion, ((lags, lags), (0, 0)), mode="edge")
     regressors = np.concatenate([padded[lags + k : lags + k + m] for k in range(-lags, lags + 1)], axis=1)
-    if regressors.shape[1] >= m or not np.any(regressors):
+    gram = regressors.T @ regressors
+    scale = float(np.trace(gram))
+    if regressors.shape[1] >= m or not scale > 0.0:
         return ppg
-    coef, *_ = np.linalg.lstsq(regressors, ppg, rcond=None)
+    # the normal equations, with a ridge of 1e-9 of the mean regressor power so that a channel that
+    # repeats another (a still axis, the magnitude of one-axis motion) cannot make them singular
+    gram[np.diag_indices_from(gram)] += 1e-9 * scale / len(gram)
+    coef = np.linalg.solve(gram, regressors.T @ ppg)
     out: FloatArray = ppg - regressors @ coef
     return out
 
