@@ -29,6 +29,15 @@ Quality gate (docs/dsp.md, "SpO2 quality gate"), for spot recordings of 4-5 s as
   adds at most a ninth of the allowed error variance. This replaces a fixed channel-correlation limit
   (0.9): the correlation a given noise leaves depends on the window's length, the error does not; two
   channels that do not share one pulse give a large error and are refused (``"imprecise"``);
+- the residual must be *sensor noise* (:func:`residual_is_noise`): the red and IR pulses of one
+  heartbeat have the same shape and timing, so red minus the blood's ratio times IR (the ratio free to
+  drift linearly over the window, as in a desaturation: :func:`unexplained`) leaves noise only. A
+  second source with a ratio of its own, motion moving both wavelengths alike (R ~ 1) or venous blood,
+  leaves a residual at the pulse's own frequencies; the white-noise error above then undercounts it.
+  Tested at :data:`NOISE_TEST_ALPHA` = 1 % (the conventional significance: one clean window in a
+  hundred is flagged, which only changes how its error is counted); when rejected, the standard error
+  is the slope's error for a serially correlated residual (:func:`slope_variance`, Bartlett 1935),
+  under the same 1 % limit (``"structured-residual"``);
 - a saturation outside :data:`PLAUSIBLE` is an optical failure (ambient light, a loose sensor).
 """
 
