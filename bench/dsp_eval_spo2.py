@@ -16,7 +16,17 @@ this bench uses the generator (simulators/ppg.py), whose saturation is known sam
   walking, at 97 % true SpO2, with the accelerometer given (a wrist device) and withheld (a finger clip
   without one). A *false desaturation* is a value below 90 % or more than 4 points below the truth
   (goal: none; ``false_desaturations_old`` for the previous gate); ``motion_coverage`` says how many
-  still got a value.
+  still got a value, ``motion_structured`` how many the residual test (``SpO2.structured``: red minus
+  R x IR is not sensor noise) flagged, ``structured_usable`` the same test's false alarms on the usable
+  grid, where the residual is the generator's sensor noise (nominal rate 0.01).
+- **Wide motion sweep** (robustness, not the goal's case set): the same artefacts and also level 0.25,
+  4.0-5.0 s spot recordings and 10 s stream windows, six seed sets, without the accelerometer:
+  ``false_desaturations_wide`` of ``motion_cases_wide``, ``motion_coverage_wide``.
+- **Desaturations**: 60 s recordings falling from 97 to 80 % in 15 s (1.1 %/s), holding 10 s and
+  recovering in 10 s, at 50-110 /min and perfusion 0.05, 0.3 and 2 %, read as 4.6 s spot recordings
+  and 10 s stream windows every 2.5 s: ``desat_coverage``, ``desat_mae`` (against the window's mean
+  true SpO2) and ``desat_structured`` (a ratio that changes within the window leaves a pulse-shaped
+  residual too; it must still be measured when precise).
 
 Usage: ``python -m bench.dsp_eval_spo2 [--quick]``; ``evaluate()`` is called by bench/dsp_eval.py.
 Ends with one ``RESULT`` line.
@@ -37,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.dsp import CALIBRATIONS, SpO2, estimate_spo2
 from gateway.dsp.heart import analyse
 from gateway.dsp.spo2 import PLAUSIBLE
-from simulators.ppg import generate
+from simulators.ppg import Desaturation, generate
 
 FS = 100.0
 DURATIONS = (4.0, 4.6, 5.0)
@@ -46,6 +56,7 @@ SATS = (70.0, 80.0, 88.0, 94.0, 99.0)
 PERFUSIONS = (0.0005, 0.001, 0.003, 0.01, 0.03)
 NOISES = (0.02, 0.05, 0.1)
 OLD_CORR = 0.9
+WIDE_SEEDS = (5000, 6000, 7000, 8000, 9000, 10000)
 
 
 def old_value(ir: np.ndarray, res: SpO2, motion: np.ndarray | None = None) -> float | None:
@@ -69,14 +80,17 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     err: dict[float, list[float]] = {p: [] for p in PERFUSIONS}
     err_old: list[float] = []
     reasons: dict[str, int] = {}
+    structured: list[bool] = []
     for k, (dur, hr, sat, pi, noise) in enumerate(itertools.product(DURATIONS, HRS, SATS, PERFUSIONS, noises)):
         rec = generate(dur, fs=FS, hr_bpm=hr, spo2=sat, perfusion_index=pi, noise=noise, seed=1000 + k)
         truth = float(np.mean(rec.truth.spo2))
         res = estimate_spo2(rec.red, rec.ir, FS)
         every.append(res.percent is not None)
+        structured.append(res.structured)
         by_hr[hr].append(res.percent is not None)
         ibi, beats = 60.0 / hr, rec.truth.beat_times_s
         if int(np.sum((beats - 0.3 * ibi >= 0.0) & (beats + 0.55 * ibi <= dur))) < 3:
+            structured.pop()
             continue  # not usable: fewer than 3 complete pulses
         got[pi].append(res.percent is not None)
         if res.percent is not None:
@@ -101,13 +115,14 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     figures["mae"] = float(np.mean(all_err))
     figures["max_err"] = float(np.max(all_err))
     figures["mae_old"] = float(np.mean(err_old)) if err_old else float("nan")
+    figures["structured_usable"] = float(np.mean(structured))
     for pi in PERFUSIONS:
         tag = f"{100 * pi:g}".replace(".", "p")
         figures[f"coverage_pi{tag}"] = float(np.mean(got[pi]))
         figures[f"coverage_old_pi{tag}"] = float(np.mean(got_old[pi]))
         figures[f"mae_pi{tag}"] = float(np.mean(err[pi])) if err[pi] else float("nan")
     # motion: a false desaturation is the failure that matters
-    false_desat, motion_got, motion_n, false_old = 0, 0, 0, 0
+    false_desat, motion_got, motion_n, false_old, motion_structured = 0, 0, 0, 0, 0
     cases: list[dict[str, object]] = [{"motion": [(0.0, 10.0)], "motion_level": lvl} for lvl in (0.5, 1.0, 2.0, 4.0)]
     cases.append({"walking": [(0.0, 10.0)]})
     for k, (case, dur, hr, with_accel) in enumerate(itertools.product(cases, DURATIONS, HRS, (True, False))):
@@ -115,6 +130,7 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
         accel = rec.accel if with_accel else None
         res = estimate_spo2(rec.red, rec.ir, FS, motion=accel)
         motion_n += 1
+        motion_structured += res.structured
         old = old_value(rec.ir, res, accel)
         if old is not None and (old < 90.0 or old < 97.0 - 4.0):
             false_old += 1
@@ -126,8 +142,52 @@ def evaluate(quick: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     figures["motion_coverage"] = motion_got / motion_n
     figures["false_desaturations"] = float(false_desat)
     figures["false_desaturations_old"] = float(false_old)
+    figures["motion_structured"] = motion_structured / motion_n
+    figures.update(wide_motion(quick))
+    figures.update(desaturations())
     figures["seconds"] = time.perf_counter() - t_start
     return figures, reasons
+
+
+def wide_motion(quick: bool = False) -> dict[str, float]:
+    """The motion cases' robustness on other seeds (module docstring), without the accelerometer."""
+    cases: list[dict[str, object]] = [{"motion": [(0.0, 10.0)], "motion_level": v} for v in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    cases.append({"walking": [(0.0, 10.0)]})
+    n = got = false = 0
+    for base in WIDE_SEEDS[:1] if quick else WIDE_SEEDS:
+        for k, (case, dur, hr) in enumerate(itertools.product(cases, (*DURATIONS, 10.0), HRS)):
+            rec = generate(dur, fs=FS, hr_bpm=hr, spo2=97.0, seed=base + k, **case)  # type: ignore[arg-type]
+            res = estimate_spo2(rec.red, rec.ir, FS)
+            n += 1
+            if res.percent is not None:
+                got += 1
+                false += res.percent < 90.0 or res.percent < 97.0 - 4.0
+    return {"motion_cases_wide": float(n), "motion_coverage_wide": got / n, "false_desaturations_wide": float(false)}
+
+
+def desaturations() -> dict[str, float]:
+    """Spot recordings (4.6 s) and stream windows (10 s) across a fast desaturation (module docstring)."""
+    event = Desaturation(start_s=10.0, nadir=80.0, fall_s=15.0, hold_s=10.0, rise_s=10.0)
+    errs: list[float] = []
+    n = n_struct = 0
+    for k, (hr, pi) in enumerate(itertools.product((50.0, 70.0, 90.0, 110.0), (0.0005, 0.003, 0.02))):
+        rec = generate(60.0, fs=FS, hr_bpm=hr, spo2=97.0, perfusion_index=pi, noise=0.05, seed=7000 + k,
+                       desaturations=[event])  # fmt: skip
+        for width in (4.6, 10.0):
+            for t0 in np.arange(0.0, 60.0 - width + 1e-9, 2.5):
+                a, b = round(t0 * FS), round((t0 + width) * FS)
+                res = estimate_spo2(rec.red[a:b], rec.ir[a:b], FS)
+                n += 1
+                n_struct += res.structured
+                if res.percent is not None:
+                    errs.append(abs(res.percent - float(np.mean(rec.truth.spo2[a:b]))))
+    return {
+        "desat_windows": float(n),
+        "desat_coverage": len(errs) / n,
+        "desat_mae": float(np.mean(errs)) if errs else float("nan"),
+        "desat_max_err": float(np.max(errs)) if errs else float("nan"),
+        "desat_structured": n_struct / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
