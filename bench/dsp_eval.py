@@ -300,6 +300,10 @@ def eval_spo2(quick: bool) -> dict[str, float]:
         "max_err",
         "false_desaturations",
         "false_desaturations_old",
+        "false_desaturations_wide",
+        "motion_cases_wide",
+        "structured_usable",
+        "desat_coverage",
     )
     return {f"spo2_{k}": figures[k] for k in keep}
 
