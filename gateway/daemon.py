@@ -322,13 +322,8 @@ class Daemon:
             self.uplink.request_status()
 
     def _dsp_factory(self, device_id: str) -> WristStream:
-        """One DSP stream per device, with the SpO2 calibration its configuration names. The DSP
-        (numpy, scipy) is imported here, when a device first streams: never before the SOS path is up."""
-        from gateway.dsp.stream import WristStream
-
         spec = self.devices.spec(device_id) if self.devices is not None else None
-        model = getattr(spec.options, "spo2_calibration", None) if spec is not None else None
-        return WristStream(device_id, calibration=model if isinstance(model, str) else None)
+        return dsp_stream(device_id, spec.options if spec is not None else None)
 
     def _watch_inputs(self) -> tuple[float | None, float | None]:
         """What the care rules watch of the gateway itself: outbox fill and since when the uplink is down."""
@@ -499,6 +494,17 @@ def _exit_now(code: int) -> None:
 
 # syslog priorities (sd-daemon(3): "<N>" at the start of a line sets its priority in the journal)
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def dsp_stream(device_id: str, options: object | None) -> WristStream:
+    """One DSP stream per device, with what its configuration asks of it: the SpO2 calibration
+    (``spo2_calibration``) and the heart rate while moving (``hr_while_moving``). The DSP (numpy) is
+    imported here, when a device first streams: never before the SOS path is up."""
+    from gateway.dsp.stream import WristStream
+
+    model = getattr(options, "spo2_calibration", None)
+    moving = getattr(options, "hr_while_moving", False)
+    return WristStream(device_id, calibration=model if isinstance(model, str) else None, motion_hr=moving is True)
 
 
 class JournalFormatter(logging.Formatter):

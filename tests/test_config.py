@@ -180,6 +180,21 @@ def test_a_wrist_monitors_spo2_calibration_must_be_a_known_model(tmp_path: Path)
     assert "devices[1] (w1).spo2_calibration = 'max30103'" in str(info.value) and "max30102" in str(info.value)
 
 
+def test_the_heart_rate_while_moving_is_a_wrist_option_the_dsp_stream_follows(tmp_path: Path) -> None:
+    from gateway.daemon import dsp_stream
+
+    wrist = '\n[[devices]]\nid = "w1"\nkind = "ble-wrist"\naddress = "AA:BB:CC:DD:EE:FF"\n'
+    plain = load_config(write(tmp_path, GOOD + wrist)).devices[1].options
+    assert plain.hr_while_moving is False and dsp_stream("w1", plain).motion_hr is False
+    on = load_config(write(tmp_path, GOOD + wrist + "hr_while_moving = true\n")).devices[1].options
+    assert dsp_stream("w1", on).motion_hr is True
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD + wrist + 'hr_while_moving = "yes"\n'))
+    assert "hr_while_moving" in str(info.value)
+    # a device kind without the option (the serial oximeter) streams without it
+    assert dsp_stream("ox", None).motion_hr is False
+
+
 def test_a_person_may_own_the_buttons_a_receiver_hears_and_the_care_rules_know_it(tmp_path: Path) -> None:
     from gateway.care import CareDesk
     from gateway.messages import Topics

@@ -66,6 +66,9 @@ class WristOptions(BleOptions):
         refused="no-such-model",
         doc="SpO2 calibration model",
     )
+    # the accelerometer-aided spectral tracker of gateway.dsp.motion: off, a moving window gives no
+    # heart rate (docs/dsp.md has its accuracy on the wrist exercise recordings, short of its goal)
+    hr_while_moving: bool = option(False, doc="heart rate while the wrist moves (needs frame format 2)")
 
 
 _WRAP = 1 << 32
