@@ -17,7 +17,8 @@ Figures per activity and per half (the split is by subject, fixed before any eva
 :data:`TUNE_SUBJECTS` alternate with the others in sorted order): MAE on the windows with a value,
 coverage (share of windows with a value), hold-last MAE (the error of a display that keeps showing the
 last value; windows before the first value count as not covered and are left out), records with a value,
-and the windows' median motion (RMS dynamic acceleration, g), and the share of windows
+the difference between ours and each method on the windows both answered (``*_mae_diff_*``, ours minus
+theirs: negative = ours better), and the windows' median motion (RMS dynamic acceleration, g), and the share of windows
 gateway.dsp.activity marks at rest (every window here is exercise, so that share is its false "at rest"
 rate: cycling with the hands on the handlebars barely moves the wrist). ``--choose`` prints the confidence
 threshold the rule in docs/dsp.md picks on the tuning half.
@@ -106,6 +107,8 @@ class Tally:
     records: dict[str, list[bool]] = field(default_factory=dict)
     motion: list[float] = field(default_factory=list)
     at_rest: list[bool] = field(default_factory=list)  # gateway.dsp.activity's verdict per window
+    # a peer's error and ours on the windows both answered (the paired comparison)
+    paired: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def figures(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}_windows": float(self.windows), f"{prefix}_motion_g": float(np.median(self.motion))}
@@ -117,6 +120,10 @@ class Tally:
             out[f"{prefix}_coverage{sfx}"] = self.got.get(k, 0) / self.windows if self.windows else math.nan
             out[f"{prefix}_hold_mae{sfx}"] = float(np.mean(h)) if h else math.nan
             out[f"{prefix}_records{sfx}"] = float(np.mean(self.records[k]))
+            if k != "ours":
+                pairs = np.array(self.paired.get(k, []), dtype=np.float64).reshape(-1, 2)
+                # ours minus the peer on the same windows: negative = ours better
+                out[f"{prefix}_mae_diff{sfx}"] = float(np.mean(pairs[:, 0] - pairs[:, 1])) if len(pairs) else math.nan
         return out
 
 
@@ -172,6 +179,11 @@ def evaluate(
                 t.motion.append(motion_level(acc))
                 if still is not None:
                     t.at_rest.append(still)
+            if vals["ours"] is not None:
+                for mname, v in vals.items():
+                    if mname != "ours" and v is not None:
+                        for key in keys:
+                            tallies[key].paired.setdefault(mname, []).append((abs(vals["ours"] - ref), abs(v - ref)))
             for mname, v in vals.items():
                 if v is not None:
                     last[mname] = v
