@@ -121,6 +121,8 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=None if self.verbose else subprocess.DEVNULL,
             preexec_fn=die_with_parent if self.die_with_parent else None,
+            # a broker that dies with its parent is stopped by it, not by the terminal's Ctrl-C
+            process_group=0 if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

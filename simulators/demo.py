@@ -159,6 +159,7 @@ def start_ble(workdir: Path) -> tuple[subprocess.Popen[str], str, str] | None:
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=die_with_parent,
+        process_group=0,  # Ctrl-C reaches the demo only, which stops its processes in order
     )
     assert proc.stdout is not None
     found: dict[str, str] = {}
@@ -254,6 +255,9 @@ async def _demo(args: argparse.Namespace) -> int:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                # not in the terminal's process group: Ctrl-C there would stop gatewayd once and the
+                # demo's own stop a second time, which gatewayd rightly takes as "exit now"
+                process_group=0,
             )
             print(f"demo: gatewayd pid {gatewayd.pid} with {cfg}", flush=True)
             print(f"demo: try `gatewayctl --config {cfg} status` in another terminal", flush=True)
@@ -299,10 +303,14 @@ async def _demo(args: argparse.Namespace) -> int:
                     print("demo: broker back up", flush=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.2)
-            if not stop.is_set():
-                await daily_summary(cfg, seen)
+            # on --duration, Ctrl-C or SIGTERM alike (README): the day so far, printed and published
+            stopped = stop.is_set()
+            await daily_summary(cfg, seen)
+            if stopped:
+                await asyncio.sleep(2.0)  # the last messages reach the cloud; a bounded wait
+            else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)  # the last messages reach the cloud
+                    await asyncio.wait_for(stop.wait(), 2.0)
             print("demo: stopping", flush=True)
             code = await asyncio.to_thread(stop_process, gatewayd)  # before the simulated devices go away
             print(f"demo: gatewayd stopped (exit status {code})", flush=True)
