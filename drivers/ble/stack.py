@@ -609,13 +609,16 @@ async def close_bleak() -> None:
         return
     bus = getattr(mgr, "_bus", None)
     watcher = getattr(mgr, "_bus_watcher_task", None)
+    if watcher is not None:
+        # bleak's watcher takes any end of its bus for BlueZ lost (a WARNING, and every watcher told):
+        # ours is a close, so the watcher goes first
+        watcher.cancel()
+        with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
+            await asyncio.wait_for(watcher, 2.0)
     if bus is not None:
         bus.disconnect()
         with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
             await asyncio.wait_for(_gone(bus), 2.0)
-    if watcher is not None:
-        with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
-            await asyncio.wait_for(watcher, 2.0)
 
 
 __all__ = [
