@@ -125,7 +125,7 @@ def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
     per window instead of adapted sample by sample: no state to diverge, the same answer for the same
     window."""
     m = motion.shape[0]
-    padded = np.pad(motion, ((lags, lags), (0, 0)), mode="edge")
+    padded = np.concatenate((np.repeat(motion[:1], lags, axis=0), motion, np.repeat(motion[-1:], lags, axis=0)))
     regressors = np.concatenate([padded[lags + k : lags + k + m] for k in range(-lags, lags + 1)], axis=1)
     gram = regressors.T @ regressors
     scale = float(np.trace(gram))
