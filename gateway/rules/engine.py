@@ -432,6 +432,7 @@ class EngineCounters:
     cleared: int
     reminders: int
     open: int
+    calls_not_joined: int = 0  # call presses that opened a new request: the open one's last press too old
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,6 +497,7 @@ class RuleEngine:
         self._uplink_down_since: float | None = None
         self._n = {"readings": 0, "unusable": 0, "out_of_order": 0, "raised": 0, "escalated": 0, "cleared": 0}
         self._n["reminders"] = 0
+        self._n["calls_not_joined"] = 0
 
     # -- rules --------------------------------------------------------------------------------------
 
@@ -1063,6 +1065,12 @@ class RuleEngine:
         detail: dict[str, Any] = {"press_id": press_id}
         open_id = None if drill else self._calls.get(key)
         a = self._alerts.get(open_id) if open_id is not None else None
+        if a is not None and now - (a.last_press_at or a.raised_at) >= self.settings.call_coalesce_s:
+            # too long since its last press to be the same need: it stays open (until acked), unjoined
+            log.info("call request %s: a press %.0f s after its last one opens a new request", a.alert_id,
+                     now - (a.last_press_at or a.raised_at))  # fmt: skip
+            self._n["calls_not_joined"] += 1
+            a = None
         if a is not None:
             a.presses += 1
             a.last_press_at = now

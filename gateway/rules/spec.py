@@ -443,6 +443,10 @@ class WatchSettings:
     # an open, unacknowledged call request (a press of a ``call`` button) is reminded once, this long
     # after its first press (whatever reminder_min_severity says: a call is medium)
     call_reminder_s: float = 900.0
+    # a call press adds to the open request only this soon after its last press; later it opens a new
+    # request (new alert id, its own reminder): a storm or an impatient repeat is minutes, a second need
+    # the same afternoon is not an update of the morning's, which stays open until acked
+    call_coalesce_s: float = 7200.0
 
     def __post_init__(self) -> None:
         w = "watch"
@@ -474,6 +478,7 @@ class WatchSettings:
         _finite(w, "uplink_down_s", self.uplink_down_s, 1.0, MAX_DURATION_S)
         _finite(w, "reminder_interval_s", self.reminder_interval_s, 1.0, MAX_DURATION_S)
         _finite(w, "call_reminder_s", self.call_reminder_s, 1.0, MAX_DURATION_S)
+        _finite(w, "call_coalesce_s", self.call_coalesce_s, 1.0, MAX_DURATION_S)
         for f in fields(self):
             if f.name.endswith("severity"):
                 _severity(w, f.name, getattr(self, f.name), allow_critical=f.name == "reminder_min_severity")

@@ -146,3 +146,23 @@ def test_a_rule_may_not_take_the_kind_call() -> None:
         e.update_rules(
             "anna", [{"id": "x", "kind": "call", "code": "8867-4", "op": ">", "threshold": 1, "severity": "low"}]
         )
+
+
+def test_a_press_long_after_the_requests_last_one_opens_a_new_request() -> None:
+    e = engine(call_coalesce_s=3600)
+    first = press(e, 1, T0)
+    joined = press(e, 2, T0 + 3000)  # within the window of the last press: the same request
+    assert (joined.alert_id, joined.presses) == (first.alert_id, 2)
+    # the window runs from the last press, not the first
+    again = press(e, 3, T0 + 3000 + 3500)
+    assert (again.alert_id, again.presses) == (first.alert_id, 3)
+    later = press(e, 4, T0 + 3000 + 3500 + 3600)
+    assert later.alert_id != first.alert_id and later.presses == 1 and later.state == "raised"
+    # the old request stays open until the care centre acks it; the next press joins the new one
+    assert {a.alert_id for a in e.open_alerts()} == {first.alert_id, later.alert_id}
+    assert press(e, 5, T0 + 3000 + 3500 + 3700).alert_id == later.alert_id
+    assert e.counters().calls_not_joined == 1
+    assert e.ack(first.alert_id, T0 + 20000)
+    assert {a.alert_id for a in e.open_alerts()} == {later.alert_id}
+    with pytest.raises(RuleSpecError):
+        WatchSettings(call_coalesce_s=0)
