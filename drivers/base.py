@@ -212,6 +212,9 @@ class Driver(abc.ABC):
     streams: ClassVar[bool] = False
     # LOINC codes of the measurements it emits (drivers.codes).
     loinc_codes: ClassVar[tuple[str, ...]] = ()
+    # Options naming a secret file (a key): doctor checks each is readable by the service only and
+    # holds what :meth:`check_secret` expects, before the device first needs it.
+    secret_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
         self.spec = spec
@@ -224,6 +227,12 @@ class Driver(abc.ABC):
         """The device ids of the buttons this device hears for others (a radio receiver's button
         table): devices of the home too, which ``[[rules.person]] devices`` may give to a person."""
         return ()
+
+    @classmethod
+    def check_secret(cls, option: str, path: Path) -> None:
+        """Raise :class:`DeviceConfigError` when the secret file ``path`` named by ``option`` (one of
+        :attr:`secret_options`) cannot be used; never logs or returns its content."""
+        return None  # the kind has no secret to check beyond its file's mode
 
     @property
     def device_id(self) -> str:

@@ -22,6 +22,7 @@ import binascii
 import concurrent.futures
 import datetime as dt
 import enum
+import functools
 import grp
 import math
 import os
@@ -479,9 +480,35 @@ def check_outbox(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
 # -- secrets and certificates ---------------------------------------------------------------------
 
 
+def _device_secrets(cfg: Config) -> list[tuple[str, Path, Callable[[], None]]]:
+    """(config key, path, content check) of every secret file a device's options name."""
+    out: list[tuple[str, Path, Callable[[], None]]] = []
+    for i, dev in enumerate(cfg.devices):
+        try:
+            cls = driver_class(dev.kind)
+        except UnknownDeviceKind:
+            continue
+        for name in cls.secret_options:
+            value = getattr(dev.options, name, "")
+            if isinstance(value, str) and value:
+                out.append(
+                    (
+                        f"devices[{i}] ({dev.id}).{name}",
+                        Path(value),
+                        functools.partial(cls.check_secret, name, Path(value)),
+                    )
+                )
+    return out
+
+
 def check_secrets(cfg: Config) -> list[Finding]:
     out = []
-    for key, path in (("uplink.key_file", cfg.uplink.key_file), ("uplink.password_file", cfg.uplink.password_file)):
+    files: list[tuple[str, Path | None, Callable[[], None] | None]] = [
+        ("uplink.key_file", cfg.uplink.key_file, None),
+        ("uplink.password_file", cfg.uplink.password_file, None),
+        *_device_secrets(cfg),
+    ]
+    for key, path, content in files:
         if path is None:
             continue
         try:
@@ -499,7 +526,12 @@ def check_secrets(cfg: Config) -> list[Finding]:
                     mode=f"{mode:04o}",
                 )
             )
-    if not out and (cfg.uplink.key_file or cfg.uplink.password_file):
+        if content is not None:
+            try:
+                content()
+            except DeviceConfigError as exc:
+                out.append(_fail("secrets", f"{key}: {exc}.", "Write the device's key into the file again."))
+    if not out and any(path is not None for _, path, _ in files):
         out.append(_ok("secrets", "The secret files are readable by their owner and group only."))
     return out
 

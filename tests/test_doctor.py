@@ -347,3 +347,31 @@ def test_an_unusable_configuration_is_reported_and_the_rest_skipped(tmp_path: Pa
     assert rc == 2 and found["config"]["status"] == "fail"
     assert "uplink.port" in found["config"]["message"] and "config validate" in found["config"]["action"]
     assert found["outbox"]["status"] == "skip" and found["daemon"]["status"] == "skip"
+
+
+def test_a_devices_secret_key_file_is_checked_before_the_device_needs_it(tmp_path: Path) -> None:
+    key = tmp_path / "bindkey.txt"
+    device = f'''
+[[devices]]
+id = "button-1"
+kind = "ble-bthome"
+address = "AA:BB:CC:DD:EE:01"
+bindkey_file = "{key}"
+'''
+    cfg = load_config(gateway_config(tmp_path, 1883, devices=device))
+
+    def secrets() -> list[doctor.Finding]:
+        return [f for f in doctor.check_secrets(cfg) if f.id == "secrets"]
+
+    (missing,) = secrets()  # the file is not there yet: the device would go to error at its start
+    assert missing.status is doctor.Status.FAIL and "devices[0] (button-1).bindkey_file" in missing.message
+    key.write_text("0123456789abcdef0123456789abcdef\n")
+    key.chmod(0o644)
+    (loose,) = secrets()
+    assert loose.status is doctor.Status.FAIL and "every user" in loose.message
+    key.chmod(0o600)
+    (ok,) = secrets()
+    assert ok.status is doctor.Status.OK
+    key.write_text("not a key")
+    (bad,) = secrets()
+    assert bad.status is doctor.Status.FAIL and "hex digits" in bad.message and "not a key" not in bad.message

@@ -298,6 +298,11 @@ class BthomeButtonDriver(BleDriver):
     summary: ClassVar[str] = "BTHome v2 button (Shelly BLU Button1...): presses in advertisements, optionally encrypted"
     ble_services: ClassVar[tuple[str, ...]] = (BTHOME_SERVICE,)
     priority: ClassVar[int] = 0
+    secret_options: ClassVar[tuple[str, ...]] = ("bindkey_file",)
+
+    @classmethod
+    def check_secret(cls, option: str, path: Path) -> None:
+        read_bindkey(path)
 
     def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
         super().__init__(spec, sink, ctx)
