@@ -132,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: {len(ends)} windows, {peer_dur:.0f} s, {pcpu * 1e3:.0f} ms CPU, "
             f"realtime_factor={peer_rtf[name]:.0f}"
         )
+        res[f"coverage_{name}"] = sum(v is not None for v in vals) / len(ends) if len(ends) else math.nan
         for t, v in zip(ends, vals, strict=True):
             ours_v = ours_hr.get(round(float(t), 3))
             if ours_v is None or v is None:
                 continue
             errs[name].append(abs(v - truth.hr_bpm(t - WINDOW_S, t)))
+    res["coverage"] = sum(round(float(t), 3) in ours_hr for t in ends) / len(ends) if len(ends) else math.nan
     for t in ends:
         ours_v = ours_hr.get(round(float(t), 3))
         if ours_v is not None:
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     res["cpu_per_window_us"] = cpu / windows * 1e6
     order = ["realtime_factor", "speedup_vs_heartpy", "speedup_vs_neurokit", "cpu_per_window_us", "mae"]
     order += sorted(k for k in res if k.startswith("mae_"))
+    order += ["coverage", *sorted(k for k in res if k.startswith("coverage_"))]
     print("RESULT " + " ".join(f"{k}={res[k]:.3f}" for k in order))
     return 0
 
