@@ -121,7 +121,7 @@ def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
     """The part of ``ppg`` (m,) that no linear filter of the ``motion`` channels (m, c) explains: the
     least-squares (Wiener-Hopf) solution over the window of an FIR filter with taps at ``-lags..lags``
     samples on every channel, subtracted. The accelerometer-referenced noise canceller of the adaptive
-    filtering methods (e.g. Ram et al. 2012, IEEE TIM 61(5):1445; Schack et al. 2017, ICASSP), solved
+    filtering methods (e.g. Ram et al. 2012, IEEE TIM 61(5):1445; Schack et al. 2017, EUSIPCO), solved
     per window instead of adapted sample by sample: no state to diverge, the same answer for the same
     window."""
     m = motion.shape[0]
