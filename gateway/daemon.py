@@ -231,6 +231,7 @@ class Daemon:
                 data_dir,
                 synchronised=self.timebase.synchronised,
                 drill_alerts=lambda: pipeline.drill.drill_alerts,
+                offset=lambda: self.timebase.wall() - self.timebase.boot(),
             )
             care_submit = pipeline.submit if summary is None else summary.tap(pipeline.submit)
             if summary is not None:
@@ -318,6 +319,8 @@ class Daemon:
         """The clock became trustworthy or stepped while trusted: correct this boot's waiting messages."""
         if ev.corrects and self.outbox is not None:
             self.outbox.request_correction(self.timebase.boot_id, ev.offset)
+        if ev.corrects and self.summary is not None:
+            self.summary.correct(ev.offset)  # the same readings, in the daily summary's aggregate
         if self.uplink is not None:
             self.uplink.request_status()
 

@@ -52,7 +52,7 @@ import json
 import math
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,22 @@ class Pending:
 
     def __bool__(self) -> bool:
         return bool(self.bins or self.bp or self.events or self.links)
+
+    def shifted(self, delta_s: float) -> Pending:
+        """The same, ``delta_s`` later: the outbox's correction of an unsynchronised clock applied here
+        too. Bins move by whole minutes (a reading keeps its minute when the shift is under 30 s)."""
+        k, ms = round(delta_s / 60.0), round(delta_s * 1000.0)
+        out = Pending()
+        for (subject, device, minute), b in self.bins.items():
+            have = out.bins.get((subject, device, minute + k))
+            if have is None:
+                out.bins[(subject, device, minute + k)] = b
+            else:
+                have.merge(b)
+        out.bp = {(device, t + ms): row for (device, t), row in self.bp.items()}
+        out.events = {key: (subject, replace(ev, at=ev.at + delta_s)) for key, (subject, ev) in self.events.items()}
+        out.links = [(subject, replace(lc, at=lc.at + delta_s)) for subject, lc in self.links]
+        return out
 
 
 class Aggregator:

@@ -158,6 +158,8 @@ class SummaryDesk:
         wall: Callable[[], float] = time.time,
         synchronised: Callable[[], bool] = lambda: True,
         is_drill: Callable[[str], bool] = lambda _alert_id: False,
+        offset: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.topics = topics
@@ -181,6 +183,14 @@ class SummaryDesk:
         self._alerted: dict[str, str] = {}  # button -> the alert id its press just raised (press_alert)
         self._last_prune = -math.inf
         self._store_warned = False
+        # While the wall clock is not synchronised, what the gateway's clock stamped waits here, by the
+        # clock's offset (wall - boot clock) when it came: a correction (:meth:`correct`) moves it as
+        # the outbox moves the same readings; if none comes in UNSYNCED_GRACE_S, or a summary or a
+        # report needs it first, it counts at the time it has (:meth:`release`).
+        self.offset = offset
+        self.monotonic = monotonic
+        self._held: dict[float, Aggregator] = {}
+        self._held_since: float | None = None
 
     def topic(self, subject: str) -> str:
         return f"{self.topics.base}/summary/{subject}"
@@ -194,11 +204,46 @@ class SummaryDesk:
         except Exception as exc:  # noqa: BLE001 - the summary never costs a reading (module docstring)
             self.bugs.report(log, f"device {reading.device_id}", exc, "daily summary aggregation failed")
 
+    def _target(self, device_clock: bool = False) -> Aggregator:
+        """Where a reading goes: the aggregate, or (stamped by an unsynchronised gateway clock) the
+        held part of its clock offset."""
+        if device_clock or self.offset is None or self.synchronised():
+            return self.agg
+        off = round(self.offset(), 1)
+        held = self._held.get(off)
+        if held is None:
+            held = self._held[off] = Aggregator()
+            held.link_state = self.agg.link_state  # one device state, wherever its changes wait
+            if self._held_since is None:
+                self._held_since = self.monotonic()
+        return held
+
+    def correct(self, offset: float) -> None:
+        """The clock became trustworthy (a correcting ClockEvent, as the outbox gets): what waits is
+        moved by the difference between the true offset and the one it was stamped with."""
+        for off, held in self._held.items():
+            pending = held.take()
+            if pending:
+                self.agg.restore(pending.shifted(offset - off))
+                log.info("daily summary: readings of an unsynchronised clock moved by %.0f s", offset - off)
+        self._held.clear()
+        self._held_since = None
+
+    def release(self) -> None:
+        """What waits for a correction counts at the time it has (no correction came in time)."""
+        for held in self._held.values():
+            pending = held.take()
+            if pending:
+                self.agg.restore(pending)
+        self._held.clear()
+        self._held_since = None
+
     def _feed(self, r: Reading) -> None:
         match r:
             case Measurement():
                 subject = self.subjects.of(r.device_id)
-                self.agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, r.captured_at, r.extra)
+                agg = self._target(device_clock=r.extra.get("stored") is True)  # a stored record: its own clock
+                agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, r.captured_at, r.extra)
             case ButtonPress():
                 subject = self.subjects.of_press(r.device_id, r.extra.get("via"))
                 role = r.role
@@ -207,16 +252,17 @@ class SummaryDesk:
                     alert_id = messages.sos_alert_id(r)
                 drill = alert_id is not None and self.is_drill(alert_id)
                 name = "drill" if drill else role
-                self.agg.event(
+                agg = self._target()
+                agg.event(
                     f"press|{r.device_id}|{r.press_id}", subject, Event(r.device_id, r.captured_at, "press", name)
                 )
                 if alert_id is not None and not drill:
                     # an alert per SOS press; a call press adds to an open request: one alert per request id
                     alert = Event(r.device_id, r.captured_at, "alert", role)
-                    self.agg.event(f"alert|{alert_id}", subject, alert)
+                    agg.event(f"alert|{alert_id}", subject, alert)
             case DeviceStatus():
                 subject = self.subjects.of(r.device_id)
-                self.agg.link(subject, r.device_id, r.captured_at, r.state.value, r.battery_percent)
+                self._target().link(subject, r.device_id, r.captured_at, r.state.value, r.battery_percent)
             case _:
                 return
 
@@ -248,11 +294,13 @@ class SummaryDesk:
             return  # the gateway's own alerts (outbox_full, uplink_down) are nobody's health
         subject = str(doc["person_id"]) if doc.get("person_id") in self.subjects.persons else self.subjects.of(device)
         at = messages.parse_rfc3339(doc["captured_at"])
-        self.agg.event(f"alert|{doc['alert_id']}", subject, Event(device, at, "alert", str(doc["kind"])))
+        self._target().event(f"alert|{doc['alert_id']}", subject, Event(device, at, "alert", str(doc["kind"])))
 
     # -- saving ----------------------------------------------------------------------------------
 
     def save(self) -> None:
+        if self._held_since is not None and self.monotonic() - self._held_since >= UNSYNCED_GRACE_S:
+            self.release()
         pending = self.agg.take()
         if pending and not self.store.save(pending, self.wall()):
             self.store_failures += 1
@@ -289,6 +337,7 @@ class SummaryDesk:
     def publish(self, subject: str, date: dt.date, *, until: float | None = None) -> dict[str, Any]:
         """Build and submit one summary to the outbox (the final one when ``until`` is None or past the
         day's end; a partial one, with its own msg_id, otherwise)."""
+        self.release()
         self.save()
         now = self.wall()
         end = self.schedule.end(date)
@@ -351,6 +400,7 @@ class SummaryDesk:
     def _report(self, args: Mapping[str, Any]) -> dict[str, Any]:
         now = self.wall()
         date = _date_arg(args.get("date"), self.schedule.date_of(now))
+        self.release()
         self.save()
         person = args.get("person")
         if person is not None and not isinstance(person, str):
@@ -376,6 +426,7 @@ class SummaryDesk:
         }
 
     def close(self) -> None:
+        self.release()
         self.save()
         self.store.close()
 
@@ -398,6 +449,7 @@ def attach_summary(
     wall: Callable[[], float] = time.time,
     synchronised: Callable[[], bool] = lambda: True,
     drill_alerts: Callable[[], Mapping[str, Any]] | None = None,
+    offset: Callable[[], float] | None = None,
 ) -> SummaryDesk | None:
     """The daemon's summary desk (None with ``[summary] enabled = false``). The caller hooks
     :meth:`SummaryDesk.feed` to the pipeline's readings, :meth:`SummaryDesk.press_alert` to its alerts,
@@ -411,7 +463,9 @@ def attach_summary(
 
     try:
         store = SummaryStore(data_dir / STORE_NAME, now=wall())
-        return SummaryDesk(cfg, topics, submit, store, wall=wall, synchronised=synchronised, is_drill=is_drill)
+        return SummaryDesk(
+            cfg, topics, submit, store, wall=wall, synchronised=synchronised, is_drill=is_drill, offset=offset
+        )
     except (SummaryStoreError, sqlite3.Error, OSError) as exc:  # never keeps the SOS path from starting
         log.warning("daily summary off: %s", exc)
         return None

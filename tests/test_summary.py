@@ -716,3 +716,62 @@ def test_a_device_of_nobody_has_a_summary_on_the_days_it_gave_anything(tmp_path:
         desk.close()
 
     asyncio.run(go())
+
+
+def test_readings_of_an_unsynchronised_clock_move_with_its_correction(tmp_path: Path) -> None:
+    """A Pi without a real-time clock boots on the time it last saved: what the gateway stamps until
+    the clock is synchronised is moved in the aggregate as the outbox moves the same readings."""
+
+    async def go() -> None:
+        behind = 3 * 3600.0  # the boot clock's wall time is 3 h behind the truth
+        true_t = local(12 * 60, dt.date(2026, 11, 23))
+        wall = Wall(true_t - behind)
+        synced, mono = [False], [0.0]
+        ob = Outbox(tmp_path / "outbox.sqlite3")
+        await ob.__aenter__()
+        store = SummaryStore(tmp_path / "summary.sqlite3", now=wall())
+        offset = [1000.0]  # wall - boot clock, as stamped
+        desk = SummaryDesk(
+            config(tmp_path),
+            TOPICS,
+            ob.submit,
+            store,
+            wall=wall,
+            synchronised=lambda: synced[0],
+            offset=lambda: offset[0],
+            monotonic=lambda: mono[0],
+        )
+        desk.feed(Measurement("wrist-1", codes.HEART_RATE, 70.0, "/min", wall.t, "gateway", 0.9))
+        # a cuff's stored record carries the cuff's own clock: never moved
+        stored = Measurement("cuff-1", codes.SYSTOLIC, 128.0, "mm[Hg]", true_t - 600, "device", None,
+                             extra={"stored": True})  # fmt: skip
+        desk.feed(stored)
+        desk.feed(ButtonPress("sos-1", wall.t + 5, "p-1"))
+        desk.save()
+        assert desk._held  # waiting for the correction, not yet in the store
+
+        # the clock is set: the truth is 3 h later than what was stamped
+        synced[0] = True
+        wall.t = true_t + 60
+        offset[0] += behind
+        desk.correct(offset[0])
+        desk.feed(Measurement("wrist-1", codes.HEART_RATE, 80.0, "/min", wall.t, "gateway", 0.9))
+        desk.save()
+        day = desk.store.day("anna", true_t - 3600, true_t + 3600)
+        hr_minutes = sorted(m for m, dev, _ in day.bins if dev == "wrist-1")
+        assert hr_minutes == [int(true_t // 60), int((true_t + 60) // 60)]
+        assert [e.at for e in day.events if e.kind == "press"] == [true_t + 5]
+        assert [bp.at for bp in day.bp] == [true_t - 600]
+
+        # no correction in UNSYNCED_GRACE_S (a home without time service): counted as stamped
+        synced[0] = False
+        desk.feed(Measurement("wrist-1", codes.HEART_RATE, 75.0, "/min", wall.t + 120, "gateway", 0.9))
+        mono[0] += 3 * 3600
+        desk.save()
+        assert not desk._held
+        day = desk.store.day("anna", true_t - 3600, true_t + 3600)
+        assert int((wall.t + 120) // 60) in {m for m, _, _ in day.bins}
+        await ob.close()
+        desk.close()
+
+    asyncio.run(go())
