@@ -12,7 +12,7 @@ rhythm with AF episodes, a desaturation, brief motion. Accuracy in the same run:
 (bpm) against the generator's ground truth on the windows where ours gave a value (the SQI rejects the
 motion windows), so that speed is compared at known accuracy.
 
-Usage: ``python -m bench.dsp_speed [--minutes 30] [--quick] [--motion] [--accel] [--repeat N]``
+Usage: ``python -m bench.dsp_speed [--minutes 30] [--quick] [--motion] [--accel] [--moving] [--repeat N]``
 (``--motion``: the generator's accelerometer too, and the stream's motion path on; ``--accel``: the
 accelerometer with the motion path off, as the daemon runs a wrist that sends one; ``--repeat``: the
 least CPU time of N runs of ours); ends with
@@ -39,7 +39,7 @@ from simulators.ppg import Desaturation, PpgRecording, generate
 FS = 100.0
 
 
-def _recording(minutes: float, seed: int = 1) -> tuple[PpgRecording, float]:
+def _recording(minutes: float, seed: int = 1, moving: bool = False) -> tuple[PpgRecording, float]:
     dur = minutes * 60.0
     rec = generate(
         dur,
@@ -49,7 +49,7 @@ def _recording(minutes: float, seed: int = 1) -> tuple[PpgRecording, float]:
         af_episodes=[(dur * 0.3, dur * 0.6)],
         af_hr_bpm=95.0,
         desaturations=[Desaturation(dur * 0.1, nadir=86.0)],
-        motion=[(dur * 0.8, dur * 0.8 + 20.0)],
+        motion=[(0.0, dur)] if moving else [(dur * 0.8, dur * 0.8 + 20.0)],
     )
     return rec, dur
 
@@ -66,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         "--accel", action="store_true", help="also send accel_x/y/z, motion path off (the daemon's default)"
     )
     ap.add_argument(
+        "--moving",
+        action="store_true",
+        help="the whole recording moves (with --motion: the tracker on every 2 s hop, the motion path's worst case)",
+    )
+    ap.add_argument(
         "--repeat", type=int, default=1, help="run ours this many times on a fresh stream, keep the least CPU"
     )
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes, args.peer_minutes = 5.0, 1.0
-    rec, dur = _recording(args.minutes)
+    rec, dur = _recording(args.minutes, moving=args.moving)
     blk = round(FS)
     # tuples of floats, as drivers deliver them (the conversion is part of the measured cost)
     blocks = [

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from gateway.dsp.filters import butter_bandpass_sos, sosfilt, sosfilt_zi
 from gateway.dsp.quality import motion_level
@@ -159,6 +158,20 @@ def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
     return near
 
 
+def _window_max(x: FloatArray, r: int) -> FloatArray:
+    """``out[i] = max(x[i - r : i + r + 1])`` (nothing beyond the ends) by doubling: log2(2r + 1)
+    maxima of whole arrays instead of one of 2r + 1 strided columns."""
+    w = 2 * r + 1
+    m = np.concatenate((np.full(r, -np.inf), x, np.full(r, -np.inf)))
+    span = 1
+    while span * 2 <= w:
+        m = np.maximum(m[:-span], m[span:])  # m[i] = max of span * 2 values from i
+        span *= 2
+    n = len(x)
+    out: FloatArray = np.maximum(m[:n], m[w - span : w - span + n])
+    return out
+
+
 class MotionHrTracker:
     """The spectral tracker of one device's stream (see the module docstring). Not thread-safe."""
 
@@ -191,13 +204,16 @@ class MotionHrTracker:
         self._score = e / (1.0 - EVIDENCE_DECAY)  # as if seen for ever: a steady state of the recursion
         self._t = t
 
-    def update(self, ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, t: float) -> MotionHr:
-        """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g."""
+    def update(
+        self, ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, t: float, *, motion_g: float | None = None
+    ) -> MotionHr:
+        """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g;
+        ``motion_g``: the window's :func:`~gateway.dsp.quality.motion_level` when the caller has it."""
         x = np.asarray(ppg, dtype=np.float64).ravel()
         a = np.asarray(accel, dtype=np.float64)
         if a.ndim == 1:
             a = a[:, None]
-        mg = motion_level(a) if len(a) else math.inf
+        mg = motion_g if motion_g is not None else (motion_level(a) if len(a) else math.inf)
         ok = (
             math.isfinite(fs)
             and len(x) >= MIN_WINDOW_S * fs
@@ -237,8 +253,7 @@ class MotionHrTracker:
             self._score = emission
         else:
             reach = max(1, round(MAX_SLOPE_BPM_S * (t - self._t) / self._df))
-            padded = np.concatenate((np.full(reach, -np.inf), self._score, np.full(reach, -np.inf)))
-            best = sliding_window_view(padded, 2 * reach + 1).max(axis=1)
+            best = _window_max(self._score, reach)
             self._score = EVIDENCE_DECAY * best + emission
         self._t = t
         k = int(np.argmax(self._score))

@@ -58,16 +58,17 @@ from drivers import codes
 from drivers.base import BeatIntervals, Measurement, Waveform
 from gateway.dsp.activity import REST_SETTLE_S, RestTracker
 from gateway.dsp.af import screen_af
-from gateway.dsp.heart import MIN_FS, analyse
+from gateway.dsp.heart import MIN_FS, HeartRate, analyse
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
 from gateway.dsp.motion import MotionHrTracker
-from gateway.dsp.quality import MAX_MOTION_G, motion_level
+from gateway.dsp.quality import MAX_MOTION_G, SignalQuality, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
+_EMPTY: FloatArray = np.zeros(0, dtype=np.float64)
 
 LOINC_HR = codes.HEART_RATE
 LOINC_SPO2 = codes.SPO2
@@ -258,9 +259,10 @@ class WristStream:
         buf, _, t_end = self._window(MOTION_WINDOW_S)
         src, _ = self._ppg_source(buf)
         acc = np.column_stack([buf[a] for a in ACCEL])
-        if not motion_level(acc) > MAX_MOTION_G:
+        mg = motion_level(acc)
+        if not mg > MAX_MOTION_G:
             return []  # at rest: the time-domain path answers (and re-centres the tracker)
-        m = self._tracker.update(src, acc, self._fs, t_end)
+        m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
         if m.bpm is None:
@@ -282,7 +284,13 @@ class WristStream:
         elif "accel" in buf:
             motion = buf["accel"]
         src, inverted = self._ppg_source(buf)
-        hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
+        mg = motion_level(motion) if motion is not None else None
+        if mg is not None and not mg <= MAX_MOTION_G:
+            # the SQI refuses a window moving this much whatever else it finds (and SpO2 with it): not
+            # analysed, which halves the cost of a moving wrist (the motion path answers, when on)
+            hr, y = HeartRate(None, _EMPTY, 0.0, SignalQuality(0.0, False, ("motion",), motion_g=mg)), _EMPTY
+        else:
+            hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
         out: list[Measurement] = []
         extra: dict[str, Any] = {"window_s": self.window_s}
         if motion is not None:

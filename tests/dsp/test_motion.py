@@ -187,3 +187,16 @@ def test_the_canceller_removes_what_a_filter_of_the_accelerometer_explains() -> 
     assert np.corrcoef(out, bp[:, 0])[0, 1] > 0.9
     # nothing to cancel: the window comes back as it was
     assert np.allclose(cancel_motion(bp[:, 0], np.zeros((len(bp), 3)), 3), bp[:, 0])
+
+
+def test_the_trackers_running_maximum_is_the_plain_one() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from gateway.dsp.motion import _window_max
+
+    rng = np.random.default_rng(1)
+    for n in (1, 5, 246):
+        for r in (1, 2, 3, 8, 9, 300):
+            x = rng.standard_normal(n)
+            padded = np.concatenate((np.full(r, -np.inf), x, np.full(r, -np.inf)))
+            assert np.array_equal(_window_max(x, r), sliding_window_view(padded, 2 * r + 1).max(axis=1)), (n, r)
