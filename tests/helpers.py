@@ -70,6 +70,7 @@ class Collector:
         self.items: list[tuple[float, str, dict[str, Any], bool]] = []
         self._data: list[dict[str, Any]] = []
         self._by_type: dict[Any, list[dict[str, Any]]] = {}
+        self._seqs: set[int] = set()
 
     def poll(self) -> list[tuple[float, str, dict[str, Any], bool]]:
         for item in drain(self.viewer):
@@ -78,6 +79,7 @@ class Collector:
             if "seq" in doc and not retained:
                 self._data.append(doc)
                 self._by_type.setdefault(doc.get("type"), []).append(doc)
+                self._seqs.add(doc["seq"])
         return self.items
 
     def data(self) -> list[dict[str, Any]]:
@@ -86,7 +88,8 @@ class Collector:
         return list(self._data)
 
     def seqs(self) -> set[int]:
-        return {d["seq"] for d in self.data()}
+        self.poll()
+        return set(self._seqs)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         self.poll()
