@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,13 +181,15 @@ def test_no_data_from_a_worn_device_alerts_at_the_configured_time_and_clears_on_
 def _cmd(broker: Mosquitto, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Send one downlink command as the cloud does and wait for its reply."""
     got: list[dict[str, Any]] = []
+    subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_message = lambda _c, _u, msg: got.append(json.loads(msg.payload))
+    client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", broker.port)
     client.subscribe(f"homecare/v1/gw-test/cmd-result/{body['request_id']}", qos=1)
     client.loop_start()
     try:
-        time.sleep(0.3)
+        assert subscribed.wait(10), "no SUBACK from the broker"  # the reply cannot pass us by
         client.publish(f"homecare/v1/gw-test/cmd/{name}", json.dumps(body), qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:

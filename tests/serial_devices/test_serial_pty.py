@@ -19,6 +19,7 @@ import numpy as np
 from scipy import signal
 
 from drivers.base import DeviceSpec, DeviceStatus, DriverContext, LinkState, Measurement, Reading, Waveform
+from drivers.reconnect import Backoff
 from drivers.serial import cms50
 from drivers.serial.bpm import SerialBpDriver
 from drivers.serial.cms50 import Cms50Driver, Cms50LegacyDriver
@@ -32,6 +33,11 @@ async def _wait(pred: Callable[[], object], timeout: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def _waiting_at_cap(backoff: Backoff) -> bool:
+    """The last delay the reconnector drew was drawn at the backoff's cap."""
+    return backoff.attempt > 0 and backoff.base_s * 2 ** (backoff.attempt - 1) >= backoff.cap_s
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -157,8 +163,12 @@ def test_cms50_unplug_replug_on_the_same_and_on_another_tty(tmp_path: Path) -> N
                     what="disconnected state",
                 )
                 blocker = os.openpty() if another_tty else None  # takes the freed /dev/pts/N
-                # The second unplug is long enough for the reconnect backoff to reach its cap.
-                await asyncio.sleep(6.0 if another_tty else 0.5)
+                if another_tty:
+                    # The second unplug is long enough for the reconnect backoff to reach its cap: the
+                    # driver is in a wait drawn at the cap when the device comes back.
+                    await _wait(lambda: _waiting_at_cap(drv.reconnector.backoff), 15.0, "the backoff at its cap")
+                else:
+                    await asyncio.sleep(0.5)
                 sim.plug()
                 if another_tty:
                     assert sim.dev.slave_name != first_tty
