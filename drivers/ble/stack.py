@@ -13,6 +13,10 @@ kernel stopping an LE scan), and then nothing is heard again. When nothing at al
 ``watchdog_s`` while someone needs the scanner, it is restarted. BlueZ restarting is also seen
 directly (``NameOwnerChanged`` of ``org.bluez``), which restarts the scanner and tells connected
 drivers their links are gone (bluetoothd killed without a word never sends ``Connected=False``).
+So is the adapter itself (``PropertiesChanged`` of ``org.bluez.Adapter1``): powering it off ends
+every discovery session, so ``Powered`` becoming true, or ``Discovering`` becoming false while the
+hub scans, restarts discovery at once instead of after the watchdog (an SOS pendant is heard again
+within a second or two of the adapter coming back, not after ``watchdog_s``).
 
 Errors are classified by type and by D-Bus error *name* (``org.bluez.Error.InProgress``...), the
 part of BlueZ's API that is meant for programs. The one reason string read is BlueZ's documented
@@ -265,12 +269,17 @@ def normalize_address(address: str) -> str:
     return address.strip().upper()
 
 
+# Discovering=false this soon after our start is the previous session's end being reported, not ours.
+ADAPTER_SETTLE_S = 2.0
+
+
 @dataclass
 class HubStats:
     scanner_starts: int = 0
     scanner_errors: int = 0
     watchdog_restarts: int = 0
     bluez_restarts: int = 0
+    adapter_restarts: int = 0  # discovery restarted because the adapter was powered on or stopped it
     advertisements: int = 0
 
 
@@ -306,6 +315,7 @@ class ScanHub:
         self._waiters: dict[str, list[asyncio.Future[Sighting]]] = {}
         self._bluez_changed: list[Callable[[int], None]] = []
         self._last_heard = 0.0
+        self._scan_started = 0.0
         self._error_type: type[BaseException] | None = None
         self._watchdog_warned = False
 
@@ -402,12 +412,12 @@ class ScanHub:
             except BLEAK_FAILURES as exc:
                 self.stats.scanner_errors += 1
                 self._log_error(classify(exc, "start scanning"))
-                await asyncio.sleep(backoff.next_delay())
+                await self._pause(backoff.next_delay())
                 continue
             self.stats.scanner_starts += 1
             self.scanning = True
             self._error_type = None
-            started = time.monotonic()
+            started = self._scan_started = time.monotonic()
             self._restart.clear()
             try:
                 while True:
@@ -438,7 +448,28 @@ class ScanHub:
                 except BLEAK_FAILURES as exc:
                     # A session BlueZ already dropped (restart, power off) cannot be stopped: fine.
                     log.debug("BLE scanner: stop: %s", classify(exc, "stop scanning"))
-            await asyncio.sleep(backoff.next_delay())
+            await self._pause(backoff.next_delay())
+
+    async def _pause(self, delay_s: float) -> None:
+        """The backoff's delay before the next start, cut short by a reason to start now (the adapter
+        powered on, BlueZ back on the bus)."""
+        self._restart.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._restart.wait(), delay_s)
+
+    def _adapter_changed(self, path: str, powered: bool | None, discovering: bool | None) -> None:
+        """``PropertiesChanged`` of an adapter (the watch's handler)."""
+        if self.adapter and not path.endswith("/" + self.adapter):
+            return
+        if powered is True:
+            why = "powered on"
+        elif discovering is False and self.scanning and time.monotonic() - self._scan_started > ADAPTER_SETTLE_S:
+            why = "stopped discovering"
+        else:
+            return
+        self.stats.adapter_restarts += 1
+        log.info("BLE adapter %s %s: restarting discovery", path.rsplit("/", 1)[-1], why)
+        self._restart.set()
 
     async def _watch_bluez(self) -> None:
         """Follow ``org.bluez`` on the system bus: a restart of bluetoothd ends every link and every
@@ -455,20 +486,24 @@ class ScanHub:
                 await bus.connect()
                 changed = asyncio.Queue[str]()
                 bus.add_message_handler(_owner_changes(changed))
-                rule = (
+                bus.add_message_handler(_adapter_changes(self._adapter_changed))
+                rules = (
                     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-                    "member='NameOwnerChanged',arg0='org.bluez'"
+                    "member='NameOwnerChanged',arg0='org.bluez'",
+                    "type='signal',sender='org.bluez',interface='org.freedesktop.DBus.Properties',"
+                    "member='PropertiesChanged',arg0='org.bluez.Adapter1'",
                 )
-                await bus.call(
-                    Message(
-                        destination="org.freedesktop.DBus",
-                        path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus",
-                        member="AddMatch",
-                        signature="s",
-                        body=[rule],
+                for rule in rules:
+                    await bus.call(
+                        Message(
+                            destination="org.freedesktop.DBus",
+                            path="/org/freedesktop/DBus",
+                            interface="org.freedesktop.DBus",
+                            member="AddMatch",
+                            signature="s",
+                            body=[rule],
+                        )
                     )
-                )
                 reply = await bus.call(
                     Message(
                         destination="org.freedesktop.DBus",
@@ -584,6 +619,24 @@ def _owner_changes(queue: asyncio.Queue[str]) -> Callable[[Any], bool]:
     def handler(msg: Any) -> bool:
         if msg.member == "NameOwnerChanged" and msg.body and msg.body[0] == "org.bluez":
             queue.put_nowait(str(msg.body[2]))
+        return False
+
+    return handler
+
+
+def _adapter_changes(callback: Callable[[str, bool | None, bool | None], None]) -> Callable[[Any], bool]:
+    """A dbus-fast message handler calling ``callback(path, powered, discovering)`` for each
+    ``PropertiesChanged`` of an ``org.bluez.Adapter1`` (None: that property did not change)."""
+
+    def flag(changed: Any, name: str) -> bool | None:
+        v = changed.get(name)
+        v = getattr(v, "value", v)
+        return v if isinstance(v, bool) else None
+
+    def handler(msg: Any) -> bool:
+        if msg.member == "PropertiesChanged" and msg.body and msg.body[0] == "org.bluez.Adapter1":
+            changed = msg.body[1] if len(msg.body) > 1 and isinstance(msg.body[1], dict) else {}
+            callback(str(msg.path), flag(changed, "Powered"), flag(changed, "Discovering"))
         return False
 
     return handler
