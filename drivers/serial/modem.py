@@ -364,7 +364,8 @@ class Modem:
             self.health.model = ev.lines[0] if ev.lines else None
         except at.CommandError:
             self.health.model = None
-        self.health.present = True
+        # ``present`` is set by _session once the session can send: set here, ``ready`` (present, SIM
+        # and network from the last session) was true before send_sms could use the link
         await self._check_sim(s)
         await self._check_registration(s)
         log.info(
