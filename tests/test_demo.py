@@ -32,7 +32,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def start_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
+def start_demo(workdir: Path, *args: str, own_group: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "simulators.cli", "demo", "--workdir", str(workdir), *args],
         stdin=subprocess.DEVNULL,
@@ -41,6 +41,7 @@ def start_demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         cwd=REPO,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=own_group,  # as a terminal's foreground job: Ctrl-C goes to its process group
     )
 
 
@@ -115,3 +116,22 @@ def test_demo_stopped_by_sigterm_or_killed_leaves_no_process_behind(tmp_path: Pa
             proc.kill()
             proc.wait()
     no_orphans(killed, timeout=15.0)
+
+
+def test_ctrl_c_stops_gatewayd_once_and_still_shows_the_daily_summary(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. The demo's processes
+    are not in it: gatewayd is stopped once, by the demo, in order, and exits cleanly."""
+    workdir = tmp_path / "demo"
+    proc = start_demo(workdir, "--press-every", "2", "--outage-at", "0", own_group=True)
+    try:
+        read_until(proc, r"cloud <- .*ALERT sos")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    assert "demo: gatewayd stopped (exit status 0)" in out and "second stop request" not in out
+    assert "demo: 1 daily summary printed, 1 received by the cloud" in out, out[-2000:]
+    no_orphans(workdir)
