@@ -4,12 +4,14 @@ say what the cloud received."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers import REPO, wait_for
@@ -32,8 +34,10 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def start_demo(workdir: Path, *args: str, own_group: bool = False) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def demo(workdir: Path, *args: str, own_group: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """The demo running; killed at the end of the block if it is still running (a failed test)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "simulators.cli", "demo", "--workdir", str(workdir), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -43,6 +47,14 @@ def start_demo(workdir: Path, *args: str, own_group: bool = False) -> subprocess
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         start_new_session=own_group,  # as a terminal's foreground job: Ctrl-C goes to its process group
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 60.0) -> list[str]:
@@ -63,13 +75,8 @@ def no_orphans(workdir: Path, timeout: float = 10.0) -> None:
 
 def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    proc = start_demo(workdir, "--duration", "30", "--press-every", "3", "--outage-at", "5", "--outage-for", "12")
-    try:
+    with demo(workdir, "--duration", "30", "--press-every", "3", "--outage-at", "5", "--outage-for", "12") as proc:
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out[-3000:]
     no_orphans(workdir)
     summary = [line for line in out.splitlines() if line.startswith("demo: ")][-5:]
@@ -89,32 +96,20 @@ def test_demo_runs_its_duration_then_stops_everything_and_sums_up(tmp_path: Path
 
 def test_demo_stopped_by_sigterm_or_killed_leaves_no_process_behind(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    proc = start_demo(workdir, "--press-every", "2", "--outage-at", "0")
-    try:
+    with demo(workdir, "--press-every", "2", "--outage-at", "0") as proc:
         read_until(proc, r"cloud <- .*ALERT sos")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out[-3000:]
     assert "demo: gatewayd stopped" in out and "SOS presses made" in out
     no_orphans(workdir)
 
     killed = tmp_path / "demo-killed"
-    proc = start_demo(killed, "--press-every", "2", "--outage-at", "0")
-    try:
+    with demo(killed, "--press-every", "2", "--outage-at", "0") as proc:
         read_until(proc, r"cloud <- .*ALERT sos")
         assert processes_mentioning(str(killed)), "the demo's processes are running"
         proc.kill()  # no chance to clean up: the kernel tells its children (PR_SET_PDEATHSIG)
         proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     no_orphans(killed, timeout=15.0)
 
 
@@ -122,15 +117,10 @@ def test_ctrl_c_stops_gatewayd_once_and_still_shows_the_daily_summary(tmp_path: 
     """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. The demo's processes
     are not in it: gatewayd is stopped once, by the demo, in order, and exits cleanly."""
     workdir = tmp_path / "demo"
-    proc = start_demo(workdir, "--press-every", "2", "--outage-at", "0", own_group=True)
-    try:
+    with demo(workdir, "--press-every", "2", "--outage-at", "0", own_group=True) as proc:
         read_until(proc, r"cloud <- .*ALERT sos")
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out[-3000:]
     assert "demo: gatewayd stopped (exit status 0)" in out and "second stop request" not in out
     assert "demo: 1 daily summary printed, 1 received by the cloud" in out, out[-2000:]
