@@ -221,18 +221,18 @@ class SummaryDesk:
     def correct(self, offset: float) -> None:
         """The clock became trustworthy (a correcting ClockEvent, as the outbox gets): what waits is
         moved by the difference between the true offset and the one it was stamped with."""
-        for off, held in self._held.items():
-            pending = held.take()
-            if pending:
-                self.agg.restore(pending.shifted(offset - off))
-                log.info("daily summary: readings of an unsynchronised clock moved by %.0f s", offset - off)
-        self._held.clear()
-        self._held_since = None
+        self._merge_held(offset)
 
     def release(self) -> None:
         """What waits for a correction counts at the time it has (no correction came in time)."""
-        for held in self._held.values():
+        self._merge_held(None)
+
+    def _merge_held(self, offset: float | None) -> None:
+        for off, held in self._held.items():
             pending = held.take()
+            if pending and offset is not None:
+                log.info("daily summary: readings of an unsynchronised clock moved by %.0f s", offset - off)
+                pending = pending.shifted(offset - off)
             if pending:
                 self.agg.restore(pending)
         self._held.clear()
