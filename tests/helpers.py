@@ -241,7 +241,9 @@ class GatewayProcess:
         self.logfile = config.parent / "gatewayd.log"
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        # faulthandler: a daemon that does not stop on SIGTERM gets SIGABRT from stop_quietly, which
+        # writes every thread's traceback into its log (what a hang was doing)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **self.env)
         self._log = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
@@ -286,11 +288,19 @@ class GatewayProcess:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
     def stop_quietly(self) -> None:
+        """Stop it whatever its state (a test's ``finally``); its log file is closed in every case."""
         if self.alive():
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.terminate()
             if self.alive():
+                assert self.proc is not None
+                self.proc.send_signal(signal.SIGABRT)  # the tracebacks of a hang, into the log
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=3)
+            if self.alive():
                 self.kill()
+        if self.proc is not None:
+            self._log.close()
 
 
 def outbox_meta(data_dir: Path) -> dict[str, int]:
