@@ -117,12 +117,14 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
         assert abs(t(d) + 7200 - presses["online"]) < 60, json.dumps(d)
     for d in corrected:  # waiting at the step: the true time, captured between the outage and the step
         assert presses["online"] - 5 < t(d) < presses["step"] + 3, d
-    sos = cloud.of_type("alert")
-    offline = [a for a in cloud.of_type("alert") if a["clock"] == "corrected"]
+    # as the contract's consumer does: a QoS 1 redelivery (the broker stopped before its PUBACK
+    # reached the gateway) is the same msg_id again, dropped
+    sos = list({a["msg_id"]: a for a in cloud.of_type("alert")}.values())
+    offline = [a for a in sos if a["clock"] == "corrected"]
     # the press's true time, give or take the daemon's reaction on a loaded machine (not two hours off)
     alerts = [(a["kind"], a["state"], a["captured_at"], a["seq"]) for a in sos]
     assert len(offline) == 1 and abs(t(offline[0]) - presses["offline"]) < 5.0, (alerts, presses)
-    tcs = cloud.of_type("time_correction")
+    tcs = list({d["msg_id"]: d for d in cloud.of_type("time_correction")}.values())
     assert len(tcs) == 1, "one time-correction for the boot"
     tc = tcs[0]
     assert abs(tc["offset_s"] - 7200) < 1.0 and tc["clock"] == "synced" and tc["stream"] in streams
