@@ -242,12 +242,10 @@ class MotionHrTracker:
             beyond = np.maximum(np.abs(self._f - self._est) - PROTECT_BPM, 0.0)
             gain = np.maximum(gain, np.exp(-0.5 * (beyond / (2 * self._df)) ** 2))
         clean = p_now * gain * gain  # the gain filters the amplitude spectrum: power gets its square
-        near = _near_peaks(clean)
-        top = float(clean.max())
-        if not top > 0.0:
-            return MotionHr(None, 0.0, None, mg)
-        evidence = np.where(near, clean, 0.0)
+        evidence = np.where(_near_peaks(clean), clean, 0.0)
         top = float(evidence.max())
+        if not top > 0.0:  # no power, or no spectral peak at all (a bare slope): nothing to track
+            return MotionHr(None, 0.0, None, mg)
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:
             self._score = emission
