@@ -233,6 +233,11 @@ def clean_window(ppg: npt.ArrayLike, fs: float) -> tuple[FloatArray, str | None]
     return x, None
 
 
+def refused(why: str, *, motion_g: float | None = None) -> tuple[HeartRate, FloatArray]:
+    """What :func:`analyse` gives for a window it does not analyse: no rate, quality 0, the reason."""
+    return HeartRate(None, _EMPTY, 0.0, SignalQuality(0.0, False, (why,), motion_g=motion_g)), _EMPTY
+
+
 def analyse(
     ppg: npt.ArrayLike,
     fs: float,
@@ -244,7 +249,7 @@ def analyse(
     """:func:`estimate_heart_rate` plus the band-passed, upright window (for SpO2 and plots)."""
     x, why = clean_window(ppg, fs)
     if why is not None:
-        return HeartRate(None, _EMPTY, 0.0, SignalQuality(0.0, False, (why,))), _EMPTY
+        return refused(why)
     y = bandpass(x - float(np.mean(x)), fs)
     if inverted:
         y = -y

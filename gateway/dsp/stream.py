@@ -58,17 +58,16 @@ from drivers import codes
 from drivers.base import BeatIntervals, Measurement, Waveform
 from gateway.dsp.activity import REST_SETTLE_S, RestTracker
 from gateway.dsp.af import screen_af
-from gateway.dsp.heart import MIN_FS, HeartRate, analyse
+from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
 from gateway.dsp.motion import MotionHrTracker
-from gateway.dsp.quality import MAX_MOTION_G, SignalQuality, motion_level
+from gateway.dsp.quality import MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-_EMPTY: FloatArray = np.zeros(0, dtype=np.float64)
 
 LOINC_HR = codes.HEART_RATE
 LOINC_SPO2 = codes.SPO2
@@ -288,7 +287,7 @@ class WristStream:
         if mg is not None and not mg <= MAX_MOTION_G:
             # the SQI refuses a window moving this much whatever else it finds (and SpO2 with it): not
             # analysed, which halves the cost of a moving wrist (the motion path answers, when on)
-            hr, y = HeartRate(None, _EMPTY, 0.0, SignalQuality(0.0, False, ("motion",), motion_g=mg)), _EMPTY
+            hr, y = refused("motion", motion_g=mg)
         else:
             hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
         out: list[Measurement] = []
