@@ -1065,10 +1065,10 @@ class RuleEngine:
         detail: dict[str, Any] = {"press_id": press_id}
         open_id = None if drill else self._calls.get(key)
         a = self._alerts.get(open_id) if open_id is not None else None
-        if a is not None and now - (a.last_press_at or a.raised_at) >= self.settings.call_coalesce_s:
+        idle = now - (a.last_press_at or a.raised_at) if a is not None else 0.0
+        if a is not None and idle >= self.settings.call_coalesce_s:
             # too long since its last press to be the same need: it stays open (until acked), unjoined
-            log.info("call request %s: a press %.0f s after its last one opens a new request", a.alert_id,
-                     now - (a.last_press_at or a.raised_at))  # fmt: skip
+            log.info("call request %s: a press %.0f s after its last one opens a new request", a.alert_id, idle)
             self._n["calls_not_joined"] += 1
             a = None
         if a is not None:
