@@ -200,3 +200,36 @@ def test_the_trackers_running_maximum_is_the_plain_one() -> None:
             x = rng.standard_normal(n)
             padded = np.concatenate((np.full(r, -np.inf), x, np.full(r, -np.inf)))
             assert np.array_equal(_window_max(x, r), sliding_window_view(padded, 2 * r + 1).max(axis=1)), (n, r)
+
+
+def test_the_threshold_rule_does_not_buy_its_figure_by_silencing_a_record() -> None:
+    """bench/dsp_eval_wrist.choose_threshold: a record whose candidates all have low confidence is right
+    at threshold 0 only; a higher threshold would drop its windows from the hold-last MAE (nothing is
+    held there) and look better. The rule keeps the threshold that leaves every record a value."""
+    from bench.dsp_eval_wrist import choose_threshold, hold_curve
+
+    good = [("good", 0.9, 100.0, 100.0)] * 20  # right, confident
+    hard = [("hard", 0.1, 130.0, 120.0)] * 20  # 10 bpm off, never confident
+    rows = good + hard
+    curve = {round(thr, 2): (mae, records) for thr, mae, _, records in hold_curve(rows)}
+    assert curve[0.0] == (5.0, 1.0)  # both records scored: (0 + 10) / 2
+    assert curve[0.5] == (0.0, 0.5)  # "hard" silenced: not scored at all
+    thr, mae = choose_threshold(rows)
+    assert thr <= 0.1 and mae == 5.0
+    # without the silenced record, the same rule is free to refuse: the wrong half of a record's values
+    mixed = [("one", 0.9, 100.0, 100.0)] * 10 + [("one", 0.1, 140.0, 100.0)] * 10
+    thr, mae = choose_threshold(mixed)
+    assert thr > 0.1 and mae == 0.0
+
+
+def test_the_benchs_visibility_ceiling_finds_the_pulse_line_only_where_it_is() -> None:
+    """bench/dsp_eval_wrist.pulse_visible: the pulse of a scene whose swing is 3x larger is among the
+    strongest lines before and after cancellation; on the swing's harmonic (0.8 Hz swing, 96 /min pulse)
+    the cancellation takes it with the swing; a rate where no line is is never visible."""
+    from bench.dsp_eval_wrist import pulse_visible
+
+    _, ppg, acc = _scene(8.0, 120.0, 0.7, 3.0)
+    assert pulse_visible(ppg, acc, FS, 120.0) == (True, True)
+    assert pulse_visible(ppg, acc, FS, 170.0) == (False, False)
+    _, ppg, acc = _scene(8.0, 96.0, 0.8, 3.0)
+    assert pulse_visible(ppg, acc, FS, 96.0) == (True, False)
