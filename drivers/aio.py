@@ -1,5 +1,11 @@
 """Waiting for tasks one has cancelled, without swallowing one's own cancellation.
 
+The project does not use ``asyncio.wait_for`` (ruff bans it): on Python 3.11, the Python of Debian 12
+and Raspberry Pi OS, it swallows the caller's cancellation when the awaited thing finishes in the same
+loop step (python/cpython#86296, fixed by 3.12's rewrite on ``asyncio.timeout``). A loop waiting on an
+event with it, cancelled just as the event is set, carries on for ever, and whoever awaits it after the
+cancel hangs. ``async with asyncio.timeout(s):`` is exact on 3.11; :func:`settle` is for close paths.
+
 ``task.cancel(); with suppress(CancelledError): await task`` is a classic trap: when the *caller* is
 cancelled while it waits (the gateway stopping), the suppress eats that cancellation too, and the
 caller carries on (a reconnect loop reconnects, a stop never ends). :func:`cancel_and_wait` waits with
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -52,3 +59,18 @@ def cancelling() -> bool:
     an ordinary error must then end instead of retrying, whatever the error says."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def settle(awaitable: Awaitable[Any], limit_s: float, expected: tuple[type[BaseException], ...]) -> None:
+    """Wait at most ``limit_s`` for ``awaitable`` on a close path (a bus disconnecting): its
+    ``expected`` errors and its own cancellation are the thing being closed, not news, and are dropped;
+    any other error is raised (a bug). What is still running after ``limit_s`` is cancelled. The
+    caller's cancellation propagates."""
+    fut = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({fut}, timeout=limit_s)
+    if not done:
+        await cancel_and_wait(fut, limit_s=1.0)
+    elif not fut.cancelled():
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, expected):
+            raise exc

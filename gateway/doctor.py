@@ -902,10 +902,11 @@ async def _bluez_state(address: str) -> dict[str, Any]:
     from dbus_fast import BusType, Message, MessageType
     from dbus_fast.aio import MessageBus
 
-    bus = await asyncio.wait_for(MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect(), NET_TIMEOUT_S)
+    async with asyncio.timeout(NET_TIMEOUT_S):
+        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     try:
-        reply = await asyncio.wait_for(
-            bus.call(
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            reply = await bus.call(
                 Message(
                     destination="org.freedesktop.DBus",
                     path="/org/freedesktop/DBus",
@@ -914,22 +915,18 @@ async def _bluez_state(address: str) -> dict[str, Any]:
                     signature="s",
                     body=["org.bluez"],
                 )
-            ),
-            NET_TIMEOUT_S,
-        )
+            )
         if reply is None or reply.message_type == MessageType.ERROR or not reply.body[0]:
             return {"running": False}
-        reply = await asyncio.wait_for(
-            bus.call(
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            reply = await bus.call(
                 Message(
                     destination="org.bluez",
                     path="/",
                     interface="org.freedesktop.DBus.ObjectManager",
                     member="GetManagedObjects",
                 )
-            ),
-            NET_TIMEOUT_S,
-        )
+            )
         if reply is None or reply.message_type == MessageType.ERROR:
             error = reply.error_name if reply is not None else "no reply"
             return {"running": True, "error": str(error), "adapters": []}

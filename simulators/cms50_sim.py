@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -94,8 +93,9 @@ class Cms50Simulator:
         for task in (self._task, self._upload):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task})  # not `suppress(CancelledError)`: that eats our own cancellation too
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         await self.dev.__aexit__(*exc)
 
     # -- plug -------------------------------------------------------------------------------------

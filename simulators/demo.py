@@ -302,7 +302,8 @@ async def _demo(args: argparse.Namespace) -> int:
                     viewer.start()
                     print("demo: broker back up", flush=True)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.2)
+                    async with asyncio.timeout(0.2):
+                        await stop.wait()
             # on --duration, Ctrl-C or SIGTERM alike (README): the day so far, printed and published
             stopped = stop.is_set()
             await daily_summary(cfg, seen)
@@ -310,7 +311,8 @@ async def _demo(args: argparse.Namespace) -> int:
                 await asyncio.sleep(2.0)  # the last messages reach the cloud; a bounded wait
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await stop.wait()
             print("demo: stopping", flush=True)
             code = await asyncio.to_thread(stop_process, gatewayd)  # before the simulated devices go away
             print(f"demo: gatewayd stopped (exit status {code})", flush=True)

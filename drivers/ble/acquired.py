@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dbus_fast import AuthError, BusType, DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from drivers.aio import settle
 from drivers.ble.stack import BLEAK_FAILURES, BleError, LinkLost
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ class AcquiredStream:
             self._sock = None
         if self._bus is not None:
             self._bus.disconnect()
-            with contextlib.suppress(TimeoutError, OSError, EOFError):  # closing: nothing to report
-                await asyncio.wait_for(self._bus.wait_for_disconnect(), 1.0)  # type: ignore[no-untyped-call]
+            # closing: a broken socket is nothing to report
+            await settle(self._bus.wait_for_disconnect(), 1.0, (OSError, EOFError))  # type: ignore[no-untyped-call]
             self._bus = None
 
     async def run_once(self) -> None:

@@ -153,7 +153,8 @@ class BpCuffDriver(BleDriver):
         sighting = await self.find()
         client = BleakClient(sighting.device)
         try:
-            await asyncio.wait_for(client.unpair(), 10.0)
+            async with asyncio.timeout(10.0):
+                await client.unpair()
             log.info("device %s: removed the old bond, pairing again", self.device_id)
             self.count("bonds_removed")
         except BLEAK_FAILURES as exc:

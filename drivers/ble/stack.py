@@ -48,7 +48,7 @@ from bleak.exc import (
     BleakGATTProtocolErrorCode,
 )
 
-from drivers.aio import cancel_and_wait
+from drivers.aio import cancel_and_wait, settle
 from drivers.base import DeviceConfigError, DriverError, TransientDeviceError
 from drivers.reconnect import Backoff
 
@@ -271,6 +271,8 @@ def normalize_address(address: str) -> str:
 
 # Discovering=false this soon after our start is the previous session's end being reported, not ours.
 ADAPTER_SETTLE_S = 2.0
+# The hub's tasks at the last user's exit: the scanner's own stop takes up to 5 s, the watch's 1 s.
+STOP_LIMIT_S = 6.0
 
 
 @dataclass
@@ -379,9 +381,7 @@ class ScanHub:
     async def _shutdown(self) -> None:
         tasks = [t for t in (self._task, self._watch_task) if t is not None]
         self._task = self._watch_task = None
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks, limit_s=STOP_LIMIT_S)
 
     def _on_adv(self, device: BLEDevice, adv: AdvertisementData) -> None:
         now = time.monotonic()
@@ -408,7 +408,8 @@ class ScanHub:
         while True:
             scanner = BleakScanner(self._on_adv, bluez=bluez)  # type: ignore[arg-type]
             try:
-                await asyncio.wait_for(scanner.start(), 10.0)
+                async with asyncio.timeout(10.0):
+                    await scanner.start()
             except BLEAK_FAILURES as exc:
                 self.stats.scanner_errors += 1
                 self._log_error(classify(exc, "start scanning"))
@@ -422,7 +423,8 @@ class ScanHub:
             try:
                 while True:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._restart.wait(), max(0.2, self.watchdog_s / 4))
+                        async with asyncio.timeout(max(0.2, self.watchdog_s / 4)):
+                            await self._restart.wait()
                     if self._restart.is_set():
                         log.info("BLE scanner on %s: restarting", self.adapter or "default adapter")
                         break
@@ -444,7 +446,8 @@ class ScanHub:
             finally:
                 self.scanning = False
                 try:
-                    await asyncio.wait_for(scanner.stop(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await scanner.stop()
                 except BLEAK_FAILURES as exc:
                     # A session BlueZ already dropped (restart, power off) cannot be stopped: fine.
                     log.debug("BLE scanner: stop: %s", classify(exc, "stop scanning"))
@@ -455,7 +458,8 @@ class ScanHub:
         powered on, BlueZ back on the bus)."""
         self._restart.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._restart.wait(), delay_s)
+            async with asyncio.timeout(delay_s):
+                await self._restart.wait()
 
     def _adapter_changed(self, path: str, powered: bool | None, discovering: bool | None) -> None:
         """``PropertiesChanged`` of an adapter (the watch's handler)."""
@@ -538,8 +542,7 @@ class ScanHub:
                 log.debug("BlueZ watch: %s", exc)
             finally:
                 bus.disconnect()
-                with contextlib.suppress(*watch_failures):
-                    await asyncio.wait_for(_gone(bus), 1.0)
+                await settle(_gone(bus), 1.0, watch_failures)
             await asyncio.sleep(backoff.next_delay())
 
     def _bluez_moved(self, new_owner: str) -> None:
@@ -596,7 +599,8 @@ async def connect_client(
 async def disconnect_client(client: BleakClient, owner: str) -> None:
     """Disconnect, never raising: a link BlueZ already dropped (or BlueZ itself gone) is fine."""
     try:
-        await asyncio.wait_for(client.disconnect(), 5.0)
+        async with asyncio.timeout(5.0):
+            await client.disconnect()
     except BLEAK_FAILURES as exc:
         log.debug("device %s: disconnect: %s", owner, classify(exc, "disconnect"))
 
@@ -665,13 +669,10 @@ async def close_bleak() -> None:
     if watcher is not None:
         # bleak's watcher takes any end of its bus for BlueZ lost (a WARNING, and every watcher told):
         # ours is a close, so the watcher goes first
-        watcher.cancel()
-        with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
-            await asyncio.wait_for(watcher, 2.0)
+        await cancel_and_wait(watcher, limit_s=2.0)
     if bus is not None:
         bus.disconnect()
-        with contextlib.suppress(*BLEAK_FAILURES, asyncio.CancelledError):
-            await asyncio.wait_for(_gone(bus), 2.0)
+        await settle(_gone(bus), 2.0, BLEAK_FAILURES)
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drivers.aio import cancel_and_wait
 from drivers.base import TransientDeviceError
 from drivers.options import absolute_path_or_empty, option
 from drivers.reconnect import Backoff, ConnState, Reconnector
@@ -262,8 +263,7 @@ class Modem:
             finally:
                 self._s = None
                 self.health.present = False
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+                await cancel_and_wait(reader)
                 if s.waiter is not None and not s.waiter.done():
                     s.waiter.set_exception(ModemUnavailable(f"modem {self.name}: link closed"))
 
@@ -277,8 +277,7 @@ class Modem:
             raise
         if task.done():
             return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         exc = reader.exception()
         raise exc if exc is not None else ModemUnavailable(f"modem {self.name}: reader ended")
 

@@ -421,7 +421,8 @@ class VirtualBlueZ:
         self.bus = None
         bus.disconnect()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(bus.wait_for_disconnect(), 2.0)
+            async with asyncio.timeout(2.0):
+                await bus.wait_for_disconnect()
 
     async def restart(self, down_s: float = 2.0, graceful: bool = True) -> None:
         """bluetoothd restarting: gone from the bus for ``down_s``, back with adapters and bonds."""
@@ -564,10 +565,11 @@ class VirtualBlueZ:
 
     async def _advertise(self, p: Peripheral) -> None:
         while True:
-            try:
-                await asyncio.wait_for(p.kick.wait(), p.adv_interval())
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows the stop's cancellation when the
+            # kick comes in the same loop step, and stop() then waits for this loop for ever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(p.adv_interval()):
+                    await p.kick.wait()
             p.kick.clear()
             if not (self.up and p.in_range and p.advertising()):
                 continue
@@ -616,7 +618,8 @@ class VirtualBlueZ:
     async def _wait_cancel(self, d: DeviceObj, seconds: float) -> bool:
         """Sleep ``seconds``; True when a Disconnect cancelled the pending connection meanwhile."""
         try:
-            await asyncio.wait_for(d.cancel.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await d.cancel.wait()
         except TimeoutError:
             return False
         return True

@@ -50,6 +50,33 @@ def test_discovery_reports_every_device_with_its_advertisement() -> None:
     assert all(-80 < s.adv.rssi < -50 for s in seen.values())
 
 
+def test_the_scanner_stops_when_its_stop_meets_a_restart_in_the_same_step() -> None:
+    """A restart of discovery (the adapter's PropertiesChanged sets it) and the last user's exit in the
+    same loop step. With asyncio.wait_for, Python 3.11 lost the exit's cancellation (cpython#86296): the
+    scanner restarted discovery and ran on, and the exit, like the daemon's stop, waited for ever. A
+    peripheral's advertising loop in the virtual BlueZ had the same race with its stop."""
+
+    async def go() -> tuple[int, bool]:
+        pendant = SosPendant(SOS)
+        async with virtual_bluez([pendant]) as sim, BleStack() as ble:
+            hub = ble.hub("")
+            async with asyncio.timeout(20):  # the old code never got past the watch's exit
+                async with hub.watch("*"):
+                    await until(lambda: hub.scanning and hub.last(SOS) is not None, 10, "scanning")
+                    hub._restart.set()  # what _adapter_changed does
+                    await asyncio.sleep(0)  # the scanner's wait completes in this step...
+                # ...and the exit cancels it in the same one
+                starts = hub.stats.scanner_starts
+                await asyncio.sleep(1.0)  # a scanner that carried on would start again within its backoff
+                pendant.wake()
+                await asyncio.sleep(0)
+                await sim.stop()  # the advertising loop: the same race, on the simulator's side
+                return hub.stats.scanner_starts - starts, hub.scanning
+
+    restarted, scanning = asyncio.run(go())
+    assert restarted == 0 and not scanning
+
+
 def test_wrist_monitor_streams_100hz_ppg_without_loss_or_reordering() -> None:
     wrist = WristMonitor(WRIST, ppg_rate_hz=100.0, ppg_per_frame=1)
     readings = Readings()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from drivers.aio import cancel_and_wait
 from drivers.base import DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, Reading, driver_class
 from drivers.ble.manager import BleStack
 from drivers.ble.stack import close_bleak
@@ -95,10 +96,8 @@ async def running(*drivers: Driver) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for t in tasks:
-            t.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)  # bounded, and a lost cancellation is sent again
         await stacks.aclose()
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                raise r
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
