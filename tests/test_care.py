@@ -52,7 +52,8 @@ async def running(cfg_path: Path, clock: Clock | None = None) -> AsyncIterator[D
         yield daemon
     finally:
         daemon.request_stop()
-        await asyncio.wait_for(task, 15)
+        async with asyncio.timeout(15):
+            await task
 
 
 def oximeter(link: Path) -> str:
@@ -348,7 +349,8 @@ def test_sos_during_a_100k_backlog_reaches_the_cloud_first(tmp_path: Path, broke
                 return pressed, acked[0]
         finally:
             daemon.request_stop()
-            await asyncio.wait_for(task, 15)
+            async with asyncio.timeout(15):
+                await task
 
     pressed, at_broker = asyncio.run(go())
     data = cloud.data()

@@ -28,7 +28,8 @@ async def ctl(config: Path, *args: str) -> tuple[int, Any, str]:
         stderr=subprocess.PIPE,
         cwd=REPO,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
     text = out.decode()
     try:
         doc = json.loads(text) if "--json" in args and "tail" not in args else text

@@ -28,7 +28,8 @@ async def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         stderr=subprocess.PIPE,
         cwd=REPO,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
 

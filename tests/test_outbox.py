@@ -141,7 +141,8 @@ def test_an_alert_commits_at_once_without_waiting_for_the_group_window(tmp_path:
             await asyncio.sleep(0.05)
             obs = ob.submit(msg(Lane.OBSERVATION))
             alert = ob.submit(msg(Lane.ALERT, n=1))
-            await asyncio.wait_for(alert, 30)
+            async with asyncio.timeout(30):
+                await alert
             # The observation queued before it rode in the same transaction.
             both = obs.done() and alert.done()
             # On disk: a second connection sees both rows.

@@ -76,7 +76,8 @@ class Rig:
             sys.executable, "-m", "gateway.ctl", "--config", str(self.config), "--json", "status",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
         )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
         result: dict[str, Any] = json.loads(out)
         return result
 
