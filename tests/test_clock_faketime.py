@@ -53,6 +53,12 @@ class FakedClock:
             "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
             "FAKETIME_NO_CACHE": "1",
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            # OpenBLAS's thread pool, started by numpy's import in the daemon's loader thread, brings
+            # condition variables that libfaketime 0.9.10 tracks in a table of its own (its wrappers of
+            # pthread_cond_init/timedwait, libfaketime issues #245 and #419): under it, gatewayd now and
+            # then crashed at start-up (SIGSEGV in an idle thread while numpy loaded) or stalled after
+            # "running". The pool does nothing for the daemon's 28 x 28 solves; one thread means no pool.
+            "OPENBLAS_NUM_THREADS": "1",
             SYNC_FILE_ENV: str(self.sync_file),
         }
 
