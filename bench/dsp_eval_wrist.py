@@ -52,16 +52,7 @@ from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
 from gateway.dsp.activity import RestTracker
-from gateway.dsp.motion import (
-    CANCEL_LAG_S,
-    HOP_S,
-    HR_RANGE_BPM,
-    NFFT,
-    WINDOW_S,
-    bandpassed,
-    cancel_motion,
-    power_spectra,
-)
+from gateway.dsp.motion import HOP_S, WINDOW_S, cancelled, power_spectra, spectrum_bins
 from gateway.dsp.quality import motion_level
 from gateway.dsp.stream import LOINC_HR, WristStream
 
@@ -99,13 +90,10 @@ def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> 
     strongest spectral peaks (40-220 /min) of the window's PPG, (before, after) the tracker's motion
     cancellation. A ceiling for any method that reads the pulse off the spectrum: where the pulse is not
     among the strongest few lines, only the track's memory can give the right rate."""
-    mag = np.linalg.norm(accel, axis=1, keepdims=True)
-    bp, fs_d = bandpassed(np.column_stack((ppg, accel, mag)), fs)
-    cancelled = cancel_motion(bp[:, 0], bp[:, 1:], max(1, round(CANCEL_LAG_S * fs_d)))
-    f = np.fft.rfftfreq(NFFT, 1.0 / fs_d) * 60.0
-    band = (f >= HR_RANGE_BPM[0]) & (f <= HR_RANGE_BPM[1])
+    bp, y, _ = cancelled(ppg, accel, fs)
+    f, band = spectrum_bins(fs)
     out = []
-    for spec in power_spectra(np.vstack((bp[:, 0], cancelled)))[:, band]:
+    for spec in power_spectra(np.vstack((bp[:, 0], y)))[:, band]:
         peaks = np.flatnonzero((spec[1:-1] >= spec[:-2]) & (spec[1:-1] >= spec[2:])) + 1
         top = peaks[np.argsort(spec[peaks])[::-1][:VISIBLE_TOP]]
         out.append(bool(len(top)) and bool(np.min(np.abs(f[band][top] - ref)) <= VISIBLE_BPM))

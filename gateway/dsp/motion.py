@@ -138,6 +138,22 @@ def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
     return out
 
 
+def cancelled(ppg: FloatArray, accel: FloatArray, fs: float) -> tuple[FloatArray, FloatArray, float]:
+    """Steps 1 and 2 of the module docstring for one window: the band-passed channels (PPG, each axis of
+    ``accel`` (n, k) in g, the acceleration's magnitude) at the decimated rate, the PPG with the motion
+    cancelled, and that rate."""
+    mag = np.linalg.norm(accel, axis=1, keepdims=True)
+    bp, fs_d = bandpassed(np.column_stack((ppg, accel, mag)), fs)
+    return bp, cancel_motion(bp[:, 0], bp[:, 1:], max(1, round(CANCEL_LAG_S * fs_d))), fs_d
+
+
+def spectrum_bins(fs: float) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """The frequencies (bpm) of :func:`power_spectra`'s bins for a window sampled at ``fs`` (before
+    decimation), and the mask of those in :data:`HR_RANGE_BPM`."""
+    _, f_bpm, band = _spectrum_setup(fs)
+    return f_bpm, band
+
+
 def power_spectra(rows: FloatArray) -> FloatArray:
     """Power spectra of the rows of ``rows`` (k, m): Hann-windowed and zero-padded to :data:`NFFT`."""
     y2 = rows * np.hanning(rows.shape[1])[None, :]
@@ -225,9 +241,7 @@ class MotionHrTracker:
         if not ok:
             return MotionHr(None, 0.0, None, mg)
         self._setup(fs)
-        mag = np.linalg.norm(a, axis=1, keepdims=True)
-        bp, fs_d = bandpassed(np.column_stack((x, a, mag)), fs)
-        y = cancel_motion(bp[:, 0], bp[:, 1:], max(1, round(CANCEL_LAG_S * fs_d)))
+        bp, y, _ = cancelled(x, a, fs)
         spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
