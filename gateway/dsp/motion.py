@@ -261,7 +261,9 @@ class MotionHrTracker:
         if not top > 0.0:  # no power, or no spectral peak at all (a bare slope): nothing to track
             return MotionHr(None, 0.0, None, mg)
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
-        if self._score is None or self._t is None or not 0.0 < t - self._t <= 60.0:
+        # a window ending when a seed was taken (the stream's time-domain value at that moment) builds on
+        # the seed with one bin of reach; a clock that goes back, or a pause over 60 s, starts afresh
+        if self._score is None or self._t is None or not 0.0 <= t - self._t <= 60.0:
             self._score = emission
         else:
             reach = max(1, round(MAX_SLOPE_BPM_S * (t - self._t) / self._df))

@@ -40,6 +40,11 @@ MAX_EDGE_S = 2.5  # first/last beat at most this far from the window's ends
 MAX_FLAT_S = 0.5
 MIN_PERFUSION, MAX_PERFUSION = 0.0005, 0.25  # AC/DC, 0.05 % .. 25 %
 MAX_MOTION_G = 0.08  # RMS of dynamic acceleration, in g
+# The refusals that concern the beats a time-domain detector found (their shape, count, spacing, rate) or
+# the window's motion, not the sensor: a method that reads the rate off the spectrum may still answer
+# such a window (gateway.dsp.stream). A flat line or a perfusion outside its limits says that no pulse
+# reaches the sensor at all, whatever reads it, and so does a reason not listed here.
+BEAT_REASONS = frozenset({"motion", "too-few-beats", "rate-out-of-range", "gap", "shape", "irregular-detection"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,14 @@ Cadence (documented in docs/dsp.md):
 - **Heart rate while moving** (only with ``motion_hr=True``, off by default until it meets its accuracy
   goal, see docs/dsp.md; and only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
   :data:`~gateway.dsp.motion.HOP_S` = 2 s over the last :data:`~gateway.dsp.motion.WINDOW_S` = 8 s, the
-  accelerometer-aided spectral tracker (:mod:`gateway.dsp.motion`) runs; when that window moves more
-  than :data:`~gateway.dsp.quality.MAX_MOTION_G` (the time-domain path refuses it) and the tracker's
-  confidence reaches its threshold, it emits the heart rate with ``extra["method"] = "spectral"``,
-  ``quality`` = the confidence. At rest the time-domain value (``extra["method"] = "time"``) is emitted
-  and re-centres the tracker.
+  accelerometer-aided spectral tracker (:mod:`gateway.dsp.motion`) runs on a window that moves more than
+  :data:`~gateway.dsp.quality.MAX_MOTION_G`, and on a still one when the time-domain path refused its own
+  last window for the beats' sake (:data:`~gateway.dsp.quality.BEAT_REASONS`: their shape, count,
+  spacing or rate, or motion), so that a still spell (the hands on a bike's handlebars) gets values and
+  keeps the track. When its confidence reaches its threshold it emits the heart rate with
+  ``extra["method"] = "spectral"``, ``quality`` = the confidence. At rest the time-domain value
+  (``extra["method"] = "time"``) comes first and re-centres the tracker; a refusal about the sensor (a
+  flat line, perfusion out of limits) is not overridden.
 - **AF screening** (``homecare:af-screening``, unit ``1``, value = AF burden 0..1, ``extra`` = label,
   burden, window_s, n_intervals): every :data:`AF_HOP_S` = 60 s of stream time, over the beat intervals
   of the last :data:`AF_WINDOW_S` = 120 s: the device's own RR intervals when it sent any in that window,
@@ -62,7 +65,7 @@ from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
 from gateway.dsp.motion import MotionHrTracker
-from gateway.dsp.quality import MAX_MOTION_G, motion_level
+from gateway.dsp.quality import BEAT_REASONS, MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,10 @@ class WristStream:
         self.motion_hr = motion_hr
         self._tracker = MotionHrTracker()
         self._since_motion_hop = 0
+        # the reasons the time-domain path refused its last window: () when it answered, None when no
+        # window was analysed since a restart; the spectral path answers a still window only after a
+        # refusal for the beats' sake (quality.BEAT_REASONS), not the sensor's
+        self._time_refusal: tuple[str, ...] | None = None
         # at rest or not, from the accelerometer (gateway.dsp.activity); survives gaps and restarts
         self._rest = RestTracker(settle_s=rest_settle_s)
         self._verdict: tuple[bool, float] | None = None  # the last at-rest verdict and its window's end
@@ -232,6 +239,7 @@ class WristStream:
         self._since_hop = 0
         self._since_motion_hop = 0
         self._tracker.reset()
+        self._time_refusal = None
         self._break_chain()
 
     def _break_chain(self) -> None:
@@ -259,8 +267,13 @@ class WristStream:
         src, _ = self._ppg_source(buf)
         acc = np.column_stack([buf[a] for a in ACCEL])
         mg = motion_level(acc)
-        if not mg > MAX_MOTION_G:
-            return []  # at rest: the time-domain path answers (and re-centres the tracker)
+        why = self._time_refusal
+        if not mg > MAX_MOTION_G and not (why and BEAT_REASONS.issuperset(why)):
+            # at rest the time-domain path answers and re-centres the track (seed), when it can; when
+            # the sensor sees no pulse there is nothing to track either
+            return []
+        # a still window the time-domain path refused is tracked (and answered) here: a still spell
+        # between moving ones (the hands on the handlebars) neither freezes the track nor restarts it
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
@@ -299,6 +312,7 @@ class WristStream:
                 self._count("activity-unknown")
             else:
                 extra["at_rest"] = at_rest
+        self._time_refusal = hr.sqi.reasons if hr.bpm is None else ()
         if hr.bpm is None:
             self.counters.unusable_windows += 1
             for r in hr.sqi.reasons:

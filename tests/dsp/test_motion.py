@@ -143,6 +143,66 @@ def test_stream_at_rest_keeps_the_time_domain_path() -> None:
     assert s.counters.motion_windows == 0
 
 
+def _still(n: int, seed: int) -> npt.NDArray[np.float64]:
+    """A wrist lying still: gravity on z and the accelerometer's own noise (2 mg)."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack((np.zeros(n), np.zeros(n), np.ones(n))) + 0.002 * rng.standard_normal((n, 3))
+
+
+def _noisy_pulse(noise: float) -> npt.NDArray[np.float64]:
+    """A 70 /min pulse in white noise: a clear line in an 8 s spectrum, too ragged for the beat shapes."""
+    _, ppg, _ = _scene(60.0, 70.0, swing_hz=1.6, swing_gain=0.0, seed=11)
+    return ppg + noise * np.random.default_rng(12).standard_normal(len(ppg))
+
+
+def test_a_still_wrist_the_time_domain_path_refuses_gets_the_spectral_rate() -> None:
+    ppg = _noisy_pulse(0.8)
+    raw, acc = 30000.0 * (1.0 - 0.01 * ppg), _still(len(ppg), 13)
+    off = WristStream("w1")
+    assert not [m for w in _blocks(raw, acc) for m in off.push_waveform(w) if m.code == LOINC_HR]
+    assert off.counters.reasons.get("shape", 0) >= 5  # the time-domain path refuses every window
+    s = WristStream("w1", motion_hr=True)
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    assert len(got) >= 20 and s.counters.motion_windows >= 20  # about one per 2 s hop after the first window
+    assert all(m.extra["method"] == "spectral" and m.extra["at_rest"] is True for m in got)
+    assert all(abs(m.value - 70.0) < 3.0 for m in got)
+
+
+def test_where_the_time_domain_path_answers_at_rest_the_spectral_path_only_fills_its_refusals() -> None:
+    ppg = _noisy_pulse(0.3)  # ragged enough that a few windows fail the beat-shape rule
+    raw, acc = 30000.0 * (1.0 - 0.01 * ppg), _still(len(ppg), 14)
+    s = WristStream("w1", motion_hr=True)
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    time_t = [m.captured_at for m in got if m.extra["method"] == "time"]
+    spectral_t = [m.captured_at for m in got if m.extra["method"] == "spectral"]
+    assert time_t and spectral_t and s.counters.reasons.get("shape", 0) >= 1
+    # a spectral value comes only in the hop after a time-domain refusal: never within 5 s of an answer
+    assert all(min(abs(t - u) for u in time_t) >= 1.0 for t in spectral_t)
+    assert all(not any(0.0 < t - u < 5.0 for u in time_t) for t in spectral_t)
+    assert all(abs(m.value - 70.0) < 4.0 for m in got)
+
+
+def test_a_sensor_refusal_at_rest_is_not_overridden_by_the_spectrum() -> None:
+    _, ppg, _ = _scene(40.0, 70.0, swing_hz=1.6, swing_gain=0.0, seed=15)
+    raw, acc = 30000.0 * (1.0 - 0.0001 * ppg), _still(len(ppg), 16)  # AC/DC ~ 0.02 %: no pulse under it
+    s = WristStream("w1", motion_hr=True)
+    s._tracker.min_confidence = 0.0  # whatever the spectrum's confidence
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    assert s.counters.reasons.get("no-pulse", 0) >= 5
+    assert got == [] and s.counters.motion_windows == 0
+
+
+def test_a_window_ending_at_the_seeds_moment_builds_on_the_seed() -> None:
+    _, ppg, acc = _scene(20.0, 66.0, swing_hz=1.6, swing_gain=0.0, seed=17)
+    n = round(WINDOW_S * FS)
+    tr = MotionHrTracker(min_confidence=0.0)
+    tr.seed(120.0, WINDOW_S, FS)  # the time-domain value of a window ending at the same moment
+    m = tr.update(ppg[:n], acc[:n], FS, WINDOW_S)
+    assert m.candidate_bpm is not None and abs(m.candidate_bpm - 120.0) <= 2.0
+    fresh = MotionHrTracker(min_confidence=0.0).update(ppg[:n], acc[:n], FS, WINDOW_S)
+    assert fresh.candidate_bpm is not None and abs(fresh.candidate_bpm - 66.0) <= 2.0
+
+
 def test_a_few_lost_samples_are_bridged_a_long_gap_restarts() -> None:
     _, ppg, acc = _scene(40.0, 64.0, swing_hz=1.6, swing_gain=0.0, seed=9)
     raw = 30000.0 * (1.0 - 0.01 * ppg)
