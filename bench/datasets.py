@@ -309,7 +309,8 @@ WRIST_FS = 256.0
 
 @dataclass(frozen=True)
 class WristRecord:
-    """One exercise record on the 256 Hz chest-ECG grid; NaN where the wrist device lost samples."""
+    """One exercise record on the chest-ECG sample grid (256 Hz in the shared records; ``fs`` is read from
+    the file's ``t_s``); NaN where the wrist device lost samples."""
 
     name: str  # e.g. "s3_run"
     fs: float
@@ -330,12 +331,17 @@ def wrist_records() -> list[str]:
     return sorted(p.name.removesuffix(".csv.gz") for p in (DATA_DIR / "wrist_exercise").glob("*.csv.gz"))
 
 
-def load_wrist(name: str) -> WristRecord:
-    base = DATA_DIR / "wrist_exercise"
+def load_wrist(name: str, base: Path | None = None) -> WristRecord:
+    """Record ``name`` of ``wrist_exercise`` (or of the folder ``base`` in the same layout)."""
+    base = DATA_DIR / "wrist_exercise" if base is None else base
     with gzip.open(base / f"{name}.csv.gz", "rt") as fh:
         header = next(fh).strip().split(",")
         data = np.genfromtxt(fh, delimiter=",", dtype=np.float64, missing_values="", filling_values=np.nan)
     col = {h: data[:, i] for i, h in enumerate(header)}
     beats = np.loadtxt(base / f"{name}.beats.txt", dtype=np.float64, ndmin=1)
     accel = np.column_stack([col["ax"], col["ay"], col["az"]])
-    return WristRecord(name, WRIST_FS, col["ppg"], accel, np.unique(beats))
+    # the rate from the file's own grid (t_s = row / rate, over the whole record: the printed times are
+    # rounded), so that a record of the same layout at another rate is read right; the shared ones: 256
+    span = float(col["t_s"][-1] - col["t_s"][0]) if "t_s" in col and len(data) > 1 else 0.0
+    fs = round((len(data) - 1) / span, 3) if span > 0 else WRIST_FS
+    return WristRecord(name, fs, col["ppg"], accel, np.unique(beats))
