@@ -40,6 +40,8 @@ samples lost over the radio) is joined to it by linear interpolation (``counters
 chain breaks there); a longer jump, a jump back (a reconnection, a device restart), or a change of rate
 or channel set restarts the window; beat intervals never span
 such a gap or an unusable window (the chain of beats restarts, and screen_af sees a NaN interval there).
+The motion path's heart-rate track survives a restart (its rate change is bounded by the time that
+passed; it starts afresh after 60 s, when time goes back, or at a new sample rate).
 
 Cost: per 5 s hop one 10 s analysis (band-pass, peak detection, SQI, ratio of ratios); per 60 s one
 AF screen of ~150 intervals: well under a millisecond per second of signal (bench/dsp_speed.py).
@@ -238,7 +240,9 @@ class WristStream:
         self._buf = {}
         self._since_hop = 0
         self._since_motion_hop = 0
-        self._tracker.reset()
+        # the heart-rate track survives the restart: the tracker bounds the rate's change by the time
+        # that passed (a radio drop of a few seconds costs a window of values, not the track), starts
+        # afresh after 60 s or when time goes back, and resets itself on a new sample rate
         self._time_refusal = None
         self._break_chain()
 
