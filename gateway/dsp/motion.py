@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -93,7 +94,8 @@ def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
 
 def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
     """Zero-phase band-pass :data:`BAND_HZ` of the columns of ``x`` (n, c): forward-backward with odd
-    extension, as heart.bandpass."""
+    extension, as heart.bandpass. (Per window the stream applies it as the matrix of
+    :func:`_bandpass_matrix`.)"""
     sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs), fs)
     zi = sosfilt_zi(sos)[:, :, None]
     pad = min(3 * (2 * len(sos) + 1), len(x) - 1)
@@ -104,16 +106,29 @@ def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
     return out
 
 
+@lru_cache(maxsize=8)
+def _bandpass_matrix(m: int, fs_d: float) -> FloatArray:
+    """The (m, m) matrix of "remove the mean, then :func:`_filtfilt`" on m samples at ``fs_d``: both are
+    linear (the odd extension and the initial states too), so one matrix product does the work of the
+    two filter passes on every channel of a window at once, ~5 x faster at 200 samples. Built by running
+    the filter on the columns of the centring matrix, so it is that filter, to rounding."""
+    centre = np.eye(m) - 1.0 / m
+    out: FloatArray = _filtfilt(centre, fs_d)
+    out.flags.writeable = False  # shared by every window of this length and rate
+    return out
+
+
 def bandpassed(channels: FloatArray, fs: float) -> tuple[FloatArray, float]:
     """The columns of ``channels`` (n, k) decimated to about :data:`SPECTRUM_FS` by block means (their
     sinc response is the anti-alias filter: the band of interest ends at 4 Hz, far below the ~12 Hz of
-    the new Nyquist) and band-passed :data:`BAND_HZ`; and the new rate. Decimating first makes the
-    band-pass run on 4-10 x fewer samples."""
+    the new Nyquist), centred and band-passed :data:`BAND_HZ`; and the new rate. Decimating first makes
+    the band-pass run on 4-10 x fewer samples."""
     q, _, _ = _spectrum_setup(fs)
     m = channels.shape[0] // q
     dec = channels[: m * q].reshape(m, q, channels.shape[1]).mean(axis=1)
     fs_d = fs / q
-    return _filtfilt(dec - dec.mean(axis=0), fs_d), fs_d
+    out: FloatArray = _bandpass_matrix(m, fs_d) @ dec
+    return out, fs_d
 
 
 def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
@@ -154,10 +169,17 @@ def spectrum_bins(fs: float) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     return f_bpm, band
 
 
+@lru_cache(maxsize=8)
+def _hann(m: int) -> FloatArray:
+    w: FloatArray = np.hanning(m)
+    w.flags.writeable = False
+    return w
+
+
 def power_spectra(rows: FloatArray) -> FloatArray:
     """Power spectra of the rows of ``rows`` (k, m): Hann-windowed and zero-padded to :data:`NFFT`."""
-    y2 = rows * np.hanning(rows.shape[1])[None, :]
-    p: FloatArray = np.abs(np.fft.rfft(y2, NFFT, axis=1)) ** 2
+    f = np.fft.rfft(rows * _hann(rows.shape[1]), NFFT, axis=1)
+    p: FloatArray = f.real**2 + f.imag**2
     return p
 
 
@@ -276,11 +298,11 @@ class MotionHrTracker:
             y0, y1, y2 = clean[k - 1], clean[k], clean[k + 1]
             den = y0 - 2 * y1 + y2
             if den < 0:
-                bpm += float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) * self._df
+                bpm += min(max(float(0.5 * (y0 - y2) / den), -0.5), 0.5) * self._df
         self._est = bpm
         far = np.abs(self._f - self._f[k]) > RIVAL_BPM
         rival = float(self._score[far].max()) if far.any() else -math.inf
         margin = float(self._score[k]) - rival
-        conf = float(np.clip(margin / -math.log(EVIDENCE_FLOOR), 0.0, 1.0))
+        conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
         value = bpm if conf >= self.min_confidence else None
         return MotionHr(value, conf, bpm, mg)

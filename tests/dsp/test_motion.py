@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
-from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker
+from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker, _filtfilt, bandpassed
 from gateway.dsp.stream import LOINC_HR, WristStream
 
 FS = 50.0
@@ -270,6 +270,19 @@ def test_the_canceller_removes_what_a_filter_of_the_accelerometer_explains() -> 
     assert np.corrcoef(out, bp[:, 0])[0, 1] > 0.9
     # nothing to cancel: the window comes back as it was
     assert np.allclose(cancel_motion(bp[:, 0], np.zeros((len(bp), 3)), 3), bp[:, 0])
+
+
+def test_the_band_pass_as_one_matrix_is_the_two_filter_passes() -> None:
+    rng = np.random.default_rng(23)
+    for fs, n in ((100.0, 800), (256.0, 2048), (60.0, 477)):
+        channels = rng.standard_normal((n, 5)) + 3.0
+        got, fs_d = bandpassed(channels, fs)
+        q = round(fs / fs_d)
+        m = n // q
+        dec = channels[: m * q].reshape(m, q, 5).mean(axis=1)
+        want = _filtfilt(dec - dec.mean(axis=0), fs_d)
+        assert got.shape == want.shape == (m, 5)
+        assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
 
 
 def test_the_trackers_running_maximum_is_the_plain_one() -> None:
