@@ -33,7 +33,9 @@ more than :data:`RIVAL_BPM` away, in units of one window's full evidence (:data:
 when two frequencies compete (a swing line as strong as the pulse line, or no clear line at all). A value
 is given only when the confidence reaches :data:`MIN_CONFIDENCE` (chosen on the tuning half of the wrist
 exercise recordings by the rule in docs/dsp.md). When the wrist is still, the stream uses the time-domain
-path and :meth:`MotionHrTracker.seed` re-centres the track on its value.
+path and :meth:`MotionHrTracker.seed` re-centres the track on its value; where that path refuses a still
+window, the tracker may answer it, if :func:`line_is_significant` finds a periodic line there (docs/dsp.md,
+"Still windows").
 
 Pure and streaming: a :class:`MotionHrTracker` holds the few arrays of state for one device; no I/O.
 """
@@ -64,6 +66,9 @@ SPECTRUM_MEMORY = 0.5  # weight of the past in the averaged spectra the Wiener g
 # 90 /min (rest to a hard effort) therefore changes by at most ~3 /min per second.
 MAX_SLOPE_BPM_S = 3.0
 EVIDENCE_DECAY = 0.9
+# how long a track is kept without a window: after a longer pause (or when time goes back) it starts
+# afresh; the stream also trusts a track on still windows only this long after its last confirmation
+TRACK_MEMORY_S = 60.0
 EVIDENCE_FLOOR = 1e-3  # emission = log(floor + normalised filtered power): a bin with no power costs 6.9
 RIVAL_BPM = 10.0
 # TROIKA's rule for a pulse on a motion line: within the rate the track can reach in one hop, the
@@ -74,6 +79,9 @@ PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
 # the ~200 samples of an 8 s window, so the fit cannot absorb much of the pulse (28/200 of white noise)
 CANCEL_LAG_S = 0.12
 MIN_CONFIDENCE = 0.75  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+# Fisher's test for a periodic line (line_is_significant): the conventional 1 % significance, as the SpO2
+# residual test's; the stream asks it of a still window (docs/dsp.md, "Still windows")
+LINE_TEST_ALPHA = 0.01
 MIN_WINDOW_S = 6.0
 
 
@@ -83,6 +91,8 @@ class MotionHr:
     confidence: float  # 0..1
     candidate_bpm: float | None  # the tracked frequency, also when refused (for evaluation)
     motion_g: float  # RMS dynamic acceleration of the window
+    # whether the window holds a significant periodic line (line_is_significant); None: not asked
+    significant: bool | None = None
 
 
 def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
@@ -183,6 +193,40 @@ def power_spectra(rows: FloatArray) -> FloatArray:
     return p
 
 
+@lru_cache(maxsize=8)
+def _line_test_setup(m: int, fs_d: float) -> tuple[npt.NDArray[np.bool_], FloatArray, float]:
+    """For :func:`line_is_significant` on m samples at ``fs_d``: the Fourier bins in
+    :data:`HR_RANGE_BPM`, the band-pass's power response there (``|H|^4``: forward and backward), and
+    Fisher's critical value of g for that many bins at :data:`LINE_TEST_ALPHA`."""
+    f = np.fft.rfftfreq(m, 1.0 / fs_d)
+    band = (f * 60.0 >= HR_RANGE_BPM[0]) & (f * 60.0 <= HR_RANGE_BPM[1])
+    z = np.exp(-2j * np.pi * f[band] / fs_d)
+    h = np.ones(len(z), dtype=np.complex128)
+    for b0, b1, b2, a0, a1, a2 in butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs_d), fs_d):
+        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
+    response: FloatArray = np.abs(h) ** 4
+    n = int(band.sum())
+    # P(g > x) = n (1 - x)^(n - 1) for the largest of n independent chi2_2 ordinates (the first term of
+    # Fisher's exact sum, exact to within alpha^2 / 2 here)
+    critical = 1.0 - (LINE_TEST_ALPHA / n) ** (1.0 / (n - 1)) if n > 1 else 1.0
+    band.flags.writeable = False
+    response.flags.writeable = False
+    return band, response, critical
+
+
+def line_is_significant(y: FloatArray, fs_d: float) -> bool:
+    """Fisher's (1929) g test: does the band-passed window ``y`` (at ``fs_d``) hold a periodic line in
+    :data:`HR_RANGE_BPM`, against band-passed white noise? g = the largest periodogram ordinate over
+    their sum, on the Fourier bins of the window (no taper, no zero padding: independent ordinates under
+    the null), each divided by the band-pass's power response so that the noise is white again. A line
+    between two bins splits its power between them, so the test is conservative for it."""
+    band, response, critical = _line_test_setup(len(y), fs_d)
+    f = np.fft.rfft(y)
+    p = (f.real**2 + f.imag**2)[band] / response
+    total = float(p.sum())
+    return total > 0.0 and float(p.max()) / total > critical
+
+
 def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
     """Bins within 2 of a local maximum: only spectral peaks count as evidence, so that a slope running
     into the range's edge (the PPG's low-frequency power leaking past the band-pass: breathing, a
@@ -243,10 +287,18 @@ class MotionHrTracker:
         self._t = t
 
     def update(
-        self, ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, t: float, *, motion_g: float | None = None
+        self,
+        ppg: npt.ArrayLike,
+        accel: npt.ArrayLike,
+        fs: float,
+        t: float,
+        *,
+        motion_g: float | None = None,
+        test_line: bool = False,
     ) -> MotionHr:
         """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g;
-        ``motion_g``: the window's :func:`~gateway.dsp.quality.motion_level` when the caller has it."""
+        ``motion_g``: the window's :func:`~gateway.dsp.quality.motion_level` when the caller has it;
+        ``test_line``: also run :func:`line_is_significant` on the cancelled PPG (``significant``)."""
         x = np.asarray(ppg, dtype=np.float64).ravel()
         a = np.asarray(accel, dtype=np.float64)
         if a.ndim == 1:
@@ -257,13 +309,20 @@ class MotionHrTracker:
             and len(x) >= MIN_WINDOW_S * fs
             and a.shape[0] == len(x)
             and np.all(np.isfinite(x))
+            and np.all(np.isfinite(a))
             and math.isfinite(mg)
             and float(np.ptp(x)) > 0.0
         )
         if not ok:
             return MotionHr(None, 0.0, None, mg)
         self._setup(fs)
-        bp, y, _ = cancelled(x, a, fs)
+        fresh = self._score is None or self._t is None or not 0.0 <= t - self._t <= TRACK_MEMORY_S
+        if fresh:
+            # a clock that went back, or a pause over TRACK_MEMORY_S: nothing of the old track is kept, its
+            # score, the averaged spectra and the estimate whose band the Wiener gain spares
+            self._score = self._avg_ppg = self._avg_acc = self._est = None
+        bp, y, fs_d = cancelled(x, a, fs)
+        significant = line_is_significant(y, fs_d) if test_line else None
         spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
@@ -281,11 +340,11 @@ class MotionHrTracker:
         evidence = np.where(_near_peaks(clean), clean, 0.0)
         top = float(evidence.max())
         if not top > 0.0:  # no power, or no spectral peak at all (a bare slope): nothing to track
-            return MotionHr(None, 0.0, None, mg)
+            return MotionHr(None, 0.0, None, mg, significant)
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         # a window ending when a seed was taken (the stream's time-domain value at that moment) builds on
-        # the seed with one bin of reach; a clock that goes back, or a pause over 60 s, starts afresh
-        if self._score is None or self._t is None or not 0.0 <= t - self._t <= 60.0:
+        # the seed with one bin of reach (dt = 0 is not fresh)
+        if self._score is None or self._t is None:
             self._score = emission
         else:
             reach = max(1, round(MAX_SLOPE_BPM_S * (t - self._t) / self._df))
@@ -305,4 +364,4 @@ class MotionHrTracker:
         margin = float(self._score[k]) - rival
         conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
         value = bpm if conf >= self.min_confidence else None
-        return MotionHr(value, conf, bpm, mg)
+        return MotionHr(value, conf, bpm, mg, significant)

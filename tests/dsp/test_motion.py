@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
-from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker, _filtfilt, bandpassed
+from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker, _filtfilt, bandpassed, cancelled, line_is_significant
 from gateway.dsp.stream import LOINC_HR, WristStream
 
 FS = 50.0
@@ -156,16 +156,27 @@ def _noisy_pulse(noise: float) -> npt.NDArray[np.float64]:
 
 
 def test_a_still_wrist_the_time_domain_path_refuses_gets_the_spectral_rate() -> None:
+    # 20 s of a clean pulse (the time-domain path answers and confirms the track), then 40 s of the same
+    # pulse in noise: a clear line in an 8 s spectrum, too ragged for the beat shapes
     ppg = _noisy_pulse(0.8)
+    clean = np.arange(len(ppg)) < round(20 * FS)
+    ppg[clean] = _noisy_pulse(0.0)[clean]
     raw, acc = 30000.0 * (1.0 - 0.01 * ppg), _still(len(ppg), 13)
     off = WristStream("w1")
-    assert not [m for w in _blocks(raw, acc) for m in off.push_waveform(w) if m.code == LOINC_HR]
-    assert off.counters.reasons.get("shape", 0) >= 5  # the time-domain path refuses every window
+    got_off = [m for w in _blocks(raw, acc) for m in off.push_waveform(w) if m.code == LOINC_HR]
+    assert got_off and all(m.captured_at <= 1025.0 for m in got_off)  # none once the noise is in the window
+    assert off.counters.reasons.get("shape", 0) >= 5
     s = WristStream("w1", motion_hr=True)
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
-    assert len(got) >= 20 and s.counters.motion_windows >= 20  # about one per 2 s hop after the first window
-    assert all(m.extra["method"] == "spectral" and m.extra["at_rest"] is True for m in got)
+    spectral = [m for m in got if m.extra["method"] == "spectral"]
+    assert len(spectral) >= 12  # most 2 s hops of the noisy 40 s
+    assert all(m.captured_at > 1020.0 and m.extra["at_rest"] is True for m in spectral)
     assert all(abs(m.value - 70.0) < 3.0 for m in got)
+    # the same noisy pulse from a cold start: no time-domain value ever confirms a track, so no value
+    cold = WristStream("w1", motion_hr=True)
+    noisy = 30000.0 * (1.0 - 0.01 * _noisy_pulse(0.8))
+    assert not [m for w in _blocks(noisy, acc) for m in cold.push_waveform(w) if m.code == LOINC_HR]
+    assert cold.counters.reasons.get("track-unconfirmed", 0) >= 10
 
 
 def test_where_the_time_domain_path_answers_at_rest_the_spectral_path_only_fills_its_refusals() -> None:
@@ -190,6 +201,56 @@ def test_a_sensor_refusal_at_rest_is_not_overridden_by_the_spectrum() -> None:
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
     assert s.counters.reasons.get("no-pulse", 0) >= 5
     assert got == [] and s.counters.motion_windows == 0
+
+
+def test_a_still_wrist_without_a_pulse_gets_no_spectral_value() -> None:
+    # a watch lying on a table, or a pleth device whose perfusion is never checked: noise only, within
+    # the perfusion limits; the time-domain path refuses it on shape, and the tracker's margin alone
+    # would answer it (the still accelerometer's noise, normalised, carves it into lines)
+    for seed in range(3):
+        noise = np.random.default_rng(30 + seed).standard_normal(round(120 * FS))
+        raw, acc = 30000.0 * (1.0 - 0.003 * noise), _still(len(noise), 40 + seed)
+        s = WristStream("w1", motion_hr=True)
+        got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+        assert s.counters.reasons.get("shape", 0) >= 20
+        assert got == [] and s.counters.reasons.get("no-periodic-line", 0) >= 50
+
+
+def test_fishers_line_test_holds_its_level_on_noise_and_finds_a_pulse() -> None:
+    rng = np.random.default_rng(31)
+    n = round(WINDOW_S * FS)
+    t = np.arange(n) / FS
+
+    def significant(x: npt.NDArray[np.float64]) -> bool:
+        _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
+        return line_is_significant(y, fs_d)
+
+    noise = [significant(rng.standard_normal(n)) for _ in range(400)]
+    assert sum(noise) <= 12  # 1 % nominal: 4 expected of 400, 12 is more than 4 standard deviations
+    pulses = []
+    for _ in range(100):
+        phase = 2 * math.pi * rng.uniform(45.0, 180.0) / 60.0 * t + rng.uniform(0.0, 2 * math.pi)
+        pulses.append(significant(1.5 * (np.sin(phase) + 0.4 * np.sin(2 * phase)) + rng.standard_normal(n)))
+    assert sum(pulses) >= 95
+
+
+def test_a_pause_over_a_minute_leaves_nothing_of_the_old_track() -> None:
+    _, ppg, acc = _scene(60.0, 150.0, swing_hz=1.2, swing_gain=2.0, seed=32)
+    _, ppg2, acc2 = _scene(20.0, 80.0, swing_hz=2.5, swing_gain=2.0, seed=33)
+    n = round(WINDOW_S * FS)
+    used = MotionHrTracker(min_confidence=0.0)
+    for k in range(20):  # a track at 150 /min, with its averaged spectra and estimate
+        a = round(k * HOP_S * FS)
+        used.update(ppg[a : a + n], acc[a : a + n], FS, WINDOW_S + k * HOP_S)
+    later = 10 * 60.0
+    got = used.update(ppg2[:n], acc2[:n], FS, later)
+    want = MotionHrTracker(min_confidence=0.0).update(ppg2[:n], acc2[:n], FS, later)
+    assert (got.candidate_bpm, got.confidence) == (want.candidate_bpm, want.confidence)
+    # a non-finite accelerometer with a finite motion level given: no value, and no state poisoned
+    bad = acc2[:n].copy()
+    bad[5, 0] = math.nan
+    assert used.update(ppg2[:n], bad, FS, later + 2.0, motion_g=0.3).bpm is None
+    assert math.isfinite(used.update(ppg2[:n], acc2[:n], FS, later + 4.0).confidence)
 
 
 def test_a_window_ending_at_the_seeds_moment_builds_on_the_seed() -> None:
