@@ -342,6 +342,11 @@ def load_wrist(name: str, base: Path | None = None) -> WristRecord:
     accel = np.column_stack([col["ax"], col["ay"], col["az"]])
     # the rate from the file's own grid (t_s = row / rate, over the whole record: the printed times are
     # rounded), so that a record of the same layout at another rate is read right; the shared ones: 256
-    span = float(col["t_s"][-1] - col["t_s"][0]) if "t_s" in col and len(data) > 1 else 0.0
-    fs = round((len(data) - 1) / span, 3) if span > 0 else WRIST_FS
+    if "t_s" not in col:
+        fs = WRIST_FS
+    else:
+        span = float(col["t_s"][-1] - col["t_s"][0])
+        if not span > 0.0:  # an empty first or last time, or times that do not grow
+            raise ValueError(f"{name}: t_s does not give a sample rate (first {col['t_s'][0]}, last {col['t_s'][-1]})")
+        fs = round((len(data) - 1) / span, 3)
     return WristRecord(name, fs, col["ppg"], accel, np.unique(beats))

@@ -1,8 +1,9 @@
 """Heart rate on the wrist during exercise (../shared/data/wrist_exercise): ours against HeartPy and NeuroKit2.
 
 Each record is fed to the daemon's own :class:`gateway.dsp.stream.WristStream` as 1 s Waveform blocks of
-``pleth`` (the wrist PPG) and ``accel_x/y/z`` (g) at 256 Hz, numbered by their position on the record's
-sample grid: samples the wrist device lost are simply not sent (the stream bridges short gaps itself).
+``pleth`` (the wrist PPG) and ``accel_x/y/z`` (g) at the record's rate (256 Hz in the shared records),
+numbered by their position on the record's sample grid: samples the wrist device lost are simply not
+sent (the stream bridges short gaps itself).
 Windows: 8 s every 2 s (the stream's motion cadence); the value of a window is the stream's heart rate
 emitted at that window's end (``ours``). Peers get the same 8 s of PPG with the lost samples linearly
 interpolated (they need an even grid): HeartPy ``process``, NeuroKit2 ``ppg_process`` (bench/dsp_eval_hr).

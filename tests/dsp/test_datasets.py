@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench import datasets
 
@@ -29,3 +30,14 @@ def test_the_rate_comes_from_the_records_own_time_column(tmp_path: Path) -> None
     assert rec.beats_s.tolist() == [0.5, 1.0, 1.5]  # sorted
     _write(tmp_path, "s1_walk", 256.0, 1000)
     assert datasets.load_wrist("s1_walk", tmp_path).fs == 256.0
+
+
+def test_a_record_whose_times_give_no_rate_is_refused_by_name(tmp_path: Path) -> None:
+    _write(tmp_path, "s1_bike", 125.0, 50)
+    with gzip.open(tmp_path / "s1_bike.csv.gz", "rt") as fh:
+        lines = fh.read().splitlines()
+    lines[-1] = "," + lines[-1].split(",", 1)[1]  # the last time is empty
+    with gzip.open(tmp_path / "s1_bike.csv.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="s1_bike: t_s"):
+        datasets.load_wrist("s1_bike", tmp_path)
