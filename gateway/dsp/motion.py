@@ -34,8 +34,8 @@ when two frequencies compete (a swing line as strong as the pulse line, or no cl
 is given only when the confidence reaches :data:`MIN_CONFIDENCE` (chosen on the tuning half of the wrist
 exercise recordings by the rule in docs/dsp.md). When the wrist is still, the stream uses the time-domain
 path and :meth:`MotionHrTracker.seed` re-centres the track on its value; where that path refuses a still
-window, the tracker may answer it, if :func:`line_is_significant` finds a periodic line there (docs/dsp.md,
-"Still windows").
+window, the tracker may answer it, if :func:`significant_lines` finds a periodic line there at the tracked
+rate and the track was confirmed lately (docs/dsp.md, "Still windows").
 
 Pure and streaming: a :class:`MotionHrTracker` holds the few arrays of state for one device; no I/O.
 """
@@ -79,9 +79,14 @@ PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
 # the ~200 samples of an 8 s window, so the fit cannot absorb much of the pulse (28/200 of white noise)
 CANCEL_LAG_S = 0.12
 MIN_CONFIDENCE = 0.75  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
-# Fisher's test for a periodic line (line_is_significant): the conventional 1 % significance, as the SpO2
-# residual test's; the stream asks it of a still window (docs/dsp.md, "Still windows")
+# The test for a periodic line (significant_lines), asked of a still window (docs/dsp.md, "Still
+# windows"): the conventional 1 % significance over the window's ordinates, as the SpO2 residual test's;
+# each ordinate against the mean of the Fourier bins 2..6 away on either side: a cell-averaging CFAR
+# detector (Finn & Johnson 1968) with one guard bin (an untapered window's line falls within +-1 bin) and
+# ten training bins (F(2, 20) under the null), local enough (+-45 /min at 8 s) that a sloped noise
+# spectrum is level there
 LINE_TEST_ALPHA = 0.01
+LINE_GUARD_BINS, LINE_TRAINING_BINS = 1, 5
 MIN_WINDOW_S = 6.0
 
 
@@ -91,7 +96,8 @@ class MotionHr:
     confidence: float  # 0..1
     candidate_bpm: float | None  # the tracked frequency, also when refused (for evaluation)
     motion_g: float  # RMS dynamic acceleration of the window
-    # whether the window holds a significant periodic line (line_is_significant); None: not asked
+    # whether the window holds a significant periodic line (significant_lines) within one Fourier bin of
+    # the tracked rate; None: not asked
     significant: bool | None = None
 
 
@@ -194,37 +200,66 @@ def power_spectra(rows: FloatArray) -> FloatArray:
 
 
 @lru_cache(maxsize=8)
-def _line_test_setup(m: int, fs_d: float) -> tuple[npt.NDArray[np.bool_], FloatArray, float]:
-    """For :func:`line_is_significant` on m samples at ``fs_d``: the Fourier bins in
-    :data:`HR_RANGE_BPM`, the band-pass's power response there (``|H|^4``: forward and backward), and
-    Fisher's critical value of g for that many bins at :data:`LINE_TEST_ALPHA`."""
-    f = np.fft.rfftfreq(m, 1.0 / fs_d)
-    band = (f * 60.0 >= HR_RANGE_BPM[0]) & (f * 60.0 <= HR_RANGE_BPM[1])
-    z = np.exp(-2j * np.pi * f[band] / fs_d)
+def _line_test_setup(
+    m: int, fs_d: float
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.intp], FloatArray, FloatArray]:
+    """For :func:`significant_lines` on m samples at ``fs_d``, on the periodogram zero-padded to 2m (the
+    Fourier bins and the midpoints between them): the frequencies (bpm), the band-pass's power response
+    (``|H|^4``: forward and backward; dividing by it levels the filter's own slope), the indices tested
+    (those in :data:`HR_RANGE_BPM` with two pairs of training bins or more: about 52-218 /min at 8 s), the
+    matrix that averages each one's training bins (Fourier bins
+    only: independent of each other), and each one's critical ratio at :data:`LINE_TEST_ALPHA` shared
+    by all the tested ones (Bonferroni, which needs no independence between them)."""
+    f = np.fft.rfftfreq(2 * m, 1.0 / fs_d)
+    z = np.exp(-2j * np.pi * f / fs_d)
     h = np.ones(len(z), dtype=np.complex128)
     for b0, b1, b2, a0, a1, a2 in butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs_d), fs_d):
         h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
     response: FloatArray = np.abs(h) ** 4
-    n = int(band.sum())
-    # P(g > x) = n (1 - x)^(n - 1) for the largest of n independent chi2_2 ordinates (the first term of
-    # Fisher's exact sum, exact to within alpha^2 / 2 here)
-    critical = 1.0 - (LINE_TEST_ALPHA / n) ** (1.0 / (n - 1)) if n > 1 else 1.0
-    band.flags.writeable = False
-    response.flags.writeable = False
-    return band, response, critical
+    bpm: FloatArray = np.asarray(f * 60.0, dtype=np.float64)
+    # training bins: Fourier bins (even indices here) in the band-pass's passband (within its -3 dB
+    # points, |H|^2 >= 1/2, so |H|^4 >= 1/4 for the two passes); dividing by a response near zero would
+    # turn the line's own leakage into background
+    usable = set(np.flatnonzero(response >= 0.25 * response.max()).tolist()) & set(range(0, len(f), 2))
+    lo, hi = 2 * (LINE_GUARD_BINS + 1), 2 * (LINE_GUARD_BINS + LINE_TRAINING_BINS)
+    candidates = np.flatnonzero((bpm >= HR_RANGE_BPM[0]) & (bpm <= HR_RANGE_BPM[1]))
+    trains: list[tuple[int, list[int]]] = []
+    for q in candidates.tolist():
+        # in pairs on either side, so that the mean of a sloped noise spectrum is its level at q: one-sided
+        # training at the band's low edge, where the filter's slope meets the PPG's falling spectrum,
+        # passed brown noise there in a few % of windows; at least two pairs, or q is not tested
+        near = [d for d in range(lo, hi + 1 + q % 2) if (d - q % 2) % 2 == 0]
+        train = [j for d in near for j in (q - d, q + d) if q - d in usable and q + d in usable]
+        if len(train) >= 4:
+            trains.append((q, train))
+    tested = np.array([q for q, _ in trains], dtype=np.intp)
+    average = np.zeros((len(trains), len(f)))
+    critical = np.zeros(len(trains))
+    per_test = LINE_TEST_ALPHA / max(1, len(trains))
+    for i, (_, train) in enumerate(trains):
+        average[i, train] = 1.0 / len(train)
+        # P(F(2, 2J) > x) = (1 + x / J)^-J for J training bins (each ordinate chi2_2 under the null)
+        critical[i] = len(train) * (per_test ** (-1.0 / len(train)) - 1.0)
+    for arr in (bpm, response, tested, average, critical):
+        arr.flags.writeable = False
+    return bpm, response, tested, average, critical
 
 
-def line_is_significant(y: FloatArray, fs_d: float) -> bool:
-    """Fisher's (1929) g test: does the band-passed window ``y`` (at ``fs_d``) hold a periodic line in
-    :data:`HR_RANGE_BPM`, against band-passed white noise? g = the largest periodogram ordinate over
-    their sum, on the Fourier bins of the window (no taper, no zero padding: independent ordinates under
-    the null), each divided by the band-pass's power response so that the noise is white again. A line
-    between two bins splits its power between them, so the test is conservative for it."""
-    band, response, critical = _line_test_setup(len(y), fs_d)
-    f = np.fft.rfft(y)
-    p = (f.real**2 + f.imag**2)[band] / response
-    total = float(p.sum())
-    return total > 0.0 and float(p.max()) / total > critical
+def significant_lines(y: FloatArray, fs_d: float) -> FloatArray:
+    """The rates (bpm) of the periodic lines of the band-passed window ``y`` (at ``fs_d``) in
+    :data:`HR_RANGE_BPM` that stand out of their local background at :data:`LINE_TEST_ALPHA` (over all
+    the ordinates tested together: Bonferroni); empty when none does. Each ordinate of the untapered
+    periodogram, at the Fourier bins and midway between them (so that a line between two bins is not
+    split between them), divided by the band-pass's power response, is compared with the mean of its
+    training bins: under a noise spectrum that is smooth over +-45 /min the ratio is F(2, 2J). A pulse's
+    harmonic may stand out too, which is why the caller asks for a line at its own rate."""
+    bpm, response, tested, average, critical = _line_test_setup(len(y), fs_d)
+    f = np.fft.rfft(y, 2 * len(y))
+    p = (f.real**2 + f.imag**2) / np.maximum(response, 1e-300)
+    background = average @ p
+    stands_out = (p[tested] > background * critical) & (background > 0.0)
+    out: FloatArray = bpm[tested][stands_out]
+    return out
 
 
 def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
@@ -268,6 +303,7 @@ class MotionHrTracker:
         self._avg_ppg: FloatArray | None = None
         self._avg_acc: FloatArray | None = None
         self._est: float | None = None
+        self._confirmed: float | None = None  # when the track was last confirmed (seed, confirm)
 
     def _setup(self, fs: float) -> None:
         if fs != self._fs:
@@ -285,6 +321,17 @@ class MotionHrTracker:
         e = np.log(EVIDENCE_FLOOR + np.exp(-0.5 * ((self._f - bpm) / width) ** 2))
         self._score = e / (1.0 - EVIDENCE_DECAY)  # as if seen for ever: a steady state of the recursion
         self._t = t
+        self._confirmed = t
+
+    def confirm(self, t: float) -> None:
+        """The track's value at ``t`` was taken (a moving window's value): the track is confirmed."""
+        self._confirmed = t
+
+    def confirmed(self, t: float) -> bool:
+        """Whether the track was confirmed (:meth:`seed`, :meth:`confirm`) within :data:`TRACK_MEMORY_S`
+        before ``t``, and has not been reset or started afresh since."""
+        c = self._confirmed
+        return c is not None and 0.0 <= t - c <= TRACK_MEMORY_S
 
     def update(
         self,
@@ -298,7 +345,8 @@ class MotionHrTracker:
     ) -> MotionHr:
         """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g;
         ``motion_g``: the window's :func:`~gateway.dsp.quality.motion_level` when the caller has it;
-        ``test_line``: also run :func:`line_is_significant` on the cancelled PPG (``significant``)."""
+        ``test_line``: a still window: it must hold one of :func:`significant_lines` (``significant``); without
+        one it feeds nothing to the track and gets no value."""
         x = np.asarray(ppg, dtype=np.float64).ravel()
         a = np.asarray(accel, dtype=np.float64)
         if a.ndim == 1:
@@ -320,9 +368,11 @@ class MotionHrTracker:
         if fresh:
             # a clock that went back, or a pause over TRACK_MEMORY_S: nothing of the old track is kept, its
             # score, the averaged spectra and the estimate whose band the Wiener gain spares
-            self._score = self._avg_ppg = self._avg_acc = self._est = None
+            self._score = self._avg_ppg = self._avg_acc = self._est = self._confirmed = None
         bp, y, fs_d = cancelled(x, a, fs)
-        significant = line_is_significant(y, fs_d) if test_line else None
+        lines = significant_lines(y, fs_d) if test_line else None
+        if lines is not None and len(lines) == 0:
+            return MotionHr(None, 0.0, None, mg, False)
         spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
@@ -340,7 +390,7 @@ class MotionHrTracker:
         evidence = np.where(_near_peaks(clean), clean, 0.0)
         top = float(evidence.max())
         if not top > 0.0:  # no power, or no spectral peak at all (a bare slope): nothing to track
-            return MotionHr(None, 0.0, None, mg, significant)
+            return MotionHr(None, 0.0, None, mg, False if test_line else None)
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         # a window ending when a seed was taken (the stream's time-domain value at that moment) builds on
         # the seed with one bin of reach (dt = 0 is not fresh)
@@ -363,5 +413,8 @@ class MotionHrTracker:
         rival = float(self._score[far].max()) if far.any() else -math.inf
         margin = float(self._score[k]) - rival
         conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
-        value = bpm if conf >= self.min_confidence else None
+        # a still window's line must be the tracked one: within one of its Fourier bins (60 / the window's
+        # seconds, in /min: 7.5 at 8 s)
+        significant = None if lines is None else bool(np.any(np.abs(lines - bpm) <= 60.0 * fs_d / len(y)))
+        value = bpm if conf >= self.min_confidence and significant is not False else None
         return MotionHr(value, conf, bpm, mg, significant)

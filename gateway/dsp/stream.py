@@ -18,11 +18,11 @@ Cadence (documented in docs/dsp.md):
   :data:`~gateway.dsp.quality.MAX_MOTION_G`, and on a still one when the time-domain path refused its own
   last window for the beats' sake (:data:`~gateway.dsp.quality.BEAT_REASONS`: their shape, count,
   spacing or rate, or motion), so that a still spell (the hands on a bike's handlebars) gets values and
-  keeps the track; a still window's value also needs a significant periodic line
-  (:func:`~gateway.dsp.motion.line_is_significant`) and a track confirmed by a time-domain or moving
-  value within :data:`~gateway.dsp.motion.TRACK_MEMORY_S`. When its confidence reaches its threshold it
-  emits the heart rate with
-  ``extra["method"] = "spectral"``, ``quality`` = the confidence. At rest the time-domain value
+  keeps the track; a still window is tracked only while the track is confirmed (a time-domain or moving
+  value within :data:`~gateway.dsp.motion.TRACK_MEMORY_S`), and answered only when it holds a
+  significant periodic line at the tracked rate (:func:`~gateway.dsp.motion.significant_lines`). When
+  its confidence reaches its threshold it emits the heart rate with ``extra["method"] = "spectral"``,
+  ``quality`` = the confidence. At rest the time-domain value
   (``extra["method"] = "time"``) comes first and re-centres the tracker; a refusal about the sensor (a
   flat line, perfusion out of limits) is not overridden.
 - **AF screening** (``homecare:af-screening``, unit ``1``, value = AF burden 0..1, ``extra`` = label,
@@ -68,8 +68,8 @@ from gateway.dsp.activity import REST_SETTLE_S, RestTracker
 from gateway.dsp.af import screen_af
 from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
-from gateway.dsp.motion import TRACK_MEMORY_S, MotionHrTracker
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
+from gateway.dsp.motion import MotionHrTracker
 from gateway.dsp.quality import BEAT_REASONS, MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
@@ -152,9 +152,6 @@ class WristStream:
         # window was analysed since a restart; the spectral path answers a still window only after a
         # refusal for the beats' sake (quality.BEAT_REASONS), not the sensor's
         self._time_refusal: tuple[str, ...] | None = None
-        # when the track was last confirmed: a time-domain value (its seed) or a moving window's value;
-        # a still window is answered only within TRACK_MEMORY_S of it, never from a cold start
-        self._confirmed_t: float | None = None
         # at rest or not, from the accelerometer (gateway.dsp.activity); survives gaps and restarts
         self._rest = RestTracker(settle_s=rest_settle_s)
         self._verdict: tuple[bool, float] | None = None  # the last at-rest verdict and its window's end
@@ -277,32 +274,34 @@ class WristStream:
         src, _ = self._ppg_source(buf)
         acc = np.column_stack([buf[a] for a in ACCEL])
         mg = motion_level(acc)
-        why = self._time_refusal
         still = not mg > MAX_MOTION_G
-        if still and not (why and BEAT_REASONS.issuperset(why)):
-            # at rest the time-domain path answers and re-centres the track (seed), when it can; when
-            # the sensor sees no pulse there is nothing to track either
-            return []
-        # a still window the time-domain path refused is tracked (and answered) here: a still spell
+        if still:
+            why = self._time_refusal
+            if not (why and BEAT_REASONS.issuperset(why)):
+                # at rest the time-domain path answers and re-centres the track (seed), when it can;
+                # when the sensor sees no pulse there is nothing to track either
+                return []
+            if not self._tracker.confirmed(t_end):
+                # a still window never starts a track, nor feeds one that nothing confirmed lately
+                self._count("track-unconfirmed")
+                return []
+        # A still window the time-domain path refused is tracked (and answered) here: a still spell
         # between moving ones (the hands on the handlebars) neither freezes the track nor restarts it.
-        # There the accelerometer's spectra are its own noise and the track's margin alone would let
-        # noise through, so a still window is answered only when it holds a significant periodic line
-        # (Fisher's test) and the track was confirmed within TRACK_MEMORY_S
+        # There the accelerometer's spectra are its own noise and the track's margin alone would let noise
+        # through, so the window must hold a significant periodic line at the tracked rate; its values do
+        # not confirm the track (only a time-domain value or a moving window's does), so a still spell is
+        # answered for at most TRACK_MEMORY_S
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg, test_line=still)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
         if still and not m.significant:
             self._count("no-periodic-line")
             return []
-        c = self._confirmed_t
-        if still and not (c is not None and 0.0 <= t_end - c <= TRACK_MEMORY_S):
-            self._count("track-unconfirmed")
-            return []
         if m.bpm is None:
             self._count("low-confidence")
             return []
         if not still:
-            self._confirmed_t = t_end
+            self._tracker.confirm(t_end)
         self.counters.hr_emitted += 1
         extra: dict[str, Any] = {"window_s": MOTION_WINDOW_S, "method": "spectral"}
         if at_rest is not None:
@@ -346,7 +345,6 @@ class WristStream:
             self._take_beats(hr.beat_times_s + t_start, t_start, t_end)
             if motion is not None and motion.ndim == 2:
                 self._tracker.seed(hr.bpm, t_end, fs)
-                self._confirmed_t = t_end
             out.append(self._m(LOINC_HR, hr.bpm, "/min", t_end, hr.quality, extra))
             self.counters.hr_emitted += 1
         if "red" in buf and "ir" in buf and inverted and src is buf["ir"]:

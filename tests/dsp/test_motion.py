@@ -9,7 +9,16 @@ import numpy.typing as npt
 
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
-from gateway.dsp.motion import HOP_S, WINDOW_S, MotionHrTracker, _filtfilt, bandpassed, cancelled, line_is_significant
+from gateway.dsp.motion import (
+    HOP_S,
+    TRACK_MEMORY_S,
+    WINDOW_S,
+    MotionHrTracker,
+    _filtfilt,
+    bandpassed,
+    cancelled,
+    significant_lines,
+)
 from gateway.dsp.stream import LOINC_HR, WristStream
 
 FS = 50.0
@@ -155,6 +164,11 @@ def _noisy_pulse(noise: float) -> npt.NDArray[np.float64]:
     return ppg + noise * np.random.default_rng(12).standard_normal(len(ppg))
 
 
+def _noisy_pulse_long(duration_s: float, noise: float, seed: int) -> npt.NDArray[np.float64]:
+    _, ppg, _ = _scene(duration_s, 70.0, swing_hz=1.6, swing_gain=0.0, seed=seed)
+    return ppg + noise * np.random.default_rng(seed + 1).standard_normal(len(ppg))
+
+
 def test_a_still_wrist_the_time_domain_path_refuses_gets_the_spectral_rate() -> None:
     # 20 s of a clean pulse (the time-domain path answers and confirms the track), then 40 s of the same
     # pulse in noise: a clear line in an 8 s spectrum, too ragged for the beat shapes
@@ -169,7 +183,7 @@ def test_a_still_wrist_the_time_domain_path_refuses_gets_the_spectral_rate() -> 
     s = WristStream("w1", motion_hr=True)
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
     spectral = [m for m in got if m.extra["method"] == "spectral"]
-    assert len(spectral) >= 12  # most 2 s hops of the noisy 40 s
+    assert len(spectral) >= 8  # of the 2 s hops of the noisy 40 s
     assert all(m.captured_at > 1020.0 and m.extra["at_rest"] is True for m in spectral)
     assert all(abs(m.value - 70.0) < 3.0 for m in got)
     # the same noisy pulse from a cold start: no time-domain value ever confirms a track, so no value
@@ -213,25 +227,82 @@ def test_a_still_wrist_without_a_pulse_gets_no_spectral_value() -> None:
         s = WristStream("w1", motion_hr=True)
         got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
         assert s.counters.reasons.get("shape", 0) >= 20
-        assert got == [] and s.counters.reasons.get("no-periodic-line", 0) >= 50
+        assert got == [] and s.counters.reasons.get("track-unconfirmed", 0) >= 50  # nothing starts a track
+    # worn 30 s at rest (the time-domain path confirms the track), then taken off: white or drifting noise
+    total = 0
+    for seed in range(3):
+        rng = np.random.default_rng(50 + seed)
+        n = round(150 * FS)
+        worn = np.arange(n) < round(30 * FS)
+        _, pulse, _ = _scene(150.0, 72.0, swing_hz=1.6, swing_gain=0.0, seed=60 + seed)
+        off = rng.standard_normal(n) * 0.5 + _red(rng, n, 0.98) * 0.1
+        raw = 30000.0 * (1.0 - 0.01 * np.where(worn, pulse, off))
+        s = WristStream("w1", motion_hr=True)
+        got = [m for w in _blocks(raw, _still(n, 70 + seed)) for m in s.push_waveform(w) if m.code == LOINC_HR]
+        assert s.counters.reasons.get("no-periodic-line", 0) >= 10
+        total += sum(1 for m in got if m.extra["method"] == "spectral")
+    # 1 % of the ~26 windows per removal that may answer pass the line test: about one in three seeds
+    assert total <= 2
 
 
-def test_fishers_line_test_holds_its_level_on_noise_and_finds_a_pulse() -> None:
+def _red(rng: np.random.Generator, n: int, rho: float) -> npt.NDArray[np.float64]:
+    """AR(1) noise (a drifting photodiode, ambient light): its spectrum falls with frequency."""
+    e = rng.standard_normal(n + 2000)
+    out = np.empty_like(e)
+    acc = 0.0
+    for i, v in enumerate(e):
+        acc = rho * acc + v
+        out[i] = acc
+    return out[2000:]
+
+
+def test_the_line_test_holds_its_level_on_white_and_sloped_noise_and_finds_a_pulse() -> None:
     rng = np.random.default_rng(31)
     n = round(WINDOW_S * FS)
     t = np.arange(n) / FS
 
-    def significant(x: npt.NDArray[np.float64]) -> bool:
+    def lines(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
-        return line_is_significant(y, fs_d)
+        return significant_lines(y, fs_d)
 
-    noise = [significant(rng.standard_normal(n)) for _ in range(400)]
-    assert sum(noise) <= 12  # 1 % nominal: 4 expected of 400, 12 is more than 4 standard deviations
-    pulses = []
+    # 1 % nominal: 3 expected of 300; 10 is more than 4 standard deviations. Fisher's test against white
+    # noise passed AR(0.98) noise in 22 % of windows and brown noise in 28 %
+    for make in (
+        lambda: rng.standard_normal(n),
+        lambda: _red(rng, n, 0.9),
+        lambda: _red(rng, n, 0.98),
+        lambda: np.cumsum(rng.standard_normal(n)),
+    ):
+        assert sum(len(lines(make())) > 0 for _ in range(300)) <= 10
+    found = []
     for _ in range(100):
-        phase = 2 * math.pi * rng.uniform(45.0, 180.0) / 60.0 * t + rng.uniform(0.0, 2 * math.pi)
-        pulses.append(significant(1.5 * (np.sin(phase) + 0.4 * np.sin(2 * phase)) + rng.standard_normal(n)))
-    assert sum(pulses) >= 95
+        hr = rng.uniform(60.0, 180.0)  # below ~55 /min the test has no training bins on the low side
+        phase = 2 * math.pi * hr / 60.0 * t + rng.uniform(0.0, 2 * math.pi)
+        got = lines(1.5 * (np.sin(phase) + 0.4 * np.sin(2 * phase)) + rng.standard_normal(n))
+        found.append(bool(np.any(np.abs(got - hr) <= 60.0 / WINDOW_S)))
+    assert sum(found) >= 85
+
+
+def test_a_still_spell_is_answered_only_while_the_track_is_confirmed() -> None:
+    # 20 s of arm swing with a pulse (moving values confirm the track), then a still, ragged pulse that the
+    # time-domain path refuses: values for TRACK_MEMORY_S after the last moving value, none after
+    t = np.arange(round(140 * FS)) / FS
+    _, swinging, acc = _scene(140.0, 70.0, swing_hz=1.6, swing_gain=2.0, seed=34)
+    moving = t < 20.0
+    ppg = np.where(moving, swinging, _noisy_pulse_long(140.0, 0.8, 35))
+    raw, acc = 30000.0 * (1.0 - 0.01 * ppg), np.where(moving[:, None], acc, _still(len(t), 36))
+    s = WristStream("w1", motion_hr=True)
+    s._tracker.min_confidence = 0.0  # the gate, not the threshold
+    got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
+    assert all(m.extra["method"] == "spectral" for m in got)  # the time-domain path refuses every window
+    moving_t = [m.captured_at - 1000.0 for m in got if m.captured_at - 1000.0 <= 28.0]  # windows with swing
+    still_v = [(m.captured_at - 1000.0, m.value) for m in got if m.captured_at - 1000.0 > 28.0]
+    assert moving_t and still_v
+    last = max(moving_t)
+    assert all(t_s <= last + TRACK_MEMORY_S for t_s, _ in still_v)  # still values do not confirm the track
+    assert any(t_s > last + 20.0 for t_s, _ in still_v)
+    assert all(abs(v - 70.0) < 4.0 for _, v in still_v)
+    assert s.counters.reasons.get("track-unconfirmed", 0) >= 10
 
 
 def test_a_pause_over_a_minute_leaves_nothing_of_the_old_track() -> None:
@@ -246,11 +317,16 @@ def test_a_pause_over_a_minute_leaves_nothing_of_the_old_track() -> None:
     got = used.update(ppg2[:n], acc2[:n], FS, later)
     want = MotionHrTracker(min_confidence=0.0).update(ppg2[:n], acc2[:n], FS, later)
     assert (got.candidate_bpm, got.confidence) == (want.candidate_bpm, want.confidence)
-    # a non-finite accelerometer with a finite motion level given: no value, and no state poisoned
+    # a non-finite accelerometer with a finite motion level given: no value, and no state poisoned (the
+    # next window gives what it gives without the bad one)
+    twin = MotionHrTracker(min_confidence=0.0)
+    twin.update(ppg2[:n], acc2[:n], FS, later)
     bad = acc2[:n].copy()
     bad[5, 0] = math.nan
     assert used.update(ppg2[:n], bad, FS, later + 2.0, motion_g=0.3).bpm is None
-    assert math.isfinite(used.update(ppg2[:n], acc2[:n], FS, later + 4.0).confidence)
+    after, want_after = (tr.update(ppg2[:n], acc2[:n], FS, later + 4.0) for tr in (used, twin))
+    assert after.confidence > 0.0
+    assert (after.candidate_bpm, after.confidence) == (want_after.candidate_bpm, want_after.confidence)
 
 
 def test_a_window_ending_at_the_seeds_moment_builds_on_the_seed() -> None:
