@@ -321,17 +321,19 @@ class MotionHrTracker:
         e = np.log(EVIDENCE_FLOOR + np.exp(-0.5 * ((self._f - bpm) / width) ** 2))
         self._score = e / (1.0 - EVIDENCE_DECAY)  # as if seen for ever: a steady state of the recursion
         self._t = t
+        self._est = bpm  # the track's estimate: the Wiener gain spares its band, a still line must be near it
         self._confirmed = t
 
     def confirm(self, t: float) -> None:
         """The track's value at ``t`` was taken (a moving window's value): the track is confirmed."""
         self._confirmed = t
 
-    def confirmed(self, t: float) -> bool:
-        """Whether the track was confirmed (:meth:`seed`, :meth:`confirm`) within :data:`TRACK_MEMORY_S`
-        before ``t``, and has not been reset or started afresh since."""
+    def confirmed(self, t: float, fs: float) -> bool:
+        """Whether a window ending at ``t`` sampled at ``fs`` would continue a track confirmed
+        (:meth:`seed`, :meth:`confirm`) within :data:`TRACK_MEMORY_S` before ``t``: not after a reset, and
+        not when that window would itself start the track afresh (a new rate, or time gone back)."""
         c = self._confirmed
-        return c is not None and 0.0 <= t - c <= TRACK_MEMORY_S
+        return c is not None and fs == self._fs and (self._t is None or t >= self._t) and 0.0 <= t - c <= TRACK_MEMORY_S
 
     def update(
         self,
@@ -345,8 +347,9 @@ class MotionHrTracker:
     ) -> MotionHr:
         """One window ending at stream time ``t`` (s): ``ppg`` (n,), ``accel`` (n, 3) in g;
         ``motion_g``: the window's :func:`~gateway.dsp.quality.motion_level` when the caller has it;
-        ``test_line``: a still window: it must hold one of :func:`significant_lines` (``significant``); without
-        one it feeds nothing to the track and gets no value."""
+        ``test_line``: a still window. It feeds the track only when the track is :meth:`confirmed` and
+        it holds one of :func:`significant_lines`, and it gets a value only when one lies within one
+        Fourier bin of the new estimate (``significant``)."""
         x = np.asarray(ppg, dtype=np.float64).ravel()
         a = np.asarray(accel, dtype=np.float64)
         if a.ndim == 1:
@@ -371,7 +374,12 @@ class MotionHrTracker:
             self._score = self._avg_ppg = self._avg_acc = self._est = self._confirmed = None
         bp, y, fs_d = cancelled(x, a, fs)
         lines = significant_lines(y, fs_d) if test_line else None
-        if lines is not None and len(lines) == 0:
+        line_bin = 60.0 * fs_d / len(y)  # one Fourier bin of the window, /min: 7.5 at 8 s
+        if lines is not None and (self._confirmed is None or len(lines) == 0):
+            # a still window without a line, or with no confirmed track (the caller checks confirmed(),
+            # and a fresh start just cleared it): it feeds nothing and gets no value. Requiring the line
+            # near the track's estimate as well (against a flickering light pulling the track within its
+            # 60 s) cost the tuning half 0.4 bpm of hold-last and 1.7 points of coverage: not done
             return MotionHr(None, 0.0, None, mg, False)
         spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
@@ -413,8 +421,7 @@ class MotionHrTracker:
         rival = float(self._score[far].max()) if far.any() else -math.inf
         margin = float(self._score[k]) - rival
         conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
-        # a still window's line must be the tracked one: within one of its Fourier bins (60 / the window's
-        # seconds, in /min: 7.5 at 8 s)
-        significant = None if lines is None else bool(np.any(np.abs(lines - bpm) <= 60.0 * fs_d / len(y)))
+        # a still window's line must be the tracked one: within one of its Fourier bins
+        significant = None if lines is None else bool(np.any(np.abs(lines - bpm) <= line_bin))
         value = bpm if conf >= self.min_confidence and significant is not False else None
         return MotionHr(value, conf, bpm, mg, significant)

@@ -281,7 +281,7 @@ class WristStream:
                 # at rest the time-domain path answers and re-centres the track (seed), when it can;
                 # when the sensor sees no pulse there is nothing to track either
                 return []
-            if not self._tracker.confirmed(t_end):
+            if not self._tracker.confirmed(t_end, self._fs):
                 # a still window never starts a track, nor feeds one that nothing confirmed lately
                 self._count("track-unconfirmed")
                 return []
@@ -294,7 +294,7 @@ class WristStream:
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg, test_line=still)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
-        if still and not m.significant:
+        if still and m.significant is False:
             self._count("no-periodic-line")
             return []
         if m.bpm is None:

@@ -305,6 +305,40 @@ def test_a_still_spell_is_answered_only_while_the_track_is_confirmed() -> None:
     assert s.counters.reasons.get("track-unconfirmed", 0) >= 10
 
 
+def test_a_confirmation_does_not_carry_over_a_new_rate_or_time_gone_back() -> None:
+    tr = MotionHrTracker(min_confidence=0.0)
+    tr.seed(72.0, 100.0, FS)
+    assert tr.confirmed(110.0, FS) and not tr.confirmed(161.0, FS)  # TRACK_MEMORY_S
+    assert not tr.confirmed(110.0, FS / 2)  # a window at another rate starts afresh
+    n = round(WINDOW_S * FS)
+    _, ppg, acc = _scene(20.0, 72.0, swing_hz=1.6, swing_gain=2.0, seed=37)
+    tr.update(ppg[:n], acc[:n], FS, 140.0)  # a moving window, the track goes on
+    assert tr.confirmed(140.0, FS) and not tr.confirmed(120.0, FS)  # time gone back: afresh
+    # in the stream: 30 s of a clean pulse at 50 Hz (confirmed), then the device at 25 Hz with a light
+    # flickering at 90 /min and no pulse: the window restarts at the new rate, and no still window there
+    # may start a track
+    _, pulse, _ = _scene(30.0, 72.0, swing_hz=1.6, swing_gain=0.0, seed=38)
+    rng = np.random.default_rng(39)
+    fs2, n2 = FS / 2, round(60 * FS / 2)
+    t2 = np.arange(n2) / fs2
+    flicker = np.sin(2 * math.pi * 1.5 * t2) + 0.8 * rng.standard_normal(n2)  # too ragged for beat shapes
+    s = WristStream("w1", motion_hr=True)
+    s._tracker.min_confidence = 0.0
+    blocks = _blocks(30000.0 * (1.0 - 0.01 * pulse), _still(len(pulse), 40))
+    step = round(fs2)
+    acc2 = _still(n2, 41)
+    for i in range(0, n2, step):
+        ch = {"green": (30000.0 * (1.0 - 0.003 * flicker[i : i + step])).tolist()}
+        ch.update({a: acc2[i : i + step, k].tolist() for k, a in enumerate(("accel_x", "accel_y", "accel_z"))})
+        blocks.append(
+            Waveform(device_id="w1", captured_at=1030.0 + i / fs2, fs=fs2, first_index=10**6 + i, channels=ch)
+        )
+    got = [m for w in blocks for m in s.push_waveform(w) if m.code == LOINC_HR]
+    assert [m for m in got if m.extra["method"] == "time" and m.captured_at <= 1030.0]  # the confirmation
+    assert not [m for m in got if m.extra["method"] == "spectral"]
+    assert s.counters.gaps == 1 and s.counters.reasons.get("track-unconfirmed", 0) >= 5
+
+
 def test_a_pause_over_a_minute_leaves_nothing_of_the_old_track() -> None:
     _, ppg, acc = _scene(60.0, 150.0, swing_hz=1.2, swing_gain=2.0, seed=32)
     _, ppg2, acc2 = _scene(20.0, 80.0, swing_hz=2.5, swing_gain=2.0, seed=33)
