@@ -85,6 +85,16 @@ def _zpk_to_sos(poles: ComplexArray, gain: float, order: int) -> FloatArray:
     return sos
 
 
+def sos_response(sos: FloatArray, f_hz: npt.ArrayLike, fs: float) -> ComplexArray:
+    """The frequency response of the cascade ``sos`` at the frequencies ``f_hz`` (``scipy.signal.sosfreqz``
+    at those points), for a signal sampled at ``fs``."""
+    z = np.exp(-2j * np.pi * np.asarray(f_hz, dtype=np.float64) / fs)
+    h = np.ones(len(z), dtype=np.complex128)
+    for b0, b1, b2, a0, a1, a2 in sos:
+        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
+    return h
+
+
 def sosfilt_zi(sos: FloatArray) -> FloatArray:
     """Initial states (n_sections, 2) for which a step input of 1 gives a steady output from sample 0."""
     zi = np.zeros((len(sos), 2), dtype=np.float64)

@@ -49,7 +49,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from gateway.dsp.filters import butter_bandpass_sos, sosfilt, sosfilt_zi
+from gateway.dsp.filters import butter_bandpass_sos, sos_response, sosfilt, sosfilt_zi
 from gateway.dsp.quality import motion_level
 
 FloatArray = npt.NDArray[np.float64]
@@ -211,11 +211,8 @@ def _line_test_setup(
     only: independent of each other), and each one's critical ratio at :data:`LINE_TEST_ALPHA` shared
     by all the tested ones (Bonferroni, which needs no independence between them)."""
     f = np.fft.rfftfreq(2 * m, 1.0 / fs_d)
-    z = np.exp(-2j * np.pi * f / fs_d)
-    h = np.ones(len(z), dtype=np.complex128)
-    for b0, b1, b2, a0, a1, a2 in butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs_d), fs_d):
-        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
-    response: FloatArray = np.abs(h) ** 4
+    sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs_d), fs_d)
+    response: FloatArray = np.abs(sos_response(sos, f, fs_d)) ** 4
     bpm: FloatArray = np.asarray(f * 60.0, dtype=np.float64)
     # training bins: Fourier bins (even indices here) in the band-pass's passband (within its -3 dB
     # points, |H|^2 >= 1/2, so |H|^4 >= 1/4 for the two passes); dividing by a response near zero would

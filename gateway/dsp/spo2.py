@@ -50,6 +50,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from gateway.dsp.filters import sos_response
 from gateway.dsp.heart import BAND_HZ, HeartRate, analyse, bandpass, bandpass_sos, clean_window
 from gateway.dsp.quality import MIN_TEMPLATE_CORR, SignalQuality, assess
 
@@ -198,10 +199,7 @@ def _null_spectrum(n: int, fs: float) -> tuple[FloatArray, FloatArray, FloatArra
     taper = np.hanning(n + 2)[1:-1]  # no zero end points: every sample counts a little
     sos, _ = bandpass_sos(fs)
     fine = 1 << (8 * n).bit_length()  # long enough for the filter's autocovariance to die out
-    z = np.exp(-2j * np.pi * np.fft.rfftfreq(fine, 1.0 / fs) / fs)
-    h = np.ones(len(z), dtype=np.complex128)
-    for b0, b1, b2, a0, a1, a2 in sos:
-        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
+    h = sos_response(sos, np.fft.rfftfreq(fine, 1.0 / fs), fs)
     acov = np.fft.irfft(np.abs(h) ** 4, fine)[:n]
     r = np.fft.irfft(np.abs(np.fft.rfft(taper, 2 * n)) ** 2, 2 * n)[:n]  # the taper's autocorrelation
     k = np.arange(n)
