@@ -230,8 +230,12 @@ class WristStream:
         log.debug("device %s: %d samples lost, bridged", self.device_id, lost)
         ramp = np.arange(1, lost + 1, dtype=np.float64) / (lost + 1)
         for k, v in block.items():
-            last = float(self._buf[k][-1])
-            self._buf[k] = np.concatenate((self._buf[k], last + (float(v[0]) - last) * ramp))
+            last, first = float(self._buf[k][-1]), float(v[0])
+            if math.isfinite(last) and math.isfinite(first):
+                fill = last + (first - last) * ramp
+            else:  # nothing to interpolate from: the windows over it are refused as not finite anyway
+                fill = np.full(lost, math.nan)
+            self._buf[k] = np.concatenate((self._buf[k], fill))
         self._since_hop += lost
         self._since_motion_hop += lost
         self._break_chain()

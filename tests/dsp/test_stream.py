@@ -218,3 +218,11 @@ def test_random_streams_never_raise(
 
 def test_af_cadence_constant_is_documented() -> None:
     assert AF_HOP_S == 60.0 and HOP_S == 5.0 and WINDOW_S == 10.0
+
+
+def test_a_gap_bridged_next_to_a_non_finite_sample_warns_of_nothing() -> None:
+    # found by test_random_streams_never_raise: inf - inf in the interpolation raised a RuntimeWarning
+    s = WristStream("w1")
+    s.push_waveform(Waveform("w1", T0, 25.0, {"pleth": [1.0, math.inf]}, first_index=0))
+    assert s.push_waveform(Waveform("w1", T0 + 0.12, 25.0, {"pleth": [0.0, 1.0]}, first_index=3)) == []
+    assert s.counters.bridged == 1
