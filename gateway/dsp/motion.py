@@ -49,7 +49,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from gateway.dsp.filters import butter_bandpass_sos, sos_response, sosfilt, sosfilt_zi
+from gateway.dsp.filters import sos_response, sosfilt
+from gateway.dsp.heart import bandpass_sos
 from gateway.dsp.quality import motion_level
 
 FloatArray = npt.NDArray[np.float64]
@@ -112,8 +113,8 @@ def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
     """Zero-phase band-pass :data:`BAND_HZ` of the columns of ``x`` (n, c): forward-backward with odd
     extension, as heart.bandpass. (Per window the stream applies it as the matrix of
     :func:`_bandpass_matrix`.)"""
-    sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs), fs)
-    zi = sosfilt_zi(sos)[:, :, None]
+    sos, zi1 = bandpass_sos(fs, *BAND_HZ)
+    zi = zi1[:, :, None]
     pad = min(3 * (2 * len(sos) + 1), len(x) - 1)
     ext = np.concatenate((2 * x[:1] - x[pad:0:-1], x, 2 * x[-1:] - x[-2 : -pad - 2 : -1]))
     y = sosfilt(sos, ext, zi * ext[0])[::-1]
@@ -211,7 +212,7 @@ def _line_test_setup(
     only: independent of each other), and each one's critical ratio at :data:`LINE_TEST_ALPHA` shared
     by all the tested ones (Bonferroni, which needs no independence between them)."""
     f = np.fft.rfftfreq(2 * m, 1.0 / fs_d)
-    sos = butter_bandpass_sos(2, BAND_HZ[0], min(BAND_HZ[1], 0.45 * fs_d), fs_d)
+    sos, _ = bandpass_sos(fs_d, *BAND_HZ)
     response: FloatArray = np.abs(sos_response(sos, f, fs_d)) ** 4
     bpm: FloatArray = np.asarray(f * 60.0, dtype=np.float64)
     # training bins: Fourier bins (even indices here) in the band-pass's passband (within its -3 dB
