@@ -110,14 +110,21 @@ def test_seed_centres_the_track_on_the_rest_value() -> None:
 
 
 def _blocks(
-    raw: npt.NDArray[np.float64], acc: npt.NDArray[np.float64], lost: tuple[int, int] | None = None
+    raw: npt.NDArray[np.float64],
+    acc: npt.NDArray[np.float64],
+    lost: tuple[int, int] | None = None,
+    *,
+    fs: float = FS,
+    t0: float = 1000.0,
+    index0: int = 0,
 ) -> list[Waveform]:
-    """1 s Waveform blocks of green + accelerometer; ``lost`` = (first sample, count) never sent."""
+    """1 s Waveform blocks of green + accelerometer at ``fs`` from time ``t0`` and sample ``index0``;
+    ``lost`` = (first sample, count) never sent."""
     keep = np.ones(len(raw), dtype=bool)
     if lost is not None:
         keep[lost[0] : lost[0] + lost[1]] = False
     out = []
-    step = round(FS)
+    step = round(fs)
     for i in range(0, len(raw), step):
         idx = np.flatnonzero(keep[i : i + step]) + i
         if len(idx) == 0:
@@ -125,7 +132,7 @@ def _blocks(
         a, b = int(idx[0]), int(idx[-1]) + 1
         ch = {"green": raw[a:b].tolist(), "accel_x": acc[a:b, 0].tolist(), "accel_y": acc[a:b, 1].tolist(),
               "accel_z": acc[a:b, 2].tolist()}  # fmt: skip
-        out.append(Waveform(device_id="w1", captured_at=1000.0 + a / FS, fs=FS, first_index=a, channels=ch))
+        out.append(Waveform(device_id="w1", captured_at=t0 + a / fs, fs=fs, first_index=index0 + a, channels=ch))
     return out
 
 
@@ -158,13 +165,8 @@ def _still(n: int, seed: int) -> npt.NDArray[np.float64]:
     return np.column_stack((np.zeros(n), np.zeros(n), np.ones(n))) + 0.002 * rng.standard_normal((n, 3))
 
 
-def _noisy_pulse(noise: float) -> npt.NDArray[np.float64]:
+def _noisy_pulse(noise: float, duration_s: float = 60.0, seed: int = 11) -> npt.NDArray[np.float64]:
     """A 70 /min pulse in white noise: a clear line in an 8 s spectrum, too ragged for the beat shapes."""
-    _, ppg, _ = _scene(60.0, 70.0, swing_hz=1.6, swing_gain=0.0, seed=11)
-    return ppg + noise * np.random.default_rng(12).standard_normal(len(ppg))
-
-
-def _noisy_pulse_long(duration_s: float, noise: float, seed: int) -> npt.NDArray[np.float64]:
     _, ppg, _ = _scene(duration_s, 70.0, swing_hz=1.6, swing_gain=0.0, seed=seed)
     return ppg + noise * np.random.default_rng(seed + 1).standard_normal(len(ppg))
 
@@ -289,7 +291,7 @@ def test_a_still_spell_is_answered_only_while_the_track_is_confirmed() -> None:
     t = np.arange(round(140 * FS)) / FS
     _, swinging, acc = _scene(140.0, 70.0, swing_hz=1.6, swing_gain=2.0, seed=34)
     moving = t < 20.0
-    ppg = np.where(moving, swinging, _noisy_pulse_long(140.0, 0.8, 35))
+    ppg = np.where(moving, swinging, _noisy_pulse(0.8, 140.0, 35))
     raw, acc = 30000.0 * (1.0 - 0.01 * ppg), np.where(moving[:, None], acc, _still(len(t), 36))
     s = WristStream("w1", motion_hr=True)
     s._tracker.min_confidence = 0.0  # the gate, not the threshold
@@ -325,14 +327,7 @@ def test_a_confirmation_does_not_carry_over_a_new_rate_or_time_gone_back() -> No
     s = WristStream("w1", motion_hr=True)
     s._tracker.min_confidence = 0.0
     blocks = _blocks(30000.0 * (1.0 - 0.01 * pulse), _still(len(pulse), 40))
-    step = round(fs2)
-    acc2 = _still(n2, 41)
-    for i in range(0, n2, step):
-        ch = {"green": (30000.0 * (1.0 - 0.003 * flicker[i : i + step])).tolist()}
-        ch.update({a: acc2[i : i + step, k].tolist() for k, a in enumerate(("accel_x", "accel_y", "accel_z"))})
-        blocks.append(
-            Waveform(device_id="w1", captured_at=1030.0 + i / fs2, fs=fs2, first_index=10**6 + i, channels=ch)
-        )
+    blocks += _blocks(30000.0 * (1.0 - 0.003 * flicker), _still(n2, 41), fs=fs2, t0=1030.0, index0=10**6)
     got = [m for w in blocks for m in s.push_waveform(w) if m.code == LOINC_HR]
     assert [m for m in got if m.extra["method"] == "time" and m.captured_at <= 1030.0]  # the confirmation
     assert not [m for m in got if m.extra["method"] == "spectral"]
