@@ -210,8 +210,10 @@ def evaluate(
             still = rest.update(acc, rec.fs, t1)
             visible = pulse_visible(x[a:b], acc_filled[a:b], rec.fs, ref)
             vals: dict[str, float | None] = {"ours": ours[k_hop - 1][0] if k_hop - 1 in ours else None}
-            if k_hop - 1 in ours:
-                conf.setdefault(half, []).append((rec.name, ours[k_hop - 1][1], ours[k_hop - 1][0], ref))
+            # every scored window, so that the rule's hold-last MAE is the display's: a window the stream
+            # gave no candidate (a gate, not the threshold, refused it) keeps the last value at every threshold
+            bpm, q = ours.get(k_hop - 1, (math.nan, -math.inf))
+            conf.setdefault(half, []).append((rec.name, q, bpm, ref))
             for mname, f in methods.items():
                 vals[mname] = f(x[a:b], rec.fs)
             for key in keys:
@@ -248,11 +250,11 @@ def evaluate(
 
 
 def hold_curve(rows: list[tuple[str, float, float, float]]) -> list[tuple[float, float, float, float]]:
-    """(threshold, hold-last MAE, share of candidates kept, share of records with a value) for the
-    candidate thresholds 0, 0.05, ..., 0.95. ``rows`` are (record, confidence, value, reference) of the
-    windows where the tracker had a candidate, in time order per record; a value below the threshold is
-    refused and the display keeps the previous one of the same record (windows before a record's first
-    kept value are not scored)."""
+    """(threshold, hold-last MAE, share of windows with a value, share of records with a value) for the
+    candidate thresholds 0, 0.05, ..., 0.95. ``rows`` are (record, confidence, value, reference) of every
+    scored window, in time order per record (confidence ``-inf`` where the stream gave no candidate at
+    all); a value below the threshold is refused and the display keeps the previous one of the same record
+    (windows before a record's first kept value are not scored)."""
     curve = []
     records = {name for name, *_ in rows}
     for thr in np.arange(0.0, 1.0, 0.05):
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose:
         _, conf = evaluate(args.quick, peers=False, min_confidence=0.0, halves=("tune",))
         for t, m, k, r in hold_curve(conf.get("tune", [])):
-            print(f"  threshold {t:.2f}: hold-last MAE {m:.2f} bpm, {k:.0%} of candidates kept, {r:.0%} of records")
+            print(f"  threshold {t:.2f}: hold-last MAE {m:.2f} bpm, a value in {k:.0%} of windows, {r:.0%} of records")
         thr, mae = choose_threshold(conf.get("tune", []))
         print(f"tuning half: threshold {thr:.2f} gives hold-last MAE {mae:.2f} bpm")
         print(f"RESULT min_confidence={thr:.2f} tune_hold_mae={mae:.3f}")
