@@ -298,7 +298,7 @@ class WristStream:
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg, test_line=still)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
-        if still and m.significant is False:
+        if m.significant is False:
             self._count("no-periodic-line")
             return []
         if m.bpm is None:

@@ -17,6 +17,8 @@ from gateway.dsp.motion import (
     _filtfilt,
     bandpassed,
     cancelled,
+    line_at,
+    line_ratios,
     significant_lines,
 )
 from gateway.dsp.stream import LOINC_HR, WristStream
@@ -285,6 +287,59 @@ def test_the_line_test_holds_its_level_on_white_and_sloped_noise_and_finds_a_pul
     assert sum(found) >= 85
 
 
+def test_the_line_test_at_a_given_rate_holds_its_level_and_finds_a_pulse_more_often() -> None:
+    """line_at asks about the ordinates within one bin of a rate only (Bonferroni over those): at 1 % it
+    finds a line at a random rate in white and sloped noise in about 1 % of windows, and a pulse at its
+    rate more often than the whole-band test does."""
+    rng = np.random.default_rng(41)
+    n = round(WINDOW_S * FS)
+    t = np.arange(n) / FS
+
+    def at(x: npt.NDArray[np.float64], rate: float) -> bool:
+        _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
+        setup, ratio = line_ratios(y, fs_d)
+        return line_at(setup, ratio, rate, 60.0 * fs_d / len(y))
+
+    for make in (lambda: rng.standard_normal(n), lambda: _red(rng, n, 0.98), lambda: np.cumsum(rng.standard_normal(n))):
+        assert sum(at(make(), rng.uniform(60.0, 180.0)) for _ in range(300)) <= 10  # 3 expected
+    found = 0
+    for _ in range(100):
+        hr = rng.uniform(60.0, 180.0)
+        phase = 2 * math.pi * hr / 60.0 * t + rng.uniform(0.0, 2 * math.pi)
+        x = 1.5 * (np.sin(phase) + 0.4 * np.sin(2 * phase)) + rng.standard_normal(n)
+        found += at(x, hr)
+        assert not at(x, hr + 40.0) or at(x, hr)  # a line elsewhere is not the pulse's
+    assert found >= 92
+
+
+def test_a_moving_wrist_without_a_pulse_gets_almost_no_value() -> None:
+    """A watch off the wrist that still moves (carried, in a bag): the generator's sensor-off span (ambient
+    light and noise on every channel) while the arm swings or walks. The score's margin alone gave it a
+    value in about a third of those windows; a value needs a line at the tracked rate in the window."""
+    from simulators.ppg import generate
+
+    off, got, windows, no_line, before = (40.0, 200.0), 0, 0, 0, []
+    for seed in (1, 2):
+        for walking in (False, True):
+            span = [(0.0, 200.0)]
+            rec = generate(200.0, fs=FS, hr_bpm=90.0, seed=seed, sensor_off=[off], **(
+                {"walking": span} if walking else {"motion": span}))  # fmt: skip
+            s = WristStream("w1", motion_hr=True)
+            step = round(FS)
+            for i in range(0, len(rec.ir), step):
+                ch = {"ir": rec.ir[i : i + step], "red": rec.red[i : i + step]}
+                ch |= {f"accel_{a}": rec.accel[i : i + step, j] for j, a in enumerate("xyz")}
+                for m in s.push_waveform(Waveform("w1", captured_at=i / FS, fs=FS, first_index=i, channels=ch)):
+                    if m.code == LOINC_HR and m.captured_at <= off[0]:
+                        before.append(m.value)
+                    got += m.code == LOINC_HR and m.captured_at > off[0] + WINDOW_S
+            windows += round((off[1] - off[0] - WINDOW_S) / HOP_S)
+            no_line += s.counters.reasons.get("no-periodic-line", 0)
+    assert len(before) >= 20 and all(abs(v - 90.0) < 8.0 for v in before)  # on the wrist: values, right
+    assert got <= 0.03 * windows, (got, windows)  # about 1 %; 35 % before the line test
+    assert no_line >= windows / 2  # refused for the line, and counted so
+
+
 def test_a_still_spell_is_answered_only_while_the_track_is_confirmed() -> None:
     # 20 s of arm swing with a pulse (moving values confirm the track), then a still, ragged pulse that the
     # time-domain path refuses: values for TRACK_MEMORY_S after the last moving value, none after
@@ -388,7 +443,8 @@ def test_the_track_survives_a_radio_drop_of_a_few_seconds() -> None:
         return [(m.captured_at - 1000.0, m.value) for m in got if m.extra["method"] == "spectral"]
 
     after = [v for t_s, v in spectral((round(31 * FS), round(3 * FS))) if t_s <= 52.0]  # 3 s lost at 31 s
-    assert len(after) >= 5 and all(abs(v - 90.0) < 8.0 for v in after)
+    # not every window: the swing's residue next to the pulse hides its line in some (line_at)
+    assert len(after) >= 3 and all(abs(v - 90.0) < 8.0 for v in after)
     assert all(abs(v - 90.0) < 8.0 for t_s, v in spectral(None) if t_s <= 52.0)  # as without the drop
 
 
