@@ -17,7 +17,8 @@ ECG in parts of s4_run and s8_run); a window with fewer than 3 intervals left is
 Figures per activity and per half (the split is by subject, fixed before any evaluation:
 :data:`TUNE_SUBJECTS` alternate with the others in sorted order): MAE on the windows with a value,
 coverage (share of windows with a value), hold-last MAE (the error of a display that keeps showing the
-last value; windows before the first value count as not covered and are left out), records with a value,
+last value; windows before the first value count as not covered and are left out; ``*_hold_coverage``:
+the share of windows after the first value, which the held display covers), records with a value,
 the difference between ours and each method on the windows both answered (``*_mae_diff_*``, ours minus
 theirs: negative = ours better), and the windows' median motion (RMS dynamic acceleration, g), and the share of windows
 gateway.dsp.activity marks at rest (every window here is exercise, so that share is its false "at rest"
@@ -155,6 +156,8 @@ class Tally:
             out[f"{prefix}_mae{sfx}"] = float(np.mean(e)) if e else math.nan
             out[f"{prefix}_coverage{sfx}"] = self.got.get(k, 0) / self.windows if self.windows else math.nan
             out[f"{prefix}_hold_mae{sfx}"] = float(np.mean(h)) if h else math.nan
+            # the share of windows the held display covers: those after the record's first value
+            out[f"{prefix}_hold_coverage{sfx}"] = len(h) / self.windows if self.windows else math.nan
             out[f"{prefix}_records{sfx}"] = float(np.mean(self.records[k]))
             if k != "ours":
                 pairs = np.array(self.paired.get(k, []), dtype=np.float64).reshape(-1, 2)

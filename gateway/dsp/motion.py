@@ -28,14 +28,17 @@ module estimates the pulse frequency in the spectrum instead, in four steps per 
    :data:`EVIDENCE_DECAY` per window so that a wrong start is left within ~10 windows. The estimate is the
    best-scoring bin (refined by parabolic interpolation of the filtered spectrum).
 
-**Confidence** (0..1) is the method's own: the score margin between the winning path and the best path
-more than :data:`RIVAL_BPM` away, in units of one window's full evidence (:data:`EVIDENCE_FLOOR`). It is low
-when two frequencies compete (a swing line as strong as the pulse line, or no clear line at all). A value
-is given only when the confidence reaches :data:`MIN_CONFIDENCE` (chosen on the tuning half of the wrist
-exercise recordings by the rule in docs/dsp.md). When the wrist is still, the stream uses the time-domain
-path and :meth:`MotionHrTracker.seed` re-centres the track on its value; where that path refuses a still
-window, the tracker may answer it, if :func:`significant_lines` finds a periodic line there at the tracked
-rate and the track was confirmed lately (docs/dsp.md, "Still windows").
+**A value needs two things.** The **confidence** (0..1, the value's quality) is the score margin between
+the winning path and the best path more than :data:`RIVAL_BPM` away, in units of one window's full
+evidence (:data:`EVIDENCE_FLOOR`): low when two frequencies compete. It must reach :data:`MIN_CONFIDENCE`
+(chosen on the tuning half of the wrist exercise recordings by the rule in docs/dsp.md). And the window
+itself must hold a **periodic line at the tracked rate** (:func:`line_at`: a cell-averaging CFAR test on
+the cancelled PPG's periodogram, within one Fourier bin of the estimate, at :data:`LINE_TEST_ALPHA`). The
+margin is the track's memory; the line is this window's evidence: without it a moving wrist with no
+pulse under the sensor got values from the memory and the motion's residue. When the wrist is still, the
+stream uses the time-domain path and :meth:`MotionHrTracker.seed` re-centres the track on its value;
+where that path refuses a still window, the tracker may answer it too, if the track was confirmed lately
+and the window holds a line at all (:func:`significant_lines`; docs/dsp.md, "Still windows").
 
 Pure and streaming: a :class:`MotionHrTracker` holds the few arrays of state for one device; no I/O.
 """
@@ -80,8 +83,9 @@ PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
 # the ~200 samples of an 8 s window, so the fit cannot absorb much of the pulse (28/200 of white noise)
 CANCEL_LAG_S = 0.12
 MIN_CONFIDENCE = 0.60  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
-# The test for a periodic line (significant_lines), asked of a still window (docs/dsp.md, "Still
-# windows"): the conventional 1 % significance over the window's ordinates, as the SpO2 residual test's;
+# The test for a periodic line (line_ratios): at the tracked rate for every value (line_at, Bonferroni
+# over the ordinates within one bin of it), and anywhere in the band for a still window to feed the track
+# (significant_lines, over all the ordinates): the conventional 1 % significance, as the SpO2 residual test's;
 # each ordinate against the mean of the Fourier bins 2..6 away on either side: a cell-averaging CFAR
 # detector (Finn & Johnson 1968) with one guard bin (an untapered window's line falls within +-1 bin) and
 # ten training bins (F(2, 20) under the null), local enough (+-45 /min at 8 s) that a sloped noise

@@ -19,9 +19,11 @@ Cadence (documented in docs/dsp.md):
   last window for the beats' sake (:data:`~gateway.dsp.quality.BEAT_REASONS`: their shape, count,
   spacing or rate, or motion), so that a still spell (the hands on a bike's handlebars) gets values and
   keeps the track; a still window is tracked only while the track is confirmed (a time-domain or moving
-  value within :data:`~gateway.dsp.motion.TRACK_MEMORY_S`), and answered only when it holds a
-  significant periodic line at the tracked rate (:func:`~gateway.dsp.motion.significant_lines`). When
-  its confidence reaches its threshold it emits the heart rate with ``extra["method"] = "spectral"``,
+  value within :data:`~gateway.dsp.motion.TRACK_MEMORY_S`) and when it holds a periodic line at all
+  (:func:`~gateway.dsp.motion.significant_lines`). A window, moving or still, is answered only when a
+  periodic line stands out within one Fourier bin of the tracked rate in that window
+  (:func:`~gateway.dsp.motion.line_at`; counted ``no-periodic-line`` otherwise) and the confidence
+  reaches its threshold: it emits the heart rate with ``extra["method"] = "spectral"``,
   ``quality`` = the confidence. At rest the time-domain value
   (``extra["method"] = "time"``) comes first and re-centres the tracker; a refusal about the sensor (a
   flat line, perfusion out of limits) is not overridden.
