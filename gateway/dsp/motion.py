@@ -46,6 +46,7 @@ Pure and streaming: a :class:`MotionHrTracker` holds the few arrays of state for
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -209,12 +210,15 @@ class _LineTest:
     """The line test's constants for one window length and rate (:func:`_line_test_setup`)."""
 
     cols: slice  # the periodogram's ordinates used: those tested and their training bins
-    response: FloatArray  # the band-pass's power response over ``cols`` (|H|^4: forward and backward)
+    inverse_response: FloatArray  # 1 / the band-pass's power response over ``cols`` (|H|^4: both passes)
     tested: npt.NDArray[np.intp]  # the ordinates tested, as indices into ``cols``
-    bpm: FloatArray  # their rates
+    bpm: FloatArray  # their rates, ascending
+    rates: tuple[float, ...]  # the same, for bisect
     average: FloatArray  # (tested, cols): the mean of each one's training bins
     training: FloatArray  # J, the number of each one's training bins
     critical: FloatArray  # each one's critical ratio at LINE_TEST_ALPHA over all the tested ones
+    # row n - 1: each one's critical ratio at LINE_TEST_ALPHA / n (a question about n of them), n <= 8
+    local_critical: FloatArray
 
 
 @lru_cache(maxsize=8)
@@ -255,8 +259,12 @@ def _line_test_setup(m: int, fs_d: float) -> _LineTest:
         average[i, [j - first for j in train]] = 1.0 / len(train)
     # P(F(2, 2J) > x) = (1 + x / J)^-J for J training bins (each ordinate chi2_2 under the null)
     critical = _critical(training, LINE_TEST_ALPHA / max(1, len(trains)))
-    out = _LineTest(cols, response[cols], tested, bpm[cols][tested], average, training, critical)
-    for arr in (out.response, out.tested, out.bpm, out.average, out.training, out.critical):
+    local = np.array([_critical(training, LINE_TEST_ALPHA / n) for n in range(1, 9)]).reshape(8, len(trains))
+    rates = bpm[cols][tested]
+    out = _LineTest(
+        cols, 1.0 / response[cols], tested, rates, tuple(rates.tolist()), average, training, critical, local
+    )
+    for arr in (out.inverse_response, out.tested, out.bpm, out.average, out.training, out.critical, local):
         arr.flags.writeable = False
     return out
 
@@ -275,9 +283,9 @@ def line_ratios(y: FloatArray, fs_d: float) -> tuple[_LineTest, FloatArray]:
     training bins. Under a noise spectrum that is smooth over +-45 /min the ratio is F(2, 2J)."""
     setup = _line_test_setup(len(y), fs_d)
     f = np.fft.rfft(y, 2 * len(y))[setup.cols]
-    p = (f.real**2 + f.imag**2) / setup.response
-    background = setup.average @ p
-    ratio: FloatArray = np.where(background > 0.0, p[setup.tested] / np.where(background > 0.0, background, 1.0), 0.0)
+    p = (f.real**2 + f.imag**2) * setup.inverse_response
+    # a window of zeros has no background and no line: 0 / tiny = 0
+    ratio: FloatArray = p[setup.tested] / np.maximum(setup.average @ p, 1e-300)
     return setup, ratio
 
 
@@ -295,9 +303,13 @@ def line_at(setup: _LineTest, ratio: FloatArray, rate_bpm: float, width_bpm: flo
     """Whether a periodic line stands out within ``width_bpm`` of ``rate_bpm`` at
     :data:`LINE_TEST_ALPHA` over the ordinates there (Bonferroni over those only: the question is about
     the tracked rate, not about the whole band). ``setup, ratio``: :func:`line_ratios`."""
-    near = np.abs(setup.bpm - rate_bpm) <= width_bpm
-    n = int(np.count_nonzero(near))
-    return n > 0 and bool(np.any(ratio[near] > _critical(setup.training[near], LINE_TEST_ALPHA / n)))
+    lo = bisect_left(setup.rates, rate_bpm - width_bpm)
+    hi = bisect_right(setup.rates, rate_bpm + width_bpm)
+    n = hi - lo
+    if n <= 0:
+        return False
+    critical = setup.local_critical[n - 1, lo:hi] if n <= 8 else _critical(setup.training[lo:hi], LINE_TEST_ALPHA / n)
+    return bool(np.any(ratio[lo:hi] > critical))
 
 
 def _near_peaks(clean: FloatArray) -> npt.NDArray[np.bool_]:
