@@ -174,7 +174,9 @@ def evaluate(
     per_record: bool = False,
     seeded: bool = False,
 ) -> tuple[dict[str, float], dict[str, list[tuple[str, float, float, float]]]]:
-    """Figures (per half and activity, and per half overall) and, per half, ours' (confidence, error)."""
+    """Figures (per half and activity, and per half overall) and, per half, a row (record, confidence,
+    value, reference) for every scored window in time order (confidence ``-inf`` and value NaN where the
+    stream gave none): the threshold rule's input (:func:`hold_curve`)."""
     methods: dict[str, Callable[[FloatArray, float], float | None]] = {
         "timedomain": lambda x, fs: estimate_heart_rate(x, fs).bpm
     }

@@ -93,18 +93,28 @@ MIN_CONFIDENCE = 0.60  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py
 # spectrum is level there
 LINE_TEST_ALPHA = 0.01
 LINE_GUARD_BINS, LINE_TRAINING_BINS = 1, 5
+# training bins only where the band-pass passes at least this share of the power (|H|^4, both passes):
+# its -3 dB corners (30 and 240 /min) give 1/4, and a Fourier bin on a corner (30 /min at 8 s) must count
+# whichever side of it rounding puts the bin (at 25.6 Hz it gets 0.249); the next bin out, 22.5 /min,
+# gets 0.04. Dividing by a smaller response would turn a line's own leakage into background
+LINE_MIN_RESPONSE = 1.0 / 8.0
 MIN_WINDOW_S = 6.0
 
 
 @dataclass(frozen=True, slots=True)
 class MotionHr:
-    bpm: float | None  # None: confidence below MIN_CONFIDENCE, or the window is unusable
+    bpm: float | None  # None: refused, see ``refused``
     confidence: float  # 0..1
     candidate_bpm: float | None  # the tracked frequency, also when refused (for evaluation)
     motion_g: float  # RMS dynamic acceleration of the window
     # whether the window holds a periodic line within one Fourier bin of the tracked rate (line_at): a
-    # value needs one; None: the window was unusable
+    # value needs one; None: not asked (the window was unusable, or fed nothing)
     significant: bool | None = None
+    # why there is no value (a counter's name), None when there is one: "unusable" (too short, not
+    # finite, flat), "no-periodic-line" (a still window with no line anywhere: it fed nothing),
+    # "no-spectral-peak" (nothing to track), "no-line-at-rate" (no line at the tracked rate, whatever the
+    # confidence), "low-confidence"
+    refused: str | None = None
 
 
 def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
@@ -225,7 +235,7 @@ class _LineTest:
 def _line_test_setup(m: int, fs_d: float) -> _LineTest:
     """For the line test on m samples at ``fs_d``, on the periodogram zero-padded to 2m (the Fourier bins
     and the midpoints between them): the ordinates tested (those in :data:`HR_RANGE_BPM` with two pairs
-    of training bins or more: about 52-218 /min at 8 s), the matrix that averages each one's training
+    of training bins or more: 52.5-217.5 /min at 8 s), the matrix that averages each one's training
     bins (Fourier bins only: independent of each other), and the critical ratio at
     :data:`LINE_TEST_ALPHA` shared by all the tested ones (Bonferroni, which needs no independence
     between them). Only the ordinates between the first and the last training bin are kept: outside the
@@ -234,17 +244,16 @@ def _line_test_setup(m: int, fs_d: float) -> _LineTest:
     sos, _ = bandpass_sos(fs_d, *BAND_HZ)
     response: FloatArray = np.abs(sos_response(sos, f, fs_d)) ** 4
     bpm: FloatArray = np.asarray(f * 60.0, dtype=np.float64)
-    # training bins: Fourier bins (even indices here) in the band-pass's passband (within its -3 dB
-    # points, |H|^2 >= 1/2, so |H|^4 >= 1/4 for the two passes); dividing by a response near zero would
-    # turn the line's own leakage into background
-    usable = set(np.flatnonzero(response >= 0.25 * response.max()).tolist()) & set(range(0, len(f), 2))
+    # training bins: Fourier bins (even indices here) in the band-pass's passband (LINE_MIN_RESPONSE)
+    usable = set(np.flatnonzero(response >= LINE_MIN_RESPONSE * response.max()).tolist()) & set(range(0, len(f), 2))
     lo, hi = 2 * (LINE_GUARD_BINS + 1), 2 * (LINE_GUARD_BINS + LINE_TRAINING_BINS)
     candidates = np.flatnonzero((bpm >= HR_RANGE_BPM[0]) & (bpm <= HR_RANGE_BPM[1]))
     trains: list[tuple[int, list[int]]] = []
     for q in candidates.tolist():
         # in pairs on either side, so that the mean of a sloped noise spectrum is its level at q: one-sided
         # training at the band's low edge, where the filter's slope meets the PPG's falling spectrum,
-        # passed brown noise there in a few % of windows; at least two pairs, or q is not tested
+        # passed brown noise there in a few % of windows. At least two pairs, or q is not tested: with one
+        # (F(2, 4), critical ratio 43 at 0.2 %) a clean pulse at 45-50 /min passed in 3-9 of 27 windows
         near = [d for d in range(lo, hi + 1 + q % 2) if (d - q % 2) % 2 == 0]
         train = [j for d in near for j in (q - d, q + d) if q - d in usable and q + d in usable]
         if len(train) >= 4:
@@ -416,7 +425,7 @@ class MotionHrTracker:
             and float(np.ptp(x)) > 0.0
         )
         if not ok:
-            return MotionHr(None, 0.0, None, mg)
+            return MotionHr(None, 0.0, None, mg, None, "unusable")
         self._setup(fs)
         fresh = self._score is None or self._t is None or not 0.0 <= t - self._t <= TRACK_MEMORY_S
         if fresh:
@@ -431,7 +440,7 @@ class MotionHrTracker:
             # checks confirmed(), and a fresh start just cleared it): it feeds nothing and gets no value.
             # Requiring the line near the track's estimate as well (against a flickering light pulling the
             # track within its 60 s) cost the tuning half 0.4 bpm of hold-last and 1.7 points of coverage
-            return MotionHr(None, 0.0, None, mg, False)
+            return MotionHr(None, 0.0, None, mg, None, "no-periodic-line")
         spectra = power_spectra(np.vstack((y[None, :], bp[:, 1 : 1 + a.shape[1]].T)))[:, self._band]
         peak = np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)
         norm = spectra / peak
@@ -449,7 +458,7 @@ class MotionHrTracker:
         evidence = np.where(_near_peaks(clean), clean, 0.0)
         top = float(evidence.max())
         if not top > 0.0:  # no power, or no spectral peak at all (a bare slope): nothing to track
-            return MotionHr(None, 0.0, None, mg, False)
+            return MotionHr(None, 0.0, None, mg, None, "no-spectral-peak")
         emission = np.log(EVIDENCE_FLOOR + evidence / top)
         # a window ending when a seed was taken (the stream's time-domain value at that moment) builds on
         # the seed with one bin of reach (dt = 0 is not fresh)
@@ -476,5 +485,7 @@ class MotionHrTracker:
         # resolution), moving or still: the score's margin alone gave a pulseless moving wrist (a watch in
         # a bag) a value in a third of its windows; the margin is the memory's, the line this window's
         significant = line_at(setup, ratio, bpm, line_bin)
-        value = bpm if conf >= self.min_confidence and significant else None
-        return MotionHr(value, conf, bpm, mg, significant)
+        refused = None if significant else "no-line-at-rate"
+        if refused is None and conf < self.min_confidence:
+            refused = "low-confidence"
+        return MotionHr(None if refused else bpm, conf, bpm, mg, significant, refused)

@@ -22,7 +22,7 @@ Cadence (documented in docs/dsp.md):
   value within :data:`~gateway.dsp.motion.TRACK_MEMORY_S`) and when it holds a periodic line at all
   (:func:`~gateway.dsp.motion.significant_lines`). A window, moving or still, is answered only when a
   periodic line stands out within one Fourier bin of the tracked rate in that window
-  (:func:`~gateway.dsp.motion.line_at`; counted ``no-periodic-line`` otherwise) and the confidence
+  (:func:`~gateway.dsp.motion.line_at`; counted ``no-line-at-rate`` otherwise) and the confidence
   reaches its threshold: it emits the heart rate with ``extra["method"] = "spectral"``,
   ``quality`` = the confidence. At rest the time-domain value
   (``extra["method"] = "time"``) comes first and re-centres the tracker; a refusal about the sensor (a
@@ -300,11 +300,8 @@ class WristStream:
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg, test_line=still)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
-        if m.significant is False:
-            self._count("no-periodic-line")
-            return []
         if m.bpm is None:
-            self._count("low-confidence")
+            self._count(m.refused or "low-confidence")
             return []
         if not still:
             self._tracker.confirm(t_end)
