@@ -41,9 +41,10 @@ MAX_PLAUSIBLE_G = 1e3  # no wrist accelerometer reads a thousand g: a broken cha
 
 def _norm(accel: npt.ArrayLike) -> npt.NDArray[np.float64] | None:
     a = np.asarray(accel, dtype=np.float64)
-    if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] < 1 or not np.all(np.isfinite(a)):
+    if a.ndim != 2 or a.shape[1] != 3 or a.shape[0] < 1:
         return None
     norm: npt.NDArray[np.float64] = np.sqrt(np.einsum("ij,ij->i", a, a))
+    # a NaN or an infinity anywhere makes the mean NaN or infinite, which the range refuses
     if not MIN_GRAVITY_G <= float(norm.mean()) <= MAX_PLAUSIBLE_G:
         return None
     return norm

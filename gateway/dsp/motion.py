@@ -179,7 +179,7 @@ def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
         return ppg
     # the normal equations, with a ridge of 1e-9 of the mean regressor power so that a channel that
     # repeats another (a still axis, the magnitude of one-axis motion) cannot make them singular
-    gram[np.diag_indices_from(gram)] += 1e-9 * scale / len(gram)
+    gram.flat[:: len(gram) + 1] += 1e-9 * scale / len(gram)  # the diagonal
     coef = np.linalg.solve(gram, regressors.T @ ppg)
     out: FloatArray = ppg - regressors @ coef
     return out
@@ -189,7 +189,7 @@ def cancelled(ppg: FloatArray, accel: FloatArray, fs: float) -> tuple[FloatArray
     """Steps 1 and 2 of the module docstring for one window: the band-passed channels (PPG, each axis of
     ``accel`` (n, k) in g, the acceleration's magnitude) at the decimated rate, the PPG with the motion
     cancelled, and that rate."""
-    mag = np.linalg.norm(accel, axis=1, keepdims=True)
+    mag = np.sqrt(np.einsum("ij,ij->i", accel, accel))[:, None]
     bp, fs_d = bandpassed(np.column_stack((ppg, accel, mag)), fs)
     return bp, cancel_motion(bp[:, 0], bp[:, 1:], max(1, round(CANCEL_LAG_S * fs_d))), fs_d
 
@@ -477,8 +477,11 @@ class MotionHrTracker:
             if den < 0:
                 bpm += min(max(float(0.5 * (y0 - y2) / den), -0.5), 0.5) * self._df
         self._est = bpm
-        far = np.abs(self._f - self._f[k]) > RIVAL_BPM
-        rival = float(self._score[far].max()) if far.any() else -math.inf
+        # the best score more than RIVAL_BPM away, on either side (the bins are evenly spaced)
+        lo = int(np.searchsorted(self._f, self._f[k] - RIVAL_BPM, side="left"))
+        hi = int(np.searchsorted(self._f, self._f[k] + RIVAL_BPM, side="right"))
+        sides = [part for part in (self._score[:lo], self._score[hi:]) if len(part)]
+        rival = max(float(part.max()) for part in sides) if sides else -math.inf
         margin = float(self._score[k]) - rival
         conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
         # a value needs a periodic line at the tracked rate, within one Fourier bin of it (the 8 s window's

@@ -111,10 +111,11 @@ def motion_level(accel: npt.ArrayLike) -> float:
     a = np.asarray(accel, dtype=np.float64)
     if a.ndim == 1:
         a = a[:, None]
-    if a.ndim != 2 or a.shape[0] < 2 or not np.all(np.isfinite(a)) or float(np.max(np.abs(a))) > 1e6:
+    # NaN propagates through the maximum and inf is above the limit: one pass checks all three
+    if a.ndim != 2 or a.shape[0] < 2 or not float(np.max(np.abs(a))) <= 1e6:
         return float("inf")  # no accelerometer reads a million g: a broken channel is not "at rest"
     dyn = a - a.mean(axis=0, keepdims=True)
-    return float(np.sqrt(np.mean(np.sum(dyn * dyn, axis=1))))
+    return float(np.sqrt(np.einsum("ij,ij->", dyn, dyn) / a.shape[0]))
 
 
 def perfusion_index(raw: FloatArray, ac: FloatArray) -> float:
