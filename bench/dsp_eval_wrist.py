@@ -32,6 +32,9 @@ rate at rest when the wearer starts to move (``MotionHrTracker.seed``). ``--seed
 each record's tracker starts from the ECG rate of its first window (the rest path's own error is 0.2-0.9
 bpm, docs/dsp.md).
 
+``wrist_pulseless_*`` (:func:`pulseless`): the share of a pulseless moving wrist's windows (the
+generator's sensor-off span) that get a heart rate, every one of them false.
+
 Usage: ``python -m bench.dsp_eval_wrist [--quick] [--no-peers] [--choose] [--records] [--seeded]``;
 ``evaluate()`` is called by bench/dsp_eval.py. Ends with one ``RESULT`` line.
 """
@@ -254,6 +257,40 @@ def evaluate(
     return figures, conf
 
 
+def pulseless(quick: bool = False) -> dict[str, float]:
+    """A watch off the wrist that still moves (carried, in a bag): the generator's sensor-off span
+    (ambient light and noise on every channel) while the arm moves at random or walks, raw red/IR at
+    50 Hz through the stream with the motion path on. 300 s at 90 /min, off from 60 to 240 s; the windows
+    that end more than 8 s into the span count. Every value there is a false one."""
+    from simulators.ppg import generate
+
+    fs, off, values, windows = 50.0, (60.0, 240.0), 0, 0
+    for seed in range(2 if quick else 6):
+        for walking in (False, True):
+            span = [(0.0, 300.0)]
+            rec = generate(
+                300.0,
+                fs=fs,
+                hr_bpm=90.0,
+                seed=seed,
+                sensor_off=[off],
+                **({"walking": span} if walking else {"motion": span}),
+            )
+            s = WristStream("pulseless", motion_hr=True)
+            step = round(BLOCK_S * fs)
+            for i in range(0, len(rec.ir), step):
+                ch = {"ir": rec.ir[i : i + step], "red": rec.red[i : i + step]}
+                ch |= {f"accel_{a}": rec.accel[i : i + step, j] for j, a in enumerate("xyz")}
+                for m in s.push_waveform(Waveform("pulseless", captured_at=i / fs, fs=fs, first_index=i, channels=ch)):
+                    values += m.code == LOINC_HR and off[0] + WINDOW_S < m.captured_at <= off[1]
+            windows += round((off[1] - off[0] - WINDOW_S) / HOP_S)
+    return {
+        "wrist_pulseless_windows": float(windows),
+        "wrist_pulseless_values": float(values),
+        "wrist_pulseless_rate": values / windows,
+    }
+
+
 def hold_curve(rows: list[tuple[str, float, float, float]]) -> list[tuple[float, float, float, float]]:
     """(threshold, hold-last MAE, share of windows with a value, share of records with a value) for the
     candidate thresholds 0, 0.05, ..., 0.95. ``rows`` are (record, confidence, value, reference) of every
@@ -315,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT min_confidence={thr:.2f} tune_hold_mae={mae:.3f}")
         return 0
     figures, _ = evaluate(args.quick, peers=not args.no_peers, per_record=args.records, seeded=args.seeded)
+    figures.update(pulseless(args.quick))
     for k in sorted(figures):
         print(f"  {k:52s} {figures[k]:.3f}")
-    keys = [k for k in sorted(figures) if k.count("_") and k.split("_")[1] in ("tune", "test")]
+    keys = [k for k in sorted(figures) if k.count("_") and k.split("_")[1] in ("tune", "test", "pulseless")]
     print("RESULT " + " ".join(f"{k}={figures[k]:.4g}" for k in keys if "_windows" not in k))
     return 0
 
