@@ -93,10 +93,13 @@ MIN_CONFIDENCE = 0.60  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py
 # spectrum is level there
 LINE_TEST_ALPHA = 0.01
 LINE_GUARD_BINS, LINE_TRAINING_BINS = 1, 5
-# training bins only where the band-pass passes at least this share of the power (|H|^4, both passes):
-# its -3 dB corners (30 and 240 /min) give 1/4, and a Fourier bin on a corner (30 /min at 8 s) must count
-# whichever side of it rounding puts the bin (at 25.6 Hz it gets 0.249); the next bin out, 22.5 /min,
-# gets 0.04. Dividing by a smaller response would turn a line's own leakage into background
+# training bins only where the band-pass passes at least this share of the power (|H|^4, both passes).
+# Its -3 dB corners (30 and 240 /min) give 1/4, and at 8 s the Fourier bins fall on the corners, so with
+# 1/4 itself rounding decided: at 25.6 Hz with 204 samples (a 128 or 256 Hz device) the bin at 240.9 /min
+# got 0.244 and the test ended at 210.8 /min; with 205 samples the bin at 29.97 got 0.249 and it started
+# at 59.9. Below the low corner the response falls fast (22.5 /min: 0.04), above the high one slowly
+# (247.5 /min: 0.12-0.21), so 1/8 admits one more bin at the bottom's corner and about three at the top,
+# where dividing by the response magnifies a line's leakage into its background by at most 8 x
 LINE_MIN_RESPONSE = 1.0 / 8.0
 MIN_WINDOW_S = 6.0
 
@@ -108,13 +111,18 @@ class MotionHr:
     candidate_bpm: float | None  # the tracked frequency, also when refused (for evaluation)
     motion_g: float  # RMS dynamic acceleration of the window
     # whether the window holds a periodic line within one Fourier bin of the tracked rate (line_at): a
-    # value needs one; None: not asked (the window was unusable, or fed nothing)
+    # value needs one; None: not asked (no rate was tracked in this window)
     significant: bool | None = None
     # why there is no value (a counter's name), None when there is one: "unusable" (too short, not
-    # finite, flat), "no-periodic-line" (a still window with no line anywhere: it fed nothing),
-    # "no-spectral-peak" (nothing to track), "no-line-at-rate" (no line at the tracked rate, whatever the
-    # confidence), "low-confidence"
+    # finite, flat: nothing changed), "no-periodic-line" (a still window with no line anywhere, or with
+    # no confirmed track: it fed nothing), "no-spectral-peak" (nothing to track; the averaged spectra
+    # took the window in), "no-line-at-rate" (no line at the tracked rate, whatever the confidence),
+    # "low-confidence"
     refused: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.bpm is None) == (self.refused is None):
+            raise ValueError("a MotionHr has either a value or the reason it has none")
 
 
 def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
@@ -235,10 +243,10 @@ class _LineTest:
 def _line_test_setup(m: int, fs_d: float) -> _LineTest:
     """For the line test on m samples at ``fs_d``, on the periodogram zero-padded to 2m (the Fourier bins
     and the midpoints between them): the ordinates tested (those in :data:`HR_RANGE_BPM` with two pairs
-    of training bins or more: 52.5-217.5 /min at 8 s), the matrix that averages each one's training
-    bins (Fourier bins only: independent of each other), and the critical ratio at
-    :data:`LINE_TEST_ALPHA` shared by all the tested ones (Bonferroni, which needs no independence
-    between them). Only the ordinates between the first and the last training bin are kept: outside the
+    of training bins or more: 52.5-217.5 /min at 8 s and 25 Hz, 60-220 at 6 s), the matrix that
+    averages each one's training bins (Fourier bins only: independent of each other), and the critical
+    ratio at :data:`LINE_TEST_ALPHA` shared by all the tested ones (Bonferroni, which needs no
+    independence between them). Only the ordinates between the first and the last training bin are kept: outside the
     passband the response is near zero, and dividing by it would overflow."""
     f = np.fft.rfftfreq(2 * m, 1.0 / fs_d)
     sos, _ = bandpass_sos(fs_d, *BAND_HZ)
@@ -480,8 +488,8 @@ class MotionHrTracker:
         # the best score more than RIVAL_BPM away, on either side (the bins are evenly spaced)
         lo = int(np.searchsorted(self._f, self._f[k] - RIVAL_BPM, side="left"))
         hi = int(np.searchsorted(self._f, self._f[k] + RIVAL_BPM, side="right"))
-        sides = [part for part in (self._score[:lo], self._score[hi:]) if len(part)]
-        rival = max(float(part.max()) for part in sides) if sides else -math.inf
+        sides = np.concatenate((self._score[:lo], self._score[hi:]))
+        rival = float(sides.max()) if len(sides) else -math.inf
         margin = float(self._score[k]) - rival
         conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
         # a value needs a periodic line at the tracked rate, within one Fourier bin of it (the 8 s window's

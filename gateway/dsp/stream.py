@@ -301,7 +301,7 @@ class WristStream:
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
         if m.bpm is None:
-            self._count(m.refused or "low-confidence")
+            self._count(m.refused or "unknown")  # MotionHr always names it
             return []
         if not still:
             self._tracker.confirm(t_end)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
@@ -13,6 +14,7 @@ from gateway.dsp.motion import (
     HOP_S,
     TRACK_MEMORY_S,
     WINDOW_S,
+    MotionHr,
     MotionHrTracker,
     _filtfilt,
     bandpassed,
@@ -343,6 +345,14 @@ def test_the_stream_counts_why_a_moving_window_got_no_value() -> None:
     assert reasons.get("unusable", 0) >= 3  # the 8 s windows over the lost second
     assert reasons.get("no-line-at-rate", 0) >= 5  # after 48 s, the pulseless windows
     assert sum(m.captured_at - 1000.0 >= 48.0 for m in got) <= 1
+
+
+def test_a_motion_result_has_a_value_or_the_reason_it_has_none() -> None:
+    with pytest.raises(ValueError):
+        MotionHr(None, 0.0, None, 0.2)  # refused, but not saying why: the stream could not count it
+    with pytest.raises(ValueError):
+        MotionHr(72.0, 0.9, 72.0, 0.2, True, "low-confidence")
+    assert MotionHr(None, 0.1, 72.0, 0.2, True, "low-confidence").refused == "low-confidence"
 
 
 def test_a_moving_wrist_without_a_pulse_gets_almost_no_value() -> None:
