@@ -230,6 +230,19 @@ class Cloud:
         self.c.disconnect()
 
 
+@contextlib.contextmanager
+def daemon_log_on_failure(config: Path, tail: int = 6000) -> Iterator[None]:
+    """A failed assertion inside re-raised with the end of the daemon's log (:class:`GatewayProcess`
+    writes it beside ``config``), so that a failure on a CI machine can be read without its temporary
+    directory: pytest keeps only the last three."""
+    try:
+        yield
+    except AssertionError as exc:
+        log = config.parent / "gatewayd.log"
+        text = log.read_text(errors="replace")[-tail:] if log.exists() else "(no log)"
+        raise AssertionError(f"{exc}\n--- the end of {log.name} ---\n{text}") from exc
+
+
 class GatewayProcess:
     """``python -m gateway.daemon`` as a real process, with its stderr kept for assertions."""
 

@@ -25,7 +25,15 @@ from simulators.cms50_sim import Cms50Simulator
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from simulators.viewer import Completeness
 from tests import test_care
-from tests.helpers import Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
+from tests.helpers import (
+    Collector,
+    GatewayProcess,
+    daemon_log_on_failure,
+    gateway_config,
+    rfxtrx_device,
+    status_via_ctl,
+    until,
+)
 
 # The synchronised build (libfaketimeMT, same Debian package): the daemon reads the clock from several
 # threads, and the plain build parses the re-read timestamp file in a static buffer another thread may
@@ -111,7 +119,8 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
             finally:
                 gw.stop_quietly()
 
-    asyncio.run(go())
+    with daemon_log_on_failure(cfg):
+        asyncio.run(go())
     data = cloud.data()
     assert "Traceback" not in gw.log()
     streams = {d["stream"] for d in data}
@@ -172,7 +181,8 @@ def test_after_a_restart_30_min_behind_the_last_reading_a_desaturation_raises_sp
             finally:
                 gw.stop_quietly()
 
-    asyncio.run(go())
+    with daemon_log_on_failure(cfg):
+        asyncio.run(go())
     alert = next(a for a in cloud.of_type("alert") if a["kind"] == "spo2_low")
     assert alert["clock"] == "unsynced" and alert["state"] == "raised"
     assert abs(t(alert) + 1800 - time.time()) < 60, "the alert carries the (unsynced) wall clock's time"
@@ -205,7 +215,8 @@ def test_a_step_forwards_by_days_raises_no_no_data_uplink_down_or_escalation(
             finally:
                 gw.stop_quietly()
 
-    st = asyncio.run(go())
+    with daemon_log_on_failure(cfg):
+        st = asyncio.run(go())
     assert cloud.of_type("alert") == [], "a step forwards fires nothing by itself"
     counters = st["care"]["counters"]
     assert (counters["raised"], counters["escalated"], counters["reminders"]) == (0, 0, 0)
@@ -245,7 +256,8 @@ def test_a_new_store_is_a_new_stream_with_seq_from_1_and_nothing_missing_but_wha
             f.unlink()  # the SD card was replaced: a new, empty store
         await run_once(2)
 
-    asyncio.run(go())
+    with daemon_log_on_failure(cfg):
+        asyncio.run(go())
     time.sleep(0.5)
     data = cloud.data()
     streams = list(dict.fromkeys(d["stream"] for d in data))
