@@ -261,10 +261,12 @@ def pulseless(quick: bool = False) -> dict[str, float]:
     """A watch off the wrist that still moves (carried, in a bag): the generator's sensor-off span
     (ambient light and noise on every channel) while the arm moves at random or walks, raw red/IR at
     50 Hz through the stream with the motion path on. 300 s at 90 /min, off from 60 to 240 s; the windows
-    that end more than 8 s into the span count. Every value there is a false one."""
+    that end more than 8 s into the span count. Every value there is a false one. Also the values while
+    it is still worn and moving (before 60 s: their count and largest error) and the windows refused
+    for want of a line at the tracked rate."""
     from simulators.ppg import generate
 
-    fs, off, values, windows = 50.0, (60.0, 240.0), 0, 0
+    fs, off, values, windows, worn, no_line = 50.0, (60.0, 240.0), 0, 0, [], 0
     for seed in range(2 if quick else 6):
         for walking in (False, True):
             span = [(0.0, 300.0)]
@@ -282,12 +284,18 @@ def pulseless(quick: bool = False) -> dict[str, float]:
                 ch = {"ir": rec.ir[i : i + step], "red": rec.red[i : i + step]}
                 ch |= {f"accel_{a}": rec.accel[i : i + step, j] for j, a in enumerate("xyz")}
                 for m in s.push_waveform(Waveform("pulseless", captured_at=i / fs, fs=fs, first_index=i, channels=ch)):
+                    if m.code == LOINC_HR and m.captured_at <= off[0]:
+                        worn.append(abs(float(m.value) - 90.0))
                     values += m.code == LOINC_HR and off[0] + WINDOW_S < m.captured_at <= off[1]
             windows += round((off[1] - off[0] - WINDOW_S) / HOP_S)
+            no_line += s.counters.reasons.get("no-line-at-rate", 0)
     return {
         "wrist_pulseless_windows": float(windows),
         "wrist_pulseless_values": float(values),
         "wrist_pulseless_rate": values / windows,
+        "wrist_pulseless_no_line": float(no_line),
+        "wrist_pulseless_worn_values": float(len(worn)),
+        "wrist_pulseless_worn_max_err": max(worn, default=math.nan),
     }
 
 
