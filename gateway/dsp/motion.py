@@ -246,8 +246,8 @@ def _line_test_setup(m: int, fs_d: float) -> _LineTest:
     of training bins or more: 52.5-217.5 /min at 8 s and 25 Hz, 60-220 at 6 s), the matrix that
     averages each one's training bins (Fourier bins only: independent of each other), and the critical
     ratio at :data:`LINE_TEST_ALPHA` shared by all the tested ones (Bonferroni, which needs no
-    independence between them). Only the ordinates between the first and the last training bin are kept: outside the
-    passband the response is near zero, and dividing by it would overflow."""
+    independence between them). Only the ordinates between the first and the last training bin are
+    kept: outside the passband the response is near zero, and dividing by it would overflow."""
     f = np.fft.rfftfreq(2 * m, 1.0 / fs_d)
     sos, _ = bandpass_sos(fs_d, *BAND_HZ)
     response: FloatArray = np.abs(sos_response(sos, f, fs_d)) ** 4
