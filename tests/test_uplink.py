@@ -88,7 +88,7 @@ def test_broker_outage_while_presses_and_readings_flow_loses_nothing(
     sent, presses = asyncio.run(go())
     try:
         # distinct seqs: QoS 1 duplicates of the outage must not count towards the total
-        cloud.wait(lambda c: len(c.seqs()) >= sent + presses, 30, "every message at the cloud")
+        cloud.wait_while_arriving(lambda c: len(c.seqs()) >= sent + presses, what="every message at the cloud")
     finally:
         got = sorted(cloud.seqs())
         missing = sorted(set(range(1, sent + presses + 1)) - set(got))
@@ -129,7 +129,7 @@ def test_an_alert_overtakes_a_backlog_being_drained(tmp_path: Path, broker: Mosq
             await until(lambda: ob.depth_total() == 0, 120, "the drain to finish")
 
     asyncio.run(go())
-    cloud.wait(lambda c: len(c.seqs()) >= n + 1, 30, "all messages")
+    cloud.wait_while_arriving(lambda c: len(c.seqs()) >= n + 1, what="all messages")
     order = cloud.data()
     pos = next(i for i, d in enumerate(order) if d["type"] == "alert")
     behind = len(order) - pos - 1
@@ -160,7 +160,7 @@ def test_live_readings_of_a_device_are_not_starved_by_another_devices_backlog(
             return live
 
     live = asyncio.run(go())
-    cloud.wait(lambda c: len(c.seqs()) >= n + live, 30, "all messages")
+    cloud.wait_while_arriving(lambda c: len(c.seqs()) >= n + live, what="all messages")
     order = cloud.data()
     live_pos = [i for i, d in enumerate(order) if d["device_id"] == "wrist-live"]
     last_backlog = max(i for i, d in enumerate(order) if d["device_id"] == "wrist-backlog")
