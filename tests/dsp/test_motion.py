@@ -262,13 +262,19 @@ def _red(rng: np.random.Generator, n: int, rho: float) -> npt.NDArray[np.float64
     return out[2000:]
 
 
+def _cancelled_still(x: npt.NDArray[np.float64], rng: np.random.Generator) -> tuple[npt.NDArray[np.float64], float]:
+    """The motion path's cancelled PPG of ``x`` (one window at FS) under a still wrist, and its rate."""
+    _, y, fs_d = cancelled(x, _still(len(x), int(rng.integers(1 << 30))), FS)
+    return y, fs_d
+
+
 def test_the_line_test_holds_its_level_on_white_and_sloped_noise_and_finds_a_pulse() -> None:
     rng = np.random.default_rng(31)
     n = round(WINDOW_S * FS)
     t = np.arange(n) / FS
 
     def lines(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
+        y, fs_d = _cancelled_still(x, rng)
         return significant_lines(y, fs_d)
 
     # 1 % nominal: 3 expected of 300; 10 is more than 4 standard deviations. Fisher's test against white
@@ -299,7 +305,7 @@ def test_the_line_test_works_at_raw_sensor_scale() -> None:
     found = 0
     for _ in range(20):
         x = 1e4 * (np.sin(2 * math.pi * 1.5 * t + rng.uniform(0, 6.3)) + 0.3 * rng.standard_normal(n)) + 5e5
-        _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
+        y, fs_d = _cancelled_still(x, rng)
         lines = significant_lines(y, fs_d)  # under the suite's filterwarnings = error: no overflow
         found += bool(np.any(np.abs(lines - 90.0) <= 60.0 / WINDOW_S))
     assert found >= 19
@@ -314,7 +320,7 @@ def test_the_line_test_at_a_given_rate_holds_its_level_and_finds_a_pulse_more_of
     t = np.arange(n) / FS
 
     def at(x: npt.NDArray[np.float64], rate: float) -> bool:
-        _, y, fs_d = cancelled(x, _still(n, int(rng.integers(1 << 30))), FS)
+        y, fs_d = _cancelled_still(x, rng)
         setup, ratio = line_ratios(y, fs_d)
         return line_at(setup, ratio, rate, 60.0 * fs_d / len(y))
 
