@@ -300,9 +300,10 @@ class WristStream:
         m = self._tracker.update(src, acc, self._fs, t_end, motion_g=mg, test_line=still)
         self.counters.motion_windows += 1
         at_rest = self._note_rest(self._rest.update(acc, self._fs, t_end), t_end)
-        if m.bpm is None:
-            self._count(m.refused or "unknown")  # MotionHr always names it
+        if m.refused is not None:
+            self._count(m.refused)
             return []
+        assert m.bpm is not None  # a MotionHr has a value or the reason it has none
         if not still:
             self._tracker.confirm(t_end)
         self.counters.hr_emitted += 1
