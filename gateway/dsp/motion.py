@@ -125,10 +125,12 @@ class MotionHr:
             raise ValueError("a MotionHr has either a value or the reason it has none")
 
 
+@lru_cache(maxsize=8)
 def _spectrum_setup(fs: float) -> tuple[int, FloatArray, npt.NDArray[np.bool_]]:
     q = max(1, int(fs // SPECTRUM_FS))
     f_bpm: FloatArray = np.asarray(np.fft.rfftfreq(NFFT, q / fs) * 60.0, dtype=np.float64)
     band = (f_bpm >= HR_RANGE_BPM[0]) & (f_bpm <= HR_RANGE_BPM[1])
+    f_bpm.flags.writeable = band.flags.writeable = False  # shared by every window at this rate
     return q, f_bpm, band
 
 
@@ -147,13 +149,14 @@ def _filtfilt(x: FloatArray, fs: float) -> FloatArray:
 
 
 @lru_cache(maxsize=8)
-def _bandpass_matrix(m: int, fs_d: float) -> FloatArray:
-    """The (m, m) matrix of "remove the mean, then :func:`_filtfilt`" on m samples at ``fs_d``: both are
-    linear (the odd extension and the initial states too), so one matrix product does the work of the
-    two filter passes on every channel of a window at once, ~2.6 x faster at 200 samples. Built by running
-    the filter on the columns of the centring matrix, so it is that filter, to rounding."""
-    centre = np.eye(m) - 1.0 / m
-    out: FloatArray = _filtfilt(centre, fs_d)
+def _bandpass_matrix(m: int, q: int, fs: float) -> FloatArray:
+    """The (m, m) matrix of "divide by ``q`` (block sums to means), remove the mean, then
+    :func:`_filtfilt`" on m samples at ``fs / q``: all are linear (the odd extension and the initial
+    states too), so one matrix product does the work of the two filter passes on every channel of a
+    window at once, ~2.6 x faster at 200 samples. Built by running the filter on the columns of the
+    centring matrix, so it is that filter, to rounding."""
+    centre = (np.eye(m) - 1.0 / m) / q
+    out: FloatArray = _filtfilt(centre, fs / q)
     out.flags.writeable = False  # shared by every window of this length and rate
     return out
 
@@ -165,10 +168,10 @@ def bandpassed(channels: FloatArray, fs: float) -> tuple[FloatArray, float]:
     the band-pass run on 4-10 x fewer samples."""
     q, _, _ = _spectrum_setup(fs)
     m = channels.shape[0] // q
-    dec = channels[: m * q].reshape(m, q, channels.shape[1]).mean(axis=1)
-    fs_d = fs / q
-    out: FloatArray = _bandpass_matrix(m, fs_d) @ dec
-    return out, fs_d
+    # block sums (einsum: ~4 x faster than a mean over the middle axis); the matrix divides by q
+    sums = np.einsum("iqc->ic", channels[: m * q].reshape(m, q, channels.shape[1]))
+    out: FloatArray = _bandpass_matrix(m, q, fs) @ sums
+    return out, fs / q
 
 
 def cancel_motion(ppg: FloatArray, motion: FloatArray, lags: int) -> FloatArray:
@@ -423,14 +426,18 @@ class MotionHrTracker:
         if a.ndim == 1:
             a = a[:, None]
         mg = motion_g if motion_g is not None else (motion_level(a) if len(a) else math.inf)
+        # NaN propagates through min and max, and an infinity is one of them: two passes check finiteness
+        # and flatness (max > min) together
+        lo, hi = (float(x.min()), float(x.max())) if len(x) else (math.nan, math.nan)
         ok = (
             math.isfinite(fs)
             and len(x) >= MIN_WINDOW_S * fs
             and a.shape[0] == len(x)
-            and np.all(np.isfinite(x))
+            and math.isfinite(lo)
+            and math.isfinite(hi)
+            and hi > lo
             and np.all(np.isfinite(a))
             and math.isfinite(mg)
-            and float(np.ptp(x)) > 0.0
         )
         if not ok:
             return MotionHr(None, 0.0, None, mg, None, "unusable")
