@@ -25,7 +25,10 @@ gateway.dsp.activity marks at rest (every window here is exercise, so that share
 rate: cycling with the hands on the handlebars barely moves the wrist), and ``*_visible``: the share of
 windows whose reference rate is near one of the strongest spectral lines of the PPG before or after the
 motion cancellation (:func:`pulse_visible`; ``*_visible_cancelled``: after it), the ceiling of a method
-that reads the pulse off the spectrum. ``--choose`` prints the confidence threshold the rule in
+that reads the pulse off the spectrum; ``*_line_at_ref``: the share whose cancelled PPG passes the line
+test every value needs at the reference rate (the ceiling of our coverage), and
+``*_ref_at_motion_line``: the share whose reference rate lies on one of the strongest lines of the
+motion (:func:`pulse_line`). ``--choose`` prints the confidence threshold the rule in
 docs/dsp.md picks on the tuning half; ``--records`` adds the figures of each record. These recordings
 start while moving, so the tracker starts from nothing; in the daemon it starts from the time-domain
 rate at rest when the wearer starts to move (``MotionHrTracker.seed``). ``--seeded`` measures that case:
@@ -57,7 +60,15 @@ from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
 from drivers.base import Waveform
 from gateway.dsp import estimate_heart_rate
 from gateway.dsp.activity import RestTracker
-from gateway.dsp.motion import HOP_S, WINDOW_S, cancelled, power_spectra, spectrum_bins
+from gateway.dsp.motion import (
+    HOP_S,
+    WINDOW_S,
+    cancelled,
+    line_at,
+    line_ratios,
+    power_spectra,
+    spectrum_bins,
+)
 from gateway.dsp.quality import motion_level
 from gateway.dsp.stream import LOINC_HR, WristStream
 
@@ -105,6 +116,27 @@ def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> 
     return out[0], out[1]
 
 
+def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
+    """(``line``, ``at_motion``) for one window. ``line``: the motion-cancelled PPG holds a periodic line
+    within one Fourier bin of the reference rate (:func:`gateway.dsp.motion.line_at`, the test every
+    value of the tracker needs): the ceiling of its coverage, whatever the tracker does. ``at_motion``:
+    the reference rate is within one bin of one of the :data:`VISIBLE_TOP` strongest spectral peaks
+    (40-220 /min) of the motion (the axes' spectra, each scaled to its maximum, summed, as the Wiener
+    gain sees them): the pulse sits on the cadence or the arm swing (or a harmonic), where no spectrum
+    of this window tells pulse from motion and the cancellation removes both. On a nearly still wrist
+    (the bikes) the strongest peaks of the motion are its noise's, and there it says little."""
+    bp, y, fs_d = cancelled(ppg, accel, fs)
+    width = 60.0 * fs_d / len(y)
+    setup, ratio = line_ratios(y, fs_d)
+    f, band = spectrum_bins(fs)
+    spectra = power_spectra(bp[:, 1 : 1 + accel.shape[1]].T)[:, band]
+    motion = (spectra / np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)).sum(axis=0)
+    peaks = np.flatnonzero((motion[1:-1] >= motion[:-2]) & (motion[1:-1] >= motion[2:])) + 1
+    top = f[band][peaks[np.argsort(motion[peaks])[::-1][:VISIBLE_TOP]]]
+    at_motion = bool(len(top)) and float(np.min(np.abs(top - ref))) <= width
+    return line_at(setup, ratio, ref, width), at_motion
+
+
 def stream_values(
     rec: datasets.WristRecord, min_confidence: float | None = None, seed_bpm: float | None = None
 ) -> dict[int, tuple[float, float]]:
@@ -143,6 +175,7 @@ class Tally:
     records: dict[str, list[bool]] = field(default_factory=dict)
     motion: list[float] = field(default_factory=list)
     visible: list[tuple[bool, bool]] = field(default_factory=list)  # pulse_visible per window
+    line: list[tuple[bool, bool]] = field(default_factory=list)  # pulse_line per window
     at_rest: list[bool] = field(default_factory=list)  # gateway.dsp.activity's verdict per window
     # a peer's error and ours on the windows both answered (the paired comparison)
     paired: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -153,6 +186,9 @@ class Tally:
         vis = np.array(self.visible, dtype=bool).reshape(-1, 2)
         out[f"{prefix}_visible"] = float(np.mean(vis.any(axis=1))) if len(vis) else math.nan
         out[f"{prefix}_visible_cancelled"] = float(np.mean(vis[:, 1])) if len(vis) else math.nan
+        line = np.array(self.line, dtype=bool).reshape(-1, 2)
+        out[f"{prefix}_line_at_ref"] = float(np.mean(line[:, 0])) if len(line) else math.nan
+        out[f"{prefix}_ref_at_motion_line"] = float(np.mean(line[:, 1])) if len(line) else math.nan
         for k in self.records:
             sfx = "" if k == "ours" else f"_{k}"
             e, h = self.err.get(k, []), self.hold.get(k, [])
@@ -217,6 +253,7 @@ def evaluate(
             acc = rec.accel[a:b][~np.isnan(rec.accel[a:b]).any(axis=1)]
             still = rest.update(acc, rec.fs, t1)
             visible = pulse_visible(x[a:b], acc_filled[a:b], rec.fs, ref)
+            line = pulse_line(x[a:b], acc_filled[a:b], rec.fs, ref)
             vals: dict[str, float | None] = {"ours": ours[k_hop - 1][0] if k_hop - 1 in ours else None}
             # every scored window, so that the rule's hold-last MAE is the display's: a window the stream
             # gave no candidate (a gate, not the threshold, refused it) keeps the last value at every threshold
@@ -229,6 +266,7 @@ def evaluate(
                 t.windows += 1
                 t.motion.append(motion_level(acc))
                 t.visible.append(visible)
+                t.line.append(line)
                 if still is not None:
                     t.at_rest.append(still)
             if vals["ours"] is not None:
