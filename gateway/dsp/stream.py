@@ -190,8 +190,10 @@ class WristStream:
         out: list[Measurement] = []
         hop = round(self.hop_s * self._fs)
         have = len(self._buf[self._names[0]])
+        # a hop's remainder carries over (modulo, not reset): blocks that do not divide the hop (102 samples
+        # at 102.4 Hz) would otherwise stretch every hop to a whole number of blocks (2 s to 3 s)
         if have >= round(self.window_s * self._fs) and self._since_hop >= hop:
-            self._since_hop = 0
+            self._since_hop %= hop
             out.extend(self._analyse())
         if (
             self.motion_hr
@@ -199,7 +201,7 @@ class WristStream:
             and have >= round(MOTION_WINDOW_S * self._fs)
             and self._since_motion_hop >= round(MOTION_HOP_S * self._fs)
         ):
-            self._since_motion_hop = 0
+            self._since_motion_hop %= round(MOTION_HOP_S * self._fs)
             out.extend(self._analyse_motion())
         t_end = self._t0 + len(self._buf[self._names[0]]) / self._fs
         out.extend(self._maybe_af(t_end))

@@ -65,6 +65,26 @@ def test_cadence_codes_and_values_on_a_wrist_stream() -> None:
     assert s.counters.unusable_windows == 0 and s.counters.gaps == 0
 
 
+def test_blocks_that_do_not_divide_the_hop_keep_the_cadence() -> None:
+    """102-sample blocks at 102.4 Hz: a hop (512 samples for 5 s, 205 for the motion path's 2 s) is not a
+    whole number of blocks. Its remainder carries over, so windows come every 5 s and 2 s on average, not
+    every 6 s and 3 s (a hop reset to 0 at each window, as before, rounded every hop up to whole blocks)."""
+    fs = 102.4
+    rec = generate(160.0, hr_bpm=76.0, fs=fs, seed=23)
+    s = WristStream("w1", motion_hr=True)
+    rng = np.random.default_rng(23)
+    acc = np.column_stack((np.zeros(len(rec)), np.zeros(len(rec)), np.ones(len(rec)))) + 0.3 * rng.standard_normal(
+        (len(rec), 3)
+    )
+    for i in range(0, len(rec), 102):
+        ch = {"ir": rec.ir[i : i + 102].tolist(), "red": rec.red[i : i + 102].tolist()}
+        ch.update({a: acc[i : i + 102, k].tolist() for k, a in enumerate(("accel_x", "accel_y", "accel_z"))})
+        s.push_waveform(Waveform("w1", T0 + i / fs, fs, ch, first_index=i))
+    # 160 s: time-domain windows at 10, 15, ..., 160 s; motion windows at 8, 10, ..., 160 s (+-1 block)
+    assert abs(s.counters.windows - (int((160 - WINDOW_S) / HOP_S) + 1)) <= 1, s.counters
+    assert abs(s.counters.motion_windows - (int((160 - 8.0) / 2.0) + 1)) <= 1, s.counters
+
+
 def test_oximeter_pleth_gives_heart_rate_but_no_spo2() -> None:
     rec = generate(40.0, hr_bpm=64.0, fs=60.0, seed=22)
     s = WristStream("ox")
