@@ -26,7 +26,7 @@ rate: cycling with the hands on the handlebars barely moves the wrist), and ``*_
 windows whose reference rate is near one of the strongest spectral lines of the PPG before or after the
 motion cancellation (:func:`pulse_visible`; ``*_visible_cancelled``: after it), the ceiling of a method
 that reads the pulse off the spectrum; ``*_line_at_ref``: the share whose cancelled PPG passes the line
-test every value needs at the reference rate (the ceiling of our coverage), and
+test at the reference rate (a bound on the tracker's right values), and
 ``*_ref_at_motion_line``: the share whose reference rate lies on one of the strongest lines of the
 motion (:func:`pulse_line`). ``--choose`` prints the confidence threshold the rule in
 docs/dsp.md picks on the tuning half; ``--records`` adds the figures of each record. These recordings
@@ -119,7 +119,11 @@ def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> 
 def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
     """(``line``, ``at_motion``) for one window. ``line``: the motion-cancelled PPG holds a periodic line
     within one Fourier bin of the reference rate (:func:`gateway.dsp.motion.line_at`, the test every
-    value of the tracker needs): the ceiling of its coverage, whatever the tracker does. ``at_motion``:
+    value of the tracker needs at the rate it tracks): where it fails, a tracker value within a bin of
+    the truth is rare, so the share of windows where it passes bounds the tracker's right values,
+    whatever the tracker does. Not a strict bound of the stream's coverage: a tracker value passes the
+    test at its own rate (which may be off the reference), and a time-domain value needs no line test
+    (together about 1 % of the windows get a value without passing it here). ``at_motion``:
     the reference rate is within one bin of one of the :data:`VISIBLE_TOP` strongest spectral peaks
     (40-220 /min) of the motion (the axes' spectra, each scaled to its maximum, summed, as the Wiener
     gain sees them): the pulse sits on the cadence or the arm swing (or a harmonic), where no spectrum

@@ -65,9 +65,6 @@ HOP_S = 2.0
 BAND_HZ = (0.5, 4.0)  # 30-240 /min: the heart-rate range with margin for the filter's edges
 HR_RANGE_BPM = (40.0, 220.0)
 SPECTRUM_FS = 25.0  # decimate to about this rate before the FFT (the pulse is below 4 Hz)
-DECIMATION_ORDER = (
-    3  # block means in cascade before decimating (decimated; its code splits the 3q - 2 taps over 3 blocks)
-)
 NFFT = 2048
 SPECTRUM_MEMORY = 0.5  # weight of the past in the averaged spectra the Wiener gain uses (Temko 2017)
 # Heart-rate kinetics: at the onset of exercise heart rate approaches its new level with a time constant
@@ -87,7 +84,7 @@ PROTECT_BPM = MAX_SLOPE_BPM_S * HOP_S
 # +-0.08, 0.12 and 0.2 s by the rule of docs/dsp.md); 4 channels x 7 taps = 28 coefficients against
 # the ~200 samples of an 8 s window, so the fit cannot absorb much of the pulse (28/200 of white noise)
 CANCEL_LAG_S = 0.12
-MIN_CONFIDENCE = 0.60  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
+MIN_CONFIDENCE = 0.55  # the tuning rule of docs/dsp.md (bench/dsp_eval_wrist.py --choose), tuning half only
 # The test for a periodic line (line_ratios): at the tracked rate for every value (line_at, Bonferroni
 # over the ordinates within one bin of it), and anywhere in the band for a still window to feed the track
 # (significant_lines, over all the ordinates): the conventional 1 % significance, as the SpO2 residual test's;
@@ -166,36 +163,42 @@ def _bandpass_matrix(m: int, fs_d: float) -> FloatArray:
 
 @lru_cache(maxsize=8)
 def _decimation_kernel(q: int) -> FloatArray:
-    """(3, q): the :data:`DECIMATION_ORDER`-fold block mean's kernel (3q - 2 taps), centred on a block and
-    split over that block and its two neighbours (a zero at either end fills the 3q)."""
-    h = np.ones(1)
-    for _ in range(DECIMATION_ORDER):
-        h = np.convolve(h, np.ones(q))
+    """(3, q): the three-fold block mean's kernel (the box of q samples convolved with itself twice: 3q - 2
+    taps), centred on a block and split over that block and its two neighbours (a zero at either end
+    fills the 3q)."""
+    box = np.ones(q)
+    h = np.convolve(np.convolve(box, box), box)
     out: FloatArray = np.concatenate(([0.0], h / h.sum(), [0.0])).reshape(3, q)
     out.flags.writeable = False
     return out
 
 
 def decimated(channels: FloatArray, q: int) -> FloatArray:
-    """The columns of ``channels`` (n, k) low-passed by a :data:`DECIMATION_ORDER`-fold block mean of q
-    samples and taken once per block: m = n // q samples (the last n % q are left out), each centred on
-    its block; beyond the ends the edge samples are repeated. One block mean (a sinc response) has its
-    nulls where the new rate folds onto the pulse band (k fs/q), but beside them it passes -15 to -21
-    dB: light flickering at 100 Hz (mains) on a 128 or 256 Hz device folds to 144 /min, only 21-30 dB
-    down. Three-fold gives -44 dB at worst over the band's aliases (at 4 Hz from a multiple of fs/q),
-    -62 to -91 dB at 144 /min, for a droop of 0.89 at 4 Hz, which the line test's local background
-    absorbs (the cascaded integrator-comb decimator's filter, Hogenauer 1981, IEEE TASSP 29(2):155)."""
+    """The columns of ``channels`` (n, k) low-passed by a three-fold block mean of q samples (the filter of
+    a cascaded integrator-comb decimator of order 3, Hogenauer 1981, IEEE TASSP 29(2):155) and taken once
+    per block, each output centred on its block: the m = n // q blocks give m - 2 outputs, the first and
+    the last block only lending their samples to their neighbours' (the last n % q samples are left
+    out). Only whole kernels: an output at the edge made from repeated edge samples would carry about
+    16 % of one unfiltered sample, and with it whatever the filter is there to remove. ``q`` = 1: the
+    input itself.
+
+    Why three-fold: one block mean (a sinc response) has its nulls at the multiples of the new rate fs/q,
+    around which lies everything that folds into the pulse band, but beside them it passes -12 to -15
+    dB at worst, and -21 / -30 dB at 144 /min, where light flickering at 100 Hz (mains) on a 128 / 256 Hz
+    device folds. Three-fold: -36 to -45 dB at worst (device rates 50-256 Hz; at 4 Hz from a multiple of
+    fs/q) and -62 / -91 dB at 144 /min, for an amplitude droop to 0.88-0.94 at 4 Hz, a slope the line
+    test's local background absorbs. No decimator helps where the device's own sampling folds the light
+    into the band (100 Hz sampled at 51.2 or 102.4 Hz lands on 144 /min): that is the sensor's ambient
+    light rejection's job."""
     if q == 1:
         return channels
     m = channels.shape[0] // q
+    if m < 3:
+        return channels[:0]
     h3 = _decimation_kernel(q)
     # each block's weighted sums for its role as left neighbour, centre and right neighbour: (3, m, k)
     p = np.tensordot(h3, channels[: m * q].reshape(m, q, channels.shape[1]), axes=([1], [1]))
-    out: FloatArray = p[1].copy()
-    out[1:] += p[0, :-1]
-    out[:-1] += p[2, 1:]
-    out[0] += h3[0].sum() * channels[0]  # the missing neighbours: the edge sample repeated
-    out[-1] += h3[2].sum() * channels[m * q - 1]
+    out: FloatArray = p[0, :-2] + p[1, 1:-1] + p[2, 2:]
     return out
 
 
@@ -206,7 +209,8 @@ def bandpassed(channels: FloatArray, fs: float) -> tuple[FloatArray, float]:
     samples."""
     q, _, _ = _spectrum_setup(fs)
     fs_d = fs / q
-    out: FloatArray = _bandpass_matrix(channels.shape[0] // q, fs_d) @ decimated(channels, q)
+    dec = decimated(channels, q)
+    out: FloatArray = _bandpass_matrix(dec.shape[0], fs_d) @ dec
     return out, fs_d
 
 
