@@ -38,6 +38,7 @@ IntArray = npt.NDArray[np.intp]
 
 MIN_WINDOW_S = 4.0
 MIN_FS = 10.0
+MAX_ABS_SAMPLE = 1e12  # no sensor gives this; and the squares of the filters and spectra must not overflow
 BAND_HZ = (0.5, 8.0)
 REFRACTORY_S = 0.25
 
@@ -226,7 +227,7 @@ def clean_window(ppg: npt.ArrayLike, fs: float) -> tuple[FloatArray, str | None]
         return x, "too-short"
     if not np.all(np.isfinite(x)):
         return x, "not-finite"
-    if float(np.max(np.abs(x))) > 1e12:  # no sensor gives this; and squares must not overflow
+    if float(np.max(np.abs(x))) > MAX_ABS_SAMPLE:
         return x, "out-of-range"
     if float(np.ptp(x)) == 0.0:
         return x, "flat"

@@ -55,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.dsp.filters import sos_response, sosfilt
-from gateway.dsp.heart import bandpass_sos
+from gateway.dsp.heart import MAX_ABS_SAMPLE, bandpass_sos
 from gateway.dsp.quality import motion_level
 
 FloatArray = npt.NDArray[np.float64]
@@ -115,10 +115,10 @@ class MotionHr:
     # value needs one; None: not asked (no rate was tracked in this window)
     significant: bool | None = None
     # why there is no value (a counter's name), None when there is one: "unusable" (too short, not
-    # finite, flat: nothing changed), "no-periodic-line" (a still window with no line anywhere, or with
-    # no confirmed track: it fed nothing), "no-spectral-peak" (nothing to track; the averaged spectra
-    # took the window in), "no-line-at-rate" (no line at the tracked rate, whatever the confidence),
-    # "low-confidence"
+    # finite, beyond heart.MAX_ABS_SAMPLE, flat: nothing changed), "no-periodic-line" (a still window
+    # with no line anywhere, or with no confirmed track: it fed nothing), "no-spectral-peak" (nothing to
+    # track; the averaged spectra took the window in), "no-line-at-rate" (no line at the tracked rate,
+    # whatever the confidence), "low-confidence"
     refused: str | None = None
 
     def __post_init__(self) -> None:
@@ -466,16 +466,14 @@ class MotionHrTracker:
         if a.ndim == 1:
             a = a[:, None]
         mg = motion_g if motion_g is not None else (motion_level(a) if len(a) else math.inf)
-        # NaN propagates through min and max, and an infinity is one of them: two passes check finiteness
-        # and flatness (max > min) together
+        # NaN propagates through min and max, and an infinity is one of them: two passes check range (as
+        # the time-domain path's, so that no square overflows), finiteness and flatness together
         lo, hi = (float(x.min()), float(x.max())) if len(x) else (math.nan, math.nan)
         ok = (
             math.isfinite(fs)
             and len(x) >= MIN_WINDOW_S * fs
             and a.shape[0] == len(x)
-            and math.isfinite(lo)
-            and math.isfinite(hi)
-            and hi > lo
+            and -MAX_ABS_SAMPLE <= lo < hi <= MAX_ABS_SAMPLE  # NaN fails every comparison
             and np.all(np.isfinite(a))
             and math.isfinite(mg)
         )

@@ -663,3 +663,27 @@ def test_light_flickering_at_100_hz_is_not_taken_for_a_pulse(fs: float) -> None:
             assert len(values) >= 0.9 * windows and max(abs(v - 95.0) for v in values) < 3.0, values
         else:
             assert sum(abs(v - 144.0) < 5.0 for v in values) == 0 and len(values) <= 2, values
+
+
+def test_a_ppg_beyond_any_sensors_range_is_refused_without_overflow() -> None:
+    """A PPG of 1e200 (a broken or hostile device) overflowed the line test's squares (a RuntimeWarning
+    on every moving window, an error under this suite's filterwarnings); it is refused as unusable, at
+    the time-domain path's limit, and the stream counts it, for the tracker and for the stream alike."""
+    rng = np.random.default_rng(5)
+    t = np.arange(round(30.0 * FS)) / FS
+    acc = np.column_stack((0.3 * np.sin(2 * math.pi * 0.9 * t), np.zeros_like(t), np.ones_like(t)))
+    for big in (1e13, 1e200):
+        ppg = big * (1.0 + 0.01 * rng.standard_normal(len(t)))
+        m = MotionHrTracker().update(ppg[: round(WINDOW_S * FS)], acc[: round(WINDOW_S * FS)], FS, WINDOW_S)
+        assert m.refused == "unusable" and m.bpm is None
+        s = WristStream("big", motion_hr=True)
+        for i in range(0, len(t), round(FS)):
+            ch = {"pleth": ppg[i : i + round(FS)].tolist()}
+            ch.update({a: acc[i : i + round(FS), k].tolist() for k, a in enumerate(("accel_x", "accel_y", "accel_z"))})
+            assert not [
+                x for x in s.push_waveform(Waveform("big", i / FS, FS, ch, first_index=i)) if x.code == LOINC_HR
+            ]
+        assert s.counters.reasons.get("unusable", 0) >= 10, s.counters.reasons
+    # a raw 24-bit sensor's counts are far inside the limit, and still tracked
+    _, ppg, acc2 = _scene(8.0, 90.0, 0.8, 1.0)
+    assert MotionHrTracker().update(1.6e7 + 1e4 * ppg, acc2, FS, WINDOW_S).refused != "unusable"
