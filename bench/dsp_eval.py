@@ -304,6 +304,8 @@ def eval_spo2(quick: bool) -> dict[str, float]:
         "motion_cases_wide",
         "structured_usable",
         "desat_coverage",
+        "desat_records",
+        "desat_hold_mae",
     )
     return {f"spo2_{k}": figures[k] for k in keep}
 
