@@ -101,6 +101,14 @@ VISIBLE_TOP = 3  # the pulse counts as visible when it is near one of this many 
 VISIBLE_BPM = 5.0
 
 
+def _near_strongest_peak(spec: FloatArray, f: FloatArray, ref: float, width: float) -> bool:
+    """Whether ``ref`` is within ``width`` of one of the :data:`VISIBLE_TOP` strongest local maxima of the
+    spectrum ``spec`` (its bins' rates ``f``)."""
+    peaks = np.flatnonzero((spec[1:-1] >= spec[:-2]) & (spec[1:-1] >= spec[2:])) + 1
+    top = f[peaks[np.argsort(spec[peaks])[::-1][:VISIBLE_TOP]]]
+    return bool(len(top)) and float(np.min(np.abs(top - ref))) <= width
+
+
 def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
     """Whether the reference rate is within :data:`VISIBLE_BPM` of one of the :data:`VISIBLE_TOP`
     strongest spectral peaks (40-220 /min) of the window's PPG, (before, after) the tracker's motion
@@ -108,12 +116,11 @@ def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> 
     among the strongest few lines, only the track's memory can give the right rate."""
     bp, y, _ = cancelled(ppg, accel, fs)
     f, band = spectrum_bins(fs)
-    out = []
-    for spec in power_spectra(np.vstack((bp[:, 0], y)))[:, band]:
-        peaks = np.flatnonzero((spec[1:-1] >= spec[:-2]) & (spec[1:-1] >= spec[2:])) + 1
-        top = peaks[np.argsort(spec[peaks])[::-1][:VISIBLE_TOP]]
-        out.append(bool(len(top)) and bool(np.min(np.abs(f[band][top] - ref)) <= VISIBLE_BPM))
-    return out[0], out[1]
+    before, after = (
+        _near_strongest_peak(spec, f[band], ref, VISIBLE_BPM)
+        for spec in power_spectra(np.vstack((bp[:, 0], y)))[:, band]
+    )
+    return before, after
 
 
 def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
@@ -135,10 +142,7 @@ def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tup
     f, band = spectrum_bins(fs)
     spectra = power_spectra(bp[:, 1 : 1 + accel.shape[1]].T)[:, band]
     motion = (spectra / np.maximum(spectra.max(axis=1, keepdims=True), 1e-300)).sum(axis=0)
-    peaks = np.flatnonzero((motion[1:-1] >= motion[:-2]) & (motion[1:-1] >= motion[2:])) + 1
-    top = f[band][peaks[np.argsort(motion[peaks])[::-1][:VISIBLE_TOP]]]
-    at_motion = bool(len(top)) and float(np.min(np.abs(top - ref))) <= width
-    return line_at(setup, ratio, ref, width), at_motion
+    return line_at(setup, ratio, ref, width), _near_strongest_peak(motion, f[band], ref, width)
 
 
 def stream_values(

@@ -188,7 +188,7 @@ class WristStream:
         self._since_hop += n
         self._since_motion_hop += n
         out: list[Measurement] = []
-        hop = round(self.hop_s * self._fs)
+        hop, motion_hop = round(self.hop_s * self._fs), round(MOTION_HOP_S * self._fs)
         have = len(self._buf[self._names[0]])
         # a hop's remainder carries over (modulo, not reset): blocks that do not divide the hop (102 samples
         # at 102.4 Hz) would otherwise stretch every hop to a whole number of blocks (2 s to 3 s)
@@ -199,9 +199,9 @@ class WristStream:
             self.motion_hr
             and all(a in self._buf for a in ACCEL)
             and have >= round(MOTION_WINDOW_S * self._fs)
-            and self._since_motion_hop >= round(MOTION_HOP_S * self._fs)
+            and self._since_motion_hop >= motion_hop
         ):
-            self._since_motion_hop %= round(MOTION_HOP_S * self._fs)
+            self._since_motion_hop %= motion_hop
             out.extend(self._analyse_motion())
         t_end = self._t0 + len(self._buf[self._names[0]]) / self._fs
         out.extend(self._maybe_af(t_end))
