@@ -28,10 +28,12 @@ motion cancellation (:func:`pulse_visible`; ``*_visible_cancelled``: after it), 
 that reads the pulse off the spectrum; ``*_line_at_ref``: the share whose cancelled PPG passes the line
 test at the reference rate (a bound on the tracker's right values), and
 ``*_ref_at_motion_line``: the share whose reference rate lies on one of the strongest lines of the
-motion (:func:`pulse_line`). ``--choose`` prints the confidence threshold the rule in
-docs/dsp.md picks on the tuning half; ``--records`` adds the figures of each record. These recordings
-start while moving, so the tracker starts from nothing; in the daemon it starts from the time-domain
-rate at rest when the wearer starts to move (``MotionHrTracker.seed``). ``--seeded`` measures that case:
+motion (:func:`pulse_line`). ``--choose`` prints the confidence threshold the rule in docs/dsp.md picks
+on the tuning half, and beside it each threshold's hold-last MAE on the windows they all show a value
+for (:func:`common_hold_curve`, a diagnostic the rule does not use); ``--records`` adds the figures of
+each record. These recordings start while moving, so the tracker starts from nothing; in the daemon it
+starts from the time-domain rate at rest when the wearer starts to move (``MotionHrTracker.seed``).
+``--seeded`` measures that case:
 each record's tracker starts from the ECG rate of its first window (the rest path's own error is 0.2-0.9
 bpm, docs/dsp.md).
 
@@ -345,6 +347,25 @@ def pulseless(quick: bool = False) -> dict[str, float]:
     }
 
 
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(20))  # the rule's candidates: 0, 0.05, ..., 0.95
+
+
+def _held(rows: list[tuple[str, float, float, float]], thr: float) -> tuple[list[float], int, set[str]]:
+    """For threshold ``thr``: the value a display shows at each row (the record's last value at or above
+    the threshold; NaN before the record's first one), how many rows kept their own value, and the
+    records with any."""
+    shown, kept, answered = [], 0, set()
+    held, rec = math.nan, None
+    for name, c, v, _ in rows:
+        if name != rec:
+            held, rec = math.nan, name
+        if c >= thr:
+            held, kept = v, kept + 1
+            answered.add(name)
+        shown.append(held)
+    return shown, kept, answered
+
+
 def hold_curve(rows: list[tuple[str, float, float, float]]) -> list[tuple[float, float, float, float]]:
     """(threshold, hold-last MAE, share of windows with a value, share of records with a value) for the
     candidate thresholds 0, 0.05, ..., 0.95. ``rows`` are (record, confidence, value, reference) of every
@@ -353,19 +374,32 @@ def hold_curve(rows: list[tuple[str, float, float, float]]) -> list[tuple[float,
     (windows before a record's first kept value are not scored)."""
     curve = []
     records = {name for name, *_ in rows}
-    for thr in np.arange(0.0, 1.0, 0.05):
-        held, errs, kept, rec, answered = math.nan, [], 0, None, set()
-        for name, c, v, ref in rows:
-            if name != rec:
-                held, rec = math.nan, name
-            if c >= thr:
-                held, kept = v, kept + 1
-                answered.add(name)
-            if math.isfinite(held):
-                errs.append(abs(held - ref))
+    for thr in THRESHOLDS:
+        shown, kept, answered = _held(rows, thr)
+        errs = [abs(h - ref) for h, (*_, ref) in zip(shown, rows, strict=True) if math.isfinite(h)]
         mae = float(np.mean(errs)) if errs else math.inf
-        curve.append((float(thr), mae, kept / max(1, len(rows)), len(answered) / max(1, len(records))))
+        curve.append((thr, mae, kept / max(1, len(rows)), len(answered) / max(1, len(records))))
     return curve
+
+
+def common_hold_curve(rows: list[tuple[str, float, float, float]]) -> tuple[int, list[tuple[float, float]]]:
+    """The hold-last MAE of each threshold that leaves every record a value, scored on the same windows
+    for all of them: those where every such threshold's display shows a value. A diagnostic beside the
+    rule (not used by it): the rule's own figure leaves out each record's windows before its first value,
+    so a threshold whose first value comes later is scored on fewer and later windows (docs/dsp.md).
+    Returns the number of common windows and (threshold, MAE) pairs."""
+    records = {name for name, *_ in rows}
+    series = {}
+    for thr in THRESHOLDS:
+        shown, _, answered = _held(rows, thr)
+        if answered == records:
+            series[thr] = shown
+    common = [i for i in range(len(rows)) if all(math.isfinite(s[i]) for s in series.values())]
+    out = [
+        (thr, float(np.mean([abs(s[i] - rows[i][3]) for i in common])) if common else math.inf)
+        for thr, s in series.items()
+    ]
+    return len(common), out
 
 
 HOLD_TOLERANCE_BPM = 1.0
@@ -401,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         _, conf = evaluate(args.quick, peers=False, min_confidence=0.0, halves=("tune",))
         for t, m, k, r in hold_curve(conf.get("tune", [])):
             print(f"  threshold {t:.2f}: hold-last MAE {m:.2f} bpm, a value in {k:.0%} of windows, {r:.0%} of records")
+        n_common, common = common_hold_curve(conf.get("tune", []))
+        print(f"  on the {n_common} windows that every threshold keeping all records shows a value for:")
+        print("   " + ", ".join(f"{t:.2f}: {m:.2f}" for t, m in common))
         thr, mae = choose_threshold(conf.get("tune", []))
         print(f"tuning half: threshold {thr:.2f} gives hold-last MAE {mae:.2f} bpm")
         print(f"RESULT min_confidence={thr:.2f} tune_hold_mae={mae:.3f}")

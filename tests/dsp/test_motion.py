@@ -574,6 +574,24 @@ def test_the_threshold_rule_does_not_buy_its_figure_by_silencing_a_record() -> N
     assert thr > 0.1 and mae == 0.0
 
 
+def test_the_common_window_curve_scores_every_threshold_on_the_same_windows() -> None:
+    """bench/dsp_eval_wrist.common_hold_curve: a record whose first value is wrong and unconfident (held
+    for 10 windows at a low threshold), then right and confident. The rule's curve leaves the first 10
+    windows out at a high threshold and looks 6.7 bpm better; on the windows both thresholds show, they
+    are the same. A threshold that silences a record is not in the common curve."""
+    from bench.dsp_eval_wrist import common_hold_curve, hold_curve
+
+    rows = [("a", 0.1, 130.0, 100.0)] + [("a", -math.inf, math.nan, 100.0)] * 9 + [("a", 0.9, 100.0, 100.0)] * 10
+    rows += [("b", 0.7, 80.0, 80.0)] * 5
+    curve = {round(thr, 2): mae for thr, mae, _, _ in hold_curve(rows)}
+    assert curve[0.0] == pytest.approx(300.0 / 25) and curve[0.5] == 0.0
+    n, common = common_hold_curve(rows)
+    assert n == 15  # a's last 10 and b's 5: where every threshold up to 0.70 shows a value
+    got = dict((round(t, 2), m) for t, m in common)
+    assert set(got) == {round(0.05 * k, 2) for k in range(15)}  # 0.75 and up silence "b"
+    assert all(m == 0.0 for m in got.values())
+
+
 def test_the_benchs_visibility_ceiling_finds_the_pulse_line_only_where_it_is() -> None:
     """bench/dsp_eval_wrist.pulse_visible: the pulse of a scene whose swing is 3x larger is among the
     strongest lines before and after cancellation; on the swing's harmonic (0.8 Hz swing, 96 /min pulse)
