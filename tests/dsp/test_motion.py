@@ -650,37 +650,14 @@ def test_light_flickering_at_100_hz_is_not_taken_for_a_pulse(fs: float) -> None:
     windows (flicker as strong as the pulse would be, 10 x the noise), and at 128 Hz a flicker 10 x the
     pulse took the pulse's values (coverage 0.99 -> 0.01). Three-fold: neither, here with a flicker 3 x
     a pulse for the pulseless wrist (at 128 Hz from about 10 x a pulseless, nearly noiseless wrist reads
-    it again: docs/dsp.md) and 10 x with the pulse."""
-    rng = np.random.default_rng(int(fs))
-    t = np.arange(round(60.0 * fs)) / fs
-    light = np.sin(2 * math.pi * 100.0 * t + 0.3)
-    swing = 0.9  # Hz, the arm of a walk; its step at 1.8 Hz
-    acc = np.column_stack(
-        (
-            0.3 * np.sin(2 * math.pi * swing * t),
-            0.2 * np.sin(4 * math.pi * swing * t + 0.5),
-            1.0 + 0.1 * np.sin(4 * math.pi * swing * t),
-        )
-    ) + 0.01 * rng.standard_normal((len(t), 3))
-    hr = 95.0 / 60.0
-    pulse = np.sin(2 * math.pi * hr * t) + 0.4 * np.sin(4 * math.pi * hr * t + 1.0)
-    for with_pulse in (False, True):
-        flicker = (10.0 if with_pulse else 3.0) * light
-        ppg = 1000.0 + flicker + 0.1 * rng.standard_normal(len(t)) + (pulse if with_pulse else 0.0)
-        tr = MotionHrTracker()
-        values = []
-        k = round(WINDOW_S / HOP_S)
-        while k * HOP_S <= t[-1]:
-            a, b = round((k * HOP_S - WINDOW_S) * fs), round(k * HOP_S * fs)
-            m = tr.update(ppg[a:b], acc[a:b], fs, k * HOP_S)
-            if m.bpm is not None:
-                values.append(m.bpm)
-            k += 1
-        windows = k - round(WINDOW_S / HOP_S)
-        if with_pulse:
-            assert len(values) >= 0.9 * windows and max(abs(v - 95.0) for v in values) < 3.0, values
-        else:
-            assert sum(abs(v - 144.0) < 5.0 for v in values) == 0 and len(values) <= 2, values
+    it again: docs/dsp.md) and 10 x with the pulse. The scenes are bench/dsp_flicker's, through
+    WristStream."""
+    from bench.dsp_flicker import scene
+
+    windows, values = scene(fs, 60.0, 3.0, False, seed=int(fs))
+    assert windows >= 25 and sum(abs(v - 144.0) < 5.0 for v in values) == 0 and len(values) <= 2, values
+    windows, values = scene(fs, 60.0, 10.0, True, seed=int(fs) + 1)
+    assert len(values) >= 0.9 * windows and max(abs(v - 95.0) for v in values) < 3.0, values
 
 
 def test_a_ppg_beyond_any_sensors_range_is_refused_without_overflow() -> None:
