@@ -4,9 +4,11 @@ Each record is fed to the daemon's own :class:`gateway.dsp.stream.WristStream` a
 ``pleth`` (the wrist PPG) and ``accel_x/y/z`` (g) at the record's rate (256 Hz in the shared records),
 numbered by their position on the record's sample grid: samples the wrist device lost are simply not
 sent (the stream bridges short gaps itself).
-Windows: 8 s every 2 s (the stream's motion cadence); the value of a window is the stream's heart rate
-emitted at that window's end (``ours``). Peers get the same 8 s of PPG with the lost samples linearly
-interpolated (they need an even grid): HeartPy ``process``, NeuroKit2 ``ppg_process`` (bench/dsp_eval_hr).
+Windows: 8 s every 2 s (the stream's motion cadence); the value of a window (``ours``) is the stream's
+heart rate current at that window's end (:func:`current_values`): the spectral value of that window, or
+a time-domain value of the last 5 s (at rest the stream computes a 10 s window every 5 s). Peers get
+the same 8 s of PPG with the lost samples linearly interpolated (they need an even grid): HeartPy
+``process``, NeuroKit2 ``ppg_process`` (bench/dsp_eval_hr).
 ``timedomain`` is the gateway's time-domain estimator on the same window with the accelerometer withheld
 (the path the wrist had before: with it, the motion limit refuses nearly every window).
 
@@ -147,11 +149,28 @@ def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tup
     return line_at(setup, ratio, ref, width), _near_strongest_peak(motion, f[band], ref, width)
 
 
+def current_values(emitted: list[tuple[float, float, float, float]]) -> dict[int, tuple[float, float]]:
+    """Window end (in motion hops) -> (bpm, quality) of the stream's current value at that moment, from
+    ``emitted``: (time, bpm, quality, cadence) of each value, in time order. A value is current from its
+    window's end until the next one of its path is due (``cadence`` later): a spectral value (every
+    :data:`HOP_S`) only at its own window's end, a time-domain value (the rest path's 10 s window every
+    5 s, ``stream.HOP_S``) also at the ends of the 2 s grid before the next, which are not windows
+    without a value but windows that path does not compute; where two are current, the later one."""
+    out: dict[int, tuple[float, float]] = {}
+    for t, bpm, q, cadence in emitted:
+        k = math.ceil(t / HOP_S - 1e-9)
+        while k * HOP_S < t + cadence - 1e-9:
+            out[k] = (bpm, q)
+            k += 1
+    return out
+
+
 def stream_values(
     rec: datasets.WristRecord, min_confidence: float | None = None, seed_bpm: float | None = None
 ) -> dict[int, tuple[float, float]]:
-    """Window end (in hops) -> (bpm, quality) emitted by the stream for this record; ``seed_bpm``: the
-    tracker starts from this rate, as the daemon's does when its wearer starts to move after rest."""
+    """Window end (in hops) -> (bpm, quality) current in the stream for this record
+    (:func:`current_values`); ``seed_bpm``: the tracker starts from this rate, as the daemon's does when
+    its wearer starts to move after rest."""
     s = WristStream(rec.name, motion_hr=True)
     if min_confidence is not None:
         s._tracker.min_confidence = min_confidence
@@ -159,7 +178,8 @@ def stream_values(
         s._tracker.seed(seed_bpm, WINDOW_S - HOP_S, rec.fs)  # one hop before the first window ends
     ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
     step = round(BLOCK_S * rec.fs)
-    out: dict[int, tuple[float, float]] = {}
+    cadence = {"spectral": HOP_S, "time": s.hop_s}
+    emitted: list[tuple[float, float, float, float]] = []
     for i in range(0, len(ok), step):
         idx = np.flatnonzero(ok[i : i + step]) + i
         # a block is a contiguous run of samples; a loss inside this second splits it
@@ -172,8 +192,9 @@ def stream_values(
             w = Waveform(rec.name, captured_at=a / rec.fs, fs=rec.fs, first_index=a, channels=ch)
             for m in s.push_waveform(w):
                 if m.code == LOINC_HR:
-                    out[round(m.captured_at / HOP_S)] = (float(m.value), float(m.quality or 0.0))
-    return out
+                    every = cadence[m.extra.get("method", "time")]
+                    emitted.append((m.captured_at, float(m.value), float(m.quality or 0.0), every))
+    return current_values(emitted)
 
 
 @dataclass

@@ -592,6 +592,28 @@ def test_the_common_window_curve_scores_every_threshold_on_the_same_windows() ->
     assert all(m == 0.0 for m in got.values())
 
 
+def test_the_benchs_current_value_lasts_one_cadence_of_its_own_path() -> None:
+    """bench/dsp_eval_wrist.current_values: a time-domain value (a window every 5 s) is the stream's
+    current value at the ends of the 2 s grid until the next is due, a spectral one (every 2 s) only at
+    its own; a value never counts for a window that ended before it, and the later of two current ones
+    wins."""
+    from bench.dsp_eval_wrist import current_values
+
+    emitted = [(10.0, 70.0, 0.9, 5.0), (15.0, 72.0, 0.8, 5.0), (20.0, 75.0, 0.7, 2.0), (25.0, 90.0, 0.6, 5.0)]
+    got = current_values(emitted)
+    # 10 s: windows 10, 12, 14; 15 s: 16, 18 (not 14, which ended first); 20 s (spectral): 20 only,
+    # though 15 s would still be current there; 25 s: 26, 28 (not 24: round(12.5) would have given it)
+    assert got == {
+        5: (70.0, 0.9), 6: (70.0, 0.9), 7: (70.0, 0.9), 8: (72.0, 0.8), 9: (72.0, 0.8),
+        10: (75.0, 0.7), 13: (90.0, 0.6), 14: (90.0, 0.6),
+    }  # fmt: skip
+    # floating-point window ends (t0 + samples / fs) land on their own window
+    assert current_values([(2.0 * 7 + 1e-12, 60.0, 1.0, 2.0), (2.0 * 9 - 1e-12, 61.0, 1.0, 2.0)]) == {
+        7: (60.0, 1.0),
+        9: (61.0, 1.0),
+    }
+
+
 def test_the_benchs_visibility_ceiling_finds_the_pulse_line_only_where_it_is() -> None:
     """bench/dsp_eval_wrist.pulse_visible: the pulse of a scene whose swing is 3x larger is among the
     strongest lines before and after cancellation; on the swing's harmonic (0.8 Hz swing, 96 /min pulse)
