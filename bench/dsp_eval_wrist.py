@@ -39,6 +39,12 @@ starts from the time-domain rate at rest when the wearer starts to move (``Motio
 each record's tracker starts from the ECG rate of its first window (the rest path's own error is 0.2-0.9
 bpm, docs/dsp.md).
 
+``*_af_screens``, ``*_af_false``: the stream's AF screenings (from the beats it found in the PPG, every
+60 s over 120 s) and how many of them said ``af``. Every one is of sinus rhythm: the ECG annotations
+screen sinus in every 120 s window (:func:`gateway.dsp.af.screen_af`) except where the ECG itself is
+corrupted by motion (the first windows of s4_run and s8_run), so each ``af`` is a false alarm, of the kind
+a wearer's family doctor would receive.
+
 ``wrist_pulseless_*`` (:func:`pulseless`): the share of a pulseless moving wrist's windows (the
 generator's sensor-off span) that get a heart rate, every one of them false.
 
@@ -74,7 +80,7 @@ from gateway.dsp.motion import (
     spectrum_bins,
 )
 from gateway.dsp.quality import motion_level
-from gateway.dsp.stream import LOINC_HR, WristStream
+from gateway.dsp.stream import CODE_AF, LOINC_HR, WristStream
 
 FloatArray = datasets.FloatArray
 TUNE_SUBJECTS = ("s2", "s4", "s6", "s9")  # sorted subjects s2 s3 s4 s5 s6 s8 s9, every other one
@@ -166,11 +172,15 @@ def current_values(emitted: list[tuple[float, float, float, float]]) -> dict[int
 
 
 def stream_values(
-    rec: datasets.WristRecord, min_confidence: float | None = None, seed_bpm: float | None = None
+    rec: datasets.WristRecord,
+    min_confidence: float | None = None,
+    seed_bpm: float | None = None,
+    af_labels: list[str] | None = None,
 ) -> dict[int, tuple[float, float]]:
     """Window end (in hops) -> (bpm, quality) current in the stream for this record
     (:func:`current_values`); ``seed_bpm``: the tracker starts from this rate, as the daemon's does when
-    its wearer starts to move after rest."""
+    its wearer starts to move after rest; ``af_labels``, when given, gets the label of each AF screening
+    the stream emitted (from the beats it found in the PPG)."""
     s = WristStream(rec.name, motion_hr=True)
     if min_confidence is not None:
         s._tracker.min_confidence = min_confidence
@@ -191,6 +201,8 @@ def stream_values(
             ch["accel_z"] = rec.accel[a:b, 2]
             w = Waveform(rec.name, captured_at=a / rec.fs, fs=rec.fs, first_index=a, channels=ch)
             for m in s.push_waveform(w):
+                if m.code == CODE_AF and af_labels is not None:
+                    af_labels.append(str(m.extra["label"]))
                 if m.code == LOINC_HR:
                     every = cadence[m.extra.get("method", "time")]
                     emitted.append((m.captured_at, float(m.value), float(m.quality or 0.0), every))
@@ -208,12 +220,16 @@ class Tally:
     visible: list[tuple[bool, bool]] = field(default_factory=list)  # pulse_visible per window
     line: list[tuple[bool, bool]] = field(default_factory=list)  # pulse_line per window
     at_rest: list[bool] = field(default_factory=list)  # gateway.dsp.activity's verdict per window
+    af: list[str] = field(default_factory=list)  # the labels of the stream's AF screenings
     # a peer's error and ours on the windows both answered (the paired comparison)
     paired: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def figures(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}_windows": float(self.windows), f"{prefix}_motion_g": float(np.median(self.motion))}
         out[f"{prefix}_at_rest"] = float(np.mean(self.at_rest)) if self.at_rest else math.nan
+        # every screening here is of sinus rhythm (module docstring): each "af" is a false alarm
+        out[f"{prefix}_af_screens"] = float(len(self.af))
+        out[f"{prefix}_af_false"] = float(self.af.count("af"))
         vis = np.array(self.visible, dtype=bool).reshape(-1, 2)
         out[f"{prefix}_visible"] = float(np.mean(vis.any(axis=1))) if len(vis) else math.nan
         out[f"{prefix}_visible_cancelled"] = float(np.mean(vis[:, 1])) if len(vis) else math.nan
@@ -266,7 +282,8 @@ def evaluate(
             n = round(90 * rec.fs)
             rec = datasets.WristRecord(rec.name, rec.fs, rec.ppg[:n], rec.accel[:n], rec.beats_s)
         seed = reference_rate(rec.beats_s, 0.0, WINDOW_S) if seeded else None
-        ours = stream_values(rec, min_confidence, seed)
+        af: list[str] = []
+        ours = stream_values(rec, min_confidence, seed, af)
         x = filled(rec.ppg)
         keys = [f"{half}_{rec.activity}", half] + ([f"record_{rec.name}"] if per_record else [])
         acc_filled = np.column_stack([filled(rec.accel[:, i]) for i in range(3)])
@@ -318,6 +335,7 @@ def evaluate(
                     if held is not None:
                         t.hold.setdefault(mname, []).append(abs(held - ref))
         for key in keys:
+            tallies[key].af.extend(af)
             for mname, v in any_value.items():
                 tallies[key].records.setdefault(mname, []).append(v)
     figures: dict[str, float] = {}
