@@ -109,7 +109,7 @@ def stream_windows(
         lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
         hi = int(np.searchsorted(ends, now, side="right"))
         if hi > lo:
-            yield slice(lo, hi), ends[lo:hi] > done_until, screen_af(rr_s[lo:hi])
+            yield slice(lo, hi), ends[lo:hi] > done_until, screen_af(rr_s[lo:hi], span_s=STREAM_WINDOW_S)
         done_until = now
         if now >= t_end:
             break

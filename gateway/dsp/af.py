@@ -339,13 +339,22 @@ def _longest_run(mask: BoolArray, weights: FloatArray) -> float:
     return float(np.max(csum[ends] - csum[starts]))
 
 
-def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool = True) -> AfResult:
+def screen_af(
+    rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool = True, span_s: float | None = None
+) -> AfResult:
     """Screen a window of successive RR / inter-beat intervals (seconds) for atrial fibrillation.
 
     Steps: intervals split by a false beat detection are joined (:func:`merge_extra_beats`, skipped
     with ``merge_extra=False``); then non-finite intervals and intervals outside
     ``[RR_MIN_S, RR_MAX_S]`` are artefacts: they get ``af_mask = False``, do not count towards
     ``burden``, and lower ``quality``; the detector runs on the remaining intervals joined together.
+    ``span_s``: the time the window spans when its intervals may cover only part of it (a stream's
+    120 s window, which holds beats only from the stretches where the sensor gave usable ones). The
+    time no interval covers counts against ``quality`` (:data:`MIN_QUALITY` of the window, by time,
+    must be plausible), and the majority rule (:data:`AF_MAJORITY`) applies only when the span is
+    shorter than ``2 * AF_EPISODE_S``: in a longer window, a short stretch of irregular beats says
+    nothing about the rest of it, and the label ``"af"`` needs an AF stretch of :data:`AF_EPISODE_S`,
+    the episode of the guidelines. Default: the time the intervals themselves span (a recording).
     Raises ``ValueError`` only when ``rr_s`` is not a one-dimensional sequence of numbers.
     """
     try:
@@ -380,6 +389,8 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
     n_unsized = n - int(np.count_nonzero(sized))
     mean_rr = duration / n_valid if n_valid else 1.0
     total = duration + bad_time + n_unsized * mean_rr
+    if span_s is not None and span_s > total:
+        total = span_s  # the time no interval covers is of unknown rhythm, not plausible
     quality = duration / total if total > 0 else 0.0
 
     o_joined = np.full(joined.shape[0], np.nan)
@@ -409,7 +420,8 @@ def screen_af(rr_s: npt.ArrayLike, *, merge_extra: bool = True, cosen_veto: bool
     vetoed_fraction = float(clean[irregular & ~af_clean].sum() / duration)
 
     label: AfLabel
-    if longest >= AF_EPISODE_S or (duration < 2 * AF_EPISODE_S and burden >= AF_MAJORITY):
+    span = duration if span_s is None or not span_s > duration else span_s
+    if longest >= AF_EPISODE_S or (span < 2 * AF_EPISODE_S and burden >= AF_MAJORITY):
         label = "af"
     elif ectopic_fraction >= OTHER_ECTOPIC_FRACTION or vetoed_fraction >= OTHER_VETOED_FRACTION:
         label = "other"

@@ -30,8 +30,10 @@ Cadence (documented in docs/dsp.md):
 - **AF screening** (``homecare:af-screening``, unit ``1``, value = AF burden 0..1, ``extra`` = label,
   burden, window_s, n_intervals): every :data:`AF_HOP_S` = 60 s of stream time, over the beat intervals
   of the last :data:`AF_WINDOW_S` = 120 s: the device's own RR intervals when it sent any in that window,
-  otherwise the beats found in the PPG. A window :func:`~gateway.dsp.af.screen_af` calls
-  ``"insufficient"`` emits nothing.
+  otherwise the beats found in the PPG. The screen is told the time the window spans (``span_s``), so
+  that the time without a usable beat counts as unknown: a label needs half the window's time covered
+  by plausible intervals (:data:`~gateway.dsp.af.MIN_QUALITY`). A window
+  :func:`~gateway.dsp.af.screen_af` calls ``"insufficient"`` emits nothing.
 
 Channels: ``pleth`` (an oximeter's upright pleth, e.g. the CMS50 at 60 Hz) or raw optical intensities
 ``ir``/``red``/``green`` (a BLE wrist monitor; a pulse is a dip). Heart rate uses ``pleth``, else ``ir``,
@@ -145,6 +147,7 @@ class WristStream:
         self._dev_rr: deque[tuple[float, float]] = deque()
         self._dev_last: float | None = None
         self._af_next: float | None = None  # stream time of the next AF screen
+        self._af_since = 0.0  # stream time the AF cadence (re)started: a screen spans no more than since then
         # accelerometer-aided heart rate while moving
         # off by default: on the wrist exercise recordings it is not yet accurate enough (docs/dsp.md)
         self.motion_hr = motion_hr
@@ -433,11 +436,11 @@ class WristStream:
 
     def _maybe_af(self, now: float) -> list[Measurement]:
         if self._af_next is None:
-            self._af_next = now + self.af_hop_s
+            self._af_next, self._af_since = now + self.af_hop_s, now
             return []
         if now < self._af_next:
             if now < self._af_next - 2 * self.af_hop_s:  # the clock went back: restart the cadence
-                self._af_next = now + self.af_hop_s
+                self._af_next, self._af_since = now + self.af_hop_s, now
             return []
         self._af_next = now + self.af_hop_s
         self._trim(self._dev_rr, now)
@@ -447,7 +450,9 @@ class WristStream:
         rr = np.fromiter((r for _, r in q), dtype=np.float64, count=len(q))
         if len(rr) == 0:
             return []
-        res = screen_af(rr)
+        # the window spans af_window_s (since the cadence started, if later), however few of its beats
+        # were usable: the time without any is of unknown rhythm (screen_af, span_s)
+        res = screen_af(rr, span_s=min(self.af_window_s, now - self._af_since))
         if res.label == "insufficient":
             self._count("af-insufficient")
             return []

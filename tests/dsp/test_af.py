@@ -207,6 +207,32 @@ def test_short_af_window_majority_rule() -> None:
     assert res.label == "af"
 
 
+def test_a_short_stretch_in_a_long_window_is_not_af() -> None:
+    """The majority rule is for a short recording. A stream's 120 s window that holds only 25 s of
+    irregular beats (the rest of its time unusable) knows nothing of the other 95 s: with ``span_s``
+    that time counts against the quality and the window is insufficient. A 41 s series that is
+    irregular for 30 s at most (under an episode), 73 % of it, is 'af' as a recording and not as an
+    80 s window half covered."""
+    rng = np.random.default_rng(7)
+    burst = af_rr(38, rng, 0.65)
+    assert 20.0 < burst.sum() < 30.0
+    assert screen_af(burst).label == "af"
+    res = screen_af(burst, span_s=120.0)
+    assert res.label == "insufficient"
+    assert res.quality == pytest.approx(burst.sum() / 120.0)
+    assert res.burden == 0.0
+    # a span shorter than the intervals changes nothing
+    assert screen_af(burst, span_s=5.0).label == "af"
+    rng = np.random.default_rng(1)
+    mixed = np.concatenate((sinus(24, rng, 0.7), af_rr(38, rng, 0.65)))
+    whole = screen_af(mixed)
+    assert 40.0 < whole.duration_s < 60.0 and whole.longest_af_s < afmod.AF_EPISODE_S
+    assert whole.burden >= afmod.AF_MAJORITY and whole.label == "af"  # the majority rule
+    windowed = screen_af(mixed, span_s=80.0)
+    assert windowed.quality >= afmod.MIN_QUALITY
+    assert windowed.label != "af"
+
+
 # --- too little or bad input --------------------------------------------------------------------------
 
 
