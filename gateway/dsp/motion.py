@@ -206,10 +206,12 @@ def bandpassed(channels: FloatArray, fs: float) -> tuple[FloatArray, float]:
     """The columns of ``channels`` (n, k) decimated to about :data:`SPECTRUM_FS` (:func:`decimated`: the
     band of interest ends at 4 Hz, far below the ~12 Hz of the new Nyquist), centred and band-passed
     :data:`BAND_HZ`; and the new rate. Decimating first makes the band-pass run on 4-10 x fewer
-    samples."""
+    samples. Fewer than three blocks of input give no samples (:func:`decimated`)."""
     q, _, _ = _spectrum_setup(fs)
     fs_d = fs / q
     dec = decimated(channels, q)
+    if dec.shape[0] == 0:
+        return dec, fs_d  # shorter than one whole kernel (three blocks): nothing to filter
     out: FloatArray = _bandpass_matrix(dec.shape[0], fs_d) @ dec
     return out, fs_d
 

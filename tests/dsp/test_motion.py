@@ -665,6 +665,15 @@ def test_decimation_is_the_three_fold_block_mean_on_whole_kernels(n: int, q: int
     np.testing.assert_allclose(decimated(ramp, q)[:, 0], q * np.arange(1, m - 1) + (q - 1) / 2, atol=1e-9 * n)
 
 
+@pytest.mark.parametrize("n", [0, 1, 10, 29])
+def test_bandpassing_fewer_than_three_blocks_gives_no_samples(n: int) -> None:
+    """motion.bandpassed on less than one whole decimation kernel (three blocks of 10 samples at 256 Hz)
+    has nothing to filter: an empty result at the decimated rate, not a division by zero."""
+    out, fs_d = bandpassed(np.ones((n, 3)), 256.0)
+    assert out.shape == (0, 3) and fs_d == pytest.approx(25.6)
+    assert bandpassed(np.ones((30, 3)), 256.0)[0].shape == (1, 3)
+
+
 @pytest.mark.parametrize("fs", [128.0, 256.0])
 def test_light_flickering_at_100_hz_is_not_taken_for_a_pulse(fs: float) -> None:
     """Mains light at 100 Hz on a 128 or 256 Hz device folds to 144 /min at the decimated rate: with one
