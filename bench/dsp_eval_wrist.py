@@ -176,11 +176,13 @@ def stream_values(
     min_confidence: float | None = None,
     seed_bpm: float | None = None,
     af_labels: list[str] | None = None,
+    reasons: dict[str, int] | None = None,
 ) -> dict[int, tuple[float, float]]:
     """Window end (in hops) -> (bpm, quality) current in the stream for this record
     (:func:`current_values`); ``seed_bpm``: the tracker starts from this rate, as the daemon's does when
     its wearer starts to move after rest; ``af_labels``, when given, gets the label of each AF screening
-    the stream emitted (from the beats it found in the PPG)."""
+    the stream emitted (from the beats it found in the PPG), and ``reasons`` the stream's counts of why
+    it emitted nothing (``StreamCounters.reasons``: ``af-insufficient``, ``no-line-at-rate``, ...)."""
     s = WristStream(rec.name, motion_hr=True)
     if min_confidence is not None:
         s._tracker.min_confidence = min_confidence
@@ -206,6 +208,8 @@ def stream_values(
                 if m.code == LOINC_HR:
                     every = cadence[m.extra.get("method", "time")]
                     emitted.append((m.captured_at, float(m.value), float(m.quality or 0.0), every))
+    if reasons is not None:
+        reasons.update(s.counters.reasons)
     return current_values(emitted)
 
 

@@ -29,11 +29,14 @@ Cadence (documented in docs/dsp.md):
   flat line, perfusion out of limits) is not overridden.
 - **AF screening** (``homecare:af-screening``, unit ``1``, value = AF burden 0..1, ``extra`` = label,
   burden, window_s, n_intervals): every :data:`AF_HOP_S` = 60 s of stream time, over the beat intervals
-  of the last :data:`AF_WINDOW_S` = 120 s: the device's own RR intervals when it sent any in that window,
-  otherwise the beats found in the PPG. The screen is told the time the window spans (``span_s``), so
-  that the time without a usable beat counts as unknown: a label needs half the window's time covered
-  by plausible intervals (:data:`~gateway.dsp.af.MIN_QUALITY`). A window
-  :func:`~gateway.dsp.af.screen_af` calls ``"insufficient"`` emits nothing.
+  of the last :data:`AF_WINDOW_S` = 120 s: the device's own RR intervals when it sent any in that window
+  (screened as a recording: a burst of them is a short one), otherwise, or when they are too few for a
+  label, the beats found in the PPG. For those the screen is told the time the window spans
+  (``span_s``: 120 s, or the time since the cadence started), so that the time without a usable beat
+  counts as unknown: a label needs half of it covered by plausible intervals
+  (:data:`~gateway.dsp.af.MIN_QUALITY`). The cadence starts again with the first data after more than
+  a window without any, and when the clock goes back (beats timed after the new time are dropped). A
+  window :func:`~gateway.dsp.af.screen_af` calls ``"insufficient"`` emits nothing.
 
 Channels: ``pleth`` (an oximeter's upright pleth, e.g. the CMS50 at 60 Hz) or raw optical intensities
 ``ir``/``red``/``green`` (a BLE wrist monitor; a pulse is a dip). Heart rate uses ``pleth``, else ``ir``,
@@ -69,7 +72,7 @@ import numpy.typing as npt
 from drivers import codes
 from drivers.base import BeatIntervals, Measurement, Waveform
 from gateway.dsp.activity import REST_SETTLE_S, RestTracker
-from gateway.dsp.af import screen_af
+from gateway.dsp.af import AfResult, screen_af
 from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
@@ -148,6 +151,7 @@ class WristStream:
         self._dev_last: float | None = None
         self._af_next: float | None = None  # stream time of the next AF screen
         self._af_since = 0.0  # stream time the AF cadence (re)started: a screen spans no more than since then
+        self._af_last: float | None = None  # stream time of the last data (a sample block, device RR)
         # accelerometer-aided heart rate while moving
         # off by default: on the wrist exercise recordings it is not yet accurate enough (docs/dsp.md)
         self.motion_hr = motion_hr
@@ -434,25 +438,57 @@ class WristStream:
         while q and q[0][0] < now - self.af_window_s:
             q.popleft()
 
+    def _restart_af(self, now: float) -> None:
+        """The AF cadence starts again at ``now`` (the stream's first data, the clock gone back, or data
+        again after more than a window without any): the next screen spans the time since then. Beats
+        timed after ``now`` (the clock went back) are dropped, and the chains start again."""
+        self._af_next, self._af_since = now + self.af_hop_s, now
+        for q in (self._ppg_rr, self._dev_rr):
+            # the data just pushed (timed now) may already follow the old ones: keep what is not after now
+            kept = [e for e in q if e[0] <= now]
+            q.clear()
+            q.extend(kept)
+        if self._last_beat is not None and not self._last_beat <= now:
+            self._last_beat = None
+        if self._dev_last is not None and not self._dev_last <= now:
+            self._dev_last = None
+
+    def _screen(self, source: str, now: float) -> AfResult | None:
+        """The AF screen of the window's intervals from ``source``, None when there are none. The device's
+        RR is a measurement where it has any: its bursts are screened as recordings of their own. The
+        PPG's beats come only from windows that the heart-rate gate passed, and a body that moves can
+        pass it with missed and misplaced beats: there the time without usable beats is of unknown rhythm
+        and counts against the screen's quality (``span_s``: the window, or the time since the cadence
+        started)."""
+        q = self._dev_rr if source == "device" else self._ppg_rr
+        rr = np.fromiter((r for _, r in q), dtype=np.float64, count=len(q))
+        if not np.isfinite(rr).any():
+            return None
+        if source == "device":
+            return screen_af(rr)
+        return screen_af(rr, span_s=min(self.af_window_s, now - self._af_since))
+
     def _maybe_af(self, now: float) -> list[Measurement]:
-        if self._af_next is None:
-            self._af_next, self._af_since = now + self.af_hop_s, now
+        last, self._af_last = self._af_last, now
+        if self._af_next is None or (last is not None and now - last > self.af_window_s):
+            self._restart_af(now)  # the first data, or data again after more than a window without any
             return []
         if now < self._af_next:
             if now < self._af_next - 2 * self.af_hop_s:  # the clock went back: restart the cadence
-                self._af_next, self._af_since = now + self.af_hop_s, now
+                self._restart_af(now)
             return []
         self._af_next = now + self.af_hop_s
         self._trim(self._dev_rr, now)
         self._trim(self._ppg_rr, now)
-        source = "device" if any(math.isfinite(r) for _, r in self._dev_rr) else "ppg"
-        q = self._dev_rr if source == "device" else self._ppg_rr
-        rr = np.fromiter((r for _, r in q), dtype=np.float64, count=len(q))
-        if len(rr) == 0:
+        # the device's RR when it sent any in the window; the PPG's beats when it sent none, or too few
+        # for a label (a device that includes RR in some of its notifications only)
+        source, res = "device", self._screen("device", now)
+        if res is None or res.label == "insufficient":
+            ppg = self._screen("ppg", now)
+            if ppg is not None and (res is None or ppg.label != "insufficient"):
+                source, res = "ppg", ppg
+        if res is None:
             return []
-        # the window spans af_window_s (since the cadence started, if later), however few of its beats
-        # were usable: the time without any is of unknown rhythm (screen_af, span_s)
-        res = screen_af(rr, span_s=min(self.af_window_s, now - self._af_since))
         if res.label == "insufficient":
             self._count("af-insufficient")
             return []

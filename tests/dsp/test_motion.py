@@ -601,12 +601,14 @@ def test_the_benchs_current_value_lasts_one_cadence_of_its_own_path() -> None:
 
     emitted = [(10.0, 70.0, 0.9, 5.0), (15.0, 72.0, 0.8, 5.0), (20.0, 75.0, 0.7, 2.0), (25.0, 90.0, 0.6, 5.0)]
     got = current_values(emitted)
-    # 10 s: windows 10, 12, 14; 15 s: 16, 18 (not 14, which ended first); 20 s (spectral): 20 only,
-    # though 15 s would still be current there; 25 s: 26, 28 (not 24: round(12.5) would have given it)
+    # 10 s: windows 10, 12, 14; 15 s: 16, 18 (not 14, which ended first, nor 20: 15 + 5 is the next one's
+    # time); 20 s (spectral): 20 only; 25 s: 26, 28 (not 24: round(12.5) would have given it)
     assert got == {
         5: (70.0, 0.9), 6: (70.0, 0.9), 7: (70.0, 0.9), 8: (72.0, 0.8), 9: (72.0, 0.8),
         10: (75.0, 0.7), 13: (90.0, 0.6), 14: (90.0, 0.6),
     }  # fmt: skip
+    # two current at once: the later one, and the earlier again once the later's own cadence is over
+    assert current_values([(15.0, 72.0, 0.8, 5.0), (16.0, 80.0, 0.7, 2.0)]) == {8: (80.0, 0.7), 9: (72.0, 0.8)}
     # floating-point window ends (t0 + samples / fs) land on their own window
     assert current_values([(2.0 * 7 + 1e-12, 60.0, 1.0, 2.0), (2.0 * 9 - 1e-12, 61.0, 1.0, 2.0)]) == {
         7: (60.0, 1.0),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench import datasets
 from drivers.base import BeatIntervals, Measurement, Waveform
-from gateway.dsp.stream import AF_HOP_S, CODE_AF, HOP_S, LOINC_HR, LOINC_SPO2, WINDOW_S, WristStream
+from gateway.dsp.stream import AF_HOP_S, AF_WINDOW_S, CODE_AF, HOP_S, LOINC_HR, LOINC_SPO2, WINDOW_S, WristStream
 from simulators.ppg import Desaturation, PpgRecording, generate
 
 T0 = 1_800_000_000.0
@@ -127,8 +127,10 @@ def test_a_few_usable_seconds_of_wrist_ppg_in_sinus_rhythm_are_not_screened_as_a
 
     for name in ("s2_high_resistance_bike", "s6_low_resistance_bike"):
         labels: list[str] = []
-        stream_values(datasets.load_wrist(name), af_labels=labels)
+        reasons: dict[str, int] = {}
+        stream_values(datasets.load_wrist(name), af_labels=labels, reasons=reasons)
         assert "af" not in labels, (name, labels)
+        assert reasons.get("af-insufficient", 0) > 0, name  # screened, and found too little to say
 
 
 def test_artefacts_emit_nothing_and_break_the_beat_chain() -> None:
@@ -177,6 +179,65 @@ def test_device_rr_feeds_af_screening_and_wins_over_ppg() -> None:
         out2.extend(s2.push_rr(BeatIntervals("w2", T0 + float(t), [float(sinus.truth.rr_s[k - 1])])))
     res2 = _codes(out2, CODE_AF)
     assert res2 and all(m.extra["label"] == "sinus" and m.value == 0.0 for m in res2)
+
+
+def test_a_device_sending_too_few_rr_for_a_label_leaves_the_screen_to_the_ppg() -> None:
+    """A device that puts RR in only a few notifications (5 intervals at the start of every minute, too
+    few for a label) while its PPG covers every window: the screen falls back to the PPG's beats
+    instead of staying insufficient on the device's."""
+    rec = generate(300.0, hr_bpm=72.0, seed=29, af_episodes=[(0.0, 300.0)], af_hr_bpm=100.0)
+    s = WristStream("w1")
+    out: list[Measurement] = []
+    n = round(rec.fs)
+    for i in range(0, len(rec), n):
+        t = i / rec.fs
+        ch = {c: getattr(rec, c)[i : i + n].tolist() for c in ("red", "ir", "green")}
+        out.extend(s.push_waveform(Waveform("w1", T0 + t, rec.fs, ch, first_index=i)))
+        if round(t) % 60 == 5:
+            for k in range(5):
+                out.extend(s.push_rr(BeatIntervals("w1", T0 + t + 0.1 * k, [0.6 + 0.05 * k])))
+    af = _codes(out, CODE_AF)
+    assert len(af) == 4
+    assert all(m.extra["source"] == "ppg" and m.extra["label"] == "af" for m in af)
+
+
+def test_the_clock_going_back_drops_the_beats_timed_after_it() -> None:
+    """Five minutes of AF from the device, then the clock steps back an hour and the rhythm is sinus:
+    the screens after the step hold only beats of the new timeline (before, the AF beats timed an hour
+    ahead stayed in the window and every screen said 'af' on the sinus rhythm)."""
+    rng = np.random.default_rng(0)
+    s = WristStream("w1")
+    out: list[Measurement] = []
+    for start, af in ((0.0, True), (-3600.0, False)):
+        t = start
+        while t < start + 300.0:
+            r = float(rng.uniform(0.45, 1.1)) if af else 0.8 + float(rng.normal(0.0, 0.01))
+            t += r
+            out.extend(s.push_rr(BeatIntervals("w1", T0 + t, [r])))
+    before = [m for m in _codes(out, CODE_AF) if m.captured_at > T0]
+    after = [m for m in _codes(out, CODE_AF) if m.captured_at < T0]
+    assert before and all(m.extra["label"] == "af" for m in before)
+    assert len(after) >= 3 and all(m.extra["label"] == "sinus" for m in after)
+    assert all(m.extra["n_intervals"] <= AF_WINDOW_S / 0.75 for m in after)  # one window of 0.8 s beats
+
+
+def test_after_a_long_disconnection_the_af_cadence_starts_again() -> None:
+    """Five minutes without data (the wrist out of range): the first screen after it spans the time
+    since the data came back, as the stream's very first does, and is not refused for the window's
+    minutes before that."""
+    rec = generate(900.0, hr_bpm=72.0, seed=6)
+    s = WristStream("w1")
+    out: list[Measurement] = []
+    n = round(rec.fs)
+    for i in range(0, len(rec), n):
+        t = i / rec.fs
+        if 300.0 <= t < 600.0:
+            continue
+        ch = {c: getattr(rec, c)[i : i + n].tolist() for c in ("red", "ir", "green")}
+        out.extend(s.push_waveform(Waveform("w1", T0 + t, rec.fs, ch, first_index=i)))
+    after = [m.captured_at - T0 for m in _codes(out, CODE_AF) if m.captured_at - T0 > 600.0]
+    assert after and after[0] <= 600.0 + AF_HOP_S + 2.0
+    assert "af-insufficient" not in s.counters.reasons
 
 
 def test_device_rr_gap_is_not_an_interval() -> None:
