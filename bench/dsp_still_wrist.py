@@ -8,10 +8,11 @@ moving body"). This diagnostic scores, on the rest path's own windows (10 s ever
 motion limit, two estimates against the ECG (bench/dsp_eval_wrist.reference_rate):
 
 - ``plain``: the rest path as the daemon runs it;
-- ``cancelled``: the same estimator on the PPG minus its least-squares fit on the accelerometer (three
-  axes and the magnitude, band-passed as the PPG, at lags of -0.12..+0.12 s every 4 samples): the
-  accelerometer-referenced canceller of the motion path (:func:`gateway.dsp.motion.cancel_motion`, Ram et
-  al. 2012) at the full rate, before the beats are found. Not in the daemon (docs/dsp.md says why).
+- ``cancelled``: :func:`gateway.dsp.motion.rate_motion_cancelled`, the same estimator on the PPG minus
+  its least-squares fit on the accelerometer (three axes and the magnitude, band-passed as the PPG, at
+  lags of -0.12..+0.12 s every 40 ms): the accelerometer-referenced canceller of the motion path (Ram et
+  al. 2012) at the full rate, before the beats are found. The stream uses it only where the plain
+  estimate has no value (docs/dsp.md), so ``cancelled only`` below is what it adds.
 
 Per half (bench/dsp_eval_wrist.TUNE_SUBJECTS): windows each answered, MAE, and how many are more than 4
 and 10 bpm off; and the windows by which of the two answered, with the errors of each.
@@ -31,23 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import datasets
 from bench._common import result_line
 from bench.dsp_eval_wrist import TUNE_SUBJECTS, filled, reference_rate
-from gateway.dsp.heart import bandpass, estimate_heart_rate
+from gateway.dsp.heart import estimate_heart_rate
+from gateway.dsp.motion import rate_motion_cancelled
 from gateway.dsp.quality import MAX_MOTION_G, motion_level
 
 WINDOW_S, HOP_S = 10.0, 5.0  # the rest path's windows (gateway.dsp.stream.WINDOW_S, HOP_S)
-LAG_S, LAG_STEP = 0.12, 4
-
-
-def cancelled(ppg: datasets.FloatArray, accel: datasets.FloatArray, fs: float) -> datasets.FloatArray:
-    """The band-passed PPG minus its least-squares fit on the band-passed, lagged accelerometer."""
-    mag = np.sqrt(np.einsum("ij,ij->i", accel, accel))[:, None]
-    motion = np.column_stack([bandpass(c - c.mean(), fs) for c in np.column_stack((accel, mag)).T])
-    y = bandpass(ppg - ppg.mean(), fs)
-    lags = range(-round(LAG_S * fs), round(LAG_S * fs) + 1, LAG_STEP)
-    regressors = np.concatenate([np.roll(motion, k, axis=0) for k in lags], axis=1)
-    coef, *_ = np.linalg.lstsq(regressors, y, rcond=None)
-    out: datasets.FloatArray = y - regressors @ coef
-    return out
 
 
 def main() -> int:
@@ -68,7 +57,7 @@ def main() -> int:
             if ref is None or not motion_level(acc[a:b]) <= MAX_MOTION_G:
                 continue
             p = estimate_heart_rate(x[a:b], rec.fs, motion=acc[a:b]).bpm
-            c = estimate_heart_rate(cancelled(x[a:b], acc[a:b], rec.fs), rec.fs, motion=acc[a:b]).bpm
+            c = rate_motion_cancelled(x[a:b], acc[a:b], rec.fs).bpm
             if p is not None or c is not None:
                 rows.append((half, None if p is None else p - ref, None if c is None else c - ref))
     figures: dict[str, float] = {}

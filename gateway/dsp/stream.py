@@ -10,7 +10,12 @@ Cadence (documented in docs/dsp.md):
 
 - **Heart rate** (LOINC 8867-4, ``/min``) and **SpO2** (LOINC 59408-5, ``%``, only when the waveform has
   ``red`` and ``ir`` channels): every :data:`HOP_S` = 5 s of contiguous signal, over the last
-  :data:`WINDOW_S` = 10 s. Nothing is emitted for a window that fails the signal-quality index.
+  :data:`WINDOW_S` = 10 s. Nothing is emitted for a window that fails the signal-quality index, with
+  one exception: a still window (under :data:`~gateway.dsp.quality.MAX_MOTION_G`) of a device that sends
+  ``accel_x/y/z``, refused for its beats' sake (:data:`~gateway.dsp.quality.BEAT_REASONS`), is analysed
+  again with the motion cancelled (:func:`~gateway.dsp.motion.rate_motion_cancelled`: a still wrist on
+  a moving body, whose motion makes beats of its own); a value found so is emitted with
+  ``extra["motion_cancelled"] = True`` (counted ``motion-cancelled``), and its beats feed no AF screen.
 - **Heart rate while moving** (only with ``motion_hr=True``, off by default until it meets its accuracy
   goal, see docs/dsp.md; and only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
   :data:`~gateway.dsp.motion.HOP_S` = 2 s over the last :data:`~gateway.dsp.motion.WINDOW_S` = 8 s, the
@@ -76,7 +81,7 @@ from gateway.dsp.af import AfResult, screen_af
 from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
-from gateway.dsp.motion import MotionHrTracker
+from gateway.dsp.motion import MotionHrTracker, rate_motion_cancelled
 from gateway.dsp.quality import BEAT_REASONS, MAX_MOTION_G, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
@@ -348,12 +353,36 @@ class WristStream:
             else:
                 extra["at_rest"] = at_rest
         self._time_refusal = hr.sqi.reasons if hr.bpm is None else ()
+        rescued = None
+        if (
+            hr.bpm is None
+            and motion is not None
+            and motion.ndim == 2
+            and mg is not None
+            and mg <= MAX_MOTION_G  # a moving window is the motion path's (when on)
+            and hr.sqi.reasons
+            and BEAT_REASONS.issuperset(hr.sqi.reasons)
+        ):
+            # a still window whose beats the time-domain path refused: the motion of a body under a still
+            # wrist (pedalling) makes beats of its own there; with it cancelled the same estimator may find
+            # the pulse's (docs/dsp.md, "The rest path on a still wrist of a moving body")
+            rescued = rate_motion_cancelled(src, motion, fs, inverted=inverted)
         if hr.bpm is None:
-            self.counters.unusable_windows += 1
             for r in hr.sqi.reasons:
                 self._count(r)
             log.debug("device %s: window unusable (%s)", self.device_id, ",".join(hr.sqi.reasons))
+            # no beats for the AF screen from it, cancelled or not: those of a cancelled window are not
+            # checked for that (docs/dsp-af.md)
             self._break_chain()
+            if rescued is None or rescued.bpm is None:
+                self.counters.unusable_windows += 1
+            else:
+                self._time_refusal = ()
+                self._count("motion-cancelled")
+                self._tracker.seed(rescued.bpm, t_end, fs)
+                marked = extra | {"motion_cancelled": True}
+                out.append(self._m(LOINC_HR, rescued.bpm, "/min", t_end, rescued.quality, marked))
+                self.counters.hr_emitted += 1
         else:
             self._take_beats(hr.beat_times_s + t_start, t_start, t_end)
             if motion is not None and motion.ndim == 2:
