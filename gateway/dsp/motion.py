@@ -56,7 +56,7 @@ import numpy.typing as npt
 
 from gateway.dsp.filters import sos_response, sosfilt
 from gateway.dsp.heart import BAND_HZ as HEART_BAND_HZ
-from gateway.dsp.heart import MAX_ABS_SAMPLE, HeartRate, bandpass_sos, estimate_heart_rate
+from gateway.dsp.heart import MAX_ABS_SAMPLE, MIN_FS, HeartRate, bandpass_sos, estimate_heart_rate, refused
 from gateway.dsp.quality import motion_level
 
 FloatArray = npt.NDArray[np.float64]
@@ -249,14 +249,21 @@ def cancelled(ppg: FloatArray, accel: FloatArray, fs: float) -> tuple[FloatArray
 
 
 REST_LAG_STEP_S = 1.0 / SPECTRUM_FS  # the rest canceller's lag step: the motion path's (one decimated sample, 40 ms)
+# the rest canceller runs only on this much band-passed (0.5-8 Hz) acceleration, RMS over the axes, in g:
+# a wrist accelerometer's own noise there is 0.3-2 mg (MEMS noise densities of 100-700 ug/sqrt(Hz) over
+# 7.5 Hz), a pedalling body under a still wrist 40-57 mg on the wrist records; 10 mg is five times the
+# noisiest sensor's floor, not a value read off the records (any floor from about 5 to 40 mg gives the
+# same values there)
+REST_MIN_MOTION_G = 0.010
 
 
 def circular_fit(y: FloatArray, motion: FloatArray, lags: npt.NDArray[np.intp]) -> FloatArray:
     """The least-squares fit of ``y`` (n,) on the channels of ``motion`` (n, c) shifted circularly by each
     of ``lags`` (samples): the normal equations of the ``c * len(lags)`` regressors ``roll(motion[:, j],
     k)`` built from the channels' circular correlations by FFT (a few FFTs of n instead of an n x 64
-    least-squares problem: about 0.3 ms for 10 s at 256 Hz against 15 ms), with the same ridge as
-    :func:`cancel_motion`. Returns the fitted part of ``y``."""
+    least-squares problem: about 0.8 ms for 10 s at 256 Hz against 15 ms), with the same ridge as
+    :func:`cancel_motion`. Returns the fitted part of ``y``; no fit (zeros) when there are as many
+    regressors as samples or more, or nothing to fit on."""
     n, c = motion.shape
     nl = len(lags)
     if n == 0 or c == 0 or nl == 0:
@@ -285,22 +292,39 @@ def rate_motion_cancelled(ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, *
     with the motion cancelled first: the band-passed PPG (0.5-8 Hz, the time-domain path's band) minus
     its least-squares fit on the band-passed accelerometer axes and magnitude at lags of
     -:data:`CANCEL_LAG_S`..+:data:`CANCEL_LAG_S` every :data:`REST_LAG_STEP_S` (:func:`circular_fit`),
-    at the device's own rate. For a still wrist on a moving body (a cyclist's hands on the handlebars),
-    whose beats the motion makes in part. The full rate and band keep the beat-shape gate's power: on
-    the decimated 0.5-4 Hz of :func:`cancelled` it passed noise and a flickering light as pulses
-    (docs/dsp.md). ``accel`` (n, k) in g over the same window; refused as the estimator refuses (never
-    raises on bad data)."""
-    x = np.asarray(ppg, dtype=np.float64).ravel()
-    a = np.asarray(accel, dtype=np.float64)
-    ok = a.ndim == 2 and a.shape[0] == len(x) and math.isfinite(fs) and fs > 0.0
-    if not ok or not (np.all(np.isfinite(x)) and np.all(np.isfinite(a))) or len(x) < 2:
-        return estimate_heart_rate(np.zeros(0), fs if math.isfinite(fs) else 0.0)
+    at the device's own rate, then the estimator (which band-passes it once more: both the fit and the
+    second pass are needed for its figures, docs/dsp.md). For a still wrist on a moving body (a
+    cyclist's hands on the handlebars), whose beats the motion makes in part. Only where there is motion
+    to cancel: the band-passed acceleration must reach :data:`REST_MIN_MOTION_G` RMS, or the window is
+    refused ``no-motion`` (a fit on the accelerometer's own noise removes part of any signal by chance
+    and re-rolls the shape gate on a smoother one: a watch on a table got values). The full rate and
+    band keep the beat-shape gate's power (on the decimated 0.5-4 Hz of :func:`cancelled` it passed
+    noise and a flickering light as pulses). ``accel`` (n, k) in g over the same window. Never raises on
+    bad data: it is refused as the estimator refuses it, or as ``not-numeric``, ``bad-rate``,
+    ``out-of-range`` (acceleration beyond 1e6 g, as :func:`~gateway.dsp.quality.motion_level`)."""
+    try:
+        x = np.asarray(ppg, dtype=np.float64).ravel()
+        a = np.asarray(accel, dtype=np.float64)
+    except (TypeError, ValueError):
+        return refused("not-numeric")[0]
+    if not (math.isfinite(fs) and fs >= MIN_FS):
+        return refused("bad-rate")[0]
+    if a.ndim != 2 or a.shape[0] != len(x) or a.shape[1] == 0:
+        return refused("too-short")[0]
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(a))):
+        return refused("not-finite")[0]
+    if len(x) < 2 or float(np.max(np.abs(a))) > 1e6 or float(np.max(np.abs(x))) > MAX_ABS_SAMPLE:
+        return refused("too-short" if len(x) < 2 else "out-of-range")[0]
     mag = np.sqrt(np.einsum("ij,ij->i", a, a))
     channels = np.column_stack((x, a, mag))
     both = _filtfilt(channels - channels.mean(axis=0), fs, HEART_BAND_HZ)  # every column at once
     y, motion = both[:, 0], both[:, 1:]
-    reach, step = round(CANCEL_LAG_S * fs), max(1, round(REST_LAG_STEP_S * fs))
-    lags = np.arange(-reach, reach + 1, step, dtype=np.intp)
+    if not float(np.sqrt(np.mean(motion[:, :-1] ** 2) * (motion.shape[1] - 1))) >= REST_MIN_MOTION_G:
+        return refused("no-motion")[0]
+    # lags symmetric about 0: every REST_LAG_STEP_S out to CANCEL_LAG_S on either side
+    step = max(1, round(REST_LAG_STEP_S * fs))
+    k = max(0, int(CANCEL_LAG_S * fs // step))
+    lags = step * np.arange(-k, k + 1, dtype=np.intp)
     clean = y - circular_fit(y, motion, lags)
     return estimate_heart_rate(-clean if inverted else clean, fs)
 

@@ -14,8 +14,9 @@ Cadence (documented in docs/dsp.md):
   one exception: a still window (under :data:`~gateway.dsp.quality.MAX_MOTION_G`) of a device that sends
   ``accel_x/y/z``, refused for its beats' sake (:data:`~gateway.dsp.quality.BEAT_REASONS`), is analysed
   again with the motion cancelled (:func:`~gateway.dsp.motion.rate_motion_cancelled`: a still wrist on
-  a moving body, whose motion makes beats of its own); a value found so is emitted with
-  ``extra["motion_cancelled"] = True`` (counted ``motion-cancelled``), and its beats feed no AF screen.
+  a moving body, whose motion makes beats of its own, and only when the accelerometer shows motion to
+  cancel); a value found so is emitted with ``extra["motion_cancelled"] = True`` and
+  ``extra["at_rest"] = False`` (counted ``motion-cancelled``), and its beats feed no AF screen.
 - **Heart rate while moving** (only with ``motion_hr=True``, off by default until it meets its accuracy
   goal, see docs/dsp.md; and only when the waveform has ``accel_x``/``accel_y``/``accel_z``): every
   :data:`~gateway.dsp.motion.HOP_S` = 2 s over the last :data:`~gateway.dsp.motion.WINDOW_S` = 8 s, the
@@ -371,8 +372,8 @@ class WristStream:
             for r in hr.sqi.reasons:
                 self._count(r)
             log.debug("device %s: window unusable (%s)", self.device_id, ",".join(hr.sqi.reasons))
-            # no beats for the AF screen from it, cancelled or not: those of a cancelled window are not
-            # checked for that (docs/dsp-af.md)
+            # no beats for the AF screen from it, cancelled or not: those of a cancelled window were never
+            # checked for that (docs/dsp.md, "The rest path on a still wrist of a moving body")
             self._break_chain()
             if rescued is None or rescued.bpm is None:
                 self.counters.unusable_windows += 1
@@ -380,7 +381,9 @@ class WristStream:
                 self._time_refusal = ()
                 self._count("motion-cancelled")
                 self._tracker.seed(rescued.bpm, t_end, fs)
-                marked = extra | {"motion_cancelled": True}
+                # the body moves (that is what was cancelled), however still the wrist: not a resting
+                # value for the rest_only rules nor the summary's resting rate
+                marked = extra | {"motion_cancelled": True, "at_rest": False}
                 out.append(self._m(LOINC_HR, rescued.bpm, "/min", t_end, rescued.quality, marked))
                 self.counters.hr_emitted += 1
         else:

@@ -23,6 +23,7 @@ from gateway.dsp.motion import (
     decimated,
     line_at,
     line_ratios,
+    rate_motion_cancelled,
     significant_lines,
 )
 from gateway.dsp.stream import LOINC_HR, WristStream
@@ -706,6 +707,7 @@ def test_a_still_wrist_on_a_pedalling_body_gets_the_pulse_with_the_motion_cancel
     got = [m for w in _blocks(raw, acc) for m in s.push_waveform(w) if m.code == LOINC_HR]
     assert len(got) >= 3 and all(m.extra.get("motion_cancelled") is True for m in got)
     assert all(abs(m.value - 70.0) < 2.0 for m in got)
+    assert all(m.extra["at_rest"] is False for m in got)  # the body moves: not for rest_only rules
     assert s.counters.reasons["shape"] >= 8 and s.counters.reasons["motion-cancelled"] == len(got)
     assert not any(math.isfinite(r) for _, r in s.beat_intervals())  # nothing for the AF screen
     raw, acc = _pedalling(1.5, 1.5, 5)
@@ -714,6 +716,41 @@ def test_a_still_wrist_on_a_pedalling_body_gets_the_pulse_with_the_motion_cancel
     plain = [m.value for m in got if not m.extra.get("motion_cancelled")]
     assert plain and all(abs(v - 90.0) < 4.0 for v in plain)  # a known gap: docs/dsp.md
     assert all(abs(m.value - 70.0) < 2.0 for m in got if m.extra.get("motion_cancelled"))
+
+
+@pytest.mark.parametrize("fs", [50.0, 100.0, 256.0])
+def test_a_watch_lying_still_without_a_pulse_gets_no_motion_cancelled_value(fs: float) -> None:
+    """Noise within the perfusion limits and a still accelerometer (2 mg of its own noise), 20 min: the
+    rest path refuses it on shape, and there is no motion to cancel (REST_MIN_MOTION_G), so the
+    canceller does not re-roll the shape gate on the noise (before the floor: 1-3 values in 2 h at
+    50-100 Hz, up to 164 /min, marked at rest)."""
+    n = round(20 * 60 * fs)
+    for seed in (1, 2):
+        noise = np.random.default_rng(60 + seed).standard_normal(n)
+        raw, acc = 30000.0 * (1.0 - 0.003 * noise), _still(n, 70 + seed)
+        s = WristStream("w1")
+        got = [m for w in _blocks(raw, acc, fs=fs) for m in s.push_waveform(w) if m.code == LOINC_HR]
+        assert s.counters.reasons.get("shape", 0) >= 200
+        assert not [m for m in got if m.extra.get("motion_cancelled")]
+
+
+@pytest.mark.parametrize(
+    ("ppg", "accel", "fs"),
+    [
+        (["a", "b"], np.zeros((2, 3)), 50.0),
+        (np.zeros(500), np.zeros((500, 3)), 1.0),
+        (np.zeros(500), np.full((500, 3), 1e200), 50.0),
+        (np.zeros(500), np.full((500, 3), np.nan), 50.0),
+        (np.full(500, np.inf), np.zeros((500, 3)), 50.0),
+        (np.zeros(500), np.zeros(500), 50.0),
+        (np.zeros(500), np.zeros((499, 3)), 50.0),
+        (np.zeros(500), np.zeros((500, 3)), float("nan")),
+        ([], np.zeros((0, 3)), 50.0),
+    ],
+)
+def test_the_rest_canceller_refuses_bad_input_without_raising(ppg: object, accel: object, fs: float) -> None:
+    hr = rate_motion_cancelled(ppg, accel, fs)  # type: ignore[arg-type]
+    assert hr.bpm is None and hr.sqi.reasons
 
 
 @pytest.mark.parametrize("n", [0, 1, 10, 29])
