@@ -57,7 +57,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +171,23 @@ def current_values(emitted: list[tuple[float, float, float, float]]) -> dict[int
     return out
 
 
+def record_blocks(rec: datasets.WristRecord) -> Iterator[Waveform]:
+    """The record as the stream gets it: 1 s Waveform blocks of ``pleth`` and ``accel_x/y/z`` on the
+    record's sample grid; a sample the wrist device lost is not sent, so a loss inside a second splits
+    its block in two."""
+    ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
+    step = round(BLOCK_S * rec.fs)
+    for i in range(0, len(ok), step):
+        idx = np.flatnonzero(ok[i : i + step]) + i
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
+            if len(run) == 0:
+                continue
+            a, b = int(run[0]), int(run[-1]) + 1
+            ch = {"pleth": rec.ppg[a:b], "accel_x": rec.accel[a:b, 0], "accel_y": rec.accel[a:b, 1]}
+            ch["accel_z"] = rec.accel[a:b, 2]
+            yield Waveform(rec.name, captured_at=a / rec.fs, fs=rec.fs, first_index=a, channels=ch)
+
+
 def stream_values(
     rec: datasets.WristRecord,
     min_confidence: float | None = None,
@@ -188,26 +205,15 @@ def stream_values(
         s._tracker.min_confidence = min_confidence
     if seed_bpm is not None:
         s._tracker.seed(seed_bpm, WINDOW_S - HOP_S, rec.fs)  # one hop before the first window ends
-    ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
-    step = round(BLOCK_S * rec.fs)
     cadence = {"spectral": HOP_S, "time": s.hop_s}
     emitted: list[tuple[float, float, float, float]] = []
-    for i in range(0, len(ok), step):
-        idx = np.flatnonzero(ok[i : i + step]) + i
-        # a block is a contiguous run of samples; a loss inside this second splits it
-        for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
-            if len(run) == 0:
-                continue
-            a, b = int(run[0]), int(run[-1]) + 1
-            ch = {"pleth": rec.ppg[a:b], "accel_x": rec.accel[a:b, 0], "accel_y": rec.accel[a:b, 1]}
-            ch["accel_z"] = rec.accel[a:b, 2]
-            w = Waveform(rec.name, captured_at=a / rec.fs, fs=rec.fs, first_index=a, channels=ch)
-            for m in s.push_waveform(w):
-                if m.code == CODE_AF and af_labels is not None:
-                    af_labels.append(str(m.extra["label"]))
-                if m.code == LOINC_HR:
-                    every = cadence[m.extra.get("method", "time")]
-                    emitted.append((m.captured_at, float(m.value), float(m.quality or 0.0), every))
+    for w in record_blocks(rec):
+        for m in s.push_waveform(w):
+            if m.code == CODE_AF and af_labels is not None:
+                af_labels.append(str(m.extra["label"]))
+            if m.code == LOINC_HR:
+                every = cadence[m.extra.get("method", "time")]
+                emitted.append((m.captured_at, float(m.value), float(m.quality or 0.0), every))
     if reasons is not None:
         reasons.update(s.counters.reasons)
     return current_values(emitted)

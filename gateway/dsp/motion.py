@@ -56,7 +56,7 @@ import numpy.typing as npt
 
 from gateway.dsp.filters import sos_response, sosfilt
 from gateway.dsp.heart import BAND_HZ as HEART_BAND_HZ
-from gateway.dsp.heart import MAX_ABS_SAMPLE, MIN_FS, HeartRate, bandpass_sos, estimate_heart_rate, refused
+from gateway.dsp.heart import MAX_ABS_SAMPLE, HeartRate, bandpass_sos, clean_window, estimate_heart_rate, refused
 from gateway.dsp.quality import motion_level
 
 FloatArray = npt.NDArray[np.float64]
@@ -300,26 +300,28 @@ def rate_motion_cancelled(ppg: npt.ArrayLike, accel: npt.ArrayLike, fs: float, *
     and re-rolls the shape gate on a smoother one: a watch on a table got values). The full rate and
     band keep the beat-shape gate's power (on the decimated 0.5-4 Hz of :func:`cancelled` it passed
     noise and a flickering light as pulses). ``accel`` (n, k) in g over the same window. Never raises on
-    bad data: it is refused as the estimator refuses it, or as ``not-numeric``, ``bad-rate``,
-    ``out-of-range`` (acceleration beyond 1e6 g, as :func:`~gateway.dsp.quality.motion_level`)."""
+    bad data: the PPG is checked as the time-domain path checks it (:func:`gateway.dsp.heart.clean_window`),
+    the acceleration refused when not numeric, not matching, not finite or beyond 1e6 g (as
+    :func:`~gateway.dsp.quality.motion_level`)."""
+    x, why = clean_window(ppg, fs)  # the PPG's checks are the time-domain path's own
+    if why is not None:
+        return refused(why)[0]
     try:
-        x = np.asarray(ppg, dtype=np.float64).ravel()
         a = np.asarray(accel, dtype=np.float64)
     except (TypeError, ValueError):
         return refused("not-numeric")[0]
-    if not (math.isfinite(fs) and fs >= MIN_FS):
-        return refused("bad-rate")[0]
     if a.ndim != 2 or a.shape[0] != len(x) or a.shape[1] == 0:
         return refused("too-short")[0]
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(a))):
+    if not np.all(np.isfinite(a)):
         return refused("not-finite")[0]
-    if len(x) < 2 or float(np.max(np.abs(a))) > 1e6 or float(np.max(np.abs(x))) > MAX_ABS_SAMPLE:
-        return refused("too-short" if len(x) < 2 else "out-of-range")[0]
+    if float(np.max(np.abs(a))) > 1e6:
+        return refused("out-of-range")[0]
     mag = np.sqrt(np.einsum("ij,ij->i", a, a))
     channels = np.column_stack((x, a, mag))
     both = _filtfilt(channels - channels.mean(axis=0), fs, HEART_BAND_HZ)  # every column at once
     y, motion = both[:, 0], both[:, 1:]
-    if not float(np.sqrt(np.mean(motion[:, :-1] ** 2) * (motion.shape[1] - 1))) >= REST_MIN_MOTION_G:
+    axes = motion[:, :-1]  # the band-passed axes, without the magnitude
+    if not float(np.sqrt(np.mean(np.einsum("ij,ij->i", axes, axes)))) >= REST_MIN_MOTION_G:
         return refused("no-motion")[0]
     # lags symmetric about 0: every REST_LAG_STEP_S out to CANCEL_LAG_S on either side
     step = max(1, round(REST_LAG_STEP_S * fs))

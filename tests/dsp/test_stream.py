@@ -140,23 +140,11 @@ def test_still_windows_of_a_pedalling_wrist_get_values_with_the_motion_cancelled
     rest path refuses a still window's beats, the motion-cancelled estimate answers some, each within
     3.5 bpm of the ECG (s2_high_resistance_bike: 9 windows, the rest path's own 4 values there include
     two 26 and 31 bpm low)."""
-    from bench.dsp_eval_wrist import reference_rate
+    from bench.dsp_eval_wrist import record_blocks, reference_rate
 
     rec = datasets.load_wrist("s2_high_resistance_bike")
     s = WristStream(rec.name)
-    ok = ~np.isnan(rec.ppg) & ~np.isnan(rec.accel).any(axis=1)
-    got: list[Measurement] = []
-    step = round(rec.fs)
-    for i in range(0, len(ok), step):
-        idx = np.flatnonzero(ok[i : i + step]) + i
-        for run in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
-            if len(run):
-                a, b = int(run[0]), int(run[-1]) + 1
-                ch = {
-                    "pleth": rec.ppg[a:b],
-                    **{k: rec.accel[a:b, j] for j, k in enumerate(("accel_x", "accel_y", "accel_z"))},
-                }
-                got.extend(_codes(s.push_waveform(Waveform(rec.name, a / rec.fs, rec.fs, ch, first_index=a)), LOINC_HR))
+    got = [m for w in record_blocks(rec) for m in _codes(s.push_waveform(w), LOINC_HR)]
     rescued = [m for m in got if m.extra.get("motion_cancelled")]
     assert len(rescued) >= 5
     for m in rescued:
