@@ -27,6 +27,7 @@ carry ``extra["at_rest"]`` from this module (docs/dsp.md, "At rest"):
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -64,7 +65,10 @@ def peak_epoch_enmo(accel: npt.ArrayLike, fs: float) -> float | None:
     if norm is None or not (math.isfinite(fs) and fs > 0):
         return None
     pieces = max(1, math.ceil(len(norm) / (EPOCH_S * fs) - 1e-9))
-    return max(float(np.maximum(p - 1.0, 0.0).mean()) for p in np.array_split(norm, pieces))
+    excess = np.maximum(norm - 1.0, 0.0)
+    size, longer = divmod(len(excess), pieces)  # split as np.array_split does: the first ones one longer
+    bounds = [i * size + min(i, longer) for i in range(pieces + 1)]
+    return max(float(excess[a:b].mean()) for a, b in itertools.pairwise(bounds))
 
 
 class RestTracker:

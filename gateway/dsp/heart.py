@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.dsp.filters import butter_bandpass_sos, sosfilt, sosfilt_zi
-from gateway.dsp.quality import SignalQuality, assess
+from gateway.dsp.quality import SignalQuality, assess, median_of
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -84,15 +84,24 @@ def bandpass(x: FloatArray, fs: float) -> FloatArray:
     return out
 
 
-def _moving_average(x: FloatArray, w: int) -> FloatArray:
-    """Centred moving average of width ``w`` (odd), same length, shrinking at the edges."""
-    w = max(1, w | 1)
-    c = np.concatenate(([0.0], np.cumsum(x)))
-    n = len(x)
+@lru_cache(maxsize=32)
+def _average_bounds(n: int, w: int) -> tuple[IntArray, IntArray, FloatArray]:
+    """For :func:`_moving_average` of width ``w`` (odd) on ``n`` samples: each output's first and one-past-
+    last input, and their count (the same for every window of a stream)."""
     h = w // 2
     hi = np.minimum(np.arange(n) + h + 1, n)
     lo = np.maximum(np.arange(n) - h, 0)
-    out: FloatArray = (c[hi] - c[lo]) / (hi - lo)
+    count = (hi - lo).astype(np.float64)
+    for arr in (hi, lo, count):
+        arr.flags.writeable = False
+    return hi, lo, count
+
+
+def _moving_average(x: FloatArray, w: int) -> FloatArray:
+    """Centred moving average of width ``w`` (odd), same length, shrinking at the edges."""
+    hi, lo, count = _average_bounds(len(x), max(1, w | 1))
+    c = np.concatenate(([0.0], np.cumsum(x)))
+    out: FloatArray = (c[hi] - c[lo]) / count
     return out
 
 
@@ -134,7 +143,7 @@ def detect_peaks(y: FloatArray, fs: float) -> IntArray:
     out = np.asarray(keep, dtype=np.intp)
     if len(out) >= 3:
         amp = y[out]
-        out = out[amp >= 0.25 * float(np.median(amp))]
+        out = out[amp >= 0.25 * median_of(amp)]
     return out
 
 
@@ -193,7 +202,7 @@ def beat_fiducials(y: FloatArray, peaks: IntArray, fs: float, pk: FloatArray) ->
     cut = np.isnan(up)
     if cut.any() and not cut.all():
         located = cut & (peaks > 0) & (peaks < len(y) - 1)
-        up[located] = pk[located] - float(np.median(pk[~cut] - up[~cut]))
+        up[located] = pk[located] - median_of(pk[~cut] - up[~cut])
     return up
 
 
@@ -201,7 +210,7 @@ def rate_from_intervals(ibi_s: FloatArray) -> float | None:
     """Mean rate (/min) over the intervals that are neither a missed nor an extra beat."""
     if len(ibi_s) == 0:
         return None
-    med = float(np.median(ibi_s))
+    med = median_of(ibi_s)
     good = (ibi_s > 0.45 * med) & (ibi_s < 1.7 * med)
     # next to a missed or extra beat, an interval more than 20 % off the median is part of the same
     # artefact (a misplaced beat), not a beat of its own (the 20 % rule of the HRV Task Force 1996)

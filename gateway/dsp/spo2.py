@@ -261,9 +261,12 @@ def spo2_from(
     ``inverted=True, check_perfusion=True``), so a stream analyses the IR channel once for both values.
     ``motion``: the accelerometer window the analysis was given (re-checked when the heart rate's
     stricter limits refused the window)."""
-    if len(y_ir) != len(i) or len(r) != len(i) or not (float(np.mean(r)) > 0 and float(np.mean(i)) > 0):
+    if len(y_ir) != len(i) or len(r) != len(i):
         return SpO2(None, None, 0.0, hr.sqi)
-    y_red = -bandpass(r - float(np.mean(r)), fs)
+    dc_r, dc_i = float(np.mean(r)), float(np.mean(i))
+    if not (dc_r > 0 and dc_i > 0):
+        return SpO2(None, None, 0.0, hr.sqi)
+    y_red = -bandpass(r - dc_r, fs)
     den = float(y_ir @ y_ir)
     nr = float(y_red @ y_red)
     norm = float(np.sqrt(den)) * float(np.sqrt(nr))  # not sqrt(den * nr): that product can underflow to 0
@@ -272,7 +275,7 @@ def spo2_from(
     cross = float(y_red @ y_ir)
     slope = cross / den
     corr = cross / norm
-    scale = float(np.mean(i)) / float(np.mean(r))
+    scale = dc_i / dc_r
     ratio = slope * scale
     # SpO2's own limits (3 beats, 0.02 % perfusion, leave-one-out beat template) on the IR analysis
     sqi = hr.sqi
