@@ -255,8 +255,10 @@ def analyse(
     inverted: bool = False,
     motion: npt.ArrayLike | None = None,
     check_perfusion: bool = False,
+    motion_g: float | None = None,
 ) -> tuple[HeartRate, FloatArray]:
-    """:func:`estimate_heart_rate` plus the band-passed, upright window (for SpO2 and plots)."""
+    """:func:`estimate_heart_rate` plus the band-passed, upright window (for SpO2 and plots);
+    ``motion_g``: ``motion``'s :func:`~gateway.dsp.quality.motion_level` when the caller has it."""
     x, why = clean_window(ppg, fs)
     if why is not None:
         return refused(why)
@@ -264,7 +266,7 @@ def analyse(
     if inverted:
         y = -y
     peaks = detect_peaks(y, fs)
-    q = assess(y, peaks, fs, raw=x, check_perfusion=check_perfusion, motion=motion)
+    q = assess(y, peaks, fs, raw=x, check_perfusion=check_perfusion, motion=motion, motion_g=motion_g)
     peak_pos = refine(y, peaks)
     times = peak_pos / fs
     bpm = None

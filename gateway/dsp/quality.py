@@ -153,6 +153,7 @@ def assess(
     raw: FloatArray | None = None,
     check_perfusion: bool = False,
     motion: npt.ArrayLike | None = None,
+    motion_g: float | None = None,
     min_beats: int = MIN_BEATS,
     min_perfusion: float = MIN_PERFUSION,
     leave_one_out: bool = False,
@@ -161,8 +162,9 @@ def assess(
 
     ``raw`` is the unfiltered window (flat-line check; perfusion when ``check_perfusion``: only for raw
     optical intensities with a meaningful DC level, not for a device's already normalised pleth).
-    ``min_beats`` and ``min_perfusion``: the heart rate's limits by default; SpO2 has its own
-    (:mod:`gateway.dsp.spo2`)."""
+    ``motion``: the accelerometer over the window, or ``motion_g``: its :func:`motion_level` when the
+    caller has it already. ``min_beats`` and ``min_perfusion``: the heart rate's limits by default; SpO2
+    has its own (:mod:`gateway.dsp.spo2`)."""
     reasons: list[str] = []
     n = len(y)
     if raw is not None and longest_flat_run(raw) > MAX_FLAT_S * fs:
@@ -174,11 +176,9 @@ def assess(
             reasons.append("no-pulse")
         elif pi > MAX_PERFUSION:
             reasons.append("ambient-light")
-    mg: float | None = None
-    if motion is not None:
-        mg = motion_level(motion)
-        if not mg <= MAX_MOTION_G:
-            reasons.append("motion")
+    mg = motion_level(motion) if motion_g is None and motion is not None else motion_g
+    if mg is not None and not mg <= MAX_MOTION_G:
+        reasons.append("motion")
     if len(peaks) < max(3, min_beats):
         reasons.append("too-few-beats")
     else:

@@ -292,6 +292,7 @@ def spo2_from(
             raw=i,
             check_perfusion=True,
             motion=motion,
+            motion_g=sqi.motion_g,  # the analysis measured it, when it had the motion
             min_beats=MIN_BEATS,
             min_perfusion=MIN_PERFUSION,
             leave_one_out=True,

@@ -343,7 +343,7 @@ class WristStream:
             # analysed, which halves the cost of a moving wrist (the motion path answers, when on)
             hr, y = refused("motion", motion_g=mg)
         else:
-            hr, y = analyse(src, fs, inverted=inverted, motion=motion, check_perfusion=inverted)
+            hr, y = analyse(src, fs, inverted=inverted, motion=motion, motion_g=mg, check_perfusion=inverted)
         out: list[Measurement] = []
         extra: dict[str, Any] = {"window_s": self.window_s}
         if motion is not None:
