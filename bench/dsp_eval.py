@@ -97,19 +97,22 @@ class Counts:
 def stream_windows(
     beat_times_s: npt.NDArray[np.float64], rr_s: npt.NDArray[np.float64]
 ) -> Iterator[tuple[slice, npt.NDArray[np.bool_], AfResult]]:
-    """The daemon's AF screens over a recording: a window of STREAM_WINDOW_S every STREAM_HOP_S.
-    Yields each window's intervals (identified by their ending beat), which of them no earlier window
-    contained (the daemon reports an interval in the first window that has it), and the screen."""
+    """The daemon's AF screens over a recording: a window of STREAM_WINDOW_S every STREAM_HOP_S, the
+    first one hop after the recording starts and spanning only the time since (as the stream's cadence,
+    gateway.dsp.stream). Yields each window's intervals (identified by their ending beat), which of them
+    no earlier window contained (the daemon reports an interval in the first window that has it), and
+    the screen."""
     ends = beat_times_s[1:]
     t0 = float(beat_times_s[0])
     t_end = float(ends[-1])
-    now = t0 + STREAM_WINDOW_S
+    now = t0 + STREAM_HOP_S
     done_until = t0 - 1.0
     while True:
         lo = int(np.searchsorted(ends, now - STREAM_WINDOW_S, side="left"))
         hi = int(np.searchsorted(ends, now, side="right"))
         if hi > lo:
-            yield slice(lo, hi), ends[lo:hi] > done_until, screen_af(rr_s[lo:hi], span_s=STREAM_WINDOW_S)
+            span = min(STREAM_WINDOW_S, now - t0)
+            yield slice(lo, hi), ends[lo:hi] > done_until, screen_af(rr_s[lo:hi], span_s=span)
         done_until = now
         if now >= t_end:
             break
