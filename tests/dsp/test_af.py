@@ -403,3 +403,16 @@ def test_cinc2017_subset_af_versus_other() -> None:
     assert se >= 0.55, se
     assert sp_o >= 0.8, sp_o
     assert sp_n >= 0.85, sp_n
+
+
+@given(
+    st.lists(st.floats(0.2, 3.0) | st.just(math.nan), min_size=1, max_size=12),
+    st.integers(1, 11),
+    st.sampled_from([0.25, 0.5, 0.75]),
+)
+def test_row_quantiles_are_numpy_quantiles(values: list[float], width: int, q: float) -> None:
+    # the running medians and upper quartiles of the screen: numpy's value, NaN rows included
+    rows = np.lib.stride_tricks.sliding_window_view(np.asarray(values * width), width)
+    with np.errstate(invalid="ignore"):
+        ref = np.quantile(rows, q, axis=1)
+    np.testing.assert_array_equal(afmod._row_quantile(rows, q), ref)

@@ -50,6 +50,19 @@ def test_sosfilt_step_from_zi_is_steady() -> None:
     assert np.max(np.abs(y)) < 1e-9  # a band-pass passes no DC: a steady input gives a steady 0
 
 
+@pytest.mark.parametrize("n", [1, 40, 1536, 1537, 5000])  # within one chunk of blocks, at its edge, several
+def test_sosfilt_columns_match_scipy_column_by_column(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 3)).cumsum(axis=0) + np.array([100.0, -3.0, 0.0])  # each column its own level
+    sos = butter_bandpass_sos(2, 0.5, 4.0, 25.0)
+    zi = sosfilt_zi(sos)[:, :, None] * x[0]  # (sections, 2, columns): each column's own steady state
+    ours = sosfilt(sos, x, zi)
+    assert ours.shape == x.shape
+    for c in range(3):
+        ref, _ = signal.sosfilt(sos, x[:, c], zi=zi[:, :, c])
+        np.testing.assert_allclose(ours[:, c], ref, rtol=1e-9, atol=1e-12 * float(np.max(np.abs(x[:, c]))))
+
+
 @pytest.mark.parametrize("alpha", [0.02, 0.1, 0.5])
 def test_lfilter_first_order_matches_scipy(alpha: float) -> None:
     x = np.random.default_rng(1).uniform(0.4, 1.2, size=4321)

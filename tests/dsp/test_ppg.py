@@ -212,3 +212,14 @@ def test_bidmc_excerpt_heart_rate_against_ecg() -> None:
     assert len(errors) >= 0.8 * scored  # clean ICU fingertip PPG: most windows are usable
     assert float(np.mean(errors)) <= 1.0  # MAE floor (the full-record figure is in bench/dsp_eval_hr.py)
     assert max(errors) <= 6.0
+
+
+@given(st.lists(st.floats(-1e6, 1e6), max_size=40))
+def test_median_of_a_windows_few_values_is_numpys(values: list[float]) -> None:
+    from gateway.dsp.quality import median_of
+
+    got = median_of(np.asarray(values))
+    if values:
+        assert got == float(np.median(values))
+    else:
+        assert math.isnan(got)
