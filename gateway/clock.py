@@ -14,6 +14,9 @@ worth (docs/mqtt-contract.md, "Time"):
   read-only, as ``timedatectl`` does) or systemd-timesyncd's flag file, the wall clock, the boot clock
   and the boot id. :meth:`Clock.stamp` gives each committed message its boot id, boot-clock capture time
   and ``clock`` state; :meth:`Clock.synchronised` is what drivers ask before they set a device's clock.
+  A capture time is a wall-clock time read before the stamp, by a driver or a signal window: the clock
+  may have stepped in between, so it is turned into boot-clock time with the offset of the wall clock
+  that read it (the clock remembers its last few offsets, one per step), never blindly with today's.
 - :class:`Timeline`: the care rules' time axis: the boot clock plus an anchor, carried across restarts
   (``clock.json`` in the data directory), so a step of the wall clock either way never moves it.
 
@@ -48,6 +51,11 @@ WATCH_INTERVAL_S = 1.0
 TIMELINE_SAVE_S = 60.0  # the timeline is saved this often (and at stop)
 TIMELINE_CHECK_S = TIMELINE_SAVE_S / 4  # ...looked at this often
 TIMELINE_MARGIN_S = TIMELINE_SAVE_S + TIMELINE_CHECK_S  # a new boot starts this far past the last save
+# A capture time may lie this far past its stamp (times extrapolated from an anchor, re-anchored beyond 1 s:
+# drivers/serial/cms50.py) or before the sample that began its offset's era; beyond that, an offset that puts
+# the capture in the future or before its era's step did not read it.
+CAPTURE_SLACK_S = 2.0
+ERAS_KEPT = 16  # offsets of the wall clock remembered for stamps (one per step seen, the oldest forgotten)
 
 
 class ClockState(enum.IntEnum):
@@ -237,7 +245,15 @@ class ClockCore:
 class Stamp:
     boot_id: str
     boot_s: float  # boot-clock capture time
-    state: ClockState
+    state: ClockState  # UNSYNCED also when read before a step the clock has seen since: it needs a correction
+
+
+@dataclass(slots=True)
+class _Era:
+    """A stretch of the boot clock over which the wall clock kept its offset (no step in it)."""
+
+    offset: float  # wall - boot clock, at its last sample
+    after: float  # it began after this boot-clock time (the sample before its step; -inf for the first)
 
 
 class Clock:
@@ -264,14 +280,26 @@ class Clock:
         self.listeners: list[Callable[[ClockEvent], None]] = []
         self.corrections = 0  # corrections applied (outbox rewrites)
         self.corrected_messages = 0
+        self._eras: list[_Era] = []  # oldest first
+        self._sampled_boot = -math.inf  # the boot clock at the last sample
 
     def synchronised(self) -> bool:
         """Is the wall clock trustworthy now? Drivers set a device's clock only when it is."""
         return self.core.synchronised
 
+    def offset(self) -> float | None:
+        """Wall - boot clock at the last sample (None before the first)."""
+        return self.core.offset
+
     def sample(self) -> list[ClockEvent]:
         self.verdict = self.sync()
-        events = self.core.observe(Sample(self.wall(), self.boot(), self.verdict.synchronised))
+        s = Sample(self.wall(), self.boot(), self.verdict.synchronised)
+        events = self.core.observe(s)
+        if not self._eras or any(ev.kind == "step" for ev in events):
+            self._eras = [*self._eras, _Era(s.wall - s.boot, self._sampled_boot)][-ERAS_KEPT:]
+        else:
+            self._eras[-1].offset = s.wall - s.boot  # NTP's slew, followed
+        self._sampled_boot = s.boot
         for ev in events:
             if ev.kind == "step":
                 log.warning(
@@ -289,13 +317,37 @@ class Clock:
 
     def stamp(self, captured_at: float, *, device_clock: bool = False) -> Stamp:
         """Boot id, boot-clock capture time and clock state of something captured at ``captured_at``
-        on the wall clock (a moment ago, or earlier: the age is kept)."""
+        on the wall clock (a moment ago, or earlier: the age is kept, on the clock that read it).
+
+        The wall clock may have stepped between the capture and now (a reading whose time was read just
+        before the step, a signal window that began before it): the capture is put on the boot clock
+        with the offset of the era that read it, not with today's, which would move it by the step and
+        a correction with it. Read before a step the clock has seen, it is UNSYNCED: it needs a
+        correction even on a synchronised clock (the outbox asks for one)."""
         now_wall, now_boot = self.wall(), self.boot()
-        if device_clock:
-            state = ClockState.DEVICE
-        else:
-            state = ClockState.SYNCED if self.core.synchronised else ClockState.UNSYNCED
-        return Stamp(self.boot_id, now_boot - (now_wall - captured_at), state)
+        if device_clock:  # the device's own clock: only its age on ours matters (never corrected)
+            return Stamp(self.boot_id, now_boot - (now_wall - captured_at), ClockState.DEVICE)
+        offset, stepped_since = self._capture_offset(captured_at, now_wall, now_boot)
+        state = ClockState.SYNCED if self.core.synchronised and not stepped_since else ClockState.UNSYNCED
+        return Stamp(self.boot_id, captured_at - offset, state)
+
+    def _capture_offset(self, captured_at: float, now_wall: float, now_boot: float) -> tuple[float, bool]:
+        """The offset (wall - boot clock) of the wall clock that read ``captured_at``, newest era first:
+        the first under which the capture falls between its era's step and now (give or take
+        :data:`CAPTURE_SLACK_S`); and whether the clock stepped since that era's last sample. Steps smaller
+        than the slack are not told apart (the newest wins); a time no era explains gets today's offset."""
+        current = now_wall - now_boot
+        latest = now_boot + CAPTURE_SLACK_S
+        eras = self._eras
+        if not eras or abs(current - eras[-1].offset) > self.core.step_threshold_s:
+            # a step since the last sample, not seen yet: the capture was read after it, or before
+            if self._sampled_boot - CAPTURE_SLACK_S <= captured_at - current <= latest:
+                return current, False
+        for k in range(len(eras) - 1, -1, -1):
+            era = eras[k]
+            if era.after - CAPTURE_SLACK_S <= captured_at - era.offset <= latest:
+                return era.offset, k < len(eras) - 1
+        return current, False
 
     async def run(self) -> None:
         while True:

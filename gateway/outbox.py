@@ -25,7 +25,9 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   boot-clock time plus the measured offset, in the same transaction as the ``time-correction`` messages
   for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset. That
   transaction is its own, after the commit of what was pending: a correction that fails never takes an
-  SOS commit with it (it is retried with the next commit).
+  SOS commit with it (it is retried with the next commit). A message whose time was read before a step
+  the clock has seen since (:meth:`gateway.clock.Clock.stamp` says UNSYNCED on a synchronised clock) asks
+  for one more correction of its boot, so it is never committed after its boot's correction unmended.
 
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
@@ -335,6 +337,11 @@ class Outbox:
         assert self.timebase is not None
         stamp = self.timebase.stamp(msg.captured_at, device_clock=msg.device_clock)
         self._pending.append(_Pending(msg, fut, stamp.boot_id, stamp.boot_s, stamp.state))
+        offset = self.timebase.offset()
+        if stamp.state is ClockState.UNSYNCED and self.timebase.synchronised() and offset is not None:
+            # Read on the wall clock before a step the clock has seen since (its correction may be on disk
+            # already): a correction of its boot, after its commit, puts its time right.
+            self.request_correction(stamp.boot_id, offset)
         if msg.lane is Lane.ALERT:
             self._urgent.set()
         self._wake_committer.set()

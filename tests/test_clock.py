@@ -53,6 +53,38 @@ def test_stamp_keeps_the_age_on_the_boot_clock_and_the_state() -> None:
     assert clock.status()["synchronised"] is True and clock.status()["source"] == "test"
 
 
+def test_stamp_puts_a_time_read_before_a_step_on_the_boot_clock_with_the_offset_that_read_it() -> None:
+    h = Hands()
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b1")
+    clock.sample()
+    read, read_boot = h.w, h.b
+    h.tick(0.5)
+    h.w += 7200  # a step forwards, not sampled yet
+    h.tick(0.3)
+    late = clock.stamp(read - 0.8)  # read 0.8 s before the step's side of it (frames of a delayed read)
+    assert abs(late.boot_s - (read_boot - 0.8)) < 1e-6 and late.state is ClockState.UNSYNCED
+    assert abs(clock.stamp(h.w - 0.1).boot_s - (h.b - 0.1)) < 1e-6, "read after the step: today's offset"
+    h.synced = True
+    assert [e.kind for e in clock.sample()] == ["step", "synchronised"]
+    h.tick(1.0)
+    stale = clock.stamp(read)  # a window that began before the step, handed over after the clock saw it
+    assert abs(stale.boot_s - read_boot) < 1e-6 and stale.state is ClockState.UNSYNCED, "it needs a correction"
+    now = clock.stamp(h.w)
+    assert abs(now.boot_s - h.b) < 1e-6 and now.state is ClockState.SYNCED
+    read, read_boot = h.w, h.b
+    h.tick(0.2)
+    h.w -= 3600  # a step backwards while synchronised, not sampled yet
+    h.tick(0.2)
+    s = clock.stamp(read)
+    assert abs(s.boot_s - read_boot) < 1e-6 and s.state is ClockState.SYNCED, "the step's correction moves it"
+    assert abs(clock.stamp(h.w).boot_s - h.b) < 1e-6
+    assert [e.kind for e in clock.sample()] == ["step"]
+    s = clock.stamp(read)
+    assert abs(s.boot_s - read_boot) < 1e-6 and s.state is ClockState.UNSYNCED
+    assert clock.stamp(h.w).state is ClockState.SYNCED
+    assert abs(clock.stamp(h.w + 1e6).boot_s - (h.b + 1e6)) < 1e-6, "a time no offset explains: today's"
+
+
 def test_timeline_never_jumps_with_the_wall_clock_and_continues_in_the_same_boot(tmp_path: Path) -> None:
     h = Hands()
     path = tmp_path / "clock.json"

@@ -367,6 +367,71 @@ def test_a_correction_fixes_waiting_times_and_reports_the_sent_ones_in_one_time_
     assert clock.corrected_messages == 5 and ob.time_corrections[0].first_seq == 1
 
 
+def test_readings_read_before_the_step_and_committed_after_it_are_corrected_to_their_true_time(
+    tmp_path: Path,
+) -> None:
+    """The wall clock steps between a reading's capture time and its stamp: a driver read its time, then
+    the step came before the pipeline handed it over (the flaky faketime test: a reading stamped 0.88 s
+    after its capture, the step in between, was "corrected" to two hours behind), or a signal window
+    that began before the step ends after the clock saw it. Each is corrected to its true time."""
+    truth_offset = 1_800_000_000.0 - 50.0
+    h = Hands(truth_offset + 50.0 - 7200, 50.0)  # two hours behind the truth
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+    clock.sample()
+    topics = Topics("hc", "gw")
+    boot_at: dict[str, float] = {}
+
+    def reading(name: str, captured_at: float) -> NewMessage:
+        body = json.dumps({"msg_id": name, "captured_at": rfc3339_ms(captured_at)}).encode()
+        return NewMessage(Lane.OBSERVATION, "t/o", body, "oxi", captured_at)
+
+    async def go() -> list[StoredMessage]:
+        async with Outbox(
+            tmp_path / "ob.db", timebase=clock, time_correction=lambda tc: time_correction(topics, tc, h.wall())
+        ) as ob:
+            runner = asyncio.create_task(ob.run())
+            boot_at["before"] = h.b
+            await ob.put(reading("before", h.wall()))
+            h.tick(0.5)
+            raced, boot_at["raced"] = h.wall(), h.b  # the driver reads the time...
+            window, boot_at["window"] = h.wall() - 4.0, h.b - 4.0  # ...a signal window ends earlier
+            h.tick(0.4)
+            h.w, h.synced = h.w + 7200, True  # ...the step, before the clock's next sample...
+            await ob.put(reading("raced", raced))  # ...and only then the hand-over
+            h.tick(0.2)
+            for ev in clock.sample():
+                if ev.corrects:
+                    ob.request_correction(clock.boot_id, ev.offset)
+            await ob.put(reading("after", h.wall()))
+            boot_at["after"] = h.b
+            for _ in range(200):
+                if clock.corrections >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert clock.corrections == 1
+            await ob.put(reading("window", window))  # after the correction is on disk
+            for _ in range(200):
+                if clock.corrections >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            rows = await fetch_all(ob, Lane.OBSERVATION)
+            runner.cancel()
+            return rows
+
+    rows = {json.loads(m.body)["msg_id"]: m for m in run(go())}
+    for name in ("before", "raced", "window"):
+        m = rows[name]
+        assert m.boot_s is not None and abs(m.boot_s - boot_at[name]) < 0.01, (name, m.boot_s, boot_at[name])
+        assert m.clock is ClockState.CORRECTED and abs(m.captured_at - (boot_at[name] + truth_offset)) < 0.01, (
+            name,
+            m.clock,
+            m.captured_at - (boot_at[name] + truth_offset),
+        )
+        assert json.loads(corrected_body(m))["captured_at"] == rfc3339_ms(boot_at[name] + truth_offset)
+    after = rows["after"]
+    assert after.clock is ClockState.SYNCED and abs(after.captured_at - (boot_at["after"] + truth_offset)) < 0.01
+
+
 async def until_flushed(ob: Outbox) -> None:
     for _ in range(200):
         if ob.time_corrections:
