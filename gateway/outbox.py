@@ -337,11 +337,12 @@ class Outbox:
         assert self.timebase is not None
         stamp = self.timebase.stamp(msg.captured_at, device_clock=msg.device_clock)
         self._pending.append(_Pending(msg, fut, stamp.boot_id, stamp.boot_s, stamp.state))
-        offset = self.timebase.offset()
-        if stamp.state is ClockState.UNSYNCED and self.timebase.synchronised() and offset is not None:
+        if stamp.state is ClockState.UNSYNCED and self.timebase.synchronised():
             # Read on the wall clock before a step the clock has seen since (its correction may be on disk
             # already): a correction of its boot, after its commit, puts its time right.
-            self.request_correction(stamp.boot_id, offset)
+            offset = self.timebase.offset()
+            if offset is not None:
+                self.request_correction(stamp.boot_id, offset)
         if msg.lane is Lane.ALERT:
             self._urgent.set()
         self._wake_committer.set()
