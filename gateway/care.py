@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from drivers.base import ButtonPress, Reading, UnknownDeviceKind, driver_class
+from drivers.base import ButtonPress, Measurement, Reading, UnknownDeviceKind, driver_class
 from gateway import messages
 from gateway.carestore import CareStore, CareStoreError
 from gateway.config import RulesSection
@@ -59,6 +59,7 @@ class CareDesk:
         *,
         clock: Callable[[], float] = time.time,
         wall: Callable[[], float] = time.time,
+        step_since: Callable[[float], float] = lambda _at: 0.0,
         store: CareStore | None = None,
     ) -> None:
         self.cfg = cfg
@@ -68,6 +69,9 @@ class CareDesk:
         self.store = store if store is not None else CareStore(registry.path.parent / STORE_NAME)
         self.clock = clock
         self.wall = wall
+        # how far the wall clock stepped since it read a time (gateway.clock.Clock.step_since): a reading
+        # read just before a step and fed after it enters the timeline where it was read, not the step away
+        self.step_since = step_since
         self.engine = self._new_engine()
         self.sent = 0
         self.send_failures = 0
@@ -117,7 +121,10 @@ class CareDesk:
         engine's state: the next tick saves it when a minute has passed since the last save."""
         self._dirty = True
         now = self.clock()
-        self._emit(self.engine.feed(reading_on_timeline(reading, now - self.wall(), now), now))
+        shift = now - self.wall()
+        if not (isinstance(reading, Measurement) and reading.extra.get("stored") is True):  # a device's own clock
+            shift += self.step_since(reading.captured_at)
+        self._emit(self.engine.feed(reading_on_timeline(reading, shift, now), now))
 
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
         """An SOS press was committed: track it for reminders until the care centre acks it. (The
@@ -125,7 +132,8 @@ class CareDesk:
         if messages.press_role_of(alert_id) != "sos":
             return
         now = self.clock()
-        self.engine.open_external(alert_id, "sos", "critical", device_id, at + now - self.wall(), now)
+        at += now - self.wall() + self.step_since(at)
+        self.engine.open_external(alert_id, "sos", "critical", device_id, at, now)
         self._touch(alert_id)
 
     def call(self, press: ButtonPress, drill: bool) -> tuple[str, NewMessage]:

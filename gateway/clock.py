@@ -331,6 +331,16 @@ class Clock:
         state = ClockState.SYNCED if self.core.synchronised and not stepped_since else ClockState.UNSYNCED
         return Stamp(self.boot_id, captured_at - offset, state)
 
+    def step_since(self, captured_at: float) -> float:
+        """How far the wall clock has stepped since it read ``captured_at`` (s; 0 for a time read since
+        its last step): what moves a capture onto today's wall clock, for the parts that place readings
+        by it (the rules' timeline, the daily summary), as :meth:`stamp` places them on the boot clock.
+        Not for a device's own clock (its times are no reading of ours)."""
+        now_wall, now_boot = self.wall(), self.boot()
+        offset, _ = self._capture_offset(captured_at, now_wall, now_boot)
+        step = (now_wall - now_boot) - offset
+        return step if abs(step) > self.core.step_threshold_s else 0.0  # NTP's slew since the last sample: none
+
     def _capture_offset(self, captured_at: float, now_wall: float, now_boot: float) -> tuple[float, bool]:
         """The offset (wall - boot clock) of the wall clock that read ``captured_at``, newest era first:
         the first under which the capture falls between its era's step and now (give or take

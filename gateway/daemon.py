@@ -232,12 +232,15 @@ class Daemon:
                 synchronised=self.timebase.synchronised,
                 drill_alerts=lambda: pipeline.drill.drill_alerts,
                 offset=lambda: self.timebase.wall() - self.timebase.boot(),
+                step_since=self.timebase.step_since,
             )
             care_submit = pipeline.submit if summary is None else summary.tap(pipeline.submit)
             if summary is not None:
                 pipeline.on_alert(summary.press_alert)
                 pipeline.on_reading(summary.feed)
-            self.care = care = CareDesk(cfg.rules, topics, care_submit, registry, clock=self.clock)
+            self.care = care = CareDesk(
+                cfg.rules, topics, care_submit, registry, clock=self.clock, step_since=self.timebase.step_since
+            )
             devices.on_change.append(care.add_device)
             devices.on_remove.append(care.remove_device)
             pipeline.on_reading(care.feed)

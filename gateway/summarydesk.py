@@ -159,6 +159,7 @@ class SummaryDesk:
         synchronised: Callable[[], bool] = lambda: True,
         is_drill: Callable[[str], bool] = lambda _alert_id: False,
         offset: Callable[[], float] | None = None,
+        step_since: Callable[[float], float] = lambda _at: 0.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
@@ -188,6 +189,10 @@ class SummaryDesk:
         # the outbox moves the same readings; if none comes in UNSYNCED_GRACE_S, or a summary or a
         # report needs it first, it counts at the time it has (:meth:`release`).
         self.offset = offset
+        # how far the wall clock stepped since it read a time (gateway.clock.Clock.step_since): a reading
+        # read just before a step and fed after it counts where it was read (on today's clock), as the
+        # outbox stamps it, not the step away; and waits (above) with today's offset, which it then has
+        self.step_since = step_since
         self.monotonic = monotonic
         self._held: dict[float, Aggregator] = {}
         self._held_since: float | None = None
@@ -242,8 +247,10 @@ class SummaryDesk:
         match r:
             case Measurement():
                 subject = self.subjects.of(r.device_id)
-                agg = self._target(device_clock=r.extra.get("stored") is True)  # a stored record: its own clock
-                agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, r.captured_at, r.extra)
+                stored = r.extra.get("stored") is True  # a stored record: the device's own clock
+                at = r.captured_at if stored else r.captured_at + self.step_since(r.captured_at)
+                agg = self._target(device_clock=stored)
+                agg.measurement(subject, r.device_id, r.code, float(r.value), r.quality, at, r.extra)
             case ButtonPress():
                 subject = self.subjects.of_press(r.device_id, r.extra.get("via"))
                 role = r.role
@@ -253,16 +260,16 @@ class SummaryDesk:
                 drill = alert_id is not None and self.is_drill(alert_id)
                 name = "drill" if drill else role
                 agg = self._target()
-                agg.event(
-                    f"press|{r.device_id}|{r.press_id}", subject, Event(r.device_id, r.captured_at, "press", name)
-                )
+                at = r.captured_at + self.step_since(r.captured_at)
+                agg.event(f"press|{r.device_id}|{r.press_id}", subject, Event(r.device_id, at, "press", name))
                 if alert_id is not None and not drill:
                     # an alert per SOS press; a call press adds to an open request: one alert per request id
-                    alert = Event(r.device_id, r.captured_at, "alert", role)
+                    alert = Event(r.device_id, at, "alert", role)
                     agg.event(f"alert|{alert_id}", subject, alert)
             case DeviceStatus():
                 subject = self.subjects.of(r.device_id)
-                self._target().link(subject, r.device_id, r.captured_at, r.state.value, r.battery_percent)
+                at = r.captured_at + self.step_since(r.captured_at)
+                self._target().link(subject, r.device_id, at, r.state.value, r.battery_percent)
             case _:
                 return
 
@@ -450,6 +457,7 @@ def attach_summary(
     synchronised: Callable[[], bool] = lambda: True,
     drill_alerts: Callable[[], Mapping[str, Any]] | None = None,
     offset: Callable[[], float] | None = None,
+    step_since: Callable[[float], float] = lambda _at: 0.0,
 ) -> SummaryDesk | None:
     """The daemon's summary desk (None with ``[summary] enabled = false``). The caller hooks
     :meth:`SummaryDesk.feed` to the pipeline's readings, :meth:`SummaryDesk.press_alert` to its alerts,
@@ -464,7 +472,15 @@ def attach_summary(
     try:
         store = SummaryStore(data_dir / STORE_NAME, now=wall())
         return SummaryDesk(
-            cfg, topics, submit, store, wall=wall, synchronised=synchronised, is_drill=is_drill, offset=offset
+            cfg,
+            topics,
+            submit,
+            store,
+            wall=wall,
+            synchronised=synchronised,
+            is_drill=is_drill,
+            offset=offset,
+            step_since=step_since,
         )
     except (SummaryStoreError, sqlite3.Error, OSError) as exc:  # never keeps the SOS path from starting
         log.warning("daily summary off: %s", exc)

@@ -85,6 +85,29 @@ def test_stamp_puts_a_time_read_before_a_step_on_the_boot_clock_with_the_offset_
     assert abs(clock.stamp(h.w + 1e6).boot_s - (h.b + 1e6)) < 1e-6, "a time no offset explains: today's"
 
 
+def test_step_since_moves_a_time_read_before_a_step_onto_todays_wall_clock() -> None:
+    h = Hands()
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b1")
+    clock.sample()
+    read = h.w
+    h.tick(0.5)
+    assert clock.step_since(read) == 0.0 and clock.step_since(h.w) == 0.0
+    h.w += 0.3  # NTP's slew over many samples, then a sample: no step
+    clock.sample()
+    assert clock.step_since(read) == 0.0
+    h.w += 7200  # a step forwards, not sampled yet
+    h.tick(0.3)
+    assert abs(clock.step_since(read) - 7200) < 1e-6, "read before the step: moved by it"
+    assert clock.step_since(h.w - 0.1) == 0.0, "read after it: where it is"
+    clock.sample()
+    h.tick(1.0)
+    assert abs(clock.step_since(read) - 7200) < 1e-6, "the same once the clock has seen the step"
+    h.w -= 3600
+    clock.sample()
+    assert abs(clock.step_since(read) - 3600) < 1e-6, "two steps: both"
+    assert clock.step_since(h.w) == 0.0
+
+
 def test_timeline_never_jumps_with_the_wall_clock_and_continues_in_the_same_boot(tmp_path: Path) -> None:
     h = Hands()
     path = tmp_path / "clock.json"

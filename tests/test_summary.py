@@ -29,6 +29,7 @@ import pytest
 from drivers import codes
 from drivers.base import ButtonPress, DeviceStatus, LinkState, Measurement, Reading
 from gateway import messages
+from gateway.clock import Clock
 from gateway.config import parse_config
 from gateway.contract import validator
 from gateway.errors import ConfigError
@@ -46,6 +47,7 @@ from gateway.summary import (
 )
 from gateway.summarydesk import SummaryDesk, build
 from gateway.summarystore import SummaryStore
+from tests.helpers import Hands
 
 ZONE = "Asia/Shanghai"
 TZ = zoneinfo.ZoneInfo(ZONE)
@@ -771,6 +773,49 @@ def test_readings_of_an_unsynchronised_clock_move_with_its_correction(tmp_path: 
         assert not desk._held
         day = desk.store.day("anna", true_t - 3600, true_t + 3600)
         assert int((wall.t + 120) // 60) in {m for m, _, _ in day.bins}
+        await ob.close()
+        desk.close()
+
+    asyncio.run(go())
+
+
+def test_a_reading_read_before_a_clock_step_and_fed_after_it_counts_where_it_was_read(tmp_path: Path) -> None:
+    """A reading whose time was read just before the wall clock stepped (a Pi's first NTP sync) reaches
+    the summary after the step: it counts at its true time, as the outbox stamps it, not the step away."""
+
+    async def go() -> None:
+        behind = 3 * 3600.0  # the Pi booted 3 h behind the truth
+        true_t = local(12 * 60, dt.date(2026, 11, 23))
+        h = Hands(wall=true_t - behind)
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b1")
+        clock.sample()
+        ob = Outbox(tmp_path / "outbox.sqlite3")
+        await ob.__aenter__()
+        store = SummaryStore(tmp_path / "summary.sqlite3", now=h.wall())
+        desk = SummaryDesk(
+            config(tmp_path),
+            TOPICS,
+            ob.submit,
+            store,
+            wall=h.wall,
+            synchronised=clock.synchronised,
+            offset=lambda: h.wall() - h.boot(),
+            step_since=clock.step_since,
+        )
+        read = h.w  # a heart rate and a press, read just before the step
+        h.tick(0.5)
+        h.w += behind  # the step to the truth, not sampled yet: the reading waits with today's offset
+        desk.feed(Measurement("wrist-1", codes.HEART_RATE, 70.0, "/min", read, "gateway", 0.9))
+        h.synced = True
+        assert [e.kind for e in clock.sample()] == ["step", "synchronised"]
+        offset = clock.offset()
+        assert offset is not None
+        desk.correct(offset)
+        desk.feed(ButtonPress("sos-1", read + 0.2, "p-1"))  # after the clock saw the step: counted at once
+        desk.save()
+        day = desk.store.day("anna", true_t - 2 * behind, true_t + 3600)
+        assert sorted(m for m, dev, _ in day.bins if dev == "wrist-1") == [int(true_t // 60)]
+        assert [e.at for e in day.events if e.kind == "press"] == [pytest.approx(true_t + 0.2)]
         await ob.close()
         desk.close()
 

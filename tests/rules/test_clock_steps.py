@@ -4,10 +4,16 @@ the timeline, events moved back onto the wall clock."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from drivers.base import Reading
-from gateway.clock import Timeline
+from gateway.care import CareDesk
+from gateway.clock import Clock, Timeline
+from gateway.config import RulesSection
+from gateway.messages import Topics
+from gateway.outbox import NewMessage
+from gateway.registry import Registry
 from gateway.rules import AlertEvent, RuleEngine, WatchSettings, event_on_wall, reading_on_timeline
 from gateway.rules.defaults import LOINC_SPO2
 from tests.helpers import Hands
@@ -104,3 +110,44 @@ def test_a_step_forwards_by_days_fires_no_watch_reminder_or_escalation_by_itself
     later = desk.tick(uplink_down_since=down_since)
     assert {ev.kind for ev in later if ev.state == "raised"} == {"no_data", "uplink_down"}
     assert [ev.kind for ev in later if ev.state == "reminder"] == ["spo2_low"]
+
+
+def test_the_care_desk_puts_what_was_read_just_before_a_step_where_it_was_read(tmp_path: Path) -> None:
+    """The daemon's care desk, on the clock's timeline: a reading and an SOS press whose times were read
+    just before the wall clock stepped, and that reach the desk after it (seen by the clock or not yet),
+    enter the timeline where they were read, not the step away (where they would be out of order, and
+    the press two hours old)."""
+    h = Hands(T0, 30.0)
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
+    clock.sample()
+    tl = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
+
+    def no_alert(_msg: NewMessage) -> asyncio.Future[int]:
+        raise AssertionError("no care alert expected")
+
+    desk = CareDesk(
+        RulesSection(),
+        Topics("homecare/v1", "gw"),
+        no_alert,
+        Registry(tmp_path / "registry.json"),
+        clock=tl,
+        wall=h.wall,
+        step_since=clock.step_since,
+    )
+    for _ in range(30):
+        h.tick(1.0)
+        desk.feed(meas(LOINC_SPO2, 97.0, h.wall()))
+    read = h.wall()
+    h.tick(0.5)
+    h.w += 7200.0  # a step forwards, not sampled yet
+    desk.feed(meas(LOINC_SPO2, 97.0, read + 0.1))
+    desk.sos("sos-p-1", "p", read + 0.2)
+    clock.sample()
+    h.tick(0.5)
+    desk.feed(meas(LOINC_SPO2, 97.0, read + 0.3))  # after the clock saw the step
+    desk.feed(meas(LOINC_SPO2, 97.0, h.wall()))
+    counters = desk.engine.counters()
+    assert counters.readings == 33 and counters.out_of_order == 0
+    (sos,) = desk.engine.open_alerts()
+    assert abs(sos.started_at - (tl.now() - 0.8)) < 1e-6, "the press on the timeline where it was read"
+    desk.close()
