@@ -57,7 +57,7 @@ import numpy.typing as npt
 from gateway.dsp.filters import sos_response, sosfilt
 from gateway.dsp.heart import BAND_HZ as HEART_BAND_HZ
 from gateway.dsp.heart import MAX_ABS_SAMPLE, HeartRate, bandpass_sos, clean_window, estimate_heart_rate, refused
-from gateway.dsp.quality import motion_level
+from gateway.dsp.quality import clip01, motion_level
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -622,7 +622,7 @@ class MotionHrTracker:
         sides = np.concatenate((self._score[:lo], self._score[hi:]))
         rival = float(sides.max()) if len(sides) else -math.inf
         margin = float(self._score[k]) - rival
-        conf = min(max(margin / -math.log(EVIDENCE_FLOOR), 0.0), 1.0)
+        conf = clip01(margin / -math.log(EVIDENCE_FLOOR))
         # a value needs a periodic line at the tracked rate, within one Fourier bin of it (the 8 s window's
         # resolution), moving or still: the score's margin alone gave a pulseless moving wrist (a watch in
         # a bag) a value in a third of its windows; the margin is the memory's, the line this window's

@@ -71,7 +71,7 @@ def median_of(x: npt.ArrayLike) -> float:
     return v[h] if n % 2 else 0.5 * (v[h - 1] + v[h])
 
 
-def _unit(v: float) -> float:
+def clip01(v: float) -> float:
     """``v`` clipped to 0..1 (NaN stays NaN, as with ``np.clip``)."""
     return min(max(v, 0.0), 1.0)
 
@@ -104,7 +104,7 @@ def template_correlations(y: FloatArray, peaks: IntArray, fs: float) -> tuple[fl
     other_norm2 = np.maximum(float(total @ total) - 2.0 * dots + norms * norms, 0.0)
     on = np.sqrt(other_norm2)
     loo = np.where(on > 0, other_dot / (norms * np.where(on > 0, on, 1.0)), 0.0)
-    return _unit(float(np.mean(corr))), _unit(float(np.mean(loo)))
+    return clip01(float(np.mean(corr))), clip01(float(np.mean(loo)))
 
 
 def template_correlation(y: FloatArray, peaks: IntArray, fs: float, *, leave_one_out: bool = False) -> float:
@@ -194,6 +194,6 @@ def assess(
     corr, loo = template_correlations(y, peaks, fs)
     if (loo if leave_one_out else corr) < MIN_TEMPLATE_CORR:
         reasons.append("shape")
-    score = _unit((corr - 0.5) / 0.5)
+    score = clip01((corr - 0.5) / 0.5)
     usable = not reasons
     return SignalQuality(score if usable else 0.0, usable, tuple(dict.fromkeys(reasons)), corr, mg, pi, loo)

@@ -83,7 +83,7 @@ from gateway.dsp.heart import MIN_FS, analyse, refused
 from gateway.dsp.motion import HOP_S as MOTION_HOP_S
 from gateway.dsp.motion import WINDOW_S as MOTION_WINDOW_S
 from gateway.dsp.motion import MotionHrTracker, rate_motion_cancelled
-from gateway.dsp.quality import BEAT_REASONS, MAX_MOTION_G, motion_level
+from gateway.dsp.quality import BEAT_REASONS, MAX_MOTION_G, clip01, motion_level
 from gateway.dsp.spo2 import Calibration, calibration_for, spo2_from
 
 log = logging.getLogger(__name__)
@@ -542,7 +542,7 @@ class WristStream:
             unit=unit,
             captured_at=t,
             method="gateway",
-            quality=round(float(min(max(quality, 0.0), 1.0)), 3),
+            quality=round(clip01(float(quality)), 3),
             extra=dict(extra),
         )
 
