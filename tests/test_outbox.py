@@ -13,7 +13,7 @@ from gateway.clock import Clock, ClockState
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
 from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, wire_payload
-from tests.helpers import Hands
+from tests.helpers import Hands, until
 
 
 def msg(lane: Lane, device: str = "d1", n: int = 0, size: int = 40) -> NewMessage:
@@ -404,16 +404,10 @@ def test_readings_read_before_the_step_and_committed_after_it_are_corrected_to_t
                     ob.request_correction(clock.boot_id, ev.offset)
             await ob.put(reading("after", h.wall()))
             boot_at["after"] = h.b
-            for _ in range(200):
-                if clock.corrections >= 1:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: clock.corrections >= 1, timeout=5.0, what="the step's correction")
             assert clock.corrections == 1
             await ob.put(reading("window", window))  # after the correction is on disk
-            for _ in range(200):
-                if clock.corrections >= 2:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: clock.corrections >= 2, timeout=5.0, what="the window's own correction")
             rows = await fetch_all(ob, Lane.OBSERVATION)
             runner.cancel()
             return rows
