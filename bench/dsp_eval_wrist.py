@@ -83,6 +83,7 @@ from gateway.dsp.quality import motion_level
 from gateway.dsp.stream import CODE_AF, LOINC_HR, WristStream
 
 FloatArray = datasets.FloatArray
+Cancelled = tuple[FloatArray, FloatArray, float]  # gateway.dsp.motion.cancelled: the channels, cancelled PPG, rate
 TUNE_SUBJECTS = ("s2", "s4", "s6", "s9")  # sorted subjects s2 s3 s4 s5 s6 s8 s9, every other one
 BLOCK_S = 1.0
 
@@ -119,12 +120,15 @@ def _near_strongest_peak(spec: FloatArray, f: FloatArray, ref: float, width: flo
     return bool(len(top)) and float(np.min(np.abs(top - ref))) <= width
 
 
-def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
+def pulse_visible(
+    ppg: FloatArray, accel: FloatArray, fs: float, ref: float, done: Cancelled | None = None
+) -> tuple[bool, bool]:
     """Whether the reference rate is within :data:`VISIBLE_BPM` of one of the :data:`VISIBLE_TOP`
     strongest spectral peaks (40-220 /min) of the window's PPG, (before, after) the tracker's motion
     cancellation. A ceiling for any method that reads the pulse off the spectrum: where the pulse is not
-    among the strongest few lines, only the track's memory can give the right rate."""
-    bp, y, _ = cancelled(ppg, accel, fs)
+    among the strongest few lines, only the track's memory can give the right rate. ``done``: the
+    window's :func:`gateway.dsp.motion.cancelled`, when the caller has it."""
+    bp, y, _ = done if done is not None else cancelled(ppg, accel, fs)
     f, band = spectrum_bins(fs)
     before, after = (
         _near_strongest_peak(spec, f[band], ref, VISIBLE_BPM)
@@ -133,7 +137,9 @@ def pulse_visible(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> 
     return before, after
 
 
-def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tuple[bool, bool]:
+def pulse_line(
+    ppg: FloatArray, accel: FloatArray, fs: float, ref: float, done: Cancelled | None = None
+) -> tuple[bool, bool]:
     """(``line``, ``at_motion``) for one window. ``line``: the motion-cancelled PPG holds a periodic line
     within one Fourier bin of the reference rate (:func:`gateway.dsp.motion.line_at`, the test every
     value of the tracker needs at the rate it tracks): where it fails, a tracker value within a bin of
@@ -145,8 +151,9 @@ def pulse_line(ppg: FloatArray, accel: FloatArray, fs: float, ref: float) -> tup
     (40-220 /min) of the motion (the axes' spectra, each scaled to its maximum, summed, as the Wiener
     gain sees them): the pulse sits on the cadence or the arm swing (or a harmonic), where no spectrum
     of this window tells pulse from motion and the cancellation removes both. On a nearly still wrist
-    (the bikes) the strongest peaks of the motion are its noise's, and there it says little."""
-    bp, y, fs_d = cancelled(ppg, accel, fs)
+    (the bikes) the strongest peaks of the motion are its noise's, and there it says little. ``done``:
+    as for :func:`pulse_visible`."""
+    bp, y, fs_d = done if done is not None else cancelled(ppg, accel, fs)
     width = 60.0 * fs_d / len(y)
     setup, ratio = line_ratios(y, fs_d)
     f, band = spectrum_bins(fs)
@@ -310,8 +317,9 @@ def evaluate(
                 continue
             acc = rec.accel[a:b][~np.isnan(rec.accel[a:b]).any(axis=1)]
             still = rest.update(acc, rec.fs, t1)
-            visible = pulse_visible(x[a:b], acc_filled[a:b], rec.fs, ref)
-            line = pulse_line(x[a:b], acc_filled[a:b], rec.fs, ref)
+            done = cancelled(x[a:b], acc_filled[a:b], rec.fs)
+            visible = pulse_visible(x[a:b], acc_filled[a:b], rec.fs, ref, done)
+            line = pulse_line(x[a:b], acc_filled[a:b], rec.fs, ref, done)
             vals: dict[str, float | None] = {"ours": ours[k_hop - 1][0] if k_hop - 1 in ours else None}
             # every scored window, so that the rule's hold-last MAE is the display's: a window the stream
             # gave no candidate (a gate, not the threshold, refused it) keeps the last value at every threshold
