@@ -21,9 +21,13 @@ when ``[alarm] calls = true``, a call request, the first press of it, the same w
   ``unavailable_after_s`` (default 1 h), cleared when it can again.
 
 :class:`AlarmPolicy` is the sans-I/O core (events and ``now`` in, :class:`SendSms` / report actions
-out, wall-clock times so a restart can resume). :class:`SmsFallback` is the thin async runner: the
-modem, the SQLite record, the outbox messages, and the hooks the daemon calls
-(:func:`attach_sms_fallback`). Phone numbers are personal data: logged at DEBUG only.
+out, times on the runner's clock so a restart can resume). :class:`SmsFallback` is the thin async
+runner: the modem, the SQLite record, the outbox messages, and the hooks the daemon calls
+(:func:`attach_sms_fallback`). In the daemon its clock is the rules' timeline (gateway/clock.py), which a
+step of the wall clock never moves: a press enters it as the care desk's readings do, and the times
+of a report leave it onto the wall clock of the moment, so that no step, forwards or back, makes a
+press look older or younger than it is (a first NTP sync six hours ahead gave every recipient up).
+Phone numbers are personal data: logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from gateway.config import AlarmSection, Config
 from gateway.drill import DrillWindow
 from gateway.messages import Topics
 from gateway.outbox import Lane, NewMessage, StoredMessage
+from gateway.rules import event_on_wall
 from gateway.rules.engine import AlertEvent
 from gateway.rules.spec import CALL_SEVERITY
 
@@ -144,10 +149,12 @@ class Attempt:
     status: AttemptStatus = "sending"
     mrs: list[int] = field(default_factory=list)
     error: str | None = None
-    report_by: float | None = None  # wall time by which a delivery report is due
+    report_by: float | None = None  # when a delivery report is due (the policy's clock)
 
-    def report(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"via": "sms", "to": self.to, "at": messages.rfc3339_ms(self.at), "status": self.status}
+    def report(self, shift: float = 0.0) -> dict[str, Any]:
+        """For the cloud: ``shift`` = the policy's clock - the wall clock, now."""
+        at_ = messages.rfc3339_ms(self.at - shift)
+        item: dict[str, Any] = {"via": "sms", "to": self.to, "at": at_, "status": self.status}
         if self.error:
             item["error"] = self.error
         return item
@@ -211,9 +218,10 @@ Action = SendSms | WatchChange
 
 
 class AlarmPolicy:
-    """The decisions, without I/O. All times are wall-clock POSIX seconds (a restart resumes from the
-    record); a deadline further away than it can legitimately be (the clock stepped back) is pulled in,
-    so a clock step can delay an SMS by at most one retry interval, never suppress it."""
+    """The decisions, without I/O. All times are POSIX-like seconds on the runner's clock (a restart
+    resumes from the record; :class:`SmsFallback`); a deadline further away than it can legitimately be
+    (a clock that stepped back) is pulled in, so a step of that clock can delay an SMS by at most one
+    retry interval."""
 
     def __init__(self, cfg: AlarmSection, *, next_attempt_id: int = 1) -> None:
         self.cfg = cfg
@@ -578,6 +586,8 @@ class SmsFallback:
         person_of: Callable[[str], str | None] = lambda _d: None,
         is_drill: Callable[[str, float], bool] = lambda _a, _t: False,
         clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
+        step_since: Callable[[float], float] = lambda _at: 0.0,
     ) -> None:
         assert cfg.modem is not None or modem is not None
         self.cfg = cfg
@@ -586,7 +596,11 @@ class SmsFallback:
         self.uplink_up = uplink_up
         self.person_of = person_of
         self.is_drill = is_drill
+        # the policy's clock (the daemon's timeline, never stepping), the wall clock, and how far the wall
+        # clock stepped since it read a time (gateway.clock.Clock.step_since)
         self.clock = clock
+        self.wall = wall
+        self.step_since = step_since
         self.modem: SmsSender = modem if modem is not None else Modem("modem", cfg.modem)  # type: ignore[arg-type]
         self.modem.on_report.append(self._on_report)
         self.store = AlarmStore(data_dir / "alarm.sqlite3")
@@ -615,7 +629,13 @@ class SmsFallback:
             return
         up = self.uplink_up()
         drill = self.is_drill(alert_id, pressed_at)
-        self._post(lambda: self._sos(alert_id, device_id, pressed_at, drill, up, kind))
+        pressed_at += self.step_since(pressed_at)  # read just before a step: when it was, on today's clock
+        on_clock = pressed_at + self.shift()
+        self._post(lambda: self._sos(alert_id, device_id, pressed_at, on_clock, drill, up, kind))
+
+    def shift(self) -> float:
+        """The policy's clock - the wall clock, now (0 in tests without a timeline)."""
+        return self.clock() - self.wall()
 
     def on_delivered(self, msg: StoredMessage) -> None:
         try:
@@ -635,7 +655,10 @@ class SmsFallback:
     def _on_report(self, r: at.StatusReport) -> None:
         self._post(lambda: self.policy.report(r.message_ref, r.delivered, r.final, self.clock(), to=r.number))
 
-    def _sos(self, alert_id: str, device_id: str, pressed_at: float, drill: bool, up: bool, kind: str) -> None:
+    def _sos(
+        self, alert_id: str, device_id: str, pressed_at: float, on_clock: float, drill: bool, up: bool, kind: str
+    ) -> None:
+        """``pressed_at`` on the wall clock (the text's time), ``on_clock`` on the policy's."""
         if alert_id in self.policy.cases or (kind == "call" and self.store.has(alert_id)):
             return  # a further press of a call request already watched (its case may be closed)
         text = render_text(
@@ -648,7 +671,7 @@ class SmsFallback:
             kind=kind,
         )
         self.counters["calls_watched" if kind == "call" else "sos_watched"] += 1
-        self.policy.sos(alert_id, device_id, pressed_at, drill, text, self.clock(), up, kind)
+        self.policy.sos(alert_id, device_id, on_clock, drill, text, self.clock(), up, kind)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -747,7 +770,7 @@ class SmsFallback:
             if case.alert_id in self._reporting:
                 continue
             version = case.version
-            fut = self.submit(fallback_message(self.topics, case))
+            fut = self.submit(fallback_message(self.topics, case, self.shift()))
             self._reporting.add(case.alert_id)
             fut.add_done_callback(functools.partial(self._reported, case, version))
 
@@ -773,6 +796,7 @@ class SmsFallback:
             at=w.at,
             detail={"down_s": round(w.at - w.since, 1), **self._health_detail()},
         )
+        ev = event_on_wall(ev, self.shift())  # the alert id keeps the policy's clock: the same raised and cleared
         log.warning(
             "sms fallback: the SMS path %s (watch alert modem_unavailable)",
             "is down" if w.state == "raised" else "is back",
@@ -805,7 +829,9 @@ class SmsFallback:
                 }
                 for c in open_cases
             ],
-            "unavailable_since": messages.rfc3339_ms(self.policy.down_since) if self.policy.down_since else None,
+            "unavailable_since": (
+                messages.rfc3339_ms(self.policy.down_since - self.shift()) if self.policy.down_since else None
+            ),
             "watch_raised": self.policy.watch_raised,
             "counters": dict(self.counters),
         }
@@ -828,9 +854,10 @@ def describe_status(st: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def fallback_message(topics: Topics, case: Case) -> NewMessage:
-    """The alert again, with what the second path did: every attempt so far (docs/mqtt-contract.md)."""
-    at_ = max((a.at for a in case.attempts), default=case.pressed_at)
+def fallback_message(topics: Topics, case: Case, shift: float = 0.0) -> NewMessage:
+    """The alert again, with what the second path did: every attempt so far (docs/mqtt-contract.md).
+    ``shift``: the policy's clock - the wall clock, now (the message carries wall-clock times)."""
+    at_ = max((a.at for a in case.attempts), default=case.pressed_at) - shift
     body = {
         "msg_id": messages.msg_id(
             topics.gateway_id, "alert", case.device_id, f"sos-fallback|{case.alert_id}|{case.version}"
@@ -844,8 +871,8 @@ def fallback_message(topics: Topics, case: Case) -> NewMessage:
         "state": "raised",
         "drill": case.drill,
         "alert_id": case.alert_id,
-        "started_at": messages.rfc3339_ms(case.pressed_at),
-        "fallback": [a.report() for a in case.attempts],
+        "started_at": messages.rfc3339_ms(case.pressed_at - shift),
+        "fallback": [a.report(shift) for a in case.attempts],
     }
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     return NewMessage(Lane.ALERT, topics.alert, data, case.device_id, at_)
@@ -893,11 +920,19 @@ class _Commands(Protocol):
 
 
 def attach_sms_fallback(
-    cfg: Config, topics: Topics, pipeline: _Pipeline, uplink: _Uplink, commands: _Commands
+    cfg: Config,
+    topics: Topics,
+    pipeline: _Pipeline,
+    uplink: _Uplink,
+    commands: _Commands,
+    *,
+    clock: Callable[[], float] = time.time,
+    step_since: Callable[[float], float] = lambda _at: 0.0,
 ) -> SmsFallback | None:
     """The daemon's one call: build the fallback from ``[alarm]`` (None when it is off) and hook it to
     SOS alerts (``pipeline.on_alert``), PUBACKs (``uplink.on_alert_delivered``), acks (the commands'
-    alert desk) and the uplink state. The caller runs :meth:`SmsFallback.run` in its TaskGroup."""
+    alert desk) and the uplink state. The caller runs :meth:`SmsFallback.run` in its TaskGroup.
+    ``clock``, ``step_since``: the daemon's timeline and its clock's (see :class:`SmsFallback`)."""
     if not cfg.alarm.enabled:
         return None
 
@@ -914,6 +949,8 @@ def attach_sms_fallback(
         person_of=person_of,
         # as the pipeline judged the press (the same flag as the alert's `drill`)
         is_drill=lambda alert_id, _at: alert_id in pipeline.drill.drill_alerts,
+        clock=clock,
+        step_since=step_since,
     )
     pipeline.on_alert(fallback.on_sos)  # SOS presses, and call requests when [alarm] calls = true
     uplink.on_alert_delivered.append(fallback.on_delivered)

@@ -267,7 +267,9 @@ class Daemon:
             )
             # SMS fallback of SOS alerts (gateway/alarm.py): None without [alarm]; hooks itself to
             # pipeline.on_alert, uplink.on_alert_delivered and the acks of commands.alerts.
-            self.alarm = attach_sms_fallback(cfg, topics, pipeline, uplink, commands)
+            self.alarm = attach_sms_fallback(
+                cfg, topics, pipeline, uplink, commands, clock=self.clock, step_since=self.timebase.step_since
+            )
             control = {
                 "status": commands.status,
                 "devices": commands.devices_list,

@@ -14,12 +14,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from drivers.serial import at
+from drivers.serial.modem import ModemOptions
+from gateway import messages
+from gateway.alarm import SmsFallback
+from gateway.clock import Clock, Timeline
+from gateway.config import AlarmSection
 from gateway.ctl import call as ctl_call
+from gateway.messages import Topics
+from gateway.outbox import NewMessage
 from simulators.broker import Mosquitto
 from simulators.modem_sim import ModemSimulator, ModemState
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
+from tests.helpers import REPO, Collector, GatewayProcess, Hands, gateway_config, rfxtrx_device, until
 
 CC, G1 = "+8610000000001", "+8613900000001"
 SMS_AFTER_S = 2.0
@@ -333,3 +342,66 @@ def test_modem_unavailable_watch_is_raised_and_cleared(tmp_path: Path, broker: M
     raised, cleared = watch("raised")[0], watch("cleared")[0]
     assert raised["alert_id"] == cleared["alert_id"] and raised["device_id"] == "gw-test"
     assert raised["severity"] == "high" and raised["detail"]["sim"] == "missing"
+
+
+@pytest.mark.parametrize("step_h", [7.0, -2.0])
+def test_a_clock_step_while_an_sms_waits_for_its_retry_neither_gives_up_nor_delays_it(
+    tmp_path: Path, step_h: float
+) -> None:
+    """The fallback in the test's loop, the real modem driver on a pty, the daemon's clocks on hands: an
+    SOS press meets an unplugged modem, then the wall clock steps (a first NTP sync 7 h ahead, beyond
+    ``retry_for_s``; or 2 h back) before the modem returns. Both SMS still go at the next retry, and the
+    report carries the press and the attempts on the wall clock of after the step."""
+    h = Hands(1_800_000_000.0, 100.0)
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
+    clock.sample()
+    timeline = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
+    link = tmp_path / "modem"
+    cfg = AlarmSection(
+        enabled=True, sms_after_s=SMS_AFTER_S, care_centre=(CC,), guardians=(G1,), language="en", timezone="UTC",
+        retry_base_s=0.5, retry_cap_s=2.0, report_timeout_s=30.0,
+        modem=ModemOptions(port=str(link), poll_s=0.3, command_timeout_s=2.0),  # type: ignore[arg-type]
+    )  # fmt: skip
+    sent: list[NewMessage] = []
+    up = [False]
+
+    def submit(msg: NewMessage) -> asyncio.Future[int]:
+        sent.append(msg)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_result(len(sent))
+        return fut
+
+    async def go() -> ModemSimulator:
+        async with ModemSimulator(link) as modem:
+            fallback = SmsFallback(
+                cfg, Topics("homecare/v1", "gw"), tmp_path, submit, lambda: up[0],
+                clock=timeline, wall=h.wall, step_since=clock.step_since,
+            )  # fmt: skip
+            runner = asyncio.create_task(fallback.run())
+            try:
+                await until(lambda: fallback.modem.health.ready, 20, "the modem ready")
+                modem.unplug()
+                await until(lambda: not fallback.modem.health.ready, 20, "the modem gone")
+                pressed = h.wall()
+                fallback.on_sos("sos-b-1", "b", pressed)
+                case = lambda: fallback.policy.cases.get("sos-b-1")  # noqa: E731
+                await until(lambda: (c := case()) is not None and c.attempts, 20, "an attempt without the modem")
+                h.w += step_h * 3600  # the step, seen by the clock
+                clock.sample()
+                modem.plug()
+                h.tick(3.0)  # past the longest retry interval (retry_cap_s)
+                await until(lambda: len(modem.sent) >= 2, 20, "both SMS once the modem is back")
+                up[0] = True
+                await until(lambda: sent, 20, "the report")
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            report = json.loads(sent[-1].body)
+            assert report["started_at"] == messages.rfc3339_ms(pressed + step_h * 3600)
+            times = [messages.parse_rfc3339(f["at"]) for f in report["fallback"]]
+            assert all(pressed + step_h * 3600 <= t <= h.wall() for t in times), (times, h.wall())
+            return modem
+
+    modem = asyncio.run(go())
+    assert sorted(s.to for s in modem.sent) == sorted([CC, G1])
