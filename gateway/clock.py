@@ -341,6 +341,11 @@ class Clock:
         step = (now_wall - now_boot) - offset
         return step if abs(step) > self.core.step_threshold_s else 0.0  # NTP's slew since the last sample: none
 
+    def to_timeline(self, captured_at: float, timeline_now: float) -> float:
+        """``captured_at`` (read on this wall clock) on a :class:`Timeline` that reads ``timeline_now``:
+        its age kept, and moved by any step since it was read (:meth:`step_since`)."""
+        return captured_at + self.step_since(captured_at) + timeline_now - self.wall()
+
     def _capture_offset(self, captured_at: float, now_wall: float, now_boot: float) -> tuple[float, bool]:
         """The offset (wall - boot clock) of the wall clock that read ``captured_at``, newest era first:
         the first under which the capture falls between its era's step and now (give or take

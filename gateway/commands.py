@@ -104,6 +104,7 @@ class Commands:
         alerts: AlertDesk,
         rules: RulesTarget | None = None,
         clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._status = status
         self.pipeline = pipeline
@@ -111,7 +112,10 @@ class Commands:
         self.registry = registry
         self.alerts = alerts
         self.rules = rules
+        # the drill window's and the care rules' clock (the daemon's timeline, which a step of the wall
+        # clock never moves), and the wall clock of the replies and the drill log
         self.clock = clock
+        self.wall = wall
         self.drills = DrillLog()
 
     def restore(self) -> None:
@@ -152,10 +156,11 @@ class Commands:
         now = self.clock()
         self.pipeline.drill.open(now, duration, named)
         self._save_drill()
+        shift = now - self.wall()
         until = self.pipeline.drill.until
         return {
-            "drill_from": rfc3339_ms(now),
-            "drill_until": rfc3339_ms(until),
+            "drill_from": rfc3339_ms(now - shift),
+            "drill_until": rfc3339_ms(until - shift),
             "duration_s": duration,
             "buttons": named if named is not None else "all",
         }
@@ -167,17 +172,17 @@ class Commands:
 
     async def alert_ack(self, args: Mapping[str, Any]) -> dict[str, Any]:
         alert_id = str(args["alert_id"])
-        now = self.clock()
-        if not self.alerts.ack(alert_id, now):
+        if not self.alerts.ack(alert_id, self.clock()):
             raise CommandRejected("not_found", f"no open alert {alert_id}")
-        self.drills.acknowledged(alert_id, now)
+        self.drills.acknowledged(alert_id, self.wall())
         return {"alert_id": alert_id, "acknowledged": True}
 
     async def drill_report(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         window = self.pipeline.drill
-        active = window.active(self.clock())
+        now = self.clock()
+        active = window.active(now)
         return {
-            "drill_until": rfc3339_ms(window.until) if active else None,
+            "drill_until": rfc3339_ms(window.until - (now - self.wall())) if active else None,
             "waiting_for": window.waiting_for() if active else None,
             "presses": [p.report() for p in self.drills.presses.values()],
         }

@@ -202,7 +202,11 @@ class Daemon:
             if self.timebase.synchronised():  # a restart on a trusted clock: settle this boot's waiting messages
                 outbox.request_correction(self.timebase.boot_id, time.time() - self.timebase.boot())
             self.pipeline = pipeline = Pipeline(
-                topics, outbox, dsp_factory=self._dsp_factory, send_waveforms=cfg.uplink.send_waveforms
+                topics,
+                outbox,
+                dsp_factory=self._dsp_factory,
+                send_waveforms=cfg.uplink.send_waveforms,
+                drill_time=self._on_timeline,
             )
             self.uplink = uplink = Uplink(
                 cfg.uplink,
@@ -247,7 +251,13 @@ class Daemon:
             pipeline.on_alert(care.sos)
             pipeline.calls = care  # call presses become call requests (issue 14)
             self.commands = commands = Commands(
-                status=self.status, pipeline=pipeline, devices=devices, registry=registry, alerts=care, rules=care
+                status=self.status,
+                pipeline=pipeline,
+                devices=devices,
+                registry=registry,
+                alerts=care,
+                rules=care,
+                clock=self.clock,
             )
             commands.restore()
             pipeline.on_alert(
@@ -319,6 +329,11 @@ class Daemon:
         self.notifier.close()
         if self._deadline is not None:
             self._deadline.cancel()
+
+    def _on_timeline(self, wall_t: float) -> float:
+        """A wall time (a press's capture) on the rules' timeline, as the care desk puts readings there:
+        its age kept, moved by any step since it was read. Arithmetic only: it is on the SOS path."""
+        return self.timebase.to_timeline(wall_t, self.clock())
 
     def _clock_event(self, ev: ClockEvent) -> None:
         """The clock became trustworthy or stepped while trusted: correct this boot's waiting messages."""

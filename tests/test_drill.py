@@ -7,14 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from drivers.base import ButtonPress
+from gateway.clock import Clock, Timeline
 from gateway.config import load_config
 from gateway.ctl import call as ctl_call
 from gateway.downlink import Downlink
 from gateway.drill import MAX_DRILL_S, DrillWindow
-from gateway.messages import rfc3339_ms
+from gateway.messages import Topics, rfc3339_ms
+from gateway.outbox import Outbox
+from gateway.pipeline import Pipeline
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
+from tests.helpers import Cloud, Collector, GatewayProcess, Hands, gateway_config, rfxtrx_device, until
 
 
 def test_first_press_of_each_named_button_is_the_drill_and_every_other_press_is_real() -> None:
@@ -205,3 +209,31 @@ def test_a_drill_of_a_call_button_end_to_end(tmp_path: Path, broker: Mosquitto, 
     (timed,) = report["presses"]
     assert timed["alert_id"] == drill["alert_id"]
     assert timed["press_to_broker_ms"] is not None and timed["press_to_ack_s"] is not None
+
+
+def test_a_clock_step_back_inside_a_drill_window_does_not_make_it_last_longer(tmp_path: Path) -> None:
+    """The window runs on the daemon's timeline: a wall clock stepping 10 min back in the middle of a
+    15 min drill leaves its end where it was, so a press 100 s after that end is real (on the wall clock
+    the window would have had 500 s left); a press inside it is still the drill press."""
+    h = Hands(1_800_000_000.0, 100.0)
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
+    clock.sample()
+    timeline = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
+
+    async def go() -> Pipeline:
+        async with Outbox(tmp_path / "outbox.sqlite3") as ob:
+            p = Pipeline(Topics("homecare/v1", "gw"), ob, drill_time=lambda t: clock.to_timeline(t, timeline()))
+            p.drill.open(timeline(), 900, ["sos-1", "sos-2"])
+            h.tick(100)
+            h.w -= 600  # the step back, seen by the clock
+            clock.sample()
+            h.tick(100)
+            p.sink(ButtonPress("sos-1", h.wall(), "p-1"))  # 200 s into the drill
+            h.tick(800)
+            p.sink(ButtonPress("sos-2", h.wall(), "p-2"))  # 1,000 s: the drill ended 100 s ago
+            await ob.flush()
+        return p
+
+    p = asyncio.run(go())
+    assert set(p.drill.drill_alerts) == {"sos-sos-1-p-1"}, "the first press is the drill's, the second real"
+    assert p.counters.sos_presses == 2
