@@ -143,8 +143,9 @@ class CareDesk:
         after ``rules.call_reminder_s``, and its row is saved with the commit."""
         now = self.clock()
         shift = now - self.wall()
+        at = press.captured_at + self.step_since(press.captured_at) + shift  # as a reading enters (feed)
         ev = self.engine.call_press(
-            messages.call_alert_id(press), press.device_id, press.press_id, press.captured_at + shift, now, drill=drill
+            messages.call_alert_id(press), press.device_id, press.press_id, at, now, drill=drill
         )
         ev = event_on_wall(ev, shift)
         self._touch(ev.alert_id)

@@ -5,13 +5,14 @@ the timeline, events moved back onto the wall clock."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
-from drivers.base import Reading
+from drivers.base import ButtonPress, Reading
 from gateway.care import CareDesk
 from gateway.clock import Clock, Timeline
 from gateway.config import RulesSection
-from gateway.messages import Topics
+from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import NewMessage
 from gateway.registry import Registry
 from gateway.rules import AlertEvent, RuleEngine, WatchSettings, event_on_wall, reading_on_timeline
@@ -112,28 +113,34 @@ def test_a_step_forwards_by_days_fires_no_watch_reminder_or_escalation_by_itself
     assert [ev.kind for ev in later if ev.state == "reminder"] == ["spo2_low"]
 
 
-def test_the_care_desk_puts_what_was_read_just_before_a_step_where_it_was_read(tmp_path: Path) -> None:
-    """The daemon's care desk, on the clock's timeline: a reading and an SOS press whose times were read
-    just before the wall clock stepped, and that reach the desk after it (seen by the clock or not yet),
-    enter the timeline where they were read, not the step away (where they would be out of order, and
-    the press two hours old)."""
+def _no_alert(_msg: NewMessage) -> asyncio.Future[int]:
+    raise AssertionError("no care alert expected")
+
+
+def care_desk(tmp_path: Path) -> tuple[Hands, Clock, Timeline, CareDesk]:
+    """The daemon's care desk on hands: its timeline, and the clock whose steps it follows."""
     h = Hands(T0, 30.0)
     clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
     clock.sample()
     tl = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
-
-    def no_alert(_msg: NewMessage) -> asyncio.Future[int]:
-        raise AssertionError("no care alert expected")
-
     desk = CareDesk(
         RulesSection(),
         Topics("homecare/v1", "gw"),
-        no_alert,
+        _no_alert,
         Registry(tmp_path / "registry.json"),
         clock=tl,
         wall=h.wall,
         step_since=clock.step_since,
     )
+    return h, clock, tl, desk
+
+
+def test_the_care_desk_puts_what_was_read_just_before_a_step_where_it_was_read(tmp_path: Path) -> None:
+    """The daemon's care desk, on the clock's timeline: a reading and an SOS press whose times were read
+    just before the wall clock stepped, and that reach the desk after it (seen by the clock or not yet),
+    enter the timeline where they were read, not the step away (where they would be out of order, and
+    the press two hours old)."""
+    h, clock, tl, desk = care_desk(tmp_path)
     for _ in range(30):
         h.tick(1.0)
         desk.feed(meas(LOINC_SPO2, 97.0, h.wall()))
@@ -150,4 +157,22 @@ def test_the_care_desk_puts_what_was_read_just_before_a_step_where_it_was_read(t
     assert counters.readings == 33 and counters.out_of_order == 0
     (sos,) = desk.engine.open_alerts()
     assert abs(sos.started_at - (tl.now() - 0.8)) < 1e-6, "the press on the timeline where it was read"
+    desk.close()
+
+
+def test_a_call_request_read_just_before_a_step_starts_when_it_was_pressed(tmp_path: Path) -> None:
+    """A call button's press read just before the wall clock stepped 2 h ahead, and a second press
+    10 s later: the request's start is the first press on the clock of after the step, not 2 h before
+    its presses."""
+    h, clock, _tl, desk = care_desk(tmp_path)
+    read = h.wall()
+    h.tick(0.5)
+    h.w += 7200.0  # not sampled yet
+    first, _ = desk.call(ButtonPress("pendant", read, "p1", role="call"), False)
+    clock.sample()
+    h.tick(10.0)
+    second, msg = desk.call(ButtonPress("pendant", h.wall(), "p2", role="call"), False)
+    body = json.loads(msg.body)
+    assert second == first and body["presses"] == 2
+    assert body["started_at"] == rfc3339_ms(read + 7200.0)
     desk.close()
