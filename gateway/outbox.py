@@ -491,6 +491,10 @@ class Outbox:
         self._corrected[boot_id] = offset
         self.time_corrections = (self.time_corrections + corrections)[-16:]
         self._committed(bool(stamped), evicted)
+        if any(g.boot_id == boot_id and abs(g.offset - offset) > STEP_THRESHOLD_S for g in self._sent):
+            # sent while the transaction ran (the uplink fetched them before it): as note_sent does after
+            # it, one more time-correction covers them; otherwise nothing would ever tell the cloud
+            self.request_correction(boot_id, offset)
 
     def _sent_json(self) -> str | None:
         if not self._sent_dirty:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -494,3 +495,44 @@ def test_corrected_body_leaves_times_of_an_earlier_boot_and_refuses_a_body_it_di
     assert doc["captured_at"] == rfc3339_ms(1050.0) and doc["started_at"] == rfc3339_ms(400.0)
     with pytest.raises(ValueError):
         corrected_body(StoredMessage(4, Lane.ALERT, "t", b"[1]", "d", 1.0, False, ClockState.CORRECTED, "b", 0.0, 1.0))
+
+
+class _SendDuringTheCorrection(Outbox):
+    """The uplink publishes a message it fetched before the correction while the correction's
+    transaction runs (the helper's race: the broker came back in the same 10 ms as the clock's step)."""
+
+    racing: list[StoredMessage] = []
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        if self.racing and getattr(fn, "__name__", "") == "_commit" and args[-1] is not None:
+            for m in self.racing:
+                self.note_sent(m)
+            self.racing = []
+        return await super()._call(fn, *args)
+
+
+def test_messages_sent_while_a_correction_commits_get_a_time_correction_too(tmp_path: Path) -> None:
+    h = Hands(1_800_000_000.0 - 7200, 50.0)  # two hours behind
+    topics = Topics("hc", "gw")
+
+    async def go() -> list[dict[str, Any]]:
+        clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+        clock.sample()
+        tc = lambda c: time_correction(topics, c, h.w)  # noqa: E731
+        async with _SendDuringTheCorrection(tmp_path / "ob.db", timebase=clock, time_correction=tc) as ob:
+            runner = asyncio.create_task(ob.run())
+            for i in range(3):
+                await ob.put(msg(Lane.ALERT if i == 0 else Lane.OBSERVATION, n=i))  # an SOS among them
+            ob.racing = await fetch_all(ob, Lane.ALERT) + await fetch_all(ob, Lane.OBSERVATION)
+            h.w, h.synced = h.w + 7200, True
+            for ev in clock.sample():
+                if ev.corrects:
+                    ob.request_correction("boot-1", ev.offset)
+            await until(lambda: ob.time_corrections, timeout=5.0, what="the time-correction of what was sent")
+            tcs = [json.loads(m.body) for m in await fetch_all(ob, Lane.STATE)]
+            runner.cancel()
+            return tcs
+
+    tcs = run(go())
+    assert [(t["first_seq"], t["last_seq"], t["count"]) for t in tcs] == [(1, 3, 3)]
+    assert abs(float(tcs[0]["offset_s"]) - 7200) < 0.01
