@@ -126,13 +126,18 @@ class CareDesk:
             shift += self.step_since(reading.captured_at)
         self._emit(self.engine.feed(reading_on_timeline(reading, shift, now), now))
 
+    def _on_timeline(self, at: float, now: float) -> float:
+        """A time read on the gateway's wall clock, on the timeline that reads ``now``: its age kept, moved
+        by any step since it was read (a reading or press read just before a step, fed after it)."""
+        return at + self.step_since(at) + now - self.wall()
+
     def sos(self, alert_id: str, device_id: str, at: float) -> None:
         """An SOS press was committed: track it for reminders until the care centre acks it. (The
         pipeline's alert listeners hear call requests too: those are the :meth:`call` desk's.)"""
         if messages.press_role_of(alert_id) != "sos":
             return
         now = self.clock()
-        at += now - self.wall() + self.step_since(at)
+        at = self._on_timeline(at, now)
         self.engine.open_external(alert_id, "sos", "critical", device_id, at, now)
         self._touch(alert_id)
 
@@ -143,7 +148,7 @@ class CareDesk:
         after ``rules.call_reminder_s``, and its row is saved with the commit."""
         now = self.clock()
         shift = now - self.wall()
-        at = press.captured_at + self.step_since(press.captured_at) + shift  # as a reading enters (feed)
+        at = self._on_timeline(press.captured_at, now)
         ev = self.engine.call_press(
             messages.call_alert_id(press), press.device_id, press.press_id, at, now, drill=drill
         )
