@@ -183,6 +183,13 @@ def boottime() -> float:
     return time.clock_gettime(clock_id)
 
 
+def wall_of_monotonic(t_mono: float) -> float:
+    """The moment ``t_mono`` of ``time.monotonic()`` on today's wall clock: for status fields that say
+    when something happened (a device last heard, a connection made), kept on the monotonic clock so
+    that a step of the wall clock between then and now does not make them hours old or in the future."""
+    return time.time() - (time.monotonic() - t_mono)
+
+
 # -- the core -------------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from drivers.reconnect import ConnState
 from gateway import messages
 from gateway.alarm import SmsFallback, attach_sms_fallback
 from gateway.care import CareDesk
-from gateway.clock import Clock, ClockEvent, Timeline
+from gateway.clock import Clock, ClockEvent, Timeline, wall_of_monotonic
 from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
@@ -70,7 +70,7 @@ class Daemon:
         self._rules_clock_given = clock is not None
         self.timebase = Clock()  # is the wall clock synchronised, did it step (gateway/clock.py)
         self.timeline: Timeline | None = None
-        self.started_at = time.time()
+        self.started_mono = time.monotonic()  # the uptime: a step of the wall clock does not age the daemon
         self._stop = asyncio.Event()
         self.notifier = Notifier()
         self.outbox: Outbox | None = None
@@ -400,7 +400,6 @@ class Daemon:
         ob, up, pl = self.outbox, self.uplink, self.pipeline
         assert ob is not None and up is not None and pl is not None
         stats = await ob.stats()
-        now = time.time()
         clk = self.timebase.status()
         dm = self.devices
         supervisors = dm.supervisors if dm is not None else {}
@@ -418,7 +417,7 @@ class Daemon:
                     "kind": info.kind,
                     "state": info.state,
                     "reason": info.reason,
-                    "last_seen": rfc3339_ms(info.last_seen) if info.last_seen else None,
+                    "last_seen": _on_wall(info.last_seen),
                     "readings": info.readings,
                     "counters": counters,
                 }
@@ -438,13 +437,13 @@ class Daemon:
         return {
             "gateway_id": self.cfg.gateway.id,
             "version": VERSION,
-            "uptime_s": round(now - self.started_at, 1),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "uplink": {
                 "state": up.state.value,
                 "broker": f"{self.cfg.uplink.host}:{self.cfg.uplink.port}",
                 "tls": self.cfg.uplink.tls,
-                "connected_since": rfc3339_ms(up.connected_since) if up.connected_since else None,
-                "disconnected_since": rfc3339_ms(up.disconnected_since) if up.disconnected_since else None,
+                "connected_since": _on_wall(up.connected_since),
+                "disconnected_since": _on_wall(up.down_since_mono),
                 "last_error": str(up.reconnector.last_error) if up.reconnector.last_error else None,
                 "published": up.published,
                 "acked": up.acked,
@@ -452,9 +451,7 @@ class Daemon:
             },
             "outbox": {
                 "depth": stats.depth,
-                "oldest_age_s": {
-                    lane: (round(now - t, 1) if t is not None else None) for lane, t in stats.oldest_captured_at.items()
-                },
+                "oldest_age_s": {lane: (None if a is None else round(a, 1)) for lane, a in stats.oldest_age_s.items()},
                 "bytes": stats.bytes,
                 "max_bytes": stats.max_bytes,
                 "last_seq": stats.next_seq - 1,
@@ -486,6 +483,11 @@ class Daemon:
         }
         counts["total"] = sum(counts.values())
         return counts
+
+
+def _on_wall(t_mono: float | None) -> str | None:
+    """A status time kept on the monotonic clock, as RFC 3339 on today's wall clock (None: never)."""
+    return None if t_mono is None else rfc3339_ms(wall_of_monotonic(t_mono))
 
 
 def _alert_id(body: bytes) -> str:

@@ -120,7 +120,7 @@ class _SentGroup:
 @dataclass
 class OutboxStats:
     depth: dict[str, int]
-    oldest_captured_at: dict[str, float | None]
+    oldest_age_s: dict[str, float | None]  # per lane, of its oldest message (:meth:`Outbox.age_s`)
     bytes: int
     max_bytes: int
     next_seq: int
@@ -677,17 +677,20 @@ class Outbox:
         return list(self.lane_devices[lane])
 
     def _fetch(self, lane: int, after_seq: int, limit: int, device: str | None = None) -> list[StoredMessage]:
+        self.counters.fetches += 1
+        if device is None:
+            return self._select(lane, "AND seq > ? ORDER BY seq LIMIT ?", after_seq, limit)
+        return self._select(lane, "AND device = ? AND seq > ? ORDER BY seq LIMIT ?", device, after_seq, limit)
+
+    def _select(self, lane: int, where: str, *args: object) -> list[StoredMessage]:
+        """The messages of ``lane`` that the rest of the query (``where``, with ``args``) selects."""
         db = self._db
         assert db is not None
-        self.counters.fetches += 1
-        cols = "SELECT seq, topic, body, device, captured, retain, clock, boot, mono, shift FROM msg "
-        if device is None:
-            cursor = db.execute(cols + "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?", (lane, after_seq, limit))
-        else:
-            cursor = db.execute(
-                cols + "WHERE lane = ? AND device = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (lane, device, after_seq, limit),
-            )
+        cursor = db.execute(
+            "SELECT seq, topic, body, device, captured, retain, clock, boot, mono, shift FROM msg WHERE lane = ? "
+            + where,
+            (lane, *args),
+        )
         return [
             StoredMessage(
                 seq, Lane(lane), topic, body, dev, captured, bool(retain), ClockState(clock), boot, mono, shift
@@ -695,11 +698,23 @@ class Outbox:
             for seq, topic, body, dev, captured, retain, clock, boot, mono, shift in cursor
         ]
 
+    def age_s(self, msg: StoredMessage, now_wall: float) -> float:
+        """How long ago ``msg`` was captured: on the boot clock for this boot's messages (a step of the
+        wall clock does not make them historical, nor hours old in the status), else on the wall clock."""
+        tb = self.timebase
+        if tb is None or msg.boot_id != tb.boot_id or msg.boot_s is None or msg.clock is ClockState.DEVICE:
+            return now_wall - msg.captured_at
+        return tb.boot() - msg.boot_s
+
     async def stats(self) -> OutboxStats:
         oldest = await self._call(self._oldest)
+        now = self.timebase.wall() if self.timebase is not None else time.time()
         return OutboxStats(
             depth={lane.name.lower(): self.depth[lane] for lane in Lane},
-            oldest_captured_at={lane.name.lower(): oldest[lane] for lane in Lane},
+            oldest_age_s={
+                lane.name.lower(): None if m is None else self.age_s(m, now)
+                for lane, m in zip(Lane, oldest, strict=True)
+            },
             bytes=self.bytes,
             max_bytes=self.max_bytes,
             next_seq=self.next_seq,
@@ -710,14 +725,9 @@ class Outbox:
             stream_first_seq=self.stream_first_seq,
         )
 
-    def _oldest(self) -> list[float | None]:
-        db = self._db
-        assert db is not None
-        out: list[float | None] = []
-        for lane in Lane:
-            row = db.execute("SELECT captured FROM msg WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),)).fetchone()
-            out.append(row[0] if row else None)
-        return out
+    def _oldest(self) -> list[StoredMessage | None]:
+        """The oldest message of each lane (by seq), in :class:`Lane` order."""
+        return [next(iter(self._select(int(lane), "ORDER BY seq LIMIT 1")), None) for lane in Lane]
 
     def depth_total(self) -> int:
         return sum(self.depth)

@@ -55,7 +55,7 @@ class DeviceInfo:
     kind: str
     state: str = "unknown"
     reason: str | None = None
-    last_seen: float | None = None
+    last_seen: float | None = None  # time.monotonic() when the gateway last got a reading (not its capture time)
     readings: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -119,7 +119,7 @@ class Pipeline:
         if info is None:
             info = self.devices[reading.device_id] = DeviceInfo(reading.device_id, "unknown")
         if not isinstance(reading, DeviceStatus):
-            info.last_seen = reading.captured_at
+            info.last_seen = time.monotonic()  # a stored reading's capture may be yesterday's; a step moves neither
             info.readings += 1
         match reading:
             case ButtonPress(role="call"):

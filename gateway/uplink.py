@@ -32,7 +32,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.base import TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
-from gateway.clock import ClockState
 from gateway.config import UplinkSection, read_secret
 from gateway.downlink import Downlink
 from gateway.errors import UplinkError
@@ -104,9 +103,10 @@ class Uplink:
         self.published = 0
         self.acked = 0
         self.rejected = 0
+        # time.monotonic() when the connection was made, and when it went down (None while connected):
+        # for durations, and for the status's times (clock.wall_of_monotonic), which a step never moves
         self.connected_since: float | None = None
-        self.disconnected_since: float | None = time.time()
-        self.down_since_mono: float | None = time.monotonic()  # for durations: a clock step never moves it
+        self.down_since_mono: float | None = time.monotonic()
         self._new_data = True
         outbox.on_commit(self._on_commit)
         outbox.on_evict(lambda _ranges: self.request_status())
@@ -145,28 +145,13 @@ class Uplink:
 
     def _on_state(self, state: ConnState, error: BaseException | None) -> None:
         if state is ConnState.CONNECTED:
-            self.connected_since, self.disconnected_since = time.time(), None
-            self.down_since_mono = None
+            self.connected_since, self.down_since_mono = time.monotonic(), None
         elif self.connected_since is not None:
-            self.connected_since, self.disconnected_since = None, time.time()
-            self.down_since_mono = time.monotonic()
+            self.connected_since, self.down_since_mono = None, time.monotonic()
 
     def down_for_s(self) -> float:
         """Seconds since the uplink went down (0 while connected), on the monotonic clock."""
         return 0.0 if self.down_since_mono is None else max(0.0, time.monotonic() - self.down_since_mono)
-
-    def _age_s(self, msg: StoredMessage, t_now: float) -> float:
-        """How long ago ``msg`` was captured: on the boot clock for this boot's messages (a step of the
-        wall clock does not make them historical), else on the wall clock."""
-        tb = self.outbox.timebase
-        if (
-            tb is not None
-            and msg.boot_id == tb.boot_id
-            and msg.boot_s is not None
-            and msg.clock is not ClockState.DEVICE
-        ):
-            return tb.boot() - msg.boot_s
-        return t_now - msg.captured_at
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -379,7 +364,7 @@ class Uplink:
             t_now = self.clock()
             stream = self.outbox.stream
             for msg in rows:
-                historical = self._age_s(msg, t_now) > self.historical_after_s
+                historical = self.outbox.age_s(msg, t_now) > self.historical_after_s
                 try:
                     body = corrected_body(msg)
                 except ValueError as exc:  # a stored body the gateway did not write: send it as it is

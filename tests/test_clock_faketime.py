@@ -115,6 +115,10 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
                 await asyncio.sleep(1.5)
                 st = status_via_ctl(cfg)
                 assert st is not None and st["clock"]["synchronised"] and st["clock"]["corrections"] >= 1
+                # the status's times and durations on today's clock: not two hours longer, or older
+                assert st["uptime_s"] < 600, st["uptime_s"]
+                button = next(d for d in st["devices"] if d["id"] == "sos-1")
+                assert presses["offline"] - 1 < parse_rfc3339(button["last_seen"]) < presses["step"] + 1, button
                 gw.terminate()
             finally:
                 gw.stop_quietly()
@@ -196,7 +200,7 @@ def test_a_step_forwards_by_days_raises_no_no_data_uplink_down_or_escalation(
     clock = FakedClock(tmp_path, 0, synced=False)
     gw = GatewayProcess(cfg, env=clock.env())
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with Cms50Simulator(oxi, spo2=97, seed=5):
             gw.start()
             try:
@@ -205,19 +209,25 @@ def test_a_step_forwards_by_days_raises_no_no_data_uplink_down_or_escalation(
                 await asyncio.sleep(1.5)
                 clock.set(3 * 86400, synced=False)  # three days ahead, while the uplink is down
                 await asyncio.sleep(4.0)
+                down = status_via_ctl(cfg)
                 broker.start()
                 await until(lambda: any(t(d) > time.time() + 86400 for d in cloud.data()), 30, "readings after")
                 await asyncio.sleep(2.0)
                 st = status_via_ctl(cfg)
-                assert st is not None
+                assert st is not None and down is not None
                 gw.terminate()
-                return st
+                return st, down
             finally:
                 gw.stop_quietly()
 
     with daemon_log_on_failure(cfg):
-        st = asyncio.run(go())
+        st, down = asyncio.run(go())
     assert cloud.of_type("alert") == [], "a step forwards fires nothing by itself"
+    # nor does it age the daemon, its waiting readings or its devices in the status (doctor reads them)
+    waited = down["outbox"]["oldest_age_s"]["observation"]
+    assert waited is not None and waited < 120 and down["uptime_s"] < 600, (waited, down["uptime_s"])
+    oximeter = next(d for d in down["devices"] if d["kind"] == "serial-cms50")
+    assert abs(parse_rfc3339(oximeter["last_seen"]) - (time.time() + 3 * 86400)) < 120, oximeter
     counters = st["care"]["counters"]
     assert (counters["raised"], counters["escalated"], counters["reminders"]) == (0, 0, 0)
     assert st["clock"]["steps"] >= 1 and st["clock"]["last_step"]["delta_s"] > 86400
