@@ -277,6 +277,7 @@ class GatewayProcess:
         # writes every thread's traceback into its log (what a hang was doing)
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **self.env)
         self._log = open(self.logfile, "ab")
+        self._log_from = self._log.tell()  # this run's log starts here (a restart appends to the same file)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.daemon", "--config", str(self.config), "--log-level", self.log_level],
             stdin=subprocess.DEVNULL,
@@ -285,6 +286,17 @@ class GatewayProcess:
             cwd=REPO,
             env=env,
         )
+
+    async def running(self, timeout: float = 120.0) -> None:
+        """Wait until the daemon says it runs: its start-up (numpy's and scipy's import, the stores) gets a
+        budget of its own, so that a test's waits for data count from there (a loaded machine, a clock
+        faked by libfaketime)."""
+
+        def started() -> bool:
+            return b" running with " in self.logfile.read_bytes()[self._log_from :] or not self.alive()
+
+        await until(started, timeout, "the daemon's start")
+        assert self.alive(), f"gatewayd exited at start:\n{self.log()[-3000:]}"
 
     @property
     def pid(self) -> int:

@@ -97,6 +97,7 @@ def test_a_step_to_the_truth_corrects_waiting_messages_and_sends_a_time_correcti
         async with Cms50Simulator(oxi, spo2=97, seed=3), RfxtrxSimulator(rfx) as radio:
             gw.start()
             try:
+                await gw.running()
                 await until(lambda: len(cloud.of_type("observation")) >= 4, 30, "readings while reachable")
                 presses["online"] = time.time()
                 await radio.press(0xA1B2C3, repeats=2, gap_s=0.03)
@@ -169,6 +170,7 @@ def test_after_a_restart_30_min_behind_the_last_reading_a_desaturation_raises_sp
             gw = GatewayProcess(cfg, env=clock.env())
             gw.start()
             try:
+                await gw.running()
                 await until(lambda: len(cloud.of_type("observation")) >= 3, 30, "normal readings")
                 gw.terminate()
             finally:
@@ -178,6 +180,7 @@ def test_after_a_restart_30_min_behind_the_last_reading_a_desaturation_raises_sp
             gw = GatewayProcess(cfg, env=clock.env())
             gw.start()
             try:
+                await gw.running()
                 await until(lambda: [a for a in cloud.of_type("alert") if a["kind"] == "spo2_low"], 40, "spo2_low")
                 st = status_via_ctl(cfg)
                 assert st is not None and st["care"]["counters"]["out_of_order"] == 0
@@ -204,6 +207,7 @@ def test_a_step_forwards_by_days_raises_no_no_data_uplink_down_or_escalation(
         async with Cms50Simulator(oxi, spo2=97, seed=5):
             gw.start()
             try:
+                await gw.running()
                 await until(lambda: len(cloud.of_type("observation")) >= 4, 30, "readings")
                 broker.stop()
                 await asyncio.sleep(1.5)
@@ -248,6 +252,7 @@ def test_a_new_store_is_a_new_stream_with_seq_from_1_and_nothing_missing_but_wha
             gw = GatewayProcess(cfg)
             gw.start()
             try:
+                await gw.running()
                 await until(lambda: radio.started, 20, "the receiver")
                 for i in range(presses):
                     await radio.press(0xA1B2C3 + i, repeats=1, gap_s=0.03)
