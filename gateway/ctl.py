@@ -489,40 +489,23 @@ def cmd_outbox(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-def _open_ro(cfg: Config) -> sqlite3.Connection:
+def _outbox_path(cfg: Config) -> Path:
     path = cfg.gateway.data_dir / "outbox.sqlite3"
     if not path.exists():
         raise ConfigError(f"{path}: no outbox here (is data_dir right?)")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return path
+
+
+def _open_ro(cfg: Config) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{_outbox_path(cfg)}?mode=ro", uri=True)
 
 
 def _read_outbox_stats(cfg: Config) -> dict[str, Any]:
-    db = _open_ro(cfg)
-    try:
-        now = time.time()
-        lanes = ("alert", "observation", "state", "bulk")
-        depth = dict.fromkeys(lanes, 0)
-        ages: dict[str, float | None] = dict.fromkeys(lanes, None)
-        size = 0
-        for lane, n, total, oldest in db.execute(
-            "SELECT lane, COUNT(*), SUM(size), MIN(captured) FROM msg GROUP BY lane"
-        ):
-            depth[lanes[lane]] = n
-            ages[lanes[lane]] = round(now - oldest, 1)
-            size += total
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        ranges = [list(r) for r in db.execute("SELECT first, last FROM evicted ORDER BY first")]
-        return {
-            "depth": depth,
-            "oldest_age_s": ages,
-            "bytes": size,
-            "max_bytes": cfg.outbox.max_bytes,
-            "last_seq": int(meta.get("next_seq", 1)) - 1,
-            "evicted_total": int(meta.get("evicted_total", 0)),
-            "evicted_ranges": ranges,
-        }
-    finally:
-        db.close()
+    from gateway.outbox import read_summary
+
+    summary = read_summary(_outbox_path(cfg))
+    keys = ("depth", "oldest_age_s", "bytes", "last_seq", "evicted_total", "evicted_ranges")
+    return {k: summary[k] for k in keys} | {"max_bytes": cfg.outbox.max_bytes}
 
 
 def _export(args: argparse.Namespace, cfg: Config) -> int:

@@ -44,6 +44,7 @@ from drivers.serial.port import PortMissing, SerialOptions, resolve_port
 from gateway.clock import kernel_clock_synchronised
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.outbox import read_summary
 from gateway.registry import DB_NAME, read_devices
 
 Progress = Callable[[str], None]
@@ -55,7 +56,6 @@ OUTBOX_HIGH_FRACTION = 0.80
 ALERT_WAITING_FAIL_S = 120.0  # an alert (SOS) undelivered for longer than this is a failure
 OBSERVATION_WAITING_WARN_S = 3600.0
 DISK_MIN_FREE_BYTES = 64 * 1024 * 1024
-LANES = ("alert", "observation", "state", "bulk")
 SERVICE_USER = "homecare-gateway"
 CONTROL_GROUP = "homecare"
 
@@ -361,34 +361,7 @@ def check_disk(cfg: Config) -> Finding:
 
 def read_outbox(path: Path, max_bytes: int) -> dict[str, Any]:
     """Depth, ages, size and evictions of an outbox file, read-only; ``integrity`` from ``quick_check``."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=NET_TIMEOUT_S)
-    try:
-        integrity = str(db.execute("PRAGMA quick_check").fetchone()[0])
-        now = time.time()
-        depth = dict.fromkeys(LANES, 0)
-        oldest: dict[str, float | None] = dict.fromkeys(LANES, None)
-        size = 0
-        for lane, n, total, first in db.execute(
-            "SELECT lane, COUNT(*), SUM(size), MIN(captured) FROM msg GROUP BY lane"
-        ):
-            depth[LANES[lane]] = int(n)
-            oldest[LANES[lane]] = round(now - float(first), 1)
-            size += int(total)
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        last_seen = {
-            str(dev): float(t) for dev, t in db.execute("SELECT device, MAX(captured) FROM msg GROUP BY device")
-        }
-        return {
-            "integrity": integrity,
-            "depth": depth,
-            "oldest_age_s": oldest,
-            "bytes": size,
-            "max_bytes": max_bytes,
-            "evicted_total": int(meta.get("evicted_total", 0)),
-            "last_captured": last_seen,
-        }
-    finally:
-        db.close()
+    return read_summary(path, timeout_s=NET_TIMEOUT_S, integrity=True) | {"max_bytes": max_bytes}
 
 
 def check_outbox(cfg: Config, status: Mapping[str, Any] | None) -> Finding:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.clock import Clock, ClockState
+from gateway.clock import Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
-from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, wire_payload
+from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, read_summary, wire_payload
 from tests.helpers import Hands, until
 
 
@@ -536,3 +537,34 @@ def test_messages_sent_while_a_correction_commits_get_a_time_correction_too(tmp_
     tcs = run(go())
     assert [(t["first_seq"], t["last_seq"], t["count"]) for t in tcs] == [(1, 3, 3)]
     assert abs(float(tcs[0]["offset_s"]) - 7200) < 0.01
+
+
+def test_the_offline_summary_ages_this_boots_messages_on_the_boot_clock_and_others_on_the_wall(tmp_path: Path) -> None:
+    """``gatewayctl outbox`` and ``doctor`` with the daemon stopped: a store written in this boot on a wall
+    clock two hours behind (it has stepped to the truth since) waited seconds, not two hours; a reading
+    of a device's own clock and a message of another boot are aged on the wall clock."""
+    path = tmp_path / "ob.db"
+    behind = 7200.0
+    clock = Clock(wall=lambda: time.time() - behind, boot=boottime, boot_id=read_boot_id())
+    clock.sample()
+
+    async def go() -> None:
+        async with Outbox(path, timebase=clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            now = clock.wall()
+            await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"o"}', "d1", now - 3.0))
+            await ob.put(NewMessage(Lane.STATE, "t/s", b'{"msg_id":"c"}', "cuff", now - 600.0, device_clock=True))
+            runner.cancel()
+
+    run(go())
+    db = sqlite3.connect(path)  # a message of an earlier boot, its wall time a day old
+    db.execute(
+        "INSERT INTO msg VALUES (100, 3, 'd2', 't/b', CAST('{}' AS BLOB), ?, 0, 2, 'earlier-boot', 5.0, 1, 0)",
+        (time.time() - 86400,),
+    )
+    db.commit()
+    db.close()
+    ages = read_summary(path)["oldest_age_s"]
+    assert 3.0 <= ages["observation"] < 60.0, ages  # not 7,203 s: the wall clock stepped since
+    assert behind + 600 <= ages["state"] < behind + 660, ages  # the device's clock: its age on today's wall
+    assert 86400 <= ages["bulk"] < 86460 and ages["alert"] is None, ages
