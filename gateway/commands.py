@@ -50,9 +50,12 @@ class SimpleAlertDesk:
 class DrillPress:
     alert_id: str
     device_id: str
-    pressed_at: float  # capture time of the press (wall clock)
-    at_broker: float | None = None  # when the broker acknowledged the alert (PUBACK)
-    acked: float | None = None  # when the care centre acknowledged it (cmd/alert-ack)
+    pressed_at: float  # capture time of the press (today's wall clock), for the report
+    # the durations are on the daemon's timeline, which a step of the wall clock never moves: the press,
+    # when the broker acknowledged the alert (PUBACK), when the care centre did (cmd/alert-ack)
+    pressed_t: float
+    at_broker: float | None = None
+    acked: float | None = None
 
     def report(self) -> dict[str, Any]:
         return {
@@ -61,8 +64,8 @@ class DrillPress:
             "pressed_at": rfc3339_ms(self.pressed_at),
             "press_to_broker_ms": None
             if self.at_broker is None
-            else round((self.at_broker - self.pressed_at) * 1000, 1),
-            "press_to_ack_s": None if self.acked is None else round(self.acked - self.pressed_at, 3),
+            else round((self.at_broker - self.pressed_t) * 1000, 1),
+            "press_to_ack_s": None if self.acked is None else round(self.acked - self.pressed_t, 3),
         }
 
 
@@ -73,8 +76,9 @@ class DrillLog:
     presses: dict[str, DrillPress] = field(default_factory=dict)
     limit: int = 100
 
-    def pressed(self, alert_id: str, device_id: str, at: float) -> None:
-        self.presses[alert_id] = DrillPress(alert_id, device_id, at)
+    def pressed(self, alert_id: str, device_id: str, at: float, t: float) -> None:
+        """A drill press captured at ``at`` on today's wall clock, ``t`` on the timeline."""
+        self.presses[alert_id] = DrillPress(alert_id, device_id, at, t)
         while len(self.presses) > self.limit:
             self.presses.pop(next(iter(self.presses)))
 
@@ -112,8 +116,8 @@ class Commands:
         self.registry = registry
         self.alerts = alerts
         self.rules = rules
-        # the drill window's and the care rules' clock (the daemon's timeline, which a step of the wall
-        # clock never moves), and the wall clock of the replies and the drill log
+        # the drill window's, the drill log's durations' and the care rules' clock (the daemon's timeline,
+        # which a step of the wall clock never moves), and the wall clock of the replies
         self.clock = clock
         self.wall = wall
         self.drills = DrillLog()
@@ -174,7 +178,7 @@ class Commands:
         alert_id = str(args["alert_id"])
         if not self.alerts.ack(alert_id, self.clock()):
             raise CommandRejected("not_found", f"no open alert {alert_id}")
-        self.drills.acknowledged(alert_id, self.wall())
+        self.drills.acknowledged(alert_id, self.clock())
         return {"alert_id": alert_id, "acknowledged": True}
 
     async def drill_report(self, _args: Mapping[str, Any]) -> dict[str, Any]:

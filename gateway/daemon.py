@@ -262,12 +262,12 @@ class Daemon:
             commands.restore()
             pipeline.on_alert(
                 lambda alert_id, dev, at: (
-                    commands.drills.pressed(alert_id, dev, at + self.timebase.step_since(at))
+                    commands.drills.pressed(alert_id, dev, at + self.timebase.step_since(at), self._on_timeline(at))
                     if alert_id in pipeline.drill.drill_alerts
                     else None
                 )
             )
-            uplink.on_alert_delivered.append(lambda msg: commands.drills.delivered(_alert_id(msg.body), time.time()))
+            uplink.on_alert_delivered.append(lambda msg: commands.drills.delivered(_alert_id(msg.body), self.clock()))
             uplink.downlink = Downlink(
                 cfg.gateway.id,
                 commands.downlink_handlers(),
