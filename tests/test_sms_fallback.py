@@ -19,7 +19,7 @@ import pytest
 from drivers.serial import at
 from drivers.serial.modem import ModemOptions
 from gateway import messages
-from gateway.alarm import SmsFallback
+from gateway.alarm import AlarmStore, Attempt, Case, Recipient, SmsFallback
 from gateway.clock import Clock, Timeline
 from gateway.config import AlarmSection
 from gateway.ctl import call as ctl_call
@@ -405,3 +405,40 @@ def test_a_clock_step_while_an_sms_waits_for_its_retry_neither_gives_up_nor_dela
 
     modem = asyncio.run(go())
     assert sorted(s.to for s in modem.sent) == sorted([CC, G1])
+
+
+def test_open_alerts_of_a_store_on_the_wall_clock_move_onto_the_timeline_once(tmp_path: Path) -> None:
+    """A store from before the fallback's times moved onto the daemon's timeline (they were the wall
+    clock's), opened when the timeline lags the wall clock by 2 h (it started before a first NTP sync
+    2 h ahead): a retry due in 60 s, a report due in 30 s and the modem watch's start keep their distance
+    from now, once; a second start moves nothing."""
+    h = Hands(1_800_000_000.0, 100.0)
+    timeline = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
+    h.w += 7200  # the step: the timeline does not follow it
+    w = h.wall()
+    old = AlarmStore(tmp_path / "alarm.sqlite3")
+    case = Case(
+        "sos-b-1", "b", w - 10, False, "SOS", w + 5, [Recipient(CC, "due", w + 60)], "active",
+        [Attempt(1, G1, w - 2, "sent", report_by=w + 30)],
+    )  # fmt: skip
+    old.save([case])
+    old.set_meta("watch", {"raised": True, "since": w - 100})
+    old.close()
+    cfg = AlarmSection(enabled=True, care_centre=(CC,), guardians=(G1,), modem=ModemOptions(port=str(tmp_path / "m")))
+
+    def start() -> tuple[Case, float]:
+        fallback = SmsFallback(
+            cfg, Topics("homecare/v1", "gw"), tmp_path, lambda m: asyncio.Future(), lambda: False,
+            clock=timeline, wall=h.wall,
+        )  # fmt: skip
+        moved, since = fallback.policy.cases["sos-b-1"], fallback.policy.down_since
+        fallback.store.close()
+        return moved, since
+
+    for _ in range(2):
+        moved, since = start()
+        now = timeline()
+        assert now == pytest.approx(h.wall() - 7200, abs=0.01)
+        a = moved.attempts[0]
+        times = (moved.pressed_at, moved.due_at, moved.recipients[0].next_at, a.at, a.report_by, since)
+        assert times == pytest.approx((now - 10, now + 5, now + 60, now - 2, now + 30, now - 100), abs=0.01)
