@@ -19,7 +19,7 @@ DEFAULT_DRILL_S = 900
 
 @dataclass
 class DrillWindow:
-    until: float = 0.0  # POSIX time the window ends (0: none open)
+    until: float = 0.0  # when the window ends, on the caller's clock (the daemon's timeline; 0: none open)
     started: float = 0.0
     buttons: frozenset[str] | None = None  # the buttons under test; None: every button (said explicitly)
     pressed: set[str] = field(default_factory=set)  # named buttons whose drill press came
@@ -68,16 +68,23 @@ class DrillWindow:
             "started": self.started,
             "buttons": sorted(self.buttons) if self.buttons is not None else None,
             "pressed": sorted(self.pressed),
+            "clock": "timeline",
         }
 
     @classmethod
-    def from_json(cls, raw: Any) -> DrillWindow:
-        """A stored window; anything unreadable is no window (a drill is never opened by accident)."""
+    def from_json(cls, raw: Any, wall_to_clock: float = 0.0) -> DrillWindow:
+        """A stored window; anything unreadable is no window (a drill is never opened by accident). A
+        window stored without ``clock`` (releases before the timeline) has wall-clock times:
+        ``wall_to_clock`` (the caller's clock - the wall clock, now) moves them onto the caller's, so that
+        a timeline lagging the wall clock does not make the window last longer by the lag, while real
+        presses of its buttons would be sent as drill presses."""
         if not isinstance(raw, dict):
             return cls()
         until, started, buttons, pressed = raw.get("until"), raw.get("started"), raw.get("buttons"), raw.get("pressed")
         if not isinstance(until, (int, float)) or not isinstance(started, (int, float)):
             return cls()
+        if raw.get("clock") != "timeline":
+            until, started = until + wall_to_clock, started + wall_to_clock
         if buttons is not None and not (isinstance(buttons, list) and all(isinstance(b, str) for b in buttons)):
             return cls()
         if not (isinstance(pressed, list) and all(isinstance(b, str) for b in pressed)):

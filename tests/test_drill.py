@@ -61,6 +61,22 @@ def test_a_stored_window_survives_a_restart_and_garbage_opens_none() -> None:
         assert not DrillWindow.from_json(junk).active(1.0)
 
 
+def test_a_window_stored_on_the_wall_clock_moves_onto_the_timeline_that_lags_it() -> None:
+    """A window written by a release that kept it on the wall clock, restored by one on the timeline,
+    which lags the wall clock by 2 h (a step forwards since it started): it still ends 300 s after it
+    began, so a press of a named button after that is real. A window of this release is not moved."""
+    lag = -7200.0  # the timeline - the wall clock
+    wall = 1_800_000_000.0
+    legacy = {"until": wall + 200, "started": wall - 100, "buttons": ["a", "b"], "pressed": ["a"]}
+    w = DrillWindow.from_json(legacy, lag)
+    now = wall + lag
+    assert w.active(now + 199) and not w.active(now + 201), "ends when it did, on the timeline"
+    assert not w.judge("x", "b", now + 500), "a press 300 s after the end is real"
+    fresh = DrillWindow()
+    fresh.open(now, 300, ["a"])
+    assert DrillWindow.from_json(json.loads(json.dumps(fresh.to_json())), lag).until == fresh.until
+
+
 class _Store:
     def __init__(self) -> None:
         self.replies: dict[str, dict[str, Any]] = {}
