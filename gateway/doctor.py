@@ -1110,14 +1110,14 @@ def check_devices(cfg: Config, status: Mapping[str, Any] | None) -> list[Finding
             found = known.get(str(doc.get("id")))
             if found is not None:
                 found.update(state=doc.get("state"), state_at=doc.get("state_at"))
-        last_captured: dict[str, float] = {}
+        last_age: dict[str, float] = {}
         try:
-            last_captured = read_outbox(cfg.gateway.data_dir / "outbox.sqlite3", cfg.outbox.max_bytes)["last_captured"]
+            last_age = read_outbox(cfg.gateway.data_dir / "outbox.sqlite3", cfg.outbox.max_bytes)["last_age_s"]
         except sqlite3.Error:
             pass
-        for dev, at in last_captured.items():
+        for dev, age in last_age.items():  # its latest waiting message (this boot's aged on the boot clock)
             if dev in known:
-                known[dev]["last_seen"] = at
+                known[dev]["last_seen"] = now - age
     out = []
     for dev_id, d in known.items():
         fid = f"device.{dev_id}"

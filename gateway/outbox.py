@@ -735,7 +735,8 @@ class Outbox:
 def message_age_s(msg: StoredMessage, *, now_wall: float, boot_id: str, boot_s: float) -> float:
     """How long ago ``msg`` was captured, now (``now_wall``, ``boot_s`` on the boot clock of boot
     ``boot_id``): on the boot clock for this boot's messages (a step of the wall clock does not make them
-    historical, nor hours old in a status), else on the wall clock (a device's own clock, another boot)."""
+    historical, nor hours old in a status), else on the wall clock (a device's own clock, another boot).
+    An empty ``boot_id`` (a system without one) cannot tell this boot from another: the wall clock."""
     if not boot_id or msg.boot_id != boot_id or msg.boot_s is None or msg.clock is ClockState.DEVICE:
         return now_wall - msg.captured_at
     return boot_s - msg.boot_s
@@ -743,32 +744,37 @@ def message_age_s(msg: StoredMessage, *, now_wall: float, boot_id: str, boot_s: 
 
 def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False) -> dict[str, Any]:
     """Depth and oldest age per lane (:func:`message_age_s`, of the lane's first message as the daemon's
-    status gives them), bytes, last seq, evictions and each device's latest capture time (wall clock)
-    of a store file, read-only while the daemon may be writing it or is not running (``gatewayctl
-    outbox``, ``gatewayctl doctor``); ``integrity``: add SQLite's ``quick_check`` verdict."""
+    status gives them), bytes, last seq, evictions and the age of each device's latest message
+    (``last_age_s``) of a store file, read-only while the daemon may be writing it or is not running
+    (``gatewayctl outbox``, ``gatewayctl doctor``); ``integrity``: add SQLite's ``quick_check`` verdict."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
     try:
         out: dict[str, Any] = {"integrity": str(db.execute("PRAGMA quick_check").fetchone()[0])} if integrity else {}
         now_wall, now_boot, boot_id = time.time(), boottime(), read_boot_id()
+        # A store of schema 1 (not opened by the daemon since the upgrade) has no time columns: its times
+        # are the wall clock's
+        cols = {row[1] for row in db.execute("PRAGMA table_info(msg)")}
+        times = ", ".join(c if c in cols else null for c, null in (("clock", "0"), ("boot", "NULL"), ("mono", "NULL")))
+
+        def age(captured: float, clock: int, boot: str | None, mono: float | None) -> float:
+            m = StoredMessage(0, Lane.STATE, "", b"", "", float(captured), False, ClockState(clock), boot, mono)
+            return round(message_age_s(m, now_wall=now_wall, boot_id=boot_id, boot_s=now_boot), 1)
+
         depth = {lane.name.lower(): 0 for lane in Lane}
         oldest: dict[str, float | None] = dict.fromkeys(depth)
         size = 0
-        # SQLite gives the bare columns of the row holding MIN(seq): each lane's first message. A store of
-        # schema 1 (not opened by the daemon since the upgrade) has no time columns: its times are the wall's
-        cols = {row[1] for row in db.execute("PRAGMA table_info(msg)")}
-        times = ", ".join(c if c in cols else null for c, null in (("clock", "0"), ("boot", "NULL"), ("mono", "NULL")))
-        for lane, n, total, _seq, captured, clock, boot, mono in db.execute(
+        # SQLite gives the bare columns of the row holding the one MIN() or MAX(): a lane's first message
+        for lane, n, total, _seq, *first in db.execute(
             f"SELECT lane, COUNT(*), SUM(size), MIN(seq), captured, {times} FROM msg GROUP BY lane"
         ):
-            first = StoredMessage(0, Lane(lane), "", b"", "", float(captured), False, ClockState(clock), boot, mono)
             name = Lane(lane).name.lower()
-            depth[name] = int(n)
-            oldest[name] = round(message_age_s(first, now_wall=now_wall, boot_id=boot_id, boot_s=now_boot), 1)
+            depth[name], oldest[name] = int(n), age(*first)
             size += int(total)
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        last_captured = {
-            str(dev): float(t) for dev, t in db.execute("SELECT device, MAX(captured) FROM msg GROUP BY device")
+        last_age = {
+            str(dev): age(*last)
+            for dev, _seq, *last in db.execute(f"SELECT device, MAX(seq), captured, {times} FROM msg GROUP BY device")
         }
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         ranges = [[int(a), int(b)] for a, b in db.execute("SELECT first, last FROM evicted ORDER BY first")]
         return out | {
             "depth": depth,
@@ -777,7 +783,7 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
             "last_seq": int(meta.get("next_seq", 1)) - 1,
             "evicted_total": int(meta.get("evicted_total", 0)),
             "evicted_ranges": ranges,
-            "last_captured": last_captured,
+            "last_age_s": last_age,
         }
     finally:
         db.close()

@@ -14,7 +14,7 @@ import pytest
 from gateway.clock import Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
-from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, read_summary, wire_payload
+from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, message_age_s, read_summary, wire_payload
 from tests.helpers import Hands, until
 
 
@@ -554,6 +554,8 @@ def test_the_offline_summary_ages_this_boots_messages_on_the_boot_clock_and_othe
             now = clock.wall()
             await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"o"}', "d1", now - 3.0))
             await ob.put(NewMessage(Lane.STATE, "t/s", b'{"msg_id":"c"}', "cuff", now - 600.0, device_clock=True))
+            # later in the lane, captured earlier (a stored record): the lane's first message is the one aged
+            await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"r"}', "cuff", now - 900.0, device_clock=True))
             runner.cancel()
 
     run(go())
@@ -564,7 +566,19 @@ def test_the_offline_summary_ages_this_boots_messages_on_the_boot_clock_and_othe
     )
     db.commit()
     db.close()
-    ages = read_summary(path)["oldest_age_s"]
+    summary = read_summary(path)
+    ages = summary["oldest_age_s"]
     assert 3.0 <= ages["observation"] < 60.0, ages  # not 7,203 s: the wall clock stepped since
     assert behind + 600 <= ages["state"] < behind + 660, ages  # the device's clock: its age on today's wall
     assert 86400 <= ages["bulk"] < 86460 and ages["alert"] is None, ages
+    last = summary["last_age_s"]  # each device's latest message, as the doctor reads it
+    assert 3.0 <= last["d1"] < 60.0 and behind + 900 <= last["cuff"] < behind + 960, last
+
+
+def test_a_system_without_a_boot_id_ages_every_message_on_the_wall_clock() -> None:
+    """An empty boot id cannot tell this boot's messages from an earlier boot's: their boot-clock times
+    may be of another boot, so the wall clock ages them."""
+    m = StoredMessage(1, Lane.OBSERVATION, "t", b"{}", "d", 1000.0, False, ClockState.SYNCED, "", 50.0)
+    assert message_age_s(m, now_wall=1010.0, boot_id="", boot_s=9000.0) == 10.0
+    mine = StoredMessage(1, Lane.OBSERVATION, "t", b"{}", "d", 1000.0, False, ClockState.SYNCED, "b1", 50.0)
+    assert message_age_s(mine, now_wall=8210.0, boot_id="b1", boot_s=60.0) == 10.0
