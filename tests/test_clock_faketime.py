@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.clock import SYNC_FILE_ENV
+from gateway.config import load_config
+from gateway.ctl import call as ctl_call
 from gateway.messages import parse_rfc3339
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
@@ -26,6 +28,7 @@ from simulators.rfxtrx_sim import RfxtrxSimulator
 from simulators.viewer import Completeness
 from tests import test_care
 from tests.helpers import (
+    Cloud,
     Collector,
     GatewayProcess,
     daemon_log_on_failure,
@@ -290,3 +293,45 @@ def test_a_new_store_is_a_new_stream_with_seq_from_1_and_nothing_missing_but_wha
     old = [d["msg_id"] for d in data if d["stream"] == streams[0] and d["seq"] == 1]
     new = [d["msg_id"] for d in data if d["stream"] == streams[1] and d["seq"] == 1]
     assert old != new, "seq 1 of each stream is a different message: the stream tells them apart"
+
+
+def test_a_step_between_a_drill_press_and_its_ack_adds_nothing_to_the_drill_reports_latency(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """The drill log times a press to the broker and to the care centre's ack on the daemon's timeline:
+    the wall clock stepping 2 h ahead between the press and the ack (a first NTP sync in the middle of a
+    drill; not synchronised, so the ack is not refused as stale) leaves press_to_ack_s at seconds."""
+    rfx = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DRL-if00-port0"
+    cfg = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(rfx))
+    clock = FakedClock(tmp_path, 0, synced=False)
+    gw = GatewayProcess(cfg, env=clock.env())
+    socket_path = load_config(cfg).gateway.socket_path
+    downlink = Cloud(broker.port, "homecare/v1/gw-test")
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(rfx) as radio:
+            gw.start()
+            try:
+                await gw.running()
+                await until(lambda: radio.started, 20, "the receiver")
+                await asyncio.to_thread(ctl_call, socket_path, "drill", duration_s=600, buttons=["sos-1"])
+                await radio.press(0xA1B2C3, repeats=2, gap_s=0.03)
+                (sos,) = await until(lambda: cloud.of_type("alert"), 20, "the drill SOS")
+                assert sos["drill"] is True
+                clock.set(7200, synced=False)
+                await asyncio.sleep(1.5)  # the daemon's clock watch sees the step
+                _, ack = await asyncio.to_thread(
+                    downlink.ask, "alert-ack", {"request_id": "ack-1", "alert_id": sos["alert_id"]}
+                )
+                assert ack["ok"] is True, ack
+                report: dict[str, Any] = await asyncio.to_thread(ctl_call, socket_path, "drill-report")
+                gw.terminate()
+                return report
+            finally:
+                gw.stop_quietly()
+                downlink.close()
+
+    with daemon_log_on_failure(cfg):
+        report = asyncio.run(go())
+    (timed,) = report["presses"]
+    assert 0 < timed["press_to_broker_ms"] < 10_000 and 0 < timed["press_to_ack_s"] < 60, timed
