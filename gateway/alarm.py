@@ -541,8 +541,8 @@ class AlarmStore:
         watch = self.get_meta("watch")
         with self.db:
             self.db.execute("BEGIN")
-            rows = [(c.alert_id, c.to_json()) for c in cases]
-            self.db.executemany("UPDATE cases SET body = ? WHERE alert_id = ?", [(b, a) for a, b in rows])
+            rows = [(c.to_json(), c.alert_id) for c in cases]
+            self.db.executemany("UPDATE cases SET body = ? WHERE alert_id = ?", rows)
             if isinstance(watch, dict) and isinstance(watch.get("since"), (int, float)):
                 self.set_meta("watch", {**watch, "since": float(watch["since"]) + dt})
             self.set_meta("clock", "timeline")

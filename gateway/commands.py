@@ -50,22 +50,22 @@ class SimpleAlertDesk:
 class DrillPress:
     alert_id: str
     device_id: str
-    pressed_at: float  # capture time of the press (today's wall clock), for the report
-    # the durations are on the daemon's timeline, which a step of the wall clock never moves: the press,
-    # when the broker acknowledged the alert (PUBACK), when the care centre did (cmd/alert-ack)
-    pressed_t: float
+    # on the daemon's timeline, which a step of the wall clock never moves: the press, when the broker
+    # acknowledged its alert (PUBACK), when the care centre did (cmd/alert-ack)
+    pressed_at: float
     at_broker: float | None = None
     acked: float | None = None
 
-    def report(self) -> dict[str, Any]:
+    def report(self, shift: float = 0.0) -> dict[str, Any]:
+        """``shift``: the timeline - the wall clock, now (the report gives the press on the wall clock)."""
         return {
             "alert_id": self.alert_id,
             "device_id": self.device_id,
-            "pressed_at": rfc3339_ms(self.pressed_at),
+            "pressed_at": rfc3339_ms(self.pressed_at - shift),
             "press_to_broker_ms": None
             if self.at_broker is None
-            else round((self.at_broker - self.pressed_t) * 1000, 1),
-            "press_to_ack_s": None if self.acked is None else round(self.acked - self.pressed_t, 3),
+            else round((self.at_broker - self.pressed_at) * 1000, 1),
+            "press_to_ack_s": None if self.acked is None else round(self.acked - self.pressed_at, 3),
         }
 
 
@@ -76,9 +76,9 @@ class DrillLog:
     presses: dict[str, DrillPress] = field(default_factory=dict)
     limit: int = 100
 
-    def pressed(self, alert_id: str, device_id: str, at: float, t: float) -> None:
-        """A drill press captured at ``at`` on today's wall clock, ``t`` on the timeline."""
-        self.presses[alert_id] = DrillPress(alert_id, device_id, at, t)
+    def pressed(self, alert_id: str, device_id: str, at: float) -> None:
+        """A drill press, captured at ``at`` on the timeline."""
+        self.presses[alert_id] = DrillPress(alert_id, device_id, at)
         while len(self.presses) > self.limit:
             self.presses.pop(next(iter(self.presses)))
 
@@ -185,10 +185,11 @@ class Commands:
         window = self.pipeline.drill
         now = self.clock()
         active = window.active(now)
+        shift = now - self.wall()
         return {
-            "drill_until": rfc3339_ms(window.until - (now - self.wall())) if active else None,
+            "drill_until": rfc3339_ms(window.until - shift) if active else None,
             "waiting_for": window.waiting_for() if active else None,
-            "presses": [p.report() for p in self.drills.presses.values()],
+            "presses": [p.report(shift) for p in self.drills.presses.values()],
         }
 
     async def device_add(self, args: Mapping[str, Any]) -> dict[str, Any]:

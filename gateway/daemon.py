@@ -262,7 +262,7 @@ class Daemon:
             commands.restore()
             pipeline.on_alert(
                 lambda alert_id, dev, at: (
-                    commands.drills.pressed(alert_id, dev, at + self.timebase.step_since(at), self._on_timeline(at))
+                    commands.drills.pressed(alert_id, dev, self._on_timeline(at))
                     if alert_id in pipeline.drill.drill_alerts
                     else None
                 )

@@ -261,7 +261,7 @@ def test_a_clock_step_back_inside_a_drill_window_does_not_make_it_last_longer(tm
 def test_a_drill_press_is_timed_on_the_timeline_when_the_wall_clock_steps_before_its_ack() -> None:
     """The drill log's press-to-broker and press-to-ack durations come from the daemon's timeline: a wall
     clock stepping an hour ahead between the press and the care centre's ack adds nothing to them; the
-    report shows the press on today's wall clock."""
+    report shows the press on the wall clock of the report (an hour later, as an SOS's fallback report does)."""
     h = Hands(1_800_000_000.0, 100.0)
     clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
     clock.sample()
@@ -269,14 +269,14 @@ def test_a_drill_press_is_timed_on_the_timeline_when_the_wall_clock_steps_before
     log = DrillLog()
     pressed = h.wall()
     h.tick(0.25)
-    log.pressed("a-1", "sos-1", pressed + clock.step_since(pressed), clock.to_timeline(pressed, timeline()))
+    log.pressed("a-1", "sos-1", clock.to_timeline(pressed, timeline()))
     h.tick(0.15)
     log.delivered("a-1", timeline())
     h.w += 3600  # the step, seen by the clock
     clock.sample()
     h.tick(20.0)
     log.acknowledged("a-1", timeline())
-    (report,) = (p.report() for p in log.presses.values())
+    (report,) = (p.report(timeline() - h.wall()) for p in log.presses.values())
     assert report["press_to_broker_ms"] == pytest.approx(400.0, abs=1.0)
     assert report["press_to_ack_s"] == pytest.approx(20.4, abs=0.01)
-    assert report["pressed_at"] == rfc3339_ms(pressed)
+    assert report["pressed_at"] == rfc3339_ms(pressed + 3600), "on the wall clock of the report, as the SOS reports"
