@@ -189,18 +189,6 @@ class Case:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
-    def move(self, dt: float) -> None:
-        """Every time of the case later by ``dt`` (onto another clock)."""
-        self.pressed_at += dt
-        self.due_at += dt
-        self.at_broker = None if self.at_broker is None else self.at_broker + dt
-        self.acked_at = None if self.acked_at is None else self.acked_at + dt
-        for r in self.recipients:
-            r.next_at += dt
-        for a in self.attempts:
-            a.at += dt
-            a.report_by = None if a.report_by is None else a.report_by + dt
-
     @staticmethod
     def from_json(text: str) -> Case:
         d = json.loads(text)
@@ -397,7 +385,12 @@ class AlarmPolicy:
             if case.state != "active":
                 continue
             for attempt in case.attempts:
-                if attempt.status == "sent" and attempt.report_by is not None and now >= attempt.report_by:
+                if attempt.status != "sent" or attempt.report_by is None:
+                    continue
+                # as due_at and next_at: a record's times ahead of this clock (a record from before the
+                # timeline, read on one that lags the wall clock) never make a wait longer than its bound
+                attempt.report_by = min(attempt.report_by, now + self.cfg.report_timeout_s)
+                if now >= attempt.report_by:
                     attempt.status = "no_report"
                     rcp = next(r for r in case.recipients if r.to == attempt.to)
                     if rcp.state == "awaiting_report":
@@ -529,25 +522,6 @@ class AlarmStore:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO cases VALUES (?, ?, ?)", rows)
 
-    def onto_clock(self, dt: float) -> int:
-        """Once per store, in one transaction: the open cases' times and the watch's start later by
-        ``dt`` (the timeline - the wall clock), and the store marked as on the timeline (a new one from
-        the start). The number of cases moved."""
-        if self.get_meta("clock") == "timeline":
-            return 0
-        cases = self.open_cases()
-        for case in cases:
-            case.move(dt)
-        watch = self.get_meta("watch")
-        with self.db:
-            self.db.execute("BEGIN")
-            rows = [(c.to_json(), c.alert_id) for c in cases]
-            self.db.executemany("UPDATE cases SET body = ? WHERE alert_id = ?", rows)
-            if isinstance(watch, dict) and isinstance(watch.get("since"), (int, float)):
-                self.set_meta("watch", {**watch, "since": float(watch["since"]) + dt})
-            self.set_meta("clock", "timeline")
-        return len(cases)
-
     def has(self, alert_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM cases WHERE alert_id = ?", (alert_id,)).fetchone() is not None
 
@@ -636,7 +610,6 @@ class SmsFallback:
         self.modem.on_report.append(self._on_report)
         self.store = AlarmStore(data_dir / "alarm.sqlite3")
         self.policy = AlarmPolicy(cfg)
-        self._onto_clock()
         now = clock()
         self.policy.restore(self.store.open_cases(), now)
         watch = self.store.get_meta("watch") or {}
@@ -650,16 +623,6 @@ class SmsFallback:
         n = len(self.policy.cases)
         if n:
             log.info("sms fallback: %d alerts restored from %s", n, self.store.db)
-
-    def _onto_clock(self) -> None:
-        """A store written before its times moved onto the daemon's timeline (they were the wall
-        clock's) gets its open cases and watch moved there once (:meth:`AlarmStore.onto_clock`): the
-        timeline lags the wall clock by any step forwards since it started (a Pi's first NTP sync after
-        days off), and a retry due in 60 s would otherwise wait that long."""
-        dt = self.shift()
-        n = self.store.onto_clock(dt)
-        if n:
-            log.info("sms fallback: %d open alerts moved onto the daemon's timeline (%+.1f s)", n, dt)
 
     # -- hooks (synchronous, never raise into the caller: the SOS path must not notice us) ---------
 

@@ -124,7 +124,7 @@ class Commands:
 
     def restore(self) -> None:
         """State that outlives a restart: the drill window."""
-        window = DrillWindow.from_json(self.registry.get("drill"), self.clock() - self.wall())
+        window = DrillWindow.from_json(self.registry.get("drill"))
         if window.active(self.clock()):
             self.pipeline.drill = window
 

@@ -68,25 +68,23 @@ class DrillWindow:
             "started": self.started,
             "buttons": sorted(self.buttons) if self.buttons is not None else None,
             "pressed": sorted(self.pressed),
-            "clock": "timeline",
         }
 
     @classmethod
-    def from_json(cls, raw: Any, wall_to_clock: float = 0.0) -> DrillWindow:
-        """A stored window; anything unreadable is no window (a drill is never opened by accident). A
-        window stored without ``clock`` (releases before the timeline) has wall-clock times:
-        ``wall_to_clock`` (the caller's clock - the wall clock, now) moves them onto the caller's, so that
-        a timeline lagging the wall clock does not make the window last longer by the lag, while real
-        presses of its buttons would be sent as drill presses."""
+    def from_json(cls, raw: Any) -> DrillWindow:
+        """A stored window; anything unreadable is no window (a drill is never opened by accident), and a
+        window longer than :data:`MAX_DRILL_S` ends that long after its start. A window stored by a
+        release that kept it on the wall clock, read on a timeline that lags the wall clock, starts in
+        the future and is no window until then: the daemon restores only a window active now
+        (``gateway.commands.Commands.restore``), so a drill is never restored late."""
         if not isinstance(raw, dict):
             return cls()
         until, started, buttons, pressed = raw.get("until"), raw.get("started"), raw.get("buttons"), raw.get("pressed")
         if not isinstance(until, (int, float)) or not isinstance(started, (int, float)):
             return cls()
-        if raw.get("clock") != "timeline":
-            until, started = until + wall_to_clock, started + wall_to_clock
         if buttons is not None and not (isinstance(buttons, list) and all(isinstance(b, str) for b in buttons)):
             return cls()
         if not (isinstance(pressed, list) and all(isinstance(b, str) for b in pressed)):
             return cls()
-        return cls(float(until), float(started), frozenset(buttons) if buttons is not None else None, set(pressed))
+        until = min(float(until), float(started) + MAX_DRILL_S)
+        return cls(until, float(started), frozenset(buttons) if buttons is not None else None, set(pressed))

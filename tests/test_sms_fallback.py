@@ -19,7 +19,7 @@ import pytest
 from drivers.serial import at
 from drivers.serial.modem import ModemOptions
 from gateway import messages
-from gateway.alarm import AlarmStore, Attempt, Case, Recipient, SmsFallback
+from gateway.alarm import AlarmStore, Attempt, Case, Recipient, SendSms, SmsFallback
 from gateway.clock import Clock, Timeline
 from gateway.config import AlarmSection
 from gateway.ctl import call as ctl_call
@@ -407,38 +407,41 @@ def test_a_clock_step_while_an_sms_waits_for_its_retry_neither_gives_up_nor_dela
     assert sorted(s.to for s in modem.sent) == sorted([CC, G1])
 
 
-def test_open_alerts_of_a_store_on_the_wall_clock_move_onto_the_timeline_once(tmp_path: Path) -> None:
-    """A store from before the fallback's times moved onto the daemon's timeline (they were the wall
-    clock's), opened when the timeline lags the wall clock by 2 h (it started before a first NTP sync
-    2 h ahead): a retry due in 60 s, a report due in 30 s and the modem watch's start keep their distance
-    from now, once; a second start moves nothing."""
+def test_a_record_with_times_ahead_of_the_timeline_waits_no_longer_than_its_bounds(tmp_path: Path) -> None:
+    """A record whose times are 2 h ahead of the daemon's timeline (one from before the fallback moved
+    onto the timeline, kept on the wall clock, read where the timeline lags the wall clock by a step):
+    its due SMS goes within ``retry_cap_s`` and a missing delivery report is given up within
+    ``report_timeout_s``, not 2 h later. A record on the timeline is read as it is (the times are never
+    moved: a record of either kind cannot be told apart, and moving the wrong one back by 2 h would give
+    its recipients up at the first tick)."""
     h = Hands(1_800_000_000.0, 100.0)
     timeline = Timeline(None, boot_id="b", wall=h.wall, boot=h.boot)
     h.w += 7200  # the step: the timeline does not follow it
     w = h.wall()
     old = AlarmStore(tmp_path / "alarm.sqlite3")
     case = Case(
-        "sos-b-1", "b", w - 10, False, "SOS", w + 5, [Recipient(CC, "due", w + 60)], "active",
-        [Attempt(1, G1, w - 2, "sent", report_by=w + 30)],
+        "sos-b-1", "b", w - 10, False, "SOS", w + 5, [Recipient(CC, "due", w + 60), Recipient(G1, "awaiting_report")],
+        "active", [Attempt(1, G1, w - 2, "sent", report_by=w + 30)],
     )  # fmt: skip
     old.save([case])
-    old.set_meta("watch", {"raised": True, "since": w - 100})
     old.close()
     cfg = AlarmSection(enabled=True, care_centre=(CC,), guardians=(G1,), modem=ModemOptions(port=str(tmp_path / "m")))
-
-    def start() -> tuple[Case, float]:
-        fallback = SmsFallback(
-            cfg, Topics("homecare/v1", "gw"), tmp_path, lambda m: asyncio.Future(), lambda: False,
-            clock=timeline, wall=h.wall,
-        )  # fmt: skip
-        moved, since = fallback.policy.cases["sos-b-1"], fallback.policy.down_since
-        fallback.store.close()
-        return moved, since
-
-    for _ in range(2):
-        moved, since = start()
+    fallback = SmsFallback(
+        cfg, Topics("homecare/v1", "gw"), tmp_path, lambda m: asyncio.Future(), lambda: False,
+        clock=timeline, wall=h.wall,
+    )  # fmt: skip
+    try:
+        policy = fallback.policy
+        policy.modem_ready = True
+        restored = policy.cases["sos-b-1"]
+        assert restored.pressed_at == w - 10, "read as stored"
         now = timeline()
-        assert now == pytest.approx(h.wall() - 7200, abs=0.01)
-        a = moved.attempts[0]
-        times = (moved.pressed_at, moved.due_at, moved.recipients[0].next_at, a.at, a.report_by, since)
-        assert times == pytest.approx((now - 10, now + 5, now + 60, now - 2, now + 30, now - 100), abs=0.01)
+        policy.tick(now)
+        latest = now + max(cfg.retry_cap_s, cfg.report_timeout_s)
+        assert restored.recipients[0].next_at <= now + cfg.retry_cap_s and restored.attempts[0].report_by is not None
+        assert restored.attempts[0].report_by <= now + cfg.report_timeout_s
+        sends = [a for a in policy.tick(latest) if isinstance(a, SendSms)]
+        assert [s.to for s in sends] == [CC], "the due SMS goes at its bound, not 2 h later"
+        assert restored.attempts[0].status == "no_report"
+    finally:
+        fallback.store.close()
