@@ -54,11 +54,13 @@ from drivers.serial.modem import Modem, ModemHealth, ModemUnavailable
 from gateway import messages
 from gateway.config import AlarmSection, Config
 from gateway.drill import DrillWindow
+from gateway.errors import GatewayError
 from gateway.messages import Topics
 from gateway.outbox import Lane, NewMessage, StoredMessage
 from gateway.rules import event_on_wall
 from gateway.rules.engine import AlertEvent
 from gateway.rules.spec import CALL_SEVERITY
+from gateway.statedb import open_store
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +193,22 @@ class Case:
 
     @staticmethod
     def from_json(text: str) -> Case:
-        d = json.loads(text)
-        d["recipients"] = [Recipient(**r) for r in d["recipients"]]
-        d["attempts"] = [Attempt(**a) for a in d["attempts"]]
-        return Case(**d)
+        """A stored case; :class:`ValueError` for anything the policy could not run on (a missing or
+        unknown field, a time that is not a number, an attempt to nobody of the case)."""
+        try:
+            d = json.loads(text)
+            d["recipients"] = [Recipient(**r) for r in d["recipients"]]
+            d["attempts"] = [Attempt(**a) for a in d["attempts"]]
+            case = Case(**d)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a stored case: {exc}") from exc
+        times = [case.pressed_at, case.due_at, *(r.next_at for r in case.recipients), *(a.at for a in case.attempts)]
+        times += [t for t in (case.at_broker, case.acked_at, *(a.report_by for a in case.attempts)) if t is not None]
+        if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
+            raise ValueError("a time that is not a number")
+        if not {a.to for a in case.attempts} <= {r.to for r in case.recipients}:
+            raise ValueError("an attempt to a number that is not a recipient")
+        return case
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,16 +517,33 @@ def same_number(a: str, b: str) -> bool:
 # -- the record -------------------------------------------------------------------------------------
 
 
+class AlarmStoreError(GatewayError):
+    """The SMS fallback's record cannot be opened even as a fresh file."""
+
+
 class AlarmStore:
     """``<data_dir>/alarm.sqlite3``: one row per alert (its whole case as JSON) and the watch state.
     ``synchronous=FULL``: an attempt is on disk before its SMS is handed to the modem."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS cases (alert_id TEXT PRIMARY KEY, open INTEGER, body TEXT)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        # a file SQLite cannot read is moved aside and a fresh one started (gateway.statedb): a damaged
+        # record must never keep the daemon, and with it the SOS path, from starting
+        self.db = open_store(path, lambda: self._open(path), AlarmStoreError, "sms fallback record")
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.execute("CREATE TABLE IF NOT EXISTS cases (alert_id TEXT PRIMARY KEY, open INTEGER, body TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def save(self, cases: Iterable[Case]) -> None:
         rows = [(c.alert_id, int(c.state != "done" or c.version > c.reported), c.to_json()) for c in cases]
@@ -526,14 +557,24 @@ class AlarmStore:
         return self.db.execute("SELECT 1 FROM cases WHERE alert_id = ?", (alert_id,)).fetchone() is not None
 
     def open_cases(self) -> list[Case]:
-        return [Case.from_json(b) for (b,) in self.db.execute("SELECT body FROM cases WHERE open = 1")]
-
-    def all_cases(self) -> list[Case]:
-        return [Case.from_json(b) for (b,) in self.db.execute("SELECT body FROM cases")]
+        """The open cases; a row that is not a readable case is skipped with a WARNING (and stays
+        stored, for a person to look at)."""
+        out = []
+        for alert_id, body in self.db.execute("SELECT alert_id, body FROM cases WHERE open = 1"):
+            try:
+                out.append(Case.from_json(body))
+            except ValueError as exc:
+                log.warning("sms fallback: stored alert %s is unreadable, not restored: %s", alert_id, exc)
+        return out
 
     def get_meta(self, key: str) -> Any:
+        """A stored value; None when there is none or it is not JSON."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            return json.loads(row[0]) if row else None
+        except (TypeError, ValueError):
+            log.warning("sms fallback: stored %s is unreadable, ignored", key)
+            return None
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
@@ -612,9 +653,11 @@ class SmsFallback:
         self.policy = AlarmPolicy(cfg)
         now = clock()
         self.policy.restore(self.store.open_cases(), now)
-        watch = self.store.get_meta("watch") or {}
-        self.policy.watch_raised = bool(watch.get("raised"))
-        self.policy.down_since = float(watch["since"]) if self.policy.watch_raised else now
+        watch = self.store.get_meta("watch")
+        since = watch.get("since") if isinstance(watch, dict) else None
+        # a raised watch without a readable start is raised from now
+        self.policy.watch_raised = isinstance(watch, dict) and watch.get("raised") is True
+        self.policy.down_since = float(since) if self.policy.watch_raised and isinstance(since, int | float) else now
         self._inbox: deque[Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._reporting: set[str] = set()

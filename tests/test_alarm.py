@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -10,17 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.serial.modem import ModemOptions
 from gateway.alarm import (
     AlarmPolicy,
     AlarmStore,
     Case,
     SendSms,
+    SmsFallback,
     WatchChange,
     check_template,
     render_text,
     same_number,
 )
 from gateway.config import AlarmSection
+from gateway.messages import Topics
+from gateway.outbox import NewMessage
 
 CC, CC2, G1 = "+8610000000001", "+8610000000002", "+8613900000001"
 CFG = AlarmSection(
@@ -194,6 +199,40 @@ def test_restart_mid_retries_no_duplicate_to_the_delivered_and_no_lost_attempt(t
     q.report(50, True, True, T0 + 32)
     assert q.cases["sos-a"].state == "done"
     assert s1.to == CC and s2.to == CC2
+
+
+def test_a_damaged_record_never_keeps_the_fallback_from_starting(tmp_path: Path) -> None:
+    """A record SQLite cannot read is moved aside and a fresh one started; in a readable one, a row that
+    is not a case (a field missing, a time that is text, JSON that is not an object) is skipped and
+    the good case next to it restored; an unreadable watch is no watch."""
+    path = tmp_path / "alarm.sqlite3"
+    path.write_bytes(b"not a database" * 100)
+    fresh = AlarmStore(path)
+    assert fresh.open_cases() == [] and list(tmp_path.glob("alarm.sqlite3.damaged-*"))
+    p = policy()
+    p.sos("sos-a", "sos-1", T0, False, "text", T0, uplink_up=False)
+    fresh.save(p.cases.values())
+    good = p.cases["sos-a"].to_json()
+    bad_time = good.replace(f'"pressed_at": {T0}', '"pressed_at": "soon"')
+    assert bad_time != good
+    rows = [("sos-b", '{"alert_id": "sos-b"}'), ("sos-c", bad_time), ("sos-d", "[1, 2]"), ("sos-e", "{")]
+    fresh.db.executemany("INSERT INTO cases VALUES (?, 1, ?)", rows)
+    fresh.set_meta("watch", {"raised": True})
+    fresh.db.execute("INSERT OR REPLACE INTO meta VALUES ('other', '{')")
+    assert [c.alert_id for c in fresh.open_cases()] == ["sos-a"]
+    assert fresh.get_meta("other") is None and fresh.get_meta("watch") == {"raised": True}
+    fresh.close()
+    cfg = dataclasses.replace(CFG, modem=ModemOptions(port=str(tmp_path / "modem")))  # never opened here
+    fallback = SmsFallback(cfg, Topics("homecare/v1", "gw"), tmp_path, _no_submit, lambda: False, clock=lambda: T0 + 5)
+    try:  # the whole start: the good case, and the watch raised from now (its start unreadable)
+        assert list(fallback.policy.cases) == ["sos-a"]
+        assert fallback.policy.watch_raised and fallback.policy.down_since == T0 + 5
+    finally:
+        fallback.store.close()
+
+
+def _no_submit(_msg: NewMessage) -> asyncio.Future[int]:
+    raise AssertionError("nothing is submitted at start")
 
 
 def test_a_report_names_its_recipient_so_a_wrapped_reference_does_not_mislead() -> None:
