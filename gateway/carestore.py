@@ -76,7 +76,7 @@ class CareStore:
         """The engine's snapshot as :meth:`gateway.rules.RuleEngine.restore` reads it, or None when
         nothing was ever saved. ``empty`` (a fresh engine's ``snapshot(alerts=False)``) stands for the
         rest of the state when only alert rows were written before a kill. Raises
-        :class:`CareStoreError` when a row is not valid JSON."""
+        :class:`CareStoreError` when a row is not a JSON object."""
         try:
             row = self._db.execute("SELECT doc FROM state WHERE key = 'engine'").fetchone()
             alerts = [json.loads(doc) for (doc,) in self._db.execute("SELECT doc FROM alert")]
@@ -84,6 +84,8 @@ class CareStore:
             if row is None and not alerts and not recent:
                 return None
             snap: dict[str, Any] = dict(empty) if row is None else json.loads(row[0])
+            if not isinstance(snap, dict) or not all(isinstance(a, dict) for a in alerts):
+                raise ValueError("a stored document is not an object")
         except (sqlite3.Error, ValueError) as exc:
             raise CareStoreError(f"{self.path}: care state not readable: {exc}") from exc
         snap["alerts"], snap["recent"] = alerts, recent

@@ -284,9 +284,7 @@ class Outbox:
             self.stream, self.stream_first_seq = info["stream"], int(info["stream_first_seq"])
             # Sends of an earlier boot that was never corrected cannot be corrected any more.
             boot_id = self.timebase.boot_id if self.timebase is not None else ""
-            self._sent = [
-                g for g in (_SentGroup(*g) for g in json.loads(info.get("sent", "[]"))) if g.boot_id == boot_id
-            ]
+            self._sent = [g for g in _sent_groups(info.get("sent", "[]")) if g.boot_id == boot_id]
             self.counters.evicted_total = int(meta.get("evicted_total", 0))
             for lane, device, count, size in db.execute(
                 "SELECT lane, device, COUNT(*), SUM(size) FROM msg GROUP BY lane, device"
@@ -787,6 +785,17 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         }
     finally:
         db.close()
+
+
+def _sent_groups(text: str) -> list[_SentGroup]:
+    """The stored groups of sent messages; unreadable ones are dropped with a WARNING (their messages
+    then get no time-correction, as sends of an earlier boot do not)."""
+    try:
+        rows = json.loads(text)
+        return [_SentGroup(str(b), float(o), int(f), int(la), int(c)) for b, o, f, la, c in rows]
+    except (TypeError, ValueError) as exc:
+        log.warning("outbox: the record of sent messages is not readable, dropped: %s", exc)
+        return []
 
 
 def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:

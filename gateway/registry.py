@@ -109,7 +109,12 @@ class Registry:
                 os.replace(self.legacy_path, kept)  # killed between the migration's commit and the rename
         rows = self._db.execute(f"SELECT {', '.join(_DEVICE_FIELDS)} FROM device")
         self._devices = {row[0]: dict(zip(_DEVICE_FIELDS, row, strict=True)) for row in rows}
-        self._settings = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM setting")}
+        self._settings = {}
+        for k, v in self._db.execute("SELECT key, value FROM setting"):
+            try:
+                self._settings[k] = json.loads(v)
+            except (TypeError, ValueError):
+                log.warning("registry: setting %s is not readable, ignored", k)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -244,7 +249,19 @@ class Registry:
     # -- devices added at run time (gatewayctl or the cloud), on top of the configuration file --------
 
     def managed_devices(self) -> list[dict[str, Any]]:
-        return [dict(json.loads(spec)) for (spec,) in self._db.execute("SELECT spec FROM managed ORDER BY n")]
+        """The devices added at run time; a stored spec that is not a JSON object is left out with a
+        WARNING (it is kept, for a person to look at)."""
+        out = []
+        for dev_id, spec in self._db.execute("SELECT id, spec FROM managed ORDER BY n"):
+            try:
+                doc = json.loads(spec)
+            except (TypeError, ValueError):
+                doc = None
+            if isinstance(doc, dict):
+                out.append(doc)
+            else:
+                log.warning("device %s: stored device is not readable, not started", dev_id)
+        return out
 
     def add_managed(self, spec: Mapping[str, Any]) -> None:
         with self._write() as db:

@@ -86,7 +86,14 @@ class SummaryStore:
     # -- reading --------------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        """The store's numbers (``created_at``, ``alive_at``); one that is not a number is left out."""
+        out: dict[str, float] = {}
+        for k, v in self._db.execute("SELECT key, value FROM meta"):
+            try:
+                out[str(k)] = float(v)
+            except (TypeError, ValueError):
+                log.warning("summary store: %s is not a number, ignored", k)
+        return out
 
     def last_links(self) -> dict[str, tuple[str, int | None]]:
         """Each device's last stored (state, battery level)."""
