@@ -13,9 +13,9 @@ import heapq
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from drivers.base import BeatIntervals, ButtonPress, DeviceStatus, LinkState, Measurement, Reading, Waveform
 from gateway.errors import GatewayError
@@ -1194,7 +1194,9 @@ class RuleEngine:
         Open alerts stay open with their ids, acknowledgements and reminders. Rule states whose rule
         changed in the meantime (new config) keep their open alert and start a fresh evaluation. The
         daemon's own downtime does not count as a device's silence (nobody knows what happened then):
-        "no data" counts again from ``now``. Raises :class:`SnapshotError`, changing nothing."""
+        "no data" counts again from ``now``. A damaged item (an alert, a person's rules, a rule's state)
+        is left out with a WARNING and the rest restored. Raises :class:`SnapshotError`, changing
+        nothing, when the snapshot as a whole is not one (its version, a list missing)."""
         try:
             r = self._parse_snapshot(data, now)
         except SnapshotError:
@@ -1229,21 +1231,34 @@ class RuleEngine:
         if not isinstance(data, Mapping) or data.get("version") != SNAPSHOT_VERSION:
             version = data.get("version") if isinstance(data, Mapping) else None
             raise SnapshotError(f"rules snapshot: unknown version {version!r}")
-        overrides = {
-            str(p): rules_from_list([rule_from_dict(r) for r in rules], bases=DEFAULTS_BY_ID)
-            for p, rules in data["overrides"].items()
+        # Item by item: one damaged item (a person's rules that no longer validate, such as a kind
+        # reserved since they were saved; one alert) is left out with a WARNING, and the rest of the
+        # state, open SOS alerts among it, is restored
+        overrides = dict(
+            _each(
+                data["overrides"].items(),
+                lambda kv: (str(kv[0]), rules_from_list([rule_from_dict(r) for r in kv[1]], bases=DEFAULTS_BY_ID)),
+                "a person's rules",
+            )
+        )
+        alerts = {a.alert_id: a for a in _each(data["alerts"], _Alert.from_dict, "an alert")}
+        recent: OrderedDict[str, float] = OrderedDict(
+            _each(data["recent"], lambda kv: (str(kv[0]), float(kv[1])), "a recent alert")
+        )
+        watch = {
+            k: aid
+            for k, aid in _each(
+                data["watch"], lambda w: ((str(w[0]), None if w[1] is None else str(w[1])), str(w[2])), "a watch"
+            )
+            if aid in alerts
         }
-        alerts = {a.alert_id: a for a in (_Alert.from_dict(d) for d in data["alerts"])}
-        recent: OrderedDict[str, float] = OrderedDict((str(k), float(v)) for k, v in data["recent"])
-        watch = {(str(k), None if d is None else str(d)): str(aid) for k, d, aid in data["watch"] if aid in alerts}
-        queued = [AlertEvent.from_dict(e) for e in data["queued"]]
+        queued = list(_each(data["queued"], AlertEvent.from_dict, "a queued event"))
 
         def rules_of(p: str) -> dict[str, RuleSpec]:
             rules = overrides[p] if p in overrides else self._config_rules.get(p, self._default_rules)
             return {r.id: r for r in rules}
 
-        states: dict[tuple[str, str, str], _RuleState] = {}
-        for s in data["states"]:
+        def state_of(s: Any) -> tuple[tuple[str, str, str], _RuleState] | None:
             p, rid, dev_id = str(s["person_id"]), str(s["rule"]), str(s["device_id"])
             rule = rules_of(p).get(rid)
             aid = s["state"]["alert_id"]
@@ -1251,7 +1266,7 @@ class RuleEngine:
                 if aid in alerts:  # the rule is gone (new config): its alert clears on the next tick
                     queued.append(self._event(alerts.pop(aid), "cleared", now, (), {"reason": "rule_removed"}))
                     recent[aid] = now
-                continue
+                return None
             if rule.to_dict() == s["spec"]:
                 st = _RuleState.from_dict(rule, s["state"])
             else:  # the rule changed: its open alert stays open and clears by the new rule
@@ -1259,9 +1274,11 @@ class RuleEngine:
                 st.alert_id = None if aid is None else str(aid)
             if st.alert_id is not None and st.alert_id not in alerts:
                 st.alert_id = None
-            states[(p, rid, dev_id)] = st
-        devices: dict[str, _Device] = {}
-        for d in data["devices"]:
+            return (p, rid, dev_id), st
+
+        states = dict(kv for kv in _each(data["states"], state_of, "a rule's state") if kv is not None)
+
+        def device_of(d: Any) -> _Device:
             dev = _Device(
                 id=str(d["id"]),
                 person_id=str(d["person_id"]),
@@ -1275,7 +1292,9 @@ class RuleEngine:
             )
             if ("no_data", dev.id) not in watch:
                 dev.last_data_at = max(dev.last_data_at, now)
-            devices[dev.id] = dev
+            return dev
+
+        devices = {dev.id: dev for dev in _each(data["devices"], device_of, "a device")}
         return _Restored(
             overrides,
             alerts,
@@ -1300,6 +1319,20 @@ class _Restored:
     queued: list[AlertEvent]
     uplink_down_since: float | None
     outbox_fill: float
+
+
+_T = TypeVar("_T")
+_SNAPSHOT_ITEM_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuleSpecError)
+
+
+def _each(items: Iterable[Any], parse: Callable[[Any], _T], what: str) -> Iterator[_T]:
+    """``parse`` of each item of a snapshot's list; an item it cannot parse is left out with a WARNING."""
+    for item in items:
+        try:
+            yield parse(item)
+        except _SNAPSHOT_ITEM_ERRORS as exc:  # its text may quote a stored value: at DEBUG only
+            log.warning("care rules: %s in the saved state is damaged, left out (%s)", what, type(exc).__name__)
+            log.debug("care rules: %s left out: %s", what, exc)
 
 
 def _opt(x: Any) -> float | None:

@@ -209,17 +209,8 @@ def test_downtime_of_the_daemon_is_not_silence_of_the_device() -> None:
     assert [ev.kind for ev in restored.tick(T0 + 5 * 3600)] == ["no_data"]
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda d: d.update(version=99),
-        lambda d: d.pop("alerts"),
-        lambda d: d["alerts"][0].update(severity="apocalyptic"),
-        lambda d: d["overrides"].update(bert=[{"id": "x"}]),
-        lambda d: d["states"][0]["state"].update(abnormal=[True, True, True]),
-    ],
-)
-def test_a_damaged_snapshot_is_refused_and_changes_nothing(damage: Any) -> None:
+@pytest.mark.parametrize("damage", [lambda d: d.update(version=99), lambda d: d.pop("alerts")])
+def test_a_snapshot_that_is_not_one_is_refused_and_changes_nothing(damage: Any) -> None:
     e = engine()
     tachycardia(e)
     data = json.loads(json.dumps(e.snapshot()))
@@ -228,3 +219,29 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(damage: Any) -> None:
     with pytest.raises(SnapshotError):
         fresh.restore(data, T0 + 100)
     assert fresh.open_alerts() == () and fresh.snapshot()["states"] == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: next(a for a in d["alerts"] if a["kind"] == "hr_high").update(severity="apocalyptic"),
+        lambda d: d["overrides"].update(bert=[{"id": "x"}]),
+        lambda d: d["overrides"].update(bert=[{"id": "c", "kind": "call"}]),  # a kind reserved since
+        lambda d: d["states"][0]["state"].update(abnormal=[True, True, True]),
+        lambda d: d["alerts"].append("not an alert"),
+    ],
+)
+def test_a_damaged_item_of_a_snapshot_is_left_out_and_the_open_sos_restored(damage: Any) -> None:
+    """One damaged item (an alert, a person's rules, a rule's state) no longer costs the whole state:
+    the open SOS alert stays open with its reminders and ack, and the other person's rules stay."""
+    e = engine()
+    tachycardia(e)
+    e.open_external("sos-sos-1-x", "sos", "critical", "sos-1", T0 + 1, T0 + 1)
+    e.update_rules("anna", [{"id": "spo2-low", "base": "spo2-low", "threshold": 86, "severe_threshold": 82}])
+    data = json.loads(json.dumps(e.snapshot()))
+    damage(data)
+    fresh = engine()
+    fresh.restore(data, T0 + 100)
+    assert "sos-sos-1-x" in {a.alert_id for a in fresh.open_alerts()}
+    assert "anna" in fresh.snapshot()["overrides"]
+    assert fresh.ack("sos-sos-1-x", T0 + 101)
