@@ -268,18 +268,22 @@ class MinuteBin:
 
     @classmethod
     def loads(cls, text: str) -> MinuteBin:
-        hr, rest, spo2, below, af, rejected = json.loads(text)
-        return cls(
-            Stat.from_list(hr),
-            int(rest[0]),
-            float(rest[1]),
-            Stat.from_list(spo2),
-            [int(below[0]), int(below[1])],
-            int(af[0]),
-            int(af[1]),
-            float(af[2]),
-            [int(rejected[0]), int(rejected[1])],
-        )
+        """A stored bin (:meth:`dumps`); :class:`ValueError` for anything else."""
+        try:
+            hr, rest, spo2, below, af, rejected = json.loads(text)
+            return cls(
+                Stat.from_list(hr),
+                int(rest[0]),
+                float(rest[1]),
+                Stat.from_list(spo2),
+                [int(below[0]), int(below[1])],
+                int(af[0]),
+                int(af[1]),
+                float(af[2]),
+                [int(rejected[0]), int(rejected[1])],
+            )
+        except (TypeError, IndexError, KeyError) as exc:
+            raise ValueError(f"not a stored minute: {exc}") from exc
 
 
 # -- feeding -------------------------------------------------------------------------------------

@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
 
+def _stored_bin(doc: str, device: str) -> MinuteBin | None:
+    """A stored minute; None (with a WARNING) when it is damaged: that minute is lost, not the day."""
+    try:
+        return MinuteBin.loads(doc)
+    except ValueError:
+        log.warning("summary store: a stored minute of device %s is damaged, left out", device)
+        return None
+
+
 class SummaryStoreError(GatewayError):
     """The summary store cannot be opened or read."""
 
@@ -118,11 +127,12 @@ class SummaryStore:
         db = self._db
         try:
             bins = [
-                (int(m), str(d), MinuteBin.loads(doc))
+                (int(m), str(d), b)
                 for m, d, doc in db.execute(
                     "SELECT minute, device, doc FROM bin WHERE subject = ? AND minute >= ? AND minute < ?",
                     (subject, start // 60, -(-end // 60)),
                 )
+                if (b := _stored_bin(doc, d)) is not None
             ]
             bp = [
                 BpReading(d, ms / 1000.0, s, di, ma)
@@ -179,10 +189,10 @@ class SummaryStore:
                     row = db.execute(
                         "SELECT doc FROM bin WHERE subject = ? AND minute = ? AND device = ?", (subject, minute, device)
                     ).fetchone()
-                    if row is not None:
-                        merged = MinuteBin.loads(row[0])
+                    merged = None if row is None else _stored_bin(row[0], device)
+                    if merged is not None:
                         merged.merge(delta)
-                        delta = merged
+                        delta = merged  # a damaged stored minute is replaced by the new one
                     db.execute(
                         "INSERT OR REPLACE INTO bin(subject, minute, device, doc) VALUES (?, ?, ?, ?)",
                         (subject, minute, device, delta.dumps()),

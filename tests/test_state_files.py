@@ -13,6 +13,7 @@ import pytest
 from gateway.carestore import CareStore, CareStoreError
 from gateway.outbox import Lane, NewMessage, Outbox
 from gateway.registry import DB_NAME, Registry
+from gateway.summary import MinuteBin, Pending, Stat
 from gateway.summarystore import SummaryStore
 
 
@@ -80,3 +81,20 @@ def test_an_unreadable_record_of_sent_messages_costs_only_their_time_corrections
             return [m.seq for m in await ob.fetch(Lane.ALERT, 0, 10)]
 
     assert asyncio.run(reopen()) == [seq], "the waiting SOS is still there"
+
+
+def test_a_damaged_stored_minute_costs_that_minute_not_the_day_nor_the_saves(tmp_path: Path) -> None:
+    path = tmp_path / "summary.sqlite3"
+    store = SummaryStore(path, now=0.0)
+    try:
+        good = MinuteBin(hr=Stat(n=1, total=70.0, lo=70.0, hi=70.0, hist={70: 1}))
+        assert store.save(Pending(bins={("anna", "w1", 100): good}), 6001.0)
+        store._db.execute("INSERT INTO bin(subject, minute, device, doc) VALUES ('anna', 101, 'w1', '[1]')")
+        day = store.day("anna", 0.0, 86400.0)
+        assert [(m, d) for m, d, _ in day.bins] == [(100, "w1")], "the damaged minute is left out"
+        again = MinuteBin(hr=Stat(n=1, total=72.0, lo=72.0, hi=72.0, hist={72: 1}))
+        assert store.save(Pending(bins={("anna", "w1", 101): again}), 6100.0), "a save over it still works"
+        (minute,) = [b for m, _, b in store.day("anna", 0.0, 86400.0).bins if m == 101]
+        assert minute.hr.n == 1 and minute.hr.total == 72.0
+    finally:
+        store.close()
