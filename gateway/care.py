@@ -166,6 +166,7 @@ class CareDesk:
         if outbox_fill is not None:
             events += self.engine.set_outbox_fill(outbox_fill, now)
         events += self.engine.set_uplink_down(uplink_down_since, now)
+        self.engine.wall_shift = self.wall() - now  # the daytime window's hours are the wall clock's
         events += self.engine.tick(now)
         self._emit(events)
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:

@@ -476,6 +476,10 @@ class RuleEngine:
     ) -> None:
         self.settings = settings or WatchSettings()
         self._tz = zone(self.settings.timezone)
+        # the wall clock - the engine's clock, now (the caller's to set before each tick: the daemon's
+        # timeline lags the wall clock by any step forwards since it began): the time of day of the
+        # daytime window is the wall clock's, while every duration stays on the engine's clock
+        self.wall_shift = 0.0
         self.default_person = default_person
         self._default_rules = rules_from_list(list(default_rules), bases=DEFAULTS_BY_ID)
         self._config_rules: dict[str, tuple[RuleSpec, ...]] = {
@@ -858,7 +862,8 @@ class RuleEngine:
                 silent = now - dev.last_data_at
                 day = 0.0
                 if silent >= w.no_data_day_s:
-                    day = daytime_seconds(dev.last_data_at, now, w.day_start, w.day_end, self._tz)
+                    off = self.wall_shift
+                    day = daytime_seconds(dev.last_data_at + off, now + off, w.day_start, w.day_end, self._tz)
                 total_hit = w.no_data_total_s is not None and silent >= w.no_data_total_s
                 if day >= w.no_data_day_s or total_hit:
                     detail = {"silent_s": round(silent, 3), "daytime_silent_s": round(day, 3)}

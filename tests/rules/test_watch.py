@@ -61,6 +61,19 @@ def test_night_hours_do_not_count_towards_no_data() -> None:
     assert events == [(utc(2026, 11, 25, 8, 0), "no_data", "raised")]
 
 
+def test_the_daytime_window_is_the_wall_clocks_when_the_engines_clock_lags_it() -> None:
+    """The daemon's timeline lags the wall clock by 8 h (a step forwards since it began): the readings
+    and ticks are on the timeline, the hours of the day are the wall clock's. The same silence as in
+    the test above, from 21:00 on the wall clock, raises at 08:00 on the wall clock, not 8 h later."""
+    lag = 8 * H
+    e = engine(no_data_day_s=2 * H)  # day 07:00-22:00 UTC
+    e.wall_shift = lag
+    last = utc(2026, 11, 24, 21, 0) - lag
+    e.feed(meas(LOINC_HEART_RATE, 70, last), last)
+    events = ticks(e, last, utc(2026, 11, 25, 9, 0) - lag)
+    assert events == [(utc(2026, 11, 25, 8, 0) - lag, "no_data", "raised")]
+
+
 def test_a_total_limit_alerts_at_night_too() -> None:
     e = engine(no_data_day_s=2 * H, no_data_total_s=8 * H)
     last = utc(2026, 11, 24, 21, 0)
