@@ -60,7 +60,7 @@ from gateway.outbox import Lane, NewMessage, StoredMessage
 from gateway.rules import event_on_wall
 from gateway.rules.engine import AlertEvent
 from gateway.rules.spec import CALL_SEVERITY
-from gateway.statedb import open_store
+from gateway.statedb import open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -517,6 +517,12 @@ def same_number(a: str, b: str) -> bool:
 # -- the record -------------------------------------------------------------------------------------
 
 
+_ALARM_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (alert_id TEXT PRIMARY KEY, open INTEGER, body TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
 class AlarmStoreError(GatewayError):
     """The SMS fallback's record cannot be opened even as a fresh file."""
 
@@ -528,22 +534,7 @@ class AlarmStore:
     def __init__(self, path: Path) -> None:
         # a file SQLite cannot read is moved aside and a fresh one started (gateway.statedb): a damaged
         # record must never keep the daemon, and with it the SOS path, from starting
-        self.db = open_store(path, lambda: self._open(path), AlarmStoreError, "sms fallback record")
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.execute("CREATE TABLE IF NOT EXISTS cases (alert_id TEXT PRIMARY KEY, open INTEGER, body TEXT)")
-            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        except BaseException:
-            db.close()
-            raise
-        return db
+        self.db = open_state_db(path, _ALARM_SCHEMA, "sms fallback record", AlarmStoreError, synchronous="FULL")
 
     def save(self, cases: Iterable[Case]) -> None:
         rows = [(c.alert_id, int(c.state != "done" or c.version > c.reported), c.to_json()) for c in cases]

@@ -1,4 +1,5 @@
-"""Opening the daemon's small SQLite state files (care rules, daily summary, the device registry).
+"""Opening the daemon's small SQLite state files (care rules, daily summary, the SMS fallback's record,
+the device registry).
 
 :func:`open_state_db`: WAL, ``synchronous=NORMAL`` (a power cut may lose the last transaction, never
 corrupt the file), checked at open; the registry opens its own way through :func:`open_store`.
@@ -49,19 +50,22 @@ def open_store(
         raise error(f"{path}: cannot open the {what} database: {exc}") from exc
 
 
-def open_state_db(path: Path, schema: str, what: str, error: type[GatewayError]) -> sqlite3.Connection:
+def open_state_db(
+    path: Path, schema: str, what: str, error: type[GatewayError], *, synchronous: str = "NORMAL"
+) -> sqlite3.Connection:
     """Open (or create) ``path`` with ``schema`` (CREATE ... IF NOT EXISTS statements), WAL, checked;
     ``what`` names it in messages ("care state"); ``error`` is raised when even a fresh file cannot be
-    made."""
+    made; ``synchronous``: ``FULL`` where a transaction must be on disk before what follows it (the SMS
+    fallback's attempts)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open_store(path, lambda: _open(path, schema), error, what)
+    return open_store(path, lambda: _open(path, schema, synchronous), error, what)
 
 
-def _open(path: Path, schema: str) -> sqlite3.Connection:
+def _open(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise sqlite3.DatabaseError("quick_check failed")
         db.executescript(schema)
