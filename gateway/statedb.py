@@ -1,8 +1,9 @@
 """Opening the daemon's small SQLite state files (care rules, daily summary, the SMS fallback's record,
 the device registry).
 
-:func:`open_state_db`: WAL, ``synchronous=NORMAL`` (a power cut may lose the last transaction, never
-corrupt the file), checked at open; the registry opens its own way through :func:`open_store`.
+:func:`open_state_db`: WAL, ``synchronous=NORMAL`` by default (a power cut may lose the last transaction,
+never corrupt the file; ``FULL`` for the SMS fallback's record), checked at open; the registry opens its
+own way through :func:`open_store`.
 
 A file SQLite cannot read is moved aside (``<name>.damaged-<time>``, with its ``-wal`` and ``-shm``) with
 a WARNING and a fresh one started: such state must never keep the daemon, and with it the SOS path, from
