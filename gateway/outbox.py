@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
@@ -730,7 +730,29 @@ class Outbox:
         return sum(self.depth)
 
 
-def message_age_s(msg: StoredMessage, *, now_wall: float, boot_id: str, boot_s: float) -> float:
+class Captured(Protocol):
+    """What :func:`message_age_s` reads of a message: a :class:`StoredMessage`, or a row of the store."""
+
+    @property
+    def captured_at(self) -> float: ...
+    @property
+    def clock(self) -> ClockState: ...
+    @property
+    def boot_id(self) -> str | None: ...
+    @property
+    def boot_s(self) -> float | None: ...
+
+
+class _CaptureRow(NamedTuple):
+    """The time columns of a stored message (:func:`read_summary`)."""
+
+    captured_at: float
+    clock: ClockState
+    boot_id: str | None
+    boot_s: float | None
+
+
+def message_age_s(msg: Captured, *, now_wall: float, boot_id: str, boot_s: float) -> float:
     """How long ago ``msg`` was captured, now (``now_wall``, ``boot_s`` on the boot clock of boot
     ``boot_id``): on the boot clock for this boot's messages (a step of the wall clock does not make them
     historical, nor hours old in a status), else on the wall clock (a device's own clock, another boot).
@@ -755,8 +777,8 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         times = ", ".join(c if c in cols else null for c, null in (("clock", "0"), ("boot", "NULL"), ("mono", "NULL")))
 
         def age(captured: float, clock: int, boot: str | None, mono: float | None) -> float:
-            m = StoredMessage(0, Lane.STATE, "", b"", "", float(captured), False, ClockState(clock), boot, mono)
-            return round(message_age_s(m, now_wall=now_wall, boot_id=boot_id, boot_s=now_boot), 1)
+            row = _CaptureRow(float(captured), ClockState(clock), boot, mono)
+            return round(message_age_s(row, now_wall=now_wall, boot_id=boot_id, boot_s=now_boot), 1)
 
         depth = {lane.name.lower(): 0 for lane in Lane}
         oldest: dict[str, float | None] = dict.fromkeys(depth)
