@@ -13,13 +13,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.clock import Clock, boottime, read_boot_id
+from gateway.outbox import Lane, NewMessage, Outbox
 from simulators.viewer import Viewer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,6 +347,26 @@ class GatewayProcess:
                 self.kill()
         if self.proc is not None:
             self._log.close()
+
+
+def write_outbox_behind(path: Path, behind_s: float, messages: Iterable[tuple[Lane, str, str, float, bool]]) -> None:
+    """An outbox written in this boot on a wall clock ``behind_s`` behind today's (it has stepped to the
+    truth since, as a Pi's does when a time server first answers): each message (lane, topic, device,
+    age in s at the write, of a device's own clock) captured that long before the write, on that clock.
+    The body is ``{"msg_id": <n>}``."""
+    clock = Clock(wall=lambda: time.time() - behind_s, boot=boottime, boot_id=read_boot_id())
+    clock.sample()
+
+    async def write() -> None:
+        async with Outbox(path, timebase=clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            now = clock.wall()
+            for n, (lane, topic, device, age_s, device_clock) in enumerate(messages):
+                body = json.dumps({"msg_id": str(n)}).encode()
+                await ob.put(NewMessage(lane, topic, body, device, now - age_s, device_clock=device_clock))
+            runner.cancel()
+
+    asyncio.run(write())
 
 
 def outbox_meta(data_dir: Path) -> dict[str, int]:

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from gateway import doctor
-from gateway.clock import Clock, boottime, read_boot_id
 from gateway.config import load_config
 from gateway.outbox import Lane, NewMessage, Outbox
 from simulators.bluez.bus import PrivateBus
@@ -29,7 +28,16 @@ from simulators.bluez.control import ControlClient
 from simulators.broker import Mosquitto, TlsFiles
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests import test_care
-from tests.helpers import REPO, GatewayProcess, gateway_config, make_pki, rfxtrx_device, status_via_ctl, until
+from tests.helpers import (
+    REPO,
+    GatewayProcess,
+    gateway_config,
+    make_pki,
+    rfxtrx_device,
+    status_via_ctl,
+    until,
+    write_outbox_behind,
+)
 
 
 def run_doctor(config: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:
@@ -294,17 +302,8 @@ def test_with_the_daemon_stopped_a_reading_stored_before_a_clock_step_is_not_a_s
     on a wall clock 3 days behind (the clock has stepped to the truth since), the oximeter's reading of
     a moment ago is a moment ago, not "3 days" (beyond its 24 h silence limit)."""
     cfg = load_config(gateway_config(tmp_path, 1883, devices=test_care.oximeter(tmp_path / "oxi")))
-    behind = 3 * 86400.0
-    clock = Clock(wall=lambda: time.time() - behind, boot=boottime, boot_id=read_boot_id())
-    clock.sample()
-
-    async def write() -> None:
-        async with Outbox(cfg.gateway.data_dir / "outbox.sqlite3", timebase=clock) as ob:
-            runner = asyncio.create_task(ob.run())
-            await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"o"}', "oxi", clock.wall() - 5.0))
-            runner.cancel()
-
-    asyncio.run(write())
+    store = cfg.gateway.data_dir / "outbox.sqlite3"
+    write_outbox_behind(store, 3 * 86400.0, [(Lane.OBSERVATION, "t/o", "oxi", 5.0, False)])
     (f,) = doctor.check_devices(cfg, None)
     assert f.details["source"] == "registry+outbox"
     assert 5.0 <= f.details["last_seen_age_s"] < 60.0, f.details

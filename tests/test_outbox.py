@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import Clock, ClockState, boottime, read_boot_id
+from gateway.clock import Clock, ClockState
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
 from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, message_age_s, read_summary, wire_payload
-from tests.helpers import Hands, until
+from tests.helpers import Hands, until, write_outbox_behind
 
 
 def msg(lane: Lane, device: str = "d1", n: int = 0, size: int = 40) -> NewMessage:
@@ -545,20 +545,16 @@ def test_the_offline_summary_ages_this_boots_messages_on_the_boot_clock_and_othe
     of a device's own clock and a message of another boot are aged on the wall clock."""
     path = tmp_path / "ob.db"
     behind = 7200.0
-    clock = Clock(wall=lambda: time.time() - behind, boot=boottime, boot_id=read_boot_id())
-    clock.sample()
-
-    async def go() -> None:
-        async with Outbox(path, timebase=clock) as ob:
-            runner = asyncio.create_task(ob.run())
-            now = clock.wall()
-            await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"o"}', "d1", now - 3.0))
-            await ob.put(NewMessage(Lane.STATE, "t/s", b'{"msg_id":"c"}', "cuff", now - 600.0, device_clock=True))
+    write_outbox_behind(
+        path,
+        behind,
+        [
+            (Lane.OBSERVATION, "t/o", "d1", 3.0, False),
+            (Lane.STATE, "t/s", "cuff", 600.0, True),
             # later in the lane, captured earlier (a stored record): the lane's first message is the one aged
-            await ob.put(NewMessage(Lane.OBSERVATION, "t/o", b'{"msg_id":"r"}', "cuff", now - 900.0, device_clock=True))
-            runner.cancel()
-
-    run(go())
+            (Lane.OBSERVATION, "t/o", "cuff", 900.0, True),
+        ],
+    )
     db = sqlite3.connect(path)  # a message of an earlier boot, its wall time a day old
     db.execute(
         "INSERT INTO msg VALUES (100, 3, 'd2', 't/b', CAST('{}' AS BLOB), ?, 0, 2, 'earlier-boot', 5.0, 1, 0)",
