@@ -20,6 +20,21 @@ from paho.mqtt.enums import CallbackAPIVersion
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def waveform_blocks(waveform: Callable[..., Any], arrays: dict[str, Any], fs: float) -> list[Any]:
+    """The channels ``arrays`` (name -> 1-D numpy array at ``fs``) as 1 s blocks built by ``waveform``
+    (:class:`drivers.base.Waveform`, passed in so that :mod:`bench.dsp_speed_pair` can build a base
+    tree's), each channel a tuple of floats as drivers deliver them (the conversion is part of a speed
+    bench's measured cost); device ``bench``, from 1.8e9 s."""
+    blk = round(fs)
+    n = len(next(iter(arrays.values())))
+    return [
+        waveform(
+            "bench", 1.8e9 + i / fs, fs, {k: tuple(a[i : i + blk].tolist()) for k, a in arrays.items()}, first_index=i
+        )
+        for i in range(0, n, blk)
+    ]
+
+
 def scratch_dir(prefix: str) -> Path:
     """A fresh working directory under /tmp for one bench run, removed when the bench exits (the
     daemon's stores, a broker's files: a soak's outbox WAL alone is 16 MB)."""

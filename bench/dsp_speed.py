@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import waveform_blocks
 from bench.dsp_eval_hr import heartpy_rate, neurokit_rate, peers_available
 from drivers.base import Waveform
 from gateway.dsp.stream import ACCEL, HOP_S, LOINC_HR, WINDOW_S, WristStream
@@ -77,25 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.minutes, args.peer_minutes = 5.0, 1.0
     rec, dur = _recording(args.minutes, moving=args.moving)
-    blk = round(FS)
-    # tuples of floats, as drivers deliver them (the conversion is part of the measured cost)
-    blocks = [
-        Waveform(
-            "bench",
-            1.8e9 + i / FS,
-            FS,
-            {
-                **{c: tuple(getattr(rec, c)[i : i + blk].tolist()) for c in ("red", "ir", "green")},
-                **(
-                    {a: tuple(rec.accel[i : i + blk, k].tolist()) for k, a in enumerate(ACCEL)}
-                    if args.motion or args.accel
-                    else {}
-                ),
-            },
-            first_index=i,
-        )
-        for i in range(0, len(rec), blk)
-    ]
+    channels = {c: getattr(rec, c) for c in ("red", "ir", "green")}
+    if args.motion or args.accel:
+        channels |= {a: rec.accel[:, k] for k, a in enumerate(ACCEL)}
+    blocks = waveform_blocks(Waveform, channels, FS)
     cpu = wall = math.inf
     for _ in range(max(1, args.repeat)):  # the least CPU of several runs: a shared machine only adds time
         stream = WristStream("bench", motion_hr=args.motion)

@@ -33,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import waveform_blocks  # before a worker puts its tree first: this tree's, gateway-free
+
 CASES = {  # case: (accelerometer sent, motion path on, moving the whole time)
     "plain": (False, False, False),
     "accel": (True, False, False),
@@ -51,19 +53,8 @@ def _worker(tree: str, signal: str, motion_hr: bool) -> int:
     fs = float(data["fs"])
     names = [str(n) for n in data["names"]]
     arrays = [data[n] for n in names]
-    blk = round(fs)
+    blocks = waveform_blocks(Waveform, dict(zip(names, arrays, strict=True)), fs)
     n = len(arrays[0])
-    # tuples of floats, as drivers deliver them (the conversion is part of the measured cost)
-    blocks = [
-        Waveform(
-            "bench",
-            1.8e9 + i / fs,
-            fs,
-            {k: tuple(a[i : i + blk].tolist()) for k, a in zip(names, arrays, strict=True)},
-            first_index=i,
-        )
-        for i in range(0, n, blk)
-    ]
     for _ in sys.stdin:
         stream = WristStream("bench", motion_hr=motion_hr)
         c0 = time.process_time()
