@@ -32,6 +32,20 @@ from typing import ClassVar
 from drivers.base import FrameError, TransientDeviceError
 
 # --------------------------------------------------------------------------------------------------
+# Commands as shown
+# --------------------------------------------------------------------------------------------------
+
+# The commands whose arguments are secrets (27.007 8.3 +CPIN, 7.5 +CPWD, 7.4 +CLCK): their text goes
+# into error messages, health and logs only through shown().
+_SECRET_ARGS = re.compile(r"^(AT\+(?:CPIN|CPWD|CLCK))=.*$", re.IGNORECASE | re.DOTALL)
+
+
+def shown(line: str) -> str:
+    """A command line as errors, health and logs may show it: ``AT+CPIN="1234"`` -> ``AT+CPIN=<redacted>``."""
+    return _SECRET_ARGS.sub(r"\1=<redacted>", line.strip())
+
+
+# --------------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------------
 
@@ -179,10 +193,10 @@ class AtParser:
         if upper in FINAL_OK:
             return [self._final(True, None)]
         if upper in FINAL_ERRORS:
-            return [self._final(False, CommandError(f"{pending}: {line}"))]
+            return [self._final(False, CommandError(f"{shown(pending)}: {line}"))]
         if upper.startswith("+CME ERROR:") or upper.startswith("+CMS ERROR:"):
             family = "cme" if upper.startswith("+CME") else "cms"
-            error = error_from(family, line.split(":", 1)[1].strip(), pending)
+            error = error_from(family, line.split(":", 1)[1].strip(), shown(pending))
             return [self._final(False, error)]
         self._lines.append(line)
         return []

@@ -319,7 +319,7 @@ class Modem:
         self, s: _Session, line: str, *, prompt: bool = False, limit_s: float | None = None
     ) -> at.Final | at.Prompt:
         s.parser.command_sent(line, prompt=prompt)
-        return await self._send_raw(s, line + "\r", limit_s or self.options.command_timeout_s, line)
+        return await self._send_raw(s, line + "\r", limit_s or self.options.command_timeout_s, at.shown(line))
 
     async def _send_raw(self, s: _Session, text: str, limit_s: float, what: str) -> at.Final | at.Prompt:
         fut: asyncio.Future[at.Final | at.Prompt] = asyncio.get_running_loop().create_future()
@@ -343,7 +343,7 @@ class Modem:
     async def _ok(self, s: _Session, line: str) -> at.Final:
         ev = await self._command(s, line)
         if isinstance(ev, at.Final) and not ev.ok:
-            raise ev.error or at.CommandError(line)
+            raise ev.error or at.CommandError(at.shown(line))
         assert isinstance(ev, at.Final)
         return ev
 

@@ -197,6 +197,20 @@ def test_cme_errors_numeric_and_verbose_are_typed() -> None:
     assert type(error_from("cme", "something vendor-specific")) is at.CommandError
 
 
+def test_errors_of_secret_commands_do_not_carry_the_secret() -> None:
+    p = AtParser()
+    p.command_sent('AT+CPIN="2468"')
+    assert p.feed(b'AT+CPIN="2468"\r\n') == []  # its echo (before ATE0) is still recognised
+    (ev,) = p.feed(b"\r\n+CME ERROR: 16\r\n")
+    assert isinstance(ev, Final) and isinstance(ev.error, at.WrongPin)
+    assert "2468" not in str(ev.error) and "AT+CPIN=<redacted>" in str(ev.error)
+    p.command_sent('at+clck="SC",1,"2468"')
+    (ev,) = p.feed(b"\r\nERROR\r\n")
+    assert isinstance(ev, Final) and "2468" not in str(ev.error)
+    assert at.shown('AT+CPWD="SC","1111","2222"') == "AT+CPWD=<redacted>"
+    assert at.shown("AT+CPIN?") == "AT+CPIN?" and at.shown("AT+CMGS=23") == "AT+CMGS=23"
+
+
 def test_cms_errors_map_to_what_the_alarm_needs() -> None:
     assert isinstance(error_from("cms", "38"), at.NetworkFailure) and error_from("cms", "38").code == 38
     assert isinstance(error_from("cms", "Network out of order"), at.NetworkFailure)

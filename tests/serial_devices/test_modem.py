@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def test_sim_missing_not_registered_and_cms_38_are_typed_and_recover(tmp_path: P
     assert "38" in (modem.health.last_error or "")
 
 
-def test_a_refused_pin_is_never_entered_twice(tmp_path: Path) -> None:
+def test_a_refused_pin_is_never_entered_twice_nor_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     pin = tmp_path / "sim-pin"
     pin.write_text("1111")
 
@@ -113,6 +115,10 @@ def test_a_refused_pin_is_never_entered_twice(tmp_path: Path) -> None:
 
     sim, modem = asyncio.run(go())
     assert sum(c.startswith("AT+CPIN=") for c in sim.commands) == 1
+    # The SIM PIN is a secret: the refusal is reported (health, status, logs) without it.
+    assert "AT+CPIN=<redacted>" in (modem.health.last_error or "")
+    assert "1111" not in str(modem.health.to_dict())
+    assert not [r.getMessage() for r in caplog.records if "1111" in r.getMessage()]
 
 
 def test_unplugged_modem_fails_fast_and_comes_back(tmp_path: Path) -> None:
