@@ -136,7 +136,7 @@ class Downlink:
         self, request_id: str, command: str, code: str, reason: str, key: str | None = None
     ) -> tuple[str, dict[str, Any]]:
         self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
-        log.warning("downlink: %s rejected (%s): %s", command[:40], code, reason[:200])
+        log.warning("downlink: %r rejected (%s): %s", command[:40], code, reason[:200])
         error = {"code": code, "reason": reason, **({"key": key} if key else {})}
         return request_id, self._reply(request_id, command, ok=False, error=error)
 
@@ -157,9 +157,17 @@ class Downlink:
         return None
 
     async def handle(self, command: str, payload: bytes) -> tuple[str, dict[str, Any]]:
-        """Process one command message. Returns the request id to reply to and the reply body."""
+        """Process one command message. Returns the request id to reply to and the reply body; never
+        raises (a bug anywhere in the handling is logged, counted and replied as ``failed``)."""
         self.counters.received += 1
         command = command[:64]
+        try:
+            return await self._handle(command, payload)
+        except Exception as exc:  # noqa: BLE001 - a bug outside the handler: ERROR with traceback, counted, replied
+            self.bugs.report(log, "downlink", exc, f"{command!r} failed")
+            return self._reject(INVALID_TOPIC_ID, command, "failed", f"internal error: {type(exc).__name__}")
+
+    async def _handle(self, command: str, payload: bytes) -> tuple[str, dict[str, Any]]:
         if len(payload) > MAX_COMMAND_BYTES:
             return self._reject(
                 INVALID_TOPIC_ID,
@@ -169,12 +177,14 @@ class Downlink:
             )
         try:
             doc = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except RecursionError:
+            return self._reject(INVALID_TOPIC_ID, command, "malformed", "not JSON: nested too deeply")
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both
             return self._reject(INVALID_TOPIC_ID, command, "malformed", f"not JSON: {exc}")
         if not isinstance(doc, dict):
             return self._reject(INVALID_TOPIC_ID, command, "malformed", "a command is a JSON object")
         request_id = doc.get("request_id")
-        if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
+        if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
             return self._reject(
                 INVALID_TOPIC_ID, command, "malformed", f"request_id must match {REQUEST_ID_RE.pattern}"
             )

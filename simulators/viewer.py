@@ -128,7 +128,7 @@ class Viewer:
         ours = schema_for_topic(msg.topic) is not None  # what the gateway publishes (not cmd/ from the cloud)
         try:
             doc = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser
             if ours:
                 with self._lock:
                     self.invalid.append((msg.topic, "not JSON"))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.downlink import Downlink
+from gateway.registry import Registry
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests.helpers import Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, until
@@ -106,6 +110,12 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
                 assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
                 topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "../../etc"})
                 assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
+                topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "st-2\n"})
+                assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
+                # nested beyond the JSON parser's recursion limit: a reply, not a dead task
+                topic, r = await asyncio.to_thread(platform.ask, "status", b"[" * 5000)
+                assert topic.endswith("/cmd-result/_invalid") and r["error"]["code"] == "malformed"
+                assert "nested" in r["error"]["reason"]
                 _, r = await asyncio.to_thread(platform.ask, "reboot", {"request_id": "u-1"})
                 assert r["error"]["code"] == "unknown_command"
                 v1 = {"request_id": "v-1", "duration_s": 99999, "all_buttons": True}
@@ -138,7 +148,20 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
         asyncio.run(go())
     finally:
         platform.close()
-    assert "Traceback" not in gw.log()
+    assert "Traceback" not in gw.log() and "never retrieved" not in gw.log()
+
+
+def test_a_fault_outside_the_handler_is_replied_and_counted(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.close()  # every read and write of the replies now fails (as a lost disk would)
+
+    async def status(_args: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    dl = Downlink(GW, {"status": status}, registry)
+    rid, reply = asyncio.run(dl.handle("status", b'{"request_id": "st-1"}'))
+    assert rid == "_invalid" and reply["ok"] is False and reply["error"]["code"] == "failed"
+    assert dl.bugs.count == 1 and dl.counters.rejected == {"failed": 1}
 
 
 @pytest.mark.parametrize("name", ["status", "drill", "alert-ack", "device-add", "device-remove", "rules-update"])
