@@ -39,7 +39,7 @@ from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
-from gateway.downlink import Downlink
+from gateway.downlink import Downlink, load_validators
 from gateway.errors import CommandRejected, ConfigError, GatewayError, UplinkError
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
@@ -81,6 +81,7 @@ class Daemon:
         self.care: CareDesk | None = None
         self.alarm: SmsFallback | None = None
         self.summary: SummaryDesk | None = None
+        self.control: ControlServer | None = None
         self._down_since: float | None = None
         self._deadline: threading.Timer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -296,7 +297,8 @@ class Daemon:
             }
             if summary is not None:
                 control["report"] = summary.report
-            async with ControlServer(cfg.gateway.socket_path, control):
+            self.control = ControlServer(cfg.gateway.socket_path, control, load_validators())
+            async with self.control:
                 try:
                     async with asyncio.TaskGroup() as tg:
                         # The SOS path first: the outbox and the devices, then the rest.
@@ -479,6 +481,7 @@ class Daemon:
             "devices": self.devices.bugs() if self.devices is not None else 0,
             "pipeline": self.pipeline.bugs.count if self.pipeline is not None else 0,
             "downlink": downlink.bugs.count if isinstance(downlink, Downlink) else 0,
+            "control": self.control.bugs.count if self.control is not None else 0,
             "summary": self.summary.bugs.count if self.summary is not None else 0,
         }
         counts["total"] = sum(counts.values())
