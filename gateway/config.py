@@ -189,7 +189,7 @@ class _Reader:
 
     def str_(self, key: str, default: Any = None, pattern: re.Pattern[str] | None = None) -> Any:
         value = self.get(key, str, default, "a string" if pattern is None else f"text matching {pattern.pattern}")
-        if isinstance(value, str) and pattern is not None and not pattern.match(value):
+        if isinstance(value, str) and pattern is not None and not pattern.fullmatch(value):
             raise self.fail(key, value, f"text matching {pattern.pattern}")
         return value
 
@@ -365,7 +365,7 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
     for key in ("care_centre", "guardians"):
         value = a.get(key, list, [], "an array of phone numbers")
         for number in value:
-            if not isinstance(number, str) or not PHONE_RE.match(number):
+            if not isinstance(number, str) or not PHONE_RE.fullmatch(number):
                 # the number itself stays out of the message: it is personal data
                 raise a.fail(key, "[...]", "an array of phone numbers (digits with an optional leading +)")
         numbers[key] = tuple(value)

@@ -58,6 +58,7 @@ def test_plaintext_port_default_follows_tls_false(tmp_path: Path) -> None:
         (('host = "broker.example.org"', 'host = "b"\ntls = "yes"'), "uplink.tls", "'yes'", "true or false"),
         (('host = "broker.example.org"', 'host = "b"\nkeepalive = 1'), "uplink.keepalive", "1", "5..3600"),
         (('id = "gw-1"', 'id = "gw 1!"'), "gateway.id", "'gw 1!'", "matching"),
+        (('id = "gw-1"', 'id = "gw-1\\n"'), "gateway.id", "'gw-1\\n'", "matching"),  # a topic level with a line end
         (('kind = "rfxtrx-sos"', 'kind = "toaster"'), "devices[0] (rfx).kind", "'toaster'", "rfxtrx-sos"),
         (('host = "broker.example.org"', 'host = "b"\nhots = 1'), "uplink.hots", "not a known key", "one of"),
         (('data_dir = "/tmp/x"', 'data_dir = "/tmp/x"\ncolour = "red"'), "gateway.colour", "not a known key", ""),

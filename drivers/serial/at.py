@@ -167,7 +167,7 @@ class AtParser:
         if self._two_line is not None:
             name, value = self._two_line
             self._two_line = None
-            if _HEX_RE.match(line):
+            if _HEX_RE.fullmatch(line):
                 return [Urc(name, value, line)]
             self.garbage_lines += 1  # the PDU line was lost: this line is something else
         pending = self.pending
@@ -516,7 +516,7 @@ def unpack_septets(data: bytes, count: int, fill_bits: int = 0) -> list[int]:
 
 def encode_address(number: str) -> bytes:
     """A phone number as TP-DA: length in digits, type (0x91 international, 0x81 national), BCD."""
-    if not NUMBER_RE.match(number):
+    if not NUMBER_RE.fullmatch(number):
         raise PduError("a phone number is digits with an optional leading +")
     digits = number.lstrip("+")
     toa = 0x91 if number.startswith("+") else 0x81

@@ -442,7 +442,7 @@ class Modem:
             self.health.last_error = f"cannot read the PIN file {path}: {exc}"
             log.warning("modem %s: %s", self.name, self.health.last_error)
             return None
-        if not PIN_RE.match(pin):
+        if not PIN_RE.fullmatch(pin):
             self.health.last_error = f"the PIN file {path} does not hold 4 to 8 digits"
             log.warning("modem %s: %s", self.name, self.health.last_error)
             return None

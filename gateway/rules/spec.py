@@ -102,13 +102,13 @@ class Condition:
     flag: str | None = None
 
     def check(self, rule: str | None) -> None:
-        if not isinstance(self.code, str) or not CODE_RE.match(self.code):
+        if not isinstance(self.code, str) or not CODE_RE.fullmatch(self.code):
             raise RuleSpecError(rule, "code", f"{self.code!r} is not a LOINC or homecare: code")
         if self.op not in OPS:
             raise RuleSpecError(rule, "op", f"{self.op!r} is not one of {' '.join(OPS)}")
         _finite(rule, "hysteresis", self.hysteresis, 0.0)
         if self.op == "flag":
-            if not isinstance(self.flag, str) or not FLAG_RE.match(self.flag):
+            if not isinstance(self.flag, str) or not FLAG_RE.fullmatch(self.flag):
                 raise RuleSpecError(rule, "flag", f"{self.flag!r}: op 'flag' needs the name of a boolean extra")
             if self.threshold is not None or self.severe_threshold is not None:
                 raise RuleSpecError(rule, "threshold", "op 'flag' takes no threshold")
@@ -191,9 +191,9 @@ class RuleSpec:
 
     def __post_init__(self) -> None:
         rid = self.id if isinstance(self.id, str) else None
-        if not isinstance(self.id, str) or not ID_RE.match(self.id):
+        if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
             raise RuleSpecError(None, "id", f"{self.id!r} is not an id ({ID_RE.pattern})")
-        if not isinstance(self.kind, str) or not KIND_RE.match(self.kind):
+        if not isinstance(self.kind, str) or not KIND_RE.fullmatch(self.kind):
             raise RuleSpecError(rid, "kind", f"{self.kind!r} is not a kind ({KIND_RE.pattern})")
         if self.kind in RESERVED_KINDS:
             raise RuleSpecError(rid, "kind", f"{self.kind!r} is reserved for the gateway's own alerts")
