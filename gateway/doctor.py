@@ -476,27 +476,39 @@ def _device_secrets(cfg: Config) -> list[tuple[str, Path, Callable[[], None]]]:
 
 def check_secrets(cfg: Config) -> list[Finding]:
     out = []
+    modem = cfg.alarm.modem
     files: list[tuple[str, Path | None, Callable[[], None] | None]] = [
         ("uplink.key_file", cfg.uplink.key_file, None),
         ("uplink.password_file", cfg.uplink.password_file, None),
+        ("alarm.modem.pin_file", Path(modem.pin_file) if modem is not None and modem.pin_file else None, None),
         *_device_secrets(cfg),
     ]
     for key, path, content in files:
         if path is None:
             continue
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            st = path.stat()
         except OSError as exc:
             out.append(_fail("secrets", f"{key} {path} cannot be read: {exc.strerror}.", "Put the file back."))
             continue
-        if mode & 0o007:
+        mode = stat.S_IMODE(st.st_mode)
+        group = _group_name(st.st_gid)
+        who = (
+            "every user on the gateway"
+            if mode & 0o007
+            else f"the group {group}"
+            if mode & 0o070 and group not in _SECRET_GROUPS
+            else None
+        )
+        if who is not None:
             out.append(
                 _fail(
                     "secrets",
-                    f"The secret {key} ({path}) can be read by every user on the gateway (mode {mode:04o}).",
+                    f"The secret {key} ({path}) can be read by {who} (mode {mode:04o}).",
                     f"`sudo chmod 0640 {path}; sudo chown root:{SERVICE_USER} {path}`.",
                     path=str(path),
                     mode=f"{mode:04o}",
+                    group=group,
                 )
             )
         if content is not None:
@@ -507,6 +519,11 @@ def check_secrets(cfg: Config) -> list[Finding]:
     if not out and any(path is not None for _, path, _ in files):
         out.append(_ok("secrets", "The secret files are readable by their owner and group only."))
     return out
+
+
+# The groups a secret may be readable by: the service's own (install.sh) and root's. Group homecare
+# (the technicians) reads the configuration, not its secrets.
+_SECRET_GROUPS = (SERVICE_USER, "root")
 
 
 @dataclass(frozen=True, slots=True)

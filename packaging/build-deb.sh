@@ -81,7 +81,7 @@ if [ "$1" = configure ]; then
         [ -f "$f" ] || continue
         case "$(basename "$f")" in
             gateway.toml) ;;
-            *.key|*password*|*secret*) chown root:homecare-gateway "$f"; chmod 0640 "$f" ;;
+            *.key|*password*|*secret*|*pin*) chown root:homecare-gateway "$f"; chmod 0640 "$f" ;;
             *) chown root:homecare "$f"; chmod 0640 "$f" ;;
         esac
     done

@@ -17,10 +17,10 @@
 #                                             dialout (serial devices), bluetooth (BlueZ over D-Bus)
 #   group homecare                            technicians: gatewayctl, the control socket, reading the
 #                                             configuration and the data directory
-#   group homecare-gateway                    the service alone: secrets (*.key, *password*)
+#   group homecare-gateway                    the service alone: secrets (*.key, *password*, *secret*, *pin*)
 #   /etc/homecare-gateway            0750 root:homecare
 #     gateway.toml, *.pem            0640 root:homecare
-#     *.key, *password*              0640 root:homecare-gateway   (readable by the service only)
+#     *.key, *password*, *pin*...    0640 root:homecare-gateway   (readable by the service only)
 #   /var/lib/homecare-gateway        0750 homecare-gateway:homecare  (outbox, registry, control.sock)
 #   /opt/homecare-gateway/venv       the program (root-owned, read-only to the service)
 #   /etc/systemd/system/gatewayd.service, /usr/local/bin/gatewayctl -> the venv's
@@ -229,13 +229,13 @@ install_config() {
         put_file 0640 "root:$TECH_GROUP" "$SRC/config/gateway.example.toml" "$ETC_DIR/gateway.toml"
         say "edit $ETC_DIR/gateway.toml (gateway.id, uplink.host, certificates) before starting"
     fi
-    # Certificates are not secret; keys and passwords are the service's alone.
+    # Certificates are not secret; keys, passwords and the SIM PIN are the service's alone.
     for f in "$DESTDIR$ETC_DIR"/*; do
         [ -f "$f" ] || continue
         name=${f#"$DESTDIR"}
         case "$(basename "$f")" in
             gateway.toml) ;;
-            *.key|*password*|*secret*) fix_mode 0640 "root:$SERVICE_GROUP" "$name" ;;
+            *.key|*password*|*secret*|*pin*) fix_mode 0640 "root:$SERVICE_GROUP" "$name" ;;
             *) fix_mode 0640 "root:$TECH_GROUP" "$name" ;;
         esac
     done

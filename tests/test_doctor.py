@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import grp
 import json
 import os
 import pty
@@ -370,6 +371,37 @@ def test_an_unusable_configuration_is_reported_and_the_rest_skipped(tmp_path: Pa
     assert rc == 2 and found["config"]["status"] == "fail"
     assert "uplink.port" in found["config"]["message"] and "config validate" in found["config"]["action"]
     assert found["outbox"]["status"] == "skip" and found["daemon"]["status"] == "skip"
+
+
+def test_the_sim_pin_is_a_secret_and_technicians_may_not_read_secrets(tmp_path: Path) -> None:
+    pin = tmp_path / "sim-pin"
+    pin.write_text("1234\n")
+    alarm = f"""
+[alarm]
+care_centre = ["+8610000000001"]
+
+[alarm.modem]
+port = "/dev/serial/by-id/usb-modem"
+pin_file = "{pin}"
+"""
+    cfg = load_config(gateway_config(tmp_path, 1883, extra=alarm))
+
+    def finding() -> doctor.Finding:
+        (f,) = [f for f in doctor.check_secrets(cfg) if f.id == "secrets"]
+        return f
+
+    pin.chmod(0o644)
+    loose = finding()
+    assert loose.status is doctor.Status.FAIL and "alarm.modem.pin_file" in loose.message
+    pin.chmod(0o640)
+    if os.geteuid() == 0:
+        # readable by a group of people (the technicians' homecare, here nogroup): not a secret any more
+        os.chown(pin, -1, grp.getgrnam("nogroup").gr_gid)
+        shared = finding()
+        assert shared.status is doctor.Status.FAIL and "the group nogroup" in shared.message
+        os.chown(pin, -1, 0)
+    assert finding().status is doctor.Status.OK
+    assert "1234" not in str(doctor.check_secrets(cfg))
 
 
 def test_a_devices_secret_key_file_is_checked_before_the_device_needs_it(tmp_path: Path) -> None:

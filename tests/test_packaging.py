@@ -90,14 +90,14 @@ def test_install_again_keeps_the_configuration_and_locks_down_secrets(tmp_path: 
     install(root)
     etc = root / "etc/homecare-gateway"
     (etc / "gateway.toml").write_text((etc / "gateway.toml").read_text().replace("gw-0001", "gw-home-42"))
-    for name, m in (("client.key", 0o644), ("mqtt-password", 0o644), ("ca.pem", 0o600)):
+    for name, m in (("client.key", 0o644), ("mqtt-password", 0o644), ("sim-pin", 0o644), ("ca.pem", 0o600)):
         (etc / name).write_text("x\n")
         (etc / name).chmod(m)
     out, _ = install(root)
     steps = plan(out)
     assert 'id = "gw-home-42"' in (etc / "gateway.toml").read_text(), "an update keeps the operator's config"
     assert "keeping the existing /etc/homecare-gateway/gateway.toml" in out
-    for secret in ("client.key", "mqtt-password"):
+    for secret in ("client.key", "mqtt-password", "sim-pin"):
         assert mode(etc / secret) == 0o640
         assert f"chown root:homecare-gateway {etc / secret}" in steps, "secrets: the service's group only"
     assert mode(etc / "ca.pem") == 0o640 and f"chown root:homecare {etc / 'ca.pem'}" in steps
@@ -193,7 +193,7 @@ def test_debian_package_layout_and_maintainer_scripts(tmp_path: Path) -> None:
     assert "adduser --system" in postinst and svc["User"] in postinst
     assert "usermod --append --groups homecare,dialout,bluetooth homecare-gateway" in postinst
     assert "chown homecare-gateway:homecare /var/lib/homecare-gateway" in postinst
-    assert "*.key|*password*|*secret*) chown root:homecare-gateway" in postinst
+    assert "*.key|*password*|*secret*|*pin*) chown root:homecare-gateway" in postinst
     assert "systemctl enable gatewayd.service" in postinst
     for script in ("postinst", "prerm", "postrm"):
         assert mode(tree / "DEBIAN" / script) == 0o755
