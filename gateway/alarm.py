@@ -104,7 +104,7 @@ def check_template(template: str) -> str | None:
         return f"a text with {{fields}} ({exc})"
     unknown = names - FIELDS
     if unknown:
-        return "a text using only the fields " + ", ".join(sorted(FIELDS))
+        return f"a text using only the fields {', '.join(sorted(FIELDS))} (not {', '.join(sorted(unknown))})"
     if "drill" not in names:
         return "a text with {drill} (a drill must say so)"
     return None

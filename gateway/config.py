@@ -18,6 +18,7 @@ from typing import Any
 
 from drivers.base import DeviceSpec, UnknownDeviceKind, all_kinds, driver_class
 from drivers.options import DEVICE_ID_RE, OptionError, valid_zone
+from drivers.serial.at import NUMBER_RE
 from drivers.serial.modem import ModemOptions
 from gateway.errors import ConfigError
 from gateway.rules import DEFAULTS_BY_ID, RuleSpec, RuleSpecError, WatchSettings, rules_from_list
@@ -353,9 +354,6 @@ def parse_summary(file: Path, table: Mapping[str, Any]) -> SummarySection:
     return section
 
 
-PHONE_RE = re.compile(r"^\+?[0-9]{3,20}$")
-
-
 def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
     """``[alarm]`` and ``[alarm.modem]`` (docs/alarm-fallback.md)."""
     if "alarm" not in doc:
@@ -365,23 +363,27 @@ def parse_alarm(file: Path, doc: Mapping[str, Any]) -> AlarmSection:
     for key in ("care_centre", "guardians"):
         value = a.get(key, list, [], "an array of phone numbers")
         for number in value:
-            if not isinstance(number, str) or not PHONE_RE.fullmatch(number):
+            if not isinstance(number, str) or not NUMBER_RE.fullmatch(number):
                 # the number itself stays out of the message: it is personal data
                 raise a.fail(key, "[...]", "an array of phone numbers (digits with an optional leading +)")
         numbers[key] = tuple(value)
     language = a.str_("language", "zh")
     if language not in ("zh", "en"):
         raise a.fail("language", language, '"zh" or "en"')
-    names = a.get("names", dict, {}, "a table of id = name")
-    if not all(isinstance(v, str) for v in names.values()):
-        raise a.fail("names", names, "a table of id = name (strings)")
+    # Names of people stay out of the messages (personal data): the key at fault is named instead.
+    names = a.get("names", object, {}, "a table of id = name")
+    if not isinstance(names, dict):
+        raise a.fail("names", "[...]", "a table of id = name")
+    for key, name in names.items():
+        if not isinstance(name, str):
+            raise a.fail(f"names.{key}", "[...]", "a name (a string)")
     template = a.str_("template")
     if template is not None:
         from gateway.alarm import check_template
 
         problem = check_template(template)
         if problem:
-            raise a.fail("template", template, problem)
+            raise a.fail("template", "[...]", problem)
     timezone = a.zone("timezone")
     section = AlarmSection(
         enabled=a.bool_("enabled", True),

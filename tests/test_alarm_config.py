@@ -58,6 +58,9 @@ def test_without_the_section_the_fallback_is_off(tmp_path: Path) -> None:
         (('"+8610000000001"', '"+86 100-0000"'), "alarm.care_centre", "phone numbers"),
         (('language = "en"', 'language = "fr"'), "alarm.language", '"zh" or "en"'),
         (('language = "en"', 'template = "SOS {person}"'), "alarm.template", "{drill}"),
+        (('language = "en"', 'template = "{drill} {nmae} Anna Li"'), "alarm.template", "(not nmae)"),
+        (('names = { anna = "Anna Li" }', 'names = { anna = "Anna Li", bob = 7 }'), "alarm.names.bob", "a string"),
+        (('names = { anna = "Anna Li" }', 'names = "Anna Li"'), "alarm.names", "a table"),
         (("sms_after_s = 10", "sms_after_s = -1"), "alarm.sms_after_s", "0..3600 seconds"),
         (("sms_after_s = 10", "sms_aftr_s = 1"), "alarm.sms_aftr_s", "not a known key"),
         (("validity_h = 12", "baudrate = 1234"), "alarm.modem.baudrate = 1234", "115200"),
@@ -76,6 +79,7 @@ def test_mistakes_are_one_line_naming_the_key(
     msg = str(err.value)
     assert where in msg and expected in msg and "\n" not in msg
     assert "86 100-0000" not in msg, "a phone number is personal data: not in the error either"
+    assert "Anna Li" not in msg, "nor is a person's name"
 
 
 def test_recipients_and_modem_are_required_when_enabled(tmp_path: Path) -> None:
