@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import importlib
 import json
+import os
 import socket
 import sqlite3
 import sys
@@ -515,7 +516,9 @@ def _export(args: argparse.Namespace, cfg: Config) -> int:
     n = 0
     try:
         total = db.execute("SELECT COUNT(*) FROM msg").fetchone()[0]
-        with open(out_path, "x", encoding="utf-8") as fh:
+        # Health data: the file is its creator's alone (0600), whatever the umask.
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as fh:
             for seq, topic, body, retain in db.execute("SELECT seq, topic, body, retain FROM msg ORDER BY lane, seq"):
                 payload = json.loads(body)
                 payload.update(seq=seq, historical=True)

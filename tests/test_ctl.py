@@ -146,6 +146,7 @@ def test_cli_against_a_running_daemon(tmp_path: Path, broker: Mosquitto, cloud: 
                 export = tmp_path / "export.jsonl"
                 rc, ex, _ = await ctl(config, "--json", "outbox", "export", str(export))
                 assert rc == 0 and ex["messages"] >= 1
+                assert stat.S_IMODE(export.stat().st_mode) == 0o600, "health data: its creator's alone"
                 lines = [json.loads(line) for line in export.read_text().splitlines()]
                 assert any(m["payload"]["type"] == "alert" and m["payload"]["seq"] > 0 for m in lines)
                 rc, _, err = await ctl(config, "outbox", "export", str(export))
