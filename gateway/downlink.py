@@ -152,8 +152,17 @@ class Downlink:
                 "invalid", f"sent_at = {sent_at!r}: expected an RFC 3339 time", key="sent_at"
             ) from None
         age = self.clock() - sent
-        if age > self.max_age_s and self.clock_synchronised():
+        if not self.clock_synchronised():
+            return None
+        if age > self.max_age_s:
             return f"sent {age:.0f} s ago, more than the {self.max_age_s:g} s a command stays valid"
+        if -age > self.max_age_s:
+            # Never expiring otherwise: both clocks are synchronised, so this one is not a skew.
+            raise CommandRejected(
+                "invalid",
+                f"sent_at is {-age:.0f} s ahead of the gateway's synchronised clock (more than {self.max_age_s:g} s)",
+                key="sent_at",
+            )
         return None
 
     async def handle(self, command: str, payload: bytes) -> tuple[str, dict[str, Any]]:
@@ -191,6 +200,15 @@ class Downlink:
         if not self.bucket.take(self.clock()):
             return self._reject(request_id, command, "rate_limited", "too many commands: retry later")
         stored = self.store.get_reply(request_id)
+        if stored is not None and stored.get("command") != command:
+            # Not a replay: another command under a used id. Refused, and the stored reply kept.
+            return self._reject(
+                request_id,
+                command,
+                "conflict",
+                f"request_id {request_id} was used by {str(stored.get('command'))[:64]!r}: use a new one",
+                key="request_id",
+            )
         if stored is not None:
             self.counters.replayed += 1
             return request_id, {**stored, "replayed": True}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,3 +175,38 @@ def test_command_schemas_are_valid_draft7_and_reject_extra_fields(name: str) -> 
     v = jsonschema.Draft7Validator(schema)
     assert list(v.iter_errors({"request_id": "r1", "unexpected": 1}))
     assert list(v.iter_errors({"request_id": "bad id with spaces"}))
+
+
+def test_a_used_request_id_on_another_command_and_a_command_from_the_future_are_refused(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    drills: list[Mapping[str, Any]] = []
+    now = 1_790_000_000.0
+
+    async def status(_args: Mapping[str, Any]) -> dict[str, Any]:
+        return {"up": True}
+
+    async def drill(args: Mapping[str, Any]) -> dict[str, Any]:
+        drills.append(args)
+        return {"duration_s": 60}
+
+    dl = Downlink(GW, {"status": status, "drill": drill}, registry, clock=lambda: now, clock_synchronised=lambda: True)
+
+    def ask(command: str, doc: dict[str, Any]) -> dict[str, Any]:
+        return asyncio.run(dl.handle(command, json.dumps(doc).encode()))[1]
+
+    try:
+        assert ask("status", {"request_id": "r-1"})["ok"]
+        replay = ask("status", {"request_id": "r-1"})
+        assert replay["ok"] and replay["replayed"] is True
+        # the same id on another command is not that command's replay: no drill, and said so
+        other = ask("drill", {"request_id": "r-1", "all_buttons": True})
+        assert other["ok"] is False and other["error"]["code"] == "conflict" and other["error"]["key"] == "request_id"
+        assert drills == [] and ask("status", {"request_id": "r-1"})["result"] == {"up": True}
+        # a sent_at far ahead of a synchronised clock would never expire
+        ahead = ask("drill", {"request_id": "r-2", "all_buttons": True, "sent_at": "2099-01-01T00:00:00Z"})
+        assert ahead["error"]["code"] == "invalid" and ahead["error"]["key"] == "sent_at" and drills == []
+        soon = dt.datetime.fromtimestamp(now + 60, dt.UTC).isoformat().replace("+00:00", "Z")
+        assert ask("drill", {"request_id": "r-3", "all_buttons": True, "sent_at": soon})["ok"], "a skew is fine"
+        assert len(drills) == 1
+    finally:
+        registry.close()
