@@ -27,13 +27,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.base import TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
 from gateway.config import UplinkSection, read_secret
-from gateway.downlink import Downlink
+from gateway.downlink import MAX_COMMAND_BYTES, Downlink
 from gateway.errors import UplinkError
 from gateway.messages import Topics, corrected_body
 from gateway.outbox import Lane, Outbox, StoredMessage, wire_payload
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 ALERT_RESERVE = 32  # in-flight slots only alerts may use
 MIN_SHARE_DIVISOR = 10  # state and bulk each keep window/10 slots when they have messages
 CONNECT_TIMEOUT_S = 20.0
+# The largest packet the broker may send us (MQTT 5): a command (MAX_COMMAND_BYTES) with its topic,
+# properties and header, with room to spare; the broker drops larger ones for this client.
+MAX_INCOMING_PACKET = 4 * MAX_COMMAND_BYTES
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -281,8 +285,17 @@ class Uplink:
         client.on_publish = on_publish
 
         if self.cfg.protocol == "5":
+            # MQTT 5 Maximum Packet Size (3.1.2.11.4): the broker drops what is larger instead of sending
+            # it, so a huge publish on cmd/ never has to be held in memory here before the size check.
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
+            props.MaximumPacketSize = MAX_INCOMING_PACKET
             connect = functools.partial(
-                client.connect, self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=True
+                client.connect,
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=True,
+                properties=props,
             )
         else:
             connect = functools.partial(client.connect, self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)

@@ -127,6 +127,12 @@ def test_every_downlink_command_and_every_way_to_get_it_wrong(
                 big = json.dumps({"request_id": "big-1", "pad": "x" * 20_000}).encode()
                 topic, r = await asyncio.to_thread(platform.ask, "status", big)
                 assert r["error"]["code"] == "too_large"
+                # far larger: the broker never sends it (MQTT 5 Maximum Packet Size), so the daemon never
+                # holds it; the next command is answered first, and the connection stays up
+                await asyncio.to_thread(platform.send, "status", b'{"request_id": "huge-1", "p": "' + b"x" * 2_000_000)
+                topic, r = await asyncio.to_thread(platform.ask, "status", {"request_id": "after-huge"})
+                assert topic == f"{BASE}/cmd-result/after-huge" and r["ok"]
+                assert r["result"]["uplink"]["state"] == "connected"
 
                 # rate limit: a flood is cut, and the daemon keeps serving
                 for i in range(40):
