@@ -47,7 +47,7 @@ from gateway.pipeline import Pipeline
 from gateway.registry import Registry
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.summarydesk import SummaryDesk, attach_summary
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, load_material
 
 if TYPE_CHECKING:
     from gateway.dsp.stream import WristStream
@@ -579,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatewayd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check:
+        try:
+            load_material(cfg.uplink)  # the files it names, loaded as the service will load them
+        except UplinkError as exc:
+            # Not a refusal: this runs as the unit's ExecStartPre, and a gateway without its uplink
+            # still commits every reading and texts an SOS; refusing would leave it with neither.
+            print(f"gatewayd: warning: {exc}: the uplink stays in error until it loads", file=sys.stderr)
         print(f"gatewayd: {cfg.path}: configuration is valid ({len(cfg.devices)} devices)")
         return 0
     try:

@@ -31,11 +31,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.base import TransientDeviceError
+from drivers.base import DeviceConfigError, TransientDeviceError
 from drivers.reconnect import Backoff, ConnState, Reconnector
 from gateway.config import UplinkSection, read_secret
 from gateway.downlink import MAX_COMMAND_BYTES, Downlink
-from gateway.errors import UplinkError
+from gateway.errors import ConfigError, UplinkError
 from gateway.messages import Topics, corrected_body
 from gateway.outbox import Lane, Outbox, StoredMessage, wire_payload
 
@@ -69,6 +69,32 @@ class BrokerRefused(TransientDeviceError):
     """CONNACK with an error (bad credentials, not authorised): retried slowly."""
 
 
+class MaterialError(UplinkError, DeviceConfigError):
+    """The TLS key, certificates or password file cannot be loaded: the uplink is in ``error`` and
+    tries again every ``config_retry_s`` (a fixed file is picked up), while the rest of the gateway,
+    the SMS fallback of SOS above all, carries on."""
+
+
+def load_material(cfg: UplinkSection) -> tuple[str | None, ssl.SSLContext | None]:
+    """The password and TLS context of ``cfg``, or :class:`MaterialError` saying which file failed.
+    Also what ``gatewayd --check`` runs: a configuration that names unloadable files is not valid."""
+    try:
+        password = read_secret(cfg.password_file) if cfg.password_file else None
+    except ConfigError as exc:
+        raise MaterialError(str(exc)) from exc
+    if not cfg.tls:
+        return password, None
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.sslsocket_class = _ClosingSSLSocket
+        if cfg.cert_file and cfg.key_file:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise MaterialError(f"TLS material cannot be loaded: {exc}") from exc
+    return password, ctx
+
+
 class Uplink:
     def __init__(
         self,
@@ -89,8 +115,9 @@ class Uplink:
         self.clock = clock
         self.window = cfg.inflight_window
         self.min_share = max(1, self.window // MIN_SHARE_DIVISOR)
-        self._password = read_secret(cfg.password_file) if cfg.password_file else None
-        self._ssl_context = self._make_ssl_context() if cfg.tls else None
+        # Loaded by the first session (and again by each one until it loads): a key the service cannot
+        # read puts the uplink in error, it does not stop the daemon (nor its SMS fallback).
+        self._material: tuple[str | None, ssl.SSLContext | None] | None = None
         self.reconnector = Reconnector(
             "uplink",
             self._session,
@@ -127,15 +154,9 @@ class Uplink:
     def reconfigure(self, cfg: UplinkSection) -> None:
         """New broker settings (``gatewayctl config set``): checked first, then the current connection
         ends in order and the next one uses them."""
-        password = read_secret(cfg.password_file) if cfg.password_file else None
-        old = self.cfg
+        material = load_material(cfg)  # refused before anything changes
         self.cfg = cfg
-        try:
-            ssl_context = self._make_ssl_context() if cfg.tls else None
-        except UplinkError:
-            self.cfg = old
-            raise
-        self._password, self._ssl_context = password, ssl_context
+        self._material = material
         self.topics = Topics(cfg.topic_prefix, self.gateway_id)
         self.window = cfg.inflight_window
         self.min_share = max(1, self.window // MIN_SHARE_DIVISOR)
@@ -159,18 +180,6 @@ class Uplink:
 
     # -- set-up --------------------------------------------------------------------------------
 
-    def _make_ssl_context(self) -> ssl.SSLContext:
-        cfg = self.cfg
-        try:
-            ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.sslsocket_class = _ClosingSSLSocket
-            if cfg.cert_file and cfg.key_file:
-                ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise UplinkError(f"TLS material cannot be loaded: {exc}") from exc
-        return ctx
-
     def _status_payload(self, online: bool, *, full: bool | None = None) -> bytes:
         """``full``: with the daemon's body (last_seq, stream...): online, and the orderly stop's offline
         (its last_seq is what the cloud's completeness check counts to); never the will."""
@@ -186,6 +195,9 @@ class Uplink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
+        if self._material is None:
+            self._material = load_material(cfg)
+        password, ssl_context = self._material
         v5 = cfg.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -193,10 +205,10 @@ class Uplink:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        if self._ssl_context is not None:
-            client.tls_set_context(self._ssl_context)
+        if ssl_context is not None:
+            client.tls_set_context(ssl_context)
         if cfg.username is not None:
-            client.username_pw_set(cfg.username, self._password)
+            client.username_pw_set(cfg.username, password)
         client.will_set(self.topics.status, self._status_payload(False), qos=1, retain=True)
         # We never publish beyond our window, so paho's queue stays empty.
         client.max_inflight_messages_set(self.window + ALERT_RESERVE + 8)

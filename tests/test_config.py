@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
+from gateway.daemon import main as gatewayd_main
 from gateway.errors import ConfigError
 from tests.helpers import REPO
 
@@ -122,6 +123,20 @@ def test_check_mode_validates_the_example_config() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "valid" in out.stdout
+
+
+def test_check_mode_warns_of_tls_material_that_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("not a key\n")
+    cert = tmp_path / "client.pem"
+    cert.write_text("not a certificate\n")
+    text = GOOD.replace('host = "broker.example.org"', f'host = "b"\ncert_file = "{cert}"\nkey_file = "{key}"', 1)
+    # A warning, not a refusal: the unit's ExecStartPre runs it, and the daemon must start (SMS, outbox).
+    assert gatewayd_main(["--check", "--config", str(write(tmp_path, text))]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "TLS material cannot be loaded" in err
 
 
 RULES_OK = """

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from drivers.base import ButtonPress, Measurement
-from drivers.reconnect import ConnState
+from drivers.reconnect import ConnState, link_state
 from gateway.config import UplinkSection
 from gateway.messages import Topics
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
-from gateway.uplink import Uplink
+from gateway.uplink import MaterialError, Uplink, load_material
 from simulators.broker import Mosquitto, TlsFiles
 from simulators.viewer import Viewer
 from tests.helpers import Collector, make_pki, until
@@ -315,6 +315,43 @@ def test_mutual_tls_against_require_certificate(tmp_path: Path) -> None:
         assert depth == 0 and err is None
     finally:
         b.kill()
+
+
+def test_unloadable_tls_material_puts_the_uplink_in_error_until_it_loads(tmp_path: Path) -> None:
+    b, pki = _tls_broker(tmp_path, require_cert=True)
+    key = tmp_path / "client.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    cfg = UplinkSection(
+        host="localhost",
+        port=b.port,
+        ca_file=pki["ca"],
+        cert_file=pki["client_cert"],
+        key_file=key,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.2,
+    )
+    with pytest.raises(MaterialError, match="TLS material cannot be loaded"):
+        load_material(cfg)  # what gatewayd --check reports
+    good_key = Path(pki["client_key"]).read_bytes()
+
+    async def go() -> tuple[ConnState, BaseException | None, int, int]:
+        # Constructing the uplink does not raise (the daemon, its devices and SMS fallback start).
+        async with gateway(tmp_path / "gw", cfg) as (ob, up, pl):
+            up.reconnector.config_retry_s = 0.3
+            pl.sink(ButtonPress("sos-1", time.time(), "tls"))
+            await until(lambda: up.reconnector.last_error is not None, 10, "the uplink's error")
+            state, error, depth = up.state, up.reconnector.last_error, ob.depth_total()
+            key.write_bytes(good_key)  # the technician fixes the file
+            await until(lambda: ob.depth_total() == 0 and up.acked, 15, "delivery once the key loads")
+            return state, error, depth, up.acked
+
+    try:
+        state, error, depth, acked = asyncio.run(go())
+    finally:
+        b.kill()
+    # a configuration error: device/state-like "error", retried every config_retry_s
+    assert isinstance(error, MaterialError) and link_state(state, error) == ("error", str(error))
+    assert depth >= 1 and acked >= 1, "the press waited in the outbox and went out once the key loaded"
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
