@@ -14,6 +14,13 @@ Contract (docs/mqtt-contract.md, "Delivery"):
 - **Disk budget** (``max_bytes``): when over budget, the oldest messages of the lowest non-empty lane
   are evicted first; alerts are never evicted. Evicted ``seq`` ranges are recorded and reported in
   ``status`` so the cloud can tell an eviction from a loss.
+- **Disk full**: a full disk must not cost an SOS. The outbox keeps a reserve file beside the store
+  (``<store>.reserve``, :data:`RESERVE_BYTES`) and watches the free space: with less than the reserve's
+  size left, it stops growing (a new message evicts the oldest observations, by the same rule and
+  report as the budget) and checkpoints its WAL often; a commit that fails with SQLITE_FULL anyway
+  releases the reserve and is tried again at once. An alert whose commit fails is kept in memory and
+  retried every :data:`COMMIT_RETRY_S` (its future resolves when it is on disk); other messages are
+  refused (their future fails). The reserve is made again when the disk has room.
 - A message leaves the outbox only through :meth:`Outbox.ack` (the broker's PUBACK), deleted with the
   next commit of new messages or within ``ACK_DELAY_S``: a reading costs one commit, not two.
 - **Stream**: a random id made when the store is created (``info.stream``); ``seq`` is contiguous
@@ -36,9 +43,11 @@ not); the asyncio side only queues work and awaits results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -59,6 +68,19 @@ ROW_OVERHEAD_BYTES = 64  # per-row cost in the store beyond topic and payload (r
 ACK_DELAY_S = 1.0  # acked messages wait at most this long for a commit to delete them (see Outbox.ack)
 ACK_BATCH = 500  # ... or until this many are waiting (a backlog being drained)
 SCHEMA_VERSION = 2  # 2: boot, mono, clock, shift columns; the info table (stream id)
+# Disk full (module docstring): the reserve file's size, also the free space under which the outbox stops
+# growing. Room for many alert commits, the WAL between checkpoints while low (WAL_CHECKPOINT_LOW_PAGES)
+# and the SMS fallback's record, which share the data directory.
+RESERVE_BYTES = 8 * 1024 * 1024
+DISK_CHECK_S = 5.0  # how often the free space is looked at (statvfs: one system call)
+WAL_CHECKPOINT_PAGES = 4000
+WAL_CHECKPOINT_LOW_PAGES = 100  # while the disk is low: the WAL restarts from its start this often
+COMMIT_RETRY_S = 1.0  # an alert whose commit failed is tried again this often
+MAX_RETRIED_ALERTS = 10_000  # kept in memory for retry at most (beyond: refused, as other messages)
+
+
+class DiskFull(OutboxError):
+    """SQLite said SQLITE_FULL: the disk (or the store's page limit) is full."""
 
 
 class Lane(enum.IntEnum):
@@ -147,6 +169,7 @@ class _Counters:
     inserted: int = 0
     deleted: int = 0
     fetches: int = 0  # queries of waiting messages (each a round trip to the worker thread)
+    commit_failures: int = 0  # commits the store refused (disk full even without the reserve, I/O error)
 
 
 class Outbox:
@@ -162,9 +185,17 @@ class Outbox:
         max_evicted_ranges: int = 64,
         timebase: Clock | None = None,
         time_correction: Callable[[TimeCorrection], NewMessage] | None = None,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self.disk_low = False  # less than reserve_bytes free: the store stops growing
+        self.disk_free: int | None = None  # bytes, at the last look
+        self._disk_checked = -DISK_CHECK_S  # time.monotonic() of the last look
+        self._retry: asyncio.TimerHandle | None = None  # the next try of alerts whose commit failed
+        self._failing = False  # the last commit failed (its repeats are logged at DEBUG)
         self.commit_interval_s = commit_interval_ms / 1000.0
         self.clock = clock
         self.max_evicted_ranges = max_evicted_ranges
@@ -214,9 +245,18 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         try:
             if self._db is not None:
                 await self._flush()
+                if self._pending:  # alerts kept for retry, and the store still refuses them
+                    log.error("outbox: %d alerts could not be stored before the stop", len(self._pending))
+                    for p in self._pending:
+                        if not p.future.done():
+                            p.future.set_exception(OutboxError("the store refused it until the stop"))
+                    self._pending = []
                 await self._call(self._close_db)
         finally:
             self._executor.shutdown(wait=True)
@@ -236,7 +276,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=OFF")
-            db.execute("PRAGMA wal_autocheckpoint=4000")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             integrity = db.execute("PRAGMA quick_check").fetchone()[0]
             if integrity != "ok":
                 raise OutboxError(f"{self.path}: store failed its integrity check: {integrity}")
@@ -301,6 +341,78 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"{self.path}: cannot open the store: {exc}") from exc
         self._db = db
+        self._check_disk(force=True)
+
+    # -- disk full (module docstring) -----------------------------------------------------------
+
+    def _check_disk(self, force: bool = False) -> None:
+        """Look at the free space (at most every DISK_CHECK_S): below the reserve's size the store stops
+        growing; with room for two reserves again, it grows again and the reserve is made again."""
+        now = time.monotonic()
+        if not force and now - self._disk_checked < DISK_CHECK_S:
+            return
+        self._disk_checked = now
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError as exc:
+            log.debug("outbox: cannot read the free space of %s: %s", self.path.parent, exc)
+            return
+        free = st.f_bavail * st.f_frsize
+        self.disk_free = free
+        if free < self.reserve_bytes:
+            self._set_disk_low(True, free)
+        elif free >= 2 * self.reserve_bytes:
+            if not self.reserve_path.exists():
+                self._make_reserve()
+            self._set_disk_low(False, free)
+
+    def _set_disk_low(self, low: bool, free: int | None) -> None:
+        if low == self.disk_low:
+            return
+        self.disk_low = low
+        pages = WAL_CHECKPOINT_LOW_PAGES if low else WAL_CHECKPOINT_PAGES
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        if low:
+            log.warning(
+                "outbox: the disk of %s is nearly full (%s bytes free): the outbox stops growing, new messages "
+                "evict the oldest observations (reported as evictions); alerts are never evicted",
+                self.path.parent,
+                "?" if free is None else free,
+            )
+        else:
+            log.info("outbox: the disk of %s has room again (%d bytes free)", self.path.parent, free or 0)
+
+    def _make_reserve(self) -> None:
+        """Write the reserve file (real blocks, not a sparse file: it must free space when deleted)."""
+        tmp = self.reserve_path.with_name(self.reserve_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve_path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("outbox: cannot make the disk reserve %s: %s", self.reserve_path, exc.strerror)
+
+    def _release_reserve(self) -> bool:
+        """The disk is full: free the reserve for the commits that matter. True if there was one."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("outbox: cannot release the disk reserve %s: %s", self.reserve_path, exc.strerror)
+            return False
+        log.warning(
+            "outbox: the disk of %s is full: released the %d byte reserve", self.path.parent, self.reserve_bytes
+        )
+        return True
 
     def _migrate_v1(self, db: sqlite3.Connection) -> None:
         """Schema 1 -> 2: the time columns (unknown for the messages already there: never corrected)."""
@@ -432,25 +544,58 @@ class Outbox:
 
     async def _commit_pending(self, pending: list[_Pending], acked: list[int]) -> None:
         sent = self._sent_json()
+        stamped = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
         try:
-            stamped = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
-            seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
+            try:
+                seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
+            except DiskFull:
+                # Released the reserve and stopped growing: the same commit once more, at once.
+                await self._call(self._on_disk_full)
+                seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
         except OutboxError as exc:
-            # The store failed (disk full, I/O error): these messages are NOT accepted. Their
+            # The store failed (disk full, I/O error): these messages are NOT accepted, except the
+            # alerts, kept here and tried again every COMMIT_RETRY_S (their future waits). The other
             # submitters learn it through the future; acked seqs are retried with the next commit.
             self._acked = acked + self._acked
             self._sent_dirty = True
+            room = MAX_RETRIED_ALERTS - sum(p.msg.lane is Lane.ALERT for p in self._pending)
+            retry = [p for p in pending if p.msg.lane is Lane.ALERT and not p.future.done()][: max(0, room)]
             for p in pending:
-                if not p.future.done():
+                if p not in retry and not p.future.done():
                     p.future.set_exception(exc)
-            log.error("outbox commit of %d messages failed: %s", len(pending), exc)
+            self._pending = retry + self._pending
+            if retry and self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(COMMIT_RETRY_S, self._retry_now)
+            self.counters.commit_failures += 1
+            level = logging.DEBUG if self._failing else logging.ERROR
+            log.log(
+                level,
+                "outbox commit of %d messages failed (%d alerts kept for retry): %s",
+                len(pending),
+                len(retry),
+                exc,
+            )
+            self._failing = True
             return
+        if self._failing:
+            self._failing = False
+            log.warning("outbox: commits succeed again (%d failed meanwhile)", self.counters.commit_failures)
         for seq in acked:
             self._acked_set.discard(seq)
         for p, seq in zip(pending, seqs, strict=True):
             if not p.future.done():
                 p.future.set_result(seq)
         self._committed(bool(pending), evicted)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._urgent.set()
+        self._wake_committer.set()
+
+    def _on_disk_full(self) -> None:
+        self._release_reserve()
+        self._set_disk_low(True, None)
+        self._disk_checked = time.monotonic()
 
     def _committed(self, added: bool, evicted: list[tuple[int, int]]) -> None:
         if added:
@@ -539,6 +684,9 @@ class Outbox:
         next_seq = first + len(rows)
         deleted: list[tuple[int, int, str]] = []
         n_corrected = 0
+        self._check_disk()
+        # Disk nearly full: no growth (new messages evict the oldest observations, as over budget).
+        budget = min(self.max_bytes, self.bytes) if self.disk_low else self.max_bytes
         try:
             db.execute("BEGIN IMMEDIATE")
             if rows:
@@ -553,11 +701,14 @@ class Outbox:
                 n_corrected = self._correct(db, *correction)
             if sent is not None:
                 db.execute("INSERT OR REPLACE INTO info VALUES ('sent', ?)", (sent,))
-            evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(r[1] for r in deleted))
+            evicted, evicted_rows = self._evict_over_budget(db, self.bytes + added - sum(r[1] for r in deleted), budget)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a full disk may refuse even that
+                    db.execute("ROLLBACK")
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise DiskFull(f"{self.path}: commit failed: {exc}") from exc
             raise OutboxError(f"{self.path}: commit failed: {exc}") from exc
         # Only now, after COMMIT, does the in-memory picture change.
         if correction is not None:
@@ -611,14 +762,14 @@ class Outbox:
         return int(cur.rowcount)
 
     def _evict_over_budget(
-        self, db: sqlite3.Connection, projected: int
+        self, db: sqlite3.Connection, projected: int, budget: int
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
         """Delete the oldest messages of the lowest lanes until under budget. Never alerts."""
         ranges: list[tuple[int, int]] = []
         rows_out: list[tuple[int, int, str]] = []
-        if projected <= self.max_bytes:
+        if projected <= budget:
             return ranges, rows_out
-        excess = projected - self.max_bytes
+        excess = projected - budget
         now = self.clock()
         for lane in (Lane.BULK, Lane.STATE, Lane.OBSERVATION):
             while excess > 0:
@@ -649,7 +800,10 @@ class Outbox:
                 "DELETE FROM evicted WHERE rowid NOT IN (SELECT rowid FROM evicted ORDER BY first DESC LIMIT ?)",
                 (self.max_evicted_ranges,),
             )
-            log.warning("outbox over its %d byte budget: evicted %d messages", self.max_bytes, len(rows_out))
+            if budget < self.max_bytes:  # the disk is nearly full: every commit evicts, said once (DEBUG)
+                log.debug("outbox: disk nearly full: evicted %d messages", len(rows_out))
+            else:
+                log.warning("outbox over its %d byte budget: evicted %d messages", self.max_bytes, len(rows_out))
         return sorted(ranges), rows_out
 
     # -- reading for the uplink --------------------------------------------------------------
@@ -728,6 +882,10 @@ class Outbox:
 
     def depth_total(self) -> int:
         return sum(self.depth)
+
+    def alerts_retrying(self) -> int:
+        """Alerts whose commit failed, kept in memory and tried again every COMMIT_RETRY_S."""
+        return sum(p.msg.lane is Lane.ALERT for p in self._pending) if self._failing else 0
 
 
 class Captured(Protocol):
