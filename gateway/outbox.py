@@ -30,9 +30,11 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   (:class:`gateway.clock.ClockState`) beside ``captured_at``. :meth:`Outbox.request_correction` (the
   clock became synchronised or stepped) rewrites ``captured_at`` of this boot's waiting messages from
   boot-clock time plus the measured offset, in the same transaction as the ``time-correction`` messages
-  for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset. That
-  transaction is its own, after the commit of what was pending: a correction that fails never takes an
-  SOS commit with it (it is retried with the next commit). A message whose time was read before a step
+  for those of the boot that were already sent (:meth:`Outbox.note_sent`) with another offset. Those
+  transactions are its own (:data:`CORRECTION_CHUNK` seqs each, the time-corrections with the last), after
+  the commit of what was pending and with what is submitted meanwhile committed between two: a correction
+  that fails never takes an SOS commit with it (it is retried with the next commit), nor does a long one
+  hold an SOS for more than a chunk. A message whose time was read before a step
   the clock has seen since (:meth:`gateway.clock.Clock.stamp` says UNSYNCED on a synchronised clock) asks
   for one more correction of its boot, so it is never committed after its boot's correction unmended.
 
@@ -77,6 +79,7 @@ WAL_CHECKPOINT_PAGES = 4000
 WAL_CHECKPOINT_LOW_PAGES = 100  # while the disk is low: the WAL restarts from its start this often
 COMMIT_RETRY_S = 1.0  # an alert whose commit failed is tried again this often
 MAX_RETRIED_ALERTS = 10_000  # kept in memory for retry at most (beyond: refused, as other messages)
+CORRECTION_CHUNK = 20_000  # seqs per transaction of a clock correction (an SOS waits for one at most)
 
 
 class DiskFull(OutboxError):
@@ -623,14 +626,30 @@ class Outbox:
                 m = self.time_correction(tc)
                 st = self.timebase.stamp(m.captured_at)
                 stamped.append((m, st.boot_id, st.boot_s, st.state))
+        before = self.corrected_total
         try:
-            _seqs, evicted = await self._call(self._commit, stamped, [], self._sent_json(), (boot_id, offset))
+            # A long outage leaves many waiting messages: corrected CORRECTION_CHUNK seqs per transaction,
+            # what was submitted meanwhile (an SOS) committed between two, so it never waits for them all.
+            # Each chunk is idempotent (a corrected row is not moved again), so a failure retries them all.
+            lo = await self._call(self._first_seq) - 1
+            while self.next_seq - 1 - lo > CORRECTION_CHUNK:
+                await self._call(self._correct_chunk, boot_id, offset, lo, lo + CORRECTION_CHUNK)
+                lo += CORRECTION_CHUNK
+                if self._pending:
+                    late, self._pending = self._pending, []
+                    await self._commit_pending(late, [])
+            _seqs, evicted = await self._call(self._commit, stamped, [], self._sent_json(), (boot_id, offset, lo))
         except OutboxError as exc:
             self._sent = taken + self._sent
             if self._correction is None:
                 self._correction = (boot_id, offset)  # retried with the next commit
             log.error("outbox: clock correction failed (retried with the next commit): %s", exc)
             return
+        log.info(
+            "outbox: clock correction: %d waiting messages corrected, %d time-corrections for sent ones",
+            self.corrected_total - before,
+            len(stamped),
+        )
         self._corrected[boot_id] = offset
         self.time_corrections = (self.time_corrections + corrections)[-16:]
         self._committed(bool(stamped), evicted)
@@ -638,6 +657,28 @@ class Outbox:
             # sent while the transaction ran (the uplink fetched them before it): as note_sent does after
             # it, one more time-correction covers them; otherwise nothing would ever tell the cloud
             self.request_correction(boot_id, offset)
+
+    def _first_seq(self) -> int:
+        db = self._db
+        assert db is not None
+        return int(db.execute("SELECT COALESCE(MIN(seq), ?) FROM msg", (self.next_seq,)).fetchone()[0])
+
+    def _correct_chunk(self, boot_id: str, offset: float, lo: int, hi: int) -> None:
+        """One transaction of a correction: this boot's waiting messages with lo < seq <= hi."""
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            n = self._correct(db, boot_id, offset, lo, hi)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise OutboxError(f"{self.path}: clock correction failed: {exc}") from exc
+        self.corrected_total += n
+        if self.timebase is not None:
+            self.timebase.corrected_messages += n
 
     def _sent_json(self) -> str | None:
         if not self._sent_dirty:
@@ -650,7 +691,7 @@ class Outbox:
         stamped: Sequence[tuple[NewMessage, str, float, ClockState]],
         acked: Sequence[int],
         sent: str | None,
-        correction: tuple[str, float] | None,
+        correction: tuple[str, float, int] | None,  # boot id, offset, the seq after which to correct
     ) -> tuple[list[int], list[tuple[int, int]]]:
         db = self._db
         assert db is not None
@@ -716,11 +757,6 @@ class Outbox:
             if self.timebase is not None:
                 self.timebase.corrections += 1
                 self.timebase.corrected_messages += n_corrected
-            log.info(
-                "outbox: clock correction: %d waiting messages corrected, %d time-corrections for sent ones",
-                n_corrected,
-                len(rows),
-            )
         self.next_seq = next_seq
         self.bytes += added
         for lane in range(4):
@@ -744,13 +780,16 @@ class Outbox:
         return list(range(first, next_seq)), evicted
 
     @staticmethod
-    def _correct(db: sqlite3.Connection, boot_id: str, offset: float) -> int:
-        """Waiting messages of this boot: captured_at from their boot-clock time plus the true offset."""
+    def _correct(db: sqlite3.Connection, boot_id: str, offset: float, lo: int, hi: int | None = None) -> int:
+        """Waiting messages of this boot (lo < seq <= hi): captured_at from their boot-clock time plus the
+        true offset."""
         cur = db.execute(
             "UPDATE msg SET shift = shift + (mono + :off - captured), captured = mono + :off, clock = :corrected "
-            "WHERE boot = :boot AND clock != :device AND mono IS NOT NULL "
+            "WHERE seq > :lo AND seq <= :hi AND boot = :boot AND clock != :device AND mono IS NOT NULL "
             "AND (abs(mono + :off - captured) > :tol OR clock = :unsynced)",
             {
+                "lo": lo,
+                "hi": (1 << 62) if hi is None else hi,
                 "off": offset,
                 "boot": boot_id,
                 "tol": CORRECT_TOLERANCE_S,

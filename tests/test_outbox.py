@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway import outbox as outbox_mod
 from gateway.clock import Clock, ClockState
 from gateway.errors import OutboxError
 from gateway.messages import Topics, corrected_body, rfc3339_ms, time_correction
@@ -578,3 +579,51 @@ def test_a_system_without_a_boot_id_ages_every_message_on_the_wall_clock() -> No
     assert message_age_s(m, now_wall=1010.0, boot_id="", boot_s=9000.0) == 10.0
     mine = StoredMessage(1, Lane.OBSERVATION, "t", b"{}", "d", 1000.0, False, ClockState.SYNCED, "b1", 50.0)
     assert message_age_s(mine, now_wall=8210.0, boot_id="b1", boot_s=60.0) == 10.0
+
+
+def test_an_sos_during_a_long_correction_waits_for_one_chunk_of_it_not_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first clock sync after a long outage corrects every waiting message: an SOS pressed meanwhile
+    is committed between two chunks of it, not after the last."""
+    monkeypatch.setattr(outbox_mod, "CORRECTION_CHUNK", 5_000)
+    waiting = 100_000
+    h = Hands(1_800_000_000.0 - 7200, 50.0)  # two hours behind the truth
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="boot-1")
+    clock.sample()
+
+    async def go() -> tuple[int, int, int]:
+        async with Outbox(tmp_path / "ob.db", timebase=clock) as ob:
+            runner = asyncio.create_task(ob.run())
+            try:
+                await ob.put(msg(Lane.OBSERVATION, n=0))
+                db = ob._db
+                assert db is not None
+                rows = [
+                    (seq, 1, "d1", "t/o", b"{}", h.wall(), 0, 70, "boot-1", h.boot(), int(ClockState.UNSYNCED), 0.0)
+                    for seq in range(2, waiting + 2)
+                ]  # the outage's readings, written straight into the store (as many commits would)
+
+                def insert() -> None:
+                    db.execute("BEGIN")
+                    db.executemany("INSERT INTO msg VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                    db.execute("COMMIT")
+
+                await ob._call(insert)
+                ob.next_seq = waiting + 2
+                h.w, h.synced = h.w + 7200, True  # the step to the truth, with the verdict
+                for ev in clock.sample():
+                    if ev.corrects:
+                        ob.request_correction(clock.boot_id, ev.offset)
+                await until(lambda: ob.corrected_total > 0, 30, "the correction under way")
+                seq = await ob.submit(msg(Lane.ALERT, n=1))
+                at_sos = ob.corrected_total
+                await until(lambda: clock.corrections == 1, 60, "the correction's end")
+                return seq, at_sos, ob.corrected_total
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    seq, at_sos, total = run(go())
+    assert seq == waiting + 2 and total > waiting
+    assert at_sos < total, "the SOS was committed before the correction's last chunk"
