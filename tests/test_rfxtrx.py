@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from drivers.base import ButtonPress, DeviceSpec, DeviceStatus, DriverContext, FrameError, LinkState, Reading
 from drivers.options import OptionError
+from drivers.serial import rfxtrx
 from drivers.serial.rfxtrx import PressDeduper, RfxFramer, RfxtrxOptions, RfxtrxSosDriver, decode_packet
 from simulators.rfxtrx_sim import COPYRIGHT_REPLY, STATUS_REPLY, STATUSES, RfxtrxSimulator, security1_frame
+from simulators.serialpty import PtyDevice
 
 # A Security1 "Panic" from an X10 security remote, id 0xA1B2C3, battery ok, rssi 7
 # (byte layout per the RFXtrx SDK and pyRFXtrx's Security1.load_receive).
@@ -185,6 +187,39 @@ def test_a_press_in_the_same_read_as_the_receivers_start_reply_is_not_dropped(tm
 
     asyncio.run(go())
     assert [r.device_id for r in got if isinstance(r, ButtonPress)] == ["sos-1"]
+
+
+def test_a_device_that_talks_but_never_answers_as_an_rfxtrx_is_reported_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another device on the port (a GPS printing NMEA every 0.2 s): the start-up gives up within its
+    deadline, the device's state says why, and it is tried again."""
+    monkeypatch.setattr(rfxtrx, "HANDSHAKE_TIMEOUT_S", 1.5)
+    link = tmp_path / "by-id" / "usb-RFXCOM_RFXtrx433_T3-if00-port0"
+    got: list[Reading] = []
+
+    async def go() -> None:
+        async with PtyDevice(link) as dev:
+
+            async def chatter() -> None:
+                while True:
+                    dev.write(b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+                    await asyncio.sleep(0.2)
+
+            talker = asyncio.create_task(chatter())
+            spec = DeviceSpec("rfx", "rfxtrx-sos", "serial", {"port": str(link), "buttons": {"a1b2c3": "sos-1"}})
+            drv = RfxtrxSosDriver(spec, got.append, DriverContext())
+            task = asyncio.create_task(drv.run())
+            try:
+                await _wait(lambda: [r for r in got if isinstance(r, DeviceStatus)], timeout=10.0)
+            finally:
+                task.cancel()
+                talker.cancel()
+                await asyncio.gather(task, talker, return_exceptions=True)
+
+    asyncio.run(go())
+    (state, *_) = [r for r in got if isinstance(r, DeviceStatus)]
+    assert state.state is LinkState.DISCONNECTED and "did not answer as an RFXtrx" in (state.reason or "")
 
 
 # -- roles (issue 14): a two-key pendant, and a sensor that is a call button ------------------------------

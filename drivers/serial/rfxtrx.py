@@ -24,6 +24,7 @@ received frames, not presses, so frames of the same sensor and command closer th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 
 from RFXtrx import lowlevel
 
-from drivers.base import ButtonPress, FrameError
+from drivers.base import ButtonPress, FrameError, TransientDeviceError
 from drivers.options import BUTTON_ROLES, DEVICE_ID_RE, ButtonRole, DriverOptions, OptionError, option
 from drivers.serial.port import LinkSilent, SerialDriver, SerialLink, SerialOptions
 
@@ -43,6 +44,7 @@ GET_STATUS = bytes([0x0D, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 
 START_RECEIVER = bytes([0x0D, 0x00, 0x00, 0x03, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00])
 
 PACKET_STATUS = 0x01
+HANDSHAKE_TIMEOUT_S = 10.0  # reset (quiet 0.3 s), status and start receiver each answer well within 1 s
 PACKET_SECURITY1 = 0x20
 SECURITY1_ALARM = 0x02
 SECURITY1_PANIC = 0x06
@@ -78,6 +80,11 @@ KNOWN_LENGTHS: Mapping[int, frozenset[int]] = {
     0x52: frozenset({0x0A}),
 }
 MIN_LEN, MAX_LEN = 0x04, 0x24
+
+
+class NoHandshake(TransientDeviceError):
+    """The device on the port did not answer the RFXtrx start-up in time: retried with backoff, and the
+    device's state says why."""
 
 
 @dataclass
@@ -302,9 +309,20 @@ class RfxtrxSosDriver(SerialDriver):
         return merged
 
     async def _handshake(self, link: SerialLink) -> tuple[list[bytes], bytes]:
-        """Reset, get status, start receiver. Returns what came after the receiver's reply in the same
-        read (whole packets, then the bytes of one still incomplete): presses made the moment the
+        """Reset, get status, start receiver, within HANDSHAKE_TIMEOUT_S (a device that talks but never
+        answers as an RFXtrx, another device on the port, would otherwise hold the driver in
+        ``connecting`` for ever, reported nowhere). Returns what came after the receiver's reply in the
+        same read (whole packets, then the bytes of one still incomplete): presses made the moment the
         receiver started, which the serve loop must not drop."""
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                return await self._handshake_steps(link)
+        except TimeoutError:
+            raise NoHandshake(
+                f"{link.path} did not answer as an RFXtrx within {HANDSHAKE_TIMEOUT_S:g} s (another device there?)"
+            ) from None
+
+    async def _handshake_steps(self, link: SerialLink) -> tuple[list[bytes], bytes]:
         link.write(RESET)
         # The SDK asks for 50 ms..1 s of quiet after reset, then a flush of whatever arrived.
         try:
