@@ -96,17 +96,43 @@ RESIDENT: Mapping[str, str] = {"en": "the resident", "zh": "住户"}
 FIELDS = frozenset({"drill", "person", "button", "time", "gateway"})
 
 
+# What a trial render fills in (check_template): one of each kind the daemon can pass, the drill prefix set.
+_SAMPLE = {"drill": DRILL_PREFIX["en"], "person": "Anna", "button": "bed", "time": "2026-11-24 03:24", "gateway": "gw"}
+
+
 def check_template(template: str) -> str | None:
-    """What is wrong with an own template (None: fine): unknown or missing fields."""
+    """What is wrong with an own template (None: fine): only plain ``{field}`` of :data:`FIELDS`, with
+    ``{drill}``; no format spec (``{person:d}``), conversion (``{person!r}``), index or attribute. A trial
+    render with sample values must then work, so that a template that passes cannot fail at a press.
+    The answer names the problem, never the template's text (it may name a person)."""
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         return f"a text with {{fields}} ({exc})"
-    unknown = names - FIELDS
-    if unknown:
-        return f"a text using only the fields {', '.join(sorted(FIELDS))} (not {', '.join(sorted(unknown))})"
+    names = {f for f, _, _ in parsed}
+    plain = {f for f in names if f.isidentifier()}
+    unknown, odd = sorted(plain - FIELDS), len(names - plain)
+    if unknown or odd:
+        # an unknown name is a typo worth naming; anything else ({}, {0}, {person[0]}) is only counted
+        if odd:
+            unknown.append(f"{odd} that {'are not plain names' if odd > 1 else 'is not a plain name'}")
+        return f"a text using only the fields {', '.join(sorted(FIELDS))} (not {' and '.join(unknown)})"
     if "drill" not in names:
         return "a text with {drill} (a drill must say so)"
+    extras = [
+        f"{what} in {', '.join(f'{{{f}}}' for f in fields)}"
+        for what, fields in (
+            ("a format spec", sorted({f for f, spec, _ in parsed if spec})),
+            ("a conversion", sorted({f for f, _, conv in parsed if conv is not None})),
+        )
+        if fields
+    ]
+    if extras:
+        return f"a text with plain fields only, as {{person}} ({'; '.join(extras)})"
+    try:
+        template.format(**_SAMPLE)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the text could fail at a press: refused
+        return f"a text that can be filled in ({type(exc).__name__})"
     return None
 
 

@@ -298,6 +298,37 @@ def test_own_templates_are_checked(template: str, problem: str | None) -> None:
     assert (got is None) if problem is None else (got is not None and problem in got)
 
 
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{drill} Anna Li {person:d}", "a format spec in {person}"),
+        ("{drill} Anna Li {person!x}", "a conversion in {person}"),
+        ("{drill} Anna Li {person!r}", "a conversion in {person}"),
+        ("{drill:>99999999999999999999} Anna Li", "a format spec in {drill}"),
+        ("{drill} Anna Li {time:%H:%M}", "a format spec in {time}"),
+        ("{drill} Anna Li {button:{person}}", "a format spec in {button}"),
+        ("{drill} Anna Li {person[0]}", "1 that is not a plain name"),
+        ("{drill} Anna Li {} {0}", "2 that are not plain names"),
+    ],
+)
+def test_an_own_template_with_anything_but_plain_fields_is_refused_without_being_quoted(
+    template: str, problem: str
+) -> None:
+    """A format spec, a conversion, an index or a position: each raised (ValueError, KeyError,
+    IndexError, MemoryError) at the press, after the check had passed it. Now refused by name; the
+    template (which may name a person) is not repeated."""
+    got = check_template(template)
+    assert got is not None and problem in got, got
+    assert "Anna Li" not in got and "%H" not in got and "9999" not in got
+
+
+def test_a_template_the_check_passes_renders() -> None:
+    cfg = dataclasses.replace(CFG, language="en", template="{drill}SOS {person:} {button} {time} {gateway}")
+    assert check_template(cfg.template or "") is None
+    text = render_text(cfg, gateway_id="gw-1", device_id="sos-1", person_id=None, at=T0, drill=True)
+    assert text.startswith("DRILL - NOT A REAL EMERGENCY. SOS the resident sos-1 ")
+
+
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("tick"), st.floats(0, 120)),

@@ -59,6 +59,8 @@ def test_without_the_section_the_fallback_is_off(tmp_path: Path) -> None:
         (('language = "en"', 'language = "fr"'), "alarm.language", '"zh" or "en"'),
         (('language = "en"', 'template = "SOS {person}"'), "alarm.template", "{drill}"),
         (('language = "en"', 'template = "{drill} {nmae} Anna Li"'), "alarm.template", "(not nmae)"),
+        (('language = "en"', 'template = "{drill} Anna Li {person:d}"'), "alarm.template", "format spec in {person}"),
+        (('language = "en"', 'template = "{drill} Anna Li {person!x}"'), "alarm.template", "conversion in {person}"),
         (('names = { anna = "Anna Li" }', 'names = { anna = "Anna Li", bob = 7 }'), "alarm.names.bob", "a string"),
         (('names = { anna = "Anna Li" }', 'names = "Anna Li"'), "alarm.names", "a table"),
         (("sms_after_s = 10", "sms_after_s = -1"), "alarm.sms_after_s", "0..3600 seconds"),
