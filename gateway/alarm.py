@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from drivers.base import TransientDeviceError, device_zone
-from drivers.reconnect import ConnState
+from drivers.reconnect import BugLog, ConnState
 from drivers.serial import at
 from drivers.serial.modem import Modem, ModemHealth, ModemUnavailable
 from gateway import messages
@@ -145,13 +145,14 @@ def render_text(
     at: float,
     drill: bool,
     kind: str = "sos",
+    own: bool = True,
 ) -> str:
     """The SMS: ``template`` (or the shipped text of ``language``) for an SOS, the shipped call text
-    for a call request (``kind = "call"``)."""
+    for a call request (``kind = "call"``). ``own = False``: the shipped text even with a ``template``."""
     names = dict(cfg.names)
     lang = cfg.language
     when = dt.datetime.fromtimestamp(at, device_zone(cfg.timezone))
-    template = CALL_TEMPLATES[lang] if kind == "call" else (cfg.template or TEMPLATES[lang])
+    template = CALL_TEMPLATES[lang] if kind == "call" else ((cfg.template if own else None) or TEMPLATES[lang])
     return template.format(
         drill=DRILL_PREFIX[lang] if drill else "",
         person=(names.get(person_id, person_id) if person_id else cfg.person) or RESIDENT[lang],
@@ -679,7 +680,15 @@ class SmsFallback:
         self._wake = asyncio.Event()
         self._reporting: set[str] = set()
         self._failing = False  # the first failed SMS of a run is a WARNING, its repeats DEBUG
-        self.counters = {"sos_watched": 0, "calls_watched": 0, "sms_attempts": 0, "sms_failed": 0, "reports_sent": 0}
+        self.counters = {
+            "sos_watched": 0,
+            "calls_watched": 0,
+            "sms_attempts": 0,
+            "sms_failed": 0,
+            "reports_sent": 0,
+            "template_fallbacks": 0,  # an own template that did not render: the shipped text went
+        }
+        self.bugs = BugLog()
         n = len(self.policy.cases)
         if n:
             log.info("sms fallback: %d alerts restored from %s", n, self.store.db)
@@ -726,7 +735,16 @@ class SmsFallback:
         """``pressed_at`` on the wall clock (the text's time), ``on_clock`` on the policy's."""
         if alert_id in self.policy.cases or (kind == "call" and self.store.has(alert_id)):
             return  # a further press of a call request already watched (its case may be closed)
-        text = render_text(
+        text = self._text(device_id, pressed_at, drill, kind)
+        self.counters["calls_watched" if kind == "call" else "sos_watched"] += 1
+        self.policy.sos(alert_id, device_id, on_clock, drill, text, self.clock(), up, kind)
+
+    def _text(self, device_id: str, pressed_at: float, drill: bool, kind: str) -> str:
+        """The SMS of a press. An own template that fails to render (check_template should have
+        refused it: a bug) gives the shipped text of the language instead, logged at ERROR (rate
+        limited) and counted: the press is sent all the same."""
+        render = functools.partial(
+            render_text,
             self.cfg,
             gateway_id=self.topics.gateway_id,
             device_id=device_id,
@@ -735,8 +753,14 @@ class SmsFallback:
             drill=drill,
             kind=kind,
         )
-        self.counters["calls_watched" if kind == "call" else "sos_watched"] += 1
-        self.policy.sos(alert_id, device_id, on_clock, drill, text, self.clock(), up, kind)
+        if kind == "call" or not self.cfg.template:
+            return render()
+        try:
+            return render()
+        except Exception as exc:  # noqa: BLE001 - a broken own text must not stop the SOS: the shipped one goes
+            self.counters["template_fallbacks"] += 1
+            self.bugs.report(log, "sms fallback", exc, "the own template failed, the shipped text is sent")
+            return render(own=False)
 
     # -- the loop ----------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -445,3 +446,63 @@ def test_a_record_with_times_ahead_of_the_timeline_waits_no_longer_than_its_boun
         assert restored.attempts[0].status == "no_report"
     finally:
         fallback.store.close()
+
+
+# -- the fallback in the test's loop (the real modem driver on a pty), for faults of its own ------------
+
+
+def in_loop_cfg(link: Path, **keys: Any) -> AlarmSection:
+    return AlarmSection(
+        enabled=True, sms_after_s=SMS_AFTER_S, care_centre=(CC,), guardians=(G1,), language="en", timezone="UTC",
+        person="Anna", retry_base_s=0.5, retry_cap_s=2.0, report_timeout_s=30.0,
+        modem=ModemOptions(port=str(link), poll_s=0.3, command_timeout_s=2.0),  # type: ignore[arg-type]
+        **keys,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def fallback_in_loop(
+    tmp_path: Path, cfg: AlarmSection, before_run: Any = None
+) -> AsyncIterator[tuple[SmsFallback, ModemSimulator]]:
+    """The fallback running with the uplink down (a press goes by SMS at once) on ``cfg``'s modem port;
+    ``before_run(fallback)`` is called before it runs."""
+    assert cfg.modem is not None
+    async with ModemSimulator(Path(cfg.modem.port)) as modem:
+        fallback = SmsFallback(cfg, Topics("homecare/v1", "gw"), tmp_path, lambda m: asyncio.Future(), lambda: False)
+        if before_run is not None:
+            before_run(fallback)
+        runner = asyncio.create_task(fallback.run())
+        try:
+            await until(lambda: fallback.modem.health.ready, 20, "the modem ready")
+            yield fallback, modem
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+def test_an_own_template_that_fails_at_the_press_sends_the_shipped_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A template the check would refuse now (a format spec), as a release before the fix let through:
+    render_text raised inside the fallback, the case was never made and no SMS left, at every press.
+    Now the shipped text of the language goes, with one ERROR for the bug and a counter."""
+    cfg = in_loop_cfg(tmp_path / "modem", template="{drill}SOS {person:d} {button}")
+
+    async def go() -> tuple[ModemSimulator, dict[str, Any]]:
+        async with fallback_in_loop(tmp_path, cfg) as (fallback, modem):
+            fallback.on_sos("sos-bedroom-1", "bedroom", time.time())
+            await until(lambda: len(modem.sent) >= 2, 15, "the SMS of the first press")
+            fallback.on_sos("sos-bedroom-2", "bedroom", time.time())
+            await until(lambda: len(modem.sent) >= 4, 15, "the SMS of the second press")
+            return modem, fallback.status()
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.alarm"):
+        modem, st = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1, CC, G1]
+    for s in modem.sent:
+        assert s.text.startswith("SOS: Anna pressed the emergency button bedroom at "), s.text
+    assert st["counters"]["template_fallbacks"] == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, "the bug is logged at ERROR once, not at every press"
+    assert "shipped text" in errors[0].getMessage() and "{person:d}" not in errors[0].getMessage()
