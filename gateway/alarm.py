@@ -14,7 +14,9 @@ when ``[alarm] calls = true``, a call request, the first press of it, the same w
 - a later acknowledgement of the alert through the cloud (``cmd/alert-ack``) stops further SMS;
 - every attempt and its outcome is recorded durably (``<data_dir>/alarm.sqlite3``), and when the link
   is up the alert is reported again with ``fallback: [{via: "sms", to, at, status}]`` (same
-  ``alert_id``; a later report lists every attempt so far and supersedes the earlier one);
+  ``alert_id``; a later report lists every attempt so far and supersedes the earlier one); a record
+  that cannot be written (a full disk) never holds an SMS back: the attempts wait in memory for a save
+  that works;
 - a restart in the middle keeps every attempt: an SMS being handed to the modem at the crash is
   recorded ``interrupted`` and retried; a recipient with a delivery report is never sent again;
 - ``modem_unavailable``: a watch alert when the fallback path has been unable to send for
@@ -561,6 +563,7 @@ class AlarmStore:
     def __init__(self, path: Path) -> None:
         # a file SQLite cannot read is moved aside and a fresh one started (gateway.statedb): a damaged
         # record must never keep the daemon, and with it the SOS path, from starting
+        self.path = path
         self.db = open_state_db(path, _ALARM_SCHEMA, "sms fallback record", AlarmStoreError, synchronous="FULL")
 
     def save(self, cases: Iterable[Case]) -> None:
@@ -632,6 +635,9 @@ class SmsSender(Protocol):
 
 TICK_S = 0.2
 RESTART_S = 5.0
+STORE_RETRY_S = 5.0  # a record that cannot be written is tried again this often (and before every SMS)
+# What a write of the record raises when the disk under it fails or is full: never a reason not to send.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, AlarmStoreError)
 
 
 class SmsFallback:
@@ -687,11 +693,15 @@ class SmsFallback:
             "sms_failed": 0,
             "reports_sent": 0,
             "template_fallbacks": 0,  # an own template that did not render: the shipped text went
+            "store_failures": 0,  # writes of the record that failed (a full disk): the SMS went all the same
         }
         self.bugs = BugLog()
+        self._store_failing = False  # the first failed write of a run is a WARNING, its repeats DEBUG
+        self._store_retry_at = 0.0  # (time.monotonic) no write before, unless an SMS is about to go
+        self._unsaved_watch: dict[str, Any] | None = None
         n = len(self.policy.cases)
         if n:
-            log.info("sms fallback: %d alerts restored from %s", n, self.store.db)
+            log.info("sms fallback: %d alerts restored from %s", n, self.store.path)
 
     # -- hooks (synchronous, never raise into the caller: the SOS path must not notice us) ---------
 
@@ -733,11 +743,19 @@ class SmsFallback:
         self, alert_id: str, device_id: str, pressed_at: float, on_clock: float, drill: bool, up: bool, kind: str
     ) -> None:
         """``pressed_at`` on the wall clock (the text's time), ``on_clock`` on the policy's."""
-        if alert_id in self.policy.cases or (kind == "call" and self.store.has(alert_id)):
+        if alert_id in self.policy.cases or (kind == "call" and self._stored(alert_id)):
             return  # a further press of a call request already watched (its case may be closed)
         text = self._text(device_id, pressed_at, drill, kind)
         self.counters["calls_watched" if kind == "call" else "sos_watched"] += 1
         self.policy.sos(alert_id, device_id, on_clock, drill, text, self.clock(), up, kind)
+
+    def _stored(self, alert_id: str) -> bool:
+        """Whether the record has the alert; a record that cannot be read has none (an SMS twice at worst)."""
+        try:
+            return self.store.has(alert_id)
+        except STORE_ERRORS as exc:
+            self._store_failed(exc, f"call request {alert_id} taken as new", "read")
+            return False
 
     def _text(self, device_id: str, pressed_at: float, drill: bool, kind: str) -> str:
         """The SMS of a press. An own template that fails to render (check_template should have
@@ -770,14 +788,14 @@ class SmsFallback:
                 tg.create_task(self.modem.run(), name="sms modem")
                 tg.create_task(self._supervised(), name="sms fallback")
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._save()
+            self._save(force=True)
             self.store.close()
 
     async def _supervised(self) -> None:
-        """The second path must never take the first one down: a failure of the fallback (a bug, a
-        full disk under its record) is logged with its traceback and the loop starts again, while
-        the daemon goes on committing and sending SOS alerts."""
+        """The second path must never take the first one down: a failure of the fallback (a bug) is
+        logged with its traceback and the loop starts again, while the daemon goes on committing and
+        sending SOS alerts. A record that cannot be written (a full disk) is not such a failure: the
+        SMS go on and the record is written later (:meth:`_save`)."""
         while True:
             try:
                 await self._loop()
@@ -807,7 +825,8 @@ class SmsFallback:
                 actions += self.policy.set_modem_ready(ready, now)
                 was_ready = ready
             actions += self.policy.tick(now)
-            self._save()  # write-ahead: the attempt is on disk before the modem gets it
+            # write-ahead: the attempt is on disk before the modem gets it (or, on a full disk, in memory)
+            self._save(force=any(isinstance(a, SendSms) for a in actions))
             for action in actions:
                 if isinstance(action, WatchChange):
                     self._watch(action)
@@ -842,12 +861,29 @@ class SmsFallback:
     def _expect_reports(self) -> bool:
         return self.cfg.modem.delivery_reports if self.cfg.modem is not None else True
 
-    def _save(self) -> None:
-        if not self.policy.dirty:
+    def _save(self, *, force: bool = False) -> None:
+        """Write the changed cases. A write that fails (a full disk) never holds an SMS back: the changes
+        stay in memory (``policy.dirty``) and are written by a later save, tried at most every
+        ``STORE_RETRY_S`` while writes fail, and always when ``force`` (an SMS is about to go)."""
+        if not self.policy.dirty and self._unsaved_watch is None:
+            return
+        if self._store_failing and not force and time.monotonic() < self._store_retry_at:
             return
         cases = [self.policy.cases[a] for a in self.policy.dirty if a in self.policy.cases]
+        try:
+            if self._unsaved_watch is not None:
+                self.store.set_meta("watch", self._unsaved_watch)
+                self._unsaved_watch = None
+            self.store.save(cases)
+        except STORE_ERRORS as exc:
+            devices = sorted({c.device_id for c in cases})
+            what = f"the SMS attempts of device {', '.join(devices)}" if devices else "the watch state"
+            self._store_failed(exc, f"{what} kept in memory and written later")
+            return
         self.policy.dirty.clear()
-        self.store.save(cases)
+        if self._store_failing:
+            log.info("sms fallback: its record %s is written again", self.store.path)
+            self._store_failing = False
         for c in cases:  # closed and reported: nothing more will happen to it in memory
             if c.state == "done" and c.version <= c.reported and c.alert_id not in self._reporting:
                 self.policy.cases.pop(c.alert_id, None)
@@ -871,8 +907,28 @@ class SmsFallback:
         self.counters["reports_sent"] += 1
         self.policy.dirty.add(case.alert_id)
 
+    def _store_failed(self, exc: Exception, then: str, verb: str = "written") -> None:
+        """A storage failure: counted, WARNING the first time (DEBUG while it lasts); ``then``, what
+        follows, names the device or the alert, never a phone number or the text."""
+        self.counters["store_failures"] += 1
+        self._store_retry_at = time.monotonic() + STORE_RETRY_S
+        log.log(
+            logging.DEBUG if self._store_failing else logging.WARNING,
+            "sms fallback: its record %s cannot be %s (%s): %s; the SMS go on",
+            self.store.path,
+            verb,
+            exc,
+            then,
+        )
+        self._store_failing = True
+
     def _watch(self, w: WatchChange) -> None:
-        self.store.set_meta("watch", {"raised": w.state == "raised", "since": w.since})
+        watch = {"raised": w.state == "raised", "since": w.since}
+        try:
+            self.store.set_meta("watch", watch)
+        except STORE_ERRORS as exc:  # the watch alert goes all the same; its state is written later
+            self._unsaved_watch = watch
+            self._store_failed(exc, "the watch state kept in memory and written later")
         ev = AlertEvent(
             alert_id=f"modem_unavailable/{self.topics.gateway_id}/{round(w.since * 1000)}",
             state=w.state,
@@ -922,6 +978,7 @@ class SmsFallback:
                 messages.rfc3339_ms(self.policy.down_since - self.shift()) if self.policy.down_since else None
             ),
             "watch_raised": self.policy.watch_raised,
+            "store_failing": self._store_failing,
             "counters": dict(self.counters),
         }
 
@@ -938,6 +995,8 @@ def describe_status(st: Mapping[str, Any]) -> list[str]:
     ]
     if m.get("last_error") and not m["ready"]:
         lines.append(f"          last error: {m['last_error']}")
+    if st.get("store_failing"):
+        lines.append("          record not writable (disk full?): SMS go on, attempts kept in memory")
     for c in st["open"]:
         lines.append(f"          alert {c['alert_id']}: {c['state']}, {c['attempts']} SMS, {c['delivered']} delivered")
     return lines

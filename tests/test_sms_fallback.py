@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from drivers.serial import at
 from drivers.serial.modem import ModemOptions
-from gateway import messages
+from gateway import alarm, messages
 from gateway.alarm import AlarmStore, Attempt, Case, Recipient, SendSms, SmsFallback
 from gateway.clock import Clock, Timeline
 from gateway.config import AlarmSection
@@ -506,3 +507,51 @@ def test_an_own_template_that_fails_at_the_press_sends_the_shipped_text(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, "the bug is logged at ERROR once, not at every press"
     assert "shipped text" in errors[0].getMessage() and "{person:d}" not in errors[0].getMessage()
+
+
+def test_a_full_disk_under_the_record_does_not_hold_the_sos_sms_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data disk is full: the write-ahead record of an attempt raised SQLITE_FULL before the SMS went
+    to the modem, the supervised loop started again every 5 s and failed the same way: no SMS while the
+    disk stayed full. Now both SMS go, the attempts are kept in memory, the failure is one WARNING naming
+    the device (never a number or the text) and counted, and the record is written once there is room.
+
+    The full disk is SQLite's own SQLITE_FULL: the record is a file of 512-byte pages (made so before the
+    fallback opens it) and its connection may not grow it by a page (``PRAGMA max_page_count``), so the
+    first case (longer than a page) cannot be written."""
+    monkeypatch.setattr(alarm, "STORE_RETRY_S", 0.5, raising=False)  # how soon a failed write is retried
+    cfg = in_loop_cfg(tmp_path / "modem")
+    made = sqlite3.connect(tmp_path / "alarm.sqlite3")
+    made.execute("PRAGMA page_size = 512")
+    made.execute("VACUUM")
+    made.close()
+
+    def fill_the_disk(fallback: SmsFallback) -> None:
+        db = fallback.store.db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        assert db.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0] == pages
+
+    async def go() -> tuple[ModemSimulator, dict[str, Any], list[Case]]:
+        async with fallback_in_loop(tmp_path, cfg, fill_the_disk) as (fallback, modem):
+            fallback.on_sos("sos-bedroom-1", "bedroom", time.time())
+            await until(lambda: len(modem.sent) >= 2, 15, "both SMS with the disk full")
+            await asyncio.sleep(0.5)  # the delivery reports, and saves that fail again
+            st = fallback.status()
+            assert not fallback.store.has("sos-bedroom-1"), "the disk was full: nothing could be written"
+            fallback.store.db.execute("PRAGMA max_page_count = 1000000")  # room again
+            stored = await until(lambda: fallback.store.open_cases(), 15, "the record written once there is room")
+            assert not fallback.status()["store_failing"]
+            return modem, st, stored
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.alarm"):
+        modem, st, stored = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1], "one SMS each, while the disk was full"
+    assert st["store_failing"] and st["counters"]["store_failures"] >= 1 and st["counters"]["sms_attempts"] == 2
+    assert [(a.to, a.status) for a in stored[0].attempts] == [(CC, "delivered"), (G1, "delivered")]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "record" in r.getMessage()]
+    assert len(warned) == 1, "WARNING once, repeats at DEBUG"
+    assert "database or disk is full" in warned[0] and "device bedroom" in warned[0]
+    above_debug = "\n".join(r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG)
+    assert CC not in above_debug and G1 not in above_debug and "pressed the emergency button" not in above_debug
+    assert any("written again" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
