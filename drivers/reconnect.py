@@ -9,6 +9,8 @@
   configuration (retry slowly, and say what to fix), or a bug: an error nobody declared transient (an
   ``AttributeError``, an ``AssertionError``) is logged at ERROR with its traceback (:class:`BugLog`,
   rate limited, never silenced), counted, reported as the ``error`` state, and retried with backoff.
+  A ``CancelledError`` that reaches a task nobody cancelled (``Task.cancelling() == 0``: a library
+  leaked a cancelled future of its own) is such a bug too; only a cancellation of our task stops.
 - :class:`Reconnector`: drives one ``connect-and-serve`` coroutine forever, with states, backoff,
   the expected/unexpected distinction, and a reset of the backoff after a connection that lasted.
 
@@ -52,7 +54,7 @@ def link_state(state: ConnState, error: BaseException | None) -> tuple[LinkState
     else:
         link = LinkState.DISCONNECTED
     if error is not None and classify(error) is ErrorClass.BUG:
-        reason: str | None = f"internal error: {type(error).__name__}: {error}"
+        reason: str | None = f"internal error: {describe(error)}"
     else:
         reason = str(error) if error is not None else ("gateway stopped" if state is ConnState.STOPPED else None)
     return link, reason
@@ -84,6 +86,14 @@ def classify(exc: BaseException) -> ErrorClass:
     return ErrorClass.BUG
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, for a state's reason; a stray ``CancelledError`` (one that
+    reached a task nobody cancelled) says so, having no message of its own."""
+    if isinstance(exc, asyncio.CancelledError) and not str(exc):
+        return "CancelledError: a cancellation nobody asked for (leaked by a library)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class BugLog:
     """Logs bugs at ERROR with their traceback: the first of each kind (type and place) at once, then
     at most one per ``every_s`` with how many were seen meanwhile (the rest at DEBUG). Rate limited,
@@ -104,7 +114,7 @@ class BugLog:
         last = self._last.get(key)
         if last is None or now - last[0] >= self.every_s:
             more = f" ({last[1]} more since the last report)" if last is not None and last[1] else ""
-            logger.error("%s: %s: %s: %s%s", owner, what, type(exc).__name__, exc, more, exc_info=exc)
+            logger.error("%s: %s: %s%s", owner, what, describe(exc), more, exc_info=exc)
             self._last[key] = (now, 0)
         else:
             self._last[key] = (last[0], last[1] + 1)
@@ -204,8 +214,13 @@ class Reconnector:
                 error: BaseException | None = None
                 try:
                     await self._session()
-                except asyncio.CancelledError:
-                    raise
+                except asyncio.CancelledError as exc:
+                    if cancelling():
+                        raise  # asked to stop
+                    # Nobody cancelled this task: a library leaked a cancelled future of its own (bleak
+                    # on a D-Bus timeout, hbldh/bleak-retry-connector#109). Re-raised, it would end the
+                    # connection for good, uncounted: it is a failure of the session, a bug.
+                    error = exc
                 except Exception as exc:
                     if cancelling():
                         # Asked to stop while the session failed (or swallowed the cancellation):

@@ -6,6 +6,12 @@ anyway, or returns, the supervisor reports the device as ``error`` with the reas
 :class:`~drivers.reconnect.BugLog`), counts it, waits a capped, jittered backoff and starts a fresh
 driver. Nothing of it reaches the daemon's TaskGroup: the outbox, the uplink, the care rules and every
 other device carry on, and above all the SOS path.
+
+Only a cancellation of the supervisor's own task (the gateway stopping, the device removed:
+``Task.cancelling() > 0``) stops it. A ``CancelledError`` raised out of a driver while nobody cancelled
+the task (a library leaking a cancelled future of its own, as bleak can on a D-Bus timeout) is a failure
+of that driver like any other: re-raised, the device would end for good, unreported (a TaskGroup
+ignores a child that ends cancelled).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 
 from drivers.aio import cancelling
 from drivers.base import DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, ReadingSink, driver_class
-from drivers.reconnect import Backoff, BugLog, ErrorClass, classify
+from drivers.reconnect import Backoff, BugLog, ErrorClass, classify, describe
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,13 @@ class DeviceSupervisor:
                     self.on_driver(driver)
                 await driver.run()
                 error: BaseException = DriverReturned(f"the {self.spec.kind} driver stopped by itself")
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if cancelling():
+                    raise  # the gateway stopping, or this device removed
+                # Nobody cancelled this task: a library leaked a cancelled future of its own (bleak on a
+                # D-Bus timeout, hbldh/bleak-retry-connector#109). Re-raised, it would end this device for
+                # good (a TaskGroup ignores a child that ends cancelled): it is the driver's failure.
+                error = exc
             except Exception as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -87,7 +98,7 @@ class DeviceSupervisor:
         kind = classify(error)
         if kind is ErrorClass.BUG or isinstance(error, DriverReturned):
             self.bugs.report(log, f"device {self.device_id}", error, "driver failed")
-            reason = f"driver failed: {type(error).__name__}: {error}"
+            reason = f"driver failed: {describe(error)}"
         else:
             level = logging.WARNING if self.failures == 1 else logging.DEBUG
             log.log(level, "device %s: driver stopped: %s", self.device_id, error)

@@ -146,16 +146,48 @@ class StuckDriver(Driver):
 '''
 
 
+LEAKY_KIND = '''
+"""A test-only device kind whose library leaks a cancellation: it awaits a future someone else cancels (as
+bleak / dbus-fast can on a timeout), so a CancelledError reaches a task nobody cancelled."""
+import asyncio
+from dataclasses import dataclass
+
+from drivers.base import Driver, DeviceStatus, LinkState
+from drivers.options import DriverOptions
+
+
+@dataclass(frozen=True)
+class LeakyOptions(DriverOptions):
+    pass
+
+
+class LeakyDriver(Driver):
+    kind = "test-leaky"
+    transport = "test"
+    Options = LeakyOptions
+    summary = "a driver whose library leaks a cancellation, for the fault-isolation test"
+
+    async def run(self) -> None:
+        self.sink(DeviceStatus(self.device_id, self.clock(), LinkState.CONNECTED))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_later(0.3, fut.cancel)  # the library's own timeout, cancelling its own future
+        await fut
+'''
+
+
 def _faulty_plugin(root: Path) -> Path:
     """A package registering the kind through the entry points, as a device maker's package would."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "faulty_kind.py").write_text(textwrap.dedent(FAULTY_KIND))
     (root / "stuck_kind.py").write_text(textwrap.dedent(STUCK_KIND))
+    (root / "leaky_kind.py").write_text(textwrap.dedent(LEAKY_KIND))
     info = root / "faulty_kind-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-kind\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[homecare_gateway.drivers]\ntest-faulty = faulty_kind:FaultyDriver\ntest-stuck = stuck_kind:StuckDriver\n"
+        "test-leaky = leaky_kind:LeakyDriver\n"
     )
     return root
 
@@ -204,6 +236,50 @@ def test_a_driver_bug_is_its_devices_error_and_the_sos_path_carries_on(
     )
     assert "Traceback" in log and "port.read()" in log
     assert json.dumps(status).count("buggy-1") >= 1
+
+
+def test_a_cancellation_leaked_by_a_driver_library_is_its_devices_error_and_it_restarts(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """A CancelledError out of a driver that nobody cancelled used to end its device for good, unseen
+    (the supervisor re-raised it; a TaskGroup ignores a child that ends cancelled)."""
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_LEAK-if00-port0"
+    leaky = '\n[[devices]]\nid = "leaky-1"\nkind = "test-leaky"\ntransport = "test"\n'
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link) + leaky)
+    env = {"PYTHONPATH": str(_faulty_plugin(tmp_path / "plugin"))}
+    gw = GatewayProcess(config, env=env)
+
+    def errors() -> list[dict[str, Any]]:
+        topic = f"{BASE}/device/leaky-1/state"
+        return [doc for _, t, doc, _ in cloud.poll() if t == topic and doc["state"] == "error"]
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the receiver open")
+                await until(lambda: len(errors()) >= 2, 20, "the leaky device in error, restarted, in error again")
+                await sim.press(0xA1B2C3)
+                await until(lambda: cloud.of_type("alert"), 20, "the SOS while the leaky driver fails")
+                status = await asyncio.to_thread(status_via_ctl, config, env)
+                assert status is not None
+                assert gw.alive()
+                assert gw.terminate() < STOP_LIMIT_S and gw.proc is not None
+                assert gw.proc.returncode == 0, "an orderly stop, not held up by the restarting device"
+                return status
+            finally:
+                gw.stop_quietly()
+
+    status = asyncio.run(go())
+    assert errors()[0]["reason"].startswith("driver failed: CancelledError")
+    assert status["bugs"]["devices"] >= 2
+    by_id = {d["id"]: d for d in status["devices"]}
+    assert by_id["leaky-1"]["counters"]["driver_restarts"] >= 2
+    assert by_id["rfx"]["state"] == "connected", "the other device carries on"
+    log = gw.log()
+    assert log.count("ERROR gateway.supervisor: device leaky-1: driver failed: CancelledError") == 1
+    assert "Traceback" in log and "await fut" in log
+    assert "stop did not finish" not in log
 
 
 def _stuck_gateway(tmp_path: Path, broker: Mosquitto, link: Path) -> tuple[GatewayProcess, Path]:

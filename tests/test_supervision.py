@@ -1,0 +1,231 @@
+"""Supervision: a failure belongs to the part that failed.
+
+A ``CancelledError`` that reaches a device's task while nobody cancelled it (a driver library leaking a
+cancelled future of its own, as bleak / dbus-fast can on a timeout: hbldh/bleak-retry-connector#109) is
+that driver's failure: logged as a bug, counted, the device in ``error``, restarted with backoff. Only a
+cancellation of the task itself (the gateway stopping, the device removed) stops it, promptly.
+
+The drivers here are real :class:`~drivers.base.Driver` kinds (registered for the test), run by the
+real :class:`~gateway.devices.DeviceManager` and :class:`~gateway.supervisor.DeviceSupervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+import gateway.supervisor
+from drivers.aio import cancel_and_wait
+from drivers.base import DRIVERS, DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, Reading, ReadingSink
+from drivers.options import DriverOptions
+from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
+from gateway.devices import DeviceManager
+from gateway.registry import Registry
+from tests.helpers import until
+
+LEAK_AFTER_S = 0.05
+
+
+async def leaked_cancellation() -> None:
+    """What bleak does on a D-Bus timeout: await a future that *another* party cancels. The
+    ``CancelledError`` reaches the awaiting task although nobody cancelled that task."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.call_later(LEAK_AFTER_S, fut.cancel)
+    await fut
+
+
+class LeakyDriver(Driver):
+    """A driver whose library leaks a cancellation out of ``run()``."""
+
+    kind = "test-leaky"
+    transport = "test"
+    Options = DriverOptions
+    runs = 0
+
+    async def run(self) -> None:
+        type(self).runs += 1
+        self.sink(DeviceStatus(self.device_id, self.clock(), LinkState.CONNECTED))
+        await leaked_cancellation()
+
+
+class LeakyLinkDriver(Driver):
+    """A driver built as the real ones are: a :class:`Reconnector` around a session whose library
+    leaks a cancellation once connected."""
+
+    kind = "test-leaky-link"
+    transport = "test"
+    Options = DriverOptions
+    runs = 0
+
+    def __init__(self, spec: DeviceSpec, sink: ReadingSink, ctx: DriverContext) -> None:
+        super().__init__(spec, sink, ctx)
+        self.reconnector = Reconnector(
+            f"device {self.device_id}",
+            self._session,
+            backoff=Backoff(base_s=0.02, cap_s=0.05),
+            on_state=self._on_state,
+        )
+
+    def _on_state(self, state: ConnState, error: BaseException | None) -> None:
+        said = link_state(state, error)
+        if said is not None:
+            link, reason = said
+            self.sink(DeviceStatus(self.device_id, self.clock(), link, reason=reason))
+
+    async def _session(self) -> None:
+        self.reconnector.mark_connected()
+        await leaked_cancellation()
+
+    async def run(self) -> None:
+        type(self).runs += 1
+        await self.reconnector.run()
+
+
+class QuietDriver(Driver):
+    """A driver that serves its device until cancelled, as it should."""
+
+    kind = "test-quiet"
+    transport = "test"
+    Options = DriverOptions
+
+    async def run(self) -> None:
+        self.sink(DeviceStatus(self.device_id, self.clock(), LinkState.CONNECTED))
+        await asyncio.Event().wait()
+
+
+@pytest.fixture(autouse=True)
+def _kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cls in (LeakyDriver, LeakyLinkDriver, QuietDriver):
+        monkeypatch.setitem(DRIVERS, cls.kind, f"{__name__}:{cls.__name__}")
+    LeakyDriver.runs = LeakyLinkDriver.runs = 0
+    monkeypatch.setattr(gateway.supervisor, "RESTART_BASE_S", 0.02)  # restarts within the test
+    monkeypatch.setattr(gateway.supervisor, "RESTART_CAP_S", 0.05)
+
+
+def spec(device_id: str, kind: str) -> DeviceSpec:
+    return DeviceSpec(device_id, kind, "test", DriverOptions())
+
+
+def manager(tmp_path: Path, specs: tuple[DeviceSpec, ...], sink: list[Reading]) -> DeviceManager:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    dm = DeviceManager(sink.append, registry, specs, DriverContext(state_dir=tmp_path / "devices"))
+    dm.start_all()
+    return dm
+
+
+def states(seen: list[Reading], device_id: str, state: LinkState) -> list[DeviceStatus]:
+    return [r for r in seen if isinstance(r, DeviceStatus) and r.device_id == device_id and r.state is state]
+
+
+def test_a_cancellation_leaked_by_a_driver_library_is_its_failure_and_it_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Reading] = []
+    dm = manager(tmp_path, (spec("leaky-1", "test-leaky"), spec("quiet-1", "test-quiet")), seen)
+
+    async def go() -> float:
+        task = asyncio.create_task(dm.run())
+        await until(lambda: len(states(seen, "leaky-1", LinkState.ERROR)) >= 3, 10, "three failures of leaky-1")
+        dev_task = dm.tasks["leaky-1"]
+        assert not dev_task.done(), "the device's supervisor goes on"
+        assert not task.done()
+        t0 = time.monotonic()
+        task.cancel()  # the gateway stopping: a real cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert dev_task.cancelled()
+        return time.monotonic() - t0
+
+    with caplog.at_level(logging.ERROR, logger="gateway.supervisor"):
+        stop_s = asyncio.run(go())
+    sup = dm.supervisors["leaky-1"]
+    assert LeakyDriver.runs >= 3, "restarted after each failure"
+    assert sup.failures >= 3 and sup.bugs.count == sup.failures
+    assert dm.bugs() == sup.bugs.count, "counted in the daemon's bugs (devices)"
+    error = states(seen, "leaky-1", LinkState.ERROR)[0]
+    assert error.reason is not None and error.reason.startswith("driver failed: CancelledError")
+    assert error.counters["bugs"] >= 1 and error.counters["driver_restarts"] >= 1
+    bugs = [r for r in caplog.records if r.levelno == logging.ERROR and "device leaky-1: driver failed" in r.message]
+    assert len(bugs) == 1, "the first at ERROR, its repeats rate limited"
+    assert bugs[0].exc_info is not None, "with its traceback"
+    # the other device was never touched, and the stop is prompt
+    assert not states(seen, "quiet-1", LinkState.ERROR) and dm.supervisors["quiet-1"].failures == 0
+    assert stop_s < 0.5
+
+
+def test_a_cancellation_leaked_in_a_reconnector_session_is_a_bug_and_it_reconnects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Reading] = []
+    dm = manager(tmp_path, (spec("link-1", "test-leaky-link"),), seen)
+
+    async def go() -> tuple[Reconnector, float]:
+        task = asyncio.create_task(dm.run())
+        await until(lambda: len(states(seen, "link-1", LinkState.ERROR)) >= 3, 10, "three session failures")
+        driver = dm.drivers["link-1"]
+        assert isinstance(driver, LeakyLinkDriver)
+        t0 = time.monotonic()
+        await dm.stop_all()  # as the daemon's stop does
+        elapsed = time.monotonic() - t0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return driver.reconnector, elapsed
+
+    with caplog.at_level(logging.ERROR, logger="drivers.reconnect"):
+        rc, stop_s = asyncio.run(go())
+    sup = dm.supervisors["link-1"]
+    assert rc.connects >= 3 and rc.failures >= 3 and rc.bugs.count == rc.failures, "reconnected each time"
+    assert sup.failures == 0 and LeakyLinkDriver.runs == 1, "handled in the driver's own reconnector"
+    assert sup.bug_count() == rc.bugs.count
+    assert isinstance(rc.last_error, asyncio.CancelledError)
+    reason = states(seen, "link-1", LinkState.ERROR)[0].reason
+    assert reason is not None and reason.startswith("internal error: CancelledError")
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+    assert rc.state is ConnState.STOPPED and stop_s < 0.5
+
+
+def test_a_real_cancellation_stops_a_supervised_driver_promptly_and_is_no_failure(tmp_path: Path) -> None:
+    seen: list[Reading] = []
+    dm = manager(tmp_path, (spec("quiet-1", "test-quiet"),), seen)
+
+    async def go() -> float:
+        task = asyncio.create_task(dm.run())
+        await until(lambda: states(seen, "quiet-1", LinkState.CONNECTED), 5, "quiet-1 connected")
+        dev_task = dm.tasks["quiet-1"]
+        t0 = time.monotonic()
+        await cancel_and_wait(dev_task, limit_s=2.0)  # the device removed
+        elapsed = time.monotonic() - t0
+        assert dev_task.cancelled()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return elapsed
+
+    assert asyncio.run(go()) < 0.2
+    sup = dm.supervisors["quiet-1"]
+    assert sup.failures == 0 and sup.bugs.count == 0 and not states(seen, "quiet-1", LinkState.ERROR)
+
+
+def test_a_real_cancellation_of_a_reconnector_stops_it_without_a_failure() -> None:
+    async def go() -> Reconnector:
+        rc: Reconnector
+
+        async def session() -> None:
+            rc.mark_connected()
+            await asyncio.Event().wait()
+
+        rc = Reconnector("t", session, backoff=Backoff(base_s=0.01, cap_s=0.02))
+        task = asyncio.create_task(rc.run())
+        await until(lambda: rc.connects == 1, 5, "connected")
+        await cancel_and_wait(task, limit_s=1.0)
+        assert task.cancelled()
+        return rc
+
+    rc = asyncio.run(go())
+    assert rc.failures == 0 and rc.bugs.count == 0 and rc.state is ConnState.STOPPED
