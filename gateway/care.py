@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from drivers.base import ButtonPress, Measurement, Reading, UnknownDeviceKind, driver_class
+from drivers.reconnect import BugLog
 from gateway import messages
 from gateway.carestore import CareStore, CareStoreError
 from gateway.config import RulesSection
@@ -75,6 +76,7 @@ class CareDesk:
         self.engine = self._new_engine()
         self.sent = 0
         self.send_failures = 0
+        self.bugs = BugLog()  # failed ticks (gateway status: bugs.care)
         self.reminders: list[AlertEvent] = []  # the last few, for status/tail
         self._dirty = False  # the rest of the state changed (saved every minute, or soon after a transition)
         self._changed: set[str] = set()  # alert ids whose row is to be written
@@ -173,10 +175,16 @@ class CareDesk:
             self.save()
 
     async def run(self, status: Callable[[], tuple[float | None, float | None]]) -> None:
-        """Tick every ``tick_s``; ``status()`` gives (outbox fill 0..1, uplink down since)."""
+        """Tick every ``tick_s``; ``status()`` gives (outbox fill 0..1, uplink down since). Never raises:
+        the daemon's TaskGroup holds the SOS path. A failed tick is a bug of the care rules alone
+        (logged at ERROR with its traceback, rate limited, counted in ``bugs``); the next tick tries
+        again, while readings and SOS presses go on being committed and sent."""
         while True:
-            fill, down_since = status()
-            self.tick(outbox_fill=fill, uplink_down_since=down_since)
+            try:
+                fill, down_since = status()
+                self.tick(outbox_fill=fill, uplink_down_since=down_since)
+            except Exception as exc:  # noqa: BLE001 - the care rules never stop the daemon (docstring)
+                self.bugs.report(log, "care rules", exc, "tick failed")
             await asyncio.sleep(self.cfg.tick_s)
 
     # -- AlertDesk / RulesTarget -------------------------------------------------------------------

@@ -486,6 +486,7 @@ class Daemon:
             "downlink": downlink.bugs.count if isinstance(downlink, Downlink) else 0,
             "control": self.control.bugs.count if self.control is not None else 0,
             "summary": self.summary.bugs.count if self.summary is not None else 0,
+            "care": self.care.bugs.count if self.care is not None else 0,
         }
         counts["total"] = sum(counts.values())
         return counts
