@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.reconnect import BugLog
+
 log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -190,6 +192,10 @@ def wall_of_monotonic(t_mono: float) -> float:
     return time.time() - (time.monotonic() - t_mono)
 
 
+def _name_of(listener: Callable[..., object]) -> str:
+    return getattr(listener, "__qualname__", None) or repr(listener)
+
+
 # -- the core -------------------------------------------------------------------------------------
 
 
@@ -286,6 +292,7 @@ class Clock:
         self.verdict = SyncVerdict(False, "none")
         self.listeners: list[Callable[[ClockEvent], None]] = []
         self.corrections = 0  # corrections applied (outbox rewrites)
+        self.bugs = BugLog()  # failed samples and listeners (gateway status: bugs.clock)
         self.corrected_messages = 0
         self._eras: list[_Era] = []  # oldest first
         self._sampled_boot = -math.inf  # the boot clock at the last sample
@@ -319,7 +326,12 @@ class Clock:
             else:
                 log.warning("clock: no longer synchronised (%s)", self.verdict.source)
             for listener in self.listeners:
-                listener(ev)
+                # each on its own: one listener's bug neither stops the clock nor keeps the event from
+                # the others (the outbox's correction among them)
+                try:
+                    listener(ev)
+                except Exception as exc:  # noqa: BLE001 - a listener's bug is the listener's (docstring)
+                    self.bugs.report(log, "clock", exc, f"{ev.kind} listener {_name_of(listener)} failed")
         return events
 
     def stamp(self, captured_at: float, *, device_clock: bool = False) -> Stamp:
@@ -372,8 +384,14 @@ class Clock:
         return current, False
 
     async def run(self) -> None:
+        """Sample every ``interval_s`` until cancelled. Never raises: the daemon's TaskGroup holds the
+        SOS path. A failed sample (a reader's bug) is logged at ERROR with its traceback (rate limited),
+        counted in ``bugs``, and the next sample tries again."""
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception as exc:  # noqa: BLE001 - the clock never stops the daemon (docstring)
+                self.bugs.report(log, "clock", exc, "sample failed")
             await asyncio.sleep(self.interval_s)
 
     def status(self) -> dict[str, Any]:
@@ -417,6 +435,7 @@ class Timeline:
         self.wall = wall
         self.boot = boot
         self._last_save = -math.inf
+        self.bugs = BugLog()  # failed saves (gateway status: bugs.clock)
         now_wall, now_boot = wall(), boot()
         start = now_wall
         saved = self._load()
@@ -462,6 +481,11 @@ class Timeline:
         self._last_save = b
 
     async def run(self) -> None:
+        """Save every :data:`TIMELINE_SAVE_S` until cancelled. Never raises (a bug is logged at ERROR with
+        its traceback, rate limited, counted in ``bugs``, and the next check tries again)."""
         while True:
-            self.save()
+            try:
+                self.save()
+            except Exception as exc:  # noqa: BLE001 - the timeline never stops the daemon (docstring)
+                self.bugs.report(log, "clock", exc, "timeline save failed")
             await asyncio.sleep(TIMELINE_CHECK_S)

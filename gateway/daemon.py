@@ -487,6 +487,7 @@ class Daemon:
             "control": self.control.bugs.count if self.control is not None else 0,
             "summary": self.summary.bugs.count if self.summary is not None else 0,
             "care": self.care.bugs.count if self.care is not None else 0,
+            "clock": self.timebase.bugs.count + (self.timeline.bugs.count if self.timeline is not None else 0),
         }
         counts["total"] = sum(counts.values())
         return counts

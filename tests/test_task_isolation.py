@@ -21,13 +21,16 @@ from typing import Any
 
 import pytest
 
+import gateway.clock
 from drivers.reconnect import ConnState
+from gateway.clock import Clock, ClockEvent, SyncVerdict, Timeline
 from gateway.config import load_config
 from gateway.daemon import Daemon
 from gateway.rules import RuleEngine
+from gateway.summarydesk import SummaryDesk
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Collector, gateway_config, rfxtrx_device, until
+from tests.helpers import Collector, Hands, gateway_config, rfxtrx_device, until
 
 RULES = "\n[rules]\ntick_s = 0.1\n"
 
@@ -91,3 +94,95 @@ def test_a_bug_in_the_care_rules_tick_is_theirs_and_an_sos_is_still_sent(
     logged = errors(caplog, "care rules: tick failed: KeyError")
     assert len(logged) == 1, "the first at ERROR, its repeats rate limited"
     assert logged[0].exc_info is not None, "with its traceback"
+
+
+def test_a_bug_in_a_clock_listener_stops_neither_the_clock_nor_the_daemon(
+    tmp_path: Path,
+    broker: Mosquitto,
+    cloud: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = tmp_path / "rfx"
+    cfg = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link) + RULES)
+
+    def broken_correct(self: SummaryDesk, offset: float) -> None:
+        raise KeyError("held")  # daemon._clock_event -> summary.correct
+
+    monkeypatch.setattr(SummaryDesk, "correct", broken_correct)
+
+    async def go() -> tuple[dict[str, Any], list[str]]:
+        async with RfxtrxSimulator(link) as sim, running(cfg) as (daemon, task):
+            clock = daemon.timebase
+            heard: list[str] = []
+            clock.listeners.append(lambda ev: heard.append(ev.kind))  # a listener after the daemon's
+            verdict = [False]
+            clock.sync = lambda: SyncVerdict(verdict[0], "test")
+            await until(lambda: not clock.synchronised(), 5, "the clock unsynchronised")
+            verdict[0] = True  # time servers answer: a correcting event, the daemon's listener fails
+            await until(lambda: task.done() or clock.bugs.count >= 1, 5, "the listener's failure")
+            assert not task.done(), "the daemon carries on"
+            verdict[0] = False
+            await until(lambda: not clock.synchronised(), 5, "the clock still sampling")
+            verdict[0] = True
+            await until(lambda: clock.bugs.count >= 2, 5, "the second correcting event")
+            await sim.press(0xA1B2C3)
+            await until(lambda: sos_alerts(cloud), 20, "the SOS at the cloud")
+            assert not task.done()
+            return await daemon.status(), heard
+
+    with caplog.at_level(logging.ERROR):
+        status, heard = asyncio.run(go())
+    assert heard.count("synchronised") >= 2, "the other listener heard every event"
+    assert status["bugs"]["clock"] >= 2
+    logged = errors(caplog, "clock: synchronised listener Daemon._clock_event failed: KeyError")
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+def test_each_clock_listener_hears_the_event_whatever_another_one_does() -> None:
+    h = Hands()
+    clock = Clock(sync=h.sync, wall=h.wall, boot=h.boot, boot_id="b")
+    heard: list[str] = []
+
+    def broken(ev: ClockEvent) -> None:
+        raise AttributeError("no outbox yet")
+
+    clock.listeners += [broken, lambda ev: heard.append(ev.kind)]
+    clock.sample()
+    h.synced = True
+    events = clock.sample()  # raised out of sample() before: the clock task, then the daemon, ended
+    assert [ev.kind for ev in events] == ["synchronised"] and heard == ["synchronised"]
+    h.w += 30.0
+    clock.sample()
+    assert heard == ["synchronised", "step"] and clock.bugs.count == 2
+
+
+def test_the_clock_and_the_timeline_go_on_after_a_failed_sample_or_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Hands()
+    calls = {"sync": 0, "save": 0}
+
+    def broken_sync() -> SyncVerdict:
+        calls["sync"] += 1
+        raise ValueError("adjtimex said nonsense")
+
+    def broken_save(self: Timeline, *, force: bool = False) -> None:
+        calls["save"] += 1
+        raise TypeError("not JSON serializable")
+
+    clock = Clock(sync=broken_sync, wall=h.wall, boot=h.boot, boot_id="b", interval_s=0.01)
+    timeline = Timeline(tmp_path / "clock.json", boot_id="b", wall=h.wall, boot=h.boot)
+    monkeypatch.setattr(Timeline, "save", broken_save)
+    monkeypatch.setattr(gateway.clock, "TIMELINE_CHECK_S", 0.01)
+
+    async def go() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(clock.run()), tg.create_task(timeline.run())]
+            await until(lambda: calls["sync"] >= 3 and calls["save"] >= 3, 5, "several failed samples and saves")
+            assert not any(t.done() for t in tasks)
+            for t in tasks:
+                t.cancel()
+
+    asyncio.run(go())
+    assert clock.bugs.count >= 3 and timeline.bugs.count >= 3
