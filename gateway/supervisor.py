@@ -107,15 +107,17 @@ class DeviceSupervisor:
         counters = self.driver_counters()
         counters["bugs"] = self.bug_count()
         counters["driver_restarts"] = self.failures
-        self.sink(
-            DeviceStatus(
-                device_id=self.device_id,
-                captured_at=self.ctx.clock(),
-                state=LinkState.ERROR,
-                reason=reason,
-                counters=counters,
-            )
+        status = DeviceStatus(
+            device_id=self.device_id,
+            captured_at=self.ctx.clock(),
+            state=LinkState.ERROR,
+            reason=reason,
+            counters=counters,
         )
+        try:
+            self.sink(status)
+        except Exception as exc:  # noqa: BLE001 - raised here, it would end every device's TaskGroup
+            self.bugs.report(log, f"device {self.device_id}", exc, "error state not reported")
 
     def driver_counters(self) -> dict[str, int]:
         if self.driver is None:

@@ -229,3 +229,31 @@ def test_a_real_cancellation_of_a_reconnector_stops_it_without_a_failure() -> No
 
     rc = asyncio.run(go())
     assert rc.failures == 0 and rc.bugs.count == 0 and rc.state is ConnState.STOPPED
+
+
+def test_a_sink_that_fails_on_a_devices_error_state_stops_no_other_device(tmp_path: Path) -> None:
+    """The supervisor's own report of a failure: raised out of it, it ended the devices' TaskGroup, the
+    SOS receiver's supervisor with it, and then the daemon's."""
+    seen: list[Reading] = []
+
+    def sink(reading: Reading) -> None:
+        if isinstance(reading, DeviceStatus) and reading.state is LinkState.ERROR:
+            raise ValueError("the state message cannot be built")
+        seen.append(reading)
+
+    registry = Registry(tmp_path / "registry.sqlite3")
+    specs = (spec("leaky-1", "test-leaky"), spec("quiet-1", "test-quiet"))
+    dm = DeviceManager(sink, registry, specs, DriverContext(state_dir=tmp_path / "devices"))
+    dm.start_all()
+
+    async def go() -> None:
+        task = asyncio.create_task(dm.run())
+        await until(lambda: task.done() or LeakyDriver.runs >= 3, 10, "leaky-1 restarted twice")
+        assert not task.done() and not dm.tasks["quiet-1"].done(), "the other device goes on"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    sup = dm.supervisors["leaky-1"]
+    assert sup.failures >= 2 and sup.bugs.count == 2 * sup.failures, "the failure and the lost report counted"
