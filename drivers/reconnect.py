@@ -186,7 +186,12 @@ class Reconnector:
     def set_state(self, state: ConnState, error: BaseException | None = None) -> None:
         self.state = state
         if self._on_state is not None:
-            self._on_state(state, error)
+            # A bug in reporting the state (building a device's state message) is the report's: raised
+            # here, outside the session, it would end the reconnect loop (the uplink, the SMS modem).
+            try:
+                self._on_state(state, error)
+            except Exception as exc:  # noqa: BLE001 - the link goes on (comment above)
+                self.bugs.report(log, self.name, exc, f"{state.value} state not reported")
 
     def mark_connected(self) -> None:
         """Called by the session once the link is really up (port open, MQTT CONNACK...)."""

@@ -20,7 +20,17 @@ import pytest
 
 import gateway.supervisor
 from drivers.aio import cancel_and_wait
-from drivers.base import DRIVERS, DeviceSpec, DeviceStatus, Driver, DriverContext, LinkState, Reading, ReadingSink
+from drivers.base import (
+    DRIVERS,
+    DeviceSpec,
+    DeviceStatus,
+    Driver,
+    DriverContext,
+    LinkState,
+    Reading,
+    ReadingSink,
+    TransientDeviceError,
+)
 from drivers.options import DriverOptions
 from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 from gateway.devices import DeviceManager
@@ -257,3 +267,30 @@ def test_a_sink_that_fails_on_a_devices_error_state_stops_no_other_device(tmp_pa
     asyncio.run(go())
     sup = dm.supervisors["leaky-1"]
     assert sup.failures >= 2 and sup.bugs.count == 2 * sup.failures, "the failure and the lost report counted"
+
+
+def test_a_state_callback_that_fails_does_not_end_the_reconnect_loop() -> None:
+    """The uplink and the SMS modem are a Reconnector each, with nobody above them but the daemon's
+    TaskGroup: a bug in reporting a state (outside the session) ended the loop, and the daemon."""
+
+    async def go() -> Reconnector:
+        rc: Reconnector
+
+        def on_state(state: ConnState, error: BaseException | None) -> None:
+            raise RuntimeError(f"cannot report {state.value}")
+
+        async def session() -> None:
+            rc.mark_connected()
+            raise TransientDeviceError("link dropped")
+
+        rc = Reconnector("t", session, backoff=Backoff(base_s=0.01, cap_s=0.02), on_state=on_state)
+        task = asyncio.create_task(rc.run())
+        await until(lambda: task.done() or rc.connects >= 3, 5, "three connections")
+        assert not task.done(), "the loop goes on"
+        await cancel_and_wait(task, limit_s=1.0)
+        assert task.cancelled()
+        return rc
+
+    rc = asyncio.run(go())
+    assert rc.failures >= 3 and rc.state is ConnState.STOPPED
+    assert rc.bugs.count >= 3 * rc.connects, "connecting, connected and backoff reports, each counted"
