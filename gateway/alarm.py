@@ -907,6 +907,11 @@ class SmsFallback:
         self.counters["reports_sent"] += 1
         self.policy.dirty.add(case.alert_id)
 
+    def bug_count(self) -> int:
+        """Bugs of the fallback (a template that failed at a press) and of its modem's link."""
+        modem = self.modem.reconnector.bugs.count if isinstance(self.modem, Modem) else 0
+        return self.bugs.count + modem
+
     def _store_failed(self, exc: Exception, then: str, verb: str = "written") -> None:
         """A storage failure: counted, WARNING the first time (DEBUG while it lasts); ``then``, what
         follows, names the device or the alert, never a phone number or the text."""
