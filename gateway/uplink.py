@@ -11,18 +11,23 @@
   drained. Lanes are served alert > observation > device state > bulk; state and bulk keep a small
   share of the window so they are never starved.
 - A message is deleted from the outbox only when its PUBACK arrives (with a success reason code).
+  One the broker refuses in its PUBACK (MQTT 5 reason code >= 0x80) is sent again on the same
+  connection after a backoff (:class:`Refusals`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -47,6 +52,13 @@ CONNECT_TIMEOUT_S = 20.0
 # The largest packet the broker may send us (MQTT 5): a command (MAX_COMMAND_BYTES) with its topic,
 # properties and header, with room to spare; the broker drops larger ones for this client.
 MAX_INCOMING_PACKET = 4 * MAX_COMMAND_BYTES
+# A message refused in its PUBACK goes again on the same connection after a wait drawn from
+# [ceiling/2, ceiling], the ceiling doubling from RETRY_BASE_S to RETRY_CAP_S (see Refusals).
+RETRY_BASE_S = 2.0
+RETRY_CAP_S = 60.0
+# After this many refusals in a row (its wait is at the cap by then, about 1 to 2 minutes in), a
+# refused message no longer holds back the new messages of its lane or device (see Refusals).
+RETRY_GIVE_WAY_AFTER = 6
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -73,6 +85,117 @@ class MaterialError(UplinkError, DeviceConfigError):
     """The TLS key, certificates or password file cannot be loaded: the uplink is in ``error`` and
     tries again every ``config_retry_s`` (a fixed file is picked up), while the rest of the gateway,
     the SMS fallback of SOS above all, carries on."""
+
+
+RefusalKey = tuple[Lane, str]
+
+
+def refusal_key(msg: StoredMessage) -> RefusalKey:
+    """What a refusal holds back: the lane, or for observations (fetched per device) the device."""
+    return (msg.lane, msg.device_id if msg.lane is Lane.OBSERVATION else "")
+
+
+@dataclass
+class KeyRefusals:
+    seqs: set[int] = field(default_factory=set)  # refused on this connection and not accepted since
+    waiting: set[int] = field(default_factory=set)  # of those, the ones not sent again yet
+    attempt: int = 0  # refusals in a row (a retry round refused counts once)
+    due: float = 0.0  # time.monotonic() when the waiting ones go again
+
+
+class Refusals:
+    """The messages the broker refused in a PUBACK on this connection, until it accepts them.
+
+    Every failure reason code is retried, with backoff: the transient ones (0x97 quota exceeded, 0x89
+    server busy, 0x80 unspecified, 0x83 implementation specific) pass, and the lasting ones (0x87 not
+    authorized, an ACL) end when someone fixes the broker's configuration, which then takes the message
+    without the gateway having to reconnect. The outbox keeps a refused message anyway; a retry a
+    minute costs the broker little. Without this the per-connection cursor had moved past it, and it
+    went again only after a reconnect, days later maybe: an SOS too.
+
+    Per key (:func:`refusal_key`) one backoff: the first refusal waits 1-2 s, each retry round refused
+    doubles the ceiling up to :data:`RETRY_CAP_S`; a refusal while others wait joins their round. A
+    refused message that the broker then accepts restarts the backoff and sends the others at once.
+
+    While a key has refused messages it takes no new ones (:meth:`holds_back`), so a broker that refuses
+    everything is not sent the whole backlog, only a window of retries per backoff period. Two
+    exceptions: alerts (a new alert always goes at once; the waiting ones keep their slots in the alert
+    lane's room, which bounds them), and a key whose backoff has reached the cap
+    (:data:`RETRY_GIVE_WAY_AFTER` rounds) with fewer than ``hold_max`` refused: a message refused for
+    good delays its lane or device by a minute or two, it does not stop it.
+    """
+
+    def __init__(self, hold_max: int, rng: random.Random | None = None) -> None:
+        self.hold_max = max(1, hold_max)
+        self.rng = rng or random.Random()
+        self.keys: dict[RefusalKey, KeyRefusals] = {}
+
+    def refused(self, msg: StoredMessage, now: float) -> float:
+        """``msg`` refused at ``now``; returns the seconds until it goes again."""
+        st = self.keys.setdefault(refusal_key(msg), KeyRefusals())
+        st.seqs.add(msg.seq)
+        st.waiting.add(msg.seq)
+        if st.due > now:
+            return st.due - now  # its key's round is scheduled already: it joins it
+        st.attempt += 1
+        ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** min(st.attempt - 1, 30))
+        wait = self.rng.uniform(ceiling / 2, ceiling)
+        st.due = now + wait
+        return wait
+
+    def accepted(self, msg: StoredMessage, now: float) -> bool:
+        """``msg`` accepted; True when it had been refused."""
+        key = refusal_key(msg)
+        st = self.keys.get(key)
+        if st is None or msg.seq not in st.seqs:
+            return False
+        st.seqs.discard(msg.seq)
+        st.waiting.discard(msg.seq)
+        if st.seqs:
+            st.attempt, st.due = 0, now  # the broker takes them again: the waiting ones go now
+        else:
+            del self.keys[key]
+        return True
+
+    def due(self, lane: Lane, now: float) -> list[tuple[RefusalKey, list[int]]]:
+        """The keys of ``lane`` whose round is due, with their waiting seqs, oldest first."""
+        return sorted(
+            (
+                (key, sorted(st.waiting))
+                for key, st in self.keys.items()
+                if key[0] is lane and st.waiting and st.due <= now
+            ),
+            key=lambda item: item[1][0],
+        )
+
+    def taken(self, key: RefusalKey, seqs: Iterable[int]) -> None:
+        """``seqs`` are sent again (or are no longer stored): no longer waiting."""
+        st = self.keys.get(key)
+        if st is not None:
+            st.waiting.difference_update(seqs)
+
+    def forget(self, key: RefusalKey, seqs: Iterable[int]) -> None:
+        """``seqs`` are no longer in the outbox (evicted while they waited): nothing to retry."""
+        st = self.keys.get(key)
+        if st is not None:
+            st.seqs.difference_update(seqs)
+            st.waiting.difference_update(seqs)
+            if not st.seqs:
+                del self.keys[key]
+
+    def holds_back(self, key: RefusalKey) -> bool:
+        """``key`` takes no new messages now."""
+        st = self.keys.get(key)
+        if st is None or key[0] is Lane.ALERT:
+            return False
+        return st.attempt < RETRY_GIVE_WAY_AFTER or len(st.seqs) >= self.hold_max
+
+    def waiting_in(self, lane: Lane) -> int:
+        return sum(len(st.waiting) for key, st in self.keys.items() if key[0] is lane)
+
+    def next_due(self, now: float) -> float | None:
+        """When the next round of waiting messages is due after ``now``, or None."""
+        return min((st.due for st in self.keys.values() if st.waiting and st.due > now), default=None)
 
 
 def load_material(cfg: UplinkSection) -> tuple[str | None, ssl.SSLContext | None]:
@@ -134,6 +257,8 @@ class Uplink:
         self.published = 0
         self.acked = 0
         self.rejected = 0
+        # Reason codes already logged at WARNING per topic refused (repeats go to DEBUG), until accepted.
+        self._refusing: dict[str, set[int]] = {}
         # time.monotonic() when the connection was made, and when it went down (None while connected):
         # for durations, and for the status's times (clock.wall_of_monotonic), which a step never moves
         self.connected_since: float | None = None
@@ -224,6 +349,7 @@ class Uplink:
         gone: asyncio.Future[str] = loop.create_future()
         inflight: dict[int, StoredMessage] = {}
         lane_inflight = [0, 0, 0, 0]
+        refusals = Refusals(hold_max=self.min_share)
         fds: dict[str, int] = {}
 
         loop_thread = threading.get_ident()
@@ -268,10 +394,25 @@ class Uplink:
                 return  # birth/status
             lane_inflight[msg.lane] -= 1
             if rc.is_failure:
-                # The broker refused this message (ACL...): keep it, retry next session, and say so.
+                # The broker refused this message (ACL, quota...): it stays in the outbox and goes again
+                # on this connection after a backoff (Refusals says why every reason code is retried).
                 self.rejected += 1
-                log.warning("uplink: broker refused seq %d on %s: %s", msg.seq, msg.topic, rc)
+                wait = refusals.refused(msg, time.monotonic())
+                codes = self._refusing.setdefault(msg.topic, set())
+                log.log(
+                    logging.DEBUG if rc.value in codes else logging.WARNING,
+                    "uplink: broker refused seq %d on %s: %s (0x%02x), sending it again in %.0f s",
+                    msg.seq,
+                    msg.topic,
+                    rc,
+                    rc.value,
+                    wait,
+                )
+                codes.add(rc.value)
             else:
+                if refusals.accepted(msg, time.monotonic()) and msg.topic in self._refusing:
+                    del self._refusing[msg.topic]  # a new refusal is worth a warning again
+                    log.info("uplink: broker accepted seq %d on %s after refusing it", msg.seq, msg.topic)
                 self.acked += 1
                 self.outbox.ack((msg.seq,))
                 if msg.lane is Lane.ALERT:
@@ -340,7 +481,7 @@ class Uplink:
             log.info(
                 "uplink: connected to %s:%d (TLS %s)", self.cfg.host, self.cfg.port, "on" if self.cfg.tls else "off"
             )
-            await self._pump(client, gone, inflight, lane_inflight)
+            await self._pump(client, gone, inflight, lane_inflight, refusals)
         finally:
             if misc is not None:
                 misc.cancel()
@@ -375,6 +516,7 @@ class Uplink:
         gone: asyncio.Future[str],
         inflight: dict[int, StoredMessage],
         lane_inflight: list[int],
+        refusals: Refusals,
     ) -> None:
         cursor = [0, 0, 0, 0]  # highest seq fetched per lane in this session
         exhausted = [False, False, False, False]  # nothing more in the lane at the last look
@@ -402,17 +544,58 @@ class Uplink:
                 self.outbox.note_sent(msg)
                 inflight[info.mid] = msg
                 lane_inflight[lane] += 1
-                cursor[lane] = msg.seq
+                cursor[lane] = max(cursor[lane], msg.seq)  # a retry is behind it
             self.published += len(rows)
 
         def all_in_flight(lane: Lane) -> bool:
-            """Every message stored in ``lane`` is in flight (or there is none): nothing to fetch, and
-            no round trip to the outbox's thread to learn it (most commits add to one lane only)."""
-            if self.outbox.depth[lane] <= lane_inflight[lane]:
+            """Every message stored in ``lane`` is in flight or waits to be sent again after a refusal
+            (or there is none): nothing to fetch, and no round trip to the outbox's thread to learn it
+            (most commits add to one lane only)."""
+            if self.outbox.depth[lane] <= lane_inflight[lane] + refusals.waiting_in(lane):
                 exhausted[lane] = True
             return exhausted[lane]
 
+        async def retry(lane: Lane, room: int) -> int:
+            """Send again, up to ``room``, the refused messages of ``lane`` whose backoff is over: read
+            from the outbox again (a time correction may have rewritten them, an eviction removed them).
+            Returns how many were sent."""
+            sent = 0
+            for key, seqs in refusals.due(lane, time.monotonic()):
+                if sent >= room or gone.done():
+                    break
+                seqs = seqs[: room - sent]
+                refusals.taken(key, seqs)
+                # Every stored message of the key between the two is fetched: the refused ones, those
+                # in flight or acked since (a window's worth at most).
+                lo, hi = seqs[0], seqs[-1]
+                if lane is Lane.OBSERVATION:
+                    rows = await self.outbox.fetch_device(lane, key[1], lo - 1, hi - lo + 1)
+                else:
+                    rows = await self.outbox.fetch(lane, lo - 1, hi - lo + 1)
+                wanted = set(seqs)
+                rows = [r for r in rows if r.seq in wanted]
+                refusals.forget(key, wanted - {r.seq for r in rows})
+                if gone.done():
+                    break
+                send(rows, lane)
+                sent += len(rows)
+            return sent
+
+        def retry_ready() -> bool:
+            """A refused message is due and its lane has room (then the next pass sends one)."""
+            now = time.monotonic()
+            return any(
+                refusals.due(lane, now)
+                and (self.window + (ALERT_RESERVE if lane is Lane.ALERT else 0) - len(inflight)) > 0
+                for lane in Lane
+            )
+
         async def take(lane: Lane, room: int) -> None:
+            room -= await retry(lane, room)
+            if lane is Lane.ALERT:
+                room -= refusals.waiting_in(lane)  # their slots are kept for their retry
+            elif refusals.holds_back((lane, "")):
+                return
             if room <= 0 or all_in_flight(lane):
                 return
             rows = await self.outbox.fetch(lane, cursor[lane], room)
@@ -424,11 +607,16 @@ class Uplink:
             """Observations: round-robin over devices, FIFO within each device. A device's live readings
             wait only for its own backlog, never for another device's."""
             lane = Lane.OBSERVATION
+            room -= await retry(lane, room)
             if room <= 0 or all_in_flight(lane):
                 return
             devices = [d for d in self.outbox.pending_devices(lane) if d not in dev_exhausted]
             if not devices:
                 exhausted[lane] = True
+                return
+            # A device whose refused readings wait is not exhausted: it takes more once they go.
+            devices = [d for d in devices if not refusals.holds_back((lane, d))]
+            if not devices:
                 return
             rotation[0] = (rotation[0] + 1) % len(devices)
             devices = devices[rotation[0] :] + devices[: rotation[0]]
@@ -474,7 +662,8 @@ class Uplink:
             for lane in (Lane.STATE, Lane.BULK):
                 await take(lane, self.window - len(inflight))
 
-            # Sleep until a commit, a disconnect, or enough acks to be worth a refill.
+            # Sleep until a commit, a disconnect, enough acks to be worth a refill, or a refused
+            # message's backoff is over.
             while True:
                 if self._wake.is_set() and (
                     self._new_data
@@ -485,8 +674,17 @@ class Uplink:
                     or not inflight
                 ):
                     break
+                if retry_ready():
+                    break
                 self._wake.clear()
-                await self._wake.wait()
+                now = time.monotonic()
+                due = refusals.next_due(now)
+                if due is None:
+                    await self._wake.wait()  # (a refused message due but without room waits for an ack)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(due - now):
+                            await self._wake.wait()
 
 
 async def _loop_misc(client: mqtt.Client, gone: asyncio.Future[str]) -> None:
