@@ -488,6 +488,7 @@ class Daemon:
             "summary": self.summary.bugs.count if self.summary is not None else 0,
             "care": self.care.bugs.count if self.care is not None else 0,
             "clock": self.timebase.bugs.count + (self.timeline.bugs.count if self.timeline is not None else 0),
+            "outbox": self.outbox.bugs.count if self.outbox is not None else 0,
             "uplink": self.uplink.reconnector.bugs.count if self.uplink is not None else 0,
             "alarm": self.alarm.bug_count() if self.alarm is not None else 0,
         }

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from drivers.reconnect import BugLog
 from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
 
@@ -199,6 +200,7 @@ class Outbox:
         self._disk_checked = -DISK_CHECK_S  # time.monotonic() of the last look
         self._retry: asyncio.TimerHandle | None = None  # the next try of alerts whose commit failed
         self._failing = False  # the last commit failed (its repeats are logged at DEBUG)
+        self.bugs = BugLog()  # errors nobody declared possible (gateway status: bugs.outbox)
         self.commit_interval_s = commit_interval_ms / 1000.0
         self.clock = clock
         self.max_evicted_ranges = max_evicted_ranges
@@ -523,7 +525,11 @@ class Outbox:
                         await self._urgent.wait()
                 except TimeoutError:
                     pass
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception as exc:  # noqa: BLE001 - the committer never stops (the SOS path): a bug, counted
+                self.bugs.report(log, "outbox", exc, "flush failed")
+                await asyncio.sleep(COMMIT_RETRY_S)  # not a tight loop should it repeat
 
     async def _flush(self) -> None:
         if self._ack_timer is not None:
@@ -555,8 +561,11 @@ class Outbox:
                 # Released the reserve and stopped growing: the same commit once more, at once.
                 await self._call(self._on_disk_full)
                 seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
-        except OutboxError as exc:
-            # The store failed (disk full, I/O error): these messages are NOT accepted, except the
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end the committer, nor the daemon
+            if not isinstance(exc, OutboxError):
+                self.bugs.report(log, "outbox", exc, "commit failed")
+                exc = OutboxError(f"{self.path}: commit failed: internal error: {type(exc).__name__}")
+            # The store failed (disk full, I/O error, a bug): these messages are NOT accepted, except the
             # alerts, kept here and tried again every COMMIT_RETRY_S (their future waits). The other
             # submitters learn it through the future; acked seqs are retried with the next commit.
             self._acked = acked + self._acked

@@ -137,3 +137,40 @@ def test_an_alert_the_store_refuses_waits_in_memory_until_it_is_stored(tmp_path:
     committed, refused, seq, alerts = asyncio.run(go())
     assert refused >= 1 and committed + refused == 50, "observations are refused (their submitters learn it)"
     assert alerts == [1, seq], "the alert is on disk once the store takes it"
+
+
+def test_a_bug_in_a_commit_costs_that_commit_never_the_committer_nor_the_alert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault nobody declared (here a KeyError injected into the commit) is counted; the alert of that
+    commit is tried again and stored, and the committer goes on with the next messages."""
+    real = Outbox._commit
+    faults = [KeyError("injected")]
+
+    def commit(self: Outbox, *args: object) -> object:
+        if faults:
+            raise faults.pop()
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Outbox, "_commit", commit)
+
+    async def go() -> tuple[tuple[int, int], int, int, list[int], int]:
+        async with Outbox(tmp_path / "outbox.sqlite3", reserve_bytes=64 * 1024) as ob:
+            runner = asyncio.create_task(ob.run())
+            try:
+                first = [ob.submit(msg(Lane.OBSERVATION, i)) for i in range(5)]
+                sos = ob.submit(msg(Lane.ALERT, 100))
+                refused = await settle(first)
+                async with asyncio.timeout(5 * outbox_mod.COMMIT_RETRY_S):
+                    seq = await sos
+                later = await ob.put(msg(Lane.OBSERVATION, 200))
+                alerts = [m.seq for m in await ob.fetch(Lane.ALERT, 0, 10)]
+                return refused, seq, later, alerts, ob.bugs.count
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    refused, seq, later, alerts, bugs = asyncio.run(go())
+    assert refused == (0, 5), "the observations of the failed commit are refused (their submitters learn it)"
+    assert alerts == [seq] and later > seq, "the alert is stored on the retry, and commits go on"
+    assert bugs == 1
