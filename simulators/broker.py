@@ -60,6 +60,7 @@ class Mosquitto:
         persistence: bool = False,
         users: dict[str, str] | None = None,
         die_with_parent: bool = False,
+        acl: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.die_with_parent = die_with_parent  # the demo's broker ends with the demo, however it ends
@@ -71,6 +72,7 @@ class Mosquitto:
         # persistent subscriber (the "cloud") misses nothing across a broker restart.
         self.persistence = persistence
         self.users = users  # username -> password: anonymous access off
+        self.acl = acl  # the text of an acl_file (topic read/write rules); set_acl() rewrites and reloads it
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_mosquitto()
 
@@ -102,6 +104,9 @@ class Mosquitto:
             for user, password in self.users.items():
                 subprocess.run([tool, "-b", str(pwfile), user, password], check=True, capture_output=True)
             lines.append(f"password_file {pwfile}")
+        if self.acl is not None:
+            self.acl_path.write_text(self.acl)
+            lines.append(f"acl_file {self.acl_path}")
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.ca}",
@@ -110,6 +115,17 @@ class Mosquitto:
                 f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
             ]
         self.conf_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def acl_path(self) -> Path:
+        return self.workdir / "acl"
+
+    def set_acl(self, acl: str) -> None:
+        """Rewrite the ACL and have the running broker reload it (SIGHUP: clients stay connected)."""
+        assert self.proc is not None and self.acl is not None, "a broker started with an acl"
+        self.acl = acl
+        self.acl_path.write_text(acl)
+        self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

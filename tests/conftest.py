@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from simulators.broker import Mosquitto
-from simulators.viewer import Viewer
-from tests.helpers import Collector
+from tests.helpers import Collector, contract_cloud
 
 
 @pytest.fixture
@@ -26,12 +25,5 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def cloud(broker: Mosquitto) -> Iterator[Collector]:
     """The cloud side: a QoS 1 subscriber to homecare/v1/# that checks every message against the
     contract's JSON Schemas. Tests that restart the broker reconnect it with ``reconnect()``."""
-    viewer = Viewer("127.0.0.1", broker.port, session_id=f"cloud-{broker.port}")
-    viewer.client.reconnect_delay_set(0.05, 0.5)
-    viewer.start()
-    collector = Collector(viewer)
-    try:
+    with contract_cloud(broker.port) as collector:
         yield collector
-    finally:
-        viewer.stop()
-        assert not viewer.invalid, f"messages broke the contract: {viewer.invalid[:5]}"

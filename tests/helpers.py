@@ -13,14 +13,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers.reconnect import ConnState
 from gateway.clock import Clock, boottime, read_boot_id
+from gateway.config import load_config
+from gateway.daemon import Daemon
 from gateway.outbox import Lane, NewMessage, Outbox
 from simulators.viewer import Viewer
 
@@ -118,6 +121,42 @@ class Collector:
             elif time.monotonic() - last > stall_s:
                 raise AssertionError(f"no message for {stall_s} s while waiting for {what} ({seen} received)")
             time.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def daemon_in_process(
+    cfg_path: Path, clock: Callable[[], float] | None = None
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
+    """gatewayd's Daemon on this event loop (for tests that reach into it), until its uplink is
+    connected; stopped in order at the end (within 15 s). Yields the daemon and its task."""
+    daemon = Daemon(load_config(cfg_path), clock=clock or time.time)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await until(
+            lambda: task.done() or (daemon.uplink is not None and daemon.uplink.state is ConnState.CONNECTED),
+            what="gateway connected",
+        )
+        if task.done():
+            task.result()
+        yield daemon, task
+    finally:
+        daemon.request_stop()
+        async with asyncio.timeout(15):
+            await task
+
+
+@contextlib.contextmanager
+def contract_cloud(port: int) -> Iterator[Collector]:
+    """The cloud side on the broker at ``port``: a QoS 1 subscriber to homecare/v1/# checking every
+    message against the contract's JSON Schemas (asserted at the end)."""
+    viewer = Viewer("127.0.0.1", port, session_id=f"cloud-{port}")
+    viewer.client.reconnect_delay_set(0.05, 0.5)
+    viewer.start()
+    try:
+        yield Collector(viewer)
+    finally:
+        viewer.stop()
+        assert not viewer.invalid, f"messages broke the contract: {viewer.invalid[:5]}"
 
 
 class Hands:

@@ -25,7 +25,7 @@ from gateway.daemon import Daemon
 from simulators.broker import Mosquitto
 from simulators.cms50_sim import Cms50Simulator
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Collector, gateway_config, rfxtrx_device, until
+from tests.helpers import Collector, daemon_in_process, gateway_config, rfxtrx_device, until
 
 
 class Clock:
@@ -40,20 +40,8 @@ class Clock:
 
 @contextlib.asynccontextmanager
 async def running(cfg_path: Path, clock: Clock | None = None) -> AsyncIterator[Daemon]:
-    daemon = Daemon(load_config(cfg_path), clock=clock or time.time)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await until(
-            lambda: task.done() or (daemon.uplink is not None and daemon.uplink.state is ConnState.CONNECTED),
-            what="gateway connected",
-        )
-        if task.done():
-            task.result()
+    async with daemon_in_process(cfg_path, clock) as (daemon, _task):
         yield daemon
-    finally:
-        daemon.request_stop()
-        async with asyncio.timeout(15):
-            await task
 
 
 def oximeter(link: Path) -> str:

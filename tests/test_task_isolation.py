@@ -13,44 +13,21 @@ receiver on a pty; the fault is injected into the real part.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import gateway.clock
-from drivers.reconnect import ConnState
 from gateway.clock import Clock, ClockEvent, SyncVerdict, Timeline
-from gateway.config import load_config
-from gateway.daemon import Daemon
 from gateway.rules import RuleEngine
 from gateway.summarydesk import SummaryDesk
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Collector, Hands, gateway_config, rfxtrx_device, until
+from tests.helpers import Collector, Hands, daemon_in_process, gateway_config, rfxtrx_device, until
 
 RULES = "\n[rules]\ntick_s = 0.1\n"
-
-
-@contextlib.asynccontextmanager
-async def running(cfg_path: Path) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
-    daemon = Daemon(load_config(cfg_path))
-    task = asyncio.create_task(daemon.run())
-    try:
-        await until(
-            lambda: task.done() or (daemon.uplink is not None and daemon.uplink.state is ConnState.CONNECTED),
-            what="gateway connected",
-        )
-        if task.done():
-            task.result()
-        yield daemon, task
-    finally:
-        daemon.request_stop()
-        async with asyncio.timeout(15):
-            await task
 
 
 def sos_alerts(cloud: Collector) -> list[dict[str, Any]]:
@@ -77,7 +54,7 @@ def test_a_bug_in_the_care_rules_tick_is_theirs_and_an_sos_is_still_sent(
     monkeypatch.setattr(RuleEngine, "tick", broken_tick)
 
     async def go() -> dict[str, Any]:
-        async with RfxtrxSimulator(link) as sim, running(cfg) as (daemon, task):
+        async with RfxtrxSimulator(link) as sim, daemon_in_process(cfg) as (daemon, task):
             care = daemon.care
             assert care is not None
             await until(lambda: task.done() or care.bugs.count >= 5, 10, "several failed ticks")
@@ -112,7 +89,7 @@ def test_a_bug_in_a_clock_listener_stops_neither_the_clock_nor_the_daemon(
     monkeypatch.setattr(SummaryDesk, "correct", broken_correct)
 
     async def go() -> tuple[dict[str, Any], list[str]]:
-        async with RfxtrxSimulator(link) as sim, running(cfg) as (daemon, task):
+        async with RfxtrxSimulator(link) as sim, daemon_in_process(cfg) as (daemon, task):
             clock = daemon.timebase
             heard: list[str] = []
             clock.listeners.append(lambda ev: heard.append(ev.kind))  # a listener after the daemon's

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from drivers.reconnect import ConnState
 from gateway import uplink
 from gateway.outbox import Lane, StoredMessage
 from simulators.broker import Mosquitto
-from simulators.viewer import Viewer
-from tests.helpers import Collector, until
+from tests.helpers import Collector, contract_cloud, until
 from tests.test_uplink import GW, gateway, hr, plain
 
 BASE = f"homecare/v1/{GW}"
@@ -31,30 +29,9 @@ ACL_DENYING = f"topic read homecare/v1/#\ntopic write {BASE}/status\ntopic write
 ACL_ALLOWING = f"topic read homecare/v1/#\ntopic write {BASE}/#\n"
 
 
-class AclMosquitto(Mosquitto):
-    """The real broker with an ACL file, which :meth:`set_acl` rewrites and reloads (SIGHUP)."""
-
-    def __init__(self, acl: str, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.acl_path = self.workdir / "acl"
-        self.acl = acl
-
-    def _write_conf(self) -> None:
-        super()._write_conf()
-        self.acl_path.write_text(self.acl)
-        with self.conf_path.open("a") as f:
-            f.write(f"acl_file {self.acl_path}\n")
-
-    def set_acl(self, acl: str) -> None:
-        assert self.proc is not None
-        self.acl = acl
-        self.acl_path.write_text(acl)
-        self.proc.send_signal(signal.SIGHUP)
-
-
 @pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[AclMosquitto]:
-    b = AclMosquitto(ACL_DENYING, workdir=tmp_path / "aclbroker")
+def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(workdir=tmp_path / "aclbroker", acl=ACL_DENYING)
     b.start()
     try:
         yield b
@@ -63,19 +40,13 @@ def acl_broker(tmp_path: Path) -> Iterator[AclMosquitto]:
 
 
 @pytest.fixture
-def acl_cloud(acl_broker: AclMosquitto) -> Iterator[Collector]:
-    viewer = Viewer("127.0.0.1", acl_broker.port, session_id=f"cloud-{acl_broker.port}")
-    viewer.start()
-    collector = Collector(viewer)
-    try:
+def acl_cloud(acl_broker: Mosquitto) -> Iterator[Collector]:
+    with contract_cloud(acl_broker.port) as collector:
         yield collector
-    finally:
-        viewer.stop()
-        assert not viewer.invalid, f"messages broke the contract: {viewer.invalid[:5]}"
 
 
 def test_a_refused_alert_is_sent_again_on_the_same_connection(
-    tmp_path: Path, acl_broker: AclMosquitto, acl_cloud: Collector
+    tmp_path: Path, acl_broker: Mosquitto, acl_cloud: Collector
 ) -> None:
     """The audit's bug: the refused alert stayed in the outbox, the per-connection cursor past it, so it
     went again only after a reconnect (days away, maybe). Now it goes again on this connection; the
