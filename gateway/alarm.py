@@ -785,7 +785,7 @@ class SmsFallback:
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.modem.run(), name="sms modem")
+                tg.create_task(self._modem_supervised(), name="sms modem")
                 tg.create_task(self._supervised(), name="sms fallback")
         finally:
             self._save(force=True)
@@ -799,9 +799,22 @@ class SmsFallback:
         while True:
             try:
                 await self._loop()
-            except Exception:  # isolation of the SOS primary path, logged with its traceback
-                log.exception("sms fallback: failed; starting again in %g s", RESTART_S)
+            except Exception as exc:  # noqa: BLE001 - isolation of the SOS primary path: a bug, counted
+                self.bugs.report(log, "sms fallback", exc, f"failed; starting again in {RESTART_S:g} s")
                 self.policy.interrupt(self.clock())
+                await asyncio.sleep(RESTART_S)
+
+    async def _modem_supervised(self) -> None:
+        """The modem's link (its reconnector classifies and retries every failure of a session) under
+        the same guard: a bug in the link itself (its backoff, its state reports) must end neither the
+        fallback nor the daemon; it is counted and the link starts again after ``RESTART_S``."""
+        while True:
+            try:
+                await self.modem.run()
+                raise RuntimeError("the modem's link ended by itself")  # it never should
+            except Exception as exc:  # noqa: BLE001 - the second path keeps its modem: a bug, counted
+                what = f"its modem's link failed; starting again in {RESTART_S:g} s"
+                self.bugs.report(log, "sms fallback", exc, what)
                 await asyncio.sleep(RESTART_S)
 
     async def _loop(self) -> None:

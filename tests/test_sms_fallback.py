@@ -555,3 +555,43 @@ def test_a_full_disk_under_the_record_does_not_hold_the_sos_sms_back(
     above_debug = "\n".join(r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG)
     assert CC not in above_debug and G1 not in above_debug and "pressed the emergency button" not in above_debug
     assert any("written again" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+
+
+def test_a_bug_in_the_modem_link_is_counted_and_the_link_started_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The modem's link ran as a bare task beside the fallback's supervised loop: a bug in the link itself
+    (here its failure report raising once, after the modem was unplugged) failed the fallback's TaskGroup,
+    ended the fallback and, with it, the daemon's TaskGroup. Now it is logged at ERROR with its traceback,
+    counted in the fallback's bugs, and the link starts again: an SOS after the modem is back goes by SMS."""
+    monkeypatch.setattr(alarm, "RESTART_S", 0.3)
+    cfg = in_loop_cfg(tmp_path / "modem")
+
+    async def go() -> tuple[ModemSimulator, int]:
+        async with fallback_in_loop(tmp_path, cfg) as (fallback, modem):
+            assert isinstance(fallback.modem, alarm.Modem)
+            reconnector = fallback.modem.reconnector
+            real = reconnector._log_failure
+            broken: list[BaseException] = []
+
+            def log_failure(exc: BaseException, kind: Any) -> None:
+                if not broken:
+                    broken.append(exc)
+                    raise KeyError("a bug in the link's own failure report")
+                real(exc, kind)
+
+            monkeypatch.setattr(reconnector, "_log_failure", log_failure)
+            modem.unplug()
+            await until(lambda: fallback.bug_count() >= 1, 15, "the link's bug counted")
+            modem.plug()
+            await until(lambda: fallback.modem.health.ready, 20, "the modem ready again")
+            fallback.on_sos("sos-bedroom-1", "bedroom", time.time())
+            await until(lambda: len(modem.sent) >= 2, 15, "the SMS of the press")
+            return modem, fallback.bug_count()
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.alarm"):
+        modem, bugs = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1]
+    assert bugs == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "modem's link failed" in errors[0].getMessage() and errors[0].exc_info
