@@ -1,6 +1,7 @@
 """gatewayd: the daemon. One TaskGroup owns every long-running part; SIGTERM ends in an orderly stop.
 
-Start order: outbox (open, integrity check) -> control socket -> devices (each under its own
+Start order: outbox (open, integrity check; a damaged store is moved aside and replaced, see
+:mod:`gateway.outbox`) -> control socket -> devices (each under its own
 supervisor: :mod:`gateway.supervisor`) -> uplink -> READY=1. The signal processing is imported when a
 device first streams, not before.
 
@@ -45,6 +46,7 @@ from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
+from gateway.salvage import Recovery
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.summarydesk import SummaryDesk, attach_summary
 from gateway.uplink import Uplink, load_material
@@ -396,6 +398,7 @@ class Daemon:
             "outbox_depth": {lane.name.lower(): ob.depth[lane] for lane in Lane},
             "evicted_total": ob.counters.evicted_total,
             "evicted_ranges": [list(r) for r in ob.evicted_ranges],
+            **({"recovered_from": _recovered(ob.recovery)} if ob.recovery is not None else {}),
         }
 
     async def status(self) -> dict[str, Any]:
@@ -465,6 +468,11 @@ class Daemon:
                 "disk_low": ob.disk_low,
                 "disk_free_bytes": ob.disk_free,
                 "alerts_retrying": ob.alerts_retrying(),
+                "recovered": (
+                    None
+                    if ob.recovery is None
+                    else _recovered(ob.recovery) | {"aside": ob.recovery.aside, "error": ob.recovery.error}
+                ),
             },
             "devices": devices,
             "bugs": self.bugs(),
@@ -521,6 +529,11 @@ def _preload_dsp() -> None:
             log.error("signal processing cannot be loaded: %s", exc)
 
     threading.Thread(target=load, name="dsp preload", daemon=True).start()
+
+
+def _recovered(rec: Recovery) -> dict[str, Any]:
+    """The damaged store the outbox replaced, as the status says it (docs/mqtt-contract.md)."""
+    return rec.status() | {"at": rfc3339_ms(rec.at)}
 
 
 def _exit_now(code: int) -> None:

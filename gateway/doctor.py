@@ -425,6 +425,21 @@ def check_outbox(cfg: Config, status: Mapping[str, Any] | None) -> Finding:
             "to tell them.",
             **details,
         )
+    rec = ob.get("recovered")
+    if isinstance(rec, dict):
+        lost = sum(b - a + 1 for a, b in rec["unreadable_ranges"])
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["at"]))
+        progress = "were sent again" if rec["done"] else "are being sent again"
+        return _warn(
+            "outbox",
+            f"The outbox was found damaged on {when} and replaced by a fresh one: {rec['salvaged']} of its messages "
+            f"{progress}, {lost} seqs could not be read; the damaged file is kept at {rec['aside']}. The SD card "
+            f"may be failing; {summary}.",
+            "Replace the SD card soon (`dmesg | grep -i mmc` shows its errors); the damaged file may be deleted "
+            "once it has been looked at.",
+            **details,
+            recovered=rec,
+        )
     if used >= OUTBOX_HIGH_FRACTION:
         return _warn(
             "outbox",

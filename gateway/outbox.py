@@ -38,6 +38,16 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   the clock has seen since (:meth:`gateway.clock.Clock.stamp` says UNSYNCED on a synchronised clock) asks
   for one more correction of its boot, so it is never committed after its boot's correction unmended.
 
+- **Damaged store**: a store SQLite calls damaged at open (SQLITE_CORRUPT, SQLITE_NOTADB, a failed
+  ``quick_check``; a worn SD card) must not keep the daemon, and with it the SOS path, from starting. It is
+  moved aside (``<store>.damaged-<time>``, logged at ERROR), a fresh store (a new stream) is started at
+  once, and :meth:`Outbox.run` reads the damaged one back (:mod:`gateway.salvage`) and commits what it
+  can again, as it was stored (times, clock state, boot), with new seqs: its alerts first, then the rest
+  in seq order, a batch per commit (new messages, an SOS, are committed between two). The record
+  (:class:`gateway.salvage.Recovery`, ``info.recovery``) survives restarts (the salvage goes on from its
+  cursor) and is the status's ``recovered_from``. Other failures to open (permissions, I/O, a store of a
+  later schema) still refuse to start: they are not damage, and the file is left as it is.
+
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
 """
@@ -62,6 +72,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from drivers.reconnect import BugLog
 from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
+from gateway.salvage import DamagedStore, Recovery, SalvagedRow
+from gateway.statedb import move_aside
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +173,17 @@ class OutboxStats:
 class _Pending:
     msg: NewMessage
     future: asyncio.Future[int]
-    boot_id: str
-    boot_s: float
+    boot_id: str | None
+    boot_s: float | None
     clock: ClockState
+    shift: float = 0.0  # a message salvaged from a damaged store keeps its own
+
+
+_Stamped = tuple[NewMessage, str | None, float | None, ClockState, float]  # boot id, boot clock, state, shift
+
+
+class _Damaged(Exception):
+    """Internal: the store being opened is damaged (SQLite's words)."""
 
 
 @dataclass
@@ -222,6 +242,7 @@ class Outbox:
         self.evicted_ranges: list[tuple[int, int]] = []
         self._closed = False
         self._on_evict: list[Callable[[list[tuple[int, int]]], None]] = []
+        self._on_recovered: list[Callable[[], None]] = []
         self.timebase = timebase
         self.time_correction = time_correction  # builds the time-correction message (gateway.messages)
         self.stream = ""
@@ -232,6 +253,7 @@ class Outbox:
         self._corrected: dict[str, float] = {}  # boot id -> the offset its messages were corrected to
         self.corrected_total = 0
         self.time_corrections: list[TimeCorrection] = []  # published in this run
+        self.recovery: Recovery | None = None  # this store replaced a damaged one (module docstring)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -275,16 +297,44 @@ class Outbox:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> None:
+        """Open the store; a damaged one (module docstring, "Damaged store") is moved aside, a fresh one
+        started, and the salvage of the damaged one recorded for :meth:`run`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._open_db()
+        except _Damaged as exc:
+            aside = move_aside(self.path, str(exc), "outbox", level=logging.ERROR)
+            self._reset_view()
+            try:
+                db = self._open_db()
+            except _Damaged as again:
+                raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
+            self.recovery = Recovery(aside=str(aside), at=time.time(), reason=str(exc))
+            old = DamagedStore(aside)  # its stream and last seq, for the status from the first moment
+            self.recovery.old_stream, self.recovery.old_last_seq = old.stream, old.last_seq
+            old.close()
+            self._save_recovery(db)
+        self._db = db
+        self._check_disk(force=True)
+
+    def _reset_view(self) -> None:
+        """Forget what a store that turned out damaged half-way through its open put in memory."""
+        self.next_seq, self.bytes, self.depth = 1, 0, [0, 0, 0, 0]
+        self.lane_devices = [{}, {}, {}, {}]
+        self.evicted_ranges, self._sent, self.recovery = [], [], None
+        self.counters.evicted_total = 0
+
+    def _open_db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=OFF")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            integrity = db.execute("PRAGMA quick_check").fetchone()[0]
+            integrity = str(db.execute("PRAGMA quick_check").fetchone()[0])
             if integrity != "ok":
-                raise OutboxError(f"{self.path}: store failed its integrity check: {integrity}")
+                raise _Damaged(f"it failed its integrity check: {integrity[:300]}")
             existed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'msg'").fetchone() is not None
             db.executescript(
                 """
@@ -343,10 +393,27 @@ class Outbox:
                     "SELECT first, last FROM evicted ORDER BY first DESC LIMIT ?", (self.max_evicted_ranges,)
                 ).fetchall()[::-1]
             ]
+            if "recovery" in info:
+                try:
+                    self.recovery = Recovery.from_json(info["recovery"])
+                except ValueError as exc:
+                    log.warning("outbox: the record of an earlier recovery is not readable, dropped: %s", exc)
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise _Damaged(str(exc)) from exc
             raise OutboxError(f"{self.path}: cannot open the store: {exc}") from exc
-        self._db = db
-        self._check_disk(force=True)
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        return db
+
+    def _save_recovery(self, db: sqlite3.Connection | None = None) -> None:
+        db = db if db is not None else self._db
+        if db is not None and self.recovery is not None:
+            db.execute("INSERT OR REPLACE INTO info VALUES ('recovery', ?)", (self.recovery.to_json(),))
 
     # -- disk full (module docstring) -----------------------------------------------------------
 
@@ -485,6 +552,10 @@ class Outbox:
         """Call ``callback()`` after each commit that added messages (the uplink's wake-up)."""
         self._on_commit.append(callback)
 
+    def on_recovered(self, callback: Callable[[], None]) -> None:
+        """``callback()`` once the salvage of a damaged store this one replaced is done."""
+        self._on_recovered.append(callback)
+
     def on_evict(self, callback: Callable[[list[tuple[int, int]]], None]) -> None:
         self._on_evict.append(callback)
 
@@ -516,7 +587,14 @@ class Outbox:
     # -- the committer task ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Group commits: wait for work, then for the rest of the window (or not, for an alert)."""
+        """Group commits, and the salvage of a damaged store this one replaced (if it is not done)."""
+        async with asyncio.TaskGroup() as tg:
+            if self.recovery is not None and not self.recovery.done:
+                tg.create_task(self._salvage(self.recovery), name="outbox salvage")
+            await self._committer()
+
+    async def _committer(self) -> None:
+        """Wait for work, then for the rest of the window (or not, for an alert), and commit."""
         while True:
             await self._wake_committer.wait()
             if not self._urgent.is_set():
@@ -530,6 +608,82 @@ class Outbox:
             except Exception as exc:  # noqa: BLE001 - the committer never stops (the SOS path): a bug, counted
                 self.bugs.report(log, "outbox", exc, "flush failed")
                 await asyncio.sleep(COMMIT_RETRY_S)  # not a tight loop should it repeat
+
+    # -- a damaged store's messages, again (module docstring, "Damaged store") -------------------
+
+    async def _salvage(self, rec: Recovery) -> None:
+        """Read the damaged store back and commit its messages again: alerts first, then the rest in seq
+        order, a batch at a time, each committed before the next is read (an SOS in between waits for
+        one batch at most); the record is saved after each batch. Never raises: a bug is counted."""
+        store: DamagedStore | None = None
+        try:
+            store = await self._call(_open_damaged, Path(rec.aside))
+            if store is None:
+                rec.error = "the damaged file is gone"
+            else:
+                await self._salvage_from(store, rec)
+        except Exception as exc:  # noqa: BLE001 - the salvage is best effort; the committer goes on
+            self.bugs.report(log, "outbox", exc, "salvage of the damaged store failed")
+            rec.error = f"internal error: {type(exc).__name__}"
+        finally:
+            if store is not None:
+                await self._call(store.close)
+        rec.done = True
+        await self._call(self._save_recovery)
+        for cb in self._on_recovered:
+            cb()
+        lost = sum(b - a + 1 for a, b in rec.unreadable or [])
+        log.warning(
+            "outbox: salvage of %s done: %d messages sent again in the new stream, %d seqs unreadable, "
+            "%d rows not messages, %d refused%s",
+            rec.aside,
+            rec.salvaged,
+            lost,
+            rec.invalid,
+            rec.refused,
+            f" ({rec.error})" if rec.error else "",
+        )
+
+    async def _salvage_from(self, store: DamagedStore, rec: Recovery) -> None:
+        if not rec.started:
+            alerts = await self._call(store.alerts)
+            if alerts:
+                await self._resubmit(alerts, rec)
+            rec.alerts_first = alerts is not None
+            rec.started = True
+            await self._call(self._save_recovery)
+        invalid, unreadable = rec.invalid, list(rec.unreadable or [])
+        cursor: int | None = rec.cursor
+        while cursor is not None:
+            rows, cursor = await self._call(store.rows_after, cursor)
+            await self._resubmit([r for r in rows if not (rec.alerts_first and r.lane == Lane.ALERT)], rec)
+            rec.cursor = cursor if cursor is not None else rec.cursor
+            rec.invalid = invalid + store.invalid
+            rec.unreadable = unreadable
+            rec.note_unreadable(store.unreadable)
+            await self._call(self._save_recovery)
+
+    async def _resubmit(self, rows: list[SalvagedRow], rec: Recovery) -> None:
+        """Commit ``rows`` in the new store as they were (times, clock state, boot), with new seqs."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[int]] = []
+        for r in rows:
+            clock = ClockState(r.clock)
+            m = NewMessage(
+                Lane(r.lane), r.topic, r.body, r.device, r.captured, r.retain, device_clock=clock is ClockState.DEVICE
+            )
+            fut: asyncio.Future[int] = loop.create_future()
+            self._pending.append(_Pending(m, fut, r.boot, r.mono, clock, r.shift))
+            futures.append(fut)
+            if m.lane is Lane.ALERT:
+                self._urgent.set()
+        self._wake_committer.set()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        ok = sum(isinstance(x, int) for x in results)
+        rec.salvaged += ok
+        rec.refused += len(results) - ok
 
     async def _flush(self) -> None:
         if self._ack_timer is not None:
@@ -553,7 +707,7 @@ class Outbox:
 
     async def _commit_pending(self, pending: list[_Pending], acked: list[int]) -> None:
         sent = self._sent_json()
-        stamped = [(p.msg, p.boot_id, p.boot_s, p.clock) for p in pending]
+        stamped: list[_Stamped] = [(p.msg, p.boot_id, p.boot_s, p.clock, p.shift) for p in pending]
         try:
             try:
                 seqs, evicted = await self._call(self._commit, stamped, acked, sent, None)
@@ -629,12 +783,12 @@ class Outbox:
             if abs(offset - g.offset) > CORRECT_TOLERANCE_S
         ]
         assert self.timebase is not None
-        stamped = []
+        stamped: list[_Stamped] = []
         for tc in corrections:
             if self.time_correction is not None:
                 m = self.time_correction(tc)
                 st = self.timebase.stamp(m.captured_at)
-                stamped.append((m, st.boot_id, st.boot_s, st.state))
+                stamped.append((m, st.boot_id, st.boot_s, st.state, 0.0))
         before = self.corrected_total
         try:
             # A long outage leaves many waiting messages: corrected CORRECTION_CHUNK seqs per transaction,
@@ -697,7 +851,7 @@ class Outbox:
 
     def _commit(
         self,
-        stamped: Sequence[tuple[NewMessage, str, float, ClockState]],
+        stamped: Sequence[_Stamped],
         acked: Sequence[int],
         sent: str | None,
         correction: tuple[str, float, int] | None,  # boot id, offset, the seq after which to correct
@@ -709,7 +863,7 @@ class Outbox:
         added = 0
         lane_add = [0, 0, 0, 0]
         dev_add: dict[tuple[int, str], int] = {}
-        for i, (m, boot_id, boot_s, clock) in enumerate(stamped):
+        for i, (m, boot_id, boot_s, clock, shift) in enumerate(stamped):
             size = len(m.body) + len(m.topic) + ROW_OVERHEAD_BYTES
             added += size
             lane_add[m.lane] += 1
@@ -728,7 +882,7 @@ class Outbox:
                     boot_id,
                     boot_s,
                     int(clock),
-                    0.0,
+                    shift,
                 )
             )
         next_seq = first + len(rows)
@@ -1002,6 +1156,12 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         }
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         ranges = [[int(a), int(b)] for a, b in db.execute("SELECT first, last FROM evicted ORDER BY first")]
+        out["recovered"] = None  # the damaged store this one replaced, and its salvage
+        with contextlib.suppress(sqlite3.Error, ValueError):  # a store of schema 1 has no info table
+            row = db.execute("SELECT value FROM info WHERE key = 'recovery'").fetchone()
+            if row is not None:
+                rec = Recovery.from_json(row[0])
+                out["recovered"] = rec.status() | {"aside": rec.aside, "error": rec.error}
         return out | {
             "depth": depth,
             "oldest_age_s": oldest,
@@ -1013,6 +1173,10 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         }
     finally:
         db.close()
+
+
+def _open_damaged(path: Path) -> DamagedStore | None:
+    return DamagedStore(path) if path.exists() else None
 
 
 def _sent_groups(text: str) -> list[_SentGroup]:

@@ -23,10 +23,10 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 
-def move_aside(path: Path, why: str, what: str) -> Path:
-    """Rename ``path`` and its WAL files to ``<name>.damaged-<time>``, with a WARNING naming ``what``."""
+def move_aside(path: Path, why: str, what: str, *, level: int = logging.WARNING) -> Path:
+    """Rename ``path`` and its WAL files to ``<name>.damaged-<time>``, logged at ``level`` naming ``what``."""
     aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-    log.warning("%s %s is damaged (%s): moved to %s, starting fresh", what, path, why, aside)
+    log.log(level, "%s %s is damaged (%s): moved to %s, starting fresh", what, path, why, aside)
     for suffix in ("", "-wal", "-shm"):
         src = Path(f"{path}{suffix}")
         if src.exists():

@@ -266,6 +266,7 @@ class Uplink:
         self._new_data = True
         outbox.on_commit(self._on_commit)
         outbox.on_evict(lambda _ranges: self.request_status())
+        outbox.on_recovered(self.request_status)  # the status's recovered_from says how much came back
 
     # -- public --------------------------------------------------------------------------------
 

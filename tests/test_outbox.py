@@ -225,16 +225,26 @@ def test_wire_payload_adds_seq_historical_clock_and_stream_to_the_stored_body() 
     assert json.loads(wire_payload(m, False, "s1"))["historical"] is False
 
 
-def test_a_corrupt_store_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+def test_a_store_of_a_later_schema_is_refused_with_a_clear_error_and_left_as_it_is(tmp_path: Path) -> None:
+    """A store written by a later release (a downgrade): not damaged, so not moved aside (a damaged one is:
+    tests/test_outbox_damaged.py); refused, naming the file and both versions."""
     path = tmp_path / "ob.db"
-    path.write_bytes(b"this is not a database" * 100)
 
-    async def go() -> None:
+    async def make() -> None:
         async with Outbox(path):
             pass
 
-    with pytest.raises(OutboxError, match=r"ob\.db"):
-        run(go())
+    run(make())
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxError, match=r"ob\.db: schema version 99 is not 2"):
+        run(make())
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
+        "ob.db",
+        "ob.db.reserve",
+    ]
 
 
 def test_close_commits_what_is_pending_and_is_safe_twice(tmp_path: Path) -> None:

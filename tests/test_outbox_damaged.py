@@ -1,0 +1,261 @@
+"""A damaged outbox (a worn SD card): the daemon starts on a fresh store, and what can be read of the
+damaged one is committed again. Real SQLite files damaged page by page, a real daemon, a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, read_summary
+from gateway.salvage import DamagedStore, Recovery
+from simulators.broker import Mosquitto, free_port
+from simulators.rfxtrx_sim import RfxtrxSimulator
+from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
+
+N = 3000
+COLUMNS = "seq, lane, device, topic, body, captured, boot, mono, clock"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def body(i: int) -> bytes:
+    return json.dumps({"msg_id": f"m{i}", "i": i, "pad": "x" * 200}).encode()
+
+
+def write_store(path: Path, n: int = N) -> list[tuple[Any, ...]]:
+    """``n`` messages (an alert every 1000, from the first), committed; returns their rows as stored."""
+
+    async def go() -> None:
+        async with Outbox(path) as ob:
+            runner = asyncio.create_task(ob.run())
+            futs = []
+            for i in range(n):
+                lane = Lane.ALERT if i % 1000 == 0 else Lane.OBSERVATION
+                futs.append(ob.submit(NewMessage(lane, f"t/d{i % 3}", body(i), f"d{i % 3}", time.time() - n + i)))
+            await asyncio.gather(*futs)
+            runner.cancel()
+
+    run(go())
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(f"SELECT {COLUMNS} FROM msg ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+def damage_page_of(path: Path, marker: bytes) -> int:
+    """Overwrite the page of the file holding ``marker`` (and the next) with garbage; returns its number."""
+    db = sqlite3.connect(path)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    at = data.index(marker)
+    page = at // page_size
+    data[page * page_size : (page + 2) * page_size] = b"\xa5" * (2 * page_size)
+    path.write_bytes(bytes(data))
+    return page + 1
+
+
+def damage_root_of(path: Path, index: str) -> None:
+    """Overwrite the root page of ``index`` (a small index: its only page) with garbage."""
+    db = sqlite3.connect(path)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
+def stored(path: Path) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(f"SELECT {COLUMNS} FROM msg ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+async def salvaged(path: Path, before_run: Any = None) -> tuple[Outbox, StoredMessage]:
+    """Open ``path`` (damaged), submit an SOS at once, run until the salvage is done; the outbox closed."""
+    async with Outbox(path) as ob:
+        if before_run is not None:
+            before_run(ob)
+        runner = asyncio.create_task(ob.run())
+        sos = ob.submit(NewMessage(Lane.ALERT, "t/sos", b'{"msg_id": "sos-now"}', "sos-1", time.time()))
+        async with asyncio.timeout(10):
+            assert await sos >= 1
+        await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the salvage done")
+        first = (await ob.fetch(Lane.ALERT, 0, 1))[0]
+        runner.cancel()
+    return ob, first
+
+
+def test_a_damaged_store_is_moved_aside_and_what_can_be_read_is_committed_again(tmp_path: Path) -> None:
+    """Two pages of the table are garbage (SQLite: "database disk image is malformed"). Before, the outbox
+    refused to open and the daemon, with its SOS path, did not start. Now the file is moved aside, a fresh
+    store (a new stream) takes an SOS at once, and every message outside the damaged pages is committed
+    again as it was stored (body, times, clock state, boot), the alerts first; the seqs that could not be
+    read are reported, and they are exactly the messages missing."""
+    path = tmp_path / "outbox.sqlite3"
+    before = write_store(path)
+    old_stream = DamagedStore(path).stream
+    damage_page_of(path, b'"msg_id": "m1500"')
+    with pytest.raises(sqlite3.DatabaseError):
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            db.close()
+
+    ob, first_alert = run(salvaged(path))
+    rec = ob.recovery
+    assert rec is not None and rec.done and rec.error is None
+    aside = Path(rec.aside)
+    assert aside.exists() and aside.name.startswith("outbox.sqlite3.damaged-")
+    assert rec.old_stream == old_stream and rec.old_last_seq == N and ob.stream != old_stream
+    after = stored(path)
+    by_id = {json.loads(r[4])["msg_id"]: r for r in after}
+    assert "sos-now" in by_id, "the SOS submitted at the open is committed"
+    lost = {s for a, b in rec.unreadable or [] for s in range(a, b + 1)}
+    assert 1501 in lost and 0 < len(lost) < 200, rec.unreadable
+    kept = [r for r in before if r[0] not in lost]
+    assert rec.salvaged == len(kept) and rec.invalid == 0 and rec.refused == 0
+    assert len(after) == len(kept) + 1
+    for seq, lane, device, topic, b, captured, boot, mono, clock in kept:
+        new = by_id[json.loads(b)["msg_id"]]
+        assert new[1:] == (lane, device, topic, b, captured, boot, mono, clock), f"seq {seq} not as stored"
+    # the alerts came first (through the lane index): the salvaged ones hold the lowest seqs of the store
+    alert_seqs = sorted(r[0] for r in after if r[1] == Lane.ALERT and json.loads(r[4])["msg_id"] != "sos-now")
+    assert len(alert_seqs) == 3 and max(alert_seqs) < min(r[0] for r in after if r[1] == Lane.OBSERVATION)
+    assert first_alert.lane is Lane.ALERT
+
+    # a restart: the record is kept, nothing is salvaged twice, the summary tools see it
+    async def reopen() -> tuple[Recovery | None, int]:
+        async with Outbox(path) as again:
+            runner = asyncio.create_task(again.run())
+            await asyncio.sleep(0.3)
+            runner.cancel()
+            return again.recovery, again.depth_total()
+
+    rec2, depth = run(reopen())
+    assert rec2 is not None and rec2.done and rec2.salvaged == rec.salvaged and depth == len(after)
+    summary = read_summary(path)["recovered"]
+    assert summary["stream"] == old_stream and summary["salvaged"] == rec.salvaged and summary["aside"] == rec.aside
+
+
+def test_a_file_that_is_not_a_database_any_more_gives_a_fresh_store_at_once(tmp_path: Path) -> None:
+    """The first page is garbage (SQLite: "file is not a database"): nothing can be read back, which the
+    record says; the SOS is committed all the same."""
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not a database" * 500)
+    ob, first_alert = run(salvaged(path))
+    rec = ob.recovery
+    assert rec is not None and rec.done and rec.salvaged == 0 and rec.old_stream is None and rec.old_last_seq is None
+    assert "not a database" in rec.reason
+    assert json.loads(first_alert.body)["msg_id"] == "sos-now"
+    assert Path(rec.aside).read_bytes().startswith(b"this is not a database")
+
+
+def test_a_salvage_interrupted_by_a_restart_goes_on_where_it_was(tmp_path: Path) -> None:
+    """The record is saved after each batch: a daemon stopped in the middle goes on from the cursor (the
+    alerts already salvaged are not salvaged twice)."""
+    path = tmp_path / "outbox.sqlite3"
+    before = write_store(path)
+    damage_root_of(path, "msg_lane_device_seq")  # an index damaged: the table itself reads whole
+    cut = 2000
+
+    def stopped_at_the_cut(ob: Outbox) -> None:
+        assert ob.recovery is not None
+        # as if the first run had salvaged the alerts and the table up to seq `cut`, then stopped
+        ob.recovery.started, ob.recovery.alerts_first, ob.recovery.cursor = True, True, cut
+        ob.recovery.salvaged = 3 + sum(1 for r in before if r[0] <= cut and r[1] != Lane.ALERT)
+
+    ob, _first = run(salvaged(path, stopped_at_the_cut))
+    rec = ob.recovery
+    assert rec is not None and rec.done and not rec.unreadable
+    ids = [json.loads(r[4])["msg_id"] for r in stored(path)]
+    expected = [f"m{r[0] - 1}" for r in before if r[0] > cut and r[1] != Lane.ALERT]
+    assert sorted(i for i in ids if i != "sos-now") == sorted(expected), "only what was after the cursor"
+    assert rec.salvaged == 3 + sum(1 for r in before if r[1] != Lane.ALERT)
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+
+def test_the_daemon_starts_on_a_damaged_outbox_sends_what_it_held_and_a_new_sos(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """An SOS pressed while the broker was away waits in the outbox; the SD card then damages the store.
+    The daemon (before: "failed its integrity check", exit 1 at every start) starts, the waiting SOS
+    reaches the cloud with its msg_id, a new press does too, and the retained status says which stream
+    was replaced and how much of it came back; ``gatewayctl doctor`` warns about the SD card."""
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_DMG-if00-port0"
+    data = tmp_path / "data"
+
+    async def press_offline() -> None:
+        config = gateway_config(tmp_path, free_port(), devices=rfxtrx_device(link))  # no broker there
+        gw = GatewayProcess(config)
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the daemon to start the receiver")
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.03)
+                await until(
+                    lambda: (st := status_via_ctl(config)) is not None and st["outbox"]["depth"]["alert"] == 1,
+                    20,
+                    "the SOS committed",
+                )
+                gw.terminate()
+            finally:
+                gw.stop_quietly()
+
+    run(press_offline())
+    waiting = [json.loads(r[4])["msg_id"] for r in stored(data / "outbox.sqlite3") if r[1] == Lane.ALERT]
+    assert len(waiting) == 1
+    damage_root_of(data / "outbox.sqlite3", "msg_lane_device_seq")
+
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link))
+    gw = GatewayProcess(config)
+
+    async def restart() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the daemon to start the receiver on a damaged store")
+                await until(lambda: [a for a in cloud.of_type("alert") if a["msg_id"] == waiting[0]], 20, "the old SOS")
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.03)
+                await until(lambda: len(cloud.of_type("alert")) >= 2, 20, "the new SOS")
+                st = await until(lambda: status_via_ctl(config), 20, "the status")
+            finally:
+                gw.stop_quietly()
+            return st  # type: ignore[no-any-return]
+
+    status = run(restart())
+    alerts = cloud.of_type("alert")
+    assert alerts[0]["msg_id"] == waiting[0] and len({a["msg_id"] for a in alerts}) == 2
+    rec = status["outbox"]["recovered"]
+    assert rec["done"] and rec["salvaged"] >= 1 and rec["unreadable_ranges"] == [] and rec["stream"]
+    assert alerts[0]["stream"] != rec["stream"], "sent again in the new stream"
+    retained = [d for _, t, d, r in cloud.poll() if t.endswith("/status") and d["state"] == "online"]
+    assert retained and retained[-1]["recovered_from"]["stream"] == rec["stream"]
+    assert retained[-1]["recovered_from"]["done"], "published again when the salvage was done"
+    assert "failed its integrity check" in gw.log() or "malformed" in gw.log()
+
+    doctor = subprocess.run(
+        [sys.executable, "-m", "gateway.ctl", "--config", str(config), "--json", "doctor"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    found = {f["id"]: f for f in json.loads(doctor.stdout)["findings"]}
+    assert found["outbox"]["status"] == "warn" and "damaged" in found["outbox"]["message"], found["outbox"]
+    assert rec["aside"] in found["outbox"]["message"]
