@@ -38,12 +38,15 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   the clock has seen since (:meth:`gateway.clock.Clock.stamp` says UNSYNCED on a synchronised clock) asks
   for one more correction of its boot, so it is never committed after its boot's correction unmended.
 
-- **Damaged store**: a store SQLite calls damaged at open (SQLITE_CORRUPT, SQLITE_NOTADB, a failed
-  ``quick_check``; a worn SD card) must not keep the daemon, and with it the SOS path, from starting. It is
-  moved aside (``<store>.damaged-<time>``, logged at ERROR), a fresh store (a new stream) is started at
-  once, and :meth:`Outbox.run` reads the damaged one back (:mod:`gateway.salvage`) and commits what it
-  can again, as it was stored (times, clock state, boot), with new seqs: its alerts first, then the rest
-  in seq order, a batch per commit (new messages, an SOS, are committed between two). The record
+- **Damaged store**: a store SQLite calls damaged (SQLITE_CORRUPT, SQLITE_NOTADB, a failed
+  ``quick_check``; a worn SD card), at open or while running (a commit or a read meets a damaged page),
+  must not keep the daemon from starting nor an SOS from being committed. It is moved aside
+  (``<store>.damaged-<time>``, logged at ERROR) and a fresh store (a new stream whose seqs go on after the
+  damaged one's: no ack or cursor of a message of the old store can touch one of the new) is started at
+  once; the commit or read that met the damage runs again on it. :meth:`Outbox.run` reads the damaged
+  one back (:mod:`gateway.salvage`) and commits what it can again, as it was stored (times, clock state,
+  boot), with new seqs: its alerts first, then the rest in seq order, a batch per commit (new messages,
+  an SOS, are committed between two). The record
   (:class:`gateway.salvage.Recovery`, ``info.recovery``) survives restarts (the salvage goes on from its
   cursor) and is the status's ``recovered_from``. Other failures to open (permissions, I/O, a store of a
   later schema) still refuse to start: they are not damage, and the file is left as it is.
@@ -90,6 +93,7 @@ RESERVE_BYTES = 8 * 1024 * 1024
 DISK_CHECK_S = 5.0  # how often the free space is looked at (statvfs: one system call)
 WAL_CHECKPOINT_PAGES = 4000
 WAL_CHECKPOINT_LOW_PAGES = 100  # while the disk is low: the WAL restarts from its start this often
+REPLACE_MIN_S = 60.0  # a damaged store is replaced while running at most this often
 COMMIT_RETRY_S = 1.0  # an alert whose commit failed is tried again this often
 MAX_RETRIED_ALERTS = 10_000  # kept in memory for retry at most (beyond: refused, as other messages)
 CORRECTION_CHUNK = 20_000  # seqs per transaction of a clock correction (an SOS waits for one at most)
@@ -254,6 +258,10 @@ class Outbox:
         self.corrected_total = 0
         self.time_corrections: list[TimeCorrection] = []  # published in this run
         self.recovery: Recovery | None = None  # this store replaced a damaged one (module docstring)
+        self._salvage_due = False  # a store was replaced while running: start its salvage
+        self._replaced_at: float | None = None  # time.monotonic() of the last replacement while running
+        self._lost: str | None = None  # a damaged store could not be replaced: why
+        self._tg: asyncio.TaskGroup | None = None  # run()'s, for a salvage that starts while running
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -294,7 +302,23 @@ class Outbox:
             await self._flush()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn, *args)
+        finally:
+            if self._salvage_due:
+                self._begin_salvage()
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """(Worker thread.) ``fn(*args)``; should SQLite find the open store damaged, it is replaced
+        (:meth:`_replace_while_running`) and ``fn`` runs once more, on the fresh store."""
+        if self._db is None and self._lost is not None:
+            raise OutboxError(f"{self.path}: no store since a damaged one could not be replaced: {self._lost}")
+        try:
+            return fn(*args)
+        except (sqlite3.DatabaseError, OutboxError) as exc:
+            if self._db is None or not _is_damage(exc) or not self._replace_while_running(exc):
+                raise
+        return fn(*args)
 
     def _open(self) -> None:
         """Open the store; a damaged one (module docstring, "Damaged store") is moved aside, a fresh one
@@ -303,19 +327,63 @@ class Outbox:
         try:
             db = self._open_db()
         except _Damaged as exc:
-            aside = move_aside(self.path, str(exc), "outbox", level=logging.ERROR)
             self._reset_view()
-            try:
-                db = self._open_db()
-            except _Damaged as again:
-                raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
-            self.recovery = Recovery(aside=str(aside), at=time.time(), reason=str(exc))
-            old = DamagedStore(aside)  # its stream and last seq, for the status from the first moment
-            self.recovery.old_stream, self.recovery.old_last_seq = old.stream, old.last_seq
-            old.close()
-            self._save_recovery(db)
+            db = self._replace(str(exc), None)
         self._db = db
         self._check_disk(force=True)
+
+    def _replace(self, reason: str, known: tuple[str, int] | None) -> sqlite3.Connection:
+        """Move the damaged store aside and open a fresh one: a new stream, whose seqs go on after the
+        damaged one's (``known``: its stream and last seq; read from the file when None)."""
+        aside = move_aside(self.path, reason, "outbox", level=logging.ERROR)
+        if known is None:
+            old = DamagedStore(aside)  # its stream and last seq, for the status from the first moment
+            stream, last = old.stream, old.last_seq
+            old.close()
+        else:
+            stream, last = known
+        try:
+            db = self._open_db(first_seq=(last or 0) + 1)
+        except _Damaged as again:
+            raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
+        self.recovery = Recovery(aside=str(aside), at=time.time(), reason=reason, old_stream=stream, old_last_seq=last)
+        self._save_recovery(db)
+        self._salvage_due = True
+        return db
+
+    def _replace_while_running(self, exc: BaseException) -> bool:
+        """(Worker thread.) The open store turned out damaged (a read or a commit failed with
+        SQLITE_CORRUPT): replace it by a fresh one whose seqs go on after the last one given, so no ack of
+        a message of the damaged store can touch one of the fresh store, nor can a cursor of the uplink
+        pass one; its messages are salvaged as at an open. At most once per :data:`REPLACE_MIN_S` (a disk
+        that damages every store: the failures are then the callers', as any other)."""
+        now = time.monotonic()
+        if self._replaced_at is not None and now - self._replaced_at < REPLACE_MIN_S:
+            return False
+        self._replaced_at = now
+        known = (self.stream, self.next_seq - 1)
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._reset_view()
+        try:
+            self._db = self._replace(f"while running: {exc}", known)
+        except (OutboxError, sqlite3.Error, OSError) as lost:
+            self._lost = str(lost)
+            log.error("outbox: the damaged store could not be replaced: %s", lost)
+            return False
+        self._check_disk(force=True)
+        return True
+
+    def _begin_salvage(self) -> None:
+        """A store was replaced while running: its salvage starts (the uplink republishes the status)."""
+        self._salvage_due = False
+        rec = self.recovery
+        if self._tg is not None and rec is not None and not rec.done:
+            self._tg.create_task(self._salvage(rec), name="outbox salvage")
+        for cb in self._on_recovered:
+            cb()
 
     def _reset_view(self) -> None:
         """Forget what a store that turned out damaged half-way through its open put in memory."""
@@ -324,7 +392,9 @@ class Outbox:
         self.evicted_ranges, self._sent, self.recovery = [], [], None
         self.counters.evicted_total = 0
 
-    def _open_db(self) -> sqlite3.Connection:
+    def _open_db(self, first_seq: int = 1) -> sqlite3.Connection:
+        """Open the store at :attr:`path` (a new one's seqs start at ``first_seq``); raises
+        :class:`_Damaged` for a damaged file, :class:`OutboxError` for the other failures."""
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -366,7 +436,7 @@ class Outbox:
             if schema not in (1, SCHEMA_VERSION):
                 raise OutboxError(f"{self.path}: schema version {schema} is not {SCHEMA_VERSION}")
             max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM msg").fetchone()[0]
-            self.next_seq = max(int(meta.get("next_seq", 1)), max_seq + 1)
+            self.next_seq = max(int(meta.get("next_seq", first_seq)), max_seq + 1)
             if schema == 1:
                 self._migrate_v1(db)
             info = dict(db.execute("SELECT key, value FROM info").fetchall())
@@ -375,6 +445,7 @@ class Outbox:
                 info = {"stream": str(uuid.uuid4()), "stream_first_seq": str(self.next_seq)}
                 db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", list(info.items()))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (self.next_seq,))
                 log.info("outbox: new stream %s from seq %s", info["stream"], info["stream_first_seq"])
             self.stream, self.stream_first_seq = info["stream"], int(info["stream_first_seq"])
             # Sends of an earlier boot that was never corrected cannot be corrected any more.
@@ -401,7 +472,7 @@ class Outbox:
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
-            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            if _is_damage(exc):
                 raise _Damaged(str(exc)) from exc
             raise OutboxError(f"{self.path}: cannot open the store: {exc}") from exc
         except BaseException:
@@ -588,10 +659,15 @@ class Outbox:
 
     async def run(self) -> None:
         """Group commits, and the salvage of a damaged store this one replaced (if it is not done)."""
-        async with asyncio.TaskGroup() as tg:
-            if self.recovery is not None and not self.recovery.done:
-                tg.create_task(self._salvage(self.recovery), name="outbox salvage")
-            await self._committer()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._salvage_due = False
+                if self.recovery is not None and not self.recovery.done:
+                    tg.create_task(self._salvage(self.recovery), name="outbox salvage")
+                await self._committer()
+        finally:
+            self._tg = None
 
     async def _committer(self) -> None:
         """Wait for work, then for the rest of the window (or not, for an alert), and commit."""
@@ -628,6 +704,8 @@ class Outbox:
         finally:
             if store is not None:
                 await self._call(store.close)
+        if self.recovery is not rec:
+            return  # the store was replaced once more meanwhile: its own salvage reports
         rec.done = True
         await self._call(self._save_recovery)
         for cb in self._on_recovered:
@@ -654,7 +732,7 @@ class Outbox:
             await self._call(self._save_recovery)
         invalid, unreadable = rec.invalid, list(rec.unreadable or [])
         cursor: int | None = rec.cursor
-        while cursor is not None:
+        while cursor is not None and self.recovery is rec:
             rows, cursor = await self._call(store.rows_after, cursor)
             await self._resubmit([r for r in rows if not (rec.alerts_first and r.lane == Lane.ALERT)], rec)
             rec.cursor = cursor if cursor is not None else rec.cursor
@@ -1173,6 +1251,18 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         }
     finally:
         db.close()
+
+
+def _is_damage(exc: BaseException | None) -> bool:
+    """Whether SQLite said the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB), here or in a cause."""
+    while exc is not None:
+        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in (
+            sqlite3.SQLITE_CORRUPT,
+            sqlite3.SQLITE_NOTADB,
+        ):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _open_damaged(path: Path) -> DamagedStore | None:

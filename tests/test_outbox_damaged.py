@@ -190,6 +190,50 @@ def test_a_salvage_interrupted_by_a_restart_goes_on_where_it_was(tmp_path: Path)
     assert rec.salvaged == 3 + sum(1 for r in before if r[1] != Lane.ALERT)
 
 
+def test_a_store_damaged_while_running_is_replaced_and_the_sos_committed_at_once(tmp_path: Path) -> None:
+    """The SD card damages pages under the running daemon. Before, every commit then failed ("database
+    disk image is malformed": the acked seqs' leaf page could not be read): the SOS was kept in memory and
+    retried every second, for ever, and no reading was accepted any more. Now the first commit to meet
+    the damage replaces the store: the same commit goes to a fresh one at once, whose seqs go on after the
+    damaged one's (no ack or cursor of the uplink can touch them), and the rest is salvaged as at an open."""
+    path = tmp_path / "outbox.sqlite3"
+    n = 20_000  # 20 MB: the oldest pages are long out of SQLite's page cache
+
+    async def go() -> tuple[Outbox, int, list[StoredMessage]]:
+        async with Outbox(path) as ob:
+            runner = asyncio.create_task(ob.run())
+            futs = [
+                ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time())) for i in range(n)
+            ]
+            assert (await asyncio.gather(*futs))[-1] == n
+            old_stream = ob.stream
+            db = sqlite3.connect(path)  # the pages on disk, not in the WAL
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.close()
+            damage_page_of(path, b'"msg_id": "m5"')
+            ob.ack(range(1, 11))  # their delete reads the damaged page
+            sos = ob.submit(NewMessage(Lane.ALERT, "t/sos", b'{"msg_id": "sos-now"}', "sos-1", time.time()))
+            async with asyncio.timeout(10):
+                seq = await sos
+            await until(lambda: ob.recovery is not None and ob.recovery.done, 60, "the salvage done")
+            assert ob.recovery is not None and ob.recovery.old_stream == old_stream != ob.stream
+            first = await ob.fetch(Lane.ALERT, 0, 10)
+            runner.cancel()
+            return ob, seq, first
+
+    ob, seq, alerts = run(go())
+    rec = ob.recovery
+    assert rec is not None and rec.old_last_seq == n and "while running" in rec.reason
+    assert seq == n + 1 and ob.stream_first_seq == n + 1, "the fresh stream goes on after the damaged one"
+    assert [json.loads(m.body)["msg_id"] for m in alerts] == ["sos-now"]
+    lost = {s for a, b in rec.unreadable or [] for s in range(a, b + 1)}
+    assert 6 in lost and len(lost) < 100
+    ids = [json.loads(r[4])["msg_id"] for r in stored(path) if r[1] == Lane.OBSERVATION]
+    assert sorted(ids) == sorted(f"m{i}" for i in range(n) if i + 1 not in lost), "the acked ones too (redelivery)"
+    assert min(r[0] for r in stored(path)) > n
+    assert rec.salvaged == n - len(lost)
+
+
 # -- the daemon ---------------------------------------------------------------------------------
 
 
