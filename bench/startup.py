@@ -11,7 +11,11 @@ port nobody listens on: no network at boot is the normal case). For each start:
 then the same number of starts with the broker listening, for ``connected``: exec -> the gateway's
 retained ``online`` status reached a subscriber. Medians are reported.
 
-    nice -n 10 .venv/bin/python bench/startup.py [--starts 10] [--devices rfx|all]
+    nice -n 10 .venv/bin/python bench/startup.py [--starts 10] [--devices rfx|all] [--backlog-mb N [--cold]]
+
+``--backlog-mb N`` starts on an outbox holding N MB of waiting readings (a long outage; opening the store
+reads it all: its integrity check and the count of what waits); ``--cold`` drops the kernel's page cache
+before each start (root only), as after a power cut, so the store is read from the disk.
 
 ``--devices all`` adds a CMS50 oximeter on a pty to the configuration (the serial path the DSP follows);
 BLE devices need the virtual BlueZ and are measured by bench/device_cpu.py.
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -88,6 +94,35 @@ async def one_start(
     return ready, commit, connected
 
 
+def prefill(data_dir: Path, mb: int) -> None:
+    """An outbox of ``mb`` MB of waiting observations (1 kB each), as a long outage leaves it."""
+    from gateway.outbox import Lane, NewMessage, Outbox
+
+    def msg(i: int) -> NewMessage:
+        body = json.dumps({"msg_id": f"m{i}", "pad": "x" * 900}).encode()
+        return NewMessage(Lane.OBSERVATION, f"homecare/v1/{GW}/obs/w", body, "w", time.time())
+
+    async def fill() -> None:
+        async with Outbox(data_dir / "outbox.sqlite3", max_bytes=(mb + 64) * 2**20) as ob:
+            runner = asyncio.create_task(ob.run())
+            n = mb * 2**20 // 1024
+            for k in range(0, n, 20_000):
+                await asyncio.gather(*(ob.submit(msg(i)) for i in range(k, min(n, k + 20_000))))
+            runner.cancel()
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(fill())
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
 def median_ms(values: list[float | None]) -> float:
     got = [v for v in values if v is not None]
     return round(statistics.median(got) * 1000, 1) if got else float("nan")
@@ -97,12 +132,20 @@ async def run(args: argparse.Namespace) -> int:
     tmp = scratch_dir("bench-startup-")
     port = restartable_port()
     kinds = ("oximeter",) if args.devices == "all" else ()
-    config = gateway_config(tmp, port, gateway_id=GW, devices=devices_toml(tmp, kinds))
+    budget = f"max_bytes = {(args.backlog_mb + 64) * 2**20}" if args.backlog_mb else ""
+    config = gateway_config(tmp, port, gateway_id=GW, devices=devices_toml(tmp, kinds), outbox_extra=budget)
+    if args.backlog_mb:
+        await asyncio.to_thread(prefill, tmp / "data", args.backlog_mb)
+        print(f"outbox prefilled: {(tmp / 'data' / 'outbox.sqlite3').stat().st_size / 1e6:.0f} MB", flush=True)
+    if args.cold and not drop_page_cache():
+        raise SystemExit("--cold needs root (it writes /proc/sys/vm/drop_caches)")
     offline: list[tuple[float, float | None, float | None]] = []
     online: list[tuple[float, float | None, float | None]] = []
     async with simulators(tmp, kinds) as sims:
         sim = sims.rfx
         for i in range(args.starts):
+            if args.cold:
+                drop_page_cache()
             offline.append(await one_start(config, sim, 0x400000 + i, None))
             print(f"start {i + 1} (broker unreachable): sos ready {offline[-1][0] * 1000:.0f} ms", flush=True)
         broker = Mosquitto(port=port, workdir=tmp / "broker")
@@ -113,6 +156,8 @@ async def run(args: argparse.Namespace) -> int:
         watch.start()
         try:
             for i in range(args.starts):
+                if args.cold:
+                    drop_page_cache()
                 online.append(await one_start(config, sim, 0x500000 + i, watch))
                 r = online[-1]
                 print(
@@ -126,7 +171,10 @@ async def run(args: argparse.Namespace) -> int:
     ready = median_ms([r[0] for r in offline])
     commit = median_ms([r[1] for r in offline])
     connected = median_ms([r[2] for r in online])
-    print(f"medians of {args.starts} starts; devices: {args.devices}; shared 2-core machine, nice 10: noisy")
+    print(
+        f"medians of {args.starts} starts; devices: {args.devices}; backlog {args.backlog_mb} MB"
+        f"{', cold page cache' if args.cold else ''}; shared 2-core machine, nice 10: noisy"
+    )
     print(f"sos ready with the broker up: {median_ms([r[0] for r in online])} ms")
     lost = sum(1 for r in offline if r[1] is None)
     print(
@@ -144,6 +192,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--starts", type=int, default=10)
     ap.add_argument("--devices", choices=("rfx", "all"), default="rfx")
+    ap.add_argument("--backlog-mb", type=int, default=0, help="start on an outbox holding this many MB")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each start (root)")
     return asyncio.run(run(ap.parse_args()))
 
 

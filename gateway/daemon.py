@@ -1,9 +1,10 @@
 """gatewayd: the daemon. One TaskGroup owns every long-running part; SIGTERM ends in an orderly stop.
 
-Start order: outbox (open, integrity check; a damaged store is moved aside and replaced, see
-:mod:`gateway.outbox`) -> control socket -> devices (each under its own
-supervisor: :mod:`gateway.supervisor`) -> uplink -> READY=1. The signal processing is imported when a
-device first streams, not before.
+Start order: control socket -> outbox (its open, integrity check included, runs beside what follows: a
+full store takes seconds to check on an SD card, and presses wait in memory until it is open; a damaged
+store is moved aside and replaced, see :mod:`gateway.outbox`) -> devices (each under its own supervisor:
+:mod:`gateway.supervisor`) -> uplink (once the outbox is open) -> READY=1. The signal processing is
+imported when a device first streams, not before.
 
 Stop (SIGTERM/SIGINT), bounded by :data:`STOP_LIMIT_S` whatever disappears at the same moment (BlueZ and
 the system bus, the broker, every serial port): the devices are cancelled (at most
@@ -197,6 +198,7 @@ class Daemon:
                 commit_interval_ms=cfg.outbox.commit_interval_ms,
                 timebase=self.timebase,
                 time_correction=lambda tc: messages.time_correction(topics, tc, time.time()),
+                open_in_run=True,  # the devices listen while a big store is checked (gateway/outbox.py)
             ) as outbox,
             BleStack() as ble,
         ):

@@ -51,6 +51,14 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   cursor) and is the status's ``recovered_from``. Other failures to open (permissions, I/O, a store of a
   later schema) still refuse to start: they are not damage, and the file is left as it is.
 
+- **Opening**: ``async with Outbox(...)`` opens the store (its ``quick_check`` and the count of what waits
+  read the whole file: seconds for a full store on an SD card). With ``open_in_run`` (the daemon), it is
+  :meth:`Outbox.run` that opens it, so the devices, an SOS receiver first, start listening at once: what
+  they submit meanwhile waits in memory, as in any commit window, and is committed when the store is
+  open; every other call (fetch, stats) waits for the open (:meth:`Outbox.opened`). Its ``quick_check``
+  then runs on a read-only connection of its own beside the commits (the first commit does not wait for
+  it); a store it finds damaged is replaced as one found damaged while running.
+
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
 """
@@ -214,8 +222,14 @@ class Outbox:
         timebase: Clock | None = None,
         time_correction: Callable[[TimeCorrection], NewMessage] | None = None,
         reserve_bytes: int = RESERVE_BYTES,
+        open_in_run: bool = False,
     ) -> None:
         self.path = Path(path)
+        # open_in_run: the store is opened by run(), not by ``async with`` (module docstring, "Opening")
+        self.open_in_run = open_in_run
+        self._opened = asyncio.Event()  # the open ended (self._open_error: how, if it failed)
+        self._open_started = False
+        self._open_error: OutboxError | None = None
         self.max_bytes = max_bytes
         self.reserve_bytes = reserve_bytes
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
@@ -269,8 +283,31 @@ class Outbox:
         if self.timebase is None:
             self.timebase = Clock()
             self.timebase.sample()
-        await self._call(self._open)
+        if not self.open_in_run:
+            await self._open_now()
+            await self.opened()
         return self
+
+    async def _open_now(self) -> None:
+        """Open the store on the worker thread (once); the outcome is in :meth:`opened`."""
+        if self._open_started:
+            return
+        self._open_started = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except OutboxError as exc:
+            self._open_error = exc
+        except Exception as exc:  # noqa: BLE001 - every caller waiting for the open must learn it failed
+            self._open_error = OutboxError(f"{self.path}: cannot open the store: {type(exc).__name__}: {exc}")
+            self._open_error.__cause__ = exc
+        finally:
+            self._opened.set()
+
+    async def opened(self) -> None:
+        """Wait until the store is open; raises :class:`OutboxError` if it could not be opened."""
+        await self._opened.wait()
+        if self._open_error is not None:
+            raise self._open_error
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -284,6 +321,15 @@ class Outbox:
             self._retry.cancel()
             self._retry = None
         try:
+            if not self._open_started and self._pending:
+                await self._open_now()  # stopped before run() opened the store: what was accepted goes in
+            if self._open_started:
+                await self._opened.wait()
+            if self._open_error is not None:
+                for p in self._pending:
+                    if not p.future.done():
+                        p.future.set_exception(self._open_error)
+                self._pending = []
             if self._db is not None:
                 await self._flush()
                 if self._pending:  # alerts kept for retry, and the store still refuses them
@@ -302,6 +348,8 @@ class Outbox:
             await self._flush()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._opened.is_set():
+            await self.opened()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn, *args)
         finally:
@@ -325,7 +373,7 @@ class Outbox:
         started, and the salvage of the damaged one recorded for :meth:`run`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = self._open_db()
+            db = self._open_db(check=not self.open_in_run)  # open_in_run: run() checks it beside the commits
         except _Damaged as exc:
             self._reset_view()
             db = self._replace(str(exc), None)
@@ -392,9 +440,10 @@ class Outbox:
         self.evicted_ranges, self._sent, self.recovery = [], [], None
         self.counters.evicted_total = 0
 
-    def _open_db(self, first_seq: int = 1) -> sqlite3.Connection:
-        """Open the store at :attr:`path` (a new one's seqs start at ``first_seq``); raises
-        :class:`_Damaged` for a damaged file, :class:`OutboxError` for the other failures."""
+    def _open_db(self, first_seq: int = 1, *, check: bool = True) -> sqlite3.Connection:
+        """Open the store at :attr:`path` (a new one's seqs start at ``first_seq``; ``check``: its
+        ``quick_check`` first); raises :class:`_Damaged` for a damaged file, :class:`OutboxError` for the
+        other failures."""
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -402,7 +451,7 @@ class Outbox:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=OFF")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            integrity = str(db.execute("PRAGMA quick_check").fetchone()[0])
+            integrity = str(db.execute("PRAGMA quick_check").fetchone()[0]) if check else "ok"
             if integrity != "ok":
                 raise _Damaged(f"it failed its integrity check: {integrity[:300]}")
             existed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'msg'").fetchone() is not None
@@ -658,13 +707,19 @@ class Outbox:
     # -- the committer task ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Group commits, and the salvage of a damaged store this one replaced (if it is not done)."""
+        """(With ``open_in_run``: open the store first.) Group commits, and the salvage of a damaged
+        store this one replaced (if it is not done). Raises :class:`OutboxError` if the store cannot be
+        opened (what was submitted meanwhile fails with it)."""
+        await self._open_now()
+        await self.opened()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._salvage_due = False
                 if self.recovery is not None and not self.recovery.done:
                     tg.create_task(self._salvage(self.recovery), name="outbox salvage")
+                if self.open_in_run:
+                    tg.create_task(self._integrity_check(), name="outbox integrity check")
                 await self._committer()
         finally:
             self._tg = None
@@ -684,6 +739,36 @@ class Outbox:
             except Exception as exc:  # noqa: BLE001 - the committer never stops (the SOS path): a bug, counted
                 self.bugs.report(log, "outbox", exc, "flush failed")
                 await asyncio.sleep(COMMIT_RETRY_S)  # not a tight loop should it repeat
+
+    async def _integrity_check(self) -> None:
+        """(``open_in_run``) The store's ``quick_check``, on a read-only connection of its own on another
+        thread, while the committer already commits: a damaged store is replaced as one found damaged
+        while running. Never raises (a check that cannot run is a WARNING: runtime damage is still
+        caught by the reads and commits that meet it)."""
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("outbox: the integrity check of %s could not start: %s", self.path, exc)
+            return
+        verdict: str | None = None
+        try:
+            check = asyncio.get_running_loop().run_in_executor(None, _quick_check, db)
+            try:
+                verdict = await asyncio.shield(check)
+            except asyncio.CancelledError:
+                db.interrupt()  # the check ends at once (SQLITE_INTERRUPT), the thread with it
+                with contextlib.suppress(sqlite3.Error):
+                    await check
+                raise
+        except sqlite3.Error as exc:
+            if _is_damage(exc):
+                verdict = str(exc)
+            else:
+                log.warning("outbox: the integrity check of %s failed to run: %s", self.path, exc)
+        finally:
+            db.close()
+        if verdict is not None and verdict != "ok":
+            await self._call(self._replace_while_running, _Damaged(f"it failed its integrity check: {verdict[:300]}"))
 
     # -- a damaged store's messages, again (module docstring, "Damaged store") -------------------
 
@@ -1263,6 +1348,10 @@ def _is_damage(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__
     return False
+
+
+def _quick_check(db: sqlite3.Connection) -> str:
+    return str(db.execute("PRAGMA quick_check").fetchone()[0])
 
 
 def _open_damaged(path: Path) -> DamagedStore | None:

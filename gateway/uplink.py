@@ -275,6 +275,7 @@ class Uplink:
         return self.reconnector.state
 
     async def run(self) -> None:
+        await self.outbox.opened()  # its stream and seqs are what the status says on connecting
         await self.reconnector.run()
 
     def reconfigure(self, cfg: UplinkSection) -> None:

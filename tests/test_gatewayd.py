@@ -7,10 +7,16 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gateway.config import load_config
+from gateway.daemon import Daemon
+from gateway.outbox import Outbox
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, outbox_meta, rfxtrx_device, until
@@ -212,3 +218,47 @@ def test_systemd_notify_ready_watchdog_status_and_stopping(tmp_path: Path, broke
     assert sum("WATCHDOG=1" in m for m in got) >= 3, "the watchdog is fed while running"
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in got)
     assert any("STOPPING=1" in m for m in got), "an orderly stop says so"
+
+
+def test_the_sos_receiver_listens_while_the_outbox_is_still_being_opened(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the outbox reads the whole store (quick_check, the count of what waits): seconds for a full
+    one on an SD card. The receiver was started only after it, so a press in those seconds was on the air
+    for nobody. Now the receiver starts at once and the press waits in memory until the store is open.
+    The open is held back here (the daemon in this process: the real open, made to wait for the test)."""
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_OPEN-if00-port0"
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link))
+    gate = threading.Event()
+    real_open = Outbox._open
+
+    def slow_open(self: Outbox) -> None:
+        assert gate.wait(30), "the test never let the open go on"
+        real_open(self)
+
+    monkeypatch.setattr(Outbox, "_open", slow_open)
+
+    async def go() -> tuple[int, bool]:
+        daemon = Daemon(load_config(config))
+        task = asyncio.create_task(daemon.run())
+        try:
+            async with RfxtrxSimulator(link) as sim:
+                await until(lambda: sim.started or task.done(), 20, "the receiver started, the outbox still shut")
+                assert not task.done() and daemon.outbox is not None
+                await sim.press(0xA1B2C3, repeats=3, gap_s=0.03)
+                await until(lambda: daemon.outbox is not None and daemon.outbox._pending, 10, "the press waiting")
+                waiting_before_open = len(daemon.outbox._pending)
+                db_closed = daemon.outbox._db is None
+                gate.set()
+                await until(lambda: cloud.of_type("alert"), 20, "the SOS at the cloud once the store is open")
+        finally:
+            gate.set()
+            daemon.request_stop()
+            async with asyncio.timeout(15):
+                await task
+        return waiting_before_open, db_closed
+
+    waiting, db_closed = asyncio.run(go())
+    assert waiting >= 1 and db_closed, "the press was taken while the store was not open yet"
+    alerts = cloud.of_type("alert")
+    assert len(alerts) == 1 and alerts[0]["device_id"] == "sos-1" and alerts[0]["seq"] >= 1

@@ -78,6 +78,26 @@ def damage_root_of(path: Path, index: str) -> None:
         f.write(b"\xa5" * page_size)
 
 
+def damage_middle_leaf_of(path: Path, index: str) -> None:
+    """Overwrite a leaf page of ``index`` from the middle of it (read by no query the test makes), found
+    through its root, an interior page (SQLite's file format: a 12-byte header, then the cell pointers,
+    each cell starting with its child's page number)."""
+    db = sqlite3.connect(path)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = path.read_bytes()
+    page = data[(root - 1) * page_size : root * page_size]
+    assert page[0] == 0x02, "the root of the index is an interior page"
+    cells = int.from_bytes(page[3:5], "big")
+    cell = int.from_bytes(page[12 + 2 * (cells // 2) : 14 + 2 * (cells // 2)], "big")
+    leaf = int.from_bytes(page[cell : cell + 4], "big")
+    with path.open("r+b") as f:
+        f.seek((leaf - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
 def stored(path: Path) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(path)
     try:
@@ -232,6 +252,35 @@ def test_a_store_damaged_while_running_is_replaced_and_the_sos_committed_at_once
     assert sorted(ids) == sorted(f"m{i}" for i in range(n) if i + 1 not in lost), "the acked ones too (redelivery)"
     assert min(r[0] for r in stored(path)) > n
     assert rec.salvaged == n - len(lost)
+
+
+def test_the_daemon_s_outbox_checks_the_store_beside_the_first_commits_and_replaces_it_if_damaged(
+    tmp_path: Path,
+) -> None:
+    """With ``open_in_run`` (the daemon) the integrity check reads the whole store on its own connection
+    while the committer commits: the SOS is committed before the check's verdict, and the damage it finds
+    (an index page, which no commit here reads) replaces the store as at an open."""
+    path = tmp_path / "outbox.sqlite3"
+    before = write_store(path)
+    damage_middle_leaf_of(path, "msg_lane_seq")  # neither the open nor a commit of an alert reads it
+
+    async def go() -> tuple[Outbox, int, bool]:
+        async with Outbox(path, open_in_run=True) as ob:
+            runner = asyncio.create_task(ob.run())
+            sos = ob.submit(NewMessage(Lane.ALERT, "t/sos", b'{"msg_id": "sos-now"}', "sos-1", time.time()))
+            async with asyncio.timeout(10):
+                seq = await sos
+            await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the check's replacement")
+            runner.cancel()
+            return ob, seq, True
+
+    ob, seq, _ = run(go())
+    rec = ob.recovery
+    assert rec is not None and "integrity check" in rec.reason and not rec.unreadable
+    assert seq == N + 1, "committed in the store as it was, before the check's verdict"
+    ids = sorted(json.loads(r[4])["msg_id"] for r in stored(path))
+    assert ids == sorted(["sos-now", *(f"m{r[0] - 1}" for r in before)]), "everything, the SOS too, salvaged"
+    assert rec.salvaged == N + 1 and ob.stream_first_seq == N + 2
 
 
 # -- the daemon ---------------------------------------------------------------------------------
