@@ -240,8 +240,8 @@ class CareDesk:
             self.sent += 1
         elif isinstance(exc, OutboxError):
             self.send_failures += 1
-        else:
-            raise exc
+        else:  # nobody declared it possible: a bug, counted (a loop callback's raise would only be logged)
+            self.bugs.report(log, "care rules", exc, "an alert's commit failed")
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class CareDesk:
         except RuntimeError:
             self._flush_alerts()
             return
-        self._flush_handle = loop.call_soon(self._flush_alerts)
+        self._flush_handle = loop.call_soon(self._guarded, self._flush_alerts, "writing changed alerts failed")
 
     def _alert_rows(self) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, float]]:
         changed, self._changed = self._changed, set()
@@ -293,7 +293,15 @@ class CareDesk:
         except RuntimeError:
             self.save()
             return
-        self._save_handle = loop.call_later(SAVE_DELAY_S, self.save)
+        self._save_handle = loop.call_later(SAVE_DELAY_S, self._guarded, self.save, "saving failed")
+
+    def _guarded(self, fn: Callable[[], None], what: str) -> None:
+        """A loop callback of the desk: a bug in it is counted in ``bugs`` (and logged with its
+        traceback, rate limited), not only logged by the event loop; the next change schedules it again."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - a bug of the desk's own: counted, the rules carry on
+            self.bugs.report(log, "care rules", exc, what)
 
     def save(self) -> None:
         """Write what changed now (also at stop)."""

@@ -163,3 +163,45 @@ def test_the_clock_and_the_timeline_go_on_after_a_failed_sample_or_save(
 
     asyncio.run(go())
     assert clock.bugs.count >= 3 and timeline.bugs.count >= 3
+
+
+def test_a_bug_in_the_care_desk_s_write_behind_is_counted_and_the_sos_still_sent(
+    tmp_path: Path,
+    broker: Mosquitto,
+    cloud: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The care desk writes a changed alert at the end of the loop iteration (a loop callback): a bug there
+    went to the event loop's handler, logged but never counted, so the status said no bugs. Now it is
+    counted in ``bugs.care`` with its traceback, the SOS goes on to the cloud, and the next change is
+    written again."""
+    link = tmp_path / "rfx"
+    cfg = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link) + RULES)
+    real = RuleEngine.alert_state
+    broken: list[str] = []
+
+    def alert_state_once_broken(self: RuleEngine, alert_id: str) -> Any:
+        if not broken:
+            broken.append(alert_id)
+            raise KeyError("the audit's injected fault")
+        return real(self, alert_id)
+
+    monkeypatch.setattr(RuleEngine, "alert_state", alert_state_once_broken)
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim, daemon_in_process(cfg) as (daemon, task):
+            care = daemon.care
+            assert care is not None
+            await until(lambda: sim.started, 20, "the receiver started")
+            await sim.press(0xA1B2C3)
+            await until(lambda: sos_alerts(cloud), 20, "the SOS at the cloud")
+            await until(lambda: care.bugs.count >= 1, 10, "the write-behind's bug counted")
+            assert not task.done()
+            return await daemon.status()
+
+    with caplog.at_level(logging.ERROR):
+        status = asyncio.run(go())
+    assert broken and status["bugs"]["care"] == 1 and status["bugs"]["total"] >= 1
+    logged = errors(caplog, "care rules: writing changed alerts failed: KeyError")
+    assert len(logged) == 1 and logged[0].exc_info is not None
