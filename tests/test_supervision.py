@@ -193,9 +193,9 @@ def test_a_cancellation_leaked_in_a_reconnector_session_is_a_bug_and_it_reconnec
     assert rc.connects >= 3 and rc.failures >= 3 and rc.bugs.count == rc.failures, "reconnected each time"
     assert sup.failures == 0 and LeakyLinkDriver.runs == 1, "handled in the driver's own reconnector"
     assert sup.bug_count() == rc.bugs.count
-    assert isinstance(rc.last_error, asyncio.CancelledError)
-    reason = states(seen, "link-1", LinkState.ERROR)[0].reason
-    assert reason is not None and reason.startswith("internal error: CancelledError")
+    # (rc.last_error is cleared by the reconnect that may come just before the stop: the states say it)
+    reasons = [s.reason or "" for s in states(seen, "link-1", LinkState.ERROR)]
+    assert reasons and all(r.startswith("internal error: CancelledError") for r in reasons), reasons
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
     assert rc.state is ConnState.STOPPED and stop_s < 0.5
 
