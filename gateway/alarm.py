@@ -45,6 +45,7 @@ import string
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -567,12 +568,22 @@ class AlarmStore:
         self.db = open_state_db(path, _ALARM_SCHEMA, "sms fallback record", AlarmStoreError, synchronous="FULL")
 
     def save(self, cases: Iterable[Case]) -> None:
-        rows = [(c.alert_id, int(c.state != "done" or c.version > c.reported), c.to_json()) for c in cases]
-        if not rows:
+        self.save_rows(self.rows(cases))
+
+    @staticmethod
+    def rows(cases: Iterable[Case]) -> list[tuple[str, int, str]]:
+        """The rows of ``cases`` as they are now (taken on the event loop, written on another thread)."""
+        return [(c.alert_id, int(c.state != "done" or c.version > c.reported), c.to_json()) for c in cases]
+
+    def save_rows(self, rows: list[tuple[str, int, str]], watch: dict[str, Any] | None = None) -> None:
+        """One transaction (``synchronous=FULL``: on disk when it returns): ``rows``, and the watch state."""
+        if not rows and watch is None:
             return
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO cases VALUES (?, ?, ?)", rows)
+            if watch is not None:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("watch", json.dumps(watch)))
 
     def has(self, alert_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM cases WHERE alert_id = ?", (alert_id,)).fetchone() is not None
@@ -696,6 +707,7 @@ class SmsFallback:
             "store_failures": 0,  # writes of the record that failed (a full disk): the SMS went all the same
         }
         self.bugs = BugLog()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sms-record")  # the record's writes
         self._store_failing = False  # the first failed write of a run is a WARNING, its repeats DEBUG
         self._store_retry_at = 0.0  # (time.monotonic) no write before, unless an SMS is about to go
         self._unsaved_watch: dict[str, Any] | None = None
@@ -788,8 +800,11 @@ class SmsFallback:
                 tg.create_task(self._modem_supervised(), name="sms modem")
                 tg.create_task(self._supervised(), name="sms fallback")
         finally:
-            self._save(force=True)
-            self.store.close()
+            try:
+                await self._save(force=True)  # at the stop (a second cancellation leaves it to the thread)
+            finally:
+                self._io.shutdown(wait=True)
+                self.store.close()
 
     async def _supervised(self) -> None:
         """The second path must never take the first one down: a failure of the fallback (a bug) is
@@ -839,7 +854,7 @@ class SmsFallback:
                 was_ready = ready
             actions += self.policy.tick(now)
             # write-ahead: the attempt is on disk before the modem gets it (or, on a full disk, in memory)
-            self._save(force=any(isinstance(a, SendSms) for a in actions))
+            await self._save(force=any(isinstance(a, SendSms) for a in actions))
             for action in actions:
                 if isinstance(action, WatchChange):
                     self._watch(action)
@@ -869,36 +884,61 @@ class SmsFallback:
             self._failing = False
             log.warning("sms fallback: alert %s: SMS handed to the network (%d parts)", a.alert_id, len(mrs))
             self.policy.sent(a.attempt_id, mrs, self.clock(), expect_report=self._expect_reports())
-        self._save()
+        await self._save()
 
     def _expect_reports(self) -> bool:
         return self.cfg.modem.delivery_reports if self.cfg.modem is not None else True
 
-    def _save(self, *, force: bool = False) -> None:
-        """Write the changed cases. A write that fails (a full disk) never holds an SMS back: the changes
-        stay in memory (``policy.dirty``) and are written by a later save, tried at most every
-        ``STORE_RETRY_S`` while writes fail, and always when ``force`` (an SMS is about to go)."""
+    async def _save(self, *, force: bool = False) -> None:
+        """Write the changed cases, on the record's own thread (its fsync on a slow SD card must not hold
+        the event loop, and with it the devices and the uplink, during an alarm); the loop waits for it
+        (write-ahead: the attempt is on disk before its SMS goes). A write that fails (a full disk) never
+        holds an SMS back: the changes stay in memory (``policy.dirty``) and are written by a later save,
+        tried at most every ``STORE_RETRY_S`` while writes fail, and always when ``force`` (an SMS is
+        about to go)."""
         if not self.policy.dirty and self._unsaved_watch is None:
             return
         if self._store_failing and not force and time.monotonic() < self._store_retry_at:
             return
-        cases = [self.policy.cases[a] for a in self.policy.dirty if a in self.policy.cases]
+        taken, cases, rows, watch = self._changes()
+        if not rows and watch is None:
+            self.policy.dirty -= taken  # ids of cases no longer in memory: nothing to write
+            return
+        error = await asyncio.get_running_loop().run_in_executor(self._io, self._write, rows, watch)
+        self._written(taken, cases, watch, error)
+
+    def _changes(self) -> tuple[set[str], list[Case], list[tuple[str, int, str]], dict[str, Any] | None]:
+        """What a save writes, taken now on the loop: the dirty ids, their cases, their rows, the watch."""
+        taken = set(self.policy.dirty)
+        cases = [self.policy.cases[a] for a in taken if a in self.policy.cases]
+        return taken, cases, AlarmStore.rows(cases), self._unsaved_watch
+
+    def _write(self, rows: list[tuple[str, int, str]], watch: dict[str, Any] | None) -> Exception | None:
+        """(The record's thread.) The write; how it failed, if it did."""
         try:
-            if self._unsaved_watch is not None:
-                self.store.set_meta("watch", self._unsaved_watch)
-                self._unsaved_watch = None
-            self.store.save(cases)
+            self.store.save_rows(rows, watch)
         except STORE_ERRORS as exc:
+            return exc
+        return None
+
+    def _written(
+        self, taken: set[str], cases: list[Case], watch: dict[str, Any] | None, error: Exception | None
+    ) -> None:
+        """(The loop.) After a write: forget what was written, or note the failure."""
+        if error is not None:
             devices = sorted({c.device_id for c in cases})
             what = f"the SMS attempts of device {', '.join(devices)}" if devices else "the watch state"
-            self._store_failed(exc, f"{what} kept in memory and written later")
+            self._store_failed(error, f"{what} kept in memory and written later")
             return
-        self.policy.dirty.clear()
+        self.policy.dirty -= taken  # what changed meanwhile stays dirty for the next save
+        if watch is not None and self._unsaved_watch is watch:
+            self._unsaved_watch = None
         if self._store_failing:
             log.info("sms fallback: its record %s is written again", self.store.path)
             self._store_failing = False
         for c in cases:  # closed and reported: nothing more will happen to it in memory
-            if c.state == "done" and c.version <= c.reported and c.alert_id not in self._reporting:
+            done = c.state == "done" and c.version <= c.reported
+            if done and c.alert_id not in self._reporting and c.alert_id not in self.policy.dirty:
                 self.policy.cases.pop(c.alert_id, None)
 
     # -- to the cloud ------------------------------------------------------------------------------
@@ -941,12 +981,9 @@ class SmsFallback:
         self._store_failing = True
 
     def _watch(self, w: WatchChange) -> None:
-        watch = {"raised": w.state == "raised", "since": w.since}
-        try:
-            self.store.set_meta("watch", watch)
-        except STORE_ERRORS as exc:  # the watch alert goes all the same; its state is written later
-            self._unsaved_watch = watch
-            self._store_failed(exc, "the watch state kept in memory and written later")
+        # written with the next save, within a tick (a failed write keeps it for the one after)
+        self._unsaved_watch = {"raised": w.state == "raised", "since": w.since}
+        self._wake.set()
         ev = AlertEvent(
             alert_id=f"modem_unavailable/{self.topics.gateway_id}/{round(w.since * 1000)}",
             state=w.state,

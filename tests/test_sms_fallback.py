@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -595,3 +596,38 @@ def test_a_bug_in_the_modem_link_is_counted_and_the_link_started_again(
     assert bugs == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "modem's link failed" in errors[0].getMessage() and errors[0].exc_info
+
+
+def test_the_record_is_written_off_the_event_loop_and_still_before_the_sms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is ``synchronous=FULL``: each write waits for an fsync, tens to hundreds of ms on an SD
+    card, and it ran on the event loop, holding the devices, the outbox's committer and the uplink during
+    an alarm. Now it runs on the record's own thread: here each write waits until the event loop has run a
+    callback scheduled when the write began (on the loop's thread that could never happen: the write would
+    fail), and the attempt is on disk before its SMS reaches the modem (write-ahead kept)."""
+    cfg = in_loop_cfg(tmp_path / "modem")
+    real = AlarmStore.save_rows
+    writes: list[tuple[bool, int]] = []
+    sent_at_write: list[int] = []
+
+    async def go() -> ModemSimulator:
+        loop = asyncio.get_running_loop()
+        async with fallback_in_loop(tmp_path, cfg) as (fallback, modem):
+
+            def save_rows(store: AlarmStore, rows: list[tuple[str, int, str]], watch: Any = None) -> None:
+                ran = threading.Event()
+                loop.call_soon_threadsafe(ran.set)
+                writes.append((ran.wait(5), len(rows)))  # a slow disk, during which the loop goes on
+                sent_at_write.append(len(modem.sent))
+                real(store, rows, watch)
+
+            monkeypatch.setattr(AlarmStore, "save_rows", save_rows)
+            fallback.on_sos("sos-bedroom-1", "bedroom", time.time())
+            await until(lambda: len(modem.sent) >= 2, 15, "both SMS")
+            return modem
+
+    modem = asyncio.run(go())
+    assert [s.to for s in modem.sent] == [CC, G1]
+    assert writes and all(ran for ran, _ in writes), f"a write held the event loop: {writes}"
+    assert sent_at_write[0] == 0, "the first attempt was written before any SMS went"
