@@ -72,6 +72,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -284,24 +285,29 @@ class Outbox:
             self.timebase = Clock()
             self.timebase.sample()
         if not self.open_in_run:
-            await self._open_now()
+            self._start_open()
             await self.opened()
         return self
 
-    async def _open_now(self) -> None:
-        """Open the store on the worker thread (once); the outcome is in :meth:`opened`."""
+    def _start_open(self) -> None:
+        """Open the store on the worker thread (once). :meth:`opened` says when the thread is done with it,
+        whoever waits and whether or not the one who started it was cancelled meanwhile (a stop during a
+        long open must still find the store open, and commit what waits, when it closes)."""
         if self._open_started:
             return
         self._open_started = True
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-        except OutboxError as exc:
+        asyncio.get_running_loop().run_in_executor(self._executor, self._open).add_done_callback(self._open_done)
+
+    def _open_done(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled():
+            self._open_error = OutboxError(f"{self.path}: the open was cancelled")
+        elif isinstance(exc, OutboxError):
             self._open_error = exc
-        except Exception as exc:  # noqa: BLE001 - every caller waiting for the open must learn it failed
+        elif exc is not None:
             self._open_error = OutboxError(f"{self.path}: cannot open the store: {type(exc).__name__}: {exc}")
             self._open_error.__cause__ = exc
-        finally:
-            self._opened.set()
+        self._opened.set()
 
     async def opened(self) -> None:
         """Wait until the store is open; raises :class:`OutboxError` if it could not be opened."""
@@ -322,9 +328,9 @@ class Outbox:
             self._retry = None
         try:
             if not self._open_started and self._pending:
-                await self._open_now()  # stopped before run() opened the store: what was accepted goes in
+                self._start_open()  # stopped before run() opened the store: what was accepted goes in
             if self._open_started:
-                await self._opened.wait()
+                await self._opened.wait()  # the open's thread is done with it
             if self._open_error is not None:
                 for p in self._pending:
                     if not p.future.done():
@@ -343,8 +349,13 @@ class Outbox:
             self._executor.shutdown(wait=True)
 
     async def flush(self) -> None:
-        """Commit what is pending now (the orderly stop does, before anything else can hang)."""
-        if not self._closed and self._db is not None:
+        """Commit what is pending now (the orderly stop does, before anything else can hang); during the
+        open, once it is done."""
+        if self._closed:
+            return
+        if self._open_started:
+            await self._opened.wait()
+        if self._db is not None:
             await self._flush()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -407,6 +418,9 @@ class Outbox:
         that damages every store: the failures are then the callers', as any other)."""
         now = time.monotonic()
         if self._replaced_at is not None and now - self._replaced_at < REPLACE_MIN_S:
+            log.warning(
+                "outbox: %s found damaged again within %g s, not replaced again yet: %s", self.path, REPLACE_MIN_S, exc
+            )
             return False
         self._replaced_at = now
         known = (self.stream, self.next_seq - 1)
@@ -710,7 +724,7 @@ class Outbox:
         """(With ``open_in_run``: open the store first.) Group commits, and the salvage of a damaged
         store this one replaced (if it is not done). Raises :class:`OutboxError` if the store cannot be
         opened (what was submitted meanwhile fails with it)."""
-        await self._open_now()
+        self._start_open()
         await self.opened()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -743,20 +757,24 @@ class Outbox:
     async def _integrity_check(self) -> None:
         """(``open_in_run``) The store's ``quick_check``, on a read-only connection of its own on another
         thread, while the committer already commits: a damaged store is replaced as one found damaged
-        while running. Never raises (a check that cannot run is a WARNING: runtime damage is still
-        caught by the reads and commits that meet it)."""
+        while running, if it is still the store in use (a commit may have met the damage first). Never
+        raises (a check that cannot run is a WARNING: runtime damage is still caught by the reads and
+        commits that meet it); cancelled (the stop), it ends within a few thousand SQLite steps."""
+        stream = self.stream
         try:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         except sqlite3.Error as exc:
             log.warning("outbox: the integrity check of %s could not start: %s", self.path, exc)
             return
+        stop = threading.Event()
+        db.set_progress_handler(lambda: int(stop.is_set()), 1000)  # non-zero: SQLite interrupts the check
         verdict: str | None = None
         try:
             check = asyncio.get_running_loop().run_in_executor(None, _quick_check, db)
             try:
                 verdict = await asyncio.shield(check)
             except asyncio.CancelledError:
-                db.interrupt()  # the check ends at once (SQLITE_INTERRUPT), the thread with it
+                stop.set()
                 with contextlib.suppress(sqlite3.Error):
                     await check
                 raise
@@ -768,7 +786,15 @@ class Outbox:
         finally:
             db.close()
         if verdict is not None and verdict != "ok":
-            await self._call(self._replace_while_running, _Damaged(f"it failed its integrity check: {verdict[:300]}"))
+            damage = _Damaged(f"it failed its integrity check: {verdict[:300]}")
+            await self._call(self._replace_if_current, stream, damage)
+
+    def _replace_if_current(self, stream: str, exc: _Damaged) -> None:
+        """(Worker thread.) The check's verdict, on the store it checked only."""
+        if self._db is not None and self.stream == stream:
+            self._replace_while_running(exc)
+        else:
+            log.info("outbox: the integrity check's store %s was replaced already", stream)
 
     # -- a damaged store's messages, again (module docstring, "Damaged store") -------------------
 

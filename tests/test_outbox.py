@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -637,3 +638,39 @@ def test_an_sos_during_a_long_correction_waits_for_one_chunk_of_it_not_all(
     seq, at_sos, total = run(go())
     assert seq == waiting + 2 and total > waiting
     assert at_sos < total, "the SOS was committed before the correction's last chunk"
+
+
+def test_a_stop_during_a_long_open_still_commits_what_was_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's outbox opens in run() (open_in_run) while the devices already submit. A stop while the
+    open was still reading the store cancelled run(): the outbox then took itself as opened without a
+    store, close() committed nothing and the SOS submitted meanwhile was lost. Now close() waits for the
+    open's thread and commits it."""
+    gate = threading.Event()
+    real_open = Outbox._open
+
+    def slow_open(self: Outbox) -> None:
+        assert gate.wait(10)
+        real_open(self)
+
+    monkeypatch.setattr(Outbox, "_open", slow_open)
+
+    async def go() -> int:
+        ob = Outbox(tmp_path / "ob.db", open_in_run=True)
+        await ob.__aenter__()
+        runner = asyncio.create_task(ob.run())
+        sos = ob.submit(msg(Lane.ALERT))
+        await asyncio.sleep(0.1)
+        runner.cancel()  # the stop, while the store is still being opened
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        asyncio.get_running_loop().call_later(0.3, gate.set)
+        await ob.flush()  # as the daemon's orderly stop does
+        await ob.close()
+        return sos.result()
+
+    assert run(go()) == 1
+    db = sqlite3.connect(tmp_path / "ob.db")
+    assert db.execute("SELECT lane FROM msg").fetchall() == [(0,)]
+    db.close()

@@ -8,12 +8,14 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import outbox as outbox_mod
 from gateway.outbox import Lane, NewMessage, Outbox, StoredMessage, read_summary
 from gateway.salvage import DamagedStore, Recovery
 from simulators.broker import Mosquitto, free_port
@@ -281,6 +283,50 @@ def test_the_daemon_s_outbox_checks_the_store_beside_the_first_commits_and_repla
     ids = sorted(json.loads(r[4])["msg_id"] for r in stored(path))
     assert ids == sorted(["sos-now", *(f"m{r[0] - 1}" for r in before)]), "everything, the SOS too, salvaged"
     assert rec.salvaged == N + 1 and ob.stream_first_seq == N + 2
+
+
+def test_the_check_s_verdict_never_replaces_a_store_that_replaced_the_one_it_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The integrity check reads the file it opened; should a read meet the damage first and replace the
+    store, the check's late verdict (damaged) is about the old file: it must not move the fresh store,
+    with the SOS and everything salvaged into it, aside (the review found it did)."""
+    path = tmp_path / "outbox.sqlite3"
+    write_store(path)
+    damage_middle_leaf_of(path, "msg_lane_seq")
+    gate, checked = threading.Event(), threading.Event()
+    real_check = outbox_mod._quick_check
+
+    def late_check(db: sqlite3.Connection) -> str:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the check has the old file open
+        assert gate.wait(20)
+        try:
+            return real_check(db)
+        finally:
+            checked.set()
+
+    monkeypatch.setattr(outbox_mod, "_quick_check", late_check)
+    monkeypatch.setattr(outbox_mod, "REPLACE_MIN_S", 0.0)  # the verdict may come long after (a big store)
+
+    async def go() -> Outbox:
+        async with Outbox(path, open_in_run=True) as ob:
+            runner = asyncio.create_task(ob.run())
+            await ob.opened()
+            first = ob.stream
+            await ob.fetch(Lane.OBSERVATION, 0, 3000)  # reads the damaged leaf: replaced at once
+            assert ob.recovery is not None and ob.stream != first
+            await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the salvage")
+            gate.set()
+            await until(checked.is_set, 20, "the check's verdict on the old file")
+            await asyncio.sleep(0.5)  # what the outbox does with it
+            runner.cancel()
+            return ob
+
+    ob = run(go())
+    asides = [p.name for p in tmp_path.glob("outbox.sqlite3.damaged-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert len(asides) == 1, asides
+    assert ob.recovery is not None and ob.recovery.salvaged > 0
+    assert len(stored(path)) == ob.recovery.salvaged, "the fresh store kept what was salvaged into it"
 
 
 # -- the daemon ---------------------------------------------------------------------------------
