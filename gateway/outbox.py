@@ -839,13 +839,15 @@ class Outbox:
             if alerts:
                 await self._resubmit(alerts, rec)
             rec.alerts_first = alerts is not None
+            rec.alert_seqs = [r.seq for r in alerts or []]
             rec.started = True
             await self._call(self._save_recovery)
         invalid, unreadable = rec.invalid, list(rec.unreadable or [])
         cursor: int | None = rec.cursor
         while cursor is not None and self.recovery is rec:
             rows, cursor = await self._call(store.rows_after, cursor)
-            await self._resubmit([r for r in rows if not (rec.alerts_first and r.lane == Lane.ALERT)], rec)
+            done = set(rec.alert_seqs or [])  # the alerts the index gave (a stale index may miss some)
+            await self._resubmit([r for r in rows if r.seq not in done], rec)
             rec.cursor = cursor if cursor is not None else rec.cursor
             rec.invalid = invalid + store.invalid
             rec.unreadable = unreadable

@@ -31,9 +31,12 @@ from typing import Any
 from gateway.clock import ClockState
 
 BATCH = 500  # rows per read (and per commit into the new store)
+MAX_LOOKUPS = 100_000  # seqs of a stretch stepped over that are looked up one by one (each fails fast)
 _COLUMNS = "seq, lane, device, topic, body, captured, retain, boot, mono, clock, shift"
 _MAX_SEQ = (1 << 62) - 1
-_PROBE = "SELECT seq FROM msg NOT INDEXED WHERE seq > ? ORDER BY seq LIMIT 1"
+# ``seq >= n`` rather than ``seq > n - 1``: SQLite seeks the key itself, so a seek to the first row of a leaf
+# never lands in the damaged leaf before it (whose last key is n - 1)
+_PROBE = "SELECT seq FROM msg NOT INDEXED WHERE seq >= ? ORDER BY seq LIMIT 1"
 _CLOCK_STATES = frozenset(int(c) for c in ClockState)
 
 
@@ -108,7 +111,7 @@ class DamagedStore:
         last, n = seq, 0
         try:
             cur = self.db.execute(
-                f"SELECT {_COLUMNS} FROM msg NOT INDEXED WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+                f"SELECT {_COLUMNS} FROM msg NOT INDEXED WHERE seq >= ? ORDER BY seq LIMIT ?", (seq + 1, limit)
             )
             for raw in cur:
                 n += 1
@@ -117,27 +120,64 @@ class DamagedStore:
                 if row is not None:
                     got.append(row)
         except sqlite3.Error:
-            return got, self._step_over(last)
+            more, cursor = self._step_over(last)
+            return got + more, cursor
         return got, (last if n == limit else None)
 
-    def _step_over(self, last: int) -> int | None:
-        """A read past ``last`` failed: the next seq from which SQLite reads again (None: none up to the
-        highest seq the store may hold)."""
-        assert self.db is not None
+    def _step_over(self, last: int) -> tuple[list[SalvagedRow], int | None]:
+        """A read past ``last`` failed: the next cursor from which SQLite reads on (None: none up to the
+        highest seq the store may hold), and the rows of the stretch stepped over that a seek of their own
+        still reads (a scan fails where a damaged page is on its way; a lookup of a row beside it need
+        not). The seqs of the stretch that none reads are noted unreadable."""
         end = self.last_seq if self.last_seq is not None else _MAX_SEQ
-        step = 1
+        step, failed = 1, last  # the last cursor that failed (the read past ``last`` did)
+        found: int | None = None
         while last + step <= end:
             probe = last + step
-            try:
-                self.db.execute(_PROBE, (probe,)).fetchall()
-            except sqlite3.Error:
-                step *= 2
+            if not self._readable_from(probe + 1):
+                failed, step = probe, step * 2
                 continue
-            self._note(last + 1, probe)
-            return probe
-        if end > last:
-            self._note(last + 1, end)
-        return None
+            # the first cursor that reads lies in (failed, probe]: halve it (the doubling overshoots)
+            while probe - failed > 1:
+                mid = (failed + probe) // 2
+                if self._readable_from(mid + 1):
+                    probe = mid
+                else:
+                    failed = mid
+            found = probe
+            break
+        hi = found if found is not None else (end if end > last else last)
+        rows = self._lookups(last + 1, hi)
+        return rows, found
+
+    def _lookups(self, lo: int, hi: int) -> list[SalvagedRow]:
+        """Each seq of ``lo..hi`` by a lookup of its own (at most :data:`MAX_LOOKUPS` of them); the rest
+        are noted unreadable."""
+        assert self.db is not None
+        rows: list[SalvagedRow] = []
+        if hi - lo + 1 > MAX_LOOKUPS:
+            self._note(lo, hi)
+            return rows
+        for seq in range(lo, hi + 1):
+            try:
+                raw = self.db.execute(f"SELECT {_COLUMNS} FROM msg WHERE seq = ?", (seq,)).fetchone()
+            except sqlite3.Error:
+                self._note(seq, seq)
+                continue
+            row = self._row(raw) if raw is not None else None
+            if row is not None:
+                rows.append(row)
+            elif raw is None:
+                self._note(seq, seq)  # not read: perhaps never there (delivered), perhaps lost
+        return rows
+
+    def _readable_from(self, seq: int) -> bool:
+        assert self.db is not None
+        try:
+            self.db.execute(_PROBE, (seq,)).fetchall()
+        except sqlite3.Error:
+            return False
+        return True
 
     def _note(self, lo: int, hi: int) -> None:
         if self.unreadable and self.unreadable[-1][1] + 1 >= lo:
@@ -205,7 +245,8 @@ class Recovery:
     reason: str  # SQLite's words
     old_stream: str | None = None
     old_last_seq: int | None = None
-    alerts_first: bool = False  # the alerts came through the index first (the table pass skips them)
+    alerts_first: bool = False  # the alerts came through the index first (the table pass skips those)
+    alert_seqs: list[int] | None = None  # their seqs in the damaged store (few): only those are skipped
     started: bool = False  # the alert pass is done; the table pass goes on from ``cursor``
     cursor: int = 0  # in the damaged store's seqs
     salvaged: int = 0  # messages committed again in the new store
