@@ -905,7 +905,7 @@ class SmsFallback:
             self.policy.dirty -= taken  # ids of cases no longer in memory: nothing to write
             return
         error = await asyncio.get_running_loop().run_in_executor(self._io, self._write, rows, watch)
-        self._written(taken, cases, watch, error)
+        self._written(taken, cases, rows, watch, error)
 
     def _changes(self) -> tuple[set[str], list[Case], list[tuple[str, int, str]], dict[str, Any] | None]:
         """What a save writes, taken now on the loop: the dirty ids, their cases, their rows, the watch."""
@@ -922,7 +922,12 @@ class SmsFallback:
         return None
 
     def _written(
-        self, taken: set[str], cases: list[Case], watch: dict[str, Any] | None, error: Exception | None
+        self,
+        taken: set[str],
+        cases: list[Case],
+        rows: list[tuple[str, int, str]],
+        watch: dict[str, Any] | None,
+        error: Exception | None,
     ) -> None:
         """(The loop.) After a write: forget what was written, or note the failure."""
         if error is not None:
@@ -930,7 +935,11 @@ class SmsFallback:
             what = f"the SMS attempts of device {', '.join(devices)}" if devices else "the watch state"
             self._store_failed(error, f"{what} kept in memory and written later")
             return
-        self.policy.dirty -= taken  # what changed meanwhile stays dirty for the next save
+        # What changed while the write ran (a report's outcome, from a future's callback) stays dirty for the
+        # next save: only the cases whose row is still the one written are clean.
+        written = {row[0]: row for row in rows}
+        now = {row[0]: row for row in AlarmStore.rows(c for c in cases if c.alert_id in self.policy.dirty)}
+        self.policy.dirty -= {a for a in taken if a not in written or now.get(a) == written[a]}
         if watch is not None and self._unsaved_watch is watch:
             self._unsaved_watch = None
         if self._store_failing:

@@ -264,15 +264,19 @@ class CareDesk:
         rows: dict[str, dict[str, Any]] = {}
         gone: list[str] = []
         recent: dict[str, float] = {}
-        for aid in changed:
-            doc = self.engine.alert_state(aid)
-            if doc is None:
-                gone.append(aid)
-            else:
-                rows[aid] = doc
-            at = self.engine.recent_at(aid)
-            if at is not None:
-                recent[aid] = at
+        try:
+            for aid in changed:
+                doc = self.engine.alert_state(aid)
+                if doc is None:
+                    gone.append(aid)
+                else:
+                    rows[aid] = doc
+                at = self.engine.recent_at(aid)
+                if at is not None:
+                    recent[aid] = at
+        except Exception:
+            self._changed |= changed  # a bug (counted by the caller): the changes wait for the next write
+            raise
         return rows, gone, recent
 
     def _flush_alerts(self) -> None:

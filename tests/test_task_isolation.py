@@ -198,6 +198,9 @@ def test_a_bug_in_the_care_desk_s_write_behind_is_counted_and_the_sos_still_sent
             await until(lambda: sos_alerts(cloud), 20, "the SOS at the cloud")
             await until(lambda: care.bugs.count >= 1, 10, "the write-behind's bug counted")
             assert not task.done()
+            care.save()  # the change the bug held back is written with the next write
+            snap = care.store.load(care.engine.snapshot(alerts=False))
+            assert snap is not None and broken[0] in {a["alert_id"] for a in snap["alerts"]}, snap
             return await daemon.status()
 
     with caplog.at_level(logging.ERROR):
