@@ -262,6 +262,7 @@ class Outbox:
         self._closed = False
         self._on_evict: list[Callable[[list[tuple[int, int]]], None]] = []
         self._on_recovered: list[Callable[[], None]] = []
+        self._on_replaced: list[Callable[[], None]] = []
         self.timebase = timebase
         self.time_correction = time_correction  # builds the time-correction message (gateway.messages)
         self.stream = ""
@@ -407,7 +408,6 @@ class Outbox:
             raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
         self.recovery = Recovery(aside=str(aside), at=time.time(), reason=reason, old_stream=stream, old_last_seq=last)
         self._save_recovery(db)
-        self._salvage_due = True
         return db
 
     def _replace_while_running(self, exc: BaseException) -> bool:
@@ -436,6 +436,7 @@ class Outbox:
             log.error("outbox: the damaged store could not be replaced: %s", lost)
             return False
         self._check_disk(force=True)
+        self._salvage_due = True  # on the loop: the salvage starts, the uplink starts a new session
         return True
 
     def _begin_salvage(self) -> None:
@@ -444,7 +445,7 @@ class Outbox:
         rec = self.recovery
         if self._tg is not None and rec is not None and not rec.done:
             self._tg.create_task(self._salvage(rec), name="outbox salvage")
-        for cb in self._on_recovered:
+        for cb in (*self._on_replaced, *self._on_recovered):
             cb()
 
     def _reset_view(self) -> None:
@@ -685,6 +686,10 @@ class Outbox:
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after each commit that added messages (the uplink's wake-up)."""
         self._on_commit.append(callback)
+
+    def on_replaced(self, callback: Callable[[], None]) -> None:
+        """``callback()`` when a damaged store was replaced while running (its seqs are no one's now)."""
+        self._on_replaced.append(callback)
 
     def on_recovered(self, callback: Callable[[], None]) -> None:
         """``callback()`` once the salvage of a damaged store this one replaced is done."""

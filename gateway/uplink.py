@@ -249,6 +249,7 @@ class Uplink:
             on_state=self._on_state,
         )
         self._reconnect_now = False
+        self._reconnect_why = "new settings"
         self.on_alert_delivered: list[Callable[[StoredMessage], None]] = []  # PUBACK of an alert
         self.downlink: Downlink | None = None  # set by the daemon: commands on cmd/+
         self._command_tasks: set[asyncio.Task[None]] = set()
@@ -267,6 +268,7 @@ class Uplink:
         outbox.on_commit(self._on_commit)
         outbox.on_evict(lambda _ranges: self.request_status())
         outbox.on_recovered(self.request_status)  # the status's recovered_from says how much came back
+        outbox.on_replaced(self._store_replaced)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -288,6 +290,14 @@ class Uplink:
         self.window = cfg.inflight_window
         self.min_share = max(1, self.window // MIN_SHARE_DIVISOR)
         self.reconnector.backoff.base_s, self.reconnector.backoff.cap_s = cfg.backoff_base_s, cfg.backoff_cap_s
+        self._reconnect_why = "new settings"
+        self._reconnect_now = True
+        self._wake.set()
+
+    def _store_replaced(self) -> None:
+        """The outbox replaced a damaged store while running: this session's in-flight counts and
+        cursors are of the old one; the next session starts from the fresh store."""
+        self._reconnect_why = "the outbox store was replaced"
         self._reconnect_now = True
         self._wake.set()
 
@@ -642,7 +652,7 @@ class Uplink:
                 raise BrokerUnavailable(f"connection lost: {gone.result()}")
             if self._reconnect_now:
                 self._reconnect_now = False
-                log.info("uplink: new settings: reconnecting")
+                log.info("uplink: %s: reconnecting", self._reconnect_why)
                 return  # an expected end: the session disconnects cleanly and the next one starts
             self._wake.clear()
             if self._new_data:

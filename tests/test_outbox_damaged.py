@@ -358,6 +358,42 @@ def test_the_check_s_verdict_never_replaces_a_store_that_replaced_the_one_it_che
     assert len(stored(path)) == ob.recovery.salvaged, "the fresh store kept what was salvaged into it"
 
 
+def test_a_replacement_while_running_starts_a_new_uplink_session_and_the_sos_arrives(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """The uplink's session counts what it has in flight and where it fetched up to, in the old store's
+    seqs: after a replacement while running it starts a new session from the fresh store (the review
+    found an SOS in the fresh store could wait behind the old store's in-flight alerts)."""
+    from drivers.base import ButtonPress
+    from drivers.reconnect import ConnState
+    from tests.test_uplink import gateway, plain
+
+    async def go() -> tuple[int, int]:
+        async with gateway(tmp_path, plain(broker.port)) as (ob, up, pl):
+            await until(lambda: up.state is ConnState.CONNECTED, what="connected")
+            futs = [
+                ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time()))
+                for i in range(20_000)
+            ]
+            await asyncio.gather(*futs)
+            connects = up.reconnector.connects
+            db = sqlite3.connect(ob.path)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.close()
+            damage_page_of(ob.path, b'"msg_id": "m5"')
+            ob.ack(range(1, 11))  # the next commit's delete meets the damage
+            pl.sink(ButtonPress("sos-1", time.time(), "after-the-damage"))
+            await until(lambda: ob.recovery is not None, 10, "the store replaced")
+            await until(lambda: up.reconnector.connects > connects, 20, "a new uplink session")
+            await until(lambda: [a for a in cloud.of_type("alert") if a["device_id"] == "sos-1"], 20, "the SOS")
+            return connects, up.reconnector.connects
+
+    before, after = run(go())
+    assert after > before
+    sos = [a for a in cloud.of_type("alert") if a["device_id"] == "sos-1"]
+    assert len(sos) == 1 and sos[0]["seq"] > 20_000
+
+
 # -- the daemon ---------------------------------------------------------------------------------
 
 
