@@ -277,6 +277,8 @@ class Outbox:
         self._salvage_due = False  # a store was replaced while running: start its salvage
         self._replaced_at: float | None = None  # time.monotonic() of the last replacement while running
         self._lost: str | None = None  # a damaged store could not be replaced: why
+        self._lost_at = 0.0  # time.monotonic() of the last try to make the fresh store
+        self._orphan: Recovery | None = None  # a replacement whose fresh store is not made yet
         self._tg: asyncio.TaskGroup | None = None  # run()'s, for a salvage that starts while running
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -372,13 +374,30 @@ class Outbox:
         """(Worker thread.) ``fn(*args)``; should SQLite find the open store damaged, it is replaced
         (:meth:`_replace_while_running`) and ``fn`` runs once more, on the fresh store."""
         if self._db is None and self._lost is not None:
-            raise OutboxError(f"{self.path}: no store since a damaged one could not be replaced: {self._lost}")
+            self._retry_fresh()  # raises OutboxError while it still cannot be made
         try:
             return fn(*args)
         except (sqlite3.DatabaseError, OutboxError) as exc:
             if self._db is None or not _is_damage(exc) or not self._replace_while_running(exc):
                 raise
         return fn(*args)
+
+    def _retry_fresh(self) -> None:
+        """(Worker thread.) No store since a replacement could not make one: try again (at most every
+        :data:`COMMIT_RETRY_S`); once made, its salvage starts as any other."""
+        now = time.monotonic()
+        if now - self._lost_at < COMMIT_RETRY_S:
+            raise OutboxError(f"{self.path}: no store since a damaged one could not be replaced: {self._lost}")
+        self._lost_at = now
+        try:
+            self._db = self._create_fresh()
+        except OutboxError as exc:
+            self._lost = str(exc)
+            raise
+        log.warning("outbox: a fresh store %s is made at last", self.path)
+        self._lost = None
+        self._check_disk(force=True)
+        self._salvage_due = True
 
     def _open(self) -> None:
         """Open the store; a damaged one (module docstring, "Damaged store") is moved aside, a fresh one
@@ -402,13 +421,28 @@ class Outbox:
             old.close()
         else:
             stream, last = known
-        try:
-            db = self._open_db(first_seq=(last or 0) + 1)
-        except _Damaged as again:
-            raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
-        self.recovery = Recovery(aside=str(aside), at=time.time(), reason=reason, old_stream=stream, old_last_seq=last)
-        self._save_recovery(db)
-        return db
+        rec = Recovery(aside=str(aside), at=time.time(), reason=reason, old_stream=stream, old_last_seq=last)
+        self._orphan = rec  # until a fresh store holds its record (a full disk may refuse one for a while)
+        return self._create_fresh()
+
+    def _create_fresh(self) -> sqlite3.Connection:
+        """The fresh store of the replacement :attr:`_orphan`, its record in it. A first failure (the
+        damaged file, kept, may fill the disk) releases the disk reserve and tries once more."""
+        rec = self._orphan
+        assert rec is not None
+        for attempt in (1, 2):
+            try:
+                db = self._open_db(first_seq=(rec.old_last_seq or 0) + 1)
+                self.recovery, self._orphan = rec, None
+                self._save_recovery(db)
+                return db
+            except _Damaged as again:
+                raise OutboxError(f"{self.path}: even a fresh store is damaged: {again}") from again
+            except (OutboxError, sqlite3.Error) as exc:
+                if attempt == 2 or not self._release_reserve():
+                    raise OutboxError(f"{self.path}: cannot create a fresh store: {exc}") from exc
+                self._set_disk_low(True, None)
+        raise AssertionError("unreachable")
 
     def _replace_while_running(self, exc: BaseException) -> bool:
         """(Worker thread.) The open store turned out damaged (a read or a commit failed with
@@ -432,8 +466,8 @@ class Outbox:
         try:
             self._db = self._replace(f"while running: {exc}", known)
         except (OutboxError, sqlite3.Error, OSError) as lost:
-            self._lost = str(lost)
-            log.error("outbox: the damaged store could not be replaced: %s", lost)
+            self._lost, self._lost_at = str(lost), time.monotonic()
+            log.error("outbox: the damaged store could not be replaced (tried again with each commit): %s", lost)
             return False
         self._check_disk(force=True)
         self._salvage_due = True  # on the loop: the salvage starts, the uplink starts a new session

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -371,22 +372,31 @@ def test_a_replacement_while_running_starts_a_new_uplink_session_and_the_sos_arr
     async def go() -> tuple[int, int]:
         async with gateway(tmp_path, plain(broker.port)) as (ob, up, pl):
             await until(lambda: up.state is ConnState.CONNECTED, what="connected")
-            futs = [
-                ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time()))
-                for i in range(20_000)
-            ]
-            await asyncio.gather(*futs)
-            connects = up.reconnector.connects
-            db = sqlite3.connect(ob.path)
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            db.close()
-            damage_page_of(ob.path, b'"msg_id": "m5"')
-            ob.ack(range(1, 11))  # the next commit's delete meets the damage
-            pl.sink(ButtonPress("sos-1", time.time(), "after-the-damage"))
-            await until(lambda: ob.recovery is not None, 10, "the store replaced")
-            await until(lambda: up.reconnector.connects > connects, 20, "a new uplink session")
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)  # frozen: nothing is acked, the old rows stay (in flight)
+            try:
+                connects = await damaged_under_the_session(ob, up)
+                pl.sink(ButtonPress("sos-1", time.time(), "after-the-damage"))
+                await until(lambda: ob.recovery is not None, 10, "the store replaced")
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            await until(lambda: up.reconnector.connects > connects, 30, "a new uplink session")
             await until(lambda: [a for a in cloud.of_type("alert") if a["device_id"] == "sos-1"], 20, "the SOS")
             return connects, up.reconnector.connects
+
+    async def damaged_under_the_session(ob: Outbox, up: Any) -> int:
+        futs = [
+            ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time()))
+            for i in range(20_000)
+        ]
+        await asyncio.gather(*futs)
+        connects = up.reconnector.connects
+        db = sqlite3.connect(ob.path)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        damage_page_of(ob.path, b'"msg_id": "m5"')
+        ob.ack(range(1, 11))  # the next commit's delete meets the damage
+        return int(connects)
 
     before, after = run(go())
     assert after > before
