@@ -48,8 +48,12 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   boot), with new seqs: its alerts first, then the rest in seq order, a batch per commit (new messages,
   an SOS, are committed between two). The record
   (:class:`gateway.salvage.Recovery`, ``info.recovery``) survives restarts (the salvage goes on from its
-  cursor) and is the status's ``recovered_from``. Other failures to open (permissions, I/O, a store of a
-  later schema) still refuse to start: they are not damage, and the file is left as it is.
+  cursor) and is the status's ``recovered_from``. A replacement while running tells the uplink
+  (:meth:`Outbox.on_replaced`: its session's in-flight counts and cursors are the old store's, it starts
+  a new one). Should the fresh store not be made (a full disk), the reserve is released and it is tried
+  again with each commit, the record kept in memory meanwhile. At most one replacement per
+  :data:`REPLACE_MIN_S`. Other failures to open (permissions, I/O, a store of a later schema) still
+  refuse to start: they are not damage, and the file is left as it is.
 
 - **Opening**: ``async with Outbox(...)`` opens the store (its ``quick_check`` and the count of what waits
   read the whole file: seconds for a full store on an SD card). With ``open_in_run`` (the daemon), it is
@@ -57,7 +61,8 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   they submit meanwhile waits in memory, as in any commit window, and is committed when the store is
   open; every other call (fetch, stats) waits for the open (:meth:`Outbox.opened`). Its ``quick_check``
   then runs on a read-only connection of its own beside the commits (the first commit does not wait for
-  it); a store it finds damaged is replaced as one found damaged while running.
+  it; a stop interrupts it); a store it finds damaged is replaced as one found damaged while running, if
+  it is still the store in use. A stop during the open waits for it, and commits what was submitted.
 
 All SQLite work runs on one dedicated worker thread (``sqlite3`` blocks on fsync; the event loop must
 not); the asyncio side only queues work and awaits results.
