@@ -51,7 +51,9 @@ Contract (docs/mqtt-contract.md, "Delivery"):
   cursor) and is the status's ``recovered_from``. A replacement while running tells the uplink
   (:meth:`Outbox.on_replaced`: its session's in-flight counts and cursors are the old store's, it starts
   a new one). Should the fresh store not be made (a full disk), the reserve is released and it is tried
-  again with each commit, the record kept in memory meanwhile. At most one replacement per
+  again with each commit, the record kept in memory meanwhile. A salvage not done when its store is
+  replaced in turn goes on into the next one (``info.earlier``; the status names the latest). Damaged
+  files are never moved over one another. At most one replacement per
   :data:`REPLACE_MIN_S`. Other failures to open (permissions, I/O, a store of a later schema) still
   refuse to start: they are not damage, and the file is left as it is.
 
@@ -279,6 +281,7 @@ class Outbox:
         self.corrected_total = 0
         self.time_corrections: list[TimeCorrection] = []  # published in this run
         self.recovery: Recovery | None = None  # this store replaced a damaged one (module docstring)
+        self.earlier: list[Recovery] = []  # salvages of stores replaced before it, not done yet
         self._salvage_due = False  # a store was replaced while running: start its salvage
         self._replaced_at: float | None = None  # time.monotonic() of the last replacement while running
         self._lost: str | None = None  # a damaged store could not be replaced: why
@@ -463,6 +466,8 @@ class Outbox:
             return False
         self._replaced_at = now
         known = (self.stream, self.next_seq - 1)
+        # a salvage not done yet (the store it filled is the one damaged now) goes on into the next store
+        self.earlier = [r for r in (*self.earlier, self.recovery) if r is not None and not r.done]
         db, self._db = self._db, None
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -570,7 +575,8 @@ class Outbox:
             if "recovery" in info:
                 try:
                     self.recovery = Recovery.from_json(info["recovery"])
-                except ValueError as exc:
+                    self.earlier = [Recovery.from_json(json.dumps(r)) for r in json.loads(info.get("earlier", "[]"))]
+                except (TypeError, ValueError) as exc:
                     log.warning("outbox: the record of an earlier recovery is not readable, dropped: %s", exc)
         except sqlite3.Error as exc:
             if db is not None:
@@ -587,7 +593,11 @@ class Outbox:
     def _save_recovery(self, db: sqlite3.Connection | None = None) -> None:
         db = db if db is not None else self._db
         if db is not None and self.recovery is not None:
-            db.execute("INSERT OR REPLACE INTO info VALUES ('recovery', ?)", (self.recovery.to_json(),))
+            earlier = json.dumps([json.loads(r.to_json()) for r in self.earlier])
+            db.executemany(
+                "INSERT OR REPLACE INTO info VALUES (?, ?)",
+                [("recovery", self.recovery.to_json()), ("earlier", earlier)],
+            )
 
     # -- disk full (module docstring) -----------------------------------------------------------
 
@@ -774,8 +784,9 @@ class Outbox:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._salvage_due = False
-                if self.recovery is not None and not self.recovery.done:
-                    tg.create_task(self._salvage(self.recovery), name="outbox salvage")
+                for rec in (*self.earlier, self.recovery):
+                    if rec is not None and not rec.done:
+                        tg.create_task(self._salvage(rec), name="outbox salvage")
                 if self.open_in_run:
                     tg.create_task(self._integrity_check(), name="outbox integrity check")
                 await self._committer()
@@ -859,9 +870,10 @@ class Outbox:
         finally:
             if store is not None:
                 await self._call(store.close)
-        if self.recovery is not rec:
-            return  # the store was replaced once more meanwhile: its own salvage reports
+        if self.recovery is not rec and not any(r is rec for r in self.earlier):
+            return  # not this store's (a bug: every unfinished record is carried on)
         rec.done = True
+        self.earlier = [r for r in self.earlier if r is not rec]
         await self._call(self._save_recovery)
         for cb in self._on_recovered:
             cb()
@@ -888,7 +900,7 @@ class Outbox:
             await self._call(self._save_recovery)
         invalid, unreadable = rec.invalid, list(rec.unreadable or [])
         cursor: int | None = rec.cursor
-        while cursor is not None and self.recovery is rec:
+        while cursor is not None:
             rows, cursor = await self._call(store.rows_after, cursor)
             done = set(rec.alert_seqs or [])  # the alerts the index gave (a stale index may miss some)
             await self._resubmit([r for r in rows if r.seq not in done], rec)

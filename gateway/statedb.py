@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 def move_aside(path: Path, why: str, what: str, *, level: int = logging.WARNING) -> Path:
     """Rename ``path`` and its WAL files to ``<name>.damaged-<time>``, logged at ``level`` naming ``what``."""
-    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    stamp = int(time.time())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1  # a second one within the second: never over the first (it may still be being read)
+        aside = path.with_name(f"{path.name}.damaged-{stamp}.{n}")
     log.log(level, "%s %s is damaged (%s): moved to %s, starting fresh", what, path, why, aside)
     for suffix in ("", "-wal", "-shm"):
         src = Path(f"{path}{suffix}")

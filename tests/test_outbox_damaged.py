@@ -205,6 +205,46 @@ def test_the_salvage_steps_over_exactly_what_cannot_be_read(tmp_path: Path) -> N
     assert lost == N - readable
 
 
+def test_a_second_replacement_during_a_salvage_carries_the_first_salvage_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fresh store is found damaged in its turn while the first salvage runs: the first salvage goes
+    on into the next store from its cursor, and the second damaged file (the SOS and what was salvaged
+    so far) is salvaged too: every message reaches the last store (the review found half of them lost)."""
+    path = tmp_path / "outbox.sqlite3"
+    write_store(path)
+    damage_root_of(path, "msg_lane_device_seq")
+    monkeypatch.setattr(outbox_mod, "REPLACE_MIN_S", 0.0)
+    real_rows_after = DamagedStore.rows_after
+
+    def slow_rows_after(self: DamagedStore, seq: int, limit: int = 500) -> Any:
+        time.sleep(0.05)
+        return real_rows_after(self, seq, limit)
+
+    monkeypatch.setattr(DamagedStore, "rows_after", slow_rows_after)
+
+    async def go() -> Outbox:
+        async with Outbox(path) as ob:
+            runner = asyncio.create_task(ob.run())
+            sos = ob.submit(NewMessage(Lane.ALERT, "t/sos", b'{"msg_id": "sos-now"}', "sos-1", time.time()))
+            async with asyncio.timeout(10):
+                await sos
+            await until(lambda: ob.recovery is not None and 500 <= ob.recovery.cursor < 2500, 20, "half way")
+            first = ob.recovery
+            await ob._call(ob._replace_while_running, outbox_mod._Damaged("found damaged in its turn"))
+            assert ob.recovery is not first and any(r is first for r in ob.earlier)
+            await until(lambda: first.done and ob.recovery is not None and ob.recovery.done, 30, "both salvages")
+            assert not ob.earlier
+            runner.cancel()
+            return ob
+
+    run(go())
+    ids = {json.loads(r[4])["msg_id"] for r in stored(path)}
+    assert ids == {"sos-now", *(f"m{i}" for i in range(N))}
+    asides = [p for p in tmp_path.glob("outbox.sqlite3.damaged-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert len(asides) == 2, "the second damaged file never over the first"
+
+
 def test_a_file_that_is_not_a_database_any_more_gives_a_fresh_store_at_once(tmp_path: Path) -> None:
     """The first page is garbage (SQLite: "file is not a database"): nothing can be read back, which the
     record says; the SOS is committed all the same."""
@@ -385,23 +425,20 @@ def test_a_replacement_while_running_starts_a_new_uplink_session_and_the_sos_arr
             return connects, up.reconnector.connects
 
     async def damaged_under_the_session(ob: Outbox, up: Any) -> int:
+        """Readings in flight to the frozen broker, then the store found damaged (as a commit or a read
+        meeting a damaged page does: that detection is tested above, here it is the uplink's turn)."""
         futs = [
-            ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time()))
-            for i in range(20_000)
+            ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i) + b" " * 700, "d", time.time())) for i in range(2_000)
         ]
         await asyncio.gather(*futs)
         connects = up.reconnector.connects
-        db = sqlite3.connect(ob.path)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.close()
-        damage_page_of(ob.path, b'"msg_id": "m5"')
-        ob.ack(range(1, 11))  # the next commit's delete meets the damage
+        assert await ob._call(ob._replace_while_running, outbox_mod._Damaged("database disk image is malformed"))
         return int(connects)
 
     before, after = run(go())
     assert after > before
     sos = [a for a in cloud.of_type("alert") if a["device_id"] == "sos-1"]
-    assert len(sos) == 1 and sos[0]["seq"] > 20_000
+    assert len(sos) == 1 and sos[0]["seq"] > 2_000
 
 
 # -- the daemon ---------------------------------------------------------------------------------
