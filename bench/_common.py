@@ -243,3 +243,38 @@ def repo_root() -> Path:
 
 def cpu_note() -> str:
     return f"{os.cpu_count()} cores"
+
+
+def fill_outbox(path: Path, mb: int, topic: str = "t/w") -> int:
+    """An outbox at ``path`` holding ``mb`` MB of waiting observations (1 kB each, bodies
+    ``{"msg_id": "m<i>", ...}``), as a long outage leaves it; returns how many."""
+    import asyncio
+
+    from gateway.outbox import Lane, NewMessage, Outbox
+
+    n = mb * 2**20 // 1024
+
+    def msg(i: int) -> NewMessage:
+        body = json.dumps({"msg_id": f"m{i}", "pad": "x" * 900}).encode()
+        return NewMessage(Lane.OBSERVATION, topic, body, "w", time.time())
+
+    async def fill() -> None:
+        async with Outbox(path, max_bytes=(mb + 64) * 2**20) as ob:
+            runner = asyncio.create_task(ob.run())
+            for k in range(0, n, 20_000):
+                await asyncio.gather(*(ob.submit(msg(i)) for i in range(k, min(n, k + 20_000))))
+            runner.cancel()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(fill())
+    return n
+
+
+def drop_page_cache() -> bool:
+    """Drop the kernel's page cache (as after a power cut: files are read from the disk); root only."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -33,33 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_note, result_line, scratch_dir
+from bench._common import cpu_note, drop_page_cache, fill_outbox, result_line, scratch_dir
 from gateway.outbox import Lane, NewMessage, Outbox
-
-PAD = "x" * 900
-
-
-def fill(path: Path, mb: int) -> int:
-    n = mb * 2**20 // 1024
-
-    async def go() -> None:
-        async with Outbox(path, max_bytes=(mb + 64) * 2**20) as ob:
-            runner = asyncio.create_task(ob.run())
-            for k in range(0, n, 20_000):
-                await asyncio.gather(
-                    *(
-                        ob.submit(NewMessage(Lane.OBSERVATION, "t/w", _body(i), "w", time.time()))
-                        for i in range(k, min(n, k + 20_000))
-                    )
-                )
-            runner.cancel()
-
-    asyncio.run(go())
-    return n
-
-
-def _body(i: int) -> bytes:
-    return json.dumps({"msg_id": f"m{i}", "pad": PAD}).encode()
 
 
 def damage(path: Path) -> None:
@@ -72,15 +46,6 @@ def damage(path: Path) -> None:
     with path.open("r+b") as f:
         f.seek(at // page_size * page_size)
         f.write(b"\xa5" * (2 * page_size))
-
-
-def drop_page_cache() -> bool:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
 
 
 def sos(i: int) -> NewMessage:
@@ -136,7 +101,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = scratch_dir("bench-salvage-")
     path = tmp / "outbox.sqlite3"
-    n = fill(path, args.mb)
+    n = fill_outbox(path, args.mb)
     damage(path)
     print(f"store: {n} messages, {path.stat().st_size / 1e6:.0f} MB, two pages damaged; {cpu_note()}", flush=True)
     if args.cold and not drop_page_cache():

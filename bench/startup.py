@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -39,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import TopicWatch, restartable_port, result_line, scratch_dir
+from bench._common import TopicWatch, drop_page_cache, fill_outbox, restartable_port, result_line, scratch_dir
 from bench.device_cpu import devices_toml, simulators
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator, security1_frame
@@ -94,35 +92,6 @@ async def one_start(
     return ready, commit, connected
 
 
-def prefill(data_dir: Path, mb: int) -> None:
-    """An outbox of ``mb`` MB of waiting observations (1 kB each), as a long outage leaves it."""
-    from gateway.outbox import Lane, NewMessage, Outbox
-
-    def msg(i: int) -> NewMessage:
-        body = json.dumps({"msg_id": f"m{i}", "pad": "x" * 900}).encode()
-        return NewMessage(Lane.OBSERVATION, f"homecare/v1/{GW}/obs/w", body, "w", time.time())
-
-    async def fill() -> None:
-        async with Outbox(data_dir / "outbox.sqlite3", max_bytes=(mb + 64) * 2**20) as ob:
-            runner = asyncio.create_task(ob.run())
-            n = mb * 2**20 // 1024
-            for k in range(0, n, 20_000):
-                await asyncio.gather(*(ob.submit(msg(i)) for i in range(k, min(n, k + 20_000))))
-            runner.cancel()
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(fill())
-
-
-def drop_page_cache() -> bool:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
 def median_ms(values: list[float | None]) -> float:
     got = [v for v in values if v is not None]
     return round(statistics.median(got) * 1000, 1) if got else float("nan")
@@ -135,7 +104,9 @@ async def run(args: argparse.Namespace) -> int:
     budget = f"max_bytes = {(args.backlog_mb + 64) * 2**20}" if args.backlog_mb else ""
     config = gateway_config(tmp, port, gateway_id=GW, devices=devices_toml(tmp, kinds), outbox_extra=budget)
     if args.backlog_mb:
-        await asyncio.to_thread(prefill, tmp / "data", args.backlog_mb)
+        await asyncio.to_thread(
+            fill_outbox, tmp / "data" / "outbox.sqlite3", args.backlog_mb, f"homecare/v1/{GW}/obs/w"
+        )
         print(f"outbox prefilled: {(tmp / 'data' / 'outbox.sqlite3').stat().st_size / 1e6:.0f} MB", flush=True)
     if args.cold and not drop_page_cache():
         raise SystemExit("--cold needs root (it writes /proc/sys/vm/drop_caches)")
