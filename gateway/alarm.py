@@ -608,9 +608,6 @@ class AlarmStore:
             log.warning("sms fallback: stored %s is unreadable, ignored", key)
             return None
 
-    def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-
     def close(self) -> None:
         self.db.close()
 

@@ -894,7 +894,6 @@ class Outbox:
             alerts = await self._call(store.alerts)
             if alerts:
                 await self._resubmit(alerts, rec)
-            rec.alerts_first = alerts is not None
             rec.alert_seqs = [r.seq for r in alerts or []]
             rec.started = True
             await self._call(self._save_recovery)

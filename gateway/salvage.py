@@ -245,8 +245,7 @@ class Recovery:
     reason: str  # SQLite's words
     old_stream: str | None = None
     old_last_seq: int | None = None
-    alerts_first: bool = False  # the alerts came through the index first (the table pass skips those)
-    alert_seqs: list[int] | None = None  # their seqs in the damaged store (few): only those are skipped
+    alert_seqs: list[int] | None = None  # the alerts the index pass gave (few): the table pass skips these
     started: bool = False  # the alert pass is done; the table pass goes on from ``cursor``
     cursor: int = 0  # in the damaged store's seqs
     salvaged: int = 0  # messages committed again in the new store

@@ -217,7 +217,7 @@ def test_a_damaged_record_never_keeps_the_fallback_from_starting(tmp_path: Path)
     assert bad_time != good
     rows = [("sos-b", '{"alert_id": "sos-b"}'), ("sos-c", bad_time), ("sos-d", "[1, 2]"), ("sos-e", "{")]
     fresh.db.executemany("INSERT INTO cases VALUES (?, 1, ?)", rows)
-    fresh.set_meta("watch", {"raised": True})
+    fresh.save_rows([], watch={"raised": True})
     fresh.db.execute("INSERT OR REPLACE INTO meta VALUES ('other', '{')")
     assert [c.alert_id for c in fresh.open_cases()] == ["sos-a"]
     assert fresh.get_meta("other") is None and fresh.get_meta("watch") == {"raised": True}

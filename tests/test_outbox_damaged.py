@@ -269,7 +269,7 @@ def test_a_salvage_interrupted_by_a_restart_goes_on_where_it_was(tmp_path: Path)
     def stopped_at_the_cut(ob: Outbox) -> None:
         assert ob.recovery is not None
         # as if the first run had salvaged the alerts and the table up to seq `cut`, then stopped
-        ob.recovery.started, ob.recovery.alerts_first, ob.recovery.cursor = True, True, cut
+        ob.recovery.started, ob.recovery.cursor = True, cut
         ob.recovery.alert_seqs = [r[0] for r in before if r[1] == Lane.ALERT]
         ob.recovery.salvaged = 3 + sum(1 for r in before if r[0] <= cut and r[1] != Lane.ALERT)
 
