@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,48 @@ def test_invariants_under_any_sequence_of_events(seq: list[tuple[object, ...]]) 
         for c in p.cases.values():
             for r in c.recipients:
                 assert r.counted <= CFG.max_attempts
+
+
+def test_a_report_outcome_during_a_write_of_the_record_is_written_with_the_next(tmp_path: Path) -> None:
+    """The record is written on its own thread while the loop goes on: the outbox's future of a fallback
+    report may resolve meanwhile and mark the case reported. The save then cleaned every id it had taken,
+    that one too: memory said reported, disk did not (the review's experiment), and a restart reported the
+    case again. Now the case stays dirty and the next save writes it."""
+    cfg = dataclasses.replace(CFG, modem=ModemOptions(port=str(tmp_path / "modem")))  # never opened here
+    fallback = SmsFallback(cfg, Topics("homecare/v1", "gw"), tmp_path, _no_submit, lambda: False, clock=lambda: T0)
+    fallback.policy.sos("sos-a", "sos-1", T0, False, "text", T0, uplink_up=False)
+    case = fallback.policy.cases["sos-a"]
+    case.version = 2  # two attempts changed: a report of version 2 is on its way
+    real_write = fallback._write
+
+    async def go() -> set[str]:
+        loop = asyncio.get_running_loop()
+        reported = threading.Event()
+
+        def report_meanwhile() -> None:
+            fut: asyncio.Future[int] = loop.create_future()
+            fut.set_result(7)
+            fallback._reporting.add(case.alert_id)
+            fallback._reported(case, case.version, fut)  # the outbox committed the report
+            reported.set()
+
+        def write(rows: list[tuple[str, int, str]], watch: object) -> Exception | None:
+            loop.call_soon_threadsafe(report_meanwhile)
+            assert reported.wait(5)
+            return real_write(rows, watch)  # type: ignore[arg-type]
+
+        fallback._write = write  # type: ignore[method-assign]
+        await fallback._save(force=True)
+        dirty_after = set(fallback.policy.dirty)
+        fallback._write = real_write  # type: ignore[method-assign]
+        await fallback._save(force=True)
+        return dirty_after
+
+    try:
+        dirty_after = asyncio.run(go())
+        assert dirty_after == {"sos-a"}, "the change made during the write waits for the next save"
+        (stored,) = fallback.store.open_cases()
+        assert stored.reported == case.version == case.reported == 2
+    finally:
+        fallback._io.shutdown()
+        fallback.store.close()
