@@ -47,7 +47,6 @@ from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry
-from gateway.salvage import Recovery
 from gateway.sdnotify import Notifier, watchdog_interval_s
 from gateway.summarydesk import SummaryDesk, attach_summary
 from gateway.uplink import Uplink, load_material
@@ -400,7 +399,7 @@ class Daemon:
             "outbox_depth": {lane.name.lower(): ob.depth[lane] for lane in Lane},
             "evicted_total": ob.counters.evicted_total,
             "evicted_ranges": [list(r) for r in ob.evicted_ranges],
-            **({"recovered_from": _recovered(ob.recovery)} if ob.recovery is not None else {}),
+            **({"recovered_from": _at_rfc3339(ob.recovery.status())} if ob.recovery is not None else {}),
         }
 
     async def status(self) -> dict[str, Any]:
@@ -470,11 +469,7 @@ class Daemon:
                 "disk_low": ob.disk_low,
                 "disk_free_bytes": ob.disk_free,
                 "alerts_retrying": ob.alerts_retrying(),
-                "recovered": (
-                    None
-                    if ob.recovery is None
-                    else _recovered(ob.recovery) | {"aside": ob.recovery.aside, "error": ob.recovery.error}
-                ),
+                "recovered": (None if ob.recovery is None else _at_rfc3339(ob.recovery.detail())),
             },
             "devices": devices,
             "bugs": self.bugs(),
@@ -533,9 +528,9 @@ def _preload_dsp() -> None:
     threading.Thread(target=load, name="dsp preload", daemon=True).start()
 
 
-def _recovered(rec: Recovery) -> dict[str, Any]:
-    """The damaged store the outbox replaced, as the status says it (docs/mqtt-contract.md)."""
-    return rec.status() | {"at": rfc3339_ms(rec.at)}
+def _at_rfc3339(recovered: dict[str, Any]) -> dict[str, Any]:
+    """The damaged store the outbox replaced (gateway.salvage.Recovery), its time as the status gives times."""
+    return recovered | {"at": rfc3339_ms(recovered["at"])}
 
 
 def _exit_now(code: int) -> None:

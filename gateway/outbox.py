@@ -575,7 +575,7 @@ class Outbox:
             if "recovery" in info:
                 try:
                     self.recovery = Recovery.from_json(info["recovery"])
-                    self.earlier = [Recovery.from_json(json.dumps(r)) for r in json.loads(info.get("earlier", "[]"))]
+                    self.earlier = [Recovery.from_dict(r) for r in json.loads(info.get("earlier", "[]"))]
                 except (TypeError, ValueError) as exc:
                     log.warning("outbox: the record of an earlier recovery is not readable, dropped: %s", exc)
         except sqlite3.Error as exc:
@@ -593,7 +593,7 @@ class Outbox:
     def _save_recovery(self, db: sqlite3.Connection | None = None) -> None:
         db = db if db is not None else self._db
         if db is not None and self.recovery is not None:
-            earlier = json.dumps([json.loads(r.to_json()) for r in self.earlier])
+            earlier = json.dumps([r.to_dict() for r in self.earlier])
             db.executemany(
                 "INSERT OR REPLACE INTO info VALUES (?, ?)",
                 [("recovery", self.recovery.to_json()), ("earlier", earlier)],
@@ -898,10 +898,10 @@ class Outbox:
             rec.started = True
             await self._call(self._save_recovery)
         invalid, unreadable = rec.invalid, list(rec.unreadable or [])
+        done = set(rec.alert_seqs or [])  # the alerts the index gave (a stale index may miss some)
         cursor: int | None = rec.cursor
         while cursor is not None:
             rows, cursor = await self._call(store.rows_after, cursor)
-            done = set(rec.alert_seqs or [])  # the alerts the index gave (a stale index may miss some)
             await self._resubmit([r for r in rows if r.seq not in done], rec)
             rec.cursor = cursor if cursor is not None else rec.cursor
             rec.invalid = invalid + store.invalid
@@ -1407,7 +1407,7 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
             row = db.execute("SELECT value FROM info WHERE key = 'recovery'").fetchone()
             if row is not None:
                 rec = Recovery.from_json(row[0])
-                out["recovered"] = rec.status() | {"aside": rec.aside, "error": rec.error}
+                out["recovered"] = rec.detail()
         return out | {
             "depth": depth,
             "oldest_age_s": oldest,

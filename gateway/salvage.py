@@ -22,6 +22,7 @@ The file is opened read-only and never changed: it stays beside the new store fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -255,14 +256,25 @@ class Recovery:
     done: bool = False
     error: str | None = None  # why the salvage could not go on (the file vanished, a bug)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps({k: (list(map(list, v)) if k == "unreadable" and v else v) for k, v in self.__dict__.items()})
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> Recovery:
         """Raises ValueError for a record that is not one."""
         try:
             d = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not a recovery record: {exc}") from exc
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Recovery:
+        """Raises ValueError for a record that is not one."""
+        try:
             rec = cls(**d)
             rec.unreadable = [(int(a), int(b)) for a, b in rec.unreadable or []]
             if not (isinstance(rec.aside, str) and isinstance(rec.cursor, int) and isinstance(rec.salvaged, int)):
@@ -273,6 +285,10 @@ class Recovery:
 
     def note_unreadable(self, ranges: list[tuple[int, int]]) -> None:
         self.unreadable = ([*(self.unreadable or []), *ranges])[-MAX_RANGES:]
+
+    def detail(self) -> dict[str, Any]:
+        """What ``gatewayctl status`` and ``doctor`` say of it: the status's, where the file is, what stopped it."""
+        return self.status() | {"aside": self.aside, "error": self.error}
 
     def status(self) -> dict[str, Any]:
         """What the gateway's status says of it (docs/mqtt-contract.md, ``recovered_from``)."""
