@@ -22,6 +22,7 @@ from gateway.salvage import DamagedStore, Recovery
 from simulators.broker import Mosquitto, free_port
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests.helpers import REPO, Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
+from tests.test_outbox_disk_full import fill, small_disk
 
 N = 3000
 COLUMNS = "seq, lane, device, topic, body, captured, boot, mono, clock"
@@ -510,3 +511,96 @@ def test_the_daemon_starts_on_a_damaged_outbox_sends_what_it_held_and_a_new_sos(
     found = {f["id"]: f for f in json.loads(doctor.stdout)["findings"]}
     assert found["outbox"]["status"] == "warn" and "damaged" in found["outbox"]["message"], found["outbox"]
     assert rec["aside"] in found["outbox"]["message"]
+
+
+def test_a_fresh_store_a_full_disk_refuses_is_made_when_there_is_room_and_the_sos_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is found damaged while running on a disk another program filled to the last block, and
+    the released reserve is too small for a fresh store: no store at all for a while. The SOS pressed then
+    is kept in memory and tried again (not failed); once the disk has room, the fresh store is made, the
+    SOS committed in it, and the damaged store salvaged into it."""
+    monkeypatch.setattr(outbox_mod, "DISK_CHECK_S", 0.0)
+    n = 2000
+
+    async def go(disk: Path) -> dict[str, Any]:
+        async with Outbox(disk / "outbox.sqlite3", reserve_bytes=8192) as ob:
+            runner = asyncio.create_task(ob.run())
+            try:
+                futs = [ob.submit(NewMessage(Lane.OBSERVATION, "t/d", body(i), "d", time.time())) for i in range(n)]
+                assert (await asyncio.gather(*futs))[-1] == n
+                old_stream = ob.stream
+                db = sqlite3.connect(ob.path)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                db.close()
+                damage_page_of(ob.path, b'"msg_id": "m5"')
+                fill(disk / "syslog")
+                ob.ack(range(1, 11))  # their delete reads the damaged page: the replacement cannot be made
+                await until(lambda: ob._lost is not None, 10, "the fresh store refused by the full disk")
+                sos = ob.submit(NewMessage(Lane.ALERT, "t/sos", b'{"msg_id": "sos-now"}', "sos-1", time.time()))
+                await asyncio.sleep(2.5 * outbox_mod.COMMIT_RETRY_S)
+                waiting = (sos.done(), ob.alerts_retrying())
+                (disk / "syslog").unlink()
+                async with asyncio.timeout(10 * outbox_mod.COMMIT_RETRY_S):
+                    seq = await sos
+                await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the salvage done")
+                return {
+                    "waiting": waiting,
+                    "seq": seq,
+                    "streams": (old_stream, ob.stream),
+                    "alerts": [json.loads(m.body)["msg_id"] for m in await ob.fetch(Lane.ALERT, 0, 10)],
+                    "rec": ob.recovery,
+                    "stored": stored(ob.path),
+                }
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        r = run(go(disk))
+    assert r["waiting"] == (False, 1), "the SOS waits in memory while there is no store, not failed"
+    assert r["seq"] == n + 1 and r["alerts"] == ["sos-now"], "committed in the fresh store, after the old seqs"
+    old, new = r["streams"]
+    rec = r["rec"]
+    assert old != new and rec.old_stream == old and rec.old_last_seq == n
+    lost = {s for a, b in rec.unreadable or [] for s in range(a, b + 1)}
+    ids = [json.loads(row[4])["msg_id"] for row in r["stored"] if row[1] == Lane.OBSERVATION]
+    assert 6 in lost and sorted(ids) == sorted(f"m{i}" for i in range(n) if i + 1 not in lost)
+
+
+def test_a_stop_interrupts_the_integrity_check_instead_of_waiting_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of a big store on an SD card reads the whole file (seconds): a stop must not wait for it.
+    The stop sets the check's progress handler, and SQLite interrupts the check (SQLITE_INTERRUPT)."""
+    path = tmp_path / "outbox.sqlite3"
+    write_store(path, 30_000)
+    started, stopping = threading.Event(), threading.Event()
+    outcome: list[object] = []
+    real_check = outbox_mod._quick_check
+
+    def check_at_the_stop(db: sqlite3.Connection) -> str:
+        started.set()
+        assert stopping.wait(20)  # the whole check runs after the stop began
+        try:
+            verdict = real_check(db)
+        except sqlite3.Error as exc:
+            outcome.append(exc)
+            raise
+        outcome.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(outbox_mod, "_quick_check", check_at_the_stop)
+
+    async def go() -> BaseException | None:
+        async with Outbox(path, open_in_run=True) as ob:
+            runner = asyncio.create_task(ob.run())
+            await until(started.is_set, 20, "the check started")
+            runner.cancel()
+            stopping.set()
+            done = await asyncio.gather(runner, return_exceptions=True)
+            return done[0] if isinstance(done[0], BaseException) else None
+
+    assert isinstance(run(go()), asyncio.CancelledError)
+    assert len(outcome) == 1 and isinstance(outcome[0], sqlite3.OperationalError), outcome
+    assert outcome[0].sqlite_errorcode == sqlite3.SQLITE_INTERRUPT
