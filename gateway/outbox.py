@@ -153,6 +153,7 @@ class StoredMessage:
     boot_id: str | None = None  # None: committed before the store kept it (schema 1)
     boot_s: float | None = None  # boot-clock capture time
     shift: float = 0.0  # seconds added to the body's times (captured_at - the body's captured_at)
+    stream: str = ""  # of the store it was read from (a replacement may come between its fetch and its send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1291,9 +1292,10 @@ class Outbox:
             + where,
             (lane, *args),
         )
+        stream = self.stream
         return [
             StoredMessage(
-                seq, Lane(lane), topic, body, dev, captured, bool(retain), ClockState(clock), boot, mono, shift
+                seq, Lane(lane), topic, body, dev, captured, bool(retain), ClockState(clock), boot, mono, shift, stream
             )
             for seq, topic, body, dev, captured, retain, clock, boot, mono, shift in cursor
         ]
@@ -1463,14 +1465,14 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def wire_payload(msg: StoredMessage, historical: bool, stream: str, body: bytes | None = None) -> bytes:
+def wire_payload(msg: StoredMessage, historical: bool, body: bytes | None = None) -> bytes:
     """The bytes sent: the stored JSON body (or ``body``, the corrected one) with ``seq``,
-    ``historical``, ``clock`` and ``stream`` added."""
+    ``historical``, ``clock`` and ``stream`` (of the store the message was read from) added."""
     # Bodies are built by gateway.messages and always hold at least msg_id, so never "{}".
     b = msg.body if body is None else body
     return b[:-1] + b',"seq":%d,"historical":%s,"clock":"%s","stream":"%s"}' % (
         msg.seq,
         b"true" if historical else b"false",
         msg.clock.wire.encode(),
-        stream.encode(),
+        msg.stream.encode(),
     )

@@ -541,7 +541,6 @@ class Uplink:
 
         def send(rows: list[StoredMessage], lane: Lane) -> None:
             t_now = self.clock()
-            stream = self.outbox.stream
             for msg in rows:
                 historical = self.outbox.age_s(msg, t_now) > self.historical_after_s
                 try:
@@ -549,7 +548,7 @@ class Uplink:
                 except ValueError as exc:  # a stored body the gateway did not write: send it as it is
                     log.warning("uplink: seq %d: times not corrected: %s", msg.seq, exc)
                     body = msg.body
-                payload = wire_payload(msg, historical, stream, body)
+                payload = wire_payload(msg, historical, body)
                 info = client.publish(msg.topic, payload, qos=1, retain=msg.retain)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     raise BrokerUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")

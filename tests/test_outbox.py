@@ -214,8 +214,10 @@ def test_eviction_ranges_and_counters_persist(tmp_path: Path) -> None:
 
 
 def test_wire_payload_adds_seq_historical_clock_and_stream_to_the_stored_body() -> None:
-    m = StoredMessage(7, Lane.OBSERVATION, "t", b'{"msg_id":"a","v":1}', "d", 0.0, False, ClockState.CORRECTED)
-    assert json.loads(wire_payload(m, True, "s1")) == {
+    m = StoredMessage(
+        7, Lane.OBSERVATION, "t", b'{"msg_id":"a","v":1}', "d", 0.0, False, ClockState.CORRECTED, stream="s1"
+    )
+    assert json.loads(wire_payload(m, True)) == {
         "msg_id": "a",
         "v": 1,
         "seq": 7,
@@ -223,7 +225,7 @@ def test_wire_payload_adds_seq_historical_clock_and_stream_to_the_stored_body() 
         "clock": "corrected",
         "stream": "s1",
     }
-    assert json.loads(wire_payload(m, False, "s1"))["historical"] is False
+    assert json.loads(wire_payload(m, False))["historical"] is False
 
 
 def test_a_store_of_a_later_schema_is_refused_with_a_clear_error_and_left_as_it_is(tmp_path: Path) -> None:

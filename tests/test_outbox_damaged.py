@@ -300,6 +300,7 @@ def test_a_store_damaged_while_running_is_replaced_and_the_sos_committed_at_once
             ]
             assert (await asyncio.gather(*futs))[-1] == n
             old_stream = ob.stream
+            fetched = await ob.fetch(Lane.OBSERVATION, 0, 1)  # sent after the replacement (below)
             db = sqlite3.connect(path)  # the pages on disk, not in the WAL
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
@@ -310,7 +311,10 @@ def test_a_store_damaged_while_running_is_replaced_and_the_sos_committed_at_once
                 seq = await sos
             await until(lambda: ob.recovery is not None and ob.recovery.done, 60, "the salvage done")
             assert ob.recovery is not None and ob.recovery.old_stream == old_stream != ob.stream
+            # what was read from the damaged store goes out under its stream, what is read now under the new
+            assert fetched[0].stream == old_stream
             first = await ob.fetch(Lane.ALERT, 0, 10)
+            assert first[0].stream == ob.stream
             runner.cancel()
             return ob, seq, first
 
