@@ -46,6 +46,7 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.outbox import read_summary
 from gateway.registry import DB_NAME, read_devices
+from gateway.uplink import tls_context
 
 Progress = Callable[[str], None]
 
@@ -704,23 +705,9 @@ def _resolve(host: str, port: int) -> list[str]:
     return seen
 
 
-def _client_context(cfg: Config, verify: bool) -> ssl.SSLContext:
-    up = cfg.uplink
-    if verify:
-        ctx = ssl.create_default_context(cafile=str(up.ca_file) if up.ca_file else None)
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if up.cert_file and up.key_file:
-        ctx.load_cert_chain(str(up.cert_file), str(up.key_file))
-    return ctx
-
-
 def _handshake(cfg: Config, address: str, verify: bool) -> tuple[bytes | None, str | None, str]:
     """(server certificate DER, TLS version, what happened after the handshake)."""
-    ctx = _client_context(cfg, verify)
+    ctx = tls_context(cfg.uplink, verify=verify)
     with socket.create_connection((address, cfg.uplink.port), timeout=NET_TIMEOUT_S) as raw:
         with ctx.wrap_socket(raw, server_hostname=cfg.uplink.host) as tls:
             der = tls.getpeercert(binary_form=True)

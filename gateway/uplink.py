@@ -208,14 +208,26 @@ def load_material(cfg: UplinkSection) -> tuple[str | None, ssl.SSLContext | None
     if not cfg.tls:
         return password, None
     try:
-        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.sslsocket_class = _ClosingSSLSocket
-        if cfg.cert_file and cfg.key_file:
-            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+        return password, tls_context(cfg)
     except (OSError, ssl.SSLError) as exc:
         raise MaterialError(f"TLS material cannot be loaded: {exc}") from exc
-    return password, ctx
+
+
+def tls_context(cfg: UplinkSection, *, verify: bool = True) -> ssl.SSLContext:
+    """The uplink's TLS client context (TLS 1.2 at least, the configured CA and client certificate);
+    ``verify=False`` only for ``doctor``, to read the certificate of a broker that fails verification.
+    Raises :class:`OSError` or :class:`ssl.SSLError` for a file that cannot be loaded."""
+    if verify:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslsocket_class = _ClosingSSLSocket
+    if cfg.cert_file and cfg.key_file:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    return ctx
 
 
 class Uplink:
