@@ -15,9 +15,10 @@ reported evicted.
     .venv/bin/python bench/soak.py --minutes 5          # CI scale: outage and cuff intervals shrink
                                                          # to fit (at least two outages)
 
-Ends with ``RESULT rss_growth_mb_per_h=... fd_growth=... lost=...`` (growth: least-squares slope of RSS
-after the first 20 % of the run; fds: last sample minus the one at 20 %; lost: presses not at the cloud
-plus seqs neither delivered nor reported evicted).
+Ends with ``RESULT rss_growth_mb_per_h=... fd_growth=... lost=... loop_max_lag_ms=...`` (growth:
+least-squares slope of RSS after the first 20 % of the run; fds: last sample minus the one at 20 %; lost:
+presses not at the cloud plus seqs neither delivered nor reported evicted; loop: the longest the event
+loop woke late, gateway/loopwatch.py).
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ async def run(args: argparse.Namespace) -> int:
             f"fds {samples[0][3]} -> {samples[-1][3]}; growth after warm-up: RSS {rss_growth:.2f} MB/h, "
             f"PSS {pss_growth:.2f} MB/h"
         )
+    loop = final.get("loop", {}) if final else {}
+    print(
+        f"event loop (gateway/loopwatch.py): longest lateness {loop.get('max_lag_ms', float('nan'))} ms, "
+        f"{loop.get('stalls', '?')} stalls of {loop.get('stall_ms', '?')} ms or more"
+    )
     print("machine: 2 cores shared with other work; a short run's slope is mostly noise")
     print(
         result_line(
@@ -177,6 +183,8 @@ async def run(args: argparse.Namespace) -> int:
             outages=outages,
             rss_mb_end=round(samples[-1][1], 1) if samples else float("nan"),
             pss_mb_end=round(samples[-1][2], 1) if samples else float("nan"),
+            loop_max_lag_ms=loop.get("max_lag_ms", float("nan")),
+            loop_stalls=loop.get("stalls", -1),
         )
     )
     return 0

@@ -142,6 +142,11 @@ def print_status(st: dict[str, Any]) -> None:
     print("devices")
     print_devices(st["devices"])
     print_calls((st.get("care") or {}).get("calls") or [])
+    if (lp := st.get("loop")) and lp["stalls"]:  # gateway/loopwatch.py
+        print(
+            f"loop      {lp['stalls']} stalls of {lp['stall_ms']} ms or more (longest {lp['max_lag_ms']:.0f} ms, "
+            f"last {_age(lp['last_stall_ago_s'])} ago): something blocked the daemon; see its log"
+        )
     bugs = st.get("bugs") or {}
     if bugs.get("total"):
         where = ", ".join(f"{k} {v}" for k, v in bugs.items() if k != "total" and v)

@@ -43,6 +43,7 @@ from gateway.control import ControlServer
 from gateway.devices import DeviceManager
 from gateway.downlink import Downlink, load_validators
 from gateway.errors import CommandRejected, ConfigError, GatewayError, UplinkError
+from gateway.loopwatch import LoopWatch
 from gateway.messages import Topics, rfc3339_ms
 from gateway.outbox import Lane, Outbox
 from gateway.pipeline import Pipeline
@@ -73,6 +74,7 @@ class Daemon:
         self.timebase = Clock()  # is the wall clock synchronised, did it step (gateway/clock.py)
         self.timeline: Timeline | None = None
         self.started_mono = time.monotonic()  # the uptime: a step of the wall clock does not age the daemon
+        self.loopwatch = LoopWatch()  # how late the event loop wakes (gateway/loopwatch.py)
         self._stop = asyncio.Event()
         self.notifier = Notifier()
         self.outbox: Outbox | None = None
@@ -314,6 +316,7 @@ class Daemon:
                         self._tasks.append(tg.create_task(timeline.run(), name="timeline"))
                         self._tasks.append(tg.create_task(uplink.run(), name="uplink"))
                         self._tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
+                        self._tasks.append(tg.create_task(self.loopwatch.run(), name="loop watch"))
                         self._tasks.append(tg.create_task(care.run(self._watch_inputs), name="care rules"))
                         if self.alarm is not None:
                             self._tasks.append(tg.create_task(self.alarm.run(), name="sms fallback"))
@@ -473,6 +476,7 @@ class Daemon:
             },
             "devices": devices,
             "bugs": self.bugs(),
+            "loop": self.loopwatch.status(),
             "care": self.care.status() if self.care is not None else None,
             "alarm": self.alarm.status() if self.alarm is not None else None,
             "clock": {

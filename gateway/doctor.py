@@ -226,18 +226,29 @@ def check_daemon(sock: Path | None) -> tuple[Finding, dict[str, Any] | None]:
         "uplink_last_error": up.get("last_error"),
     }
     uptime = _human_age(status.get("uptime_s"))
+    stalled, loop = "", status.get("loop")
+    if isinstance(loop, dict) and loop.get("stalls"):  # gateway/loopwatch.py
+        details["loop"] = loop
+        stalled = (
+            f" Its event loop was blocked {loop['stalls']} times for {loop.get('stall_ms')} ms or more (longest "
+            f"{loop.get('max_lag_ms')} ms, the last {_human_age(loop.get('last_stall_ago_s'))} ago): every device "
+            "and the SOS path waited meanwhile."
+        )
+    stall_action = (
+        " For the blocked event loop: look in `journalctl -u gatewayd` at the line 'event loop: blocked' and the "
+        "lines just before it (a device, a slow SD card); report it with the journal."
+    )
     if up.get("state") == "connected":
-        return _ok(
-            "daemon",
-            f"The gateway daemon is running (up {uptime}) and connected to the broker {up.get('broker')}.",
-            **details,
-        ), status
+        said = f"The gateway daemon is running (up {uptime}) and connected to the broker {up.get('broker')}."
+        if not stalled:
+            return _ok("daemon", said, **details), status
+        return _warn("daemon", said + stalled, stall_action.strip(), **details), status
     err = f" (last error: {up['last_error']})" if up.get("last_error") else ""
     return _warn(
         "daemon",
         f"The gateway daemon is running (up {uptime}) but is not connected to the broker {up.get('broker')}: "
-        f"{up.get('state')}{err}. Readings wait in the outbox.",
-        "See the broker.* and cert.* findings below for the cause.",
+        f"{up.get('state')}{err}. Readings wait in the outbox.{stalled}",
+        "See the broker.* and cert.* findings below for the cause." + (stall_action if stalled else ""),
         **details,
     ), status
 

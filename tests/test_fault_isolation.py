@@ -23,11 +23,23 @@ from typing import Any
 from gateway.daemon import STOP_LIMIT_S
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
-from tests.helpers import Cloud, Collector, GatewayProcess, gateway_config, rfxtrx_device, status_via_ctl, until
+from tests.helpers import (
+    Cloud,
+    Collector,
+    GatewayProcess,
+    gateway_config,
+    rfxtrx_device,
+    status_via_ctl,
+    until,
+    wait_for,
+)
+from tests.test_doctor import by_id as findings_by_id
+from tests.test_doctor import run_doctor
 from tests.test_options import minimal, refused_cases
 
 GW = "gw-test"
 BASE = f"homecare/v1/{GW}"
+NO_BUS = {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent"}  # doctor: no BlueZ to ask
 MANY_COMMANDS = "[downlink]\nrate_burst = 1000\nrate_per_minute = 6000\n"
 
 
@@ -146,6 +158,34 @@ class StuckDriver(Driver):
 '''
 
 
+BLOCKING_KIND = '''
+"""A test-only device kind that blocks the event loop (a blocking library call in async code)."""
+import asyncio
+import time
+from dataclasses import dataclass
+
+from drivers.base import Driver
+from drivers.options import DriverOptions
+
+
+@dataclass(frozen=True)
+class BlockingOptions(DriverOptions):
+    pass
+
+
+class BlockingDriver(Driver):
+    kind = "test-blocking"
+    transport = "test"
+    Options = BlockingOptions
+    summary = "a driver that blocks the event loop for 1.5 s every 4 s, for the loop watch test"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(2.5)
+            time.sleep(1.5)  # the bug: every part of the daemon waits for it
+'''
+
+
 LEAKY_KIND = '''
 """A test-only device kind whose library leaks a cancellation: it awaits a future someone else cancels (as
 bleak / dbus-fast can on a timeout), so a CancelledError reaches a task nobody cancelled."""
@@ -182,12 +222,13 @@ def _faulty_plugin(root: Path) -> Path:
     (root / "faulty_kind.py").write_text(textwrap.dedent(FAULTY_KIND))
     (root / "stuck_kind.py").write_text(textwrap.dedent(STUCK_KIND))
     (root / "leaky_kind.py").write_text(textwrap.dedent(LEAKY_KIND))
+    (root / "blocking_kind.py").write_text(textwrap.dedent(BLOCKING_KIND))
     info = root / "faulty_kind-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-kind\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[homecare_gateway.drivers]\ntest-faulty = faulty_kind:FaultyDriver\ntest-stuck = stuck_kind:StuckDriver\n"
-        "test-leaky = leaky_kind:LeakyDriver\n"
+        "test-leaky = leaky_kind:LeakyDriver\ntest-blocking = blocking_kind:BlockingDriver\n"
     )
     return root
 
@@ -390,3 +431,46 @@ def test_a_stored_device_that_no_longer_validates_is_reported_and_skipped(
     assert by_id["gone-1"]["state"] == "error" and "kind" in by_id["gone-1"]["reason"]
     log = gw.log()
     assert "ERROR gateway.devices: device bp-mars: stored device no longer valid, not started" in log
+
+
+def test_a_driver_that_blocks_the_event_loop_is_seen_and_the_sos_still_arrives(
+    tmp_path: Path, broker: Mosquitto, cloud: Collector
+) -> None:
+    """A blocking call in a driver's async code stops every part of the daemon while it lasts: the SOS
+    waits behind it, and nothing in the device's own state shows it. The loop watch (gateway/loopwatch.py)
+    sees the daemon wake late and says so: ``loop.stalls`` in the status, one WARNING in the log."""
+    link = tmp_path / "dev" / "usb-RFXCOM_RFXtrx433_BLOCK-if00-port0"
+    blocking = '\n[[devices]]\nid = "blocking-1"\nkind = "test-blocking"\ntransport = "test"\n'
+    config = gateway_config(tmp_path, broker.port, devices=rfxtrx_device(link) + blocking)
+    env = {"PYTHONPATH": str(_faulty_plugin(tmp_path / "plugin"))}
+    gw = GatewayProcess(config, env=env)
+
+    async def go() -> dict[str, Any]:
+        async with RfxtrxSimulator(link) as sim:
+            gw.start()
+            try:
+                await until(lambda: sim.started, 20, "the receiver open")
+
+                def stalled() -> dict[str, Any] | None:
+                    st = status_via_ctl(config, env)
+                    return st if st is not None and st["loop"]["stalls"] >= 2 else None
+
+                await asyncio.to_thread(wait_for, stalled, 30, 0.5, "two stalls in the status")
+                await sim.press(0xA1B2C3)
+                await until(lambda: cloud.of_type("alert"), 20, "the SOS while the driver blocks the loop")
+                status = await asyncio.to_thread(status_via_ctl, config, env)
+                assert status is not None and gw.alive()
+                _, report, _ = await asyncio.to_thread(run_doctor, config, "--json", env={**env, **NO_BUS})
+                return {**status, "doctor": findings_by_id(report)["daemon"]}
+            finally:
+                gw.stop_quietly()
+
+    status = asyncio.run(go())
+    doctor = status["doctor"]
+    assert doctor["status"] == "warn" and "event loop was blocked" in doctor["message"], doctor
+    loop = status["loop"]
+    assert loop["stalls"] >= 2 and loop["max_lag_ms"] >= loop["stall_ms"] and loop["last_stall_ms"] is not None
+    log = gw.log()
+    assert log.count("WARNING gateway.loopwatch: event loop: blocked") == 1, "the first stall at WARNING only"
+    by_id = {d["id"]: d for d in status["devices"]}
+    assert by_id["rfx"]["state"] == "connected"
