@@ -142,6 +142,8 @@ def print_status(st: dict[str, Any]) -> None:
     print("devices")
     print_devices(st["devices"])
     print_calls((st.get("care") or {}).get("calls") or [])
+    if why := (st.get("registry") or {}).get("unavailable"):  # gateway/registry.py
+        print(f"registry  NOT AVAILABLE ({why}): devices added at run time are not running; restart when fixed")
     if (lp := st.get("loop")) and lp["stalls"]:  # gateway/loopwatch.py
         print(
             f"loop      {lp['stalls']} stalls of {lp['stall_ms']} ms or more (longest {lp['max_lag_ms']:.0f} ms, "

@@ -477,6 +477,7 @@ class Daemon:
             "devices": devices,
             "bugs": self.bugs(),
             "loop": self.loopwatch.status(),
+            "registry": {"unavailable": self.registry.unavailable if self.registry is not None else None},
             "care": self.care.status() if self.care is not None else None,
             "alarm": self.alarm.status() if self.alarm is not None else None,
             "clock": {

@@ -20,9 +20,10 @@ from typing import Any
 
 from drivers.aio import cancel_and_wait
 from drivers.base import DeviceSpec, Driver, DriverContext, ReadingSink
+from drivers.reconnect import BugLog
 from gateway.config import parse_device
 from gateway.errors import CommandRejected, ConfigError
-from gateway.registry import Registry
+from gateway.registry import Registry, RegistryError
 from gateway.supervisor import DeviceSupervisor
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class DeviceManager:
         self._pending: list[DeviceSpec] = []
         self.on_change: list[Callable[[str, str], Any]] = []  # (device_id, kind) when a device starts
         self.on_remove: list[Callable[[str], Any]] = []  # (device_id) when a device is gone for good
+        self.bug_log = BugLog()  # bugs of the on_change / on_remove listeners (counted in bugs())
 
     # -- what runs ----------------------------------------------------------------------------------
 
@@ -68,7 +70,16 @@ class DeviceManager:
         return "config" if device_id in self.configured else "managed"
 
     def bugs(self) -> int:
-        return sum(sup.bug_count() for sup in self.supervisors.values())
+        return self.bug_log.count + sum(sup.bug_count() for sup in self.supervisors.values())
+
+    def _tell(self, listeners: list[Callable[..., Any]], *args: str) -> None:
+        """Call each listener; a bug in one is counted and logged, and neither stops the others nor the
+        device (the devices start inside the daemon's TaskGroup: an exception here would end it)."""
+        for cb in listeners:
+            try:
+                cb(*args)
+            except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the devices; counted
+                self.bug_log.report(log, f"device {args[0]}", exc, "device listener failed")
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -113,8 +124,7 @@ class DeviceManager:
             self._pending.append(spec)
         else:
             self._launch(spec)
-        for cb in self.on_change:
-            cb(spec.id, spec.kind)
+        self._tell(self.on_change, spec.id, spec.kind)
 
     def _launch(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
@@ -147,10 +157,14 @@ class DeviceManager:
         spec = self.validate(raw)
         if spec.id in self.supervisors:
             raise CommandRejected("conflict", f"device {spec.id} exists already")
+        # Stored first: a device that runs but is not stored would be gone after the next restart.
+        try:
+            self.registry.add_managed(
+                {"id": spec.id, "kind": spec.kind, "transport": spec.transport, "options": spec.options.to_mapping()}
+            )
+        except RegistryError as exc:
+            raise CommandRejected("unavailable", f"device {spec.id} not added: it could not be stored ({exc})") from exc
         self._start(spec)
-        self.registry.add_managed(
-            {"id": spec.id, "kind": spec.kind, "transport": spec.transport, "options": spec.options.to_mapping()}
-        )
         log.info("device %s: added (%s)", spec.id, spec.kind)
         return spec
 
@@ -164,15 +178,14 @@ class DeviceManager:
                 await self._stop(dev_id)
                 changed.append(f"stopped {dev_id}" if dev_id not in new else f"restarted {dev_id}")
                 if dev_id not in new:
-                    for cb in self.on_remove:
-                        cb(dev_id)
+                    self._tell(self.on_remove, dev_id)
         previous = self.configured
         self.configured = new
         for dev_id, spec in new.items():
             if previous.get(dev_id) != spec:
                 if dev_id in self.supervisors:  # was a run-time device: the file takes it over
                     await self._stop(dev_id)
-                    self.registry.remove_managed(dev_id)
+                    self._forget_managed(dev_id)
                 self._start(spec)
                 if dev_id not in previous:
                     changed.append(f"started {dev_id}")
@@ -189,13 +202,31 @@ class DeviceManager:
         if device_id in self.configured:
             raise CommandRejected("conflict", f"device {device_id} is defined in the configuration file: edit it there")
         if device_id not in self.supervisors:
-            if device_id in self.skipped and self.registry.remove_managed(device_id):
+            if device_id in self.skipped and self._unstore(device_id):
                 del self.skipped[device_id]
                 log.info("device %s: removed (it was not running: %s)", device_id, "no longer valid")
                 return
             raise CommandRejected("not_found", f"no device {device_id}")
+        # Unstored first: a device stopped but still stored would come back at the next restart.
+        self._unstore(device_id)
         await self._stop(device_id)
-        self.registry.remove_managed(device_id)
-        for cb in self.on_remove:
-            cb(device_id)
+        self._tell(self.on_remove, device_id)
         log.info("device %s: removed", device_id)
+
+    def _unstore(self, device_id: str) -> bool:
+        """Remove a run-time device from the registry (True if it was there), or refuse the removal."""
+        try:
+            return self.registry.remove_managed(device_id)
+        except RegistryError as exc:
+            raise CommandRejected(
+                "unavailable", f"device {device_id} not removed: the registry could not be written ({exc})"
+            ) from exc
+
+    def _forget_managed(self, device_id: str) -> None:
+        """The configuration file took a run-time device over: its stored copy goes. Should the write
+        fail, the file's device still wins at the next start (a stored device with a configured id is
+        skipped), so it is only logged."""
+        try:
+            self.registry.remove_managed(device_id)
+        except RegistryError as exc:
+            log.warning("device %s: its stored run-time copy could not be removed: %s", device_id, exc)

@@ -26,7 +26,8 @@ class UplinkError(GatewayError):
 
 class CommandRejected(GatewayError):
     """A command (from gatewayctl or the cloud) the gateway refuses, with a machine-readable code
-    (unknown_command, malformed, invalid, too_large, rate_limited, not_found, conflict, failed)."""
+    (unknown_command, malformed, invalid, too_large, rate_limited, not_found, conflict, unavailable,
+    failed)."""
 
     def __init__(self, code: str, reason: str, *, key: str | None = None) -> None:
         super().__init__(reason)

@@ -92,6 +92,7 @@ from drivers.reconnect import BugLog
 from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
 from gateway.salvage import DamagedStore, Recovery, SalvagedRow
+from gateway.statedb import is_damage as _is_damage
 from gateway.statedb import move_aside
 
 log = logging.getLogger(__name__)
@@ -1421,18 +1422,6 @@ def read_summary(path: Path, *, timeout_s: float = 5.0, integrity: bool = False)
         }
     finally:
         db.close()
-
-
-def _is_damage(exc: BaseException | None) -> bool:
-    """Whether SQLite said the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB), here or in a cause."""
-    while exc is not None:
-        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in (
-            sqlite3.SQLITE_CORRUPT,
-            sqlite3.SQLITE_NOTADB,
-        ):
-            return True
-        exc = exc.__cause__
-    return False
 
 
 def _quick_check(db: sqlite3.Connection) -> str:

@@ -12,9 +12,13 @@ The registry is read from memory (this process is the only writer); a write that
 
 ``registry.json`` (the TinyDB file of older gateways) is migrated once, in the transaction that creates
 the database, and then renamed ``registry.json.migrated`` (kept for a downgrade or a technician's
-eyes). A registry file SQLite cannot read, or a JSON file that does not parse, is moved aside with a
+eyes). A registry file SQLite finds damaged, or a JSON file that does not parse, is moved aside with a
 WARNING and the registry starts empty: it must never keep the daemon, and with it the SOS path, from
-starting.
+starting. A registry that cannot be opened for another reason (a lock, a full disk, an I/O or
+permission error) is left as it is, and the daemon runs without it until the next start
+(:attr:`Registry.unavailable`, logged at ERROR): the configured devices run, the devices added at run time
+do not, and none can be added or removed (refused as ``unavailable``), rather than throwing away the
+devices it keeps for a fault that is not in the file.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.statedb import move_aside, open_store
+from gateway.statedb import Damaged, WriteHealth, move_aside, open_store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,19 @@ class Registry:
         self.legacy_path = self.path.with_name(LEGACY_NAME)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.migrated = 0  # documents taken over from registry.json by this open
-        self._db = open_store(self.path, self._open, RegistryError, "registry")
+        self.health = WriteHealth("registry", self.path)  # the devices-seen record's writes (note_device)
+        self.unavailable: str | None = None  # why the registry could not be opened (module docstring)
+        try:
+            self._db = open_store(self.path, self._open, RegistryError, "registry")
+        except RegistryError as exc:
+            log.error(
+                "registry: %s; running without it until the next start: devices added at run time are not "
+                "started, and none can be added or removed",
+                exc,
+            )
+            self.unavailable = str(exc)
+            self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._db.executescript(_SCHEMA)
         kept = Path(f"{self.legacy_path}.migrated")
         if self.legacy_path.exists() and not kept.exists():
             if self._db.execute("SELECT 1 FROM meta WHERE key = 'migrated'").fetchone():
@@ -122,7 +138,7 @@ class Registry:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
+                raise Damaged("quick_check failed")
             db.execute("BEGIN IMMEDIATE")
             try:
                 fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
@@ -200,9 +216,18 @@ class Registry:
 
     # -- devices seen ---------------------------------------------------------------------------------
 
-    def note_device(self, device_id: str, kind: str, *, state: str | None = None, at: float | None = None) -> None:
-        """Record a device and its state. Writes only when something changed (not per reading)."""
-        now = at if at is not None else time.time()
+    def note_device(self, device_id: str, kind: str, *, state: str | None = None, at: float | None = None) -> bool:
+        """Record a device and its state. Writes only when something changed (not per reading). A record,
+        not a control: a write that fails (a full disk, a lock) is logged by :attr:`health` and left out of
+        memory too, so the next change writes it; it never raises (a device starts, a press goes on,
+        whether or not its sighting could be written). Returns whether the record is written."""
+        try:
+            self._note_device(device_id, kind, state, at if at is not None else time.time())
+        except RegistryError as exc:
+            return self.health.failed(exc)
+        return self.health.worked()
+
+    def _note_device(self, device_id: str, kind: str, state: str | None, now: float) -> None:
         current = self._devices.get(device_id)
         if current is None:
             doc = {"id": device_id, "kind": kind, "first_seen": now, "state": state, "state_at": now}
@@ -252,7 +277,12 @@ class Registry:
         """The devices added at run time; a stored spec that is not a JSON object is left out with a
         WARNING (it is kept, for a person to look at)."""
         out = []
-        for dev_id, spec in self._db.execute("SELECT id, spec FROM managed ORDER BY n"):
+        try:
+            rows = self._db.execute("SELECT id, spec FROM managed ORDER BY n").fetchall()
+        except sqlite3.Error as exc:  # an unreadable page: the configured devices start all the same
+            log.error("registry: the devices added at run time cannot be read, not started: %s", exc)
+            return []
+        for dev_id, spec in rows:
             try:
                 doc = json.loads(spec)
             except (TypeError, ValueError):
@@ -263,7 +293,13 @@ class Registry:
                 log.warning("device %s: stored device is not readable, not started", dev_id)
         return out
 
+    def _writable(self) -> None:
+        """Refuse a change of the run-time devices while the registry is unavailable (module docstring)."""
+        if self.unavailable is not None:
+            raise RegistryError(f"the registry is not available: {self.unavailable}")
+
     def add_managed(self, spec: Mapping[str, Any]) -> None:
+        self._writable()
         with self._write() as db:
             db.execute(
                 "INSERT INTO managed(id, spec) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET spec = excluded.spec",
@@ -271,6 +307,7 @@ class Registry:
             )
 
     def remove_managed(self, device_id: str) -> bool:
+        self._writable()
         with self._write() as db:
             return db.execute("DELETE FROM managed WHERE id = ?", (device_id,)).rowcount > 0
 

@@ -5,9 +5,11 @@ the device registry).
 never corrupt the file; ``FULL`` for the SMS fallback's record), checked at open; the registry opens its
 own way through :func:`open_store`.
 
-A file SQLite cannot read is moved aside (``<name>.damaged-<time>``, with its ``-wal`` and ``-shm``) with
-a WARNING and a fresh one started: such state must never keep the daemon, and with it the SOS path, from
-starting."""
+A file SQLite finds damaged is moved aside (``<name>.damaged-<time>``, with its ``-wal`` and ``-shm``)
+with a WARNING and a fresh one started: such state must never keep the daemon, and with it the SOS path,
+from starting. A file that cannot be opened for another reason (locked, a full disk, an I/O or permission
+error) is never moved aside: the state stores keep their state in memory until the next start, the
+registry refuses to open (:func:`open_store`)."""
 
 from __future__ import annotations
 
@@ -39,32 +41,61 @@ def move_aside(path: Path, why: str, what: str, *, level: int = logging.WARNING)
     return aside
 
 
+class Damaged(sqlite3.DatabaseError):
+    """The file opened but failed its ``quick_check``."""
+
+
+def is_damage(exc: BaseException | None) -> bool:
+    """Whether SQLite said the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check),
+    here or in a cause. Not a lock, a full disk, an I/O or permission error: those say nothing about the
+    file's content, and moving it aside for them would throw good state away."""
+    while exc is not None:
+        if isinstance(exc, Damaged):
+            return True
+        code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def open_store(
     path: Path, open_db: Callable[[], sqlite3.Connection], error: type[GatewayError], what: str
 ) -> sqlite3.Connection:
-    """``open_db()``; when it finds the file damaged, the file is moved aside (:func:`move_aside`) and
-    ``open_db()`` runs again on a fresh one. Other SQLite failures raise ``error``."""
+    """``open_db()``; when it finds the file damaged (:func:`is_damage`), the file is moved aside
+    (:func:`move_aside`) and ``open_db()`` runs again on a fresh one. Other SQLite failures (a lock, a
+    full disk, an I/O or permission error) raise ``error`` and leave the file as it is."""
     try:
         return open_db()
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
+        if not is_damage(exc):
+            raise error(f"{path}: cannot open the {what} database: {exc}") from exc
         move_aside(path, str(exc), what)
         try:
             return open_db()
         except sqlite3.Error as exc2:
             raise error(f"{path}: cannot create the {what} database: {exc2}") from exc2
-    except sqlite3.Error as exc:
-        raise error(f"{path}: cannot open the {what} database: {exc}") from exc
 
 
 def open_state_db(
     path: Path, schema: str, what: str, error: type[GatewayError], *, synchronous: str = "NORMAL"
 ) -> sqlite3.Connection:
     """Open (or create) ``path`` with ``schema`` (CREATE ... IF NOT EXISTS statements), WAL, checked;
-    ``what`` names it in messages ("care state"); ``error`` is raised when even a fresh file cannot be
-    made; ``synchronous``: ``FULL`` where a transaction must be on disk before what follows it (the SMS
-    fallback's attempts)."""
+    ``what`` names it in messages ("care state"); ``synchronous``: ``FULL`` where a transaction must be
+    on disk before what follows it (the SMS fallback's attempts). A damaged file is moved aside
+    (:func:`open_store`). One that cannot be opened for another reason (a lock, a full disk, an I/O or
+    permission error) is left as it is and the state is kept in memory until the next start, logged at
+    ERROR: such state must never keep the daemon, and with it the SOS path, from starting, nor be thrown
+    away for a fault that is not in it. ``error`` is raised only if even that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open_store(path, lambda: _open(path, schema, synchronous), error, what)
+    try:
+        return open_store(path, lambda: _open(path, schema, synchronous), error, what)
+    except GatewayError as exc:
+        log.error("%s: kept in memory until the next start, nothing of it saved: %s", what, exc)
+        try:
+            return _open(Path(":memory:"), schema, synchronous)
+        except sqlite3.Error as exc2:
+            raise error(f"{path}: cannot open the {what} database even in memory: {exc2}") from exc2
 
 
 def _open(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
@@ -73,7 +104,7 @@ def _open(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise sqlite3.DatabaseError("quick_check failed")
+            raise Damaged("quick_check failed")
         db.executescript(schema)
     except BaseException:
         db.close()

@@ -104,26 +104,56 @@ class QuickRegistry(Registry):
     BUSY_TIMEOUT_S = 0.05
 
 
-def test_a_failed_write_raises_and_leaves_memory_as_the_file(tmp_path: Path) -> None:
+def test_a_failed_write_leaves_memory_as_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A change that cannot be written raises (a setting, a run-time device: the caller must know), but
+    a device's sighting is a record, not a control: it returns False, logged once at WARNING, and is
+    written with the next change (it used to raise, and at the daemon's start that ended the daemon)."""
     path = tmp_path / DB_NAME
-    with QuickRegistry(path) as reg:
-        reg.note_device("a", "kind-a", state="connected", at=1.0)
+    with QuickRegistry(path) as reg, caplog.at_level(logging.DEBUG, logger="gateway.statedb"):
+        assert reg.note_device("a", "kind-a", state="connected", at=1.0)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the registry's write fails
-        with pytest.raises(RegistryError):
-            reg.note_device("b", "kind-b", at=2.0)
-        with pytest.raises(RegistryError):
-            reg.note_device("a", "kind-a", state="disconnected", at=3.0)
+        assert reg.note_device("b", "kind-b", at=2.0) is False
+        assert reg.note_device("a", "kind-a", state="disconnected", at=3.0) is False
+        levels = [r.levelno for r in caplog.records if "write failed" in r.getMessage()]
+        assert levels == [logging.WARNING, logging.DEBUG], "the first failure at WARNING, repeats at DEBUG"
         with pytest.raises(RegistryError):
             reg.set("k", 1)
+        with pytest.raises(RegistryError):
+            reg.add_managed({"id": "x", "kind": "k"})
         assert reg.device("b") is None and reg.get("k") is None
         dev_a = reg.device("a")
         assert dev_a is not None and dev_a["state"] == "connected", "memory is not ahead of the file"
         other.execute("ROLLBACK")
         other.close()
-        reg.note_device("a", "kind-a", state="disconnected", at=3.0)  # the same change, now written
+        assert reg.note_device("a", "kind-a", state="disconnected", at=3.0)  # the same change, now written
     with Registry(path) as again:
         assert [(d["id"], d["state"]) for d in again.all_devices()] == [("a", "disconnected")]
+        assert again.managed_devices() == []
+
+
+def test_a_registry_locked_at_the_start_is_left_as_it_is_and_the_daemon_runs_without_it(tmp_path: Path) -> None:
+    """A lock (or a full disk, an I/O error) is no damage: the file used to be moved aside for it, and the
+    devices the cloud had added (an SOS button among them) were gone. Now it is left as it is; the
+    registry runs in memory, refuses changes of the run-time devices, and the next start has them all."""
+    path = tmp_path / DB_NAME
+    with QuickRegistry(path) as reg:
+        reg.add_managed({"id": "sos-2", "kind": "rfxtrx-sos", "options": {}})
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with QuickRegistry(path) as reg:
+            assert reg.unavailable is not None and "locked" in reg.unavailable
+            assert reg.managed_devices() == []
+            with pytest.raises(RegistryError, match="not available"):
+                reg.add_managed({"id": "sos-3", "kind": "rfxtrx-sos", "options": {}})
+            assert reg.note_device("rfx", "rfxtrx-sos", state="connected", at=1.0), "sightings in memory"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not list(tmp_path.glob(f"{DB_NAME}.damaged-*")), "not moved aside"
+    with Registry(path) as again:
+        assert again.unavailable is None and [d["id"] for d in again.managed_devices()] == ["sos-2"]
 
 
 def test_replies_keep_the_latest_and_managed_devices_their_order(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ leave it, and the SOS path, in a restart loop)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -98,3 +99,24 @@ def test_a_damaged_stored_minute_costs_that_minute_not_the_day_nor_the_saves(tmp
         assert minute.hr.n == 1 and minute.hr.total == 72.0
     finally:
         store.close()
+
+
+def test_a_state_store_that_cannot_be_opened_is_kept_in_memory_and_left_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not damage (SQLite cannot open the path at all: here a directory stands where the file should be,
+    as a wrong permission or a read-only card would): it used to be moved aside like a damaged file. Now
+    the path is left as it is, logged at ERROR, and the store works in memory until the next start, so
+    the daemon (and the SOS path) starts all the same."""
+    path = tmp_path / "care.sqlite3"
+    path.mkdir()
+    (path / "keep").write_text("a technician's file")
+    with caplog.at_level(logging.ERROR, logger="gateway.statedb"):
+        store = CareStore(path)
+    try:
+        assert store.write(alerts={"a1": {"id": "a1"}}, state={"windows": {}}) is True
+        assert store.alert_ids() == {"a1"}, "what was written reads back (in memory)"
+    finally:
+        store.close()
+    assert (path / "keep").read_text() == "a technician's file" and not list(tmp_path.glob("care.sqlite3.damaged-*"))
+    assert any("kept in memory" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from drivers.base import (
 from drivers.options import DriverOptions
 from drivers.reconnect import Backoff, ConnState, Reconnector, link_state
 from gateway.devices import DeviceManager
+from gateway.errors import CommandRejected
 from gateway.registry import Registry
 from tests.helpers import until
 
@@ -294,3 +296,51 @@ def test_a_state_callback_that_fails_does_not_end_the_reconnect_loop() -> None:
     rc = asyncio.run(go())
     assert rc.failures >= 3 and rc.state is ConnState.STOPPED
     assert rc.bugs.count >= 3 * rc.connects, "connecting, connected and backoff reports, each counted"
+
+
+def test_a_device_listener_that_fails_stops_neither_the_devices_nor_the_other_listeners(tmp_path: Path) -> None:
+    """The devices start inside the daemon's TaskGroup and tell their listeners (the pipeline, the
+    registry's record): an exception out of one (the review's case: a registry write that failed at the
+    start) ended the daemon, the SOS path with it."""
+    seen: list[Reading] = []
+    told: list[str] = []
+
+    def broken(device_id: str, kind: str) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    registry = Registry(tmp_path / "registry.sqlite3")
+    specs = (spec("quiet-1", "test-quiet"), spec("quiet-2", "test-quiet"))
+    dm = DeviceManager(seen.append, registry, specs, DriverContext(state_dir=tmp_path / "devices"))
+    dm.on_change.extend([broken, lambda device_id, kind: told.append(device_id)])
+    dm.start_all()
+
+    async def go() -> None:
+        task = asyncio.create_task(dm.run())
+        await until(lambda: task.done() or len(states(seen, "quiet-2", LinkState.CONNECTED)) == 1, 10, "started")
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert told == ["quiet-1", "quiet-2"] and dm.bugs() == 2, "each listener's bug counted, the others told"
+    assert states(seen, "quiet-1", LinkState.CONNECTED), "both devices run"
+
+
+def test_a_device_the_registry_cannot_store_is_refused_and_not_started(tmp_path: Path) -> None:
+    """Added at run time, a device is stored before it starts: one that ran unstored was gone after the
+    next restart (an SOS button the cloud believed added)."""
+    seen: list[Reading] = []
+    dm = manager(tmp_path, (), seen)
+    other = sqlite3.connect(tmp_path / "registry.sqlite3", isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # the registry's write fails (after its busy timeout)
+    try:
+        with pytest.raises(CommandRejected) as refused:
+            dm.add({"id": "quiet-9", "kind": "test-quiet", "transport": "test"})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert refused.value.code == "unavailable" and "could not be stored" in refused.value.reason
+    assert "quiet-9" not in dm.supervisors
+    dm.add({"id": "quiet-9", "kind": "test-quiet", "transport": "test"})
+    assert "quiet-9" in dm.supervisors and [d["id"] for d in dm.registry.managed_devices()] == ["quiet-9"]
