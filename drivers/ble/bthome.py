@@ -180,7 +180,12 @@ class BthomeDecoder:
 @dataclass
 class PacketTracker:
     """Packet ids in, "new packet" or "repeat" out (pure: times are given). ``series`` and ``presses``
-    make press ids; ``press_packet`` / ``press_heard_at`` (wall time) are the last press's, kept on disk."""
+    make press ids; ``press_packet`` / ``press_heard_at`` (wall time) are the last press's, kept on disk.
+
+    A new series starts with the first press after every start (the wall second of that press, and
+    after the stored series): a press id never depends on the state file being up to date. It did (the
+    counter went on from the file), and a file a full disk, a read-only card or a power cut left behind
+    gave a later press the id of an earlier one, whose alert the cloud then drops as a repeat."""
 
     series: int = 0
     presses: int = 0
@@ -188,6 +193,7 @@ class PacketTracker:
     press_heard_at: float = 0.0
     last_packet: int | None = None
     last_heard: float = field(default=-1e18)  # monotonic, this run only
+    restored: bool = False  # read from the state file: the next press starts a new series
 
     def is_repeat(self, packet_id: int, mono: float, wall: float) -> bool:
         if packet_id == self.last_packet and 0.0 <= mono - self.last_heard <= REPEAT_WINDOW_S:
@@ -203,8 +209,8 @@ class PacketTracker:
 
     def press(self, packet_id: int | None, wall: float) -> str:
         """The press id of a new press (and remember its packet for a restart)."""
-        if self.series == 0:
-            self.series = int(wall)
+        if self.series == 0 or self.restored:
+            self.series, self.presses, self.restored = max(int(wall), self.series + 1), 0, False
         self.presses += 1
         self.press_packet, self.press_heard_at = packet_id, wall
         return f"{self.series}-{self.presses}"
@@ -227,7 +233,7 @@ class PacketTracker:
         if not (packet is None or (isinstance(packet, int) and 0 <= packet <= 0xFF)):
             packet = None
         heard = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else 0.0
-        return cls(series, presses, packet, heard)
+        return cls(series, presses, packet, heard, restored=True)
 
 
 def read_bindkey(path: Path) -> bytes:

@@ -114,7 +114,12 @@ def test_packet_tracker_repeats_window_and_restart() -> None:
     assert again.is_repeat(6, 0.0, 2110.0)
     late = PacketTracker.from_json(t.to_json())
     assert not late.is_repeat(6, 0.0, 2100.0 + REPEAT_WINDOW_S + 5)
-    assert late.press(7, 2200.0) == "2100-2", "press ids go on in the same series"
+    assert late.press(7, 2200.0) == "2200-1", "a new series after a restart"
+    assert late.press(8, 2300.0) == "2200-2", "press ids go on in the series of this run"
+    # A state file a full disk or a power cut left behind: a later run never reuses an earlier id.
+    stale = PacketTracker.from_json(t.to_json())
+    assert stale.press(7, 2100.0) == "2101-1", "after the stored series even on a clock set back"
+    assert late.to_json()["series"] == 2200 and "restored" not in late.to_json()
     for damaged in (None, [], {"series": "x"}, {"series": -1, "presses": 0}, "text"):
         assert PacketTracker.from_json(damaged) == PacketTracker()
     assert PacketTracker.from_json({"series": 5, "presses": 2, "press_packet": 999}).press_packet is None
@@ -273,7 +278,7 @@ def test_a_restart_during_the_repeats_raises_nothing_twice(tmp_path: Path) -> No
     assert p1.extra["encrypted"] and p2.extra["encrypted"]
     series1, n1 = p1.press_id.split("-")
     series2, n2 = p2.press_id.split("-")
-    assert series1 == series2 and (int(n1), int(n2)) == (1, 2)
+    assert int(series2) > int(series1) and (int(n1), int(n2)) == (1, 1), "the restart's presses: a new series"
     assert all(d.counters().get("wrong_key", 0) == 0 for d in drivers) and len(drivers) == 2
 
 
