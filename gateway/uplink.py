@@ -524,7 +524,10 @@ class Uplink:
 
     async def _command(self, client: mqtt.Client, gone: asyncio.Future[str], name: str, payload: bytes) -> None:
         assert self.downlink is not None
-        request_id, reply = await self.downlink.handle(name, payload)
+        outcome = await self.downlink.receive(name, payload)
+        if outcome is None:
+            return  # malformed, past its budget: dropped without a reply (gateway/downlink.py)
+        request_id, reply = outcome
         if gone.done():
             return  # the connection is gone: the cloud retries, and the replay gets the stored reply
         body = json.dumps(reply, separators=(",", ":"), default=str).encode()

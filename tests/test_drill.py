@@ -22,6 +22,7 @@ from gateway.pipeline import Pipeline
 from simulators.broker import Mosquitto
 from simulators.rfxtrx_sim import RfxtrxSimulator
 from tests.helpers import Cloud, Collector, GatewayProcess, Hands, gateway_config, rfxtrx_device, until
+from tests.test_downlink import handled
 
 
 def test_first_press_of_each_named_button_is_the_drill_and_every_other_press_is_real() -> None:
@@ -118,12 +119,12 @@ def test_a_command_older_than_max_age_by_a_synchronised_clock_is_refused_as_expi
             body: dict[str, Any] = {"request_id": rid}
             if sent is not None:
                 body["sent_at"] = rfc3339_ms(sent)
-            out.append((await dl.handle("status", json.dumps(body).encode()))[1])
+            out.append((await handled(dl, "status", json.dumps(body).encode()))[1])
         unsynced = _downlink(now, False, calls)
         stale = {"request_id": "stale-2", "sent_at": rfc3339_ms(now - 3600)}
-        out.append((await unsynced.handle("status", json.dumps(stale).encode()))[1])
+        out.append((await handled(unsynced, "status", json.dumps(stale).encode()))[1])
         bad = {"request_id": "bad-time", "sent_at": "yesterday"}
-        out.append((await dl.handle("status", json.dumps(bad).encode()))[1])
+        out.append((await handled(dl, "status", json.dumps(bad).encode()))[1])
         return out
 
     fresh, stale, none, unsynced, bad = asyncio.run(go())
@@ -137,7 +138,7 @@ def test_a_command_older_than_max_age_by_a_synchronised_clock_is_refused_as_expi
 def test_a_bug_in_a_command_handler_is_replied_as_failed_and_counted() -> None:
     async def go() -> dict[str, Any]:
         dl = _downlink(0.0, False, [])
-        reply = (await dl.handle("drill", json.dumps({"request_id": "d1", "buttons": ["x"]}).encode()))[1]
+        reply = (await handled(dl, "drill", json.dumps({"request_id": "d1", "buttons": ["x"]}).encode()))[1]
         assert dl.bugs.count == 1
         return reply
 
