@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 ALERT_RESERVE = 32  # in-flight slots only alerts may use
 MIN_SHARE_DIVISOR = 10  # state and bulk each keep window/10 slots when they have messages
 CONNECT_TIMEOUT_S = 20.0
+HANDSHAKE_TIMEOUT_S = 10.0  # the TLS handshake (paho's own is the keepalive: 60 s by default)
 # The largest packet the broker may send us (MQTT 5): a command (MAX_COMMAND_BYTES) with its topic,
 # properties and header, with room to spare; the broker drops larger ones for this client.
 MAX_INCOMING_PACKET = 4 * MAX_COMMAND_BYTES
@@ -63,14 +64,55 @@ RETRY_GIVE_WAY_AFTER = 6
 
 class _ClosingSSLSocket(ssl.SSLSocket):
     """paho leaves the socket open when the TLS handshake fails; close it there (no fd leak on a
-    gateway that retries an untrusted broker for months)."""
+    gateway that retries an untrusted broker for months). paho gives the handshake the keepalive as
+    its timeout (60 s by default, up to an hour): it is bounded here by :data:`HANDSHAKE_TIMEOUT_S`."""
 
     def do_handshake(self, block: bool = False) -> None:
+        before = self.gettimeout()
+        self.settimeout(HANDSHAKE_TIMEOUT_S if before is None else min(before, HANDSHAKE_TIMEOUT_S))
         try:
             super().do_handshake(block)
         except BaseException:
             self.close()
             raise
+        self.settimeout(before)
+
+
+async def _connect_in_thread(connect: Callable[[], object], client: mqtt.Client) -> None:
+    """``connect()`` (paho's, blocking: DNS, TCP, the TLS handshake) on a thread of its own that nothing
+    waits for when the daemon stops: in the default executor, ``asyncio.run`` joined it at the end, so a
+    stop during a slow handshake took as long as the handshake. Cancelled meanwhile, the connection it
+    makes later is closed on that thread, so no half-made client lingers with the gateway's client id."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    abandoned = threading.Event()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            connect()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which classifies it
+            error = exc
+        if abandoned.is_set():
+            _close_quietly(client)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="uplink connect", daemon=True).start()
+    try:
+        await done
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
 
 
 class BrokerUnavailable(TransientDeviceError):
@@ -479,7 +521,7 @@ class Uplink:
         misc: asyncio.Task[None] | None = None
         try:
             try:
-                await loop.run_in_executor(None, connect)
+                await _connect_in_thread(connect, client)
             except ssl.SSLCertVerificationError as exc:
                 raise BrokerUnavailable(
                     f"TLS certificate of {self.cfg.host} not trusted: {exc.verify_message}"

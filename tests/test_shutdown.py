@@ -10,12 +10,15 @@ is the daemon's own limit (``gateway.daemon.STOP_LIMIT_S``), a behaviour, not a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -118,3 +121,35 @@ def test_sigterm_while_bluez_broker_and_ports_vanish_exits_in_time_with_everythi
     states = [m for m in stored if m.get("type") == "device_state" and m.get("reason") == "gateway stopped"]
     assert {s["device_id"] for s in states} >= {"rfx", "ox"}, "the devices' last words were committed too"
     assert not any(p for p in os.listdir(tmp_path / "data") if p.endswith(".tmp"))
+
+
+def test_a_stop_during_a_tls_handshake_that_never_ends_exits_in_time(tmp_path: Path) -> None:
+    """A broker address that accepts TCP and then says nothing (a captive portal, a half-dead proxy):
+    paho's TLS handshake waits its keepalive. The connect ran in the default executor, which asyncio.run
+    joins at the end, so a SIGTERM then took as long as the handshake, past systemd's stop timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])  # and never a byte back
+
+    threading.Thread(target=accept, daemon=True).start()
+    config = gateway_config(tmp_path, server.getsockname()[1], tls=True)  # keepalive = 10 s
+    gw = GatewayProcess(config)
+    try:
+        gw.start()
+        deadline = time.monotonic() + 20
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert accepted, "the gateway connected to the silent broker"
+        time.sleep(1.0)  # well inside the handshake
+        took = gw.terminate()
+        assert gw.proc is not None and gw.proc.returncode == 0, "an orderly stop"
+        assert took < STOP_LIMIT_S, f"exited {took:.1f} s after SIGTERM"
+    finally:
+        gw.stop_quietly()
+        server.close()
+        for s in accepted:
+            s.close()
