@@ -222,6 +222,12 @@ class DriverOptions:
     def check_together(self) -> None:
         """Rules across fields; raise :class:`OptionError` naming the key to change."""
 
+    def claims(self) -> dict[str, str]:
+        """What the device holds for itself, that no other device may also name: ``{claim: option
+        key}`` (a serial port, a BLE address). Two devices on one serial port fight for its exclusive
+        lock after every replug, and one writes its protocol to the other's device (an SOS receiver)."""
+        return {}
+
     # -- reading a table ---------------------------------------------------------------------------
 
     @classmethod

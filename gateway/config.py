@@ -321,7 +321,7 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         rate_per_minute=dl.float_("rate_per_minute", 20.0, 0.1, 100000, "commands per minute"),
     )
     dl.finish()
-    return Config(
+    config = Config(
         path=file,
         gateway=gw,
         uplink=uplink,
@@ -332,6 +332,41 @@ def parse_config(doc: Mapping[str, Any], file: Path) -> Config:
         alarm=parse_alarm(file, doc),
         summary=parse_summary(file, _table(file, doc, "summary", False)),
     )
+    _check_claims(file, devices, config.alarm)
+    return config
+
+
+def _check_claims(file: Path, devices: list[DeviceSpec], alarm: AlarmSection) -> None:
+    """No two devices (nor a device and the SMS modem) on one serial port or BLE address."""
+    held = claims_of((), alarm)
+    for i, spec in enumerate(devices):
+        clash = claim_conflict(spec, held)
+        if clash is not None:
+            key, claim, owner = clash
+            raise ConfigError(
+                f"{file}: devices[{i}] ({spec.id}).{key} = {getattr(spec.options, key)!r}: expected one no other "
+                f"device uses ({claim} is {owner}'s)",
+                key=key,
+            )
+        held.update(claims_of((spec,), None))
+
+
+def claims_of(specs: tuple[DeviceSpec, ...] | list[DeviceSpec], alarm: AlarmSection | None) -> dict[str, str]:
+    """What the devices and the SMS modem hold (:meth:`drivers.options.DriverOptions.claims`): claim ->
+    who holds it ("device rfx", "the SMS modem")."""
+    held = {claim: f"device {spec.id}" for spec in specs for claim in spec.options.claims()}
+    if alarm is not None and alarm.modem is not None:
+        held.update({claim: "the SMS modem" for claim in alarm.modem.claims()})
+    return held
+
+
+def claim_conflict(spec: DeviceSpec, held: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(option key, claim, its holder) of the first thing ``spec`` would take that is held already."""
+    for claim, key in spec.options.claims().items():
+        owner = held.get(claim)
+        if owner is not None and owner != f"device {spec.id}":
+            return key, claim, owner
+    return None
 
 
 def parse_summary(file: Path, table: Mapping[str, Any]) -> SummarySection:

@@ -38,7 +38,7 @@ from gateway.alarm import SmsFallback, attach_sms_fallback
 from gateway.care import CareDesk
 from gateway.clock import Clock, ClockEvent, Timeline, wall_of_monotonic
 from gateway.commands import Commands
-from gateway.config import Config, load_config
+from gateway.config import Config, claims_of, load_config
 from gateway.control import ControlServer
 from gateway.devices import DeviceManager
 from gateway.downlink import Downlink, load_validators
@@ -228,7 +228,9 @@ class Daemon:
                 ble=ble,
                 clock_synchronised=self.timebase.synchronised,
             )
-            self.devices = devices = DeviceManager(pipeline.sink, registry, cfg.devices, ctx)
+            self.devices = devices = DeviceManager(
+                pipeline.sink, registry, cfg.devices, ctx, reserved=claims_of((), cfg.alarm)
+            )
             devices.on_change.append(pipeline.add_device)
             devices.on_change.append(lambda dev_id, kind: registry.note_device(dev_id, kind))
             pipeline.on_reading(self._remember)

@@ -21,7 +21,7 @@ from typing import Any
 from drivers.aio import cancel_and_wait
 from drivers.base import DeviceSpec, Driver, DriverContext, ReadingSink
 from drivers.reconnect import BugLog
-from gateway.config import parse_device
+from gateway.config import claim_conflict, claims_of, parse_device
 from gateway.errors import CommandRejected, ConfigError
 from gateway.registry import Registry, RegistryError
 from gateway.supervisor import DeviceSupervisor
@@ -38,6 +38,8 @@ class DeviceManager:
         registry: Registry,
         configured: tuple[DeviceSpec, ...],
         ctx: DriverContext,
+        *,
+        reserved: Mapping[str, str] | None = None,
     ) -> None:
         self.sink = sink
         self.ctx = ctx
@@ -51,6 +53,8 @@ class DeviceManager:
         self.on_change: list[Callable[[str, str], Any]] = []  # (device_id, kind) when a device starts
         self.on_remove: list[Callable[[str], Any]] = []  # (device_id) when a device is gone for good
         self.bug_log = BugLog()  # bugs of the on_change / on_remove listeners (counted in bugs())
+        # what other parts hold (the SMS modem's port): claim -> holder (gateway.config.claims_of)
+        self.reserved = dict(reserved or {})
 
     # -- what runs ----------------------------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class DeviceManager:
                 continue
             try:
                 spec = self.validate(raw)
+                self._check_claims(spec)
             except CommandRejected as exc:
                 self.skipped[dev_id] = (str(raw.get("kind")), exc.reason)
                 log.error("device %s: stored device no longer valid, not started: %s", dev_id, exc.reason)
@@ -140,6 +145,9 @@ class DeviceManager:
         options = raw.get("options") or {}
         if not isinstance(options, Mapping):
             raise CommandRejected("invalid", f"options = {options!r}: expected a table", key="options")
+        for key in ("id", "kind", "transport"):
+            if key in options:  # it would override the checked top-level value
+                raise CommandRejected("invalid", f"options.{key}: not an option (give {key} beside options)", key=key)
         table.update(options)
         try:
             return parse_device(Path("<device>"), 0, table, set(), prefix="")
@@ -157,6 +165,7 @@ class DeviceManager:
         spec = self.validate(raw)
         if spec.id in self.supervisors:
             raise CommandRejected("conflict", f"device {spec.id} exists already")
+        self._check_claims(spec)
         # Stored first: a device that runs but is not stored would be gone after the next restart.
         try:
             self.registry.add_managed(
@@ -212,6 +221,15 @@ class DeviceManager:
         await self._stop(device_id)
         self._tell(self.on_remove, device_id)
         log.info("device %s: removed", device_id)
+
+    def _check_claims(self, spec: DeviceSpec) -> None:
+        """Refuse a device that would take a serial port or BLE address another device (or the SMS
+        modem) holds: the cloud must not be able to take the SOS receiver's port."""
+        held = {**self.reserved, **claims_of(self.specs(), None)}
+        clash = claim_conflict(spec, held)
+        if clash is not None:
+            key, claim, owner = clash
+            raise CommandRejected("conflict", f"{key}: {claim} is used by {owner}", key=key)
 
     def _unstore(self, device_id: str) -> bool:
         """Remove a run-time device from the registry (True if it was there), or refuse the removal."""

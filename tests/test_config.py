@@ -229,3 +229,27 @@ def test_a_person_may_own_the_buttons_a_receiver_hears_and_the_care_rules_know_i
         desk.close()
     with pytest.raises(ConfigError, match=r"sos-9.*buttons their receivers hear"):
         load_config(write(tmp_path, GOOD + RULES_OK.replace('devices = ["rfx"]', 'devices = ["rfx", "sos-9"]')))
+
+
+def test_two_devices_on_one_serial_port_or_ble_address_are_refused(tmp_path: Path) -> None:
+    """Both would open it: after a replug whichever reopens first holds its exclusive lock, and the other
+    writes its own protocol to the device (the SOS receiver, or the SMS modem)."""
+    rfx_port = "/dev/serial/by-id/usb-RFXCOM_RFXtrx433_A1-if00-port0"
+    oximeter_on_rfx = GOOD + f'\n[[devices]]\nid = "ox"\nkind = "serial-cms50"\nport = "{rfx_port}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, oximeter_on_rfx))
+    text = str(info.value)
+    assert "devices[1] (ox).port" in text and "device rfx's" in text and info.value.key == "port"
+
+    two_pendants = GOOD + "".join(
+        f'\n[[devices]]\nid = "p{i}"\nkind = "ble-sos"\naddress = "{a}"\n'
+        for i, a in enumerate(["C0:FF:EE:00:00:01", "c0:ff:ee:00:00:01"])
+    )
+    with pytest.raises(ConfigError, match=r"\[2\] \(p1\)\.address.*BLE address C0:FF:EE:00:00:01 is device p0's"):
+        load_config(write(tmp_path, two_pendants))
+
+    on_the_modem = GOOD.replace("usb-RFXCOM_RFXtrx433_A1-if00-port0", "usb-modem") + (
+        '\n[alarm]\ncare_centre = ["+8610000000001"]\n\n[alarm.modem]\nport = "/dev/serial/by-id/usb-modem"\n'
+    )
+    with pytest.raises(ConfigError, match=r"devices\[0\] \(rfx\)\.port.*the SMS modem's"):
+        load_config(write(tmp_path, on_the_modem))

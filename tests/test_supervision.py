@@ -344,3 +344,29 @@ def test_a_device_the_registry_cannot_store_is_refused_and_not_started(tmp_path:
     assert "quiet-9" not in dm.supervisors
     dm.add({"id": "quiet-9", "kind": "test-quiet", "transport": "test"})
     assert "quiet-9" in dm.supervisors and [d["id"] for d in dm.registry.managed_devices()] == ["quiet-9"]
+
+
+def test_a_device_added_on_a_port_or_address_in_use_is_refused_as_a_conflict(tmp_path: Path) -> None:
+    """The cloud must not be able to take the SOS receiver's port, nor the SMS modem's; nor may a
+    device's options carry an id, kind or transport of their own (they overrode the checked ones)."""
+    registry = Registry(tmp_path / "registry.sqlite3")
+    modem = {"serial port /dev/serial/by-id/usb-modem": "the SMS modem"}
+    dm = DeviceManager([].append, registry, (), DriverContext(state_dir=tmp_path / "d"), reserved=modem)
+
+    def cms50(dev_id: str, port: str) -> dict[str, object]:
+        return {"id": dev_id, "kind": "serial-cms50", "transport": "serial", "options": {"port": port}}
+
+    dm.add(cms50("ox-1", "/dev/serial/by-id/usb-ox"))
+    refused = []
+    for raw in (
+        cms50("ox-2", "/dev/serial/by-id/usb-ox"),
+        cms50("ox-3", "/dev/serial/by-id/usb-modem"),
+        {"id": "ox-4", "kind": "serial-cms50", "transport": "serial", "options": {"port": "/dev/x", "id": "ox-1"}},
+    ):
+        with pytest.raises(CommandRejected) as info:
+            dm.add(raw)
+        refused.append((info.value.code, info.value.key, info.value.reason))
+    assert refused[0][:2] == ("conflict", "port") and "device ox-1" in refused[0][2]
+    assert refused[1][:2] == ("conflict", "port") and "the SMS modem" in refused[1][2]
+    assert refused[2][:2] == ("invalid", "id")
+    assert list(dm.supervisors) == ["ox-1"] and [d["id"] for d in registry.managed_devices()] == ["ox-1"]

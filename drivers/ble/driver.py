@@ -65,6 +65,9 @@ class BleOptions(DriverOptions):
     backoff_cap_s: float = option(8.0, lo=0.5, hi=600, unit="seconds", doc="reconnect delay cap")
     status_interval_s: float = option(300.0, lo=1, hi=86400, unit="seconds", doc="state report while connected")
 
+    def claims(self) -> dict[str, str]:
+        return {f"BLE address {self.address.upper()}": "address"}
+
     def normalized_address(self) -> str:
         return normalize_address(self.address)
 

@@ -105,6 +105,16 @@ class SerialOptions(DriverOptions):
         if not self.port and (self.usb_vid < 0 or self.usb_pid < 0):
             raise OptionError("port", self.port, "a /dev/serial/by-id path, or usb_vid and usb_pid")
 
+    def claims(self) -> dict[str, str]:
+        if self.port:
+            out = {f"serial port {self.port}": "port"}
+            real = os.path.realpath(self.port)  # a by-id link and the tty it names are one port
+            if real != self.port and os.path.exists(real):
+                out[f"serial port {real}"] = "port"
+            return out
+        serial = f" serial {self.usb_serial}" if self.usb_serial else ""
+        return {f"USB device {self.usb_vid:04x}:{self.usb_pid:04x}{serial}": "usb_vid"}
+
     def identity(self) -> PortIdentity:
         return PortIdentity(
             path=self.port or None,
