@@ -274,30 +274,108 @@ class _Alert:
         )
 
 
+# A window's values are kept in at most _BUCKETS + 2 time buckets (sum and count each), never one by one:
+# a rule of the cloud may ask for a 7-day window of a reading every few seconds (tens of thousands of
+# values per rule and device), and the whole state is snapshotted every minute on the event loop.
+_BUCKETS = 120
+# Sums are exact integers in units of 2**-64: exact for every value of magnitude 2**-12 (0.000244) or
+# more, whatever the order of additions and subtractions, so a mean never drifts over days of a running
+# total and a restored window gives the very same mean as the one that was saved.
+_FRAC_BITS = 64
+_SCALE = float(1 << _FRAC_BITS)
+
+
+def _fixed(v: float) -> int:
+    """``v`` in units of 2**-64: exact when |v| >= 2**-12, rounded towards 0 below (by less than 5.5e-20)."""
+    try:
+        return int(v * _SCALE)  # a product by a power of two: exact (and a third of as_integer_ratio's cost)
+    except OverflowError:  # |v| >= 2**960: an integer already
+        return int(v) << _FRAC_BITS
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """The usable values of one stretch of ``width`` seconds of capture time (aligned on multiples of it)."""
+
+    total: int  # their sum, in units of 2**-64
+    n: int
+    last: float  # capture time of the latest
+    key: float  # time // width: which stretch
+
+
 @dataclass(slots=True)
 class _Window:
-    """Usable values of the last ``span`` seconds and their running sum (amortised O(1) per push)."""
+    """The mean of the usable values of the last ``span`` seconds, in bounded state (O(1) per push).
 
-    items: deque[tuple[float, float]] = field(default_factory=deque)
-    total: float = 0.0
+    The values are summed into buckets ``span / _BUCKETS`` wide. A bucket leaves the window once its
+    latest value is ``span`` old, so the only imprecision is at the trailing edge: values up to one
+    bucket width older than ``span`` still count while their bucket holds a younger one, none ever
+    drops early. Values further apart than a bucket width are judged exactly."""
+
+    span: float
+    width: float = field(init=False)  # of a bucket
+    buckets: deque[_Bucket] = field(default_factory=deque)
+    total: int = 0  # sum of the buckets' totals
+    n: int = 0
     since: float | None = None  # first value since the stream (re)started
 
-    def push(self, t: float, v: float, span: float) -> float | None:
-        """Add a value; the mean of the window once the stream covers a whole window, else None."""
+    def __post_init__(self) -> None:
+        self.width = self.span / _BUCKETS
+
+    def push(self, t: float, v: float) -> float | None:
+        """Add a value (``t`` later than the last one's); the mean of the window once the stream covers
+        a whole window, else None."""
         if self.since is None:
             self.since = t
-        self.items.append((t, v))
-        self.total += v
-        while self.items and self.items[0][0] <= t - span:
-            self.total -= self.items.popleft()[1]
-        if len(self.items) == 1:
-            self.total = self.items[0][1]  # no drift from long add/subtract chains
-        return self.total / len(self.items) if t - self.since >= span else None
+        self._add(_fixed(v), 1, t)
+        self._expire(t)
+        return self.total / (self.n << _FRAC_BITS) if t - self.since >= self.span else None
+
+    def _add(self, total: int, n: int, t: float) -> None:
+        key = t // self.width
+        last = self.buckets[-1] if self.buckets else None
+        if last is not None and last.key == key:
+            last.total += total
+            last.n += n
+            last.last = t
+        else:
+            self.buckets.append(_Bucket(total, n, t, key))
+        self.total += total
+        self.n += n
+
+    def _expire(self, t: float) -> None:
+        edge = t - self.span
+        while self.buckets and self.buckets[0].last <= edge:
+            b = self.buckets.popleft()
+            self.total -= b.total
+            self.n -= b.n
 
     def reset(self) -> None:
-        self.items.clear()
-        self.total = 0.0
+        self.buckets.clear()
+        self.total = self.n = 0
         self.since = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"buckets": [[b.total, b.n, b.last] for b in self.buckets], "since": self.since}
+
+    def load(self, d: Mapping[str, Any]) -> None:
+        """Read :meth:`to_dict`, or the raw values (``items``: ``[[t, v], ...]``) that snapshots kept
+        before buckets (a gateway upgraded in the field keeps its windows): either way each piece is
+        summed into the bucket of its time, so a window saved with another bucket width is re-bucketed."""
+        if "buckets" in d:
+            pieces = [(_int(p[0]), _int(p[1]), _number(p[2])) for p in d["buckets"]]
+        else:
+            pieces = [(_fixed(_number(v)), 1, _number(t)) for t, v in d["items"]]
+        self.reset()
+        prev = -math.inf
+        for total, n, t in pieces:
+            if n < 1 or not t > prev:
+                raise ValueError("window: expected counts >= 1 in time order")
+            self._add(total, n, t)
+            prev = t
+        if self.buckets:
+            self._expire(self.buckets[-1].last)
+        self.since = None if d["since"] is None else _number(d["since"])
 
 
 @dataclass(slots=True)
@@ -330,7 +408,7 @@ class _RuleState:
             severe=[False] * n,
             recovered=[True] * n,
             latest=[None] * n,
-            windows=[_Window() if rule.window_s is not None else None for _ in range(n)],
+            windows=[None if rule.window_s is None else _Window(rule.window_s) for _ in range(n)],
         )
 
     def restart(self) -> None:
@@ -349,9 +427,7 @@ class _RuleState:
             "severe": self.severe,
             "recovered": self.recovered,
             "latest": [None if r is None else r.to_dict() for r in self.latest],
-            "windows": [
-                None if w is None else {"items": [list(i) for i in w.items], "since": w.since} for w in self.windows
-            ],
+            "windows": [None if w is None else w.to_dict() for w in self.windows],
             "last_good_at": self.last_good_at,
             "pending_since": self.pending_since,
             "severe_since": self.severe_since,
@@ -381,10 +457,7 @@ class _RuleState:
         for i, w in enumerate(d["windows"]):
             win = st.windows[i]
             if w is not None and win is not None:
-                for t, v in w["items"]:
-                    win.items.append((float(t), float(v)))
-                    win.total += float(v)
-                win.since = opt(w["since"])
+                win.load(w)
         st.last_good_at = opt(d["last_good_at"])
         st.pending_since = opt(d["pending_since"])
         st.severe_since = opt(d["severe_since"])
@@ -673,7 +746,7 @@ class RuleEngine:
         value = m.value
         win = st.windows[ci]
         if win is not None:
-            mean = win.push(t, m.value, rule.window_s or 0.0)
+            mean = win.push(t, m.value)
             if mean is None:
                 return  # not a whole window yet: nothing to judge
             value = mean
@@ -1206,7 +1279,7 @@ class RuleEngine:
             r = self._parse_snapshot(data, now)
         except SnapshotError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuleSpecError) as exc:
+        except _SNAPSHOT_ITEM_ERRORS as exc:
             raise SnapshotError(f"rules snapshot is damaged: {type(exc).__name__}: {exc}") from exc
         self._overrides = r.overrides
         self._index.clear()
@@ -1327,7 +1400,8 @@ class _Restored:
 
 
 _T = TypeVar("_T")
-_SNAPSHOT_ITEM_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuleSpecError)
+# OverflowError: a stored integer too large for a float (float(10**400)), damage like any other
+_SNAPSHOT_ITEM_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RuleSpecError)
 
 
 def _each(items: Iterable[Any], parse: Callable[[Any], _T], what: str) -> Iterator[_T]:
@@ -1342,6 +1416,20 @@ def _each(items: Iterable[Any], parse: Callable[[Any], _T], what: str) -> Iterat
 
 def _opt(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+def _int(x: Any) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError("a window's sum or count is not an integer")
+    return x
+
+
+def _number(x: Any) -> float:
+    """A finite number of a snapshot (a value or a capture time)."""
+    v = float(x)  # an integer beyond a float's range: OverflowError, a damaged item like any other
+    if not math.isfinite(v):
+        raise ValueError("not a finite number")
+    return v
 
 
 def _score(op: str, v: float, th: float | None) -> float:

@@ -69,10 +69,21 @@ class RuleSpecError(CommandRejected):
 def _finite(rule: str | None, name: str, value: object, lo: float = -math.inf, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RuleSpecError(rule, name, f"{value!r} is not a number")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond a float's range (JSON allows 10**400): the sender's mistake
+        raise RuleSpecError(rule, name, f"{_shown(value)} is too large for a number") from None
     if not math.isfinite(v) or not lo <= v <= hi:
-        raise RuleSpecError(rule, name, f"{value!r} is not a number in {lo:g}..{hi:g}")
+        raise RuleSpecError(rule, name, f"{_shown(value)} is not a number in {lo:g}..{hi:g}")
     return v
+
+
+def _shown(value: int | float) -> str:
+    """The value for an error message: a huge integer by its size, not its hundreds of digits (which
+    ``repr`` refuses past 4300 anyway)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return repr(value)
 
 
 def _severity(rule: str | None, name: str, value: object, *, allow_critical: bool = False) -> Severity:
@@ -166,6 +177,7 @@ class RuleSpec:
       stops cannot "hold" a condition through the silence); ``None`` for spot readings.
     - ``window_s``: compare the mean of the usable values of the last ``window_s`` seconds instead of
       each value (AF burden over an hour); the rule is evaluated once the stream covers a window.
+      Values up to ``window_s / 120`` older may still count (the window's buckets: docs/rules.md).
     - ``min_quality``: readings whose ``quality`` is below it are not usable: they never raise,
       escalate or clear on their own. ``quality=None`` (the device gives none) is usable.
     - ``rest_only``: readings with ``extra["at_rest"] is False`` are not usable.

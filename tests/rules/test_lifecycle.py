@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import CommandRejected
-from gateway.rules import DEFAULT_RULES, RuleEngine, RuleSpecError, SnapshotError, WatchSettings
+from gateway.rules import DEFAULT_RULES, Condition, RuleEngine, RuleSpec, RuleSpecError, SnapshotError, WatchSettings
 from gateway.rules.defaults import LOINC_HEART_RATE, LOINC_SPO2
 from tests.rules.util import T0, engine, feed_series, meas, spo2_series, states
 
@@ -113,6 +113,24 @@ BAD_RULES: list[tuple[list[Any], str]] = [
         "window_s",
     ),
     ([{"id": "x", "base": "no-such-rule"}], "base"),
+    # integers beyond a float's range (JSON carries them): refused as invalid, not an OverflowError
+    ([{"id": "x", "kind": "x", "code": LOINC_SPO2, "op": "<", "threshold": 10**400, "severity": "high"}], "threshold"),
+    (
+        [
+            {
+                "id": "x",
+                "kind": "x",
+                "code": LOINC_SPO2,
+                "op": "<",
+                "threshold": 90,
+                "severity": "high",
+                "hold_s": 10**400,
+            }
+        ],
+        "hold_s",
+    ),
+    ([{"id": "spo2-low", "base": "spo2-low", "hold_s": -(10**400)}], "hold_s"),
+    ([{"id": "spo2-low", "base": "spo2-low", "severe_threshold": 10**400}], "severe_threshold"),
     ([{"id": "x", "code": LOINC_SPO2, "op": "<", "threshold": 90, "severity": "high"}], "kind"),
     ([{"id": "bad id!", "kind": "x", "code": LOINC_SPO2, "op": "<", "threshold": 90, "severity": "high"}], "id"),
     ([{"id": "spo2-low", "base": "spo2-low"}, {"id": "spo2-low", "base": "spo2-low"}], "id"),
@@ -133,6 +151,16 @@ def test_bad_rules_are_rejected_with_a_typed_error_and_change_nothing(rules: lis
         assert exc.field == bad_field
         assert bad_field in str(exc)
     assert e.rules_for("default") == before
+
+
+def test_a_huge_integer_in_a_rule_built_in_code_is_named_not_printed() -> None:
+    with pytest.raises(RuleSpecError) as info:
+        RuleSpec("x", "x", (Condition(LOINC_SPO2, "<", 10**400),), "high")
+    assert info.value.field == "threshold"
+    assert str(info.value) == "rule x field threshold: an integer of about 401 digits is too large for a number"
+    with pytest.raises(RuleSpecError) as info:
+        RuleSpec("x", "x", (Condition(LOINC_SPO2, "<", 90),), "high", hold_s=10**5000)  # repr() refuses it
+    assert info.value.field == "hold_s"
 
 
 def test_update_rules_replaces_atomically_and_clears_alerts_of_removed_rules() -> None:
