@@ -205,8 +205,12 @@ class DriverOptions:
             if not _type_ok(value, kind):
                 raise OptionError(f.name, value, _expected_type(f, kind))
             if kind == "float" and isinstance(value, int):
-                object.__setattr__(self, f.name, float(value))
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # 10**400: a clear refusal, not an internal error of the command
+                    digits = f"an integer of {len(str(abs(value)))} digits"
+                    raise OptionError(f.name, digits, "a number a float can hold (up to about 1.8e308)") from None
+                object.__setattr__(self, f.name, value)
             rule: Rule | None = f.metadata.get("rule")
             if rule is None:
                 continue

@@ -126,3 +126,16 @@ def test_press_roles_map_patterns_and_an_unmapped_pattern_is_an_sos() -> None:
         _ButtonOptions.from_mapping({"roles": {"press": "panic"}})
     with pytest.raises(OptionError, match="triple_press"):
         _ButtonOptions.from_mapping({"roles": {"triple_press": "call"}})
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVERS))
+def test_an_integer_too_large_for_a_float_is_refused_naming_the_key(kind: str) -> None:
+    """10**400 for a float option (JSON and TOML both give it as an integer): float() raised
+    OverflowError, which a device-add replied as an internal error, counted as a bug."""
+    cls = driver_class(kind)
+    floats = [k for k, t in cls.Options.field_kinds().items() if t == "float"]
+    assert floats, "every kind has a float option (its timeouts)"
+    for key in floats:
+        with pytest.raises(OptionError) as info:
+            cls.Options.from_mapping({**minimal(kind), key: 10**400})
+        assert info.value.key == key and "401 digits" in str(info.value)
