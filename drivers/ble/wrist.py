@@ -22,13 +22,13 @@ Battery, and the vendor-neutral raw PPG service of docs/ble.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers import codes
+from drivers import codes, plausible
 from drivers.base import BeatIntervals, DeviceSpec, DriverContext, Measurement, ReadingSink, Waveform
 from drivers.ble import gatt
 from drivers.ble.driver import BleDriver, BleOptions
@@ -263,8 +263,8 @@ class WristMonitorDriver(BleDriver):
             return
         if hrm.rr_intervals_s:
             self.sink(BeatIntervals(self.device_id, now, hrm.rr_intervals_s))
-        if hrm.heart_rate > 0 and self.limiter.due("hr", now):
-            hr = float(hrm.heart_rate)
+        hr = self._plausible(float(hrm.heart_rate), plausible.pulse_ok)
+        if hr is not None and self.limiter.due("hr", now):
             self.sink(Measurement(self.device_id, LOINC_HEART_RATE, hr, UNIT_PER_MIN, now, extra=self.activity(now)))
 
     def on_plx(self, data: bytes) -> None:
@@ -280,11 +280,22 @@ class WristMonitorDriver(BleDriver):
         extra: dict[str, Any] = {}
         if plx.pulse_amplitude_index is not None:
             extra["pulse_amplitude_index"] = plx.pulse_amplitude_index
-        if plx.spo2 is not None and self.limiter.due("spo2", now):
-            self.sink(Measurement(self.device_id, LOINC_SPO2, plx.spo2, UNIT_PERCENT, now, extra=extra))
-        if not self.has_hrs and plx.pulse_rate is not None and self.limiter.due("pr", now):
-            pr = plx.pulse_rate
+        spo2 = self._plausible(plx.spo2, plausible.spo2_ok)
+        pr = self._plausible(plx.pulse_rate, plausible.pulse_ok)
+        if spo2 is not None and self.limiter.due("spo2", now):
+            self.sink(Measurement(self.device_id, LOINC_SPO2, spo2, UNIT_PERCENT, now, extra=extra))
+        if not self.has_hrs and pr is not None and self.limiter.due("pr", now):
             self.sink(Measurement(self.device_id, LOINC_HEART_RATE, pr, UNIT_PER_MIN, now, extra=self.activity(now)))
+
+    def _plausible(self, value: float | None, ok: Callable[[float], bool]) -> float | None:
+        """``value`` if a body can give it; 0 (the device's "no value") and the rest (counted as
+        ``out_of_range``, drivers/plausible.py) are None."""
+        if value is None or value == 0:
+            return None
+        if not ok(value):
+            self.count("out_of_range")
+            return None
+        return value
 
     def activity(self, now: float) -> dict[str, Any]:
         """``{"at_rest": flag}`` from the device's last activity flag if it is fresh, else ``{}``."""
