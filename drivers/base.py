@@ -300,15 +300,66 @@ def driver_class(kind: str) -> type[Driver]:
 
 def device_zone(name: str) -> dt.tzinfo:
     """The time zone of a device's clock: an IANA name, or "" for the gateway's local zone.
-    Stored records carry the device's local time; this turns them into real instants."""
+    Stored records carry the device's local time; this turns them into real instants. The local zone
+    is the system's with its rules (:func:`system_zone`), not the offset of the moment: that froze the
+    offset at the driver's start, so a record from the other half of the year (or any after a change
+    to or from summer time without a restart) was an hour off."""
     if not name:
-        local = dt.datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
+        return system_zone()
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise DeviceConfigError(f"unknown timezone {name!r}") from exc
+
+
+def system_zone() -> dt.tzinfo:
+    """The system's time zone with its rules: the IANA name of ``TZ``, of the ``/etc/localtime`` link
+    (systemd's timedatectl) or of ``/etc/timezone`` (Debian); else :class:`SystemLocalZone`."""
+    names = [os.environ.get("TZ", "").removeprefix(":")]
+    try:
+        link = os.readlink("/etc/localtime")
+        names.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    try:
+        names.append(Path("/etc/timezone").read_text(encoding="ascii", errors="replace").strip())
+    except OSError:
+        pass
+    for candidate in names:
+        if candidate and not candidate.startswith("/"):
+            try:
+                return zoneinfo.ZoneInfo(candidate)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                continue
+    return SystemLocalZone()
+
+
+class SystemLocalZone(dt.tzinfo):
+    """The C library's local time, asked per instant (``localtime``/``mktime``): its rules whatever they
+    are, for a system whose zone has no IANA name this process can find."""
+
+    def utcoffset(self, d: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(seconds=self._local(d).tm_gmtoff)
+
+    def dst(self, d: dt.datetime | None) -> dt.timedelta | None:
+        return dt.timedelta(hours=1) if self._local(d).tm_isdst > 0 else dt.timedelta(0)
+
+    def tzname(self, d: dt.datetime | None) -> str:
+        return self._local(d).tm_zone
+
+    def fromutc(self, d: dt.datetime) -> dt.datetime:
+        stamp = (d.replace(tzinfo=None) - _EPOCH).total_seconds()
+        return d + dt.timedelta(seconds=time.localtime(stamp).tm_gmtoff)
+
+    @staticmethod
+    def _local(d: dt.datetime | None) -> time.struct_time:
+        if d is None:
+            return time.localtime()
+        # a wall time of this zone: mktime finds its instant by the zone's rules (-1: it decides summer time)
+        return time.localtime(time.mktime((d.year, d.month, d.day, d.hour, d.minute, d.second, 0, 0, -1)))
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
 
 
 class StateFile:
