@@ -91,7 +91,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from drivers.reconnect import BugLog
 from gateway.clock import CORRECT_TOLERANCE_S, STEP_THRESHOLD_S, Clock, ClockState, boottime, read_boot_id
 from gateway.errors import OutboxError
-from gateway.salvage import DamagedStore, Recovery, SalvagedRow
+from gateway.salvage import DamagedStore, Recovery, SalvagedRow, StoreUnavailable
 from gateway.statedb import is_damage as _is_damage
 from gateway.statedb import move_aside
 
@@ -111,6 +111,10 @@ DISK_CHECK_S = 5.0  # how often the free space is looked at (statvfs: one system
 WAL_CHECKPOINT_PAGES = 4000
 WAL_CHECKPOINT_LOW_PAGES = 100  # while the disk is low: the WAL restarts from its start this often
 REPLACE_MIN_S = 60.0  # a damaged store is replaced while running at most this often
+# A damaged file that cannot be opened now (not its damage: another reader of it, an I/O error): tried
+# again after this, doubling up to the cap, while the daemon runs
+SALVAGE_RETRY_S = 0.5
+SALVAGE_RETRY_CAP_S = 60.0
 COMMIT_RETRY_S = 1.0  # an alert whose commit failed is tried again this often
 MAX_RETRIED_ALERTS = 10_000  # kept in memory for retry at most (beyond: refused, as other messages)
 CORRECTION_CHUNK = 20_000  # seqs per transaction of a clock correction (an SOS waits for one at most)
@@ -290,6 +294,7 @@ class Outbox:
         self._lost_at = 0.0  # time.monotonic() of the last try to make the fresh store
         self._orphan: Recovery | None = None  # a replacement whose fresh store is not made yet
         self._tg: asyncio.TaskGroup | None = None  # run()'s, for a salvage that starts while running
+        self._check_stop = threading.Event()  # ends the integrity check (_integrity_check)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -426,9 +431,14 @@ class Outbox:
         damaged one's (``known``: its stream and last seq; read from the file when None)."""
         aside = move_aside(self.path, reason, "outbox", level=logging.ERROR)
         if known is None:
-            old = DamagedStore(aside)  # its stream and last seq, for the status from the first moment
-            stream, last = old.stream, old.last_seq
-            old.close()
+            try:
+                old = DamagedStore(aside)  # its stream and last seq, for the status from the first moment
+            except StoreUnavailable as exc:  # read again by the salvage; the fresh stream is new all the same
+                log.warning("outbox: the damaged store's stream and last seq cannot be read now: %s", exc)
+                stream, last = None, None
+            else:
+                stream, last = old.stream, old.last_seq
+                old.close()
         else:
             stream, last = known
         rec = Recovery(aside=str(aside), at=time.time(), reason=reason, old_stream=stream, old_last_seq=last)
@@ -467,6 +477,7 @@ class Outbox:
             )
             return False
         self._replaced_at = now
+        self._check_stop.set()  # a check of the damaged store still running: its verdict is moot
         known = (self.stream, self.next_seq - 1)
         # a salvage not done yet (the store it filled is the one damaged now) goes on into the next store
         self.earlier = [r for r in (*self.earlier, self.recovery) if r is not None and not r.done]
@@ -823,7 +834,9 @@ class Outbox:
         except sqlite3.Error as exc:
             log.warning("outbox: the integrity check of %s could not start: %s", self.path, exc)
             return
-        stop = threading.Event()
+        # set by the stop, and by a replacement of the store meanwhile (the verdict would be moot, and
+        # the check's connection kept the salvage from opening the file: SQLITE_IOERR_SHORT_READ)
+        stop = self._check_stop
         db.set_progress_handler(lambda: int(stop.is_set()), 1000)  # non-zero: SQLite interrupts the check
         verdict: str | None = None
         try:
@@ -860,10 +873,15 @@ class Outbox:
         order, a batch at a time, each committed before the next is read (an SOS in between waits for
         one batch at most); the record is saved after each batch. Never raises: a bug is counted."""
         store: DamagedStore | None = None
+        rec.error = None  # what stopped an earlier try (postponed to this start) is over
         try:
-            store = await self._call(_open_damaged, Path(rec.aside))
+            store = await self._open_damaged(rec)
             if store is None:
                 rec.error = "the damaged file is gone"
+            elif store.db is None:  # not a database any more: every seq it may have held is lost
+                rec.error = "nothing of it can be read"
+                if rec.old_last_seq:
+                    rec.note_unreadable([(1, rec.old_last_seq)])
             else:
                 await self._salvage_from(store, rec)
         except Exception as exc:  # noqa: BLE001 - the salvage is best effort; the committer goes on
@@ -890,6 +908,30 @@ class Outbox:
             rec.refused,
             f" ({rec.error})" if rec.error else "",
         )
+
+    async def _open_damaged(self, rec: Recovery) -> DamagedStore | None:
+        """The damaged file, read-only (None: it is gone); tried again, with a backoff up to
+        :data:`SALVAGE_RETRY_CAP_S`, for as long as it cannot be opened for a reason that is not its
+        damage (its record says why meanwhile; a stop leaves it for the next start)."""
+        delay = SALVAGE_RETRY_S
+        while True:
+            try:
+                store = await self._call(_open_damaged, Path(rec.aside))
+            except StoreUnavailable as exc:
+                level = logging.WARNING if rec.error is None else logging.DEBUG
+                log.log(
+                    level,
+                    "outbox: salvage waits (tried again in %.1f s, then at most every %g s): %s",
+                    delay,
+                    SALVAGE_RETRY_CAP_S,
+                    exc,
+                )
+                rec.error = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, SALVAGE_RETRY_CAP_S)
+                continue
+            rec.error = None
+            return store
 
     async def _salvage_from(self, store: DamagedStore, rec: Recovery) -> None:
         if not rec.started:

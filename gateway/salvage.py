@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.clock import ClockState
+from gateway.statedb import is_damage
 
 BATCH = 500  # rows per read (and per commit into the new store)
 MAX_LOOKUPS = 100_000  # seqs of a stretch stepped over that are looked up one by one (each fails fast)
@@ -58,6 +59,10 @@ class SalvagedRow:
     shift: float
 
 
+class StoreUnavailable(Exception):
+    """The damaged file cannot be opened now, for a reason that is not its damage: try again later."""
+
+
 class DamagedStore:
     """A damaged outbox file opened read-only. Every method returns what it could read and never raises
     :class:`sqlite3.Error`; what it could not read is in :attr:`unreadable` and :attr:`invalid`."""
@@ -68,10 +73,18 @@ class DamagedStore:
         self.invalid = 0  # rows read that were not messages
         self.db: sqlite3.Connection | None = None
         try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            # timeout 0: no busy wait, on the thread that commits the SOS presses
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=0)
             self.db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.Error:
-            self.close()  # not a database at all (its header is gone): nothing to read
+        except sqlite3.Error as exc:
+            self.close()
+            if not is_damage(exc):
+                # Not its damage (an I/O error, a lock: seen as SQLITE_IOERR_SHORT_READ when the file is
+                # opened the moment the store that used it closed): the salvage tries again later. It
+                # used to be read as "nothing to read", and the salvage ended with nothing salvaged and
+                # nothing reported lost.
+                raise StoreUnavailable(f"{path}: cannot be opened now: {exc}") from exc
+            # not a database at all (its header is gone): nothing to read (the caller reports it all lost)
         stream = self._value("SELECT value FROM info WHERE key = 'stream'")
         self.stream = stream if isinstance(stream, str) else None  # the damaged store's stream id
         next_seq = self._value("SELECT value FROM meta WHERE key = 'next_seq'")

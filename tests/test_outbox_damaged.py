@@ -390,10 +390,11 @@ def test_the_check_s_verdict_never_replaces_a_store_that_replaced_the_one_it_che
             first = ob.stream
             await ob.fetch(Lane.OBSERVATION, 0, 3000)  # reads the damaged leaf: replaced at once
             assert ob.recovery is not None and ob.stream != first
+            gate.set()  # the check, still on the old file, goes on (and is stopped: its verdict is moot)
+            await until(checked.is_set, 20, "the check's end on the old file")
             await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the salvage")
-            gate.set()
-            await until(checked.is_set, 20, "the check's verdict on the old file")
-            await asyncio.sleep(0.5)  # what the outbox does with it
+            # a verdict that was in before the stop (the check finished first): about the old store only
+            await ob._call(ob._replace_if_current, first, outbox_mod._Damaged("it failed its integrity check"))
             runner.cancel()
             return ob
 
@@ -608,3 +609,48 @@ def test_a_stop_interrupts_the_integrity_check_instead_of_waiting_for_it(
     assert isinstance(run(go()), asyncio.CancelledError)
     assert len(outcome) == 1 and isinstance(outcome[0], sqlite3.OperationalError), outcome
     assert outcome[0].sqlite_errorcode == sqlite3.SQLITE_INTERRUPT
+
+
+def test_a_damaged_file_that_cannot_be_opened_for_a_moment_is_salvaged_when_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in a full run: the salvage opened the damaged file the moment the store that used it closed,
+    and SQLite answered SQLITE_IOERR_SHORT_READ. That was read as "not a database: nothing to read", and
+    the salvage ended with nothing salvaged and nothing reported lost. Now an error that is not damage
+    (here a real lock of another connection on the file) makes the salvage wait and try again."""
+    path = tmp_path / "outbox.sqlite3"
+    before = write_store(path)
+    damage_middle_leaf_of(path, "msg_lane_seq")
+    monkeypatch.setattr(outbox_mod, "SALVAGE_RETRY_S", 0.05)
+    real_open = outbox_mod._open_damaged
+    refused: list[str] = []
+
+    def locked_at_first(aside: Path) -> DamagedStore | None:
+        if refused:
+            return real_open(aside)
+        lock = sqlite3.connect(aside, timeout=0)
+        lock.execute("PRAGMA locking_mode=EXCLUSIVE")
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            return real_open(aside)
+        except Exception as exc:
+            refused.append(type(exc).__name__)
+            raise
+        finally:
+            lock.close()
+
+    monkeypatch.setattr(outbox_mod, "_open_damaged", locked_at_first)
+
+    async def go() -> Outbox:
+        async with Outbox(path, open_in_run=True) as ob:
+            runner = asyncio.create_task(ob.run())
+            await ob.opened()
+            await ob.fetch(Lane.OBSERVATION, 0, 3000)  # reads the damaged leaf: replaced, salvaged
+            await until(lambda: ob.recovery is not None and ob.recovery.done, 30, "the salvage")
+            runner.cancel()
+            return ob
+
+    ob = run(go())
+    assert refused == ["StoreUnavailable"], "the first open met the lock"
+    rec = ob.recovery
+    assert rec is not None and rec.error is None and rec.salvaged == len(before) and not rec.unreadable
