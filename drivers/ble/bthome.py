@@ -18,7 +18,10 @@ press is and what the gateway does with it:
   restart, so it is reset before each advertisement and this module applies the rule.) The window is
   bounded on purpose: a packet id is one byte, and a button heard again after a long silence whose new
   packet happens to carry the stored id must still be a press (the safe side: an SOS is never lost to
-  an old packet id; a clock step can at worst raise one press twice).
+  an old packet id; a clock step can at worst raise one press twice). The packet id object is
+  optional: without it two presses of one pattern carry the same bytes, so the same events are the
+  same press only within :data:`NO_PACKET_ID_REPEAT_S` of the first time they were heard (one
+  press's burst of advertisements), a window the repeats do not extend.
 - **Roles.** Each event becomes one :class:`~drivers.base.ButtonPress` with ``pattern`` the event's name
   and ``role`` from the device's ``roles`` table (:func:`drivers.options.role_of`: a pattern the table
   does not list is an SOS). ``press_id`` is ``<series>-<n>`` (series: when this device's state began;
@@ -81,6 +84,15 @@ log = logging.getLogger(__name__)
 
 BTHOME_SERVICE = "0000fcd2-0000-1000-8000-00805f9b34fb"  # BTHome's 16-bit UUID 0xFCD2
 REPEAT_WINDOW_S = 30.0  # a packet id heard again within this long is the same packet
+# A device without a packet id: the same press events heard within this long of their first
+# advertisement are the same press. Neither bthome.io nor Shelly gives the length of a press's burst
+# of repeated advertisements; bthome-ble (Home Assistant's parser) bounds it by taking even the same
+# packet id for a new packet 4 s after the previous advertisement, and the simulator's burst is 1 s.
+# 2 s holds a burst of about a second and its delivery through BlueZ; longer, a second press of the
+# same pattern is taken for a repeat (30 s, extended by each repeat, chained presses 20 s apart for
+# ever). Measured from the first advertisement, never extended: a burst longer than this raises its
+# press twice (the safe side), never swallows the next one.
+NO_PACKET_ID_REPEAT_S = 2.0
 KEY_HEX_DIGITS = 32
 
 
@@ -194,6 +206,10 @@ class PacketTracker:
     last_packet: int | None = None
     last_heard: float = field(default=-1e18)  # monotonic, this run only
     restored: bool = False  # read from the state file: the next press starts a new series
+    # A device without packet id: its last press's events and when they were first heard (monotonic,
+    # this run only: a restart takes longer than one burst).
+    unnumbered: tuple[tuple[str, str], ...] = ()
+    unnumbered_at: float = field(default=-1e18)
 
     def is_repeat(self, packet_id: int, mono: float, wall: float) -> bool:
         if packet_id == self.last_packet and 0.0 <= mono - self.last_heard <= REPEAT_WINDOW_S:
@@ -205,6 +221,16 @@ class PacketTracker:
                 self.last_packet, self.last_heard = packet_id, mono
                 return True
         self.last_packet, self.last_heard = packet_id, mono
+        return False
+
+    def is_repeat_unnumbered(self, events: tuple[tuple[str, str], ...], mono: float) -> bool:
+        """A press packet without a packet id: the same events (button, pattern) are a repeat only
+        within :data:`NO_PACKET_ID_REPEAT_S` of the first time they were heard. Not extended by the
+        repeats: extended, presses of one pattern closer than the window chained for ever. Events,
+        not bytes: a device that encrypts each repeat again sends other bytes for the same packet."""
+        if events == self.unnumbered and 0.0 <= mono - self.unnumbered_at <= NO_PACKET_ID_REPEAT_S:
+            return True
+        self.unnumbered, self.unnumbered_at = events, mono
         return False
 
     def press(self, packet_id: int | None, wall: float) -> str:
@@ -324,6 +350,9 @@ class BthomeButtonDriver(BleDriver):
         self._warned: set[Outcome] = set()
         self._last_bytes = b""
         self._last_bytes_at = -1e18
+        # The byte filter below applies the packet-id rule to undecoded bytes; not to bytes without
+        # a packet id (PacketTracker.is_repeat_unnumbered has their rule).
+        self._last_bytes_filtered = True
         self._key_stamp: tuple[int, int] | None = None
 
     def counters(self) -> Mapping[str, int]:
@@ -388,15 +417,18 @@ class BthomeButtonDriver(BleDriver):
             self.report_presence()
 
     def on_service_data(self, data: bytes, mono: float, wall: float, *, name: str = "", rssi: int = -127) -> None:
-        if data == self._last_bytes and 0.0 <= mono - self._last_bytes_at <= REPEAT_WINDOW_S:
+        same = data == self._last_bytes and self._last_bytes_filtered
+        if same and 0.0 <= mono - self._last_bytes_at <= REPEAT_WINDOW_S:
             self._last_bytes_at = mono
             if self.tracker.last_packet is not None:
                 self.tracker.last_heard = mono
             self.count("repeats")
             return
-        self._last_bytes, self._last_bytes_at = data, mono
+        self._last_bytes, self._last_bytes_at, self._last_bytes_filtered = data, mono, True
         assert self.decoder is not None
         decoded = self.decoder.decode(data, mono, name=name, rssi=rssi)
+        if decoded.outcome is Outcome.OK and decoded.packet_id is None:
+            self._last_bytes_filtered = False  # decoded again each time: is_repeat_unnumbered decides
         if decoded.outcome is Outcome.UNDECODABLE:
             self.bad_value(ValueError(f"not a BTHome v2 advertisement it could decode ({len(data)} bytes)"))
             return
@@ -411,11 +443,17 @@ class BthomeButtonDriver(BleDriver):
         if decoded.battery is not None and decoded.battery != self.battery:
             self.battery = decoded.battery
             self.report_presence(force=True)
-        if decoded.packet_id is not None and self.tracker.is_repeat(decoded.packet_id, mono, wall):
+        presses = [(button, ev) for button, ev in decoded.events if ev in PRESS_PATTERNS]
+        if decoded.packet_id is not None:
+            repeat = self.tracker.is_repeat(decoded.packet_id, mono, wall)
+        else:
+            # Only press packets are remembered: a beacon between two repeats leaves the second one
+            # a repeat.
+            repeat = bool(presses) and self.tracker.is_repeat_unnumbered(tuple(presses), mono)
+        if repeat:
             self.count("repeats")
             return
         self.count("packets")
-        presses = [(button, ev) for button, ev in decoded.events if ev in PRESS_PATTERNS]
         if len(presses) < len(decoded.events):
             self.count("other_events", len(decoded.events) - len(presses))  # hold_release, dimmer...
         if not presses:

@@ -9,8 +9,20 @@ advertisement many times per press and the gateway hears only some of them, so a
 - repeats of the same counter are the same press (one alert);
 - a counter that moved by ``k`` means ``k`` presses, some of whose advertisements were missed: one
   alert for the latest, with ``presses = k``;
-- a counter that went back (a new battery starts it at 0) starts a new series; a first sighting
-  with the alarm flag set is a press (the gateway restarted during an alarm).
+- a counter that went back (a new battery starts it at 0) starts a new series; a counter ``k > 0``
+  there means ``k`` presses since the new battery, raised whatever the alarm flag says (the flag
+  only lasts ~30 s: a pendant heard again later, out of range or a gateway restarting meanwhile,
+  would otherwise lose them); a first sighting with the alarm flag set is a press (the gateway
+  restarted during an alarm);
+- the same counter with the alarm flag set is the same press only while that press's flag can still
+  be on: within :data:`SAME_PRESS_S` of when the gateway first heard the counter, and if the flag was
+  not heard cleared since (it never comes back without a press, and a press moves the counter).
+  Otherwise it is a press of a new series whose counter came back to the stored value (one test
+  press at installation, a new battery, one test press by the caregiver). A double alert is
+  possible only if a pendant's flag outlasts ``SAME_PRESS_S`` or the wall clock steps across a
+  gateway restart; a press is lost only when a new battery's presses bring the counter back to
+  exactly the stored value and the pendant is heard only after its flag cleared (the format holds
+  nothing else to tell it by).
 
 ``press_id`` is ``<series>-<counter>`` (series: when the gateway first saw this counter series), stable
 across repeats, and across gateway restarts because the tracker's state is kept in ``state_path``.
@@ -28,8 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bleak import BleakClient
@@ -43,6 +56,12 @@ from drivers.options import PRESS_PATTERNS, DriverOptions, option, press_roles_o
 log = logging.getLogger(__name__)
 
 MAX_JUMP = 1000  # more presses than this between two sightings is not believable: a new series
+# The alarm flag is "a press in the last ~30 s" (docs/ble.md): the flag of the press the gateway first
+# heard at t can still be heard until t + 30 s at the latest. Half as much again as a margin for a
+# pendant whose "~30 s" is longer, so that one press heard continuously never alerts twice; past it,
+# the flag is a newer press (kept short: a new series landing on the stored counter within it, and
+# heard with nothing in between, is the one press this rule loses).
+SAME_PRESS_S = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,28 +74,82 @@ class Press:
 
 @dataclass
 class PressTracker:
-    """Press counter values in, presses out (pure: time is given by the caller)."""
+    """Press counter values in, presses out (pure: times are given by the caller).
+
+    ``counter_since`` (wall time, kept on disk) and ``since_mono`` (monotonic, this run only) say when
+    the gateway first heard ``last_counter``; ``alarm_heard`` is the flag of the last state heard.
+    Both only serve to tell a repeat of the same counter with the alarm flag set from a press of a
+    new series (the module docstring). Defaults are the safe side for a state file of an earlier
+    version: heard long ago (the epoch), flag not known to have cleared."""
 
     last_counter: int | None = None
     series: int = 0
+    counter_since: float = 0.0
+    alarm_heard: bool = True
+    since_mono: float | None = field(default=None, compare=False)
 
-    def update(self, state: gatt.SosState, now: float) -> Press | None:
-        counter = state.press_counter
+    def update(self, state: gatt.SosState, now: float, mono: float | None = None) -> Press | None:
+        """``now``: wall time (series, and the only clock across a restart); ``mono``: monotonic time
+        for durations within this run (default ``now``)."""
+        mono = now if mono is None else mono
+        counter, alarm = state.press_counter, state.alarm_active
         if self.last_counter is None:
-            self.last_counter, self.series = counter, int(now)
-            return Press(f"{self.series}-{counter}", counter, 1, state.pattern) if state.alarm_active else None
+            self._heard(counter, alarm, now, mono)
+            self._new_series(now)
+            return self._press(counter, 1, state) if alarm else None
         delta = (counter - self.last_counter) % 0x10000
         if delta == 0:
-            return None
-        self.last_counter = counter
+            # The flag of the press already raised, or of a newer one whose counter came back here.
+            newer = alarm and (not self.alarm_heard or not self._same_press(now, mono))
+            self.alarm_heard = alarm
+            if not newer:
+                return None
+            self._heard(counter, alarm, now, mono)
+            self._new_series(now)
+            return self._press(counter, _since_new_battery(counter), state)
+        self._heard(counter, alarm, now, mono)
         if delta <= MAX_JUMP and counter != 0:
-            return Press(f"{self.series}-{counter}", counter, delta, state.pattern)
+            return self._press(counter, delta, state)
         # The counter went back (battery change) or jumped beyond belief: a new series.
-        self.series = int(now)
-        return Press(f"{self.series}-{counter}", counter, 1, state.pattern) if state.alarm_active else None
+        self._new_series(now)
+        if counter != 0:
+            # k presses since the new battery, raised whatever the flag says: it lasts ~30 s, and a
+            # pendant heard again later (out of range, gateway restarting, reconnecting) lost them.
+            return self._press(counter, _since_new_battery(counter), state)
+        # 0: a new battery not pressed yet, or a wrap through 0 (a press only while its flag is on).
+        return self._press(counter, 1, state) if alarm else None
+
+    def _same_press(self, now: float, mono: float) -> bool:
+        """Could the alarm flag heard now still be that of the press first heard with this counter?"""
+        if self.since_mono is not None:
+            elapsed = mono - self.since_mono
+        else:
+            # Restored from disk: wall time is all there is. A clock step either way (a Pi without an
+            # RTC sets its clock at boot) falls outside the window: at worst one press raised twice.
+            elapsed = now - self.counter_since
+            if 0.0 <= elapsed <= SAME_PRESS_S:
+                self.since_mono = mono - elapsed  # monotonic from here on
+        return 0.0 <= elapsed <= SAME_PRESS_S
+
+    def _heard(self, counter: int, alarm: bool, now: float, mono: float) -> None:
+        self.last_counter, self.alarm_heard = counter, alarm
+        self.counter_since, self.since_mono = now, mono
+
+    def _new_series(self, now: float) -> None:
+        # After the previous series even on a clock set back: a press id is never given twice (the
+        # cloud would drop the second alert as a repeat).
+        self.series = max(int(now), self.series + 1)
+
+    def _press(self, counter: int, presses: int, state: gatt.SosState) -> Press:
+        return Press(f"{self.series}-{counter}", counter, presses, state.pattern)
 
     def to_json(self) -> dict[str, Any]:
-        return {"last_counter": self.last_counter, "series": self.series}
+        return {
+            "last_counter": self.last_counter,
+            "series": self.series,
+            "counter_since": self.counter_since,
+            "alarm": self.alarm_heard,
+        }
 
     @classmethod
     def from_json(cls, raw: Any) -> PressTracker:
@@ -85,7 +158,17 @@ class PressTracker:
         last, series = raw.get("last_counter"), raw.get("series")
         if not (last is None or (isinstance(last, int) and 0 <= last <= 0xFFFF)) or not isinstance(series, int):
             return cls()
-        return cls(last, series)
+        since, alarm = raw.get("counter_since"), raw.get("alarm")
+        # Missing (an earlier version's file) or damaged: the safe side, as the defaults.
+        if not (isinstance(since, int | float) and not isinstance(since, bool) and math.isfinite(since)):
+            since = 0.0
+        return cls(last, series, float(since), alarm if isinstance(alarm, bool) else True)
+
+
+def _since_new_battery(counter: int) -> int:
+    """Presses a new series' counter stands for (it restarts at 0 with a new battery); one when the
+    counter is not believable as a count."""
+    return counter if 0 < counter <= MAX_JUMP else 1
 
 
 @dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
@@ -131,17 +214,26 @@ class _PendantDriver(BleDriver):
         if self._state is not None:
             self._state.write(self.tracker.to_json())
 
-    def on_state_value(self, data: bytes, via: str) -> None:
+    def on_state_value(self, data: bytes, via: str, mono: float | None = None) -> bool:
+        """One SOS state (``mono``: when it was heard, default now); False when it does not decode."""
         try:
             state = gatt.decode_sos_state(data)
         except gatt.GattDecodeError as exc:
             self.bad_value(exc)
-            return
+            return False
         if state.battery_percent is not None:
             self.battery = state.battery_percent
         now = self.clock()
         before = self.tracker.to_json()
-        press = self.tracker.update(state, now)
+        press = self.tracker.update(state, now, time.monotonic() if mono is None else mono)
+        if self.tracker.series != before["series"] and before["last_counter"] is not None:
+            log.info(
+                "device %s: press counter %s -> %d (alarm %s): a new series (a new battery)",
+                self.device_id,
+                before["last_counter"],
+                state.press_counter,
+                "on" if state.alarm_active else "off",
+            )
         if press is not None:
             self.count("presses")
             if press.presses > 1:
@@ -174,6 +266,7 @@ class _PendantDriver(BleDriver):
             self.count("repeats")
         if self.tracker.to_json() != before:
             self.save_tracker()
+        return True
 
 
 class SosPendantDriver(_PendantDriver):
@@ -199,7 +292,7 @@ class SosPendantDriver(_PendantDriver):
         if data is None:
             self.count("foreign_advertisements")
             return
-        self.on_state_value(bytes(data), "advertisement")
+        self.on_state_value(bytes(data), "advertisement", s.at)
         if self._last_reported is None or self._last_reported[0] is not LinkState.CONNECTED:
             self.report(LinkState.CONNECTED, None)
 
@@ -227,7 +320,23 @@ class SosNotifyDriver(_PendantDriver):
     summary: ClassVar[str] = "Bluetooth LE SOS pendant that notifies over a connection"
 
     async def setup(self, client: BleakClient) -> None:
-        # The current value first: a press made while the link was down is a counter that moved.
-        self.on_state_value(bytes(await client.read_gatt_char(gatt.SOS_PRESS)), "reconnect")
-        await self.subscribe(client, gatt.SOS_PRESS, lambda data: self.on_state_value(data, "notification"))
+        # Subscribed first, then the current value read (a press made while the link was down is a
+        # counter that moved). Read first, a press between the read and the subscription was in
+        # neither: unseen until the next press.
+        notified = False
+
+        def on_notification(data: bytes) -> None:
+            nonlocal notified
+            notified = self.on_state_value(data, "notification") or notified
+
+        await self.subscribe(client, gatt.SOS_PRESS, on_notification)
+        value = bytes(await client.read_gatt_char(gatt.SOS_PRESS))
+        # A notification handled meanwhile makes the value read redundant, and it may be older: the
+        # notification of a press made just after the read is handled as the bus's messages are read,
+        # this coroutine resumes with the value read only on a later turn of the loop, and that older
+        # value would look like a counter that went back (a new battery: a false new series of
+        # presses). Every press since the subscription is notified, and its counter counts the ones
+        # before it.
+        if not notified:
+            self.on_state_value(value, "reconnect")
         await self.read_battery(client)

@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bleak.backends.device import BLEDevice
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from drivers.base import ButtonPress, DeviceConfigError, DeviceStatus, LinkState
 from drivers.ble.bthome import (
     BTHOME_SERVICE,
+    NO_PACKET_ID_REPEAT_S,
     REPEAT_WINDOW_S,
     BthomeButtonDriver,
     BthomeDecoder,
@@ -151,6 +153,64 @@ def test_a_packet_is_new_when_its_id_moved_on_or_after_a_silence_longer_than_the
         assert verdicts == [expected_new] + [False] * (times - 1), (i, step, silence)
 
 
+PRESS = (("button", "press"),)
+
+
+def test_without_a_packet_id_the_same_press_is_a_repeat_only_within_one_burst() -> None:
+    t = PacketTracker()
+    assert not t.is_repeat_unnumbered(PRESS, 0.0)
+    burst = [t.is_repeat_unnumbered(PRESS, k * 0.03) for k in range(1, int(NO_PACKET_ID_REPEAT_S / 0.03))]
+    assert all(burst), "one press's burst of advertisements"
+    assert not t.is_repeat_unnumbered(PRESS, NO_PACKET_ID_REPEAT_S + 0.1), "the window is not extended by repeats"
+    # Presses of one pattern 10 s apart, then 25 s: each a press (they chained with a 30 s window).
+    t = PacketTracker()
+    assert [t.is_repeat_unnumbered(PRESS, at) for at in (0.0, 0.5, 10.0, 10.5, 35.0, 35.5, 55.0)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    # Another pattern is another press at once; a clock going back is not a repeat.
+    assert not t.is_repeat_unnumbered((("button", "long_press"),), 55.1)
+    assert not t.is_repeat_unnumbered(PRESS, 55.2) and not t.is_repeat_unnumbered(PRESS, 50.0)
+
+
+def _plain_driver(readings: Readings) -> BthomeButtonDriver:
+    drv = make_driver("ble-bthome", "bt-1", BUTTON, readings)
+    assert isinstance(drv, BthomeButtonDriver)
+    drv.decoder = BthomeDecoder(BUTTON, None)
+    return drv
+
+
+def test_a_button_without_packet_id_pressed_again_is_a_press_each_time() -> None:
+    press = bytes.fromhex("40 0164 3a01")  # v2, plaintext; battery 100 %; button: press. No packet id
+    readings = Readings()
+    drv = _plain_driver(readings)
+    for start in (0.0, 10.0, 35.0):  # three presses, each advertised for 1 s every 30 ms
+        for k in range(34):
+            drv.on_service_data(press, 100.0 + start + k * 0.03, 1e9 + start)
+    presses: list[ButtonPress] = readings.of(ButtonPress)
+    assert len(presses) == 3 and len({p.press_id for p in presses}) == 3
+    assert all(p.pattern == "press" and p.extra["packet_id"] is None for p in presses)
+    assert drv.counters()["repeats"] == 3 * 33
+    # A beacon (no event) heard between two repeats of a press leaves the second one a repeat.
+    readings = Readings()
+    drv = _plain_driver(readings)
+    for at, data in ((0.0, press), (0.3, bytes.fromhex("40 0164")), (0.6, press)):
+        drv.on_service_data(data, 100.0 + at, 1e9 + at)
+    assert len(readings.of(ButtonPress)) == 1 and drv.counters()["repeats"] == 1
+    # A device with a packet id keeps the spec's rule: the same id within 30 s is the same packet.
+    numbered = service_data(objects(7, 100, "press"), mac=BUTTON)
+    readings = Readings()
+    drv = _plain_driver(readings)
+    for at in (0.0, 5.0, 20.0):
+        drv.on_service_data(numbered, 100.0 + at, 1e9 + at)
+    assert len(readings.of(ButtonPress)) == 1
+
+
 def test_bindkey_file_errors_name_the_file_never_its_content(tmp_path: Path) -> None:
     assert read_bindkey(key_file(tmp_path)) == KEY
     short = tmp_path / "short.key"
@@ -243,6 +303,40 @@ def test_every_event_type_to_its_role_repeats_suppressed_and_battery(tmp_path: P
     assert counters.get("bad_values", 0) == 0 and counters["presses"] == len(presses)
     states: list[DeviceStatus] = readings.states("bt-1")
     assert any(s.battery_percent == 77 for s in states) and states[-1].state is LinkState.DISCONNECTED
+
+
+class UnnumberedButton(BthomeButton):
+    """A BTHome button that sends no packet id (object 0x00 is optional; DIY and some other makers'
+    devices leave it out): two presses of one pattern are byte-identical."""
+
+    def _beacon(self) -> None:
+        self.current = self._seal(objects(None, self.battery))
+
+    def press(self, event: str = "press") -> dict[str, Any]:
+        info = super().press(event)
+        self.press_payload = objects(None, self.battery, event)
+        self.current = self._seal(self.press_payload)
+        return {**info, "packet_id": None}
+
+
+def test_a_button_without_packet_id_raises_every_press(tmp_path: Path) -> None:
+    button = UnnumberedButton(BUTTON, beacon_interval_s=None, burst_s=1.0)
+    readings = Readings()
+    drv = make_driver("ble-bthome", "bt-1", BUTTON, readings, roles=ROLES, state_path=str(tmp_path / "bt.json"))
+
+    async def go() -> None:
+        async with virtual_bluez([button]), running(drv):
+            await until(lambda: drv.decoder is not None, 5, "started")
+            for n in (1, 2, 3):
+                button.press("long_press")
+                await until(lambda n=n: len(readings.of(ButtonPress)) == n, 5, f"press {n}")
+                await asyncio.sleep(NO_PACKET_ID_REPEAT_S + 0.5)  # the burst, and past the window
+
+    asyncio.run(go())
+    presses: list[ButtonPress] = readings.of(ButtonPress)
+    assert [(p.pattern, p.role, p.extra["packet_id"]) for p in presses] == [("long_press", "sos", None)] * 3
+    assert len({p.press_id for p in presses}) == 3
+    assert drv.counters()["repeats"] > 3, "each burst heard more than once, and one press each"
 
 
 def test_a_restart_during_the_repeats_raises_nothing_twice(tmp_path: Path) -> None:
