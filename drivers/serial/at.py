@@ -46,6 +46,23 @@ def shown(line: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Numbers in answers
+# --------------------------------------------------------------------------------------------------
+
+# ASCII digits only, and few enough that int() is cheap and bounded: str.isdigit() is true for "²"
+# (which int() refuses) and int() itself takes other scripts' digits (Arabic-Indic "٣", fullwidth
+# U+FF13), "+1" and "1_0", none of which a modem sends as a number. 9 digits cover every code, state
+# and reference of 27.007 / 27.005.
+_ASCII_INT = re.compile(r"[0-9]{1,9}")
+
+
+def ascii_int(text: str) -> int | None:
+    """``"42"`` -> 42; None for anything that is not 1-9 ASCII digits (surrounding blanks allowed)."""
+    text = text.strip()
+    return int(text) if _ASCII_INT.fullmatch(text) else None
+
+
+# --------------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------------
 
@@ -119,8 +136,9 @@ class AtParser:
     its CR) before writing it: lines while a command is pending are its intermediate results, except
     the codes that are always unsolicited; while none is pending every line is a URC.
 
-    Robust by construction: any byte sequence is accepted (invalid UTF-8 is replaced, overlong lines
-    are cut at :attr:`max_line` and counted), a partial line waits for its end.
+    Robust by construction: any byte sequence is accepted and :meth:`feed` never raises (invalid
+    UTF-8 is replaced, overlong lines are cut at :attr:`max_line` and counted, a number that is not
+    ASCII digits is text), a partial line waits for its end.
     """
 
     max_line: int = 4096
@@ -371,10 +389,9 @@ _VERBOSE: dict[tuple[str, str], int] = {
 def error_from(family: str, value: str, command: str = "") -> ModemError:
     """``+CME ERROR: 10`` or ``+CME ERROR: SIM not inserted`` -> :class:`SimMissing`, and so on."""
     table = CME if family == "cme" else CMS
-    code: int | None
-    if value.isdigit():
-        code = int(value)
-    else:
+    # Not str.isdigit(): "+CME ERROR: ²" must be an unknown error, not a ValueError out of the parser.
+    code = ascii_int(value)
+    if code is None:
         code = _VERBOSE.get((family, value.strip().strip('"').lower()))
     cls, text = table.get(code, (CommandError, value)) if code is not None else (CommandError, value)
     where = f"{command}: " if command else ""
@@ -399,11 +416,8 @@ REG_STATES = {
 def parse_reg(value: str) -> str:
     """``+CREG: <n>,<stat>[,...]`` (answer to ``AT+CREG?``) or ``+CREG: <stat>`` (URC) -> state name."""
     parts = [p.strip() for p in value.split(",")]
-    try:
-        stat = int(parts[1] if len(parts) >= 2 and not parts[1].startswith('"') else parts[0])
-    except (ValueError, IndexError):
-        return "unknown"
-    return REG_STATES.get(stat, "unknown")
+    stat = ascii_int(parts[1] if len(parts) >= 2 and not parts[1].startswith('"') else parts[0])
+    return REG_STATES.get(stat, "unknown") if stat is not None else "unknown"
 
 
 def registered(state: str) -> bool:
@@ -412,13 +426,20 @@ def registered(state: str) -> bool:
 
 def parse_csq(value: str) -> tuple[int | None, int | None]:
     """``+CSQ: <rssi>,<ber>`` -> (CSQ 0..31 or None for 99 "not known", dBm = -113 + 2*CSQ)."""
-    try:
-        rssi = int(value.split(",")[0])
-    except ValueError:
-        return None, None
-    if not 0 <= rssi <= 31:
+    rssi = ascii_int(value.split(",")[0])
+    if rssi is None or not 0 <= rssi <= 31:
         return None, None
     return rssi, -113 + 2 * rssi
+
+
+def message_reference(lines: Sequence[str]) -> int | None:
+    """TP-MR from the answer to the PDU of ``AT+CMGS`` (``+CMGS: <mr>[,<ackpdu>]``, 27.005 3.5.1):
+    0..255, or None when the line is missing or does not hold a one-octet number. The ``OK`` that
+    came with it already says the network took the message: None only means that its delivery
+    report cannot be matched to it."""
+    value = response_value(lines, "+CMGS")
+    mr = ascii_int(value.split(",")[0]) if value is not None else None
+    return mr if mr is not None and mr <= 0xFF else None  # TP-MR is one octet (23.040 9.2.3.6)
 
 
 def parse_cops(value: str) -> str | None:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PIN_RE = re.compile(r"^[0-9]{4,8}$")
+# In the references send_sms returns: a part the network took (its OK came) whose ``+CMGS: <mr>`` could
+# not be read. Never equal to a delivery report's TP-MR (0..255), so no report is matched to it.
+UNKNOWN_REFERENCE = -1
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 
@@ -172,9 +175,10 @@ class Modem:
 
     async def send_sms(self, number: str, text: str) -> list[int]:
         """Send one text (one or several concatenated parts). Returns the message reference of each
-        part (delivery reports name them). Raises :class:`ModemUnavailable`, the typed
-        :class:`~drivers.serial.at.ModemError` of the SIM or network, or
-        :class:`~drivers.serial.at.PduError` for a number that cannot be encoded."""
+        part (delivery reports name them); :data:`UNKNOWN_REFERENCE` for a part the network accepted
+        with a reference that cannot be read (it is sent: only its delivery report cannot be matched).
+        Raises :class:`ModemUnavailable`, the typed :class:`~drivers.serial.at.ModemError` of the SIM
+        or network, or :class:`~drivers.serial.at.PduError` for a number that cannot be encoded."""
         pdus = at.encode_sms(
             number,
             text,
@@ -196,7 +200,7 @@ class Modem:
                 raise at.NotRegistered(f"modem {self.name}: not registered ({self.health.registration})")
             mrs: list[int] = []
             try:
-                for cmgs, body in at.iter_parts(pdus):
+                for part, (cmgs, body) in enumerate(at.iter_parts(pdus), start=1):
                     ev = await self._command(s, cmgs, prompt=True)
                     if isinstance(ev, at.Final):
                         raise ev.error or at.CommandError(f"{cmgs}: no prompt")
@@ -204,8 +208,17 @@ class Modem:
                     final = await self._send_raw(s, body, self.options.sms_timeout_s, cmgs)
                     if not isinstance(final, at.Final) or not final.ok:
                         raise (final.error if isinstance(final, at.Final) else None) or at.CommandError(cmgs)
-                    value = at.response_value(final.lines, "+CMGS")
-                    mrs.append(int(value.split(",")[0]) if value and value.split(",")[0].isdigit() else -1)
+                    mr = at.message_reference(final.lines)
+                    if mr is None:
+                        # The OK says the network took this part: failing the send now would make the
+                        # alarm send the SMS again. Only its delivery report will go unmatched.
+                        log.warning(
+                            "modem %s: part %d of %d of an SMS accepted without a readable message reference",
+                            self.name,
+                            part,
+                            len(pdus),
+                        )
+                    mrs.append(UNKNOWN_REFERENCE if mr is None else mr)
             except at.ModemError as exc:
                 self.health.sms_failed += 1
                 self.health.last_error = str(exc)

@@ -9,7 +9,7 @@ forms of 3GPP TS 27.007 9.2 / 27.005 3.2.5 as the SIM7600 / EC25 manuals show th
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.serial import at
@@ -289,3 +289,115 @@ def test_random_bytes_never_raise_and_the_next_answer_is_found(noise: bytes, ste
     p.command_sent("AT")
     evs = feed_all(p, b"\r\nOK\r\n", step)
     assert evs[-1] == Final(True, ())
+
+
+# -- numbers that are not ASCII digits ---------------------------------------------------------------
+
+# Characters str.isdigit() calls digits: "²" and "①" (int() refuses them), fullwidth 3 and Arabic-Indic
+# 3 (int() takes them).
+UNICODE_DIGITS = ("²", "①", "\uff13", "٣")
+
+
+def test_a_cme_error_with_a_unicode_digit_is_an_unknown_error_not_a_crash() -> None:
+    p = AtParser()
+    p.command_sent("AT+CSQ")
+    # The reviewer's bytes: "+CME ERROR: ²" CR LF. It used to raise ValueError out of feed (the
+    # modem's reader died and the port reconnected).
+    (ev,) = p.feed(bytes.fromhex("2b434d45204552524f523a20c2b20d0a"))
+    assert isinstance(ev, Final) and not ev.ok
+    assert type(ev.error) is at.CommandError and ev.error.code is None and ev.error.family == "cme"
+    p.command_sent("AT")
+    assert p.feed(b"\r\nOK\r\n") == [Final(True, ())]  # the parser goes on
+    for digit in UNICODE_DIGITS:
+        for family in ("cme", "cms"):
+            err = error_from(family, digit)
+            assert type(err) is at.CommandError and err.code is None, (family, digit)
+    assert error_from("cms", "0038").code == 38  # ASCII digits still are numbers
+    assert error_from("cme", "9" * 5000).code is None  # not int()'s 4300-digit ValueError either
+
+
+def test_registration_signal_and_reference_read_ascii_digits_only() -> None:
+    for digit in UNICODE_DIGITS:
+        assert at.parse_reg(f"0,{digit}") == "unknown"
+        assert at.parse_reg(digit) == "unknown"
+        assert at.parse_csq(f"{digit},99") == (None, None)
+        assert at.message_reference([f"+CMGS: {digit}"]) is None
+    assert at.parse_csq("\uff12\uff11,99") == (None, None)  # fullwidth "21": int() would have read 21
+    assert at.parse_reg("0,+1") == "unknown" and at.parse_reg("0,1_0") == "unknown"
+    assert at.message_reference(["+CMGS: 42"]) == 42
+    assert at.message_reference(["+CMGS: 7,00ABCDEF"]) == 7  # with the optional <ackpdu>
+    assert at.message_reference(["+CMGS: 256"]) is None  # TP-MR is one octet
+    assert at.message_reference([]) is None and at.message_reference(["+CMGS:"]) is None
+
+
+AT_TOKENS = [
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b"OK",
+    b"ERROR",
+    b"+CME ERROR: ",
+    b"+CMS ERROR: ",
+    b"+CMGS: ",
+    b"+CSQ: ",
+    b"+CREG: 1,",
+    b"+CDS: 25",
+    b"> ",
+    b"0791",
+    b",",
+    b"AT+CSQ",
+    b"\xff",
+]
+# Every character str.isdigit() accepts: ASCII, the decimal digits of other scripts (int() takes
+# them) and superscripts, circled and other digits (int() refuses them).
+ISDIGIT_CHARS = [chr(c) for c in range(0x110000) if chr(c).isdigit()]
+# Values: "numbers" of such characters, or any text.
+at_values = st.one_of(
+    st.text(alphabet=st.sampled_from(ISDIGIT_CHARS), min_size=1, max_size=4),
+    st.text(alphabet=st.one_of(st.characters(codec="ascii"), st.characters()), max_size=12),
+)
+# Whole answer lines: a result code or an intermediate-result prefix, any value, a line end or not.
+at_lines = st.builds(
+    lambda head, value, end: head + value.encode("utf-8", "surrogatepass") + end,
+    st.sampled_from([b"", b"+CME ERROR: ", b"+CMS ERROR: ", b"+CMGS: ", b"+CSQ: ", b"+CREG: ", b"+CDS: "]),
+    at_values,
+    st.sampled_from([b"\r\n", b"\r", b""]),
+)
+# What a modem (or line noise) can put on the port: answer lines and fragments, any text, any bytes;
+# and between them, the commands the driver sends.
+at_chunks = st.one_of(
+    at_lines,
+    st.sampled_from(AT_TOKENS),
+    st.text(max_size=12).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=24),
+)
+at_commands = st.tuples(st.sampled_from(["AT", "AT+CSQ", "AT+CPIN?", "AT+CMGS=23", "AT+CREG?"]), st.booleans())
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(at_chunks, at_commands), max_size=40))
+@example([("AT+CSQ", False), bytes.fromhex("2b434d45204552524f523a20c2b20d0a")])  # the review's "+CME ERROR: ²"
+def test_feed_never_raises_whatever_the_bytes_and_commands(steps: list[bytes | tuple[str, bool]]) -> None:
+    """AtParser declares no error (any byte sequence is accepted): nothing may escape feed."""
+    p = AtParser()
+    for step in steps:
+        if isinstance(step, tuple):
+            p.command_sent(step[0], prompt=step[1])
+            continue
+        for ev in p.feed(step):
+            assert isinstance(ev, (Final, Prompt, Urc))
+            if isinstance(ev, Final) and not ev.ok:
+                assert isinstance(ev.error, at.ModemError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["+CME ERROR: ", "+CMS ERROR: "]), at_values)
+def test_any_error_value_is_one_typed_final(prefix: str, value: str) -> None:
+    p = AtParser()
+    p.command_sent("AT+CMGS=23")
+    evs = p.feed(b"\r\n" + (prefix + value).encode("utf-8", "surrogatepass") + b"\r\n")
+    if "\r" in value or "\n" in value:
+        return  # the value was cut into lines: the other tests cover that
+    assert len(evs) == 1
+    (ev,) = evs
+    assert isinstance(ev, Final) and not ev.ok and isinstance(ev.error, at.ModemError)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from drivers.options import OptionError
 from drivers.serial import at
-from drivers.serial.modem import Modem, ModemOptions, ModemUnavailable
+from drivers.serial.modem import UNKNOWN_REFERENCE, Modem, ModemOptions, ModemUnavailable
 from simulators.modem_sim import ModemSimulator, ModemState
 from tests.helpers import until
 
@@ -137,3 +137,58 @@ def test_unplugged_modem_fails_fast_and_comes_back(tmp_path: Path) -> None:
     sim, modem = asyncio.run(go())
     assert [s.text for s in sim.sent] == ["back"]
     assert modem.reconnector.connects == 2
+
+
+def _rewrite_replies(sim: ModemSimulator, rewrite: Callable[[str], str]) -> None:
+    """The simulator's answer lines through ``rewrite``: a modem whose firmware answers oddly."""
+    original = sim._reply
+
+    def reply(*lines: str) -> None:
+        original(*(rewrite(line) for line in lines))
+
+    sim._reply = reply  # type: ignore[method-assign]
+
+
+def test_an_sms_the_network_took_with_an_unreadable_reference_is_sent_not_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def go() -> tuple[ModemSimulator, Modem, list[list[int]]]:
+        async with running(tmp_path, ModemState()) as (sim, modem):
+            await until(lambda: modem.health.ready, 10, "ready")
+            # "+CMGS: ²": str.isdigit() is true, int() raised ValueError after the network took the SMS.
+            _rewrite_replies(sim, lambda line: "+CMGS: \u00b2" if line.startswith("+CMGS:") else line)
+            mrs = [await modem.send_sms(NUMBER, "SOS: Anna pressed bedroom"), await modem.send_sms(NUMBER, "紧急" * 40)]
+            assert modem.health.ready  # still the same session
+            return sim, modem, mrs
+
+    sim, modem, mrs = asyncio.run(go())
+    # Sent, as the network said: a reference that cannot be read, never a failure (the alarm would
+    # send the SMS again) nor an exception (the alarm's loop would not record the send).
+    assert mrs == [[UNKNOWN_REFERENCE], [UNKNOWN_REFERENCE, UNKNOWN_REFERENCE]]
+    assert [(s.text, s.parts) for s in sim.sent] == [("SOS: Anna pressed bedroom", 1), ("紧急" * 40, 2)]
+    h = modem.health
+    assert (h.sms_sent, h.sms_failed, h.last_error) == (2, 0, None)
+    assert modem.reconnector.connects == 1
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "drivers.serial.modem"]
+    assert len([m for m in loud if "message reference" in m]) == 3  # one per part
+    assert not [m for m in loud if NUMBER.lstrip("+") in m]  # phone numbers at DEBUG only
+
+
+def test_an_error_code_in_unicode_digits_is_a_typed_failure_and_the_reader_lives_on(tmp_path: Path) -> None:
+    async def go() -> tuple[ModemSimulator, Modem]:
+        async with running(tmp_path, ModemState()) as (sim, modem):
+            await until(lambda: modem.health.ready, 10, "ready")
+            _rewrite_replies(sim, lambda line: "+CMS ERROR: \u00b2" if line.startswith("+CMS ERROR") else line)
+            sim.state.cms_errors = [38]
+            with pytest.raises(at.CommandError):
+                await modem.send_sms(NUMBER, "x")
+            assert await modem.send_sms(NUMBER, "y")  # same session: the reader did not die on "²"
+            await asyncio.sleep(0.7)  # two polls
+            assert modem.health.ready
+            return sim, modem
+
+    sim, modem = asyncio.run(go())
+    assert [s.text for s in sim.sent] == ["y"]
+    assert modem.reconnector.connects == 1 and modem.health.sms_failed == 1
