@@ -728,6 +728,16 @@ class LiveAccumulator:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """One stored-data transfer: the points (at most the expected number), how many of them came
+    before the parser first dropped bytes, and whether the download's deadline ended it."""
+
+    points: list[tuple[int | None, int | None]]
+    clean: int
+    overdue: bool
+
+
 @dataclass(frozen=True)  # no slots: frozen+slots subclasses break super() on 3.11
 class Cms50Options(SerialOptions):
     silence_timeout_s: float = option(10.0, lo=0.5, hi=86400, unit="seconds", doc="no frame for this long: lost")
@@ -744,7 +754,10 @@ class Cms50Driver(SerialDriver):
 
     On connect: stop live mode, ask for the stored session (count, start time, duration) and download
     the points not yet emitted (with their original times), then start live mode and keep it alive
-    (0xAF every ``keepalive_s``; the device stops streaming about 30 s after the last one).
+    (0xAF every ``keepalive_s``; the device stops streaming about 30 s after the last one). The
+    download ends with its last point, after ``data_quiet_s`` without a stored-data packet, or at a
+    deadline sized by the expected points (:meth:`download_budget_s`): then what came is kept (the
+    next connection fetches the rest), counted in ``download_timeouts``, and live mode starts.
 
     Options: the serial keys, ``download_stored`` (default true), ``timezone`` (IANA name of the
     device's clock, default the gateway's), ``state_path`` (ledger file of fetched sessions),
@@ -765,8 +778,20 @@ class Cms50Driver(SerialDriver):
     # return by up to 30 s. Probing a missing by-id path is free, so cap it to stay "back within 5 s".
     reconnect_cap_s: ClassVar[float] = 3.0
     reply_timeout_s: ClassVar[float] = 2.0
+    # A download ends when no stored-data packet came for this long (live or other packets do not
+    # count: a device that streams them instead of its upload must not hold the download open).
     data_quiet_s: ClassVar[float] = 2.0
     download_attempts: ClassVar[int] = 3
+    # And, whatever the device sends, by an overall deadline (all attempts together): the expected
+    # points at ``download_min_rate`` plus ``download_margin_s``, at most ``download_max_s``. The line
+    # carries 11520 bytes/s at 115200 8N1: 1440 0x0F packets (8 bytes, 3 points) = 4320 points/s, or
+    # 1920 points/s of 0x09 packets (6 bytes, 1 point); the simulator uploads at the pty's speed. No
+    # source gives the device's own pace, so the deadline allows one ~10x below the slower line rate
+    # (an 8-hour night, 28800 points: 144 s). The margin covers the start of the upload, a retry and a
+    # busy Pi; the cap, a duration field (24 bits) claiming months: two days of points fit under it.
+    download_min_rate: ClassVar[float] = 200.0  # stored points per second
+    download_margin_s: ClassVar[float] = 10.0
+    download_max_s: ClassVar[float] = 900.0
     frame_len: ClassVar[int] = PACKET_LENGTHS[PT_LIVE]
     # Live frames (60 a second) and stored data are read in blocks of this much time, not frame by
     # frame: 10 wakeups a second instead of 60-120. Nothing here is latency-critical (the oximeter
@@ -788,6 +813,7 @@ class Cms50Driver(SerialDriver):
         self.live = LiveAccumulator(self.device_id, report_every_s=self.report_every_s)
         self.stored_emitted = 0
         self._answered = False
+        self._overdue_warned = False  # WARNING for the first overdue download, DEBUG after (counted)
         self.reconnector.backoff = Backoff(base_s=0.25, cap_s=self.reconnect_cap_s)
 
     def counters(self) -> Mapping[str, int]:
@@ -847,10 +873,20 @@ class Cms50Driver(SerialDriver):
             log.debug("device %s: stored session %s already fetched (%d points)", self.device_id, key, done)
             return
         st = self.parser.stats
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.download_budget_s(total)  # the loop's clock: monotonic
         for _ in range(self.download_attempts):
             before = (st.bad_frames, st.garbage_bytes)
-            points = await self._fetch_points(link, total)
-            if (st.bad_frames, st.garbage_bytes) == before:
+            got = await self._fetch_points(link, total, deadline)
+            damaged = (st.bad_frames, st.garbage_bytes) != before
+            if got.overdue or (damaged and loop.time() >= deadline):
+                # Out of time, no other try: keep what came, up to the first dropped bytes (the
+                # points before them are in order from the first; after them, times may be shifted).
+                points = got.points[: got.clean] if damaged else got.points
+                self._download_overdue(key, len(points), total)
+                break
+            if not damaged:
+                points = got.points
                 break
             # Stored points carry no index: one lost packet would shift every later point's time.
             self.count("download_retries")
@@ -869,19 +905,54 @@ class Cms50Driver(SerialDriver):
         self.ledger.mark(key, done + len(new))
         log.info("device %s: fetched %d stored points of session %s", self.device_id, len(new), key)
 
-    async def _fetch_points(self, link: SerialLink, total: int) -> list[tuple[int | None, int | None]]:
+    def download_budget_s(self, total: int) -> float:
+        """How long the download of ``total`` stored points may take, all attempts together."""
+        expected = total / self.download_min_rate
+        return min(self.download_max_s, self.data_quiet_s + self.download_margin_s + expected)
+
+    async def _fetch_points(self, link: SerialLink, total: int, deadline: float) -> _Fetched:
+        """Ask for the stored points; read until ``total`` came, no stored-data packet came for
+        ``data_quiet_s``, or the loop's (monotonic) clock reaches ``deadline``."""
+        loop = asyncio.get_running_loop()
         link.write(command(CMD_SESSION_DATA, self.user, 1))
         points: list[tuple[int | None, int | None]] = []
-        try:
-            while len(points) < total:
-                for f in await self._frames(link, self.data_quiet_s, gather_s=self.read_block_s):
-                    if isinstance(f, StoredPoints):
-                        points.extend(f.points)
-        except LinkSilent:
+        clean: int | None = None  # points that came before the parser first dropped bytes
+        last_stored = loop.time()
+        while len(points) < total:
+            wait = min(last_stored + self.data_quiet_s, deadline) - loop.time()
+            if wait <= 0:
+                break
+            try:
+                frames = await self._frames(link, wait, gather_s=self.read_block_s)
+            except LinkSilent:
+                continue  # not one byte for ``wait``: the check above ends it
+            for f in frames:
+                if isinstance(f, StoredPoints):
+                    points.extend(f.points)
+                    last_stored = loop.time()
+                elif isinstance(f, Dropped) and clean is None:
+                    clean = len(points)
+        link.write(command(CMD_STOP_DATA))
+        overdue = len(points) < total and loop.time() >= deadline
+        if len(points) < total and not overdue:
             self.count("short_downloads")
             log.debug("device %s: download stopped at %d of %d points", self.device_id, len(points), total)
-        link.write(command(CMD_STOP_DATA))
-        return points[:total]
+        return _Fetched(points[:total], min(total, len(points) if clean is None else clean), overdue)
+
+    def _download_overdue(self, key: str, kept: int, total: int) -> None:
+        self.count("download_timeouts")
+        # Once at WARNING: a device that does this does it on every connection.
+        level = logging.DEBUG if self._overdue_warned else logging.WARNING
+        self._overdue_warned = True
+        log.log(
+            level,
+            "device %s: stored session %s still downloading after %.0f s; keeping %d of %d points, starting live data",
+            self.device_id,
+            key,
+            self.download_budget_s(total),
+            kept,
+            total,
+        )
 
     def _emit_stored(self, rec: StoredRecord) -> None:
         for code, value, unit in ((LOINC_SPO2, rec.spo2, UNIT_SPO2), (LOINC_PULSE, rec.pulse_rate, UNIT_PULSE)):
