@@ -18,6 +18,15 @@ timestamp and values (a live indication and the same measurement later fetched a
 are one reading). Readings keep the cuff's capture time, so a record measured hours ago reaches the
 cloud as ``historical``; their ``source_id`` is the record's identity, so a re-send has the same
 msg_id.
+
+A measurement without a timestamp (the field is optional in the Blood Pressure Measurement, and has
+no sequence number) has nothing but its values to be known by, and the same values come again on
+another day: it is never written to the ledger. Only its second copy on the same connection is a
+repeat: the live indication and the same measurement as a stored record (whose sequence number is
+ledgered as usual) arriving within one record transfer (``racp_timeout_s``) of each other. Two
+copies through the same characteristic are two measurements (a cuff uploading its memory), and a
+cuff that repeats one on a later connection gives a second reading, timed at its arrival: a
+duplicate is the safe side, a reading dropped as one is not.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,11 +60,21 @@ UNIT_PRESSURE = codes.MMHG
 UNIT_PER_MIN = codes.PER_MIN
 
 
+def cuff_time(m: gatt.BloodPressureMeasurement) -> dt.datetime | None:
+    """The measurement's time on the cuff's clock; None when it has none (or not a whole date)."""
+    return m.timestamp.as_datetime() if m.timestamp is not None else None
+
+
 def measurement_key(m: gatt.BloodPressureMeasurement) -> str:
-    """Identity of a measurement by its cuff timestamp and values."""
-    ts = m.timestamp.as_datetime() if m.timestamp is not None else None
+    """Identity of a measurement by its cuff timestamp and values (without a timestamp, by its
+    values alone: not an identity across time, see the module's docstring)."""
+    ts = cuff_time(m)
     when = ts.strftime("%Y%m%dT%H%M%S") if ts is not None else "no-time"
     return f"bps:{when}:{m.systolic}/{m.diastolic}/{m.pulse_rate}:{m.user_id}"
+
+
+_UNSTAMPED_PREFIX = "bps:no-time:"
+_RECORD_KEY = re.compile(r"rec:([0-9]{1,5}):.*")
 
 
 def record_key(rec: gatt.BloodPressureRecord) -> str:
@@ -127,11 +148,18 @@ class BpCuffDriver(BleDriver):
         self.racp_timeout_s = opts.racp_timeout_s
         self.ledger = FetchLedger(self.state_path(opts.state_path), max_entries=4096, owner=self.device_id)
         self.ledger.load()
+        # Earlier versions ledgered timestamp-less measurements by value: such an entry would drop
+        # every later reading with the same values.
+        for key in [k for k in self.ledger.done if k.startswith(_UNSTAMPED_PREFIX)]:
+            del self.ledger.done[key]
         self.tz: dt.tzinfo = device_zone(opts.timezone)
         self.records_emitted = 0
         self.measurements_emitted = 0
         self._racp: asyncio.Queue[gatt.RacpResponse] = asyncio.Queue()
         self._unpair_next = False
+        # Timestamp-less measurements of this connection not yet paired with their other copy:
+        # key -> [(path "live" or "record", monotonic arrival)].
+        self._unpaired: dict[str, list[tuple[str, float]]] = {}
 
     def counters(self) -> Mapping[str, int]:
         merged = dict(super().counters())
@@ -163,6 +191,7 @@ class BpCuffDriver(BleDriver):
 
     async def setup(self, client: BleakClient) -> None:
         self._racp = asyncio.Queue()
+        self._unpaired = {}  # a new connection: nothing of the last one is a copy of what comes now
         await self.subscribe(client, gatt.BLOOD_PRESSURE_MEASUREMENT, self.on_measurement)
         await self.subscribe(client, gatt.INTERMEDIATE_CUFF_PRESSURE, lambda _data: self.count("cuff_pressures"))
         await self.read_battery(client)
@@ -192,7 +221,9 @@ class BpCuffDriver(BleDriver):
         self.count("clock_sets")
 
     def _next_sequence(self) -> int | None:
-        seqs = [int(k.split(":")[1]) for k in self.ledger.done if k.startswith("rec:")]
+        # A regex, not int() of a split: a damaged or hand-edited ledger entry must not fail every
+        # connection with a ValueError.
+        seqs = [int(m.group(1)) for k in self.ledger.done if (m := _RECORD_KEY.fullmatch(k))]
         return max(seqs) + 1 if seqs else None
 
     async def fetch(self, client: BleakClient) -> None:
@@ -243,7 +274,10 @@ class BpCuffDriver(BleDriver):
             self.count("unsupported_records")  # segmented or another record type
             return
         rkey, mkey = record_key(rec), measurement_key(rec.measurement)
-        if self.ledger.emitted(rkey) or self.ledger.emitted(mkey):
+        stamped = cuff_time(rec.measurement) is not None
+        if self.ledger.emitted(rkey) or (
+            self.ledger.emitted(mkey) if stamped else self._copy_on_this_connection(mkey, "record")
+        ):
             self.count("duplicate_records")
             self.ledger.mark(rkey, 1, save=False)
             return
@@ -258,14 +292,32 @@ class BpCuffDriver(BleDriver):
             self.bad_value(exc)
             return
         key = measurement_key(m)
-        if self.ledger.emitted(key):
+        stamped = cuff_time(m) is not None
+        if self.ledger.emitted(key) if stamped else self._copy_on_this_connection(key, "live"):
             self.count("duplicate_measurements")
             return
         self._emit(m, key, {})
-        self.ledger.save()
+        if stamped:
+            self.ledger.save()
+
+    def _copy_on_this_connection(self, key: str, path: str) -> bool:
+        """Whether a timestamp-less measurement arriving through ``path`` is the other copy of one
+        that came through the other path on this connection, within one record transfer. Each copy
+        pairs with one other at most: two stored records with the same values stay two readings even
+        when a live indication had them too."""
+        now = time.monotonic()
+        waiting = [(p, t) for p, t in self._unpaired.get(key, []) if now - t <= self.racp_timeout_s]
+        for i, (p, _t) in enumerate(waiting):
+            if p != path:
+                del waiting[i]
+                self._unpaired[key] = waiting
+                return True
+        self._unpaired[key] = [*waiting, (path, now)]
+        return False
 
     def _emit(self, m: gatt.BloodPressureMeasurement, key: str, extra: Mapping[str, Any]) -> None:
         for reading in bp_measurements(self.device_id, m, tz=self.tz, now=self.clock(), source_id=key, extra=extra):
             self.sink(reading)
-        self.ledger.mark(key, 1, save=False)
+        if cuff_time(m) is not None:  # a key by value alone must not hold back another day's reading
+            self.ledger.mark(key, 1, save=False)
         self.measurements_emitted += 1
