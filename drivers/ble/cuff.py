@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 from bleak import BleakClient
 
-from drivers import codes
+from drivers import codes, plausible
 from drivers.base import DeviceSpec, DriverContext, Measurement, ReadingSink, device_zone
 from drivers.ble import gatt
 from drivers.ble.driver import BleDriver, BleOptions
@@ -85,6 +85,17 @@ def record_key(rec: gatt.BloodPressureRecord) -> str:
     return f"rec:{rec.sequence}:{when}"
 
 
+def plausible_pressure(m: gatt.BloodPressureMeasurement) -> bool:
+    """Systolic and diastolic (mmHg) inside the plausibility windows (drivers/plausible.py)."""
+    systolic, diastolic = m.in_mmhg(m.systolic), m.in_mmhg(m.diastolic)
+    return systolic is not None and diastolic is not None and plausible.blood_pressure_ok(systolic, diastolic)
+
+
+def plausible_pulse(m: gatt.BloodPressureMeasurement) -> bool:
+    """A pulse the cuff measured (0 is its "no value")."""
+    return m.pulse_rate is not None and m.pulse_rate != 0 and plausible.pulse_ok(m.pulse_rate)
+
+
 def bp_measurements(
     device_id: str,
     m: gatt.BloodPressureMeasurement,
@@ -111,7 +122,7 @@ def bp_measurements(
     ):
         if value is not None:
             out.append(Measurement(device_id, code, value, UNIT_PRESSURE, at, extra=facts, source_id=source_id))
-    if m.pulse_rate is not None:
+    if m.pulse_rate is not None and plausible_pulse(m):
         out.append(
             Measurement(device_id, LOINC_PULSE, m.pulse_rate, UNIT_PER_MIN, at, extra=facts, source_id=source_id)
         )
@@ -316,8 +327,15 @@ class BpCuffDriver(BleDriver):
         return False
 
     def _emit(self, m: gatt.BloodPressureMeasurement, key: str, extra: Mapping[str, Any]) -> None:
-        for reading in bp_measurements(self.device_id, m, tz=self.tz, now=self.clock(), source_id=key, extra=extra):
-            self.sink(reading)
+        if not plausible_pressure(m):
+            # A pair no cuff measures (0/0 mmHg, diastolic above systolic: drivers/plausible.py): counted,
+            # and marked below like any measurement handled, so a stored copy is not emitted either.
+            self.count("out_of_range")
+        else:
+            if m.pulse_rate not in (None, 0) and not plausible_pulse(m):
+                self.count("out_of_range")  # the pressures go, the pulse does not
+            for reading in bp_measurements(self.device_id, m, tz=self.tz, now=self.clock(), source_id=key, extra=extra):
+                self.sink(reading)
         if cuff_time(m) is not None:  # a key by value alone must not hold back another day's reading
             self.ledger.mark(key, 1, save=False)
         self.measurements_emitted += 1

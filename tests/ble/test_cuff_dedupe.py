@@ -148,3 +148,17 @@ def test_timestamped_measurements_are_still_deduplicated_across_connections(tmp_
     drv.on_record(record(3, stamped))  # and as a stored record
     assert len(systolic(got)) == 1
     assert drv.counters()["duplicate_measurements"] == 1 and drv.counters()["duplicate_records"] == 1
+
+
+def test_a_pressure_no_cuff_measures_is_counted_and_not_a_reading(tmp_path: Path, mono: FakeTime) -> None:
+    """The same plausibility windows as the serial cuff's (drivers/plausible.py): 0/0 mmHg, or a
+    diastolic above the systolic, is a decoding no body gives; a pulse of 0 is the cuff's "no value"."""
+    clock = [1_700_000_000.0]
+    got: list[Reading] = []
+    drv = make(tmp_path, clock, got)
+    drv.on_measurement(bytes.fromhex("04 0000 0000 0000 0000"))  # 0/0 mmHg
+    drv.on_measurement(bytes.fromhex("04 5000 7800 5d00 4600"))  # 80/120: inverted
+    assert systolic(got) == [] and drv.counters()["out_of_range"] == 2
+    drv.on_measurement(bytes.fromhex("04 7800 5000 5d00 0000"))  # 120/80, pulse 0: the pressures alone
+    pulses = [r for r in got if isinstance(r, Measurement) and r.code == codes.HEART_RATE]
+    assert [m.value for m in systolic(got)] == [120.0] and pulses == []
