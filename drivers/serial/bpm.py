@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from drivers import codes
+from drivers import codes, plausible
 from drivers.base import FrameError, Measurement, device_zone
 from drivers.options import DriverOptions, option, state_path_option, timezone_option
 from drivers.reconnect import Backoff
@@ -62,11 +62,6 @@ RECORD_HEADER = 0xAC
 NO_RECORD = 0xA9
 RECORD_LEN = 9
 OFFSET = 25  # systolic and diastolic are sent minus 25
-
-# Plausibility windows (the cuff's measuring range is 0-300 mmHg; BM58 pulse range 40-180 /min).
-SYSTOLIC_VALID = range(50, 281)
-DIASTOLIC_VALID = range(25, 201)
-PULSE_VALID = range(30, 251)
 
 
 class BpFrameError(FrameError):
@@ -116,9 +111,9 @@ def parse_record(data: bytes) -> BpRecord | None:
     if header != RECORD_HEADER:
         raise BpFrameError(f"record header {header:#04x}, expected {RECORD_HEADER:#04x}")
     systolic, diastolic = s + OFFSET, d + OFFSET
-    if systolic not in SYSTOLIC_VALID or diastolic not in DIASTOLIC_VALID or diastolic >= systolic:
+    if not plausible.blood_pressure_ok(systolic, diastolic):  # drivers/plausible.py
         raise BpFrameError(f"implausible pressures {systolic}/{diastolic}")
-    if p != 0 and p not in PULSE_VALID:
+    if p != 0 and not plausible.pulse_ok(p):
         raise BpFrameError(f"implausible pulse {p}")
     try:
         taken = dt.datetime(2000 + year, month, day, hour, minute)

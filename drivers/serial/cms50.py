@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
-from drivers import codes
+from drivers import codes, plausible
 from drivers.aio import cancel_and_wait
 from drivers.base import FrameError, Measurement, StateFile, Waveform, device_zone
 from drivers.options import DriverOptions, option, state_path_option, timezone_option
@@ -53,12 +53,9 @@ UNIT_PULSE = "/min"
 SAMPLE_RATE_HZ = 60.0  # live frames per second on both protocols
 STORED_INTERVAL_S = 1.0  # one stored point per second (timegrid; OSCAR imports them at 1 Hz)
 
-# Plausibility windows. The device says "invalid" with 0x7F / 0xFF / 0; anything else outside these
-# windows is a corrupted byte and is never emitted as a number. CMS50D+ user manual: SpO2 range
-# 0-100 % (accuracy stated for 70-100 %), pulse rate 30-250 bpm.
-SPO2_VALID = range(1, 101)
-SPO2_ACCURATE_FROM = 70
-PULSE_VALID = range(30, 251)
+# Plausibility windows (drivers/plausible.py, from the CMS50D+ user manual). The device says "invalid"
+# with 0x7F / 0xFF / 0; anything else outside them is a corrupted byte and is never emitted as a number.
+SPO2_ACCURATE_FROM = 70  # accuracy is stated for 70-100 %
 PLETH_MAX = 127
 
 
@@ -271,11 +268,11 @@ def decode_packet(packet: bytes) -> tuple[int, bytes]:
 
 
 def _spo2(value: int) -> int | None:
-    return value if value in SPO2_VALID else None
+    return value if plausible.spo2_ok(value) else None
 
 
 def _pulse(value: int) -> int | None:
-    return value if value in PULSE_VALID else None
+    return value if plausible.pulse_ok(value) else None
 
 
 def decode_frame(packet: bytes) -> Frame:
