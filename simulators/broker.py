@@ -65,6 +65,7 @@ class Mosquitto:
         self.port = port or free_port()
         self.die_with_parent = die_with_parent  # the demo's broker ends with the demo, however it ends
         self.tls = tls
+        self._own_workdir = workdir is None  # made here: removed when the broker is left (``with``)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mosquitto-"))
         self.max_inflight = max_inflight
         self.verbose = verbose
@@ -178,3 +179,5 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
