@@ -873,7 +873,6 @@ class Outbox:
         order, a batch at a time, each committed before the next is read (an SOS in between waits for
         one batch at most); the record is saved after each batch. Never raises: a bug is counted."""
         store: DamagedStore | None = None
-        rec.error = None  # what stopped an earlier try (postponed to this start) is over
         try:
             store = await self._open_damaged(rec)
             if store is None:
@@ -918,7 +917,7 @@ class Outbox:
             try:
                 store = await self._call(_open_damaged, Path(rec.aside))
             except StoreUnavailable as exc:
-                level = logging.WARNING if rec.error is None else logging.DEBUG
+                level = logging.WARNING if delay == SALVAGE_RETRY_S else logging.DEBUG  # the first try's
                 log.log(
                     level,
                     "outbox: salvage waits (tried again in %.1f s, then at most every %g s): %s",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.statedb import Damaged, WriteHealth, move_aside, open_store
+from gateway.statedb import Damaged, WriteHealth, in_memory, move_aside, open_store
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ class Registry:
                 exc,
             )
             self.unavailable = str(exc)
-            self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            self._db.executescript(_SCHEMA)
+            self._db = in_memory(_SCHEMA)
         kept = Path(f"{self.legacy_path}.migrated")
         if self.legacy_path.exists() and not kept.exists():
             if self._db.execute("SELECT 1 FROM meta WHERE key = 'migrated'").fetchone():

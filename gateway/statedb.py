@@ -8,8 +8,8 @@ own way through :func:`open_store`.
 A file SQLite finds damaged is moved aside (``<name>.damaged-<time>``, with its ``-wal`` and ``-shm``)
 with a WARNING and a fresh one started: such state must never keep the daemon, and with it the SOS path,
 from starting. A file that cannot be opened for another reason (locked, a full disk, an I/O or permission
-error) is never moved aside: the state stores keep their state in memory until the next start, the
-registry refuses to open (:func:`open_store`)."""
+error) is never moved aside (:func:`open_store` raises): the state stores, and the registry, then keep
+their state in memory until the next start (:func:`in_memory`)."""
 
 from __future__ import annotations
 
@@ -93,9 +93,17 @@ def open_state_db(
     except GatewayError as exc:
         log.error("%s: kept in memory until the next start, nothing of it saved: %s", what, exc)
         try:
-            return _open(Path(":memory:"), schema, synchronous)
+            return in_memory(schema)
         except sqlite3.Error as exc2:
             raise error(f"{path}: cannot open the {what} database even in memory: {exc2}") from exc2
+
+
+def in_memory(schema: str) -> sqlite3.Connection:
+    """A database of ``schema`` in memory: the stand-in for a file that cannot be opened (it is left as
+    it is for the next start)."""
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.executescript(schema)
+    return db
 
 
 def _open(path: Path, schema: str, synchronous: str) -> sqlite3.Connection:
